@@ -1,0 +1,234 @@
+//! `local-cluster`: runs the local test bed (a real control plane with KWOK-simulated
+//! nodes) for the tests, the demo and anyone who wants a cluster to try things on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use kube::runtime::wait::{Condition, await_condition};
+use ztunnel_rollout::testbed::binaries::ControlPlaneBinaries;
+use ztunnel_rollout::testbed::control_plane::{ControlPlaneOptions, RunningControlPlane};
+use ztunnel_rollout::testbed::fixtures::{self, ZONE_LABEL};
+use ztunnel_rollout::testbed::kwok_stages::PodTimings;
+
+#[derive(Parser)]
+#[command(version, about = "A local Kubernetes control plane with simulated nodes (KWOK)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the cluster and keep it running until Ctrl-C (or SIGTERM).
+    Up(UpArgs),
+    /// Start the cluster with the demo fixtures, show its nodes and ztunnel pods, stop.
+    Demo(CommonArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Simulated nodes to create with the demo fixtures (three zones).
+    #[arg(long, env = "LOCAL_CLUSTER_NODES", default_value_t = 6)]
+    nodes: usize,
+    /// Version (image tag) of the fixture ztunnel DaemonSet.
+    #[arg(long, env = "LOCAL_CLUSTER_ZTUNNEL_VERSION", default_value = "1.28.0")]
+    ztunnel_version: String,
+    /// Keep data, logs and certificates here instead of a temporary directory.
+    #[arg(long, env = "LOCAL_CLUSTER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Milliseconds from a pod's scheduling to its containers being created.
+    #[arg(long, env = "LOCAL_CLUSTER_POD_CREATED_AFTER_MS", default_value_t = 100)]
+    pod_created_after_ms: u64,
+    /// Milliseconds from containers created to Running and Ready (per pod:
+    /// annotation pod-ready.stage.kwok.x-k8s.io/delay).
+    #[arg(long, env = "LOCAL_CLUSTER_POD_READY_AFTER_MS", default_value_t = 500)]
+    pod_ready_after_ms: u64,
+    /// Seconds a deleted pod takes to exit, capped by its grace period (per pod:
+    /// annotation local-cluster.ztunnel-rollout.dev/exit-after-seconds).
+    #[arg(long, env = "LOCAL_CLUSTER_POD_EXIT_AFTER_SECONDS", default_value_t = 1.0)]
+    pod_exit_after_seconds: f64,
+    /// Seconds to wait for the control plane to become ready.
+    #[arg(long, env = "LOCAL_CLUSTER_START_TIMEOUT_SECONDS", default_value_t = 120)]
+    start_timeout_seconds: u64,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Apply the demo fixtures (nodes, ztunnel DaemonSet, waypoint, applications with PDBs).
+    #[arg(long, env = "LOCAL_CLUSTER_DEMO")]
+    demo: bool,
+    /// Also copy the admin kubeconfig here.
+    #[arg(long, env = "LOCAL_CLUSTER_KUBECONFIG_OUT")]
+    kubeconfig_out: Option<PathBuf>,
+    /// Stop when standard input closes: a parent process (a test binary) that exits for
+    /// any reason takes the cluster with it.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+impl CommonArgs {
+    fn options(&self) -> anyhow::Result<ControlPlaneOptions> {
+        anyhow::ensure!(
+            self.pod_exit_after_seconds.is_finite() && self.pod_exit_after_seconds >= 0.0,
+            "--pod-exit-after-seconds must be a non-negative number, got {}",
+            self.pod_exit_after_seconds
+        );
+        Ok(ControlPlaneOptions {
+            binaries: ControlPlaneBinaries::from_env(),
+            state_dir: self.state_dir.clone(),
+            pod_timings: PodTimings {
+                created_after: Duration::from_millis(self.pod_created_after_ms),
+                ready_after: Duration::from_millis(self.pod_ready_after_ms),
+                exit_after_seconds: self.pod_exit_after_seconds,
+            },
+            start_timeout: Duration::from_secs(self.start_timeout_seconds),
+        })
+    }
+}
+
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=off".into()),
+        )
+        .init();
+    // The cluster's processes die with the thread that starts them, so start them here,
+    // on the main thread, never inside a spawned task.
+    match Cli::parse().command {
+        Command::Up(args) => up(args).await,
+        Command::Demo(args) => demo(args).await,
+    }
+}
+
+async fn start(args: &CommonArgs) -> anyhow::Result<RunningControlPlane> {
+    let started = std::time::Instant::now();
+    eprintln!("starting the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)...");
+    let cluster = RunningControlPlane::start(args.options()?).await?;
+    eprintln!(
+        "control plane ready at {} in {:.1}s",
+        cluster.server,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(cluster)
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut cluster = start(&args.common).await?;
+    let result = serve(&args, &mut cluster).await;
+    eprintln!("stopping the local control plane");
+    cluster.stop(STOP_GRACE).await;
+    result
+}
+
+async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Result<()> {
+    if args.demo {
+        let client = cluster.client().await?;
+        fixtures::apply_demo(&client, args.common.nodes, &args.common.ztunnel_version)
+            .await
+            .context("applying the demo fixtures")?;
+        eprintln!("demo fixtures applied: {} nodes, istio-system/ztunnel, namespace demo", args.common.nodes);
+    }
+    if let Some(out) = &args.kubeconfig_out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&cluster.kubeconfig, out)
+            .with_context(|| format!("copying the kubeconfig to {}", out.display()))?;
+    }
+    let shown = args.kubeconfig_out.as_ref().unwrap_or(&cluster.kubeconfig);
+    eprintln!("kubeconfig: {}\n  e.g. KUBECONFIG={} e2e/bin/kubectl get nodes\nCtrl-C stops the cluster.", shown.display(), shown.display());
+    // One machine-readable line for the test support and scripts.
+    println!(
+        "{}",
+        serde_json::json!({
+            "kubeconfig": cluster.kubeconfig,
+            "server": cluster.server,
+            "stateDir": cluster.state_dir,
+            "pids": cluster.pids(),
+        })
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stdin_closed = async {
+        if args.exit_on_stdin_eof {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
+        _ = stdin_closed => Ok(()),
+        err = cluster.crashed() => Err(err.into()),
+    }
+}
+
+async fn demo(args: CommonArgs) -> anyhow::Result<()> {
+    let cluster = start(&args).await?;
+    let result = show_demo(&args, &cluster).await;
+    cluster.stop(STOP_GRACE).await;
+    result
+}
+
+fn all_pods_ready(expected: usize) -> impl Condition<k8s_openapi::api::apps::v1::DaemonSet> {
+    move |ds: Option<&k8s_openapi::api::apps::v1::DaemonSet>| {
+        ds.and_then(|d| d.status.as_ref())
+            .is_some_and(|s| s.number_ready as usize == expected && s.desired_number_scheduled as usize == expected)
+    }
+}
+
+async fn show_demo(args: &CommonArgs, cluster: &RunningControlPlane) -> anyhow::Result<()> {
+    let client = cluster.client().await?;
+    fixtures::apply_demo(&client, args.nodes, &args.ztunnel_version).await?;
+    eprintln!("applied {} simulated nodes and an OnDelete ztunnel DaemonSet; waiting for its pods...", args.nodes);
+    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), "istio-system");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(ds_api, "ztunnel", all_pods_ready(args.nodes)),
+    )
+    .await
+    .context("ztunnel pods not Ready on every node within 60s")??;
+
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
+    let pods = Api::<Pod>::namespaced(client, "istio-system")
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await?;
+    println!("{:<10} {:<8} {:<6} {:<16} {:<10} {:<6}", "NODE", "ZONE", "READY", "ZTUNNEL-POD", "VERSION", "READY");
+    for node in &nodes.items {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let zone = node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned().unwrap_or_default();
+        let node_ready = condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()).map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect()));
+        let pod = pods.items.iter().find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()));
+        let (pod_name, version, pod_ready) = match pod {
+            Some(p) => (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/version")).cloned().unwrap_or_default(),
+                condition_true(p.status.as_ref().and_then(|s| s.conditions.as_ref()).map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect())),
+            ),
+            None => ("-".to_owned(), "-".to_owned(), false),
+        };
+        println!("{name:<10} {zone:<8} {node_ready:<6} {pod_name:<16} {version:<10} {pod_ready:<6}");
+    }
+    Ok(())
+}
+
+fn condition_true(conditions: Option<Vec<(&str, &str)>>) -> bool {
+    conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|(t, s)| *t == "Ready" && *s == "True")
+}
