@@ -16,7 +16,10 @@ use ztunnel_rollout::testbed::fixtures::{self, ZONE_LABEL};
 use ztunnel_rollout::testbed::kwok_stages::PodTimings;
 
 #[derive(Parser)]
-#[command(version, about = "A local Kubernetes control plane with simulated nodes (KWOK)")]
+#[command(
+    version,
+    about = "A local Kubernetes control plane with simulated nodes (KWOK)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +45,11 @@ struct CommonArgs {
     #[arg(long, env = "LOCAL_CLUSTER_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Milliseconds from a pod's scheduling to its containers being created.
-    #[arg(long, env = "LOCAL_CLUSTER_POD_CREATED_AFTER_MS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_POD_CREATED_AFTER_MS",
+        default_value_t = 100
+    )]
     pod_created_after_ms: u64,
     /// Milliseconds from containers created to Running and Ready (per pod:
     /// annotation pod-ready.stage.kwok.x-k8s.io/delay).
@@ -50,10 +57,18 @@ struct CommonArgs {
     pod_ready_after_ms: u64,
     /// Seconds a deleted pod takes to exit, capped by its grace period (per pod:
     /// annotation local-cluster.ztunnel-rollout.dev/exit-after-seconds).
-    #[arg(long, env = "LOCAL_CLUSTER_POD_EXIT_AFTER_SECONDS", default_value_t = 1.0)]
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_POD_EXIT_AFTER_SECONDS",
+        default_value_t = 1.0
+    )]
     pod_exit_after_seconds: f64,
     /// Seconds to wait for the control plane to become ready.
-    #[arg(long, env = "LOCAL_CLUSTER_START_TIMEOUT_SECONDS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_START_TIMEOUT_SECONDS",
+        default_value_t = 120
+    )]
     start_timeout_seconds: u64,
 }
 
@@ -114,7 +129,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn start(args: &CommonArgs) -> anyhow::Result<RunningControlPlane> {
     let started = std::time::Instant::now();
-    eprintln!("starting the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)...");
+    eprintln!(
+        "starting the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)..."
+    );
     let cluster = RunningControlPlane::start(args.options()?).await?;
     eprintln!(
         "control plane ready at {} in {:.1}s",
@@ -138,7 +155,10 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
         fixtures::apply_demo(&client, args.common.nodes, &args.common.ztunnel_version)
             .await
             .context("applying the demo fixtures")?;
-        eprintln!("demo fixtures applied: {} nodes, istio-system/ztunnel, namespace demo", args.common.nodes);
+        eprintln!(
+            "demo fixtures applied: {} nodes, istio-system/ztunnel, namespace demo",
+            args.common.nodes
+        );
     }
     if let Some(out) = &args.kubeconfig_out {
         if let Some(parent) = out.parent() {
@@ -148,7 +168,11 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
             .with_context(|| format!("copying the kubeconfig to {}", out.display()))?;
     }
     let shown = args.kubeconfig_out.as_ref().unwrap_or(&cluster.kubeconfig);
-    eprintln!("kubeconfig: {}\n  e.g. KUBECONFIG={} e2e/bin/kubectl get nodes\nCtrl-C stops the cluster.", shown.display(), shown.display());
+    eprintln!(
+        "kubeconfig: {}\n  e.g. KUBECONFIG={} e2e/bin/kubectl get nodes\nCtrl-C stops the cluster.",
+        shown.display(),
+        shown.display()
+    );
     // One machine-readable line for the test support and scripts.
     println!(
         "{}",
@@ -186,16 +210,21 @@ async fn demo(args: CommonArgs) -> anyhow::Result<()> {
 
 fn all_pods_ready(expected: usize) -> impl Condition<k8s_openapi::api::apps::v1::DaemonSet> {
     move |ds: Option<&k8s_openapi::api::apps::v1::DaemonSet>| {
-        ds.and_then(|d| d.status.as_ref())
-            .is_some_and(|s| s.number_ready as usize == expected && s.desired_number_scheduled as usize == expected)
+        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.number_ready as usize == expected && s.desired_number_scheduled as usize == expected
+        })
     }
 }
 
 async fn show_demo(args: &CommonArgs, cluster: &RunningControlPlane) -> anyhow::Result<()> {
     let client = cluster.client().await?;
     fixtures::apply_demo(&client, args.nodes, &args.ztunnel_version).await?;
-    eprintln!("applied {} simulated nodes and an OnDelete ztunnel DaemonSet; waiting for its pods...", args.nodes);
-    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), "istio-system");
+    eprintln!(
+        "applied {} simulated nodes and an OnDelete ztunnel DaemonSet; waiting for its pods...",
+        args.nodes
+    );
+    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "istio-system");
     tokio::time::timeout(
         Duration::from_secs(60),
         await_condition(ds_api, "ztunnel", all_pods_ready(args.nodes)),
@@ -203,25 +232,62 @@ async fn show_demo(args: &CommonArgs, cluster: &RunningControlPlane) -> anyhow::
     .await
     .context("ztunnel pods not Ready on every node within 60s")??;
 
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
     let pods = Api::<Pod>::namespaced(client, "istio-system")
         .list(&ListParams::default().labels("app=ztunnel"))
         .await?;
-    println!("{:<10} {:<8} {:<6} {:<16} {:<10} {:<6}", "NODE", "ZONE", "READY", "ZTUNNEL-POD", "VERSION", "READY");
+    println!(
+        "{:<10} {:<8} {:<6} {:<16} {:<10} {:<6}",
+        "NODE", "ZONE", "READY", "ZTUNNEL-POD", "VERSION", "READY"
+    );
     for node in &nodes.items {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let zone = node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned().unwrap_or_default();
-        let node_ready = condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()).map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect()));
-        let pod = pods.items.iter().find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()));
-        let (pod_name, version, pod_ready) = match pod {
-            Some(p) => (
-                p.metadata.name.clone().unwrap_or_default(),
-                p.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/version")).cloned().unwrap_or_default(),
-                condition_true(p.status.as_ref().and_then(|s| s.conditions.as_ref()).map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect())),
-            ),
-            None => ("-".to_owned(), "-".to_owned(), false),
-        };
-        println!("{name:<10} {zone:<8} {node_ready:<6} {pod_name:<16} {version:<10} {pod_ready:<6}");
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        let node_ready = condition_true(
+            node.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .map(|c| {
+                    c.iter()
+                        .map(|c| (c.type_.as_str(), c.status.as_str()))
+                        .collect()
+                }),
+        );
+        let pod = pods
+            .items
+            .iter()
+            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()));
+        let (pod_name, version, pod_ready) =
+            match pod {
+                Some(p) => (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("app.kubernetes.io/version"))
+                        .cloned()
+                        .unwrap_or_default(),
+                    condition_true(p.status.as_ref().and_then(|s| s.conditions.as_ref()).map(
+                        |c| {
+                            c.iter()
+                                .map(|c| (c.type_.as_str(), c.status.as_str()))
+                                .collect()
+                        },
+                    )),
+                ),
+                None => ("-".to_owned(), "-".to_owned(), false),
+            };
+        println!(
+            "{name:<10} {zone:<8} {node_ready:<6} {pod_name:<16} {version:<10} {pod_ready:<6}"
+        );
     }
     Ok(())
 }

@@ -75,12 +75,7 @@ impl ControlPlaneBinaries {
         let missing: Vec<String> = needed
             .iter()
             .filter(|p| !p.is_file())
-            .map(|p| {
-                p.strip_prefix(&self.dir)
-                    .unwrap_or(p)
-                    .display()
-                    .to_string()
-            })
+            .map(|p| p.strip_prefix(&self.dir).unwrap_or(p).display().to_string())
             .collect();
         if missing.is_empty() {
             Ok(())
@@ -101,10 +96,15 @@ mod tests {
     fn missing_binaries_are_named_with_the_build_command() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("etcd"), "").unwrap();
-        let err = ControlPlaneBinaries::in_dir(dir.path()).check().unwrap_err();
+        let err = ControlPlaneBinaries::in_dir(dir.path())
+            .check()
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("kube-apiserver"), "{msg}");
-        assert!(!msg.contains("etcd,"), "etcd exists and must not be listed: {msg}");
+        assert!(
+            !msg.contains("etcd,"),
+            "etcd exists and must not be listed: {msg}"
+        );
         assert!(msg.contains("e2e/build-control-plane.sh"), "{msg}");
     }
 }

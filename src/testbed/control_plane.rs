@@ -224,8 +224,14 @@ impl RunningControlPlane {
             &bins.kube_scheduler,
             &[
                 format!("--kubeconfig={}", scheduler_kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", scheduler_kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", scheduler_kubeconfig.display()),
+                format!(
+                    "--authentication-kubeconfig={}",
+                    scheduler_kubeconfig.display()
+                ),
+                format!(
+                    "--authorization-kubeconfig={}",
+                    scheduler_kubeconfig.display()
+                ),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={scheduler_port}"),
                 format!("--cert-dir={}", state_dir.join("scheduler-certs").display()),
@@ -259,7 +265,10 @@ impl RunningControlPlane {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.components.iter().filter_map(|c| c.child.id()).collect()
+        self.components
+            .iter()
+            .filter_map(|c| c.child.id())
+            .collect()
     }
 
     pub async fn client(&self) -> Result<Client, ControlPlaneError> {
@@ -374,9 +383,12 @@ pub async fn client_for(kubeconfig: &Path) -> Result<Client, ControlPlaneError> 
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| {
         ControlPlaneError::NotReady(Duration::ZERO, format!("reading kubeconfig: {e}"))
     })?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| ControlPlaneError::NotReady(Duration::ZERO, format!("kubeconfig: {e}")))?;
+    // kube's default client silently retries 429 up to 15 times with backoff of up to
+    // 1000 s; the tests (and the drain) must see a refused eviction as it happens.
+    config.default_retry = false;
     Ok(Client::try_from(config)?)
 }
 
@@ -414,7 +426,10 @@ fn controller_manager_args(
         format!("--authorization-kubeconfig={kc}"),
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={port}"),
-        format!("--cert-dir={}", state_dir.join("controller-manager-certs").display()),
+        format!(
+            "--cert-dir={}",
+            state_dir.join("controller-manager-certs").display()
+        ),
         // Each controller acts as its own service account, with the bootstrap RBAC roles.
         "--use-service-account-credentials=true".into(),
         format!(

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, Namespace, Node, NodeStatus, PodSpec,
-    PodTemplateSpec, Probe, Toleration,
+    Container, ContainerPort, HTTPGetAction, Namespace, Node, NodeStatus, PodSpec, PodTemplateSpec,
+    Probe, Toleration,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -73,10 +73,11 @@ pub fn node(name: &str, extra_labels: &BTreeMap<String, String>) -> Node {
         ("type", "kwok"),
     ]);
     node_labels.extend(extra_labels.clone());
-    let capacity: BTreeMap<String, Quantity> = [("cpu", "32"), ("memory", "256Gi"), ("pods", "110")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
-        .collect();
+    let capacity: BTreeMap<String, Quantity> =
+        [("cpu", "32"), ("memory", "256Gi"), ("pods", "110")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
+            .collect();
     Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -200,7 +201,10 @@ impl ZtunnelFixture {
                         termination_grace_period_seconds: Some(30),
                         containers: vec![Container {
                             name: "istio-proxy".to_owned(),
-                            image: Some(format!("docker.io/istio/ztunnel:{}-distroless", self.version)),
+                            image: Some(format!(
+                                "docker.io/istio/ztunnel:{}-distroless",
+                                self.version
+                            )),
                             args: Some(vec!["proxy".to_owned(), "ztunnel".to_owned()]),
                             ports: Some(vec![ContainerPort {
                                 name: Some("ztunnel-stats".to_owned()),
@@ -360,7 +364,10 @@ pub fn pdb(
 pub fn zoned_nodes(prefix: &str, count: usize, zones: &[&str], node_set: &str) -> Vec<Node> {
     (0..count)
         .map(|i| {
-            let zone = zones.get(i % zones.len().max(1)).copied().unwrap_or("zone-a");
+            let zone = zones
+                .get(i % zones.len().max(1))
+                .copied()
+                .unwrap_or("zone-a");
             let pool = format!("pool-{zone}");
             node(
                 &format!("{prefix}{i:03}"),
@@ -377,7 +384,11 @@ pub fn zoned_nodes(prefix: &str, count: usize, zones: &[&str], node_set: &str) -
 /// Puts the demo scenario into a cluster: `nodes` nodes in three zones, an OnDelete
 /// ztunnel DaemonSet in `istio-system`, and a `demo` namespace with a waypoint and two
 /// applications under PodDisruptionBudgets.
-pub async fn apply_demo(client: &Client, nodes: usize, ztunnel_version: &str) -> Result<(), kube::Error> {
+pub async fn apply_demo(
+    client: &Client,
+    nodes: usize,
+    ztunnel_version: &str,
+) -> Result<(), kube::Error> {
     let zones = ["zone-a", "zone-b", "zone-c"];
     let node_api: Api<Node> = Api::all(client.clone());
     for n in zoned_nodes("node-", nodes, &zones, "demo") {
@@ -391,13 +402,25 @@ pub async fn apply_demo(client: &Client, nodes: usize, ztunnel_version: &str) ->
     )
     .await?;
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
-    apply(&ds_api, &ZtunnelFixture::new("istio-system", ztunnel_version).daemonset()).await?;
+    apply(
+        &ds_api,
+        &ZtunnelFixture::new("istio-system", ztunnel_version).daemonset(),
+    )
+    .await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "demo");
-    apply(&deployments, &AppFixture::waypoint("demo", "waypoint").deployment()).await?;
+    apply(
+        &deployments,
+        &AppFixture::waypoint("demo", "waypoint").deployment(),
+    )
+    .await?;
     for (name, replicas) in [("productpage", 3), ("reviews", 4)] {
-        apply(&deployments, &AppFixture::new("demo", name, replicas).deployment()).await?;
+        apply(
+            &deployments,
+            &AppFixture::new("demo", name, replicas).deployment(),
+        )
+        .await?;
         apply(
             &pdbs,
             &pdb(

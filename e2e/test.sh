@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's test command: builds the local control plane if needed (Go, from the
+# module proxy, pinned in e2e/versions.env), then runs every test. The integration tests
+# start their own local clusters and stop them when they finish.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+"$root/e2e/build-control-plane.sh"
+exec cargo test --locked "$@"

@@ -1,0 +1,253 @@
+//! Test support: one local cluster per test binary (or the one named by
+//! `ZTUNNEL_ROLLOUT_TEST_KUBECONFIG`), and per test an isolated namespace and node set.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use ztunnel_rollout::testbed::control_plane::client_for;
+use ztunnel_rollout::testbed::fixtures::{self, NODE_SET_LABEL};
+
+/// Names a kubeconfig of an already running test cluster (from `local-cluster up`) to use
+/// instead of starting one.
+pub const KUBECONFIG_ENV: &str = "ZTUNNEL_ROLLOUT_TEST_KUBECONFIG";
+
+pub struct SharedCluster {
+    pub kubeconfig: PathBuf,
+    /// Pids of the control plane's processes (empty for an external cluster).
+    pub pids: Vec<u32>,
+    // Held, never written: the supervisor stops the cluster when this pipe closes,
+    // which happens however this process ends (normal exit, panic, signal).
+    _supervisor: Option<(Child, ChildStdin)>,
+}
+
+static CLUSTER: OnceLock<Result<SharedCluster, String>> = OnceLock::new();
+
+/// A running `local-cluster up` supervisor and what it printed when ready.
+pub struct Supervisor {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub ready: serde_json::Value,
+    pub log: PathBuf,
+}
+
+/// Starts `local-cluster up` as a child of this process; returns once it is ready.
+pub fn start_supervisor(tag: &str, extra_args: &[&str]) -> Result<Supervisor, String> {
+    let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let log = log_dir.join(format!("local-cluster-{tag}-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_local-cluster"))
+        .args(["up", "--exit-on-stdin-eof"])
+        .args(extra_args)
+        .env_remove("LOCAL_CLUSTER_STATE_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("starting local-cluster: {e}"))?;
+    let stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    let failure = |what: String| {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("the local cluster did not start ({what}).\n{log_text}")
+    };
+    match read {
+        Ok(n) if n > 0 => {}
+        Ok(_) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(failure(format!("local-cluster exited: {status}")));
+        }
+        Err(e) => return Err(failure(e.to_string())),
+    }
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| failure(format!("unreadable ready line {line:?}: {e}")))?;
+    Ok(Supervisor {
+        child,
+        stdin,
+        ready,
+        log,
+    })
+}
+
+fn start_shared() -> Result<SharedCluster, String> {
+    if let Some(kubeconfig) = std::env::var_os(KUBECONFIG_ENV) {
+        return Ok(SharedCluster {
+            kubeconfig: kubeconfig.into(),
+            pids: Vec::new(),
+            _supervisor: None,
+        });
+    }
+    let s = start_supervisor("shared", &[])?;
+    let kubeconfig = s.ready["kubeconfig"]
+        .as_str()
+        .ok_or("no kubeconfig in ready line")?
+        .into();
+    let pids = s.ready["pids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(SharedCluster {
+        kubeconfig,
+        pids,
+        _supervisor: Some((s.child, s.stdin)),
+    })
+}
+
+/// The test binary's cluster, started on first use. Panics (fails the test) with the
+/// reason, including how to build the control plane when it is missing.
+pub fn cluster() -> &'static SharedCluster {
+    match CLUSTER.get_or_init(start_shared) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A client for the shared cluster, bound to the calling test's runtime.
+pub async fn client() -> Client {
+    client_for(&cluster().kubeconfig)
+        .await
+        .expect("kube client for the test cluster")
+}
+
+static UNIQUE: Mutex<u32> = Mutex::new(0);
+
+fn unique_suffix() -> String {
+    let mut n = UNIQUE.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    format!("{}-{}", std::process::id() % 100_000, *n)
+}
+
+/// One test's slice of the cluster: a namespace and nodes labelled with a node set of
+/// their own. Removed when dropped, also when the test panics.
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    pub node_set: String,
+    pub nodes: Vec<String>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+impl TestEnv {
+    /// `nodes` simulated nodes over zones a/b/c, all Ready when this returns.
+    pub async fn new(name: &str, nodes: usize) -> TestEnv {
+        let client = client().await;
+        let id = format!("{name}-{}", unique_suffix());
+        let ns_api: Api<Namespace> = Api::all(client.clone());
+        fixtures::apply(&ns_api, &fixtures::namespace(&id, BTreeMap::new()))
+            .await
+            .expect("create the test namespace");
+        let mut env = TestEnv {
+            client,
+            namespace: id.clone(),
+            node_set: id.clone(),
+            nodes: Vec::new(),
+        };
+        env.add_nodes(nodes).await;
+        env
+    }
+
+    /// Adds `count` more nodes to this test's set and waits until they are Ready.
+    pub async fn add_nodes(&mut self, count: usize) -> Vec<String> {
+        let node_api: Api<Node> = Api::all(self.client.clone());
+        let prefix = format!("{}-", self.node_set);
+        let all = fixtures::zoned_nodes(
+            &prefix,
+            self.nodes.len() + count,
+            &["a", "b", "c"],
+            &self.node_set,
+        );
+        let mut added = Vec::new();
+        for node in all.into_iter().skip(self.nodes.len()) {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            fixtures::apply(&node_api, &node)
+                .await
+                .expect("create node");
+            added.push(name);
+        }
+        for name in &added {
+            tokio::time::timeout(WAIT, await_condition(node_api.clone(), name, node_ready))
+                .await
+                .unwrap_or_else(|_| panic!("node {name} not Ready within {WAIT:?}"))
+                .expect("watch node");
+        }
+        self.nodes.extend(added.clone());
+        added
+    }
+
+    /// Selector that places pods on this test's nodes only.
+    pub fn node_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(NODE_SET_LABEL.to_owned(), self.node_set.clone())])
+    }
+
+    pub fn node_list_params(&self) -> ListParams {
+        ListParams::default().labels(&format!("{NODE_SET_LABEL}={}", self.node_set))
+    }
+}
+
+pub fn node_ready(node: Option<&Node>) -> bool {
+    node.and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let kubeconfig = cluster().kubeconfig.clone();
+        let namespace = self.namespace.clone();
+        let selector = format!("{NODE_SET_LABEL}={}", self.node_set);
+        // Drop cannot await; clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let client = client_for(&kubeconfig)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let _ = Api::<Namespace>::all(client.clone())
+                    .delete(&namespace, &DeleteParams::default())
+                    .await;
+                let _ = Api::<Node>::all(client)
+                    .delete_collection(
+                        &DeleteParams::default(),
+                        &ListParams::default().labels(&selector),
+                    )
+                    .await;
+                Ok::<_, std::io::Error>(())
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Waits by watch until `cond` holds for `name`, failing the test after [`WAIT`].
+pub async fn wait_for<K, C>(api: &Api<K>, name: &str, what: &str, cond: C) -> Option<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: kube::runtime::wait::Condition<K>,
+{
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("{what}: watch failed: {e}"));
+    eprintln!("{what}: {:?}", started.elapsed());
+    out
+}

@@ -1,0 +1,527 @@
+//! Proves the local test bed behaves like a real cluster where the rollout depends on
+//! it: DaemonSets on cordoned nodes, the Eviction API and PDBs, the scheduler, Leases,
+//! grace periods, and clean start/stop of the control plane.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use support::{TestEnv, WAIT, wait_for};
+use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+async fn cordon(env: &TestEnv, node: &str) {
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
+        )
+        .await
+        .expect("cordon");
+}
+
+fn daemonset_ready(n: i32) -> impl kube::runtime::wait::Condition<DaemonSet> {
+    move |ds: Option<&DaemonSet>| {
+        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.desired_number_scheduled == n
+                && s.number_ready == n
+                && s.updated_number_scheduled == Some(n)
+        })
+    }
+}
+
+fn deployment_available(n: i32) -> impl kube::runtime::wait::Condition<Deployment> {
+    move |d: Option<&Deployment>| {
+        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.available_replicas == Some(n)
+                && s.replicas == Some(n)
+                && s.updated_replicas == Some(n)
+        })
+    }
+}
+
+async fn pods(env: &TestEnv, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list pods")
+        .items
+}
+
+#[tokio::test]
+async fn daemonset_covers_every_node_including_new_and_cordoned_ones() {
+    let mut env = TestEnv::new("ds", 3).await;
+    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
+    ztunnel.node_selector = env.node_selector();
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("apply ztunnel");
+    wait_for(
+        &ds_api,
+        "ztunnel",
+        "ztunnel Ready on 3 nodes",
+        daemonset_ready(3),
+    )
+    .await;
+
+    let placed: BTreeMap<String, Pod> = pods(&env, "app=ztunnel")
+        .await
+        .into_iter()
+        .map(|p| (node_of(&p), p))
+        .collect();
+    assert_eq!(
+        placed.keys().cloned().collect::<BTreeSet<_>>(),
+        env.nodes.iter().cloned().collect()
+    );
+    for pod in placed.values() {
+        assert!(pod_ready(pod), "{} not Ready", pod.name_any());
+        assert!(
+            pod.labels().contains_key("controller-revision-hash"),
+            "no revision hash label"
+        );
+    }
+
+    let added = env.add_nodes(1).await;
+    wait_for(
+        &ds_api,
+        "ztunnel",
+        "ztunnel on the new node",
+        daemonset_ready(4),
+    )
+    .await;
+    assert!(
+        pods(&env, "app=ztunnel")
+            .await
+            .iter()
+            .any(|p| node_of(p) == added[0] && pod_ready(p))
+    );
+
+    // Cordon a node; once the node lifecycle controller has tainted it, its ztunnel pod is
+    // still the same Ready pod.
+    let cordoned = env.nodes[0].clone();
+    let before = placed[&cordoned].uid();
+    cordon(&env, &cordoned).await;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    wait_for(
+        &nodes,
+        &cordoned,
+        "unschedulable taint",
+        |n: Option<&Node>| {
+            n.and_then(|n| n.spec.as_ref())
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|ts| {
+                    ts.iter()
+                        .any(|t| t.key == "node.kubernetes.io/unschedulable")
+                })
+        },
+    )
+    .await;
+    let on_cordoned: Vec<Pod> = pods(&env, "app=ztunnel")
+        .await
+        .into_iter()
+        .filter(|p| node_of(p) == cordoned)
+        .collect();
+    assert_eq!(on_cordoned.len(), 1);
+    assert_eq!(
+        on_cordoned[0].uid(),
+        before,
+        "the cordoned node's ztunnel pod was replaced"
+    );
+    assert!(pod_ready(&on_cordoned[0]));
+
+    // What an OnDelete upgrade relies on: deleting it there yields a new pod on the
+    // cordoned node.
+    let pod_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    pod_api
+        .delete(&on_cordoned[0].name_any(), &DeleteParams::default())
+        .await
+        .expect("delete ztunnel pod");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now: Vec<Pod> = pods(&env, "app=ztunnel")
+            .await
+            .into_iter()
+            .filter(|p| node_of(p) == cordoned)
+            .collect();
+        if now.len() == 1 && now[0].uid() != before && pod_ready(&now[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new Ready ztunnel pod on the cordoned node: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn app_with_pdb(
+    env: &TestEnv,
+    name: &str,
+    replicas: i32,
+    budgets: &[(&str, Budget)],
+) -> Vec<Pod> {
+    let mut app = AppFixture::new(&env.namespace, name, replicas);
+    app.node_selector = env.node_selector();
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("apply deployment");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (pdb_name, budget) in budgets {
+        let pdb = fixtures::pdb(
+            &env.namespace,
+            pdb_name,
+            BTreeMap::from([("app".to_owned(), name.to_owned())]),
+            budget.clone(),
+        );
+        fixtures::apply(&pdbs, &pdb).await.expect("apply pdb");
+    }
+    wait_for(
+        &deployments,
+        name,
+        &format!("{name} available"),
+        deployment_available(replicas),
+    )
+    .await;
+    for (pdb_name, _) in budgets {
+        wait_for(
+            &pdbs,
+            pdb_name,
+            &format!("PDB {pdb_name} observed"),
+            move |p: Option<&PodDisruptionBudget>| {
+                // A pod under several PDBs makes the disruption controller count it for one of
+                // them only, so "observed" is all that can be asked of each.
+                p.is_some_and(|p| {
+                    let status = p.status.as_ref();
+                    status.and_then(|s| s.observed_generation) == p.metadata.generation
+                        && (budgets.len() > 1
+                            || status.is_some_and(|s| s.current_healthy == Some(replicas)))
+                })
+            },
+        )
+        .await;
+    }
+    pods(env, &format!("app={name}")).await
+}
+
+fn evict_params(pod: &Pod) -> EvictParams {
+    EvictParams {
+        delete_options: Some(DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        }),
+        post_options: PostParams::default(),
+    }
+}
+
+fn api_error_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn evictions_are_decided_by_pod_disruption_budgets() {
+    let env = TestEnv::new("evict", 3).await;
+    let pod_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+
+    let guarded = app_with_pdb(
+        &env,
+        "guarded",
+        2,
+        &[("guarded", Budget::MinAvailable(IntOrString::Int(2)))],
+    )
+    .await;
+    let err = pod_api
+        .evict(&guarded[0].name_any(), &evict_params(&guarded[0]))
+        .await
+        .expect_err("eviction violating a PDB");
+    assert_eq!(api_error_code(&err), Some(429), "{err}");
+    let still = pod_api
+        .get(&guarded[0].name_any())
+        .await
+        .expect("pod still there");
+    assert!(
+        still.metadata.deletion_timestamp.is_none(),
+        "a refused eviction must not delete the pod"
+    );
+
+    let allowed = app_with_pdb(
+        &env,
+        "allowed",
+        2,
+        &[("allowed", Budget::MinAvailable(IntOrString::Int(1)))],
+    )
+    .await;
+    pod_api
+        .evict(&allowed[0].name_any(), &evict_params(&allowed[0]))
+        .await
+        .expect("eviction within the PDB");
+    let evicted = pod_api
+        .get_opt(&allowed[0].name_any())
+        .await
+        .expect("get evicted pod");
+    assert!(
+        evicted.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "evicted pod is not terminating"
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let after = pdbs.get("allowed").await.expect("pdb");
+    assert_eq!(
+        after.status.and_then(|s| s.disruptions_allowed),
+        Some(0),
+        "the eviction must use up the budget"
+    );
+
+    let doubly = app_with_pdb(
+        &env,
+        "doubly",
+        2,
+        &[
+            ("doubly-a", Budget::MaxUnavailable(IntOrString::Int(1))),
+            ("doubly-b", Budget::MaxUnavailable(IntOrString::Int(1))),
+        ],
+    )
+    .await;
+    let err = pod_api
+        .evict(&doubly[0].name_any(), &evict_params(&doubly[0]))
+        .await
+        .expect_err("eviction under two PDBs");
+    assert_eq!(api_error_code(&err), Some(500), "{err}");
+    assert!(
+        err.to_string()
+            .contains("more than one PodDisruptionBudget"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn evicted_pods_are_replaced_on_schedulable_nodes_only() {
+    let env = TestEnv::new("sched", 3).await;
+    let (first, second, third) = (
+        env.nodes[0].clone(),
+        env.nodes[1].clone(),
+        env.nodes[2].clone(),
+    );
+    cordon(&env, &first).await;
+    let placed = app_with_pdb(
+        &env,
+        "web",
+        4,
+        &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
+    )
+    .await;
+    assert!(
+        placed.iter().all(|p| node_of(p) != first),
+        "a pod landed on cordoned {first}"
+    );
+
+    cordon(&env, &second).await;
+    let pod_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let victim = placed
+        .iter()
+        .find(|p| node_of(p) == second)
+        .or_else(|| placed.first())
+        .expect("a pod")
+        .clone();
+    pod_api
+        .evict(&victim.name_any(), &evict_params(&victim))
+        .await
+        .expect("evict");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let deadline = Instant::now() + WAIT;
+    let replacement = loop {
+        let now = pods(&env, "app=web").await;
+        if let Some(p) = now
+            .iter()
+            .find(|p| !placed.iter().any(|o| o.uid() == p.uid()) && pod_ready(p))
+        {
+            break p.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Ready replacement for {}",
+            victim.name_any()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        node_of(&replacement),
+        third,
+        "the replacement must land on the only schedulable node"
+    );
+    wait_for(
+        &deployments,
+        "web",
+        "web available again",
+        deployment_available(4),
+    )
+    .await;
+    let on_first = pods(&env, "app=web")
+        .await
+        .into_iter()
+        .filter(|p| node_of(p) == first)
+        .count();
+    assert_eq!(on_first, 0);
+}
+
+fn lease(name: &str, holder: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn lease_renewals_detect_conflicting_writers() {
+    let env = TestEnv::new("lease", 0).await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let created = leases
+        .create(&PostParams::default(), &lease("agent", "replica-a"))
+        .await
+        .expect("create lease");
+    let stale_version = created.resource_version();
+
+    let mut renewal = created.clone();
+    renewal.spec.as_mut().expect("spec").renew_time = Some(MicroTime(Timestamp::now()));
+    let renewed = leases
+        .replace("agent", &PostParams::default(), &renewal)
+        .await
+        .expect("renew");
+    assert_ne!(renewed.resource_version(), stale_version);
+
+    let mut takeover = created;
+    takeover.spec.as_mut().expect("spec").holder_identity = Some("replica-b".to_owned());
+    let err = leases
+        .replace("agent", &PostParams::default(), &takeover)
+        .await
+        .expect_err("write with a stale resourceVersion");
+    assert_eq!(api_error_code(&err), Some(409), "{err}");
+    let current = leases.get("agent").await.expect("get lease");
+    assert_eq!(
+        current.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("replica-a")
+    );
+
+    // The leader-election crate the agent uses, against the real Lease API.
+    use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+    let lock = |holder: &str| {
+        LeaseLock::new(
+            env.client.clone(),
+            &env.namespace,
+            LeaseLockParams {
+                holder_id: holder.to_owned(),
+                lease_name: "elected".to_owned(),
+                lease_ttl: Duration::from_secs(15),
+            },
+        )
+    };
+    let a = lock("replica-a")
+        .try_acquire_or_renew()
+        .await
+        .expect("a acquires");
+    assert!(matches!(a, LeaseLockResult::Acquired(_)));
+    let b = lock("replica-b")
+        .try_acquire_or_renew()
+        .await
+        .expect("b tries");
+    assert!(
+        matches!(b, LeaseLockResult::NotAcquired(_)),
+        "a second replica must not take a live lease"
+    );
+    let a_again = lock("replica-a")
+        .try_acquire_or_renew()
+        .await
+        .expect("a renews");
+    assert!(matches!(a_again, LeaseLockResult::Acquired(_)));
+}
+
+#[tokio::test]
+async fn terminating_pods_exit_within_their_grace_period() {
+    let env = TestEnv::new("grace", 1).await;
+    let pod_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    // Exits after 60 s on its own, but its grace period is 3 s.
+    let mut slow = AppFixture::new(&env.namespace, "slow", 1);
+    slow.node_selector = env.node_selector();
+    slow.exit_after_seconds = 60.0;
+    slow.termination_grace_period_seconds = 3;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &slow.deployment())
+        .await
+        .expect("apply");
+    wait_for(
+        &deployments,
+        "slow",
+        "slow available",
+        deployment_available(1),
+    )
+    .await;
+    let pod = pods(&env, "app=slow").await.remove(0);
+
+    let deleted_at = Instant::now();
+    pod_api
+        .delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = pod_api
+        .get_opt(&pod.name_any())
+        .await
+        .expect("get")
+        .expect("the pod must stay while it terminates");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let uid = pod.uid();
+    wait_for(
+        &pod_api,
+        &pod.name_any(),
+        "pod gone",
+        kube::runtime::wait::conditions::is_deleted(&uid.unwrap_or_default()),
+    )
+    .await;
+    let took = deleted_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "gone after {took:?}, before its grace period ended"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "gone after {took:?}: the grace period was not honoured"
+    );
+}
