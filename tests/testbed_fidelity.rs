@@ -525,3 +525,175 @@ async fn terminating_pods_exit_within_their_grace_period() {
         "gone after {took:?}: the grace period was not honoured"
     );
 }
+
+fn revision_hashes(pods: &[Pod]) -> BTreeMap<String, String> {
+    pods.iter()
+        .map(|p| {
+            (
+                node_of(p),
+                p.labels()
+                    .get("controller-revision-hash")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the DaemonSet controller has seen the latest spec.
+fn daemonset_observed(ds: Option<&DaemonSet>) -> bool {
+    ds.is_some_and(|d| {
+        d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+    })
+}
+
+#[tokio::test]
+async fn an_ondelete_daemonset_replaces_a_pod_only_when_it_is_deleted() {
+    let env = TestEnv::new("ondelete", 2).await;
+    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
+    ztunnel.node_selector = env.node_selector();
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("apply");
+    wait_for(&ds_api, "ztunnel", "ztunnel ready", daemonset_ready(2)).await;
+    let old = revision_hashes(&pods(&env, "app=ztunnel").await);
+    let old_hash = old.values().next().expect("a pod").clone();
+
+    ztunnel.version = "1.29.0".to_owned();
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("upgrade");
+    wait_for(&ds_api, "ztunnel", "upgrade observed", daemonset_observed).await;
+    let ds = ds_api.get("ztunnel").await.expect("get");
+    assert_eq!(
+        ds.status
+            .as_ref()
+            .and_then(|s| s.updated_number_scheduled)
+            .unwrap_or(0),
+        0,
+        "OnDelete must not replace pods"
+    );
+    assert_eq!(
+        revision_hashes(&pods(&env, "app=ztunnel").await),
+        old,
+        "pods changed without being deleted"
+    );
+
+    let target = env.nodes[0].clone();
+    let victim = pods(&env, "app=ztunnel")
+        .await
+        .into_iter()
+        .find(|p| node_of(p) == target)
+        .expect("pod");
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .delete(&victim.name_any(), &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        &ds_api,
+        "ztunnel",
+        "one pod updated",
+        |d: Option<&DaemonSet>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.updated_number_scheduled == Some(1) && s.number_ready == 2)
+        },
+    )
+    .await;
+    let now = revision_hashes(&pods(&env, "app=ztunnel").await);
+    assert_ne!(
+        now[&target], old_hash,
+        "the recreated pod must carry the new revision hash"
+    );
+    assert_eq!(
+        now[&env.nodes[1]], old_hash,
+        "the untouched node keeps the old revision"
+    );
+}
+
+#[tokio::test]
+async fn a_rolling_update_daemonset_replaces_pods_by_itself() {
+    let env = TestEnv::new("rolling", 2).await;
+    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
+    ztunnel.node_selector = env.node_selector();
+    ztunnel.strategy = fixtures::UpdateStrategy::RollingUpdate;
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("apply");
+    wait_for(&ds_api, "ztunnel", "ztunnel ready", daemonset_ready(2)).await;
+    let old = revision_hashes(&pods(&env, "app=ztunnel").await);
+
+    ztunnel.version = "1.29.0".to_owned();
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("upgrade");
+    wait_for(&ds_api, "ztunnel", "upgrade observed", daemonset_observed).await;
+    wait_for(&ds_api, "ztunnel", "all pods updated", daemonset_ready(2)).await;
+    let now = revision_hashes(&pods(&env, "app=ztunnel").await);
+    assert_eq!(now.len(), 2);
+    for (node, hash) in &now {
+        assert_ne!(
+            Some(hash),
+            old.get(node),
+            "{node} still runs the old revision"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_demo_scenario_comes_up_complete() {
+    // The demo writes fixed names (istio-system, demo, node-NNN), so it gets a cluster of
+    // its own rather than a slice of the shared one.
+    let demo =
+        support::start_supervisor("demo", &["--demo", "--nodes", "3"]).expect("demo cluster");
+    let kubeconfig =
+        std::path::PathBuf::from(demo.ready["kubeconfig"].as_str().expect("kubeconfig"));
+    let client = ztunnel_rollout::testbed::control_plane::client_for(&kubeconfig)
+        .await
+        .expect("client");
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
+    wait_for(&ds_api, "ztunnel", "demo ztunnel ready", daemonset_ready(3)).await;
+    let ds = ds_api.get("ztunnel").await.expect("ztunnel");
+    let spec = ds.spec.expect("spec");
+    assert_eq!(
+        spec.update_strategy.and_then(|s| s.type_).as_deref(),
+        Some("OnDelete")
+    );
+    let pod_spec = spec.template.spec.expect("pod spec");
+    assert_eq!(pod_spec.containers[0].name, "istio-proxy");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
+    for (name, replicas) in [("waypoint", 1), ("productpage", 3), ("reviews", 4)] {
+        wait_for(
+            &deployments,
+            name,
+            &format!("demo/{name} available"),
+            deployment_available(replicas),
+        )
+        .await;
+    }
+    let waypoints = deployments
+        .list(&ListParams::default().labels("gateway.istio.io/managed=istio.io-mesh-controller"))
+        .await
+        .expect("list waypoints");
+    assert_eq!(
+        waypoints
+            .items
+            .iter()
+            .map(|d| d.name_any())
+            .collect::<Vec<_>>(),
+        ["waypoint"]
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client, "demo");
+    wait_for(
+        &pdbs,
+        "reviews",
+        "reviews PDB allows one disruption",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.disruptions_allowed == Some(1))
+        },
+    )
+    .await;
+}
