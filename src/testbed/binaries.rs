@@ -99,12 +99,19 @@ mod tests {
         let err = ControlPlaneBinaries::in_dir(dir.path())
             .check()
             .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("kube-apiserver"), "{msg}");
+        let BinariesError::Missing { missing, .. } = &err;
+        assert!(missing.starts_with("kube-apiserver, "), "{missing}");
         assert!(
-            !msg.contains("etcd,"),
-            "etcd exists and must not be listed: {msg}"
+            !missing.contains("etcd"),
+            "etcd exists and must not be listed: {missing}"
         );
-        assert!(msg.contains("e2e/build-control-plane.sh"), "{msg}");
+        assert!(
+            missing.contains("kwok-stages/node/fast/node-initialize.yaml"),
+            "{missing}"
+        );
+        assert!(
+            err.to_string().contains("e2e/build-control-plane.sh"),
+            "{err}"
+        );
     }
 }
