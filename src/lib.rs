@@ -1,4 +1,8 @@
 //! ztunnel-rollout: upgrades Istio ambient mode's ztunnel node by node without dropping
 //! traffic.
 
+pub mod cli;
+pub mod drain;
+pub mod kube_client;
+pub mod label_selector;
 pub mod testbed;

@@ -39,8 +39,6 @@ pub enum ControlPlaneError {
     },
     #[error("the control plane was not ready within {0:?}: {1}")]
     NotReady(Duration, String),
-    #[error("kube client: {0}")]
-    Client(#[from] kube::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
@@ -380,16 +378,9 @@ impl RunningControlPlane {
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
 pub async fn client_for(kubeconfig: &Path) -> Result<Client, ControlPlaneError> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| {
-        ControlPlaneError::NotReady(Duration::ZERO, format!("reading kubeconfig: {e}"))
-    })?;
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    crate::kube_client::client(Some(kubeconfig), None)
         .await
-        .map_err(|e| ControlPlaneError::NotReady(Duration::ZERO, format!("kubeconfig: {e}")))?;
-    // kube's default client silently retries 429 up to 15 times with backoff of up to
-    // 1000 s; the tests (and the drain) must see a refused eviction as it happens.
-    config.default_retry = false;
-    Ok(Client::try_from(config)?)
+        .map_err(|e| ControlPlaneError::NotReady(Duration::ZERO, e.to_string()))
 }
 
 fn apiserver_args(pki: &PkiFiles, etcd_url: &str, port: u16) -> Vec<String> {

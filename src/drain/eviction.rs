@@ -1,0 +1,177 @@
+//! What an answer of the Eviction API means for the drain.
+
+use std::time::Duration;
+
+/// The API server's message when a pod is covered by several PDBs (HTTP 500).
+const SEVERAL_BUDGETS: &str = "more than one PodDisruptionBudget";
+/// Cause type the API server uses for writes into a namespace being deleted.
+const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The pod is being deleted; wait for it to go.
+    Accepted,
+    /// The pod (with our UID) no longer exists: 404, or 409 on the UID precondition.
+    Gone,
+    /// 429: a PDB allows no disruption now. Retry later, not before `retry_after`.
+    Blocked {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// 500 for a pod under several PDBs: the API will never evict it.
+    SeveralBudgets,
+    /// 403 from a namespace being deleted: its pods go anyway; retry.
+    NamespaceTerminating,
+    /// Anything else that may pass on a retry (5xx, connection errors).
+    Retryable(String),
+    /// Retrying cannot help (e.g. 403 Forbidden by RBAC, 422 Invalid).
+    Fatal(String),
+}
+
+impl Verdict {
+    pub fn of(result: &Result<(), kube::Error>) -> Verdict {
+        let status = match result {
+            Ok(()) => return Verdict::Accepted,
+            Err(kube::Error::Api(status)) => status,
+            Err(other) => return Verdict::Retryable(other.to_string()),
+        };
+        let causes = status.details.iter().flat_map(|d| d.causes.iter());
+        let message = if status.message.is_empty() {
+            status.reason.clone()
+        } else {
+            status.message.clone()
+        };
+        match status.code {
+            404 => Verdict::Gone,
+            409 if status.message.contains("Precondition failed") => Verdict::Gone,
+            429 => {
+                let detail: Vec<&str> = causes
+                    .map(|c| c.message.as_str())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                Verdict::Blocked {
+                    retry_after: status
+                        .details
+                        .as_ref()
+                        .map(|d| d.retry_after_seconds)
+                        .filter(|s| *s > 0)
+                        .map(|s| Duration::from_secs(u64::from(s))),
+                    message: if detail.is_empty() {
+                        message
+                    } else {
+                        detail.join("; ")
+                    },
+                }
+            }
+            500 if status.message.contains(SEVERAL_BUDGETS) => Verdict::SeveralBudgets,
+            403 if causes.clone().any(|c| c.reason == NAMESPACE_TERMINATING) => {
+                Verdict::NamespaceTerminating
+            }
+            401 | 403 | 400 | 422 => Verdict::Fatal(message),
+            _ => Verdict::Retryable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+    use kube::core::response::{StatusCause, StatusDetails};
+
+    fn api(code: u16, message: &str, details: Option<StatusDetails>) -> Result<(), kube::Error> {
+        Err(kube::Error::Api(Box::new(Status {
+            code,
+            message: message.into(),
+            details,
+            ..Status::failure(message, "")
+        })))
+    }
+
+    fn details(
+        retry_after_seconds: u32,
+        cause_reason: &str,
+        cause_message: &str,
+    ) -> Option<StatusDetails> {
+        Some(StatusDetails {
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            causes: vec![StatusCause {
+                reason: cause_reason.into(),
+                message: cause_message.into(),
+                field: String::new(),
+            }],
+            retry_after_seconds,
+        })
+    }
+
+    #[test]
+    fn success_and_absence() {
+        assert_eq!(Verdict::of(&Ok(())), Verdict::Accepted);
+        assert_eq!(
+            Verdict::of(&api(404, "pods \"x\" not found", None)),
+            Verdict::Gone
+        );
+        assert_eq!(
+            Verdict::of(&api(
+                409,
+                "Precondition failed: UID in precondition: a, UID in object meta: b",
+                None
+            )),
+            Verdict::Gone
+        );
+    }
+
+    #[test]
+    fn a_pdb_refusal_carries_retry_after_and_the_budget_message() {
+        let v = Verdict::of(&api(
+            429,
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            details(
+                10,
+                "DisruptionBudget",
+                "The disruption budget api needs 3 healthy pods and has 3 currently",
+            ),
+        ));
+        assert_eq!(
+            v,
+            Verdict::Blocked {
+                retry_after: Some(Duration::from_secs(10)),
+                message: "The disruption budget api needs 3 healthy pods and has 3 currently"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn several_budgets_terminating_namespaces_and_the_rest() {
+        assert_eq!(
+            Verdict::of(&api(
+                500,
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                None
+            )),
+            Verdict::SeveralBudgets
+        );
+        assert_eq!(
+            Verdict::of(&api(
+                403,
+                "forbidden: namespace is being terminated",
+                details(0, "NamespaceTerminating", "")
+            )),
+            Verdict::NamespaceTerminating
+        );
+        assert!(
+            matches!(Verdict::of(&api(403, "RBAC: access denied", None)), Verdict::Fatal(m) if m.contains("RBAC"))
+        );
+        assert!(
+            matches!(Verdict::of(&api(500, "etcd timeout", None)), Verdict::Retryable(m) if m.contains("etcd"))
+        );
+        assert!(matches!(
+            Verdict::of(&api(503, "unavailable", None)),
+            Verdict::Retryable(_)
+        ));
+    }
+}

@@ -1,0 +1,630 @@
+//! The drain's I/O: watches the node's pods and the PDBs, evicts what the plan says
+//! (bounded in parallel, retrying by the verdicts of [`super::eviction`]), and waits for
+//! the pods to be gone — all before one deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::budget;
+use super::eviction::Verdict;
+use super::filter::{self, Disposition, DrainPlan, FilterOptions, PlannedPod};
+use super::report::{DrainReport, Outcome, PodResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the watches on node {node}'s pods and the PodDisruptionBudgets did not sync before the deadline"
+    )]
+    WatchNotReady { node: String },
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> DrainError {
+    let action = action.into();
+    move |source| DrainError::Kube { action, source }
+}
+
+/// Backoff between eviction retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Retries for answers other than 429 and terminating namespaces; 429s are retried
+    /// until the deadline, since a PDB may allow the eviction later.
+    pub max_other_retries: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_other_retries: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    pub filter: FilterOptions,
+    /// Deadline for the whole drain, from the call to `drain`.
+    pub timeout: Duration,
+    /// Grace period for the evicted pods; `None` keeps each pod's own.
+    pub grace_period_seconds: Option<i64>,
+    /// DELETE pods instead of evicting them: bypasses PodDisruptionBudgets entirely.
+    pub disable_eviction: bool,
+    /// Eviction requests in flight at once.
+    pub concurrency: usize,
+    pub retry: RetrySettings,
+    pub dry_run: bool,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        Self {
+            filter: FilterOptions::default(),
+            timeout: Duration::from_secs(300),
+            grace_period_seconds: None,
+            disable_eviction: false,
+            concurrency: 16,
+            retry: RetrySettings::default(),
+            dry_run: false,
+        }
+    }
+}
+
+/// Marks the node unschedulable. Returns false if it already was.
+pub async fn cordon(client: &Client, node: &str) -> Result<bool, DrainError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let current = nodes
+        .get_opt(node)
+        .await
+        .map_err(kube_err(format!("reading node {node}")))?
+        .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+    if current.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        return Ok(false);
+    }
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
+        )
+        .await
+        .map_err(kube_err(format!("cordoning node {node}")))?;
+    Ok(true)
+}
+
+/// Live views of the node's pods and of all PDBs, fed by watches, with a counter that
+/// ticks on every change so waiters wake on events instead of polling.
+struct Views {
+    pods: Store<Pod>,
+    pods_changed: watch::Receiver<u64>,
+    pdbs: Store<PodDisruptionBudget>,
+    pdbs_changed: watch::Receiver<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = watch::channel(0u64);
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(writer));
+        while let Some(event) = events.next().await {
+            if let Err(e) = event {
+                debug!(error = %e, "watch error; the watcher retries with backoff");
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    (reader, rx, task)
+}
+
+impl Views {
+    async fn start(client: &Client, node: &str, deadline: Instant) -> Result<Self, DrainError> {
+        let (pods, pods_changed, pod_task) = spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        );
+        let (pdbs, pdbs_changed, pdb_task) = spawn_reflector(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            watcher::Config::default(),
+        );
+        let views = Views {
+            pods,
+            pods_changed,
+            pdbs,
+            pdbs_changed,
+            tasks: vec![pod_task, pdb_task],
+        };
+        let ready = async {
+            let _ = views.pods.wait_until_ready().await;
+            let _ = views.pdbs.wait_until_ready().await;
+        };
+        tokio::time::timeout_at(deadline, ready)
+            .await
+            .map_err(|_| DrainError::WatchNotReady {
+                node: node.to_owned(),
+            })?;
+        Ok(views)
+    }
+
+    /// The pod as the watch sees it now, if it still exists with this UID.
+    fn current(&self, p: &PlannedPod) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&ObjectRef::new(&p.name).within(&p.namespace))
+            .filter(|pod| pod.metadata.uid.as_deref() == Some(p.uid.as_str()))
+    }
+
+    fn covering_pdbs(&self, pod: &Pod) -> Vec<PodDisruptionBudget> {
+        let all = self.pdbs.state();
+        budget::covering(pod, all.iter().map(|p| p.as_ref()))
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+}
+
+fn since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn result_for(p: &PlannedPod, outcome: Outcome, reason: Option<String>) -> PodResult {
+    PodResult {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        outcome,
+        reason,
+        attempts: 0,
+        refused_by_budget: 0,
+        evicted_after_ms: None,
+        gone_after_ms: None,
+    }
+}
+
+pub struct Drainer {
+    client: Client,
+}
+
+impl Drainer {
+    /// `client` must not retry 429s by itself (kube's default client does: set
+    /// `Config::default_retry = false`); the drain counts and paces its own retries.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// What a drain of `node` would do now, changing nothing.
+    pub async fn plan(&self, node: &str, opts: &DrainOptions) -> Result<DrainPlan, DrainError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .get_opt(node)
+            .await
+            .map_err(kube_err(format!("reading node {node}")))?
+            .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .map_err(kube_err(format!("listing the pods of node {node}")))?;
+        Ok(filter::plan(&pods.items, &opts.filter, Timestamp::now()))
+    }
+
+    /// Drains `node` (which the caller has cordoned). Refusals end the drain before any
+    /// eviction. The report is `complete` only when every pod to drain is gone.
+    pub async fn drain(&self, node: &str, opts: &DrainOptions) -> Result<DrainReport, DrainError> {
+        let start = Instant::now();
+        let deadline = start + opts.timeout;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .get_opt(node)
+            .await
+            .map_err(kube_err(format!("reading node {node}")))?
+            .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+        let views = Arc::new(Views::start(&self.client, node, deadline).await?);
+        let pods: Vec<Pod> = views
+            .pods
+            .state()
+            .iter()
+            .map(|p| p.as_ref().clone())
+            .collect();
+        let plan = filter::plan(&pods, &opts.filter, Timestamp::now());
+
+        if opts.dry_run || plan.has_refusals() {
+            let pods = plan
+                .pods
+                .iter()
+                .map(|p| match &p.disposition {
+                    Disposition::Refuse(r) => result_for(p, Outcome::Refused, Some(r.clone())),
+                    Disposition::Skip(r) => result_for(p, Outcome::Skipped, Some(r.clone())),
+                    Disposition::Evict { .. } | Disposition::AwaitTermination
+                        if plan.has_refusals() =>
+                    {
+                        result_for(
+                            p,
+                            Outcome::NotGone,
+                            Some("not evicted: the drain was refused".to_owned()),
+                        )
+                    }
+                    Disposition::Evict { note } => {
+                        let blocked = views
+                            .current(p)
+                            .map(|pod| views.covering_pdbs(&pod))
+                            .unwrap_or_default();
+                        let refs: Vec<&PodDisruptionBudget> = blocked.iter().collect();
+                        let reason = if !budget::allows_disruption(&refs) {
+                            Some(
+                                refs.iter()
+                                    .map(|b| budget::describe(b))
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                            )
+                        } else {
+                            note.clone()
+                        };
+                        result_for(p, Outcome::WouldEvict, reason)
+                    }
+                    Disposition::AwaitTermination => result_for(
+                        p,
+                        Outcome::WouldEvict,
+                        Some("already terminating".to_owned()),
+                    ),
+                })
+                .collect();
+            let refused = plan.has_refusals();
+            if refused {
+                warn!(
+                    node,
+                    "drain refused: pods the options do not allow to evict"
+                );
+            }
+            return Ok(DrainReport {
+                node: node.to_owned(),
+                dry_run: opts.dry_run,
+                complete: !refused,
+                elapsed_ms: since(start),
+                pods,
+            });
+        }
+
+        let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        let mut tasks = Vec::new();
+        for p in plan.pods.iter().cloned() {
+            match &p.disposition {
+                // A plan with refusals returned above; neither kind needs a task.
+                Disposition::Skip(r) | Disposition::Refuse(r) => {
+                    let outcome = if matches!(p.disposition, Disposition::Skip(_)) {
+                        Outcome::Skipped
+                    } else {
+                        Outcome::Refused
+                    };
+                    tasks.push(tokio::spawn(std::future::ready(result_for(
+                        &p,
+                        outcome,
+                        Some(r.clone()),
+                    ))));
+                }
+                Disposition::Evict { .. } | Disposition::AwaitTermination => {
+                    let ctx = PodDrain {
+                        client: self.client.clone(),
+                        views: views.clone(),
+                        permits: permits.clone(),
+                        opts: opts.clone(),
+                        start,
+                        deadline,
+                    };
+                    tasks.push(tokio::spawn(async move { ctx.run(p).await }));
+                }
+            }
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(r) => results.push(r),
+                Err(e) => warn!(error = %e, "a pod's drain task ended abnormally"),
+            }
+        }
+        let complete = results.len() == plan.pods.len()
+            && results
+                .iter()
+                .all(|r| matches!(r.outcome, Outcome::Evicted | Outcome::Skipped));
+        let report = DrainReport {
+            node: node.to_owned(),
+            dry_run: false,
+            complete,
+            elapsed_ms: since(start),
+            pods: results,
+        };
+        info!(node, complete, "{}", report.summary());
+        Ok(report)
+    }
+}
+
+/// One pod's way out: evict (with retries) until accepted, then wait until gone.
+struct PodDrain {
+    client: Client,
+    views: Arc<Views>,
+    permits: Arc<Semaphore>,
+    opts: DrainOptions,
+    start: Instant,
+    deadline: Instant,
+}
+
+enum Wake {
+    Elapsed,
+    Deadline,
+    Changed,
+}
+
+impl PodDrain {
+    async fn run(self, p: PlannedPod) -> PodResult {
+        let mut result = result_for(&p, Outcome::NotGone, None);
+        if matches!(p.disposition, Disposition::Evict { .. }) {
+            if let Err(failure) = self.evict_until_accepted(&p, &mut result).await {
+                return failure;
+            }
+            result
+                .evicted_after_ms
+                .get_or_insert_with(|| since(self.start));
+        }
+        self.wait_until_gone(&p, result).await
+    }
+
+    async fn request(&self, p: &PlannedPod) -> Result<(), kube::Error> {
+        let _permit = self.permits.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
+        let delete = DeleteParams {
+            grace_period_seconds: self
+                .opts
+                .grace_period_seconds
+                .and_then(|g| u32::try_from(g).ok()),
+            preconditions: Some(Preconditions {
+                uid: Some(p.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if self.opts.disable_eviction {
+            pods.delete(&p.name, &delete).await.map(|_| ())
+        } else {
+            let params = EvictParams {
+                delete_options: Some(delete),
+                post_options: PostParams::default(),
+            };
+            pods.evict(&p.name, &params).await.map(|_| ())
+        }
+    }
+
+    /// Ok once the eviction is accepted (or the pod is gone); Err with the final result
+    /// when it failed for good or the deadline came.
+    async fn evict_until_accepted(
+        &self,
+        p: &PlannedPod,
+        result: &mut PodResult,
+    ) -> Result<(), PodResult> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.opts.retry.min_delay)
+            .with_max_delay(self.opts.retry.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut other_retries = 0u32;
+        loop {
+            if self.views.current(p).is_none() {
+                return Ok(());
+            }
+            if Instant::now() >= self.deadline {
+                return Err(self.not_gone(
+                    p,
+                    result,
+                    "the eviction was not accepted before the deadline",
+                ));
+            }
+            let answer = self.request(p).await;
+            result.attempts += 1;
+            let next = backoff.next().unwrap_or(self.opts.retry.max_delay);
+            match Verdict::of(&answer) {
+                Verdict::Accepted | Verdict::Gone => return Ok(()),
+                Verdict::Blocked {
+                    retry_after,
+                    message,
+                } => {
+                    result.refused_by_budget += 1;
+                    result.reason = Some(message);
+                    let delay = next.max(retry_after.unwrap_or_default());
+                    debug!(pod = %p.name, ?delay, "eviction refused by a PodDisruptionBudget");
+                    self.wait_for_budget(p, delay).await;
+                }
+                Verdict::SeveralBudgets => {
+                    let names = self
+                        .views
+                        .current(p)
+                        .map(|pod| {
+                            self.views
+                                .covering_pdbs(&pod)
+                                .iter()
+                                .map(budget::pdb_name)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    let mut failed = result.clone();
+                    failed.outcome = Outcome::Failed;
+                    failed.reason = Some(format!(
+                        "covered by several PodDisruptionBudgets ({}); the Eviction API refuses such pods — fix the PDBs",
+                        names.join(", ")
+                    ));
+                    return Err(failed);
+                }
+                Verdict::NamespaceTerminating => {
+                    result.reason = Some("its namespace is terminating".to_owned());
+                    self.sleep_or_change(next).await;
+                }
+                Verdict::Retryable(message) => {
+                    other_retries += 1;
+                    result.reason = Some(message.clone());
+                    if other_retries > self.opts.retry.max_other_retries {
+                        let mut failed = result.clone();
+                        failed.outcome = Outcome::Failed;
+                        failed.reason =
+                            Some(format!("eviction failed {other_retries} times: {message}"));
+                        return Err(failed);
+                    }
+                    self.sleep_or_change(next).await;
+                }
+                Verdict::Fatal(message) => {
+                    let mut failed = result.clone();
+                    failed.outcome = Outcome::Failed;
+                    failed.reason = Some(message);
+                    return Err(failed);
+                }
+            }
+        }
+    }
+
+    /// Sleeps `delay` (the backoff, at least the server's Retry-After), but retries at once
+    /// when every PDB covering the pod allows a disruption again, or the pod is gone.
+    async fn wait_for_budget(&self, p: &PlannedPod, delay: Duration) {
+        let until = (Instant::now() + delay).min(self.deadline);
+        let mut pdbs = self.views.pdbs_changed.clone();
+        let mut pods = self.views.pods_changed.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                r = pdbs.changed() => if r.is_err() { tokio::time::sleep_until(until).await; return; },
+                r = pods.changed() => if r.is_err() { tokio::time::sleep_until(until).await; return; },
+            }
+            let Some(pod) = self.views.current(p) else {
+                return;
+            };
+            let covering = self.views.covering_pdbs(&pod);
+            if budget::allows_disruption(&covering.iter().collect::<Vec<_>>()) {
+                return;
+            }
+        }
+    }
+
+    async fn sleep_or_change(&self, delay: Duration) {
+        let until = (Instant::now() + delay).min(self.deadline);
+        tokio::time::sleep_until(until).await;
+    }
+
+    async fn wait_until_gone(&self, p: &PlannedPod, mut result: PodResult) -> PodResult {
+        let mut changed = self.views.pods_changed.clone();
+        loop {
+            let Some(pod) = self.views.current(p) else {
+                result.outcome = Outcome::Evicted;
+                result.reason = None;
+                result.gone_after_ms = Some(since(self.start));
+                return result;
+            };
+            let mut wake_at = self.deadline;
+            if let (Some(limit), Some(deleted)) = (
+                self.opts.filter.skip_wait_for_delete_timeout,
+                pod.metadata.deletion_timestamp.as_ref(),
+            ) {
+                let terminating_for = Timestamp::now().duration_since(deleted.0);
+                let left = limit.as_secs_f64() - terminating_for.as_secs_f64();
+                if left <= 0.0 {
+                    result.outcome = Outcome::Skipped;
+                    result.reason = Some(format!(
+                        "still terminating after the skip-wait-for-delete timeout ({}s)",
+                        limit.as_secs()
+                    ));
+                    return result;
+                }
+                wake_at = wake_at.min(Instant::now() + Duration::from_secs_f64(left));
+            }
+            match self.wait(&mut changed, wake_at).await {
+                Wake::Deadline => {
+                    let why = if pod.metadata.deletion_timestamp.is_some() {
+                        "still terminating at the deadline".to_owned()
+                    } else {
+                        "not evicted before the deadline".to_owned()
+                    };
+                    return self.not_gone(p, &result, &why);
+                }
+                Wake::Changed | Wake::Elapsed => {}
+            }
+        }
+    }
+
+    async fn wait(&self, changed: &mut watch::Receiver<u64>, wake_at: Instant) -> Wake {
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake_at) => {
+                if Instant::now() >= self.deadline { Wake::Deadline } else { Wake::Elapsed }
+            }
+            r = changed.changed() => {
+                if r.is_err() {
+                    tokio::time::sleep_until(wake_at).await;
+                    return if Instant::now() >= self.deadline { Wake::Deadline } else { Wake::Elapsed };
+                }
+                Wake::Changed
+            }
+        }
+    }
+
+    /// The pod is still there at the deadline: say why, naming the blocking PDBs.
+    fn not_gone(&self, p: &PlannedPod, result: &PodResult, fallback: &str) -> PodResult {
+        let mut out = result.clone();
+        out.outcome = Outcome::NotGone;
+        let blocking: Vec<String> = self
+            .views
+            .current(p)
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .map(|pod| {
+                self.views
+                    .covering_pdbs(&pod)
+                    .iter()
+                    .filter(|b| !budget::allows_disruption(&[b]))
+                    .map(budget::describe)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.reason = Some(if blocking.is_empty() {
+            fallback.to_owned()
+        } else {
+            blocking.join("; ")
+        });
+        out
+    }
+}

@@ -1,0 +1,51 @@
+//! Building the Kubernetes client the way kubectl users expect (`--kubeconfig`,
+//! `--context`, `$KUBECONFIG`, in-cluster), without kube's hidden retries.
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Read {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("no kubeconfig found and not running in a cluster: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("creating the client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client for `kubeconfig` (else `$KUBECONFIG`/`~/.kube/config`, else in-cluster) and
+/// `context` (else the current one).
+///
+/// kube's default client retries 429/503/504 up to 15 times with backoff of up to 1000 s,
+/// invisibly. That would hide PDB refusals from the drain and blow its deadline, so it is
+/// off: every retry here is the caller's, bounded and counted.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Client, ClientError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| ClientError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        None if context.is_some() => Config::from_kubeconfig(&options).await?,
+        None => Config::infer().await?,
+    };
+    config.default_retry = false;
+    Ok(Client::try_from(config)?)
+}
