@@ -1,0 +1,673 @@
+//! The drain engine against the real Eviction API, disruption controller and scheduler.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Node, Pod, PodSpec, Volume};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use support::{TestEnv, wait_for};
+use ztunnel_rollout::drain::filter::FilterOptions;
+use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
+use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
+
+fn available(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn set_unschedulable(env: &TestEnv, node: &str, value: bool) {
+    Api::<Node>::all(env.client.clone())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": value } })),
+        )
+        .await
+        .expect("patch node");
+}
+
+async fn unschedulable(env: &TestEnv, node: &str) -> bool {
+    let n = Api::<Node>::all(env.client.clone())
+        .get(node)
+        .await
+        .expect("node");
+    n.spec.and_then(|s| s.unschedulable) == Some(true)
+}
+
+/// Two nodes; `build` runs while the second is cordoned, so everything lands on the first.
+/// Returns (drained node, spare node).
+async fn two_nodes_with<F, Fut>(env: &TestEnv, build: F) -> (String, String)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (target, spare) = (env.nodes[0].clone(), env.nodes[1].clone());
+    set_unschedulable(env, &spare, true).await;
+    build().await;
+    set_unschedulable(env, &spare, false).await;
+    (target, spare)
+}
+
+fn deployment_available(n: i32) -> impl kube::runtime::wait::Condition<Deployment> {
+    move |d: Option<&Deployment>| {
+        d.and_then(|d| d.status.as_ref())
+            .is_some_and(|s| s.available_replicas == Some(n) && s.replicas == Some(n))
+    }
+}
+
+async fn app(
+    env: &TestEnv,
+    name: &str,
+    replicas: i32,
+    budgets: &[(&str, Budget)],
+    exit_after_seconds: f64,
+) {
+    let mut app = AppFixture::new(&env.namespace, name, replicas);
+    app.node_selector = env.node_selector();
+    app.exit_after_seconds = exit_after_seconds;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("deployment");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (pdb_name, budget) in budgets {
+        let selector = BTreeMap::from([("app".to_owned(), name.to_owned())]);
+        fixtures::apply(
+            &pdbs,
+            &fixtures::pdb(&env.namespace, pdb_name, selector, budget.clone()),
+        )
+        .await
+        .expect("pdb");
+    }
+    wait_for(
+        &deployments,
+        name,
+        &format!("{name} available"),
+        deployment_available(replicas),
+    )
+    .await;
+    for (pdb_name, _) in budgets {
+        wait_for(
+            &pdbs,
+            pdb_name,
+            &format!("PDB {pdb_name} observed"),
+            |p: Option<&PodDisruptionBudget>| {
+                p.is_some_and(|p| {
+                    p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+                })
+            },
+        )
+        .await;
+    }
+}
+
+async fn ztunnel(env: &TestEnv) {
+    let mut z = ZtunnelFixture::new(&env.namespace, "1.28.0");
+    z.node_selector = env.node_selector();
+    let ds: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds, &z.daemonset()).await.expect("ztunnel");
+    let n = env.nodes.len() as i32;
+    wait_for(
+        &ds,
+        "ztunnel",
+        "ztunnel ready",
+        move |d: Option<&DaemonSet>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.number_ready == n && s.desired_number_scheduled == n)
+        },
+    )
+    .await;
+}
+
+async fn pods_on(env: &TestEnv, node: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .expect("list")
+        .items
+}
+
+async fn drain(env: &TestEnv, node: &str, opts: DrainOptions) -> DrainReport {
+    Drainer::new(env.client.clone())
+        .drain(node, &opts)
+        .await
+        .expect("drain")
+}
+
+fn result<'a>(
+    report: &'a DrainReport,
+    name_prefix: &str,
+) -> Vec<&'a ztunnel_rollout::drain::PodResult> {
+    report
+        .pods
+        .iter()
+        .filter(|p| p.name.starts_with(name_prefix))
+        .collect()
+}
+
+/// Watches the namespace's pods and records, per `app` label, the fewest available
+/// pods seen at any moment.
+fn sample_available(
+    env: &TestEnv,
+) -> (
+    Arc<Mutex<HashMap<String, usize>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let minimum = Arc::new(Mutex::new(HashMap::new()));
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let seen = minimum.clone();
+    let task = tokio::spawn(async move {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).reflect(writer));
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            synced |= matches!(ev, Ok(watcher::Event::InitDone));
+            if !synced {
+                continue;
+            }
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for p in reader.state() {
+                let app = p.labels().get("app").cloned().unwrap_or_default();
+                let entry = counts.entry(app).or_insert(0);
+                if available(&p) {
+                    *entry += 1;
+                }
+            }
+            let mut min = seen.lock().expect("lock");
+            for (app, n) in counts {
+                let m = min.entry(app).or_insert(n);
+                *m = (*m).min(n);
+            }
+        }
+    });
+    (minimum, task)
+}
+
+#[tokio::test]
+async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
+    let env = TestEnv::new("drain-pdb", 2).await;
+    ztunnel(&env).await;
+    let (target, spare) = two_nodes_with(&env, || async {
+        app(
+            &env,
+            "api",
+            3,
+            &[("api", Budget::MinAvailable(IntOrString::Int(2)))],
+            2.0,
+        )
+        .await;
+        app(
+            &env,
+            "web",
+            4,
+            &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
+            1.0,
+        )
+        .await;
+        app(
+            &env,
+            "worker",
+            2,
+            &[(
+                "worker",
+                Budget::MaxUnavailable(IntOrString::String("50%".into())),
+            )],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    let before = pods_on(&env, &target).await;
+    let ztunnel_before = before
+        .iter()
+        .find(|p| p.name_any().starts_with("ztunnel"))
+        .expect("ztunnel pod")
+        .uid();
+    assert_eq!(
+        before.len(),
+        10,
+        "9 application pods and ztunnel on {target}"
+    );
+
+    let (minimum, sampler) = sample_available(&env);
+    cordon(&env.client, &target).await.expect("cordon");
+    let report = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
+    .await;
+    sampler.abort();
+
+    assert!(report.complete, "{}", report.render_text());
+    assert_eq!(
+        report.count(Outcome::Evicted),
+        9,
+        "{}",
+        report.render_text()
+    );
+    let min = minimum.lock().expect("lock").clone();
+    assert!(
+        min["api"] >= 2,
+        "api dropped to {} available (minAvailable 2)",
+        min["api"]
+    );
+    assert!(
+        min["web"] >= 3,
+        "web dropped to {} available (maxUnavailable 1 of 4)",
+        min["web"]
+    );
+    assert!(
+        min["worker"] >= 1,
+        "worker dropped to {} available (maxUnavailable 50% of 2)",
+        min["worker"]
+    );
+    let refusals: u32 = result(&report, "api")
+        .iter()
+        .map(|p| p.refused_by_budget)
+        .sum();
+    assert!(
+        refusals >= 1,
+        "three api pods evicted at once without a single 429: {}",
+        report.render_text()
+    );
+
+    // The originals are gone (by UID), their replacements run on the spare node, and the
+    // ztunnel pod was left alone.
+    let after = pods_on(&env, &target).await;
+    assert_eq!(
+        after.iter().map(|p| p.uid()).collect::<Vec<_>>(),
+        vec![ztunnel_before.clone()]
+    );
+    let ds_result = result(&report, "ztunnel");
+    assert_eq!(ds_result[0].outcome, Outcome::Skipped);
+    assert!(
+        ds_result[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("DaemonSet")
+    );
+    for (name, n) in [("api", 3), ("web", 4), ("worker", 2)] {
+        let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+        wait_for(
+            &deployments,
+            name,
+            &format!("{name} back"),
+            deployment_available(n),
+        )
+        .await;
+    }
+    let spare_apps = pods_on(&env, &spare)
+        .await
+        .into_iter()
+        .filter(|p| !p.name_any().starts_with("ztunnel"))
+        .count();
+    assert_eq!(spare_apps, 9);
+    for r in report.pods.iter().filter(|p| p.outcome == Outcome::Evicted) {
+        let (evicted, gone) = (
+            r.evicted_after_ms.expect("evicted at"),
+            r.gone_after_ms.expect("gone at"),
+        );
+        assert!(gone >= evicted, "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_budget_that_allows_nothing_ends_the_drain_at_its_deadline() {
+    let env = TestEnv::new("drain-stuck", 2).await;
+    let (target, _) = two_nodes_with(&env, || async {
+        app(
+            &env,
+            "solo",
+            1,
+            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    let pod = pods_on(&env, &target).await.remove(0);
+    cordon(&env.client, &target).await.expect("cordon");
+    let report = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    assert!(
+        !report.complete,
+        "a blocked drain must never report success"
+    );
+    let r = &report.pods[0];
+    assert_eq!(r.outcome, Outcome::NotGone);
+    let expected = format!(
+        "PDB {}/solo allows 0 disruptions (needs 1 healthy, has 1)",
+        env.namespace
+    );
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(expected.as_str()),
+        "{}",
+        report.render_text()
+    );
+    assert!(r.refused_by_budget >= 1 && r.attempts >= r.refused_by_budget);
+    assert!(
+        unschedulable(&env, &target).await,
+        "the node must stay cordoned"
+    );
+    let still = Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .get(&pod.name_any())
+        .await
+        .expect("pod");
+    assert_eq!(still.uid(), pod.uid());
+    assert!(still.metadata.deletion_timestamp.is_none());
+}
+
+#[tokio::test]
+async fn a_pod_under_two_budgets_fails_at_once_naming_both() {
+    let env = TestEnv::new("drain-two", 2).await;
+    let (target, _) = two_nodes_with(&env, || async {
+        app(
+            &env,
+            "dual",
+            2,
+            &[
+                ("dual-a", Budget::MaxUnavailable(IntOrString::Int(1))),
+                ("dual-b", Budget::MaxUnavailable(IntOrString::Int(1))),
+            ],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    cordon(&env.client, &target).await.expect("cordon");
+    let timeout = Duration::from_secs(60);
+    let report = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!report.complete);
+    for r in &report.pods {
+        assert_eq!(r.outcome, Outcome::Failed, "{}", report.render_text());
+        assert_eq!(
+            r.attempts, 1,
+            "no retry loop for a pod the API will never evict"
+        );
+        let reason = r.reason.as_deref().unwrap_or("");
+        let (a, b) = (
+            format!("{}/dual-a", env.namespace),
+            format!("{}/dual-b", env.namespace),
+        );
+        assert!(reason.contains(&a) && reason.contains(&b), "{reason}");
+    }
+    assert!(
+        u128::from(report.elapsed_ms) < timeout.as_millis(),
+        "it waited for the deadline"
+    );
+}
+
+fn bare_pod(env: &TestEnv, name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(env.namespace.clone()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_selector: Some(env.node_selector()),
+            containers: vec![Container {
+                name: "c".into(),
+                image: Some("registry.k8s.io/pause:3.10".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unmanaged_and_emptydir_pods_are_refused_before_anything_is_evicted() {
+    let env = TestEnv::new("drain-refuse", 2).await;
+    let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let (target, _) = two_nodes_with(&env, || async {
+        app(&env, "web", 2, &[], 1.0).await;
+        let mut cache = AppFixture::new(&env.namespace, "cache", 1);
+        cache.node_selector = env.node_selector();
+        let mut d = cache.deployment();
+        let pod_spec = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("spec");
+        pod_spec.volumes = Some(vec![Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]);
+        let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+        fixtures::apply(&deployments, &d).await.expect("cache");
+        wait_for(
+            &deployments,
+            "cache",
+            "cache available",
+            deployment_available(1),
+        )
+        .await;
+        pods_api
+            .create(&PostParams::default(), &bare_pod(&env, "bare"))
+            .await
+            .expect("bare pod");
+        wait_for(&pods_api, "bare", "bare running", |p: Option<&Pod>| {
+            p.is_some_and(available)
+        })
+        .await;
+    })
+    .await;
+    let before: BTreeMap<String, String> = pods_on(&env, &target)
+        .await
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    assert_eq!(before.len(), 4);
+
+    // The CLI refuses without touching the node.
+    let kubeconfig = support::cluster().kubeconfig.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+        .args(["drain", &target, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .expect("run ztunnel-rollout drain");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("bare") && stdout.contains("--force"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scratch") && stdout.contains("--delete-emptydir-data"),
+        "{stdout}"
+    );
+    assert!(
+        !unschedulable(&env, &target).await,
+        "a refused drain must not cordon"
+    );
+
+    // So does the library, for every pod at once, evicting nothing.
+    cordon(&env.client, &target).await.expect("cordon");
+    let report = drain(&env, &target, DrainOptions::default()).await;
+    assert!(!report.complete);
+    let mut refused: Vec<&str> = report
+        .pods
+        .iter()
+        .filter(|p| p.outcome == Outcome::Refused)
+        .map(|p| p.name.as_str())
+        .collect();
+    refused.sort();
+    assert_eq!(refused.len(), 2, "{}", report.render_text());
+    assert!(
+        refused[0] == "bare" && refused[1].starts_with("cache-"),
+        "{refused:?}"
+    );
+    assert!(report.pods.iter().all(|p| p.attempts == 0));
+    let after: BTreeMap<String, String> = pods_on(&env, &target)
+        .await
+        .iter()
+        .filter(|p| available(p))
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    assert_eq!(after, before, "a refused drain evicted something");
+
+    // With both allowed, everything goes; the bare pod is not recreated.
+    let opts = DrainOptions {
+        filter: FilterOptions {
+            force: true,
+            delete_emptydir_data: true,
+            ..Default::default()
+        },
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let report = drain(&env, &target, opts).await;
+    assert!(report.complete, "{}", report.render_text());
+    assert_eq!(report.count(Outcome::Evicted), 4);
+    assert!(pods_api.get_opt("bare").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn daemonset_and_mirror_pods_are_left_alone_and_dry_run_changes_nothing() {
+    let env = TestEnv::new("drain-skip", 2).await;
+    ztunnel(&env).await;
+    let target = env.nodes[0].clone();
+    let node_uid = Api::<Node>::all(env.client.clone())
+        .get(&target)
+        .await
+        .expect("node")
+        .uid()
+        .expect("uid");
+    let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    // A mirror pod as the kubelet creates it for a static pod: annotated and owned by
+    // the Node, bound to it.
+    let mut mirror = bare_pod(&env, "static-web");
+    mirror.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/config.mirror".to_owned(),
+        "hash".to_owned(),
+    )]));
+    mirror.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: target.clone(),
+        uid: node_uid,
+        controller: Some(true),
+        ..Default::default()
+    }]);
+    let spec = mirror.spec.as_mut().expect("spec");
+    spec.node_selector = None;
+    spec.node_name = Some(target.clone());
+    pods_api
+        .create(&PostParams::default(), &mirror)
+        .await
+        .expect("mirror pod");
+    wait_for(
+        &pods_api,
+        "static-web",
+        "mirror pod running",
+        |p: Option<&Pod>| p.is_some_and(available),
+    )
+    .await;
+    let (_, _) = two_nodes_with(&env, || async { app(&env, "web", 2, &[], 1.0).await }).await;
+    let before: BTreeMap<String, String> = pods_on(&env, &target)
+        .await
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+
+    let dry = drain(
+        &env,
+        &target,
+        DrainOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(dry.dry_run && dry.complete);
+    assert_eq!(dry.count(Outcome::WouldEvict), 2, "{}", dry.render_text());
+    assert_eq!(dry.count(Outcome::Skipped), 2);
+    assert!(dry.pods.iter().all(|p| p.attempts == 0));
+    assert!(!unschedulable(&env, &target).await);
+    let unchanged: BTreeMap<String, String> = pods_on(&env, &target)
+        .await
+        .iter()
+        .filter(|p| available(p))
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    assert_eq!(unchanged, before);
+
+    cordon(&env.client, &target).await.expect("cordon");
+    let report = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(report.complete, "{}", report.render_text());
+    let skipped: BTreeMap<&str, &str> = report
+        .pods
+        .iter()
+        .filter(|p| p.outcome == Outcome::Skipped)
+        .map(|p| (p.name.as_str(), p.reason.as_deref().unwrap_or("")))
+        .collect();
+    assert!(skipped["static-web"].contains("mirror"), "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .any(|(n, r)| n.starts_with("ztunnel") && r.contains("DaemonSet")),
+        "{skipped:?}"
+    );
+    let left: Vec<String> = pods_on(&env, &target)
+        .await
+        .iter()
+        .map(|p| p.uid().unwrap_or_default())
+        .collect();
+    let kept: Vec<&String> = before
+        .iter()
+        .filter(|(n, _)| *n == "static-web" || n.starts_with("ztunnel"))
+        .map(|(_, u)| u)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(
+        kept.iter().all(|u| left.contains(u)),
+        "a skipped pod was touched"
+    );
+}
