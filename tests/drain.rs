@@ -671,3 +671,135 @@ async fn daemonset_and_mirror_pods_are_left_alone_and_dry_run_changes_nothing() 
         "a skipped pod was touched"
     );
 }
+
+#[tokio::test]
+async fn pods_stuck_terminating_are_skipped_after_the_skip_wait_timeout_only() {
+    let env = TestEnv::new("drain-stuck-term", 2).await;
+    let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let target = env.nodes[0].clone();
+    // A finalizer nobody removes keeps the pod terminating, as on a dead node.
+    let mut held = bare_pod(&env, "held");
+    held.metadata.finalizers = Some(vec!["local-cluster.ztunnel-rollout.dev/hold".into()]);
+    let spec = held.spec.as_mut().expect("spec");
+    spec.node_selector = None;
+    spec.node_name = Some(target.clone());
+    pods_api
+        .create(&PostParams::default(), &held)
+        .await
+        .expect("held pod");
+    wait_for(&pods_api, "held", "held running", |p: Option<&Pod>| {
+        p.is_some_and(available)
+    })
+    .await;
+    pods_api
+        .delete("held", &Default::default())
+        .await
+        .expect("delete held");
+    cordon(&env.client, &target).await.expect("cordon");
+
+    let waiting = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!waiting.complete);
+    assert_eq!(waiting.pods[0].outcome, Outcome::NotGone);
+    assert_eq!(
+        waiting.pods[0].reason.as_deref(),
+        Some("still terminating at the deadline")
+    );
+
+    let opts = DrainOptions {
+        timeout: Duration::from_secs(60),
+        filter: FilterOptions {
+            skip_wait_for_delete_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = drain(&env, &target, opts).await;
+    assert!(report.complete, "{}", report.render_text());
+    assert_eq!(report.pods[0].outcome, Outcome::Skipped);
+    assert!(
+        report.pods[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("skip-wait-for-delete")
+    );
+
+    pods_api
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("release the finalizer");
+}
+
+#[tokio::test]
+async fn the_cli_reports_as_json_and_exits_non_zero_when_not_drained() {
+    let env = TestEnv::new("drain-cli", 2).await;
+    let (target, _) = two_nodes_with(&env, || async {
+        app(
+            &env,
+            "solo",
+            1,
+            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    let kubeconfig = support::cluster().kubeconfig.clone();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+            .args(["drain", &target, "-o", "json", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(extra)
+            .output()
+            .expect("run ztunnel-rollout drain")
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(report["pods"][0]["outcome"], "wouldEvict");
+    let blocked = format!("PDB {}/solo allows 0 disruptions", env.namespace);
+    assert!(
+        report["pods"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&blocked),
+        "{report}"
+    );
+    assert!(
+        !unschedulable(&env, &target).await,
+        "a dry run must not cordon"
+    );
+
+    let real = run(&["--timeout", "3s"]);
+    assert_eq!(real.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&real.stdout).expect("json");
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["pods"][0]["outcome"], "notGone");
+    assert!(String::from_utf8_lossy(&real.stderr).contains("stays cordoned"));
+    assert!(unschedulable(&env, &target).await);
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+        .args(["drain", "no-such-node", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("node no-such-node not found"));
+}
