@@ -21,6 +21,8 @@ pub enum ClientError {
     Client(#[from] kube::Error),
 }
 
+pub const USER_AGENT: &str = concat!("ztunnel-rollout/", env!("CARGO_PKG_VERSION"));
+
 /// A client for `kubeconfig` (else `$KUBECONFIG`/`~/.kube/config`, else in-cluster) and
 /// `context` (else the current one).
 ///
@@ -47,5 +49,10 @@ pub async fn client(
         None => Config::infer().await?,
     };
     config.default_retry = false;
+    // Names our requests in audit logs and apiserver metrics.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Ok(Client::try_from(config)?)
 }

@@ -63,6 +63,9 @@ struct CommonArgs {
         default_value_t = 1.0
     )]
     pod_exit_after_seconds: f64,
+    /// Write the API server's audit log to <state dir>/audit.log (request counts by client).
+    #[arg(long, env = "LOCAL_CLUSTER_AUDIT_LOG")]
+    audit_log: bool,
     /// Seconds to wait for the control plane to become ready.
     #[arg(
         long,
@@ -104,6 +107,7 @@ impl CommonArgs {
                 exit_after_seconds: self.pod_exit_after_seconds,
             },
             start_timeout: Duration::from_secs(self.start_timeout_seconds),
+            audit_log: self.audit_log,
         })
     }
 }

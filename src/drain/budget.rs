@@ -1,5 +1,7 @@
 //! Which PodDisruptionBudgets cover a pod, and how to say that one blocks it.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
@@ -58,6 +60,49 @@ pub fn describe(pdb: &PodDisruptionBudget) -> String {
         pdb_name(pdb),
         if allowed == 1 { "" } else { "s" }
     )
+}
+
+/// Shares out the disruptions PDBs allow among pods waiting to retry an eviction, so that
+/// when a budget frees N disruptions about N pods retry rather than all of them.
+#[derive(Debug, Default)]
+pub struct DisruptionClaims {
+    /// Per PDB UID: the resourceVersion last seen and its allowed disruptions not yet
+    /// claimed.
+    unclaimed: HashMap<String, (String, i32)>,
+}
+
+impl DisruptionClaims {
+    /// Claims one disruption from every covering PDB, or none if one has none left at its
+    /// current resourceVersion. A pod covered by no PDB always may go.
+    pub fn claim(&mut self, covering: &[&PodDisruptionBudget]) -> bool {
+        let mut keys = Vec::new();
+        for pdb in covering {
+            let uid = pdb.metadata.uid.clone().unwrap_or_default();
+            let version = pdb.metadata.resource_version.clone().unwrap_or_default();
+            let allowed = pdb
+                .status
+                .as_ref()
+                .and_then(|s| s.disruptions_allowed)
+                .unwrap_or(0);
+            let entry = self
+                .unclaimed
+                .entry(uid.clone())
+                .or_insert_with(|| (version.clone(), allowed));
+            if entry.0 != version {
+                *entry = (version, allowed);
+            }
+            if entry.1 <= 0 {
+                return false;
+            }
+            keys.push(uid);
+        }
+        for k in keys {
+            if let Some(e) = self.unclaimed.get_mut(&k) {
+                e.1 -= 1;
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +169,33 @@ mod tests {
         assert!(allows_disruption(&[&open]));
         assert!(!allows_disruption(&[&open, &closed]));
         assert!(allows_disruption(&[]));
+    }
+
+    #[test]
+    fn claims_share_out_the_allowed_disruptions_per_version() {
+        let mut two = pdb("ns", "web", "web", 2);
+        two.metadata.uid = Some("u1".into());
+        two.metadata.resource_version = Some("10".into());
+        let mut claims = DisruptionClaims::default();
+        assert!(claims.claim(&[&two]));
+        assert!(claims.claim(&[&two]));
+        assert!(
+            !claims.claim(&[&two]),
+            "only two disruptions were allowed at version 10"
+        );
+        two.metadata.resource_version = Some("11".into());
+        two.status.as_mut().unwrap().disruptions_allowed = Some(1);
+        assert!(claims.claim(&[&two]), "a new version brings new allowances");
+        assert!(!claims.claim(&[&two]));
+        assert!(claims.claim(&[]));
+        let mut closed = pdb("ns", "db", "db", 0);
+        closed.metadata.uid = Some("u2".into());
+        two.metadata.resource_version = Some("12".into());
+        assert!(
+            !claims.claim(&[&two, &closed]),
+            "every covering PDB must allow it"
+        );
+        assert!(claims.claim(&[&two]), "a refused claim takes nothing");
     }
 
     #[test]

@@ -122,6 +122,7 @@ struct Views {
     pods_changed: watch::Receiver<u64>,
     pdbs: Store<PodDisruptionBudget>,
     pdbs_changed: watch::Receiver<u64>,
+    budget_claims: std::sync::Mutex<budget::DisruptionClaims>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -176,6 +177,7 @@ impl Views {
             pods_changed,
             pdbs,
             pdbs_changed,
+            budget_claims: std::sync::Mutex::new(budget::DisruptionClaims::default()),
             tasks: vec![pod_task, pdb_task],
         };
         let ready = async {
@@ -195,6 +197,11 @@ impl Views {
         self.pods
             .get(&ObjectRef::new(&p.name).within(&p.namespace))
             .filter(|pod| pod.metadata.uid.as_deref() == Some(p.uid.as_str()))
+    }
+
+    fn claim_disruption(&self, covering: &[PodDisruptionBudget]) -> bool {
+        let mut claims = self.budget_claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.claim(&covering.iter().collect::<Vec<_>>())
     }
 
     fn covering_pdbs(&self, pod: &Pod) -> Vec<PodDisruptionBudget> {
@@ -252,6 +259,7 @@ impl Drainer {
 
     /// Drains `node` (which the caller has cordoned). Refusals end the drain before any
     /// eviction. The report is `complete` only when every pod to drain is gone.
+    #[tracing::instrument(name = "drain", skip(self, opts))]
     pub async fn drain(&self, node: &str, opts: &DrainOptions) -> Result<DrainReport, DrainError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
@@ -522,7 +530,8 @@ impl PodDrain {
     }
 
     /// Sleeps `delay` (the backoff, at least the server's Retry-After), but retries at once
-    /// when every PDB covering the pod allows a disruption again, or the pod is gone.
+    /// when the PDBs covering the pod allow a disruption again and this pod claimed it, or
+    /// the pod is gone.
     async fn wait_for_budget(&self, p: &PlannedPod, delay: Duration) {
         let until = (Instant::now() + delay).min(self.deadline);
         let mut pdbs = self.views.pdbs_changed.clone();
@@ -536,8 +545,7 @@ impl PodDrain {
             let Some(pod) = self.views.current(p) else {
                 return;
             };
-            let covering = self.views.covering_pdbs(&pod);
-            if budget::allows_disruption(&covering.iter().collect::<Vec<_>>()) {
+            if self.views.claim_disruption(&self.views.covering_pdbs(&pod)) {
                 return;
             }
         }

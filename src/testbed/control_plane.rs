@@ -55,6 +55,9 @@ pub struct ControlPlaneOptions {
     pub state_dir: Option<PathBuf>,
     pub pod_timings: PodTimings,
     pub start_timeout: Duration,
+    /// Write the API server's audit log (every request, metadata only) to
+    /// `<state_dir>/audit.log`, to count requests by client.
+    pub audit_log: bool,
 }
 
 struct Component {
@@ -201,10 +204,26 @@ impl RunningControlPlane {
             &logs,
         )?);
 
+        let mut apiserver = apiserver_args(&pki, &etcd_url, apiserver_port);
+        if opts.audit_log {
+            let policy = state_dir.join("audit-policy.json");
+            let doc = serde_json::json!({
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [{ "level": "Metadata" }],
+            });
+            std::fs::write(&policy, doc.to_string()).map_err(io("writing the audit policy"))?;
+            apiserver.push(format!("--audit-policy-file={}", policy.display()));
+            apiserver.push(format!(
+                "--audit-log-path={}",
+                state_dir.join("audit.log").display()
+            ));
+        }
         running.components.push(spawn(
             "kube-apiserver",
             &bins.kube_apiserver,
-            &apiserver_args(&pki, &etcd_url, apiserver_port),
+            &apiserver,
             &logs,
         )?);
         running.wait_for_apiserver(deadline).await?;
@@ -234,6 +253,8 @@ impl RunningControlPlane {
                 format!("--secure-port={scheduler_port}"),
                 format!("--cert-dir={}", state_dir.join("scheduler-certs").display()),
                 "--leader-elect=false".into(),
+                "--kube-api-qps=500".into(),
+                "--kube-api-burst=1000".into(),
             ],
             &logs,
         )?);
@@ -432,5 +453,9 @@ fn controller_manager_args(
         format!("--cluster-signing-key-file={}", pki.ca_key.display()),
         "--controllers=*".into(),
         "--leader-elect=false".into(),
+        // Client-side throttling (default 20 QPS) would make the bed's own controllers the
+        // bottleneck of every benchmark; the simulated delays should dominate instead.
+        "--kube-api-qps=500".into(),
+        "--kube-api-burst=1000".into(),
     ]
 }
