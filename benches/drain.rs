@@ -218,6 +218,8 @@ fn run_tool(tool: Tool, node: &str, kubeconfig: &Path) -> bool {
                 "5m",
                 "--delete-emptydir-data",
                 "--force",
+                "-o",
+                "json",
             ]);
             c
         }
@@ -242,7 +244,10 @@ fn run_tool(tool: Tool, node: &str, kubeconfig: &Path) -> bool {
     if tool == Tool::ZtunnelRollout {
         eprintln!(
             "  {}",
-            breakdown(&out.stdout).unwrap_or_else(|| "no JSON report".to_owned())
+            breakdown(&out.stdout).unwrap_or_else(|| format!(
+                "no JSON report in {:?}",
+                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(300)])
+            ))
         );
     }
     if !out.status.success() {

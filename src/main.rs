@@ -16,7 +16,17 @@ async fn main() -> ExitCode {
         Command::Drain(args) => drain::run(args, &cli.global).await,
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        // Many errors repeat their source in their own message; say each thing once.
+        let mut message = String::new();
+        for cause in e.chain().map(|c| c.to_string()) {
+            if !message.contains(&cause) {
+                if !message.is_empty() {
+                    message.push_str(": ");
+                }
+                message.push_str(&cause);
+            }
+        }
+        eprintln!("error: {message}");
         ExitCode::FAILURE
     })
 }
