@@ -41,7 +41,7 @@ pub struct DrainArgs {
     #[arg(long, default_value = "0s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_DRAIN_SKIP_WAIT_FOR_DELETE_TIMEOUT")]
     pub skip_wait_for_delete_timeout: Duration,
     /// Eviction requests in flight at once (PDBs still decide what may go).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..), env = "ZTUNNEL_ROLLOUT_DRAIN_CONCURRENCY")]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), env = "ZTUNNEL_ROLLOUT_DRAIN_CONCURRENCY")]
     pub concurrency: u16,
 }
 

@@ -86,7 +86,7 @@ impl Default for DrainOptions {
             timeout: Duration::from_secs(300),
             grace_period_seconds: None,
             disable_eviction: false,
-            concurrency: 16,
+            concurrency: 64,
             retry: RetrySettings::default(),
             dry_run: false,
         }
