@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::binaries::{BinariesError, ControlPlaneBinaries};
 use super::kubeconfig::write_kubeconfig;
-use super::kwok_stages::{PodTimings, pod_stages, render};
+use super::kwok_stages::{PodTimings, kwok_configuration, pod_stages, render};
 use super::pki::{self, PkiError, PkiFiles};
 
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +260,9 @@ impl RunningControlPlane {
         )?);
 
         let stages_file = state_dir.join("kwok-pod-stages.yaml");
-        std::fs::write(&stages_file, render(&pod_stages(&opts.pod_timings)))
-            .map_err(io("writing the KWOK stages"))?;
+        let mut kwok_docs = vec![kwok_configuration(KWOK_PARALLELISM)];
+        kwok_docs.extend(pod_stages(&opts.pod_timings));
+        std::fs::write(&stages_file, render(&kwok_docs)).map_err(io("writing the KWOK stages"))?;
         let mut kwok_args = vec![
             format!("--kubeconfig={}", running.kubeconfig.display()),
             format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
@@ -394,6 +395,8 @@ impl RunningControlPlane {
         }
     }
 }
+
+const KWOK_PARALLELISM: u32 = 16;
 
 /// Nodes with this annotation set to `fake` are simulated by KWOK.
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";

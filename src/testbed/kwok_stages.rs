@@ -141,6 +141,21 @@ pub fn pod_stages(timings: &PodTimings) -> Vec<Value> {
     vec![created, ready, deleted]
 }
 
+/// KWOK's own settings: how many pod and node stage transitions it plays at once. Its
+/// default of 4 makes KWOK, not the simulated delays, the bottleneck when a drain moves
+/// a hundred pods at once.
+pub fn kwok_configuration(parallelism: u32) -> Value {
+    json!({
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": {
+            "podPlayStageParallelism": parallelism,
+            "nodePlayStageParallelism": parallelism,
+            "nodeLeaseParallelism": parallelism,
+        },
+    })
+}
+
 /// Renders stage documents as one multi-document file for `kwok --config`.
 pub fn render(stages: &[Value]) -> String {
     stages
