@@ -5,4 +5,5 @@ pub mod cli;
 pub mod drain;
 pub mod kube_client;
 pub mod label_selector;
+pub mod rollout;
 pub mod testbed;
