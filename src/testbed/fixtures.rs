@@ -401,26 +401,23 @@ pub async fn apply_demo(
         &namespace("demo", labels([("istio.io/dataplane-mode", "ambient")])),
     )
     .await?;
+    // Everything stays on the demo's nodes, so tests can share this cluster
+    // (ZTUNNEL_ROLLOUT_TEST_KUBECONFIG) without the demo's pods landing on theirs.
+    let demo_nodes = labels([(NODE_SET_LABEL, "demo")]);
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
-    apply(
-        &ds_api,
-        &ZtunnelFixture::new("istio-system", ztunnel_version).daemonset(),
-    )
-    .await?;
+    let mut ztunnel = ZtunnelFixture::new("istio-system", ztunnel_version);
+    ztunnel.node_selector = demo_nodes.clone();
+    apply(&ds_api, &ztunnel.daemonset()).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "demo");
-    apply(
-        &deployments,
-        &AppFixture::waypoint("demo", "waypoint").deployment(),
-    )
-    .await?;
+    let mut waypoint = AppFixture::waypoint("demo", "waypoint");
+    waypoint.node_selector = demo_nodes.clone();
+    apply(&deployments, &waypoint.deployment()).await?;
     for (name, replicas) in [("productpage", 3), ("reviews", 4)] {
-        apply(
-            &deployments,
-            &AppFixture::new("demo", name, replicas).deployment(),
-        )
-        .await?;
+        let mut app = AppFixture::new("demo", name, replicas);
+        app.node_selector = demo_nodes.clone();
+        apply(&deployments, &app.deployment()).await?;
         apply(
             &pdbs,
             &pdb(
