@@ -1,6 +1,7 @@
 //! ztunnel-rollout: upgrades Istio ambient mode's ztunnel node by node without dropping
 //! traffic.
 
+pub mod api;
 pub mod cli;
 pub mod drain;
 pub mod kube_client;

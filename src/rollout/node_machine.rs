@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum NodePhase {
     Pending,
     Cordoned,

@@ -1,0 +1,182 @@
+//! The `ZtunnelRollout` custom resource: what to roll, over which nodes, in which waves,
+//! and how carefully. The API server validates it (OpenAPI schema and CEL rules), so an
+//! invalid spec is refused at `kubectl apply` time with a message naming the field.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Go-style durations without sign: `90s`, `5m`, `1h30m`, `250ms`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// A label key: optional DNS prefix and `/`, then a name.
+pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+
+/// Rolls the ztunnel DaemonSet's current revision out node by node, in waves.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ztunnel-rollout.dev",
+    version = "v1alpha1",
+    kind = "ZtunnelRollout",
+    plural = "ztunnelrollouts",
+    shortname = "ztr",
+    status = "ZtunnelRolloutStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.currentWave"}"#,
+    printcolumn = r#"{"name":"Done","type":"integer","jsonPath":".status.counts.done"}"#,
+    printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.counts.total"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ZtunnelRolloutSpec {
+    /// The ztunnel DaemonSet to roll out.
+    #[serde(default)]
+    pub daemon_set: DaemonSetRef,
+    /// Which nodes take part; all nodes when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    pub waves: WavesSpec,
+    #[serde(default)]
+    pub drain: DrainSpec,
+    /// How long a node's new ztunnel pod may take to become Ready.
+    #[serde(default = "default_ztunnel_ready_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub ztunnel_ready_timeout: String,
+    /// Replace ztunnel also on nodes already on the current revision.
+    #[serde(default)]
+    pub cycle_current: bool,
+    /// Proceed although the DaemonSet's update strategy is RollingUpdate (its controller
+    /// then replaces pods itself, ignoring waves and drains).
+    #[serde(default)]
+    pub allow_rolling_update: bool,
+    /// No new node starts while true; a node in progress reaches a safe point.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_ztunnel_ready_timeout() -> String {
+    "5m".to_owned()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetRef {
+    #[schemars(length(min = 1))]
+    pub namespace: String,
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+impl Default for DaemonSetRef {
+    fn default() -> Self {
+        Self {
+            namespace: "istio-system".to_owned(),
+            name: "ztunnel".to_owned(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WavesSpec {
+    /// Node label whose values name the waves (e.g. `topology.kubernetes.io/zone`).
+    /// Nodes without it form a last wave.
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    ))]
+    pub group_by: String,
+    /// Label values to roll first, in this order (each once); the other groups follow,
+    /// sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "set"))]
+    pub order: Vec<String>,
+    /// Nodes of a wave disrupted at once: a count (≥ 1) or a percentage of the wave
+    /// (1%–100%, rounded down, at least one node).
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message("maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"))]
+    pub max_unavailable: IntOrString,
+    /// Nodes in a first, canary wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub canary_nodes: Option<u32>,
+    /// Whether a wave starts by itself or waits for `ztunnel-rollout approve`.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Approval {
+    #[default]
+    Automatic,
+    Manual,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// Deadline for draining one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+    /// Grace period for evicted pods; each pod's own when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub delete_empty_dir_data: bool,
+    /// Evict pods that no controller recreates.
+    #[serde(default)]
+    pub force: bool,
+    /// Pods matching this selector are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_pod_selector: Option<LabelSelector>,
+    /// Do not wait for pods terminating longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub skip_wait_for_delete_timeout: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ZtunnelRolloutStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_wave: Option<String>,
+    /// The DaemonSet revision hash being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub counts: NodeCounts,
+    /// Nodes that are not Pending, with their phase; compact for 1,000+ nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    pub total: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub in_flight: u32,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    pub phase: crate::rollout::node_machine::NodePhase,
+    /// When the node entered its phase (RFC 3339).
+    pub since: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_unschedulable: Option<bool>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
