@@ -6,5 +6,6 @@ pub mod cli;
 pub mod drain;
 pub mod kube_client;
 pub mod label_selector;
+pub mod leader;
 pub mod rollout;
 pub mod testbed;

@@ -1,0 +1,179 @@
+//! Leader election on a Lease (kube-leader-election): only the holder mutates anything.
+//! The holder renews every third of the lease duration; it counts as leader only while
+//! its last successful renewal is recent enough that no other replica can have taken
+//! the lease, so a replica that loses it stops mutating at once — even when it cannot
+//! reach the API server to find out.
+
+use std::time::Duration;
+
+use kube::Client;
+use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not the leader: only the holder of the Lease {lease} may change the cluster")]
+pub struct NotLeader {
+    pub lease: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease: the pod name in a cluster.
+    pub identity: String,
+    pub lease_duration: Duration,
+}
+
+impl LeaderConfig {
+    pub fn renew_every(&self) -> Duration {
+        self.lease_duration / 3
+    }
+}
+
+/// `$POD_NAME` when running in a pod, else `<hostname>-<pid>`.
+pub fn identity_from_env() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Whether a holder whose last successful renewal was at `renewed` may still act at
+/// `now`: the lease must have a safety margin left (a fifth of its duration) for clock
+/// drift and the time the mutation itself takes.
+pub fn still_leading(renewed: Option<Instant>, now: Instant, lease_duration: Duration) -> bool {
+    renewed.is_some_and(|r| now.saturating_duration_since(r) < lease_duration - lease_duration / 5)
+}
+
+/// A replica's view of its leadership, kept up to date by [`spawn`].
+#[derive(Clone)]
+pub struct Leadership {
+    renewed: watch::Receiver<Option<Instant>>,
+    config: LeaderConfig,
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        still_leading(
+            *self.renewed.borrow(),
+            Instant::now(),
+            self.config.lease_duration,
+        )
+    }
+
+    /// Call before every mutation.
+    pub fn check(&self) -> Result<(), NotLeader> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(NotLeader {
+                lease: format!("{}/{}", self.config.namespace, self.config.lease_name),
+            })
+        }
+    }
+
+    /// Waits until this replica leads.
+    pub async fn acquired(&mut self) {
+        loop {
+            if self.is_leader() {
+                return;
+            }
+            if self.renewed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Starts acquiring and renewing the lease in the background. Dropping the handle's
+/// task (abort) stops renewing; [`step_down`] releases the lease for a fast hand-over.
+pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let lock = lock(client, &config);
+    let every = config.renew_every();
+    let lease = format!("{}/{}", config.namespace, config.lease_name);
+    let task = tokio::spawn(async move {
+        let mut leading = false;
+        loop {
+            let attempt = Instant::now();
+            match lock.try_acquire_or_renew().await {
+                Ok(LeaseLockResult::Acquired(_)) => {
+                    if !leading {
+                        info!(lease, "acquired the lease");
+                    }
+                    leading = true;
+                    tx.send_replace(Some(attempt));
+                }
+                Ok(LeaseLockResult::NotAcquired(_)) => {
+                    if leading {
+                        warn!(lease, "lost the lease to another replica");
+                    }
+                    leading = false;
+                    tx.send_replace(None);
+                }
+                // Keep the last renewal: leadership then ends by itself when it ages out.
+                Err(e) => warn!(lease, error = %e, "could not renew the lease"),
+            }
+            tokio::time::sleep_until(attempt + every).await;
+        }
+    });
+    (
+        Leadership {
+            renewed: rx,
+            config,
+        },
+        task,
+    )
+}
+
+fn lock(client: Client, config: &LeaderConfig) -> LeaseLock {
+    LeaseLock::new(
+        client,
+        &config.namespace,
+        LeaseLockParams {
+            holder_id: config.identity.clone(),
+            lease_name: config.lease_name.clone(),
+            lease_ttl: config.lease_duration,
+        },
+    )
+}
+
+/// Releases the lease if this replica holds it (graceful shutdown).
+pub async fn step_down(
+    client: Client,
+    config: &LeaderConfig,
+) -> Result<(), kube_leader_election::Error> {
+    lock(client, config).step_down().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_ends_before_the_lease_could_be_taken() {
+        let ttl = Duration::from_secs(15);
+        let t0 = Instant::now();
+        assert!(!still_leading(None, t0, ttl));
+        assert!(still_leading(Some(t0), t0 + Duration::from_secs(11), ttl));
+        assert!(
+            !still_leading(Some(t0), t0 + Duration::from_secs(12), ttl),
+            "a fifth of the lease is kept as margin"
+        );
+        assert!(!still_leading(Some(t0), t0 + Duration::from_secs(20), ttl));
+    }
+
+    #[test]
+    fn identity_prefers_the_pod_name() {
+        // The variable is only read here; other tests do not set it.
+        let id = identity_from_env();
+        match std::env::var("POD_NAME") {
+            Ok(pod) => assert_eq!(id, pod),
+            Err(_) => assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}"),
+        }
+    }
+}
