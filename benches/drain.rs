@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use ztunnel_rollout::testbed::control_plane::client_for;
@@ -76,17 +75,6 @@ where
     .expect("watch");
 }
 
-async fn set_unschedulable(client: &Client, node: &str, value: bool) {
-    Api::<Node>::all(client.clone())
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": value } })),
-        )
-        .await
-        .expect("patch node");
-}
-
 /// Three nodes of a set of their own; 10 Deployments × 10 replicas, all on the first.
 async fn scenario(client: &Client, set: &str, pdb: bool) -> String {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -116,7 +104,7 @@ async fn scenario(client: &Client, set: &str, pdb: bool) -> String {
     .expect("ztunnel");
 
     for spare in &names[1..] {
-        set_unschedulable(client, spare, true).await;
+        support::set_unschedulable(client, spare, true).await;
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), set);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), set);
@@ -152,7 +140,7 @@ async fn scenario(client: &Client, set: &str, pdb: bool) -> String {
         }
     }
     for spare in &names[1..] {
-        set_unschedulable(client, spare, false).await;
+        support::set_unschedulable(client, spare, false).await;
     }
     names[0].clone()
 }

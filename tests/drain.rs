@@ -9,13 +9,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Node, Pod, PodSpec, Volume};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, wait_for};
+use support::{TestEnv, deployment_available, set_unschedulable, wait_for};
 use ztunnel_rollout::drain::filter::FilterOptions;
 use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
 use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
@@ -27,17 +26,6 @@ fn available(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn set_unschedulable(env: &TestEnv, node: &str, value: bool) {
-    Api::<Node>::all(env.client.clone())
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": value } })),
-        )
-        .await
-        .expect("patch node");
 }
 
 async fn unschedulable(env: &TestEnv, node: &str) -> bool {
@@ -56,63 +44,10 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let (target, spare) = (env.nodes[0].clone(), env.nodes[1].clone());
-    set_unschedulable(env, &spare, true).await;
+    set_unschedulable(&env.client, &spare, true).await;
     build().await;
-    set_unschedulable(env, &spare, false).await;
+    set_unschedulable(&env.client, &spare, false).await;
     (target, spare)
-}
-
-fn deployment_available(n: i32) -> impl kube::runtime::wait::Condition<Deployment> {
-    move |d: Option<&Deployment>| {
-        d.and_then(|d| d.status.as_ref())
-            .is_some_and(|s| s.available_replicas == Some(n) && s.replicas == Some(n))
-    }
-}
-
-async fn app(
-    env: &TestEnv,
-    name: &str,
-    replicas: i32,
-    budgets: &[(&str, Budget)],
-    exit_after_seconds: f64,
-) {
-    let mut app = AppFixture::new(&env.namespace, name, replicas);
-    app.node_selector = env.node_selector();
-    app.exit_after_seconds = exit_after_seconds;
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&deployments, &app.deployment())
-        .await
-        .expect("deployment");
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
-    for (pdb_name, budget) in budgets {
-        let selector = BTreeMap::from([("app".to_owned(), name.to_owned())]);
-        fixtures::apply(
-            &pdbs,
-            &fixtures::pdb(&env.namespace, pdb_name, selector, budget.clone()),
-        )
-        .await
-        .expect("pdb");
-    }
-    wait_for(
-        &deployments,
-        name,
-        &format!("{name} available"),
-        deployment_available(replicas),
-    )
-    .await;
-    for (pdb_name, _) in budgets {
-        wait_for(
-            &pdbs,
-            pdb_name,
-            &format!("PDB {pdb_name} observed"),
-            |p: Option<&PodDisruptionBudget>| {
-                p.is_some_and(|p| {
-                    p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
-                })
-            },
-        )
-        .await;
-    }
 }
 
 async fn ztunnel(env: &TestEnv) {
@@ -202,7 +137,7 @@ async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
     let env = TestEnv::new("drain-pdb", 2).await;
     ztunnel(&env).await;
     let (target, spare) = two_nodes_with(&env, || async {
-        app(
+        support::apply_app(
             &env,
             "api",
             3,
@@ -210,7 +145,7 @@ async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
             2.0,
         )
         .await;
-        app(
+        support::apply_app(
             &env,
             "web",
             4,
@@ -218,7 +153,7 @@ async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
             1.0,
         )
         .await;
-        app(
+        support::apply_app(
             &env,
             "worker",
             2,
@@ -334,7 +269,7 @@ async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
 async fn a_budget_that_allows_nothing_ends_the_drain_at_its_deadline() {
     let env = TestEnv::new("drain-stuck", 2).await;
     let (target, _) = two_nodes_with(&env, || async {
-        app(
+        support::apply_app(
             &env,
             "solo",
             1,
@@ -389,7 +324,7 @@ async fn a_budget_that_allows_nothing_ends_the_drain_at_its_deadline() {
 async fn a_pod_under_two_budgets_fails_at_once_naming_both() {
     let env = TestEnv::new("drain-two", 2).await;
     let (target, _) = two_nodes_with(&env, || async {
-        app(
+        support::apply_app(
             &env,
             "dual",
             2,
@@ -458,7 +393,7 @@ async fn unmanaged_and_emptydir_pods_are_refused_before_anything_is_evicted() {
     let env = TestEnv::new("drain-refuse", 2).await;
     let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let (target, _) = two_nodes_with(&env, || async {
-        app(&env, "web", 2, &[], 1.0).await;
+        support::apply_app(&env, "web", 2, &[], 1.0).await;
         let mut cache = AppFixture::new(&env.namespace, "cache", 1);
         cache.node_selector = env.node_selector();
         let mut d = cache.deployment();
@@ -602,7 +537,10 @@ async fn daemonset_and_mirror_pods_are_left_alone_and_dry_run_changes_nothing() 
         |p: Option<&Pod>| p.is_some_and(available),
     )
     .await;
-    let (_, _) = two_nodes_with(&env, || async { app(&env, "web", 2, &[], 1.0).await }).await;
+    let (_, _) = two_nodes_with(&env, || async {
+        support::apply_app(&env, "web", 2, &[], 1.0).await
+    })
+    .await;
     let before: BTreeMap<String, String> = pods_on(&env, &target)
         .await
         .iter()
@@ -746,7 +684,7 @@ async fn pods_stuck_terminating_are_skipped_after_the_skip_wait_timeout_only() {
 async fn the_cli_reports_as_json_and_exits_non_zero_when_not_drained() {
     let env = TestEnv::new("drain-cli", 2).await;
     let (target, _) = two_nodes_with(&env, || async {
-        app(
+        support::apply_app(
             &env,
             "solo",
             1,

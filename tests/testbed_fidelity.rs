@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, WAIT, wait_for};
+use support::{TestEnv, WAIT, deployment_available, wait_for};
 use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -51,16 +51,6 @@ fn daemonset_ready(n: i32) -> impl kube::runtime::wait::Condition<DaemonSet> {
             s.desired_number_scheduled == n
                 && s.number_ready == n
                 && s.updated_number_scheduled == Some(n)
-        })
-    }
-}
-
-fn deployment_available(n: i32) -> impl kube::runtime::wait::Condition<Deployment> {
-    move |d: Option<&Deployment>| {
-        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.available_replicas == Some(n)
-                && s.replicas == Some(n)
-                && s.updated_replicas == Some(n)
         })
     }
 }
@@ -186,47 +176,7 @@ async fn app_with_pdb(
     replicas: i32,
     budgets: &[(&str, Budget)],
 ) -> Vec<Pod> {
-    let mut app = AppFixture::new(&env.namespace, name, replicas);
-    app.node_selector = env.node_selector();
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&deployments, &app.deployment())
-        .await
-        .expect("apply deployment");
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
-    for (pdb_name, budget) in budgets {
-        let pdb = fixtures::pdb(
-            &env.namespace,
-            pdb_name,
-            BTreeMap::from([("app".to_owned(), name.to_owned())]),
-            budget.clone(),
-        );
-        fixtures::apply(&pdbs, &pdb).await.expect("apply pdb");
-    }
-    wait_for(
-        &deployments,
-        name,
-        &format!("{name} available"),
-        deployment_available(replicas),
-    )
-    .await;
-    for (pdb_name, _) in budgets {
-        wait_for(
-            &pdbs,
-            pdb_name,
-            &format!("PDB {pdb_name} observed"),
-            move |p: Option<&PodDisruptionBudget>| {
-                // A pod under several PDBs makes the disruption controller count it for one of
-                // them only, so "observed" is all that can be asked of each.
-                p.is_some_and(|p| {
-                    let status = p.status.as_ref();
-                    status.and_then(|s| s.observed_generation) == p.metadata.generation
-                        && (budgets.len() > 1
-                            || status.is_some_and(|s| s.current_healthy == Some(replicas)))
-                })
-            },
-        )
-        .await;
-    }
+    support::apply_app(env, name, replicas, budgets, 1.0).await;
     pods(env, &format!("app={name}")).await
 }
 

@@ -93,18 +93,21 @@ impl Default for DrainOptions {
     }
 }
 
-/// Marks the node unschedulable. Returns false if it already was.
-pub async fn cordon(client: &Client, node: &str) -> Result<bool, DrainError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let current = nodes
+async fn require_node(client: &Client, node: &str) -> Result<Node, DrainError> {
+    Api::<Node>::all(client.clone())
         .get_opt(node)
         .await
         .map_err(kube_err(format!("reading node {node}")))?
-        .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+        .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))
+}
+
+/// Marks the node unschedulable. Returns false if it already was.
+pub async fn cordon(client: &Client, node: &str) -> Result<bool, DrainError> {
+    let current = require_node(client, node).await?;
     if current.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         return Ok(false);
     }
-    nodes
+    Api::<Node>::all(client.clone())
         .patch(
             node,
             &PatchParams::default(),
@@ -244,12 +247,7 @@ impl Drainer {
 
     /// What a drain of `node` would do now, changing nothing.
     pub async fn plan(&self, node: &str, opts: &DrainOptions) -> Result<DrainPlan, DrainError> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes
-            .get_opt(node)
-            .await
-            .map_err(kube_err(format!("reading node {node}")))?
-            .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+        require_node(&self.client, node).await?;
         let pods = Api::<Pod>::all(self.client.clone())
             .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
             .await
@@ -263,12 +261,7 @@ impl Drainer {
     pub async fn drain(&self, node: &str, opts: &DrainOptions) -> Result<DrainReport, DrainError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes
-            .get_opt(node)
-            .await
-            .map_err(kube_err(format!("reading node {node}")))?
-            .ok_or_else(|| DrainError::NodeNotFound(node.to_owned()))?;
+        require_node(&self.client, node).await?;
         let views = Arc::new(Views::start(&self.client, node, deadline).await?);
         let pods: Vec<Pod> = views
             .pods

@@ -251,3 +251,79 @@ where
     eprintln!("{what}: {:?}", started.elapsed());
     out
 }
+
+pub fn deployment_available(
+    n: i32,
+) -> impl kube::runtime::wait::Condition<k8s_openapi::api::apps::v1::Deployment> {
+    move |d: Option<&k8s_openapi::api::apps::v1::Deployment>| {
+        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.available_replicas == Some(n)
+                && s.replicas == Some(n)
+                && s.updated_replicas == Some(n)
+        })
+    }
+}
+
+/// Sets `spec.unschedulable` (cordon / uncordon) as a test step.
+pub async fn set_unschedulable(client: &Client, node: &str, value: bool) {
+    Api::<Node>::all(client.clone())
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "spec": { "unschedulable": value } })),
+        )
+        .await
+        .expect("patch node");
+}
+
+/// Applies Deployment `name` (pods labelled `app=<name>`, on this test's nodes, exiting
+/// `exit_after_seconds` after SIGTERM) and PDBs over it, and waits until the Deployment is
+/// available and the disruption controller has counted its pods for every PDB.
+pub async fn apply_app(
+    env: &TestEnv,
+    name: &str,
+    replicas: i32,
+    budgets: &[(&str, fixtures::Budget)],
+    exit_after_seconds: f64,
+) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let mut app = fixtures::AppFixture::new(&env.namespace, name, replicas);
+    app.node_selector = env.node_selector();
+    app.exit_after_seconds = exit_after_seconds;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("apply deployment");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (pdb_name, budget) in budgets {
+        let selector = BTreeMap::from([("app".to_owned(), name.to_owned())]);
+        let pdb = fixtures::pdb(&env.namespace, pdb_name, selector, budget.clone());
+        fixtures::apply(&pdbs, &pdb).await.expect("apply pdb");
+    }
+    wait_for(
+        &deployments,
+        name,
+        &format!("{name} available"),
+        deployment_available(replicas),
+    )
+    .await;
+    let several = budgets.len() > 1;
+    for (pdb_name, _) in budgets {
+        wait_for(
+            &pdbs,
+            pdb_name,
+            &format!("PDB {pdb_name} observed"),
+            move |p: Option<&PodDisruptionBudget>| {
+                // A pod under several PDBs makes the disruption controller count it for one of
+                // them only, so "observed" is all that can be asked of each.
+                p.is_some_and(|p| {
+                    let status = p.status.as_ref();
+                    status.and_then(|s| s.observed_generation) == p.metadata.generation
+                        && (several || status.is_some_and(|s| s.current_healthy == Some(replicas)))
+                })
+            },
+        )
+        .await;
+    }
+}
