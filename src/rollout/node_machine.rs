@@ -120,6 +120,18 @@ fn step(phase: NodePhase, action: Action, message: impl Into<String>) -> Step {
     }
 }
 
+/// Delete `pod` (by UID), entering ZtunnelReplaced.
+fn delete_pod(pod: &ZtunnelPod, verb: &str) -> Step {
+    step(
+        NodePhase::ZtunnelReplaced,
+        Action::DeleteZtunnelPod {
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        },
+        format!("{verb} ztunnel pod {}", pod.name),
+    )
+}
+
 fn current<'a>(facts: &'a NodeFacts, target: &Target) -> Option<&'a ZtunnelPod> {
     facts
         .ztunnel_pods
@@ -192,14 +204,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
         },
         Drained => {
             if let Some(old) = outdated(facts, target) {
-                return step(
-                    ZtunnelReplaced,
-                    Action::DeleteZtunnelPod {
-                        name: old.name.clone(),
-                        uid: old.uid.clone(),
-                    },
-                    format!("replacing ztunnel pod {}", old.name),
-                );
+                return delete_pod(old, "replacing");
             }
             // Cycling: replace the pod that predates the drain, never one created since
             // (after a crash between the delete and recording it, that is the new one).
@@ -207,14 +212,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
                 && let Some(pod) = current(facts, target)
                 && pod.created < record.since
             {
-                return step(
-                    ZtunnelReplaced,
-                    Action::DeleteZtunnelPod {
-                        name: pod.name.clone(),
-                        uid: pod.uid.clone(),
-                    },
-                    format!("cycling ztunnel pod {}", pod.name),
-                );
+                return delete_pod(pod, "cycling");
             }
             step(
                 ZtunnelReplaced,
@@ -225,14 +223,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
         ZtunnelReplaced => {
             if let Some(old) = outdated(facts, target) {
                 // The delete was lost (or a crash came before it): delete again.
-                return step(
-                    ZtunnelReplaced,
-                    Action::DeleteZtunnelPod {
-                        name: old.name.clone(),
-                        uid: old.uid.clone(),
-                    },
-                    format!("replacing ztunnel pod {}", old.name),
-                );
+                return delete_pod(old, "replacing");
             }
             if current(facts, target).is_some_and(|p| p.ready) {
                 return step(
