@@ -741,3 +741,27 @@ async fn the_cli_reports_as_json_and_exits_non_zero_when_not_drained() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("node no-such-node not found"));
 }
+
+#[tokio::test]
+async fn the_grace_period_option_reaches_the_evicted_pods() {
+    let env = TestEnv::new("drain-grace", 2).await;
+    let (target, _) = two_nodes_with(&env, || async {
+        // Would take 60 s to exit, and its own grace period is 30 s.
+        support::apply_app(&env, "slow", 1, &[], 60.0).await;
+    })
+    .await;
+    cordon(&env.client, &target).await.expect("cordon");
+    let opts = DrainOptions {
+        timeout: Duration::from_secs(20),
+        grace_period_seconds: Some(1),
+        ..Default::default()
+    };
+    let report = drain(&env, &target, opts).await;
+    assert!(report.complete, "{}", report.render_text());
+    let r = &report.pods[0];
+    let terminating_ms = r.gone_after_ms.expect("gone") - r.evicted_after_ms.expect("evicted");
+    assert!(
+        terminating_ms < 10_000,
+        "terminated in {terminating_ms} ms: the 1 s grace period was not applied"
+    );
+}

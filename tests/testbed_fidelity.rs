@@ -14,9 +14,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use support::{TestEnv, WAIT, deployment_available, wait_for};
+use ztunnel_rollout::drain::eviction::Verdict;
+use ztunnel_rollout::drain::executor::evict;
 use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -180,17 +182,9 @@ async fn app_with_pdb(
     pods(env, &format!("app={name}")).await
 }
 
-fn evict_params(pod: &Pod) -> EvictParams {
-    EvictParams {
-        delete_options: Some(DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        }),
-        post_options: PostParams::default(),
-    }
+/// Evicts `pod` with its UID as precondition, as the drain does.
+async fn evict_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    evict(api, &pod.name_any(), &pod.uid().unwrap_or_default(), None).await
 }
 
 fn api_error_code(err: &kube::Error) -> Option<u16> {
@@ -212,8 +206,7 @@ async fn evictions_are_decided_by_pod_disruption_budgets() {
         &[("guarded", Budget::MinAvailable(IntOrString::Int(2)))],
     )
     .await;
-    let err = pod_api
-        .evict(&guarded[0].name_any(), &evict_params(&guarded[0]))
+    let err = evict_pod(&pod_api, &guarded[0])
         .await
         .expect_err("eviction violating a PDB");
     assert_eq!(api_error_code(&err), Some(429), "{err}");
@@ -226,6 +219,18 @@ async fn evictions_are_decided_by_pod_disruption_budgets() {
         "a refused eviction must not delete the pod"
     );
 
+    // An eviction whose UID precondition names an older pod under the same name: the API
+    // refuses it, and the drain's classifier reads that as "the original is gone".
+    // (Without a PDB in the way: the API checks budgets before the precondition.)
+    let free = app_with_pdb(&env, "free", 1, &[]).await;
+    let mut stale = free[0].clone();
+    stale.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let err = evict_pod(&pod_api, &stale)
+        .await
+        .expect_err("eviction of a replaced pod");
+    assert_eq!(api_error_code(&err), Some(409), "{err}");
+    assert_eq!(Verdict::of(&Err(err)), Verdict::Gone);
+
     let allowed = app_with_pdb(
         &env,
         "allowed",
@@ -233,8 +238,7 @@ async fn evictions_are_decided_by_pod_disruption_budgets() {
         &[("allowed", Budget::MinAvailable(IntOrString::Int(1)))],
     )
     .await;
-    pod_api
-        .evict(&allowed[0].name_any(), &evict_params(&allowed[0]))
+    evict_pod(&pod_api, &allowed[0])
         .await
         .expect("eviction within the PDB");
     let evicted = pod_api
@@ -263,8 +267,7 @@ async fn evictions_are_decided_by_pod_disruption_budgets() {
         ],
     )
     .await;
-    let err = pod_api
-        .evict(&doubly[0].name_any(), &evict_params(&doubly[0]))
+    let err = evict_pod(&pod_api, &doubly[0])
         .await
         .expect_err("eviction under two PDBs");
     assert_eq!(api_error_code(&err), Some(500), "{err}");
@@ -304,10 +307,7 @@ async fn evicted_pods_are_replaced_on_schedulable_nodes_only() {
         .or_else(|| placed.first())
         .expect("a pod")
         .clone();
-    pod_api
-        .evict(&victim.name_any(), &evict_params(&victim))
-        .await
-        .expect("evict");
+    evict_pod(&pod_api, &victim).await.expect("evict");
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
     let deadline = Instant::now() + WAIT;
     let replacement = loop {

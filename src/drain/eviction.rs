@@ -28,6 +28,13 @@ pub enum Verdict {
     Fatal(String),
 }
 
+/// Whether a 409 says the object under that name has another UID than the one in our
+/// precondition: ours is gone (perhaps replaced under the same name).
+pub fn uid_precondition_failed(message: &str) -> bool {
+    message.contains("does not match the UID in record")
+        || message.contains("Precondition failed: UID")
+}
+
 impl Verdict {
     pub fn of(result: &Result<(), kube::Error>) -> Verdict {
         let status = match result {
@@ -43,7 +50,7 @@ impl Verdict {
         };
         match status.code {
             404 => Verdict::Gone,
-            409 if status.message.contains("Precondition failed") => Verdict::Gone,
+            409 if uid_precondition_failed(&status.message) => Verdict::Gone,
             429 => {
                 let detail: Vec<&str> = causes
                     .map(|c| c.message.as_str())
@@ -122,6 +129,13 @@ mod tests {
             )),
             Verdict::Gone
         );
+        // What kube-apiserver 1.36 answers (seen in the integration tests).
+        let replaced = "Operation cannot be fulfilled on Pod \"x\": the UID in the precondition (a) does not match the UID in record (b). The object might have been deleted and then recreated";
+        assert_eq!(Verdict::of(&api(409, replaced, None)), Verdict::Gone);
+        assert!(matches!(
+            Verdict::of(&api(409, "the object has been modified", None)),
+            Verdict::Retryable(_)
+        ));
     }
 
     #[test]

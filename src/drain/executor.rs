@@ -8,9 +8,13 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    DeleteOptions, ObjectMeta, Preconditions as K8sPreconditions,
+};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -91,6 +95,41 @@ impl Default for DrainOptions {
             dry_run: false,
         }
     }
+}
+
+/// Evicts pod `name` through policy/v1 Eviction, only if it still has `uid`.
+///
+/// Not kube's `Api::evict`: kube 4.2 sends the delete options as `delete_options`, which
+/// the API server ignores, so its UID precondition and grace period are silently lost
+/// (a replaced pod under the same name would be evicted). This sends `deleteOptions`.
+pub async fn evict(
+    pods: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    grace_period_seconds: Option<i64>,
+) -> Result<(), kube::Error> {
+    let eviction = Eviction {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        delete_options: Some(DeleteOptions {
+            preconditions: Some(K8sPreconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            grace_period_seconds,
+            ..Default::default()
+        }),
+    };
+    pods.create_subresource::<Eviction, kube::core::Status>(
+        "eviction",
+        name,
+        &PostParams::default(),
+        &eviction,
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn require_node(client: &Client, node: &str) -> Result<Node, DrainError> {
@@ -428,11 +467,7 @@ impl PodDrain {
         if self.opts.disable_eviction {
             pods.delete(&p.name, &delete).await.map(|_| ())
         } else {
-            let params = EvictParams {
-                delete_options: Some(delete),
-                post_options: PostParams::default(),
-            };
-            pods.evict(&p.name, &params).await.map(|_| ())
+            evict(&pods, &p.name, &p.uid, self.opts.grace_period_seconds).await
         }
     }
 

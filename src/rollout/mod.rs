@@ -3,6 +3,7 @@
 //! ([`revision`]). The agent that feeds them observations and executes their actions is
 //! still to come.
 
+pub mod node_actions;
 pub mod node_machine;
 pub mod planner;
 pub mod revision;

@@ -1,0 +1,213 @@
+//! The shell around the node state machine: executes its actions on the cluster. Every
+//! mutation first checks leadership, carries a precondition (resourceVersion or UID), and
+//! never uncordons a node the rollout did not cordon.
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::drain::eviction::uid_precondition_failed;
+use crate::leader::{Leadership, NotLeader};
+
+/// On a node we cordoned: the rollout that owns the node.
+pub const OWNER_ANNOTATION: &str = "ztunnel-rollout.dev/rollout";
+/// On a node we cordoned: whether it was unschedulable before (then it stays cordoned).
+pub const WAS_UNSCHEDULABLE_ANNOTATION: &str = "ztunnel-rollout.dev/was-unschedulable";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    #[error("node {node} changed since it was read; read it again before cordoning")]
+    Conflict { node: String },
+    #[error("node {node} is owned by rollout {owner}, not {rollout}")]
+    OwnedByOther {
+        node: String,
+        owner: String,
+        rollout: String,
+    },
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// `was_unschedulable` recorded on the node by `rollout`, if it owns the node.
+pub fn recorded_was_unschedulable(node: &Node, rollout: &str) -> Option<bool> {
+    let annotations = node.metadata.annotations.as_ref()?;
+    if annotations.get(OWNER_ANNOTATION).map(String::as_str) != Some(rollout) {
+        return None;
+    }
+    annotations
+        .get(WAS_UNSCHEDULABLE_ANNOTATION)
+        .map(|v| v == "true")
+}
+
+pub struct NodeActions {
+    client: Client,
+    leadership: Leadership,
+}
+
+impl NodeActions {
+    pub fn new(client: Client, leadership: Leadership) -> Self {
+        Self { client, leadership }
+    }
+
+    /// Records ownership and the node's prior schedulability, and cordons it — in one
+    /// patch, conditional on the node being unchanged since `observed` was read, so a
+    /// cordon by someone else in between is never mistaken for ours.
+    pub async fn record_and_cordon(
+        &self,
+        rollout: &str,
+        observed: &Node,
+        was_unschedulable: bool,
+    ) -> Result<(), ActionError> {
+        self.leadership.check()?;
+        let name = observed.metadata.name.clone().unwrap_or_default();
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": observed.metadata.resource_version,
+                "annotations": {
+                    OWNER_ANNOTATION: rollout,
+                    WAS_UNSCHEDULABLE_ANNOTATION: was_unschedulable.to_string(),
+                },
+            },
+            "spec": { "unschedulable": true },
+        });
+        match Api::<Node>::all(self.client.clone())
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict { node: name }),
+            Err(source) => Err(ActionError::Kube {
+                action: format!("cordoning node {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// Removes our annotations and uncordons the node if `uncordon` and the node was
+    /// schedulable before we cordoned it. A node we do not own is left as it is.
+    pub async fn release(
+        &self,
+        rollout: &str,
+        node: &str,
+        uncordon: bool,
+    ) -> Result<(), ActionError> {
+        self.leadership.check()?;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let current = nodes.get(node).await.map_err(|source| ActionError::Kube {
+            action: format!("reading node {node}"),
+            source,
+        })?;
+        let annotations = current.metadata.annotations.clone().unwrap_or_default();
+        match annotations.get(OWNER_ANNOTATION) {
+            None => return Ok(()),
+            Some(owner) if owner != rollout => {
+                return Err(ActionError::OwnedByOther {
+                    node: node.to_owned(),
+                    owner: owner.clone(),
+                    rollout: rollout.to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        let was_unschedulable = recorded_was_unschedulable(&current, rollout).unwrap_or(true);
+        let mut patch = json!({
+            "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "annotations": { OWNER_ANNOTATION: null, WAS_UNSCHEDULABLE_ANNOTATION: null },
+            },
+        });
+        if uncordon && !was_unschedulable {
+            patch["spec"] = json!({ "unschedulable": false });
+        }
+        match nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict {
+                node: node.to_owned(),
+            }),
+            Err(source) => Err(ActionError::Kube {
+                action: format!("releasing node {node}"),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes the ztunnel pod with this UID; a pod already gone or replaced is fine.
+    pub async fn delete_ztunnel_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ActionError> {
+        self.leadership.check()?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .delete(name, &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s))
+                if s.code == 404 || (s.code == 409 && uid_precondition_failed(&s.message)) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(ActionError::Kube {
+                action: format!("deleting ztunnel pod {namespace}/{name}"),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn node(annotations: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_owning_rollout_reads_the_record() {
+        let n = node(&[
+            (OWNER_ANNOTATION, "r1"),
+            (WAS_UNSCHEDULABLE_ANNOTATION, "true"),
+        ]);
+        assert_eq!(recorded_was_unschedulable(&n, "r1"), Some(true));
+        assert_eq!(recorded_was_unschedulable(&n, "r2"), None);
+        let n = node(&[
+            (OWNER_ANNOTATION, "r1"),
+            (WAS_UNSCHEDULABLE_ANNOTATION, "false"),
+        ]);
+        assert_eq!(recorded_was_unschedulable(&n, "r1"), Some(false));
+        assert_eq!(recorded_was_unschedulable(&node(&[]), "r1"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The node actions against the real API server: ownership is recorded with the cordon,
+//! a node someone else cordoned stays cordoned, stale reads and lost leadership change
+//! nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use support::{TestEnv, set_unschedulable};
+use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
+use ztunnel_rollout::rollout::node_actions::{
+    ActionError, NodeActions, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION,
+    recorded_was_unschedulable,
+};
+
+async fn leading(env: &TestEnv) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let config = LeaderConfig {
+        namespace: env.namespace.clone(),
+        lease_name: "agent".into(),
+        identity: "replica-a".into(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (mut l, task) = leader::spawn(env.client.clone(), config);
+    tokio::time::timeout(Duration::from_secs(10), l.acquired())
+        .await
+        .expect("leader");
+    (l, task)
+}
+
+async fn node(env: &TestEnv, name: &str) -> Node {
+    Api::<Node>::all(env.client.clone())
+        .get(name)
+        .await
+        .expect("node")
+}
+
+fn unschedulable(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
+#[tokio::test]
+async fn cordon_records_ownership_and_release_restores_the_node() {
+    let env = TestEnv::new("actions", 2).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let (ours, theirs) = (env.nodes[0].clone(), env.nodes[1].clone());
+
+    let observed = node(&env, &ours).await;
+    actions
+        .record_and_cordon("r1", &observed, false)
+        .await
+        .expect("cordon");
+    let cordoned = node(&env, &ours).await;
+    assert!(unschedulable(&cordoned));
+    let annotations = cordoned.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get(OWNER_ANNOTATION).map(String::as_str),
+        Some("r1")
+    );
+    assert_eq!(
+        annotations
+            .get(WAS_UNSCHEDULABLE_ANNOTATION)
+            .map(String::as_str),
+        Some("false")
+    );
+    assert_eq!(recorded_was_unschedulable(&cordoned, "r1"), Some(false));
+    let err = actions
+        .release("r2", &ours, true)
+        .await
+        .expect_err("another rollout's node");
+    assert!(matches!(err, ActionError::OwnedByOther { .. }), "{err}");
+    actions.release("r1", &ours, true).await.expect("release");
+    let released = node(&env, &ours).await;
+    assert!(!unschedulable(&released));
+    assert!(
+        !released
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(OWNER_ANNOTATION)
+    );
+
+    // An operator cordoned this one: it stays cordoned.
+    set_unschedulable(&env.client, &theirs, true).await;
+    let observed = node(&env, &theirs).await;
+    actions
+        .record_and_cordon("r1", &observed, true)
+        .await
+        .expect("record");
+    actions.release("r1", &theirs, true).await.expect("release");
+    let after = node(&env, &theirs).await;
+    assert!(
+        unschedulable(&after),
+        "uncordoned a node someone else cordoned"
+    );
+    assert!(
+        !after
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(OWNER_ANNOTATION)
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_stale_read_or_lost_leadership_changes_nothing() {
+    let env = TestEnv::new("actions-stale", 1).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership.clone());
+    let name = env.nodes[0].clone();
+
+    let stale = node(&env, &name).await;
+    set_unschedulable(&env.client, &name, true).await; // someone cordons after our read
+    let err = actions
+        .record_and_cordon("r1", &stale, false)
+        .await
+        .expect_err("stale read");
+    assert!(matches!(err, ActionError::Conflict { .. }), "{err}");
+    assert_eq!(
+        recorded_was_unschedulable(&node(&env, &name).await, "r1"),
+        None,
+        "nothing recorded"
+    );
+    set_unschedulable(&env.client, &name, false).await;
+
+    // Another replica takes the lease: this one must not act any more.
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mut lease = leases.get("agent").await.expect("lease");
+    let spec = lease.spec.as_mut().expect("spec");
+    spec.holder_identity = Some("replica-b".into());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    leases
+        .replace("agent", &PostParams::default(), &lease)
+        .await
+        .expect("take over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while leadership.is_leader() {
+        assert!(tokio::time::Instant::now() < deadline, "still leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = node(&env, &name).await;
+    let err = actions
+        .record_and_cordon("r1", &fresh, false)
+        .await
+        .expect_err("not leader");
+    assert!(matches!(err, ActionError::NotLeader(_)), "{err}");
+    assert!(!unschedulable(&node(&env, &name).await));
+    task.abort();
+}
+
+#[tokio::test]
+async fn deleting_a_replaced_ztunnel_pod_leaves_the_new_one_alone() {
+    let env = TestEnv::new("actions-pod", 1).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "ztunnel-x", "namespace": env.namespace },
+        "spec": { "nodeName": env.nodes[0], "containers": [{ "name": "istio-proxy", "image": "ztunnel" }] },
+    }))
+    .expect("pod");
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    actions
+        .delete_ztunnel_pod(&env.namespace, "ztunnel-x", "some-older-uid")
+        .await
+        .expect("a UID mismatch means the old pod is gone already");
+    let still = pods.get("ztunnel-x").await.expect("pod");
+    assert_eq!(still.metadata.uid, created.metadata.uid);
+    assert!(
+        still.metadata.deletion_timestamp.is_none(),
+        "the newer pod was deleted"
+    );
+    let uid = created.metadata.uid.clone().expect("uid");
+    actions
+        .delete_ztunnel_pod(&env.namespace, "ztunnel-x", &uid)
+        .await
+        .expect("delete");
+    let gone = pods.get_opt("ztunnel-x").await.expect("get");
+    assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+    actions
+        .delete_ztunnel_pod(&env.namespace, "does-not-exist", "x")
+        .await
+        .expect("404 is gone");
+    task.abort();
+}
