@@ -4,8 +4,10 @@
 pub mod api;
 pub mod cli;
 pub mod drain;
+pub mod health_server;
 pub mod kube_client;
 pub mod label_selector;
 pub mod leader;
+pub mod metrics;
 pub mod rollout;
 pub mod testbed;

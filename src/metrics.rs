@@ -1,0 +1,74 @@
+//! The agent's Prometheus metrics (prometheus-client), registered once and shared.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub rollout: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// accepted, refused_by_budget, failed
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub rollout: String,
+}
+
+pub struct Metrics {
+    pub nodes: Family<PhaseLabels, Gauge>,
+    pub node_duration_seconds: Family<RolloutLabels, Histogram>,
+    pub evictions: Family<EvictionLabels, Counter>,
+    pub node_failures: Family<RolloutLabels, Counter>,
+    pub is_leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `ztunnel_rollout` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            nodes: Family::default(),
+            // 10 s to ~45 min: a node's whole sequence, drain included.
+            node_duration_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    10.0, 1.5, 14,
+                ))
+            }),
+            evictions: Family::default(),
+            node_failures: Family::default(),
+            is_leader: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("ztunnel_rollout");
+        r.register("nodes", "Nodes of each rollout by phase", m.nodes.clone());
+        r.register(
+            "node_duration_seconds",
+            "Time from a node's cordon to its uncordon",
+            m.node_duration_seconds.clone(),
+        );
+        r.register(
+            "evictions",
+            "Eviction requests by result",
+            m.evictions.clone(),
+        );
+        r.register(
+            "node_failures",
+            "Nodes that failed",
+            m.node_failures.clone(),
+        );
+        r.register(
+            "is_leader",
+            "1 while this replica holds the lease",
+            m.is_leader.clone(),
+        );
+        m
+    }
+}
