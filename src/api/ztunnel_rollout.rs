@@ -180,3 +180,30 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::node_machine::NodePhase;
+
+    #[test]
+    fn the_status_of_a_thousand_node_rollout_fits_in_an_etcd_object() {
+        let nodes = (0..1_000)
+            .map(|i| NodeStatus {
+                name: format!("ip-10-0-{}-{}.eu-west-1.compute.internal", i / 250, i % 250),
+                phase: NodePhase::Failed,
+                since: "2026-11-29T10:00:00Z".into(),
+                was_unschedulable: Some(false),
+                message: "drain failed: PDB payments/api allows 0 disruptions (needs 3 healthy, has 3)".into(),
+            })
+            .collect();
+        let status = ZtunnelRolloutStatus {
+            nodes,
+            ..Default::default()
+        };
+        let bytes = serde_json::to_vec(&status).unwrap().len();
+        // etcd's default request limit is 1.5 MiB; keep well below it even when every
+        // node carries a long message.
+        assert!(bytes < 512 * 1024, "status of 1,000 nodes is {bytes} bytes");
+    }
+}
