@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use support::{TestEnv, set_unschedulable};
 use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
 use ztunnel_rollout::rollout::node_actions::{
-    ActionError, NodeActions, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION,
+    ActionError, NodeActions, OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION,
     recorded_was_unschedulable,
 };
 
@@ -192,5 +192,73 @@ async fn deleting_a_replaced_ztunnel_pod_leaves_the_new_one_alone() {
         .delete_ztunnel_pod(&env.namespace, "does-not-exist", "x")
         .await
         .expect("404 is gone");
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
+    let env = TestEnv::new("actions-taint", 1).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let name = env.nodes[0].clone();
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    nodes
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": { "taints": [{ "key": "dedicated", "value": "gpu", "effect": "NoSchedule" }] }
+            })),
+        )
+        .await
+        .expect("an operator's taint");
+    let keys = |n: &Node| -> Vec<String> {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect()
+    };
+
+    actions
+        .set_waiting_taint(&node(&env, &name).await, true)
+        .await
+        .expect("taint");
+    let tainted = node(&env, &name).await;
+    assert_eq!(keys(&tainted), ["dedicated", WAITING_TAINT]);
+    actions
+        .set_waiting_taint(&tainted, true)
+        .await
+        .expect("idempotent");
+    assert_eq!(
+        node(&env, &name).await.metadata.resource_version,
+        tainted.metadata.resource_version,
+        "no write when already tainted"
+    );
+
+    let stale = tainted.clone();
+    nodes
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({ "metadata": { "labels": { "touched": "yes" } } }),
+            ),
+        )
+        .await
+        .expect("someone else writes the node");
+    let err = actions
+        .set_waiting_taint(&stale, false)
+        .await
+        .expect_err("stale read");
+    assert!(matches!(err, ActionError::Conflict { .. }), "{err}");
+
+    actions
+        .set_waiting_taint(&node(&env, &name).await, false)
+        .await
+        .expect("untaint");
+    assert_eq!(keys(&node(&env, &name).await), ["dedicated"]);
     task.abort();
 }

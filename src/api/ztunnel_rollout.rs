@@ -194,7 +194,9 @@ mod tests {
                 phase: NodePhase::Failed,
                 since: "2026-11-29T10:00:00Z".into(),
                 was_unschedulable: Some(false),
-                message: "drain failed: PDB payments/api allows 0 disruptions (needs 3 healthy, has 3)".into(),
+                message:
+                    "drain failed: PDB payments/api allows 0 disruptions (needs 3 healthy, has 3)"
+                        .into(),
             })
             .collect();
         let status = ZtunnelRolloutStatus {

@@ -2,7 +2,7 @@
 //! mutation first checks leadership, carries a precondition (resourceVersion or UID), and
 //! never uncordons a node the rollout did not cordon.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
@@ -14,6 +14,36 @@ use crate::leader::{Leadership, NotLeader};
 pub const OWNER_ANNOTATION: &str = "ztunnel-rollout.dev/rollout";
 /// On a node we cordoned: whether it was unschedulable before (then it stays cordoned).
 pub const WAS_UNSCHEDULABLE_ANNOTATION: &str = "ztunnel-rollout.dev/was-unschedulable";
+
+/// On nodes still waiting for their turn: evicted pods land preferably on nodes already
+/// done, so no application pod is disrupted twice by one rollout.
+pub const WAITING_TAINT: &str = "ztunnel-rollout.dev/waiting";
+
+/// The taints with ours added, or `None` if it is there already.
+pub fn with_waiting_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
+    if taints.iter().any(|t| t.key == WAITING_TAINT) {
+        return None;
+    }
+    let mut out = taints.to_vec();
+    out.push(Taint {
+        key: WAITING_TAINT.to_owned(),
+        effect: "PreferNoSchedule".to_owned(),
+        value: None,
+        time_added: None,
+    });
+    Some(out)
+}
+
+/// The taints without ours, or `None` if it was not there.
+pub fn without_waiting_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
+    taints.iter().any(|t| t.key == WAITING_TAINT).then(|| {
+        taints
+            .iter()
+            .filter(|t| t.key != WAITING_TAINT)
+            .cloned()
+            .collect()
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -141,6 +171,43 @@ impl NodeActions {
         }
     }
 
+    /// Adds (`waiting`) or removes our PreferNoSchedule taint, keeping every other taint;
+    /// conditional on the node being unchanged since `observed` was read.
+    pub async fn set_waiting_taint(
+        &self,
+        observed: &Node,
+        waiting: bool,
+    ) -> Result<(), ActionError> {
+        self.leadership.check()?;
+        let name = observed.metadata.name.clone().unwrap_or_default();
+        let taints = observed
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let changed = if waiting {
+            with_waiting_taint(&taints)
+        } else {
+            without_waiting_taint(&taints)
+        };
+        let Some(taints) = changed else { return Ok(()) };
+        let patch = json!({
+            "metadata": { "resourceVersion": observed.metadata.resource_version },
+            "spec": { "taints": taints },
+        });
+        match Api::<Node>::all(self.client.clone())
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict { node: name }),
+            Err(source) => Err(ActionError::Kube {
+                action: format!("tainting node {name}"),
+                source,
+            }),
+        }
+    }
+
     /// Deletes the ztunnel pod with this UID; a pod already gone or replaced is fine.
     pub async fn delete_ztunnel_pod(
         &self,
@@ -193,6 +260,22 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_waiting_taint_is_added_and_removed_once_keeping_others() {
+        let other = Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let added = with_waiting_taint(std::slice::from_ref(&other)).unwrap();
+        assert_eq!(added.len(), 2);
+        assert_eq!(added[1].effect, "PreferNoSchedule");
+        assert_eq!(with_waiting_taint(&added), None, "added once");
+        assert_eq!(without_waiting_taint(&added), Some(vec![other.clone()]));
+        assert_eq!(without_waiting_taint(&[other]), None);
     }
 
     #[test]
