@@ -9,5 +9,6 @@ pub mod kube_client;
 pub mod label_selector;
 pub mod leader;
 pub mod metrics;
+pub mod preflight;
 pub mod rollout;
 pub mod testbed;

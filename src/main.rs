@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ztunnel_rollout::cli::{Cli, Command, drain};
+use ztunnel_rollout::cli::{Cli, Command, drain, preflight};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Drain(args) => drain::run(args, &cli.global).await,
+        Command::Preflight(args) => preflight::run(args, &cli.global).await,
     };
     result.unwrap_or_else(|e| {
         // Many errors repeat their source in their own message; say each thing once.

@@ -1,6 +1,7 @@
 //! The command line: kubectl-like global flags and one module per subcommand.
 
 pub mod drain;
+pub mod preflight;
 
 use std::path::PathBuf;
 
@@ -42,4 +43,6 @@ pub enum Output {
 pub enum Command {
     /// Cordon a node and drain it through the Eviction API, respecting PodDisruptionBudgets.
     Drain(drain::DrainArgs),
+    /// Check the cluster against the upgrade runbook's guardrails; exit 1 on errors.
+    Preflight(preflight::PreflightArgs),
 }

@@ -1,0 +1,66 @@
+//! `ztunnel-rollout preflight`: checks the cluster against the runbook's guardrails;
+//! exits non-zero when any check found an error (usable as a CI gate).
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{GlobalArgs, Output};
+use crate::preflight::checks::{self, Severity};
+
+#[derive(Args)]
+pub struct PreflightArgs {
+    /// Namespace of the ztunnel DaemonSet.
+    #[arg(
+        long,
+        default_value = "istio-system",
+        env = "ZTUNNEL_ROLLOUT_ZTUNNEL_NAMESPACE"
+    )]
+    pub ztunnel_namespace: String,
+    /// Name of the ztunnel DaemonSet.
+    #[arg(
+        long,
+        default_value = "ztunnel",
+        env = "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET"
+    )]
+    pub ztunnel_daemonset: String,
+}
+
+pub async fn run(args: &PreflightArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client =
+        crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let snapshot =
+        crate::preflight::snapshot(&client, &args.ztunnel_namespace, &args.ztunnel_daemonset)
+            .await?;
+    let findings = checks::run(&snapshot);
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    match global.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Output::Text => {
+            println!("{:<8} {:<32} {:<48} MESSAGE", "SEVERITY", "CHECK", "OBJECT");
+            for f in &findings {
+                let severity = serde_json::to_value(f.severity)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                println!(
+                    "{severity:<8} {:<32} {:<48} {}",
+                    f.check, f.object, f.message
+                );
+            }
+            let warnings = findings
+                .iter()
+                .filter(|f| f.severity == Severity::Warning)
+                .count();
+            println!("{errors} error(s), {warnings} warning(s)");
+        }
+    }
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

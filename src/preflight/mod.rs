@@ -1,0 +1,37 @@
+//! `ztunnel-rollout preflight`: the runbook's guardrails checked against the cluster
+//! before a rollout. The checks are pure ([`checks`]); [`snapshot`] reads the cluster.
+
+pub mod checks;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+/// Reads what the checks need: the ztunnel DaemonSet and every node, pod, PDB,
+/// Deployment and namespace (one list each).
+pub async fn snapshot(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<checks::Snapshot, kube::Error> {
+    let lp = ListParams::default();
+    Ok(checks::Snapshot {
+        ztunnel_ref: format!("{namespace}/{name}"),
+        ztunnel: Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?,
+        nodes: Api::<Node>::all(client.clone()).list(&lp).await?.items,
+        pods: Api::<Pod>::all(client.clone()).list(&lp).await?.items,
+        pdbs: Api::<PodDisruptionBudget>::all(client.clone())
+            .list(&lp)
+            .await?
+            .items,
+        deployments: Api::<Deployment>::all(client.clone())
+            .list(&lp)
+            .await?
+            .items,
+        namespaces: Api::<Namespace>::all(client.clone()).list(&lp).await?.items,
+    })
+}
