@@ -6,13 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::Api;
-use kube::api::ListParams;
-use kube::runtime::wait::{Condition, await_condition};
 use ztunnel_rollout::testbed::binaries::ControlPlaneBinaries;
 use ztunnel_rollout::testbed::control_plane::{ControlPlaneOptions, RunningControlPlane};
-use ztunnel_rollout::testbed::fixtures::{self, ZONE_LABEL};
+use ztunnel_rollout::testbed::fixtures;
 use ztunnel_rollout::testbed::kwok_stages::PodTimings;
 
 #[derive(Parser)]
@@ -29,8 +25,6 @@ struct Cli {
 enum Command {
     /// Start the cluster and keep it running until Ctrl-C (or SIGTERM).
     Up(UpArgs),
-    /// Start the cluster with the demo fixtures, show its nodes and ztunnel pods, stop.
-    Demo(CommonArgs),
 }
 
 #[derive(Args)]
@@ -127,7 +121,6 @@ async fn main() -> anyhow::Result<()> {
     // on the main thread, never inside a spawned task.
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
-        Command::Demo(args) => demo(args).await,
     }
 }
 
@@ -203,102 +196,4 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
         _ = stdin_closed => Ok(()),
         err = cluster.crashed() => Err(err.into()),
     }
-}
-
-async fn demo(args: CommonArgs) -> anyhow::Result<()> {
-    let cluster = start(&args).await?;
-    let result = show_demo(&args, &cluster).await;
-    cluster.stop(STOP_GRACE).await;
-    result
-}
-
-fn all_pods_ready(expected: usize) -> impl Condition<k8s_openapi::api::apps::v1::DaemonSet> {
-    move |ds: Option<&k8s_openapi::api::apps::v1::DaemonSet>| {
-        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.number_ready as usize == expected && s.desired_number_scheduled as usize == expected
-        })
-    }
-}
-
-async fn show_demo(args: &CommonArgs, cluster: &RunningControlPlane) -> anyhow::Result<()> {
-    let client = cluster.client().await?;
-    fixtures::apply_demo(&client, args.nodes, &args.ztunnel_version).await?;
-    eprintln!(
-        "applied {} simulated nodes and an OnDelete ztunnel DaemonSet; waiting for its pods...",
-        args.nodes
-    );
-    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
-        Api::namespaced(client.clone(), "istio-system");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(ds_api, "ztunnel", all_pods_ready(args.nodes)),
-    )
-    .await
-    .context("ztunnel pods not Ready on every node within 60s")??;
-
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let pods = Api::<Pod>::namespaced(client, "istio-system")
-        .list(&ListParams::default().labels("app=ztunnel"))
-        .await?;
-    println!(
-        "{:<10} {:<8} {:<6} {:<16} {:<10} {:<6}",
-        "NODE", "ZONE", "READY", "ZTUNNEL-POD", "VERSION", "READY"
-    );
-    for node in &nodes.items {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let zone = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        let node_ready = condition_true(
-            node.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .map(|c| {
-                    c.iter()
-                        .map(|c| (c.type_.as_str(), c.status.as_str()))
-                        .collect()
-                }),
-        );
-        let pod = pods
-            .items
-            .iter()
-            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()));
-        let (pod_name, version, pod_ready) =
-            match pod {
-                Some(p) => (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("app.kubernetes.io/version"))
-                        .cloned()
-                        .unwrap_or_default(),
-                    condition_true(p.status.as_ref().and_then(|s| s.conditions.as_ref()).map(
-                        |c| {
-                            c.iter()
-                                .map(|c| (c.type_.as_str(), c.status.as_str()))
-                                .collect()
-                        },
-                    )),
-                ),
-                None => ("-".to_owned(), "-".to_owned(), false),
-            };
-        println!(
-            "{name:<10} {zone:<8} {node_ready:<6} {pod_name:<16} {version:<10} {pod_ready:<6}"
-        );
-    }
-    Ok(())
-}
-
-fn condition_true(conditions: Option<Vec<(&str, &str)>>) -> bool {
-    conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|(t, s)| *t == "Ready" && *s == "True")
 }
