@@ -11,4 +11,5 @@ pub mod leader;
 pub mod metrics;
 pub mod preflight;
 pub mod rollout;
+pub mod sidecar;
 pub mod testbed;
