@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod drain;
+pub mod health;
 pub mod health_server;
 pub mod kube_client;
 pub mod label_selector;
