@@ -107,17 +107,7 @@ impl NodeActions {
             },
             "spec": { "unschedulable": true },
         });
-        match Api::<Node>::all(self.client.clone())
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict { node: name }),
-            Err(source) => Err(ActionError::Kube {
-                action: format!("cordoning node {name}"),
-                source,
-            }),
-        }
+        self.patch_node(&name, "cordoning", &patch).await
     }
 
     /// Removes our annotations and uncordons the node if `uncordon` and the node was
@@ -156,19 +146,7 @@ impl NodeActions {
         if uncordon && !was_unschedulable {
             patch["spec"] = json!({ "unschedulable": false });
         }
-        match nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict {
-                node: node.to_owned(),
-            }),
-            Err(source) => Err(ActionError::Kube {
-                action: format!("releasing node {node}"),
-                source,
-            }),
-        }
+        self.patch_node(node, "releasing", &patch).await
     }
 
     /// Adds (`waiting`) or removes our PreferNoSchedule taint, keeping every other taint;
@@ -195,14 +173,27 @@ impl NodeActions {
             "metadata": { "resourceVersion": observed.metadata.resource_version },
             "spec": { "taints": taints },
         });
+        self.patch_node(&name, "tainting", &patch).await
+    }
+
+    /// A merge patch carrying a resourceVersion: 409 means the node changed since it was
+    /// read.
+    async fn patch_node(
+        &self,
+        node: &str,
+        verb: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), ActionError> {
         match Api::<Node>::all(self.client.clone())
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict { node: name }),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(ActionError::Conflict {
+                node: node.to_owned(),
+            }),
             Err(source) => Err(ActionError::Kube {
-                action: format!("tainting node {name}"),
+                action: format!("{verb} node {node}"),
                 source,
             }),
         }
