@@ -5,10 +5,16 @@ use ztunnel_rollout::cli::{Cli, Command, drain, preflight};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Progress (pods evicted, waiting, gone) on stderr; results on stdout. RUST_LOG
+    // overrides, e.g. RUST_LOG=warn for quiet runs.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .compact()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,ztunnel_rollout=info".into()),
         )
         .init();
     let cli = Cli::parse();

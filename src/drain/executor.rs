@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::budget;
 use super::eviction::Verdict;
@@ -393,7 +393,9 @@ impl Drainer {
                         start,
                         deadline,
                     };
-                    tasks.push(tokio::spawn(async move { ctx.run(p).await }));
+                    tasks.push(tokio::spawn(
+                        async move { ctx.run(p).await }.in_current_span(),
+                    ));
                 }
             }
         }
@@ -415,7 +417,7 @@ impl Drainer {
             elapsed_ms: since(start),
             pods: results,
         };
-        info!(node, complete, "{}", report.summary());
+        debug!(node, complete, "{}", report.summary());
         Ok(report)
     }
 }
@@ -438,16 +440,26 @@ enum Wake {
 
 impl PodDrain {
     async fn run(self, p: PlannedPod) -> PodResult {
+        let pod = format!("{}/{}", p.namespace, p.name);
         let mut result = result_for(&p, Outcome::NotGone, None);
         if matches!(p.disposition, Disposition::Evict { .. }) {
             if let Err(failure) = self.evict_until_accepted(&p, &mut result).await {
+                warn!(%pod, reason = failure.reason.as_deref().unwrap_or(""), "not evicted");
                 return failure;
             }
             result
                 .evicted_after_ms
                 .get_or_insert_with(|| since(self.start));
+            info!(%pod, "eviction accepted");
         }
-        self.wait_until_gone(&p, result).await
+        let result = self.wait_until_gone(&p, result).await;
+        match result.outcome {
+            Outcome::Evicted => {
+                info!(%pod, after = %format!("{:.1}s", result.gone_after_ms.unwrap_or(0) as f64 / 1000.0), "gone")
+            }
+            _ => warn!(%pod, reason = result.reason.as_deref().unwrap_or(""), "not gone"),
+        }
+        result
     }
 
     async fn request(&self, p: &PlannedPod) -> Result<(), kube::Error> {
@@ -506,6 +518,9 @@ impl PodDrain {
                     message,
                 } => {
                     result.refused_by_budget += 1;
+                    if result.refused_by_budget == 1 {
+                        info!(pod = %format!("{}/{}", p.namespace, p.name), reason = %message, "waiting for a PodDisruptionBudget");
+                    }
                     result.reason = Some(message);
                     let delay = next.max(retry_after.unwrap_or_default());
                     debug!(pod = %p.name, ?delay, "eviction refused by a PodDisruptionBudget");
