@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Node, Pod, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,7 +17,7 @@ use kube::{Api, ResourceExt};
 use support::{TestEnv, deployment_available, set_unschedulable, wait_for};
 use ztunnel_rollout::drain::filter::FilterOptions;
 use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
-use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
+use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};
 
 fn available(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -48,24 +48,6 @@ where
     build().await;
     set_unschedulable(&env.client, &spare, false).await;
     (target, spare)
-}
-
-async fn ztunnel(env: &TestEnv) {
-    let mut z = ZtunnelFixture::new(&env.namespace, "1.28.0");
-    z.node_selector = env.node_selector();
-    let ds: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&ds, &z.daemonset()).await.expect("ztunnel");
-    let n = env.nodes.len() as i32;
-    wait_for(
-        &ds,
-        "ztunnel",
-        "ztunnel ready",
-        move |d: Option<&DaemonSet>| {
-            d.and_then(|d| d.status.as_ref())
-                .is_some_and(|s| s.number_ready == n && s.desired_number_scheduled == n)
-        },
-    )
-    .await;
 }
 
 async fn pods_on(env: &TestEnv, node: &str) -> Vec<Pod> {
@@ -135,7 +117,7 @@ fn sample_available(
 #[tokio::test]
 async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
     let env = TestEnv::new("drain-pdb", 2).await;
-    ztunnel(&env).await;
+    support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
     let (target, spare) = two_nodes_with(&env, || async {
         support::apply_app(
             &env,
@@ -499,7 +481,7 @@ async fn unmanaged_and_emptydir_pods_are_refused_before_anything_is_evicted() {
 #[tokio::test]
 async fn daemonset_and_mirror_pods_are_left_alone_and_dry_run_changes_nothing() {
     let env = TestEnv::new("drain-skip", 2).await;
-    ztunnel(&env).await;
+    support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
     let target = env.nodes[0].clone();
     let node_uid = Api::<Node>::all(env.client.clone())
         .get(&target)

@@ -5,11 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::Api;
-use kube::api::PostParams;
 use support::TestEnv;
 use tokio::time::Instant;
 use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
@@ -63,25 +58,8 @@ async fn a_holder_that_loses_its_lease_stops_at_once() {
     a.check().expect("leader");
 
     // Someone else takes the lease (as after a network partition healed).
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mut lease = leases.get("agent").await.expect("lease");
-    let spec = lease.spec.as_mut().expect("spec");
-    spec.holder_identity = Some("intruder".into());
-    spec.lease_duration_seconds = Some(3600);
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    leases
-        .replace("agent", &PostParams::default(), &lease)
-        .await
-        .expect("take the lease");
-
-    let deadline = Instant::now() + TTL;
-    while a.is_leader() {
-        assert!(
-            Instant::now() < deadline,
-            "still acting as leader after losing the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::take_lease(&env, "agent", "intruder").await;
+    support::until_not_leader(&a, TTL).await;
     let err = a.check().expect_err("not the leader");
     assert!(
         err.to_string()

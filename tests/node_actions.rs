@@ -6,10 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use support::{TestEnv, set_unschedulable};
@@ -131,21 +128,8 @@ async fn a_stale_read_or_lost_leadership_changes_nothing() {
     set_unschedulable(&env.client, &name, false).await;
 
     // Another replica takes the lease: this one must not act any more.
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mut lease = leases.get("agent").await.expect("lease");
-    let spec = lease.spec.as_mut().expect("spec");
-    spec.holder_identity = Some("replica-b".into());
-    spec.lease_duration_seconds = Some(3600);
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    leases
-        .replace("agent", &PostParams::default(), &lease)
-        .await
-        .expect("take over");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while leadership.is_leader() {
-        assert!(tokio::time::Instant::now() < deadline, "still leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::take_lease(&env, "agent", "replica-b").await;
+    support::until_not_leader(&leadership, Duration::from_secs(3)).await;
     let fresh = node(&env, &name).await;
     let err = actions
         .record_and_cordon("r1", &fresh, false)

@@ -16,10 +16,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, WAIT, deployment_available, wait_for};
+use support::{TestEnv, WAIT, daemonset_ready, deployment_available, wait_for};
 use ztunnel_rollout::drain::eviction::Verdict;
 use ztunnel_rollout::drain::executor::evict;
-use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
+use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};
 
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
@@ -47,16 +47,6 @@ async fn cordon(env: &TestEnv, node: &str) {
         .expect("cordon");
 }
 
-fn daemonset_ready(n: i32) -> impl kube::runtime::wait::Condition<DaemonSet> {
-    move |ds: Option<&DaemonSet>| {
-        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.desired_number_scheduled == n
-                && s.number_ready == n
-                && s.updated_number_scheduled == Some(n)
-        })
-    }
-}
-
 async fn pods(env: &TestEnv, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
         .list(&ListParams::default().labels(selector))
@@ -68,19 +58,8 @@ async fn pods(env: &TestEnv, selector: &str) -> Vec<Pod> {
 #[tokio::test]
 async fn daemonset_covers_every_node_including_new_and_cordoned_ones() {
     let mut env = TestEnv::new("ds", 3).await;
-    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
-    ztunnel.node_selector = env.node_selector();
+    support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
     let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&ds_api, &ztunnel.daemonset())
-        .await
-        .expect("apply ztunnel");
-    wait_for(
-        &ds_api,
-        "ztunnel",
-        "ztunnel Ready on 3 nodes",
-        daemonset_ready(3),
-    )
-    .await;
 
     let placed: BTreeMap<String, Pod> = pods(&env, "app=ztunnel")
         .await
@@ -500,13 +479,8 @@ fn daemonset_observed(ds: Option<&DaemonSet>) -> bool {
 #[tokio::test]
 async fn an_ondelete_daemonset_replaces_a_pod_only_when_it_is_deleted() {
     let env = TestEnv::new("ondelete", 2).await;
-    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
-    ztunnel.node_selector = env.node_selector();
+    let mut ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
     let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&ds_api, &ztunnel.daemonset())
-        .await
-        .expect("apply");
-    wait_for(&ds_api, "ztunnel", "ztunnel ready", daemonset_ready(2)).await;
     let old = revision_hashes(&pods(&env, "app=ztunnel").await);
     let old_hash = old.values().next().expect("a pod").clone();
 
@@ -564,14 +538,8 @@ async fn an_ondelete_daemonset_replaces_a_pod_only_when_it_is_deleted() {
 #[tokio::test]
 async fn a_rolling_update_daemonset_replaces_pods_by_itself() {
     let env = TestEnv::new("rolling", 2).await;
-    let mut ztunnel = ZtunnelFixture::new(&env.namespace, "1.28.0");
-    ztunnel.node_selector = env.node_selector();
-    ztunnel.strategy = fixtures::UpdateStrategy::RollingUpdate;
+    let mut ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::RollingUpdate).await;
     let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&ds_api, &ztunnel.daemonset())
-        .await
-        .expect("apply");
-    wait_for(&ds_api, "ztunnel", "ztunnel ready", daemonset_ready(2)).await;
     let old = revision_hashes(&pods(&env, "app=ztunnel").await);
 
     ztunnel.version = "1.29.0".to_owned();

@@ -432,12 +432,6 @@ struct PodDrain {
     deadline: Instant,
 }
 
-enum Wake {
-    Elapsed,
-    Deadline,
-    Changed,
-}
-
 impl PodDrain {
     async fn run(self, p: PlannedPod) -> PodResult {
         let pod = format!("{}/{}", p.namespace, p.name);
@@ -548,7 +542,7 @@ impl PodDrain {
                 }
                 Verdict::NamespaceTerminating => {
                     result.reason = Some("its namespace is terminating".to_owned());
-                    self.sleep_or_change(next).await;
+                    self.sleep_before_retry(next).await;
                 }
                 Verdict::Retryable(message) => {
                     other_retries += 1;
@@ -560,7 +554,7 @@ impl PodDrain {
                             Some(format!("eviction failed {other_retries} times: {message}"));
                         return Err(failed);
                     }
-                    self.sleep_or_change(next).await;
+                    self.sleep_before_retry(next).await;
                 }
                 Verdict::Fatal(message) => {
                     let mut failed = result.clone();
@@ -594,7 +588,8 @@ impl PodDrain {
         }
     }
 
-    async fn sleep_or_change(&self, delay: Duration) {
+    /// Sleeps `delay`, but not past the deadline.
+    async fn sleep_before_retry(&self, delay: Duration) {
         let until = (Instant::now() + delay).min(self.deadline);
         tokio::time::sleep_until(until).await;
     }
@@ -625,32 +620,23 @@ impl PodDrain {
                 }
                 wake_at = wake_at.min(Instant::now() + Duration::from_secs_f64(left));
             }
-            match self.wait(&mut changed, wake_at).await {
-                Wake::Deadline => {
-                    let why = if pod.metadata.deletion_timestamp.is_some() {
-                        "still terminating at the deadline".to_owned()
-                    } else {
-                        "not evicted before the deadline".to_owned()
-                    };
-                    return self.not_gone(p, &result, &why);
-                }
-                Wake::Changed | Wake::Elapsed => {}
+            self.wait_for_change(&mut changed, wake_at).await;
+            if Instant::now() >= self.deadline {
+                let why = if pod.metadata.deletion_timestamp.is_some() {
+                    "still terminating at the deadline"
+                } else {
+                    "not evicted before the deadline"
+                };
+                return self.not_gone(p, &result, why);
             }
         }
     }
 
-    async fn wait(&self, changed: &mut watch::Receiver<u64>, wake_at: Instant) -> Wake {
+    /// Until the pods change or `wake_at`, whichever comes first.
+    async fn wait_for_change(&self, changed: &mut watch::Receiver<u64>, wake_at: Instant) {
         tokio::select! {
-            _ = tokio::time::sleep_until(wake_at) => {
-                if Instant::now() >= self.deadline { Wake::Deadline } else { Wake::Elapsed }
-            }
-            r = changed.changed() => {
-                if r.is_err() {
-                    tokio::time::sleep_until(wake_at).await;
-                    return if Instant::now() >= self.deadline { Wake::Deadline } else { Wake::Elapsed };
-                }
-                Wake::Changed
-            }
+            _ = tokio::time::sleep_until(wake_at) => {}
+            r = changed.changed() => if r.is_err() { tokio::time::sleep_until(wake_at).await },
         }
     }
 

@@ -327,3 +327,69 @@ pub async fn apply_app(
         .await;
     }
 }
+
+pub fn daemonset_ready(
+    n: i32,
+) -> impl kube::runtime::wait::Condition<k8s_openapi::api::apps::v1::DaemonSet> {
+    move |ds: Option<&k8s_openapi::api::apps::v1::DaemonSet>| {
+        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.desired_number_scheduled == n
+                && s.number_ready == n
+                && s.updated_number_scheduled == Some(n)
+        })
+    }
+}
+
+/// Applies a ztunnel DaemonSet (version 1.28.0, `strategy`) on this test's nodes and
+/// waits until it is Ready on all of them. Returns the fixture, to change and re-apply.
+pub async fn apply_ztunnel(
+    env: &TestEnv,
+    strategy: fixtures::UpdateStrategy,
+) -> fixtures::ZtunnelFixture {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let mut ztunnel = fixtures::ZtunnelFixture::new(&env.namespace, "1.28.0");
+    ztunnel.node_selector = env.node_selector();
+    ztunnel.strategy = strategy;
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("apply ztunnel");
+    let n = env.nodes.len() as i32;
+    wait_for(
+        &ds_api,
+        "ztunnel",
+        &format!("ztunnel Ready on {n} nodes"),
+        daemonset_ready(n),
+    )
+    .await;
+    ztunnel
+}
+
+/// Another holder takes Lease `name` for an hour, as a replica that won it would.
+pub async fn take_lease(env: &TestEnv, name: &str, holder: &str) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mut lease = leases.get(name).await.expect("lease");
+    let spec = lease.spec.as_mut().expect("spec");
+    spec.holder_identity = Some(holder.to_owned());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace(name, &kube::api::PostParams::default(), &lease)
+        .await
+        .expect("take the lease");
+}
+
+/// Fails the test unless `leadership` stops counting itself leader within `within`.
+pub async fn until_not_leader(leadership: &ztunnel_rollout::leader::Leadership, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while leadership.is_leader() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still acting as leader after losing the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
