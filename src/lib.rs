@@ -1,9 +1,11 @@
 //! ztunnel-rollout: upgrades Istio ambient mode's ztunnel node by node without dropping
 //! traffic.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod drain;
+pub mod duration;
 pub mod health;
 pub mod health_server;
 pub mod kube_client;

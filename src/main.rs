@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ztunnel_rollout::cli::{Cli, Command, drain, preflight};
+use ztunnel_rollout::cli::{Cli, Command, agent, drain, preflight};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Drain(args) => drain::run(args, &cli.global).await,
         Command::Preflight(args) => preflight::run(args, &cli.global).await,
     };

@@ -2,31 +2,19 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Node, Pod, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, deployment_available, set_unschedulable, wait_for};
+use support::{TestEnv, available, deployment_available, sample_available, set_unschedulable, wait_for};
 use ztunnel_rollout::drain::filter::FilterOptions;
 use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
 use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};
-
-fn available(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 async fn unschedulable(env: &TestEnv, node: &str) -> bool {
     let n = Api::<Node>::all(env.client.clone())
@@ -74,44 +62,6 @@ fn result<'a>(
         .iter()
         .filter(|p| p.name.starts_with(name_prefix))
         .collect()
-}
-
-/// Watches the namespace's pods and records, per `app` label, the fewest available
-/// pods seen at any moment.
-fn sample_available(
-    env: &TestEnv,
-) -> (
-    Arc<Mutex<HashMap<String, usize>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let minimum = Arc::new(Mutex::new(HashMap::new()));
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    let seen = minimum.clone();
-    let task = tokio::spawn(async move {
-        let (reader, writer) = kube::runtime::reflector::store();
-        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).reflect(writer));
-        let mut synced = false;
-        while let Some(ev) = stream.next().await {
-            synced |= matches!(ev, Ok(watcher::Event::InitDone));
-            if !synced {
-                continue;
-            }
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            for p in reader.state() {
-                let app = p.labels().get("app").cloned().unwrap_or_default();
-                let entry = counts.entry(app).or_insert(0);
-                if available(&p) {
-                    *entry += 1;
-                }
-            }
-            let mut min = seen.lock().expect("lock");
-            for (app, n) in counts {
-                let m = min.entry(app).or_insert(n);
-                *m = (*m).min(n);
-            }
-        }
-    });
-    (minimum, task)
 }
 
 #[tokio::test]

@@ -207,13 +207,13 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
     };
 
     actions
-        .set_waiting_taint(&node(&env, &name).await, true)
+        .set_waiting_taint("r1", &node(&env, &name).await, true)
         .await
         .expect("taint");
     let tainted = node(&env, &name).await;
     assert_eq!(keys(&tainted), ["dedicated", WAITING_TAINT]);
     actions
-        .set_waiting_taint(&tainted, true)
+        .set_waiting_taint("r1", &tainted, true)
         .await
         .expect("idempotent");
     assert_eq!(
@@ -234,13 +234,13 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
         .await
         .expect("someone else writes the node");
     let err = actions
-        .set_waiting_taint(&stale, false)
+        .set_waiting_taint("r1", &stale, false)
         .await
         .expect_err("stale read");
     assert!(matches!(err, ActionError::Conflict { .. }), "{err}");
 
     actions
-        .set_waiting_taint(&node(&env, &name).await, false)
+        .set_waiting_taint("r1", &node(&env, &name).await, false)
         .await
         .expect("untaint");
     assert_eq!(keys(&node(&env, &name).await), ["dedicated"]);

@@ -1,11 +1,275 @@
-//! `manifests/` as the code defines it: CI fails when the files differ from this.
+//! `manifests/` as the code defines it: the CRD, and everything `kubectl apply -k
+//! manifests/` installs to run the agent in a cluster. CI fails when the files differ.
+//!
+//! The RBAC rules are exactly the requests the agent makes (the agent's integration
+//! tests run it under them): no wildcards, no Secrets.
 
 use kube::CustomResourceExt;
+use serde_json::{Value, json};
 
 use super::ZtunnelRollout;
 
-/// (path under `manifests/`, contents) of every generated manifest.
+pub const NAMESPACE: &str = "ztunnel-rollout";
+pub const NAME: &str = "ztunnel-rollout";
+pub const IMAGE: &str = concat!(
+    "ghcr.io/ztunnel-rollout/ztunnel-rollout:",
+    env!("CARGO_PKG_VERSION")
+);
+const METRICS_PORT: u16 = 8080;
+
+/// The CRD, without the integer `format`s schemars adds (`uint32`) that the API server
+/// does not know and warns about.
+pub fn crd() -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if m.get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    m.remove("format");
+                }
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut crd = serde_json::to_value(ZtunnelRollout::crd()).unwrap_or_default();
+    strip(&mut crd);
+    crd
+}
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> Value {
+    json!({ "apiGroups": [group], "resources": resources, "verbs": verbs })
+}
+
+/// Cluster-wide permissions: nodes, pods (drain, ztunnel replacement), DaemonSets and
+/// their revisions, PDBs, and the rollouts.
+pub fn cluster_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": { "name": NAME },
+        "rules": [
+            rule("", &["nodes"], &["get", "list", "watch", "patch"]),
+            rule("", &["pods"], &["list", "watch", "delete"]),
+            rule("", &["pods/eviction"], &["create"]),
+            rule("apps", &["daemonsets", "controllerrevisions"], &["list", "watch"]),
+            rule("policy", &["poddisruptionbudgets"], &["list", "watch"]),
+            rule("ztunnel-rollout.dev", &["ztunnelrollouts"], &["get", "list", "watch", "patch"]),
+            rule("ztunnel-rollout.dev", &["ztunnelrollouts/status"], &["patch"]),
+        ],
+    })
+}
+
+fn binding(kind: &str, namespace: Option<&str>, role_kind: &str, name: &str) -> Value {
+    let mut metadata = json!({ "name": name });
+    if let Some(ns) = namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }],
+    })
+}
+
+/// The leader-election Lease, in the agent's namespace.
+pub fn lease_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": { "name": NAME, "namespace": NAMESPACE },
+        "rules": [rule("coordination.k8s.io", &["leases"], &["get", "create", "patch"])],
+    })
+}
+
+/// Events about cluster-scoped objects (Nodes, rollouts) live in `default`.
+pub fn events_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": { "name": format!("{NAME}-events"), "namespace": "default" },
+        "rules": [rule("events.k8s.io", &["events"], &["create", "patch"])],
+    })
+}
+
+fn labels() -> Value {
+    json!({ "app.kubernetes.io/name": NAME })
+}
+
+pub fn deployment() -> Value {
+    let field = |path: &str| json!({ "fieldRef": { "fieldPath": path } });
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": NAME, "namespace": NAMESPACE, "labels": labels() },
+        "spec": {
+            // Two replicas: the standby takes the lease when the leader's node is drained.
+            "replicas": 2,
+            "selector": { "matchLabels": labels() },
+            "template": {
+                "metadata": { "labels": labels() },
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "automountServiceAccountToken": true,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule",
+                        "labelSelector": { "matchLabels": labels() },
+                    }],
+                    "containers": [{
+                        "name": "agent",
+                        "image": IMAGE,
+                        "args": ["agent"],
+                        "env": [
+                            { "name": "POD_NAME", "valueFrom": field("metadata.name") },
+                            { "name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace") },
+                            { "name": "ZTUNNEL_ROLLOUT_METRICS_ADDRESS", "value": format!("0.0.0.0:{METRICS_PORT}") },
+                        ],
+                        "ports": [{ "name": "metrics", "containerPort": METRICS_PORT }],
+                        "livenessProbe": { "httpGet": { "path": "/livez", "port": "metrics" } },
+                        "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
+                        "resources": {
+                            "requests": { "cpu": "50m", "memory": "64Mi" },
+                            "limits": { "memory": "256Mi" },
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "privileged": false,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                    }],
+                },
+            },
+        },
+    })
+}
+
+/// All Kubernetes objects, in apply order, with their file names.
+pub fn objects() -> Vec<(&'static str, Value)> {
+    vec![
+        ("crd-ztunnelrollouts.json", crd()),
+        (
+            "namespace.json",
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } }),
+        ),
+        (
+            "serviceaccount.json",
+            json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": NAME, "namespace": NAMESPACE },
+            }),
+        ),
+        ("clusterrole.json", cluster_role()),
+        (
+            "clusterrolebinding.json",
+            binding("ClusterRoleBinding", None, "ClusterRole", NAME),
+        ),
+        ("role-lease.json", lease_role()),
+        (
+            "rolebinding-lease.json",
+            binding("RoleBinding", Some(NAMESPACE), "Role", NAME),
+        ),
+        ("role-events.json", events_role()),
+        (
+            "rolebinding-events.json",
+            binding(
+                "RoleBinding",
+                Some("default"),
+                "Role",
+                &format!("{NAME}-events"),
+            ),
+        ),
+        ("deployment.json", deployment()),
+        (
+            "poddisruptionbudget.json",
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": { "name": NAME, "namespace": NAMESPACE },
+                "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels() } },
+            }),
+        ),
+        (
+            "service.json",
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": format!("{NAME}-metrics"), "namespace": NAMESPACE, "labels": labels() },
+                "spec": {
+                    "selector": labels(),
+                    "ports": [{ "name": "metrics", "port": METRICS_PORT, "targetPort": "metrics" }],
+                },
+            }),
+        ),
+    ]
+}
+
+/// (path under `manifests/`, contents) of every generated file.
 pub fn generated() -> Vec<(&'static str, String)> {
-    let crd = serde_json::to_string_pretty(&ZtunnelRollout::crd()).unwrap_or_default();
-    vec![("crd-ztunnelrollouts.json", format!("{crd}\n"))]
+    let objects = objects();
+    let mut kustomization = String::from(
+        "# Generated by `UPDATE_MANIFESTS=1 cargo test --test manifests`; do not edit.\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+    );
+    let mut files: Vec<(&'static str, String)> = objects
+        .into_iter()
+        .map(|(name, v)| {
+            kustomization.push_str(&format!("  - {name}\n"));
+            (
+                name,
+                format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            )
+        })
+        .collect();
+    files.push(("kustomization.yaml", kustomization));
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_has_no_wildcards_and_no_secrets() {
+        for role in [cluster_role(), lease_role(), events_role()] {
+            for rule in role["rules"].as_array().unwrap() {
+                for key in ["apiGroups", "resources", "verbs"] {
+                    for v in rule[key].as_array().unwrap() {
+                        let v = v.as_str().unwrap();
+                        assert_ne!(v, "*", "{role}");
+                        assert_ne!(v, "secrets", "{role}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_deployment_is_hardened() {
+        let d = deployment();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(c["readOnlyRootFilesystem"], true);
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["capabilities"]["drop"], json!(["ALL"]));
+    }
+
+    #[test]
+    fn the_crd_has_no_formats_the_api_server_does_not_know() {
+        let text = crd().to_string();
+        assert!(!text.contains("uint"), "{text}");
+    }
 }

@@ -52,6 +52,10 @@ pub struct ZtunnelRolloutSpec {
     /// No new node starts while true; a node in progress reaches a safe point.
     #[serde(default)]
     pub paused: bool,
+    /// Stop the rollout: cancel drains in progress, uncordon the nodes this rollout
+    /// cordoned (never others), remove its annotations and taints. Final.
+    #[serde(default)]
+    pub abort: bool,
 }
 
 fn default_ztunnel_ready_timeout() -> String {
@@ -173,8 +177,11 @@ pub struct NodeCounts {
 pub struct NodeStatus {
     pub name: String,
     pub phase: crate::rollout::node_machine::NodePhase,
-    /// When the node entered its phase (RFC 3339).
+    /// When the node entered its phase (RFC 3339); for a finished node, when it finished.
     pub since: String,
+    /// When the rollout started on the node (cordoned it), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub was_unschedulable: Option<bool>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -193,6 +200,7 @@ mod tests {
                 name: format!("ip-10-0-{}-{}.eu-west-1.compute.internal", i / 250, i % 250),
                 phase: NodePhase::Failed,
                 since: "2026-11-29T10:00:00Z".into(),
+                started: Some("2026-11-29T09:58:00Z".into()),
                 was_unschedulable: Some(false),
                 message:
                     "drain failed: PDB payments/api allows 0 disruptions (needs 3 healthy, has 3)"

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use k8s_openapi::jiff::SignedDuration;
 
 use super::{GlobalArgs, Output};
+use crate::duration::parse_duration;
 use crate::drain::filter::FilterOptions;
 use crate::drain::{DrainOptions, DrainReport, Drainer, cordon};
 use crate::label_selector::Selector;
@@ -45,14 +45,6 @@ pub struct DrainArgs {
     pub concurrency: u16,
 }
 
-/// Parses `90s`, `5m`, `1h30m` (or ISO 8601 `PT5M`); bare numbers and negatives are errors.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d: SignedDuration = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 90s, 5m or 1h30m: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{text:?}: a duration cannot be negative"))
-}
-
 impl DrainArgs {
     pub fn options(&self) -> DrainOptions {
         DrainOptions {
@@ -60,6 +52,7 @@ impl DrainArgs {
                 delete_emptydir_data: self.delete_emptydir_data,
                 force: self.force,
                 pod_selector: self.pod_selector.clone().unwrap_or_default(),
+                skip_selector: None,
                 skip_wait_for_delete_timeout: (!self.skip_wait_for_delete_timeout.is_zero())
                     .then_some(self.skip_wait_for_delete_timeout),
             },
@@ -128,14 +121,6 @@ pub async fn run(args: &DrainArgs, global: &GlobalArgs) -> anyhow::Result<std::p
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_need_units_and_cannot_be_negative() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("5").unwrap_err().contains("\"5\""));
-        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
-    }
 
     #[test]
     fn flags_map_to_options() {

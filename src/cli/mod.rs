@@ -1,5 +1,6 @@
 //! The command line: kubectl-like global flags and one module per subcommand.
 
+pub mod agent;
 pub mod drain;
 pub mod preflight;
 
@@ -41,6 +42,9 @@ pub enum Output {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run the rollout agent: leader-elected, it rolls every ZtunnelRollout's DaemonSet
+    /// revision out node by node.
+    Agent(agent::AgentArgs),
     /// Cordon a node and drain it through the Eviction API, respecting PodDisruptionBudgets.
     Drain(drain::DrainArgs),
     /// Check the cluster against the upgrade runbook's guardrails; exit 1 on errors.

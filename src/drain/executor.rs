@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::budget;
+use crate::leader::Leadership;
 use super::eviction::Verdict;
 use super::filter::{self, Disposition, DrainPlan, FilterOptions, PlannedPod};
 use super::report::{DrainReport, Outcome, PodResult};
@@ -275,13 +276,23 @@ fn result_for(p: &PlannedPod, outcome: Outcome, reason: Option<String>) -> PodRe
 
 pub struct Drainer {
     client: Client,
+    leadership: Option<Leadership>,
 }
 
 impl Drainer {
     /// `client` must not retry 429s by itself (kube's default client does: set
     /// `Config::default_retry = false`); the drain counts and paces its own retries.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            leadership: None,
+        }
+    }
+
+    /// Evicts only while `leadership` holds: a replica that loses the lease stops at once.
+    pub fn guarded_by(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
     }
 
     /// What a drain of `node` would do now, changing nothing.
@@ -387,6 +398,7 @@ impl Drainer {
                 Disposition::Evict { .. } | Disposition::AwaitTermination => {
                     let ctx = PodDrain {
                         client: self.client.clone(),
+                        leadership: self.leadership.clone(),
                         views: views.clone(),
                         permits: permits.clone(),
                         opts: opts.clone(),
@@ -425,6 +437,7 @@ impl Drainer {
 /// One pod's way out: evict (with retries) until accepted, then wait until gone.
 struct PodDrain {
     client: Client,
+    leadership: Option<Leadership>,
     views: Arc<Views>,
     permits: Arc<Semaphore>,
     opts: DrainOptions,
@@ -500,6 +513,13 @@ impl PodDrain {
                     p,
                     result,
                     "the eviction was not accepted before the deadline",
+                ));
+            }
+            if self.leadership.as_ref().is_some_and(|l| l.check().is_err()) {
+                return Err(self.not_gone(
+                    p,
+                    result,
+                    "this replica lost the lease; the new leader resumes the drain",
                 ));
             }
             let answer = self.request(p).await;

@@ -20,6 +20,8 @@ pub struct FilterOptions {
     /// Only pods matching this are drained (kubectl's `--pod-selector`); the rest are left
     /// alone. `!keep-me` or `app!=db` leave the matching pods alone.
     pub pod_selector: Selector,
+    /// Pods matching this are left alone (a rollout's `drain.skipPodSelector`).
+    pub skip_selector: Option<Selector>,
     /// Pods terminating for longer than this are not waited for (a dead node never
     /// confirms their exit). `None` waits for every pod.
     pub skip_wait_for_delete_timeout: Option<Duration>,
@@ -96,6 +98,9 @@ pub fn classify(pod: &Pod, opts: &FilterOptions, now: Timestamp) -> Disposition 
             "not selected by --pod-selector {}",
             opts.pod_selector
         ));
+    }
+    if let Some(skip) = opts.skip_selector.as_ref().filter(|s| s.matches(&labels)) {
+        return Disposition::Skip(format!("matches the skip selector {skip}"));
     }
     if let Some(deleted) = &pod.metadata.deletion_timestamp {
         let terminating_for = now.duration_since(deleted.0);
@@ -291,6 +296,17 @@ mod tests {
         );
         assert_eq!(
             classify(&pod("web", Some("ReplicaSet")), &opts, now()),
+            Disposition::Evict { note: None }
+        );
+        let skipping = FilterOptions {
+            skip_selector: Some(Selector::parse("app=db").unwrap()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(classify(&pod("db", None), &skipping, now()), Disposition::Skip(r) if r.contains("app=db"))
+        );
+        assert_eq!(
+            classify(&pod("web", Some("ReplicaSet")), &skipping, now()),
             Disposition::Evict { note: None }
         );
     }

@@ -20,7 +20,8 @@ pub const WAS_UNSCHEDULABLE_ANNOTATION: &str = "ztunnel-rollout.dev/was-unschedu
 pub const WAITING_TAINT: &str = "ztunnel-rollout.dev/waiting";
 
 /// The taints with ours added, or `None` if it is there already.
-pub fn with_waiting_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
+/// The taint's value names the rollout.
+pub fn with_waiting_taint(taints: &[Taint], rollout: &str) -> Option<Vec<Taint>> {
     if taints.iter().any(|t| t.key == WAITING_TAINT) {
         return None;
     }
@@ -28,10 +29,24 @@ pub fn with_waiting_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
     out.push(Taint {
         key: WAITING_TAINT.to_owned(),
         effect: "PreferNoSchedule".to_owned(),
-        value: None,
+        value: Some(rollout.to_owned()),
         time_added: None,
     });
     Some(out)
+}
+
+pub fn taints_of(node: &Node) -> Vec<Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+}
+
+/// Whether the node carries the waiting taint of `rollout`.
+pub fn has_waiting_taint(node: &Node, rollout: &str) -> bool {
+    taints_of(node)
+        .iter()
+        .any(|t| t.key == WAITING_TAINT && t.value.as_deref() == Some(rollout))
 }
 
 /// The taints without ours, or `None` if it was not there.
@@ -86,9 +101,10 @@ impl NodeActions {
         Self { client, leadership }
     }
 
-    /// Records ownership and the node's prior schedulability, and cordons it — in one
-    /// patch, conditional on the node being unchanged since `observed` was read, so a
-    /// cordon by someone else in between is never mistaken for ours.
+    /// Records ownership and the node's prior schedulability, and cordons it (dropping
+    /// our waiting taint, which a cordon supersedes) — in one patch, conditional on the
+    /// node being unchanged since `observed` was read, so a cordon by someone else in
+    /// between is never mistaken for ours.
     pub async fn record_and_cordon(
         &self,
         rollout: &str,
@@ -97,7 +113,7 @@ impl NodeActions {
     ) -> Result<(), ActionError> {
         self.leadership.check()?;
         let name = observed.metadata.name.clone().unwrap_or_default();
-        let patch = json!({
+        let mut patch = json!({
             "metadata": {
                 "resourceVersion": observed.metadata.resource_version,
                 "annotations": {
@@ -107,6 +123,9 @@ impl NodeActions {
             },
             "spec": { "unschedulable": true },
         });
+        if let Some(taints) = without_waiting_taint(&taints_of(observed)) {
+            patch["spec"]["taints"] = json!(taints);
+        }
         self.patch_node(&name, "cordoning", &patch).await
     }
 
@@ -153,18 +172,15 @@ impl NodeActions {
     /// conditional on the node being unchanged since `observed` was read.
     pub async fn set_waiting_taint(
         &self,
+        rollout: &str,
         observed: &Node,
         waiting: bool,
     ) -> Result<(), ActionError> {
         self.leadership.check()?;
         let name = observed.metadata.name.clone().unwrap_or_default();
-        let taints = observed
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
+        let taints = taints_of(observed);
         let changed = if waiting {
-            with_waiting_taint(&taints)
+            with_waiting_taint(&taints, rollout)
         } else {
             without_waiting_taint(&taints)
         };
@@ -261,10 +277,11 @@ mod tests {
             effect: "NoSchedule".into(),
             time_added: None,
         };
-        let added = with_waiting_taint(std::slice::from_ref(&other)).unwrap();
+        let added = with_waiting_taint(std::slice::from_ref(&other), "r1").unwrap();
         assert_eq!(added.len(), 2);
         assert_eq!(added[1].effect, "PreferNoSchedule");
-        assert_eq!(with_waiting_taint(&added), None, "added once");
+        assert_eq!(added[1].value.as_deref(), Some("r1"));
+        assert_eq!(with_waiting_taint(&added, "r1"), None, "added once");
         assert_eq!(without_waiting_taint(&added), Some(vec![other.clone()]));
         assert_eq!(without_waiting_taint(&[other]), None);
     }

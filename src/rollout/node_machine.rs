@@ -27,6 +27,20 @@ pub enum NodePhase {
 }
 
 impl NodePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodePhase::Pending => "Pending",
+            NodePhase::Cordoned => "Cordoned",
+            NodePhase::Drained => "Drained",
+            NodePhase::ZtunnelReplaced => "ZtunnelReplaced",
+            NodePhase::ZtunnelReady => "ZtunnelReady",
+            NodePhase::Verified => "Verified",
+            NodePhase::Done => "Done",
+            NodePhase::Failed => "Failed",
+            NodePhase::Skipped => "Skipped",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

@@ -9,12 +9,12 @@
 //!   out and nothing unlabelled goes first.
 //! - An optional canary wave takes the first `canary` nodes of that order and runs before
 //!   everything else.
-//! - Within a wave nodes go in name order; nodes already in flight (after a restart) are
-//!   counted first.
+//! - Within a wave, nodes with the fewest application pods start first (then by name):
+//!   the first nodes done cost few evictions, and the pods evicted later land on them.
 //! - The budget of a wave is `maxUnavailable`: a count, or a percentage of the wave's
 //!   nodes rounded down, at least 1. In-flight nodes and the wave's nodes that are
-//!   unavailable for other reasons (NotReady, or cordoned by someone else) count against
-//!   it. A node cordoned by someone else may start at any time (it is unavailable
+//!   unavailable for other reasons (NotReady, or cordoned by someone else — also after
+//!   the rollout is done with them) count against it. A node cordoned by someone else may start at any time (it is unavailable
 //!   already); a NotReady node waits until it is Ready again.
 //! - A wave starts only when every node of the previous waves is done or skipped.
 
@@ -68,6 +68,8 @@ pub struct NodeObservation {
     /// Someone else cordoned the node: it counts against the budget, starting it costs
     /// nothing more, and it stays cordoned afterwards.
     pub cordoned_by_others: bool,
+    /// Application pods on the node (what its drain will evict).
+    pub pods: usize,
 }
 
 impl NodeObservation {
@@ -176,10 +178,7 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
         let budget = policy.max_unavailable.budget(members.len());
         let used = members
             .iter()
-            .filter(|n| {
-                n.progress == NodeProgress::InFlight
-                    || (n.progress == NodeProgress::Pending && n.unavailable())
-            })
+            .filter(|n| n.progress == NodeProgress::InFlight || n.unavailable())
             .count();
         let pending_ready = || {
             members
@@ -191,9 +190,15 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
             .filter(|n| n.cordoned_by_others)
             .map(|n| n.name.clone())
             .collect();
+        // Fewest pods first: the first nodes done cost few evictions and then take in
+        // the pods evicted from the others (which prefer nodes without our taint).
+        let mut candidates: Vec<&&NodeObservation> = pending_ready()
+            .filter(|n| !n.cordoned_by_others)
+            .collect();
+        candidates.sort_by(|a, b| (a.pods, &a.name).cmp(&(b.pods, &b.name)));
         start.extend(
-            pending_ready()
-                .filter(|n| !n.cordoned_by_others)
+            candidates
+                .into_iter()
                 .map(|n| n.name.clone())
                 .take(budget.saturating_sub(used)),
         );
@@ -222,6 +227,7 @@ mod tests {
             progress: NodeProgress::Pending,
             not_ready: false,
             cordoned_by_others: false,
+            pods: 0,
         }
     }
 
@@ -391,6 +397,43 @@ mod tests {
             .prop_map(|(order, max, canary)| policy(&order, max, canary))
     }
 
+    #[test]
+    fn a_node_left_cordoned_by_its_operator_keeps_using_the_budget() {
+        let mut kept = node("n1", Some("a"));
+        kept.progress = NodeProgress::Finished;
+        kept.cordoned_by_others = true;
+        let nodes = vec![kept, node("n2", Some("a")), node("n3", Some("a"))];
+        assert_eq!(
+            next(&nodes, &policy(&[], MaxUnavailable::Count(1), None)),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec![]
+            },
+            "the wave waits rather than exceed its budget"
+        );
+        assert_eq!(
+            next(&nodes, &policy(&[], MaxUnavailable::Count(2), None)),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec!["n2".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn nodes_with_fewer_pods_start_first() {
+        let mut busy = node("n1", Some("a"));
+        busy.pods = 5;
+        let nodes = vec![busy, node("n2", Some("a")), node("n3", Some("a"))];
+        assert_eq!(
+            next(&nodes, &policy(&[], MaxUnavailable::Count(2), None)),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec!["n2".into(), "n3".into()]
+            }
+        );
+    }
+
     proptest! {
         #[test]
         fn rollouts_stay_within_budget_visit_every_node_once_and_keep_wave_order(
@@ -406,6 +449,11 @@ mod tests {
             for step in 0..10_000 {
                 if step == 200 {
                     for n in nodes.iter_mut() { n.not_ready = false; }
+                }
+                // Nodes cordoned by others use the budget for good, which can stall a
+                // wave; operators uncordon them eventually.
+                if step == 400 {
+                    for n in nodes.iter_mut() { n.cordoned_by_others = false; }
                 }
                 match next(&nodes, &p) {
                     Decision::Complete => break,
@@ -423,7 +471,7 @@ mod tests {
                         let members: Vec<&String> = waves[w].nodes.iter().collect();
                         let unavailable = |nodes: &[NodeObservation]| nodes.iter()
                             .filter(|o| members.contains(&&o.name))
-                            .filter(|o| o.progress == NodeProgress::InFlight || (o.progress == NodeProgress::Pending && (o.not_ready || o.cordoned_by_others)))
+                            .filter(|o| o.progress == NodeProgress::InFlight || o.not_ready || o.cordoned_by_others)
                             .count();
                         let before = unavailable(&nodes);
                         for name in &to_start {

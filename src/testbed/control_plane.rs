@@ -73,6 +73,8 @@ pub struct RunningControlPlane {
     pub kubeconfig: PathBuf,
     pub state_dir: PathBuf,
     components: Vec<Component>,
+    /// How the API server was started, to restart it the same way.
+    apiserver_command: Option<(PathBuf, Vec<String>, PathBuf)>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -180,6 +182,7 @@ impl RunningControlPlane {
             kubeconfig,
             state_dir: state_dir.clone(),
             components: Vec::new(),
+            apiserver_command: None,
             _temp_dir: temp_dir,
         };
         let deadline = Instant::now() + opts.start_timeout;
@@ -226,6 +229,7 @@ impl RunningControlPlane {
             &apiserver,
             &logs,
         )?);
+        running.apiserver_command = Some((bins.kube_apiserver.clone(), apiserver, logs.clone()));
         running.wait_for_apiserver(deadline).await?;
 
         let kcm_port = free_port()?;
@@ -357,6 +361,38 @@ impl RunningControlPlane {
             Duration::ZERO,
             format!("ServiceAccount default/default: {last}"),
         ))
+    }
+
+    /// Stops the API server (SIGTERM), keeps it down for `down_for`, starts it again on
+    /// the same port and state, and waits until it serves. Clients see refused
+    /// connections meanwhile, as in a control-plane upgrade.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), ControlPlaneError> {
+        let Some((program, args, logs)) = self.apiserver_command.clone() else {
+            return Err(ControlPlaneError::NotReady(
+                Duration::ZERO,
+                "the API server was never started".into(),
+            ));
+        };
+        if let Some(c) = self.components.iter_mut().find(|c| c.name == "kube-apiserver") {
+            if let Some(pid) = c.child.id() {
+                // SAFETY: plain kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(10), c.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.child.kill().await;
+            }
+        }
+        self.components.retain(|c| c.name != "kube-apiserver");
+        tokio::time::sleep(down_for).await;
+        self.components
+            .push(spawn("kube-apiserver", &program, &args, &logs)?);
+        self.wait_for_apiserver(Instant::now() + Duration::from_secs(60))
+            .await
     }
 
     /// Waits until a component exits on its own (a crash), and reports which.

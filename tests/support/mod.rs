@@ -2,14 +2,20 @@
 //! `ZTUNNEL_ROLLOUT_TEST_KUBECONFIG`), and per test an isolated namespace and node set.
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::ResourceExt;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -391,5 +397,82 @@ pub async fn until_not_leader(leadership: &ztunnel_rollout::leader::Leadership, 
             "still acting as leader after losing the lease"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the pod is Ready and not terminating.
+pub fn available(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Watches the namespace's pods and records, per `app` label, the fewest available
+/// pods seen at any moment.
+pub fn sample_available(
+    env: &TestEnv,
+) -> (
+    Arc<Mutex<HashMap<String, usize>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let minimum = Arc::new(Mutex::new(HashMap::new()));
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let seen = minimum.clone();
+    let task = tokio::spawn(async move {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).reflect(writer));
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            synced |= matches!(ev, Ok(watcher::Event::InitDone));
+            if !synced {
+                continue;
+            }
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for p in reader.state() {
+                let app = p.labels().get("app").cloned().unwrap_or_default();
+                let entry = counts.entry(app).or_insert(0);
+                if available(&p) {
+                    *entry += 1;
+                }
+            }
+            let mut min = seen.lock().expect("lock");
+            for (app, n) in counts {
+                let m = min.entry(app).or_insert(n);
+                *m = (*m).min(n);
+            }
+        }
+    });
+    (minimum, task)
+}
+
+/// Waits by watch for an Event (events.k8s.io, in `default`, where Events about
+/// cluster-scoped objects go) about object `regarding` with `reason`; returns its note.
+pub async fn wait_for_event(client: &Client, regarding: &str, reason: &str) -> String {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    let matches = |e: &Event| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+            && e.reason.as_deref() == Some(reason)
+    };
+    let found = tokio::time::timeout(WAIT, async {
+        let mut stream = std::pin::pin!(
+            watcher(api.clone(), watcher::Config::default()).applied_objects()
+        );
+        while let Some(e) = stream.next().await {
+            if let Ok(e) = e
+                && matches(&e)
+            {
+                return Some(e.note.unwrap_or_default());
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(note)) => note,
+        _ => panic!("no Event {reason} about {regarding} within {WAIT:?}"),
     }
 }

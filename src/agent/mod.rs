@@ -1,0 +1,138 @@
+//! The agent: leader election, the watches ([`observe`]), the reconcile loop
+//! ([`reconcile`]), Events ([`events`]) and the health/metrics endpoint, with a graceful
+//! shutdown that records the current step and hands the lease over.
+
+pub mod events;
+pub mod observe;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::health_server::{self, HealthServerError, Readiness};
+use crate::leader::{self, LeaderConfig};
+use crate::metrics::Metrics;
+use events::EventSink;
+use observe::Observed;
+use reconcile::{PassError, ReconcileSettings, Reconciler};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub leader: LeaderConfig,
+    pub metrics_address: SocketAddr,
+    pub reconcile: ReconcileSettings,
+    /// Re-evaluate everything at least this often even without watch events (time-based
+    /// decisions have their own wake-ups; this is a safety net, not polling the API).
+    pub resync: Duration,
+    /// Only rollouts matching this label selector.
+    pub rollout_selector: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    HealthServer(#[from] HealthServerError),
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let readiness = Readiness::default();
+    let (address, serve) =
+        health_server::bind(config.metrics_address, Arc::new(registry), readiness.clone()).await?;
+    info!(%address, "serving /metrics, /livez and /readyz");
+    let server = tokio::spawn(serve);
+
+    let (mut leadership, lease_task) = leader::spawn(client.clone(), config.leader.clone());
+    let observed = Arc::new(Observed::start(&client, config.rollout_selector.as_deref()));
+    let (events, events_task) = EventSink::start(client.clone(), config.leader.identity.clone());
+    let mut reconciler = Reconciler::new(
+        client.clone(),
+        observed.clone(),
+        leadership.clone(),
+        events,
+        metrics.clone(),
+        config.reconcile.clone(),
+    );
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        _ = observed.synced() => {}
+        _ = &mut shutdown => {
+            drop(reconciler);
+            return finish(client, &config, lease_task, server, events_task).await;
+        }
+    }
+    readiness.set(true);
+    info!("watches synced");
+
+    loop {
+        if !leadership.is_leader() {
+            metrics.is_leader.set(0);
+            reconciler.reset();
+            info!(lease = %format!("{}/{}", config.leader.namespace, config.leader.lease_name), "waiting for the lease");
+            tokio::select! {
+                _ = leadership.acquired() => {}
+                _ = &mut shutdown => break,
+            }
+            info!(identity = %config.leader.identity, "leading");
+        }
+        metrics.is_leader.set(1);
+        let wake = match reconciler.pass().await {
+            Ok(wake) => wake,
+            Err(PassError::NotLeader(e)) => {
+                warn!(error = %e, "stopped mid-pass");
+                continue;
+            }
+        };
+        let deadline = wake
+            .unwrap_or_else(|| Instant::now() + config.resync)
+            .min(Instant::now() + config.resync);
+        tokio::select! {
+            _ = observed.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            // Leadership can lapse without any event: look again before it would.
+            _ = tokio::time::sleep(config.leader.renew_every()) => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    if leadership.is_leader() {
+        reconciler.flush().await;
+    }
+    drop(reconciler);
+    finish(client, &config, lease_task, server, events_task).await
+}
+
+async fn finish(
+    client: Client,
+    config: &AgentConfig,
+    lease_task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    mut events_task: tokio::task::JoinHandle<()>,
+) -> Result<(), AgentError> {
+    info!("shutting down");
+    lease_task.abort();
+    server.abort();
+    // The Event queue ends once every sender is gone: give it a moment to drain.
+    if tokio::time::timeout(Duration::from_secs(2), &mut events_task)
+        .await
+        .is_err()
+    {
+        events_task.abort();
+    }
+    if let Err(e) = leader::step_down(client, &config.leader).await {
+        warn!(error = %e, "could not release the lease; another replica takes it when it expires");
+    }
+    Ok(())
+}

@@ -1,0 +1,1241 @@
+//! One pass over every rollout: read the watched state, ask the planner and the node
+//! machine what to do, do it, record it. The decisions are pure (`crate::rollout`); this
+//! is the shell that feeds them observations and executes their actions. Only the lease
+//! holder runs passes, and every mutation checks the lease again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::events::{EventSink, Notice};
+use super::observe::Observed;
+use crate::api::ztunnel_rollout::{ZtunnelRollout, ZtunnelRolloutStatus};
+use crate::drain::report::Outcome;
+use crate::drain::{DrainOptions, Drainer};
+use crate::leader::{Leadership, NotLeader};
+use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels};
+use crate::rollout::node_actions::{
+    ActionError, NodeActions, OWNER_ANNOTATION, has_waiting_taint, recorded_was_unschedulable,
+};
+use crate::rollout::node_machine::{
+    Action, NodeFacts, NodePhase, Step, Target, ZtunnelPod, next_step,
+};
+use crate::rollout::planner::{self, Decision, NodeObservation, NodeProgress};
+use crate::rollout::revision::{
+    REVISION_HASH_LABEL, StrategyVerdict, current_revision_hash, strategy_verdict,
+};
+use crate::rollout::settings::{RolloutSettings, settings};
+use crate::rollout::status::{
+    RolloutPhase, Standing, TrackedNode, conditions, counts, node_statuses, records_from_status,
+};
+
+/// Removed only after an abort has released every node the rollout touched.
+pub const FINALIZER: &str = "ztunnel-rollout.dev/cleanup";
+const FIELD_MANAGER: &str = "ztunnel-rollout";
+
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    /// At most one status write per rollout in this interval (phase changes excepted): a
+    /// 1,000-node status is ~150 kB, and steps are idempotent, so a crash that loses the
+    /// last interval repeats a step at worst.
+    pub status_interval: Duration,
+    /// Failed API calls on one node before the node is marked Failed.
+    pub max_action_failures: u32,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            status_interval: Duration::from_secs(1),
+            max_action_failures: 10,
+        }
+    }
+}
+
+struct DrainDone {
+    rollout_uid: String,
+    node: String,
+    result: Result<(), String>,
+}
+
+/// What the leader knows of one rollout during its term.
+#[derive(Default)]
+struct Run {
+    records: BTreeMap<String, TrackedNode>,
+    drains: Drains,
+    drain_results: HashMap<String, Result<(), String>>,
+    verifications: HashMap<String, Result<(), String>>,
+    failures: HashMap<String, u32>,
+    written: Option<ZtunnelRolloutStatus>,
+    written_at: Option<Instant>,
+    target: Option<String>,
+    /// Nodes the rollout covers, as last seen.
+    total: usize,
+    wave: Option<String>,
+    standing: Option<Standing>,
+    status_failures: u32,
+    has_finalizer: bool,
+}
+
+/// Drain tasks by node; dropping cancels them.
+#[derive(Default)]
+struct Drains(HashMap<String, JoinHandle<()>>);
+
+impl Drop for Drains {
+    fn drop(&mut self) {
+        for t in self.0.values() {
+            t.abort();
+        }
+    }
+}
+
+/// Everything a pass over one rollout reads, gathered once.
+struct View {
+    name: String,
+    ds_namespace: String,
+    reference: ObjectReference,
+    settings: RolloutSettings,
+    target: Target,
+    nodes: BTreeMap<String, Arc<Node>>,
+    ztunnels: HashMap<String, Vec<ZtunnelPod>>,
+    wave_of: HashMap<String, String>,
+    now: Timestamp,
+}
+
+pub struct Reconciler {
+    client: Client,
+    observed: Arc<Observed>,
+    actions: NodeActions,
+    drainer: Arc<Drainer>,
+    events: EventSink,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    settings: ReconcileSettings,
+    runs: HashMap<String, Run>,
+    drain_tx: mpsc::UnboundedSender<DrainDone>,
+    drain_rx: mpsc::UnboundedReceiver<DrainDone>,
+}
+
+/// Why a pass stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(usize::MAX)
+        .build()
+        .nth(failures.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+fn ztunnel_pod(p: &Pod) -> Option<ZtunnelPod> {
+    Some(ZtunnelPod {
+        name: p.metadata.name.clone()?,
+        uid: p.metadata.uid.clone()?,
+        revision_hash: p.labels().get(REVISION_HASH_LABEL)?.clone(),
+        ready: p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+        created: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(Timestamp::UNIX_EPOCH),
+    })
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn unschedulable(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// Whether the node's cordon is ours: by the record (the watch may not show our last
+/// write yet), else by our annotation.
+fn cordoned_by_us(run: &Run, n: &Node, rollout: &str) -> bool {
+    let was_unschedulable = run
+        .records
+        .get(&n.name_any())
+        .and_then(|t| t.record.was_unschedulable)
+        .or_else(|| recorded_was_unschedulable(n, rollout));
+    was_unschedulable == Some(false)
+}
+
+fn node_reference(name: &str, node: Option<&Node>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.to_owned()),
+        uid: node.and_then(|n| n.metadata.uid.clone()),
+        ..Default::default()
+    }
+}
+
+fn progress(phase: NodePhase) -> NodeProgress {
+    match phase {
+        NodePhase::Pending => NodeProgress::Pending,
+        NodePhase::Done | NodePhase::Skipped => NodeProgress::Finished,
+        NodePhase::Failed => NodeProgress::Failed,
+        _ => NodeProgress::InFlight,
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        client: Client,
+        observed: Arc<Observed>,
+        leadership: Leadership,
+        events: EventSink,
+        metrics: Arc<Metrics>,
+        settings: ReconcileSettings,
+    ) -> Self {
+        let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+        Self {
+            actions: NodeActions::new(client.clone(), leadership.clone()),
+            drainer: Arc::new(Drainer::new(client.clone()).guarded_by(leadership.clone())),
+            client,
+            observed,
+            events,
+            metrics,
+            leadership,
+            settings,
+            runs: HashMap::new(),
+            drain_tx,
+            drain_rx,
+        }
+    }
+
+    /// Forgets everything held in memory (drains are cancelled): after losing the lease,
+    /// the next term starts again from the persisted status.
+    pub fn reset(&mut self) {
+        self.runs.clear();
+        while self.drain_rx.try_recv().is_ok() {}
+    }
+
+    /// One pass over every rollout. Returns when the loop must run again at the latest
+    /// (watch events wake it sooner).
+    pub async fn pass(&mut self) -> Result<Option<Instant>, PassError> {
+        self.leadership.check()?;
+        while let Ok(done) = self.drain_rx.try_recv() {
+            if let Some(run) = self.runs.get_mut(&done.rollout_uid) {
+                run.drains.0.remove(&done.node);
+                run.drain_results.insert(done.node, done.result);
+            }
+        }
+        let rollouts = self.observed.rollouts.state();
+        self.runs
+            .retain(|uid, _| rollouts.iter().any(|r| r.uid().as_deref() == Some(uid)));
+        let mut wake = None;
+        for r in rollouts {
+            let span = info_span!("rollout", rollout = %r.name_any());
+            wake = earliest(wake, self.reconcile(&r).instrument(span).await?);
+        }
+        Ok(wake)
+    }
+
+    /// Writes the status of every rollout held back by the write interval (shutdown).
+    pub async fn flush(&mut self) {
+        for r in self.observed.rollouts.state() {
+            let Some(uid) = r.uid() else { continue };
+            if let Some(mut run) = self.runs.remove(&uid) {
+                for t in run.drains.0.drain() {
+                    t.1.abort();
+                }
+                if let Some(standing) = run.standing.clone()
+                    && let Err(e) = self.write_status(&r, &mut run, &standing, true).await
+                {
+                    warn!(rollout = %r.name_any(), error = %e, "could not record the status at shutdown");
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&mut self, r: &ZtunnelRollout) -> Result<Option<Instant>, PassError> {
+        let Some(uid) = r.uid() else { return Ok(None) };
+        let name = r.name_any();
+        let mut run = match self.runs.remove(&uid) {
+            Some(run) => run,
+            None => self.start_term(r).await?,
+        };
+        let result = self.reconcile_run(r, &name, &mut run).await;
+        if r.metadata.deletion_timestamp.is_none() || run.has_finalizer {
+            self.runs.insert(uid, run);
+        }
+        result
+    }
+
+    /// The first pass of this term over `r`: resume from its persisted status, read
+    /// fresh (the watch may not have delivered the previous leader's last write).
+    async fn start_term(&self, r: &ZtunnelRollout) -> Result<Run, PassError> {
+        let fresh = Api::<ZtunnelRollout>::all(self.client.clone())
+            .get_opt(&r.name_any())
+            .await
+            .ok()
+            .flatten();
+        let current = fresh.as_ref().unwrap_or(r);
+        Ok(Run {
+            records: records_from_status(current.status.as_ref()),
+            target: current
+                .status
+                .as_ref()
+                .and_then(|s| s.target_revision.clone()),
+            total: current
+                .status
+                .as_ref()
+                .map_or(0, |s| s.counts.total as usize),
+            written: current.status.clone(),
+            has_finalizer: current.finalizers().iter().any(|f| f == FINALIZER),
+            ..Default::default()
+        })
+    }
+
+    async fn reconcile_run(
+        &mut self,
+        r: &ZtunnelRollout,
+        name: &str,
+        run: &mut Run,
+    ) -> Result<Option<Instant>, PassError> {
+        if r.metadata.deletion_timestamp.is_some() || r.spec.abort {
+            let deleting = r.metadata.deletion_timestamp.is_some();
+            let wake = self.abort(r, name, run, deleting).await?;
+            if !deleting {
+                let standing = Standing {
+                    phase: RolloutPhase::Aborted,
+                    reason: "Aborted".into(),
+                    message: "spec.abort is set: the nodes this rollout cordoned were released"
+                        .into(),
+                };
+                return Ok(earliest(
+                    wake,
+                    self.record(r, run, standing).await?,
+                ));
+            }
+            return Ok(wake);
+        }
+        let view = match self.view(r, name, run) {
+            Ok(view) => view,
+            Err(standing) => return self.record(r, run, standing).await,
+        };
+        if let Some(previous) = run.target.as_ref().filter(|t| **t != view.target.revision_hash)
+        {
+            // The DaemonSet changed again: nodes finished on the old revision go again.
+            self.notice(
+                &view.reference,
+                None,
+                false,
+                "TargetRevisionChanged",
+                format!(
+                    "DaemonSet revision changed from {previous} to {}: finished nodes are rolled again",
+                    view.target.revision_hash
+                ),
+            );
+            run.records.retain(|_, t| {
+                !matches!(t.record.phase, NodePhase::Done | NodePhase::Skipped)
+            });
+        }
+        run.target = Some(view.target.revision_hash.clone());
+        run.total = view.nodes.len();
+
+        let mut wake = None;
+        // Pending nodes: skip those already current; resume those a crash left cordoned.
+        for (node, n) in &view.nodes {
+            let tracked = run
+                .records
+                .get(node)
+                .cloned()
+                .unwrap_or_else(|| TrackedNode::pending(view.now));
+            if tracked.record.phase != NodePhase::Pending {
+                continue;
+            }
+            let facts = self.facts(&view, run, node, Some(n));
+            let step = next_step(&tracked.record, &facts, &view.target, view.now);
+            if step.phase == NodePhase::Skipped || facts.annotated_was_unschedulable.is_some() {
+                run.records.insert(node.clone(), tracked);
+                wake = earliest(wake, self.advance(&view, run, node).await?);
+            }
+        }
+        // Nodes in flight.
+        let in_flight: Vec<String> = run
+            .records
+            .iter()
+            .filter(|(_, t)| !t.record.phase.is_terminal() && t.record.phase != NodePhase::Pending)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in in_flight {
+            wake = earliest(wake, self.advance(&view, run, &node).await?);
+        }
+
+        let pods_per_node = self.pods_per_node();
+        let observations: Vec<NodeObservation> = view
+            .nodes
+            .iter()
+            .map(|(node, n)| NodeObservation {
+                name: node.clone(),
+                labels: n.labels().clone(),
+                progress: run
+                    .records
+                    .get(node)
+                    .map_or(NodeProgress::Pending, |t| progress(t.record.phase)),
+                not_ready: !node_ready(n),
+                cordoned_by_others: unschedulable(n) && !cordoned_by_us(run, n, name),
+                pods: pods_per_node.get(node).copied().unwrap_or(0),
+            })
+            .collect();
+        let decision = planner::next(&observations, &view.settings.waves);
+        let standing = match &decision {
+            _ if view.nodes.is_empty() => Standing {
+                phase: RolloutPhase::Blocked,
+                reason: "NoNodesSelected".into(),
+                message: "spec.nodeSelector matches no node".into(),
+            },
+            Decision::Complete => {
+                wake = earliest(wake, self.remove_waiting_taints(&view, run).await?);
+                Standing {
+                    phase: RolloutPhase::Complete,
+                    reason: "AllNodesDone".into(),
+                    message: format!(
+                        "every node runs ztunnel revision {}",
+                        view.target.revision_hash
+                    ),
+                }
+            }
+            Decision::Blocked { wave, failed } => Standing {
+                phase: RolloutPhase::Blocked,
+                reason: "NodeFailed".into(),
+                message: format!(
+                    "wave {wave} stopped: {}",
+                    failed
+                        .iter()
+                        .map(|n| {
+                            let why = run.records.get(n).map(|t| t.message.as_str());
+                            format!("{n}: {}", why.unwrap_or("failed"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
+            Decision::Start { wave, nodes } => {
+                if run.wave.as_ref() != Some(wave) {
+                    self.notice(
+                        &view.reference,
+                        None,
+                        false,
+                        "WaveStarted",
+                        format!("wave {wave} started"),
+                    );
+                    run.wave = Some(wave.clone());
+                }
+                if !r.spec.paused {
+                    wake = earliest(wake, self.add_waiting_taints(&view, run).await?);
+                    for node in nodes {
+                        run.records
+                            .entry(node.clone())
+                            .or_insert_with(|| TrackedNode::pending(view.now));
+                        wake = earliest(wake, self.advance(&view, run, node).await?);
+                    }
+                }
+                let c = counts(view.nodes.len(), run.records.values());
+                if r.spec.paused {
+                    Standing {
+                        phase: RolloutPhase::Paused,
+                        reason: "Paused".into(),
+                        message: format!(
+                            "spec.paused is set: no new node starts ({} in flight finish their sequence)",
+                            c.in_flight
+                        ),
+                    }
+                } else if nodes.is_empty() && c.in_flight == 0 {
+                    let unavailable: Vec<String> = observations
+                        .iter()
+                        .filter(|o| view.wave_of.get(&o.name) == Some(wave))
+                        .filter(|o| o.not_ready || o.cordoned_by_others)
+                        .map(|o| {
+                            let why = if o.not_ready { "NotReady" } else { "cordoned by someone else" };
+                            format!("{} ({why})", o.name)
+                        })
+                        .collect();
+                    Standing {
+                        phase: RolloutPhase::Progressing,
+                        reason: "BudgetUsedByUnavailableNodes".into(),
+                        message: format!(
+                            "wave {wave} waits: its maxUnavailable budget is used by nodes unavailable for other reasons: {}",
+                            unavailable.join(", ")
+                        ),
+                    }
+                } else {
+                    Standing {
+                        phase: RolloutPhase::Progressing,
+                        reason: "NodesInProgress".into(),
+                        message: format!(
+                            "wave {wave}: {} in flight; {} done, {} skipped of {}",
+                            c.in_flight, c.done, c.skipped, c.total
+                        ),
+                    }
+                }
+            }
+        };
+        let mut phases: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for node in view.nodes.keys() {
+            let phase = run.records.get(node).map_or(NodePhase::Pending, |t| t.record.phase);
+            *phases.entry(NodePhase::as_str(phase)).or_default() += 1;
+        }
+        for phase in ALL_PHASES {
+            self.metrics
+                .nodes
+                .get_or_create(&PhaseLabels {
+                    rollout: name.to_owned(),
+                    phase: NodePhase::as_str(phase).to_owned(),
+                })
+                .set(phases.get(NodePhase::as_str(phase)).copied().unwrap_or(0));
+        }
+        run.wave = match &decision {
+            Decision::Start { wave, .. } | Decision::Blocked { wave, .. } => Some(wave.clone()),
+            Decision::Complete => None,
+        };
+        Ok(earliest(wake, self.record(r, run, standing).await?))
+    }
+
+    /// Gathers what a pass needs, or the reason the rollout cannot proceed.
+    fn view(&self, r: &ZtunnelRollout, name: &str, run: &Run) -> Result<View, Standing> {
+        let blocked = |reason: &str, message: String| Standing {
+            phase: RolloutPhase::Blocked,
+            reason: reason.to_owned(),
+            message,
+        };
+        let settings = settings(&r.spec).map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        let ds_ref = &r.spec.daemon_set;
+        let ds = self
+            .observed
+            .daemon_sets
+            .get(&ObjectRef::new(&ds_ref.name).within(&ds_ref.namespace))
+            .ok_or_else(|| {
+                blocked(
+                    "DaemonSetNotFound",
+                    format!(
+                        "DaemonSet {}/{} not found: nothing is changed until it exists",
+                        ds_ref.namespace, ds_ref.name
+                    ),
+                )
+            })?;
+        match strategy_verdict(&ds, r.spec.allow_rolling_update) {
+            StrategyVerdict::OnDelete | StrategyVerdict::RollingUpdateAllowed => {}
+            StrategyVerdict::RollingUpdateRefused(message) => {
+                return Err(blocked("RollingUpdateStrategy", message));
+            }
+        }
+        let revisions: Vec<_> = self
+            .observed
+            .revisions
+            .state()
+            .iter()
+            .map(|r| r.as_ref().clone())
+            .collect();
+        let hash = current_revision_hash(&ds, &revisions).map_err(|e| Standing {
+            phase: RolloutPhase::Pending,
+            reason: "WaitingForDaemonSet".into(),
+            message: e.to_string(),
+        })?;
+        let ds_uid = ds.metadata.uid.clone().unwrap_or_default();
+        let mut ztunnels: HashMap<String, Vec<ZtunnelPod>> = HashMap::new();
+        for p in self.observed.revisioned_pods.state() {
+            let owned = p
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == ds_uid);
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            if let (true, Some(node), Some(z)) = (owned, node, ztunnel_pod(&p)) {
+                ztunnels.entry(node).or_default().push(z);
+            }
+        }
+        let all_nodes: BTreeMap<String, Arc<Node>> = self
+            .observed
+            .nodes
+            .state()
+            .into_iter()
+            .map(|n| (n.name_any(), n))
+            .collect();
+        // Selected nodes, plus nodes this rollout already started (labels may change).
+        let nodes: BTreeMap<String, Arc<Node>> = all_nodes
+            .into_iter()
+            .filter(|(node, n)| {
+                settings.nodes.matches(n.labels())
+                    || run
+                        .records
+                        .get(node)
+                        .is_some_and(|t| t.record.phase != NodePhase::Pending)
+            })
+            .collect();
+        let observations: Vec<NodeObservation> = nodes
+            .iter()
+            .map(|(node, n)| NodeObservation {
+                name: node.clone(),
+                labels: n.labels().clone(),
+                progress: NodeProgress::Pending,
+                not_ready: false,
+                cordoned_by_others: false,
+                pods: 0,
+            })
+            .collect();
+        let wave_of = planner::plan_waves(&observations, &settings.waves)
+            .into_iter()
+            .flat_map(|w| {
+                let name = w.name;
+                w.nodes.into_iter().map(move |n| (n, name.clone()))
+            })
+            .collect();
+        Ok(View {
+            name: name.to_owned(),
+            ds_namespace: ds_ref.namespace.clone(),
+            reference: r.object_ref(&()),
+            target: Target {
+                revision_hash: hash,
+                cycle_current: r.spec.cycle_current,
+                ztunnel_ready_timeout: settings.ztunnel_ready_timeout,
+            },
+            settings,
+            nodes,
+            ztunnels,
+            wave_of,
+            now: Timestamp::now(),
+        })
+    }
+
+    /// Running pods per node that a drain would evict (not DaemonSet pods).
+    fn pods_per_node(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for p in self.observed.all_pods.state() {
+            let daemon = p
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+            let finished = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+            if daemon || finished || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                *counts.entry(node).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    fn facts(&self, view: &View, run: &Run, node: &str, n: Option<&Arc<Node>>) -> NodeFacts {
+        NodeFacts {
+            exists: n.is_some(),
+            unschedulable: n.is_some_and(|n| unschedulable(n)),
+            annotated_was_unschedulable: n
+                .and_then(|n| recorded_was_unschedulable(n, &view.name)),
+            ztunnel_pods: view.ztunnels.get(node).cloned().unwrap_or_default(),
+            drain: run.drain_results.get(node).cloned(),
+            verification: run.verifications.get(node).cloned(),
+        }
+    }
+
+    /// Steps one node through its machine until it must wait for the cluster.
+    async fn advance(
+        &mut self,
+        view: &View,
+        run: &mut Run,
+        node: &str,
+    ) -> Result<Option<Instant>, PassError> {
+        let wave = view.wave_of.get(node).cloned().unwrap_or_default();
+        let span = info_span!("node", wave = %wave, node = %node);
+        async {
+            let n = view.nodes.get(node).cloned().or_else(|| {
+                self.observed.nodes.get(&ObjectRef::new(node))
+            });
+            // Pure transitions chain; a mutation ends the pass for this node, since the
+            // watched state does not show its effect yet.
+            for _ in 0..8 {
+                let Some(tracked) = run.records.get(node).cloned() else {
+                    return Ok(None);
+                };
+                let facts = self.facts(view, run, node, n.as_ref());
+                let step = next_step(&tracked.record, &facts, &view.target, view.now);
+                let executed = self.execute(view, run, node, n.as_deref(), &step).await;
+                match executed {
+                    Ok(Executed::Continue) => {
+                        run.failures.remove(node);
+                        if !self.transition(view, run, node, n.as_deref(), &step) {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Executed::Mutated) => {
+                        run.failures.remove(node);
+                        self.transition(view, run, node, n.as_deref(), &step);
+                        return Ok(None);
+                    }
+                    Ok(Executed::Waiting(until)) => {
+                        self.transition(view, run, node, n.as_deref(), &step);
+                        return Ok(until.map(|t| {
+                            let d = t.duration_since(Timestamp::now());
+                            Instant::now()
+                                + Duration::try_from(d).unwrap_or_default()
+                                + Duration::from_millis(10)
+                        }));
+                    }
+                    Err(ActionError::NotLeader(e)) => return Err(PassError::NotLeader(e)),
+                    Err(ActionError::Conflict { .. }) => {
+                        // The watch shows the node's newer version soon: retry then.
+                        return Ok(Some(Instant::now() + Duration::from_millis(200)));
+                    }
+                    Err(e) => {
+                        let failures = run.failures.entry(node.to_owned()).or_default();
+                        *failures += 1;
+                        let failures = *failures;
+                        warn!(error = %e, failures, "a step failed; retrying with backoff");
+                        if failures >= self.settings.max_action_failures {
+                            let failed = Step {
+                                phase: NodePhase::Failed,
+                                action: Action::None,
+                                message: format!("gave up after {failures} attempts: {e}"),
+                            };
+                            self.transition(view, run, node, n.as_deref(), &failed);
+                            return Ok(None);
+                        }
+                        return Ok(Some(Instant::now() + retry_delay(failures)));
+                    }
+                }
+            }
+            Ok(None)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn execute(
+        &mut self,
+        view: &View,
+        run: &mut Run,
+        node: &str,
+        n: Option<&Node>,
+        step: &Step,
+    ) -> Result<Executed, ActionError> {
+        match &step.action {
+            Action::None => Ok(Executed::Continue),
+            Action::Wait { until } => Ok(Executed::Waiting(*until)),
+            Action::RecordAndCordon { was_unschedulable } => {
+                let Some(n) = n else {
+                    return Ok(Executed::Continue);
+                };
+                if recorded_was_unschedulable(n, &view.name).is_none() {
+                    self.ensure_finalizer(&view.name, run).await?;
+                    self.actions
+                        .record_and_cordon(&view.name, n, *was_unschedulable)
+                        .await?;
+                }
+                let t = run.records.entry(node.to_owned()).or_insert_with(|| TrackedNode::pending(view.now));
+                t.record.was_unschedulable = Some(*was_unschedulable);
+                t.started.get_or_insert(view.now);
+                Ok(Executed::Mutated)
+            }
+            Action::Drain => {
+                if !run.drains.0.contains_key(node) {
+                    let task = self.spawn_drain(view, node);
+                    run.drains.0.insert(node.to_owned(), task);
+                }
+                Ok(Executed::Waiting(None))
+            }
+            Action::DeleteZtunnelPod { name, uid } => {
+                self.actions
+                    .delete_ztunnel_pod(&view.ds_namespace, name, uid)
+                    .await?;
+                run.drain_results.remove(node);
+                Ok(Executed::Mutated)
+            }
+            Action::Verify => {
+                // The health gates plug in here; until then a Ready ztunnel pod on the
+                // current revision (checked by the machine) is the verdict.
+                run.verifications.insert(node.to_owned(), Ok(()));
+                Ok(Executed::Continue)
+            }
+            Action::Release { uncordon } => {
+                self.actions.release(&view.name, node, *uncordon).await?;
+                run.verifications.remove(node);
+                Ok(Executed::Mutated)
+            }
+        }
+    }
+
+    /// Records `step`'s phase if it changed; returns whether it did.
+    fn transition(
+        &self,
+        view: &View,
+        run: &mut Run,
+        node: &str,
+        n: Option<&Node>,
+        step: &Step,
+    ) -> bool {
+        let Some(t) = run.records.get_mut(node) else {
+            return false;
+        };
+        if t.record.phase == step.phase {
+            if !step.message.is_empty() && t.message != step.message {
+                t.message = step.message.clone();
+            }
+            return false;
+        }
+        let from = t.record.phase;
+        t.record.phase = step.phase;
+        t.record.since = Timestamp::now();
+        t.message = step.message.clone();
+        let labels = RolloutLabels {
+            rollout: view.name.clone(),
+        };
+        match step.phase {
+            NodePhase::Done => {
+                if let Some(started) = t.started {
+                    let secs = t.record.since.duration_since(started).as_secs_f64();
+                    self.metrics
+                        .node_duration_seconds
+                        .get_or_create(&labels)
+                        .observe(secs);
+                }
+            }
+            NodePhase::Failed => {
+                self.metrics.node_failures.get_or_create(&labels).inc();
+            }
+            _ => {}
+        }
+        if step.phase == NodePhase::Failed {
+            warn!(from = NodePhase::as_str(from), "{}", step.message);
+        } else {
+            info!(phase = NodePhase::as_str(step.phase), "{}", step.message);
+        }
+        let warning = step.phase == NodePhase::Failed;
+        let note = format!("{}: {}", view.name, step.message);
+        self.notice(
+            &node_reference(node, n),
+            Some(view.reference.clone()),
+            warning,
+            NodePhase::as_str(step.phase),
+            note.clone(),
+        );
+        if step.phase.is_terminal() {
+            self.notice(
+                &view.reference,
+                Some(node_reference(node, n)),
+                warning,
+                &format!("Node{}", NodePhase::as_str(step.phase)),
+                format!("node {node}: {}", step.message),
+            );
+        }
+        true
+    }
+
+    fn spawn_drain(&self, view: &View, node: &str) -> JoinHandle<()> {
+        let drainer = self.drainer.clone();
+        let opts: DrainOptions = view.settings.drain.clone();
+        let tx = self.drain_tx.clone();
+        let changed = self.observed.changed.clone();
+        let metrics = self.metrics.clone();
+        let rollout_uid = view.reference.uid.clone().unwrap_or_default();
+        let node = node.to_owned();
+        tokio::spawn(
+            async move {
+                let result = match drainer.drain(&node, &opts).await {
+                    Ok(report) => {
+                        for p in &report.pods {
+                            let count = |result: &str, n: u64| {
+                                if n > 0 {
+                                    metrics
+                                        .evictions
+                                        .get_or_create(&EvictionLabels {
+                                            result: result.to_owned(),
+                                        })
+                                        .inc_by(n);
+                                }
+                            };
+                            count("refused_by_budget", u64::from(p.refused_by_budget));
+                            match p.outcome {
+                                Outcome::Evicted => count("accepted", 1),
+                                Outcome::Failed => count("failed", 1),
+                                _ => {}
+                            }
+                        }
+                        if report.complete {
+                            Ok(())
+                        } else {
+                            let reasons: Vec<String> = report
+                                .pods
+                                .iter()
+                                .filter(|p| !matches!(p.outcome, Outcome::Evicted | Outcome::Skipped))
+                                .take(3)
+                                .map(|p| {
+                                    format!(
+                                        "{}/{}: {}",
+                                        p.namespace,
+                                        p.name,
+                                        p.reason.as_deref().unwrap_or("not gone")
+                                    )
+                                })
+                                .collect();
+                            Err(format!("{} ({})", report.summary(), reasons.join("; ")))
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(DrainDone {
+                    rollout_uid,
+                    node,
+                    result,
+                });
+                changed.notify_one();
+            }
+            .in_current_span(),
+        )
+    }
+
+    async fn ensure_finalizer(&self, name: &str, run: &mut Run) -> Result<(), ActionError> {
+        if run.has_finalizer {
+            return Ok(());
+        }
+        self.leadership.check()?;
+        let api = Api::<ZtunnelRollout>::all(self.client.clone());
+        let kube = |action: &str| {
+            let action = format!("{action} rollout {name}");
+            move |source| ActionError::Kube { action, source }
+        };
+        let current = api.get(name).await.map_err(kube("reading"))?;
+        let mut finalizers = current.finalizers().to_vec();
+        if !finalizers.iter().any(|f| f == FINALIZER) {
+            finalizers.push(FINALIZER.to_owned());
+            let patch = json!({ "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "finalizers": finalizers,
+            }});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(kube("adding the finalizer to"))?;
+        }
+        run.has_finalizer = true;
+        Ok(())
+    }
+
+    async fn remove_finalizer(&self, name: &str) -> Result<(), ActionError> {
+        self.leadership.check()?;
+        let api = Api::<ZtunnelRollout>::all(self.client.clone());
+        let kube = |source| ActionError::Kube {
+            action: format!("removing the finalizer of rollout {name}"),
+            source,
+        };
+        let Some(current) = api.get_opt(name).await.map_err(kube)? else {
+            return Ok(());
+        };
+        let finalizers: Vec<&String> =
+            current.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({ "metadata": {
+            "resourceVersion": current.metadata.resource_version,
+            "finalizers": finalizers,
+        }});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube)?;
+        Ok(())
+    }
+
+    /// Nodes still waiting for their turn get our PreferNoSchedule taint, so evicted pods
+    /// land on nodes already done and are not disrupted twice.
+    async fn add_waiting_taints(
+        &mut self,
+        view: &View,
+        run: &mut Run,
+    ) -> Result<Option<Instant>, PassError> {
+        let waiting: Vec<Arc<Node>> = view
+            .nodes
+            .iter()
+            .filter(|(node, n)| {
+                run.records
+                    .get(*node)
+                    .is_none_or(|t| t.record.phase == NodePhase::Pending)
+                    && view.settings.nodes.matches(n.labels())
+                    && !has_waiting_taint(n, &view.name)
+                    && !unschedulable(n)
+            })
+            .map(|(_, n)| n.clone())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(None);
+        }
+        match self.ensure_finalizer(&view.name, run).await {
+            Ok(()) => {}
+            Err(ActionError::NotLeader(e)) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "could not add the finalizer; retrying");
+                return Ok(Some(Instant::now() + retry_delay(1)));
+            }
+        }
+        let mut retry = None;
+        for n in waiting {
+            match self.actions.set_waiting_taint(&view.name, &n, true).await {
+                Ok(()) => {}
+                Err(ActionError::NotLeader(e)) => return Err(e.into()),
+                Err(e) => {
+                    warn!(node = %n.name_any(), error = %e, "could not add the waiting taint; retrying");
+                    retry = Some(Instant::now() + retry_delay(1));
+                }
+            }
+        }
+        Ok(retry)
+    }
+
+    async fn remove_waiting_taints(
+        &mut self,
+        view: &View,
+        _run: &mut Run,
+    ) -> Result<Option<Instant>, PassError> {
+        let mut retry = None;
+        for n in self.observed.nodes.state() {
+            if !has_waiting_taint(&n, &view.name) {
+                continue;
+            }
+            match self.actions.set_waiting_taint(&view.name, &n, false).await {
+                Ok(()) => {}
+                Err(ActionError::NotLeader(e)) => return Err(e.into()),
+                Err(e) => {
+                    warn!(node = %n.name_any(), error = %e, "could not remove the waiting taint; retrying");
+                    retry = Some(Instant::now() + retry_delay(1));
+                }
+            }
+        }
+        Ok(retry)
+    }
+
+    /// Cancels drains, releases every node this rollout cordoned (uncordoning only those
+    /// that were schedulable before) and removes its taints; when `deleting`, then lets
+    /// the object go.
+    async fn abort(
+        &mut self,
+        r: &ZtunnelRollout,
+        name: &str,
+        run: &mut Run,
+        deleting: bool,
+    ) -> Result<Option<Instant>, PassError> {
+        for (_, t) in run.drains.0.drain() {
+            t.abort();
+        }
+        let mut retry = None;
+        let mut released = 0;
+        for n in self.observed.nodes.state() {
+            let node = n.name_any();
+            let owned = n.annotations().get(OWNER_ANNOTATION).map(String::as_str) == Some(name);
+            let result = if owned {
+                released += 1;
+                self.actions.release(name, &node, true).await
+            } else if has_waiting_taint(&n, name) {
+                self.actions.set_waiting_taint(name, &n, false).await
+            } else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(t) = run.records.get_mut(&node)
+                        && !t.record.phase.is_terminal()
+                    {
+                        t.message = "aborted: released".into();
+                    }
+                }
+                Err(ActionError::NotLeader(e)) => return Err(e.into()),
+                Err(e) => {
+                    warn!(node, error = %e, "could not release the node; retrying");
+                    retry = Some(Instant::now() + retry_delay(1));
+                }
+            }
+        }
+        if released > 0 {
+            self.notice(
+                &r.object_ref(&()),
+                None,
+                false,
+                "Aborting",
+                format!("released {released} node(s) this rollout had cordoned"),
+            );
+        }
+        if deleting && retry.is_none() && run.has_finalizer {
+            match self.remove_finalizer(name).await {
+                Ok(()) => run.has_finalizer = false,
+                Err(ActionError::NotLeader(e)) => return Err(e.into()),
+                Err(e) => {
+                    warn!(error = %e, "could not remove the finalizer; retrying");
+                    retry = Some(Instant::now() + retry_delay(1));
+                }
+            }
+        }
+        Ok(retry)
+    }
+
+    /// Updates the status (and Events when the standing changes).
+    async fn record(
+        &self,
+        r: &ZtunnelRollout,
+        run: &mut Run,
+        standing: Standing,
+    ) -> Result<Option<Instant>, PassError> {
+        let changed = run.standing.as_ref() != Some(&standing);
+        if changed {
+            let warning = standing.phase == RolloutPhase::Blocked;
+            if warning {
+                warn!(reason = %standing.reason, "{}", standing.message);
+            } else {
+                info!(phase = standing.phase.as_str(), "{}", standing.message);
+            }
+            self.notice(
+                &r.object_ref(&()),
+                None,
+                warning,
+                &standing.reason,
+                standing.message.clone(),
+            );
+        }
+        let phase_changed = run.standing.as_ref().map(|s| s.phase) != Some(standing.phase);
+        run.standing = Some(standing.clone());
+        match self.write_status(r, run, &standing, phase_changed).await {
+            Ok(wake) => {
+                run.status_failures = 0;
+                Ok(wake)
+            }
+            Err(ActionError::NotLeader(e)) => Err(e.into()),
+            Err(e) => {
+                run.status_failures += 1;
+                warn!(error = %e, failures = run.status_failures, "could not write the status; retrying");
+                Ok(Some(Instant::now() + retry_delay(run.status_failures)))
+            }
+        }
+    }
+
+    async fn write_status(
+        &self,
+        r: &ZtunnelRollout,
+        run: &mut Run,
+        standing: &Standing,
+        now_anyway: bool,
+    ) -> Result<Option<Instant>, ActionError> {
+        let previous = run
+            .written
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let status = ZtunnelRolloutStatus {
+            observed_generation: r.metadata.generation,
+            phase: Some(standing.phase.as_str().to_owned()),
+            current_wave: run.wave.clone(),
+            target_revision: run.target.clone(),
+            conditions: conditions(
+                &previous,
+                r.metadata.generation.unwrap_or(0),
+                Timestamp::now(),
+                standing,
+            ),
+            counts: counts(run.total, run.records.values()),
+            nodes: node_statuses(&run.records),
+        };
+        if run.written.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        if !now_anyway
+            && let Some(at) = run.written_at
+            && at.elapsed() < self.settings.status_interval
+        {
+            return Ok(Some(at + self.settings.status_interval));
+        }
+        self.leadership.check()?;
+        let patch = json!({
+            "apiVersion": ZtunnelRollout::api_version(&()),
+            "kind": ZtunnelRollout::kind(&()),
+            "status": status,
+        });
+        Api::<ZtunnelRollout>::all(self.client.clone())
+            .patch_status(
+                &r.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| ActionError::Kube {
+                action: format!("writing the status of rollout {}", r.name_any()),
+                source,
+            })?;
+        run.written = Some(status);
+        run.written_at = Some(Instant::now());
+        Ok(None)
+    }
+
+    fn notice(
+        &self,
+        regarding: &ObjectReference,
+        related: Option<ObjectReference>,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        self.events.send(Notice {
+            warning,
+            reason: reason.to_owned(),
+            action: "Rollout".to_owned(),
+            note,
+            regarding: regarding.clone(),
+            related,
+        });
+    }
+}
+
+enum Executed {
+    /// Nothing changed in the cluster: the next step may follow at once.
+    Continue,
+    /// The cluster was changed: wait for the watch to show it.
+    Mutated,
+    /// Wait for an event, or until this time at the latest.
+    Waiting(Option<Timestamp>),
+}
+
+const ALL_PHASES: [NodePhase; 9] = [
+    NodePhase::Pending,
+    NodePhase::Cordoned,
+    NodePhase::Drained,
+    NodePhase::ZtunnelReplaced,
+    NodePhase::ZtunnelReady,
+    NodePhase::Verified,
+    NodePhase::Done,
+    NodePhase::Failed,
+    NodePhase::Skipped,
+];

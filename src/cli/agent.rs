@@ -1,0 +1,90 @@
+//! `ztunnel-rollout agent`: the leader-elected controller, in a cluster or from a
+//! kubeconfig.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::GlobalArgs;
+use crate::agent::reconcile::ReconcileSettings;
+use crate::agent::{self, AgentConfig};
+use crate::duration::parse_duration;
+use crate::leader::{LeaderConfig, identity_from_env};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Namespace of the leader-election Lease (in a cluster: the agent's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ztunnel-rollout")]
+    pub lease_namespace: String,
+    #[arg(long, env = "ZTUNNEL_ROLLOUT_LEASE_NAME", default_value = "ztunnel-rollout")]
+    pub lease_name: String,
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_LEASE_DURATION")]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease (default: $POD_NAME, else host and process id).
+    #[arg(long, env = "ZTUNNEL_ROLLOUT_IDENTITY")]
+    pub identity: Option<String>,
+    /// Where /metrics, /livez and /readyz are served (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "ZTUNNEL_ROLLOUT_METRICS_ADDRESS")]
+    pub metrics_address: SocketAddr,
+    /// Only handle rollouts whose labels match this selector (e.g. `team=payments`), so
+    /// several agents can share a cluster.
+    #[arg(long, value_parser = parse_selector, env = "ZTUNNEL_ROLLOUT_SELECTOR")]
+    pub rollout_selector: Option<String>,
+    /// At most one status write per rollout in this interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_STATUS_INTERVAL")]
+    pub status_interval: Duration,
+}
+
+pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.lease_duration < Duration::from_secs(3) {
+        anyhow::bail!(
+            "--lease-duration {:?} is too short: at least 3s",
+            args.lease_duration
+        );
+    }
+    let client =
+        crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let config = AgentConfig {
+        leader: LeaderConfig {
+            namespace: args.lease_namespace.clone(),
+            lease_name: args.lease_name.clone(),
+            identity: args.identity.clone().unwrap_or_else(identity_from_env),
+            lease_duration: args.lease_duration,
+        },
+        metrics_address: args.metrics_address,
+        reconcile: ReconcileSettings {
+            status_interval: args.status_interval,
+            ..Default::default()
+        },
+        resync: Duration::from_secs(30),
+        rollout_selector: args.rollout_selector.clone(),
+    };
+    agent::run(client, config, shutdown_signal())
+        .await
+        .context("agent")?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn parse_selector(text: &str) -> Result<String, String> {
+    crate::label_selector::Selector::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Ctrl-C or SIGTERM (what the kubelet sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,387 @@
+//! The agent on the local control plane, running as its own ServiceAccount with the RBAC
+//! from `manifests/`: full rollouts in waves, a missing DaemonSet, abort by deletion.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use support::agent::{self as agent_support, Agent};
+use support::{TestEnv, sample_available, set_unschedulable};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::node_actions::{OWNER_ANNOTATION, WAITING_TAINT};
+use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
+
+/// What a continuous watch of the test's nodes saw during the rollout.
+#[derive(Default, Debug)]
+struct NodeSamples {
+    /// Most unschedulable nodes of each zone at one moment.
+    max_unavailable: BTreeMap<String, usize>,
+    /// Zones in the order their first node was cordoned by the rollout.
+    zone_order: Vec<String>,
+    /// Moments when nodes of two zones were cordoned by the rollout at once.
+    overlaps: Vec<BTreeSet<String>>,
+}
+
+fn sample_nodes(env: &TestEnv) -> (Arc<Mutex<NodeSamples>>, tokio::task::JoinHandle<()>) {
+    let samples = Arc::new(Mutex::new(NodeSamples::default()));
+    let api: Api<Node> = Api::all(env.client.clone());
+    let config = watcher::Config::default().labels(&format!(
+        "{}={}",
+        fixtures::NODE_SET_LABEL,
+        env.node_set
+    ));
+    let seen = samples.clone();
+    let task = tokio::spawn(async move {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let mut stream = std::pin::pin!(watcher(api, config).reflect(writer));
+        while stream.next().await.is_some() {
+            let mut unavailable: BTreeMap<String, usize> = BTreeMap::new();
+            let mut ours: BTreeSet<String> = BTreeSet::new();
+            for n in reader.state() {
+                let zone = n.labels().get(ZONE_LABEL).cloned().unwrap_or_default();
+                let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+                if cordoned {
+                    *unavailable.entry(zone.clone()).or_default() += 1;
+                    if n.annotations().contains_key(OWNER_ANNOTATION) {
+                        ours.insert(zone);
+                    }
+                }
+            }
+            let mut s = seen.lock().expect("lock");
+            for (zone, count) in unavailable {
+                let m = s.max_unavailable.entry(zone).or_default();
+                *m = (*m).max(count);
+            }
+            for zone in &ours {
+                if !s.zone_order.contains(zone) {
+                    s.zone_order.push(zone.clone());
+                }
+            }
+            if ours.len() > 1 {
+                s.overlaps.push(ours);
+            }
+        }
+    });
+    (samples, task)
+}
+
+async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                p.metadata
+                    .labels
+                    .and_then(|l| l.get("controller-revision-hash").cloned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Moves the DaemonSet to a new ztunnel version (OnDelete: no pod changes by itself)
+/// and returns the new revision hash once the DaemonSet controller has recorded it.
+async fn upgrade_ztunnel(env: &TestEnv, mut ztunnel: fixtures::ZtunnelFixture) -> String {
+    ztunnel.version = "1.28.1".into();
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("upgrade ztunnel");
+    let ds = support::wait_for(
+        &ds_api,
+        "ztunnel",
+        "new ztunnel revision observed",
+        |d: Option<&DaemonSet>| {
+            d.is_some_and(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+        },
+    )
+    .await
+    .expect("ds");
+    let revisions = Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(
+        env.client.clone(),
+        &env.namespace,
+    )
+    .list(&ListParams::default())
+    .await
+    .expect("revisions")
+    .items;
+    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions)
+        .expect("current revision")
+}
+
+async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), rollout)
+        .await
+        .expect("create the rollout")
+}
+
+fn agent(env: &TestEnv, dir: &tempfile::TempDir, identity: &str) -> Agent {
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    agent_support::start(env, &kubeconfig, &format!("{}-lease", env.namespace), identity)
+}
+
+#[tokio::test]
+async fn a_rollout_of_twelve_nodes_goes_wave_by_wave_within_budget_and_pdbs() {
+    let mut env = TestEnv::new("agent-full", 0).await;
+    agent_support::install(&env.client).await;
+    env.add_nodes(12).await;
+    // An operator cordoned this node before the rollout: it must stay cordoned.
+    let operator_cordoned = env.nodes[4].clone();
+    set_unschedulable(&env.client, &operator_cordoned, true).await;
+    let ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
+    support::apply_app(
+        &env,
+        "web",
+        6,
+        &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        1.0,
+    )
+    .await;
+    support::apply_app(
+        &env,
+        "api",
+        4,
+        &[("api", Budget::MinAvailable(IntOrString::Int(3)))],
+        1.0,
+    )
+    .await;
+    let target = upgrade_ztunnel(&env, ztunnel).await;
+
+    let (nodes_seen, node_sampler) = sample_nodes(&env);
+    let (pods_seen, pod_sampler) = sample_available(&env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir, "agent-a");
+    let name = format!("{}-full", env.namespace);
+    create(
+        &env,
+        &agent_support::rollout(
+            &env,
+            &name,
+            serde_json::json!({ "waves": { "groupBy": ZONE_LABEL, "maxUnavailable": 2 } }),
+        ),
+    )
+    .await;
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(240),
+        &[&agent],
+    )
+    .await;
+    node_sampler.abort();
+    pod_sampler.abort();
+
+    let status = done.status.expect("status");
+    assert_eq!(status.target_revision.as_deref(), Some(target.as_str()));
+    assert_eq!(status.counts.total, 12);
+    assert_eq!(status.counts.done, 12, "{:?}", status.nodes);
+    assert_eq!(status.counts.failed, 0);
+    let hashes = ztunnel_hashes(&env).await;
+    assert_eq!(hashes.len(), 12);
+    assert!(
+        hashes.values().all(|h| *h == target),
+        "every ztunnel pod on {target}: {hashes:?}"
+    );
+    let complete = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .expect("Complete condition");
+    assert_eq!(complete.status, "True");
+    assert_eq!(complete.observed_generation, done.metadata.generation);
+
+    for n in Api::<Node>::all(env.client.clone())
+        .list(&env.node_list_params())
+        .await
+        .expect("nodes")
+    {
+        let name = n.name_any();
+        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        assert_eq!(
+            cordoned,
+            name == operator_cordoned,
+            "{name}: only the operator's node stays cordoned"
+        );
+        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{name}");
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert!(
+            taints.iter().all(|t| t.key != WAITING_TAINT),
+            "{name}: waiting taint left behind"
+        );
+    }
+
+    let nodes_seen = nodes_seen.lock().expect("lock");
+    eprintln!("node samples: {nodes_seen:?}");
+    for (zone, max) in &nodes_seen.max_unavailable {
+        assert!(*max <= 2, "zone {zone} had {max} nodes unavailable at once");
+    }
+    assert_eq!(nodes_seen.zone_order, ["a", "b", "c"], "waves in zone order");
+    assert!(
+        nodes_seen.overlaps.is_empty(),
+        "a wave started before the previous one was done: {:?}",
+        nodes_seen.overlaps
+    );
+    let pods_seen = pods_seen.lock().expect("lock");
+    assert_eq!(pods_seen.get("web"), Some(&5), "web never below its PDB");
+    assert_eq!(pods_seen.get("api"), Some(&3), "api never below its PDB");
+
+    let evictions = agent
+        .metric("ztunnel_rollout_evictions_total{result=\"accepted\"}")
+        .await;
+    let per_pod = evictions / 10.0;
+    eprintln!("evictions: {evictions} for 10 application pods ({per_pod:.2} per pod)");
+    assert!(evictions >= 10.0, "every application pod was moved once");
+    assert!(per_pod <= 1.2, "{per_pod:.2} evictions per pod");
+}
+
+#[tokio::test]
+async fn a_missing_daemonset_is_reported_and_changes_nothing() {
+    let env = TestEnv::new("agent-nods", 2).await;
+    agent_support::install(&env.client).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir, "agent-a");
+    let name = format!("{}-nods", env.namespace);
+    let mut rollout = agent_support::rollout(&env, &name, serde_json::json!({}));
+    rollout.spec.daemon_set.name = "no-such-ztunnel".into();
+    create(&env, &rollout).await;
+    let blocked = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Blocked",
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    let status = blocked.status.clone().expect("status");
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded condition");
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "DaemonSetNotFound");
+    assert!(
+        degraded
+            .message
+            .contains(&format!("{}/no-such-ztunnel", env.namespace)),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(degraded.observed_generation, blocked.metadata.generation);
+    assert!(blocked.finalizers().is_empty(), "nothing to clean up");
+
+    let events = support::wait_for_event(&env.client, &name, "DaemonSetNotFound").await;
+    assert!(events.contains("no-such-ztunnel"), "{events}");
+    for n in Api::<Node>::all(env.client.clone())
+        .list(&env.node_list_params())
+        .await
+        .expect("nodes")
+    {
+        assert_ne!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
+        assert!(n.annotations().get(OWNER_ANNOTATION).is_none());
+        assert!(
+            n.spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .is_empty(),
+            "no taint"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
+    let mut env = TestEnv::new("agent-abort", 0).await;
+    agent_support::install(&env.client).await;
+    env.add_nodes(6).await;
+    let operator_cordoned = env.nodes[0].clone();
+    set_unschedulable(&env.client, &operator_cordoned, true).await;
+    let ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
+    // Slow to exit, so the first nodes are still draining when the rollout is deleted.
+    support::apply_app(
+        &env,
+        "slow",
+        4,
+        &[("slow", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        20.0,
+    )
+    .await;
+    upgrade_ztunnel(&env, ztunnel).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir, "agent-a");
+    let name = format!("{}-abort", env.namespace);
+    let spec = serde_json::json!({ "waves": { "groupBy": ZONE_LABEL, "maxUnavailable": 2 } });
+    let created = create(&env, &agent_support::rollout(&env, &name, spec)).await;
+    let uid = created.uid().expect("uid");
+
+    // Wait until the rollout has cordoned a node of its own.
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let owned = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let list = nodes.list(&env.node_list_params()).await.expect("nodes");
+            if let Some(n) = list
+                .items
+                .iter()
+                .find(|n| n.annotations().contains_key(OWNER_ANNOTATION) && n.name_any() != operator_cordoned)
+            {
+                return n.name_any();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no node cordoned by the rollout\n{}", agent.log_text()));
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the rollout");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the rollout was not released\n{}", agent.log_text()))
+    .expect("watch");
+
+    for n in nodes.list(&env.node_list_params()).await.expect("nodes") {
+        let node = n.name_any();
+        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        assert_eq!(
+            cordoned,
+            node == operator_cordoned,
+            "{node}: the rollout released {owned} but left the operator's node cordoned"
+        );
+        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{node}");
+        assert!(
+            n.spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .iter()
+                .all(|t| t.key != WAITING_TAINT),
+            "{node}: waiting taint left behind"
+        );
+    }
+}

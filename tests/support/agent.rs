@@ -1,0 +1,245 @@
+//! Running the agent under test: as a separate process (so it can be SIGKILLed),
+//! authenticated as its own ServiceAccount with exactly the RBAC from `manifests/`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use serde_json::json;
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::api::manifests::{self, NAME, NAMESPACE};
+use ztunnel_rollout::testbed::fixtures;
+
+use super::{TestEnv, WAIT, cluster};
+
+/// The label that ties a test's rollouts to its agents (`--rollout-selector`).
+pub const TEST_LABEL: &str = "ztunnel-rollout.dev/test";
+
+fn object<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let (_, v) = manifests::objects()
+        .into_iter()
+        .find(|(f, _)| *f == file)
+        .unwrap_or_else(|| panic!("no {file} in manifests::objects()"));
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Applies the CRD, the agent's namespace, ServiceAccount and RBAC from `manifests/`
+/// (not the Deployment: the agent runs as a test process).
+pub async fn install(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = object("crd-ztunnelrollouts.json");
+    fixtures::apply(&crds, &crd).await.expect("CRD");
+    let crd_name = crd.metadata.name.clone().unwrap_or_default();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &crd_name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch CRD");
+    fixtures::apply(&Api::<Namespace>::all(client.clone()), &object("namespace.json"))
+        .await
+        .expect("apply namespace");
+    fixtures::apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE),
+        &object("serviceaccount.json"),
+    )
+    .await
+    .expect("apply service account");
+    fixtures::apply(&Api::<ClusterRole>::all(client.clone()), &object("clusterrole.json"))
+        .await
+        .expect("apply cluster role");
+    fixtures::apply(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        &object("clusterrolebinding.json"),
+    )
+    .await
+    .expect("apply cluster role binding");
+    for (role, binding) in [
+        ("role-lease.json", "rolebinding-lease.json"),
+        ("role-events.json", "rolebinding-events.json"),
+    ] {
+        let role: Role = object(role);
+        let ns = role.metadata.namespace.clone().unwrap_or_default();
+        fixtures::apply(&Api::<Role>::namespaced(client.clone(), &ns), &role)
+            .await
+            .expect("apply role");
+        fixtures::apply(
+            &Api::<RoleBinding>::namespaced(client.clone(), &ns),
+            &object::<RoleBinding>(binding),
+        )
+        .await
+        .expect("apply role binding");
+    }
+}
+
+/// A copy of the cluster's admin kubeconfig that acts as the agent's ServiceAccount.
+pub fn service_account_kubeconfig(dir: &Path) -> PathBuf {
+    let admin = std::fs::read_to_string(&cluster().kubeconfig).expect("read kubeconfig");
+    let mut doc: serde_json::Value = serde_json::from_str(&admin).expect("JSON kubeconfig");
+    for user in doc["users"].as_array_mut().expect("users") {
+        user["user"]["as"] = json!(format!("system:serviceaccount:{NAMESPACE}:{NAME}"));
+        user["user"]["as-groups"] = json!([
+            "system:serviceaccounts",
+            format!("system:serviceaccounts:{NAMESPACE}"),
+            "system:authenticated"
+        ]);
+    }
+    let path = dir.join("agent.kubeconfig");
+    std::fs::write(&path, doc.to_string()).expect("write kubeconfig");
+    path
+}
+
+/// A running agent process; killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub identity: String,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of a metric line starting with `prefix`, summed over label sets.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = http_get(&self.metrics, "/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Minimal HTTP/1.0 GET on loopback, for the agent's metrics endpoint.
+pub async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts `ztunnel-rollout agent` for `env`'s rollouts, with lease `lease`.
+pub fn start(env: &TestEnv, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
+    use std::os::unix::process::CommandExt;
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "agent-{}-{identity}.log",
+        env.namespace
+    ));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"));
+    cmd.args(["agent", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--lease-name", lease, "--identity", identity])
+        .args(["--metrics-address", &metrics])
+        .args(["--rollout-selector", &format!("{TEST_LABEL}={}", env.namespace)])
+        .env("RUST_LOG", "warn,ztunnel_rollout=info")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("agent log"));
+    // SAFETY: prctl is async-signal-safe; the agent dies with the test process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start the agent");
+    Agent {
+        child,
+        identity: identity.to_owned(),
+        log,
+        metrics,
+    }
+}
+
+/// A rollout of `env`'s nodes, labelled for `env`'s agents, with `spec` merged in.
+pub fn rollout(env: &TestEnv, name: &str, spec: serde_json::Value) -> ZtunnelRollout {
+    let mut base = json!({
+        "daemonSet": { "namespace": env.namespace, "name": "ztunnel" },
+        "nodeSelector": { "matchLabels": env.node_selector() },
+        "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": 1 },
+    });
+    if let (Some(b), Some(s)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in s {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+        "kind": "ZtunnelRollout",
+        "metadata": { "name": name, "labels": { TEST_LABEL: env.namespace } },
+        "spec": base,
+    }))
+    .expect("a ZtunnelRollout")
+}
+
+/// Waits by watch until the rollout reaches `phase`, failing after `within` with the
+/// agents' logs.
+pub async fn wait_for_phase(
+    client: &Client,
+    name: &str,
+    phase: &str,
+    within: Duration,
+    agents: &[&Agent],
+) -> ZtunnelRollout {
+    let api: Api<ZtunnelRollout> = Api::all(client.clone());
+    let want = phase.to_owned();
+    let cond = move |r: Option<&ZtunnelRollout>| {
+        r.and_then(|r| r.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some(want.as_str())
+    };
+    match tokio::time::timeout(within, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(r))) => r,
+        other => {
+            let now = api.get_opt(name).await.ok().flatten();
+            let logs: Vec<String> = agents
+                .iter()
+                .map(|a| format!("--- agent {} ---\n{}", a.identity, a.log_text()))
+                .collect();
+            panic!(
+                "rollout {name} not {phase} within {within:?} ({other:?}); now: {:?}\n{}",
+                now.and_then(|r| r.status),
+                logs.join("\n")
+            )
+        }
+    }
+}
