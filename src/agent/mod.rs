@@ -77,16 +77,21 @@ pub async fn run(
     readiness.set(true);
     info!("watches synced");
 
+    let mut leading = false;
     loop {
         if !leadership.is_leader() {
             metrics.is_leader.set(0);
             reconciler.reset();
+            leading = false;
             info!(lease = %format!("{}/{}", config.leader.namespace, config.leader.lease_name), "waiting for the lease");
             tokio::select! {
                 _ = leadership.acquired() => {}
                 _ = &mut shutdown => break,
             }
+        }
+        if !leading {
             info!(identity = %config.leader.identity, "leading");
+            leading = true;
         }
         metrics.is_leader.set(1);
         let wake = match reconciler.pass().await {

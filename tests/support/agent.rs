@@ -121,6 +121,23 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the agent's log has a line containing `text`; returns the line.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {} did not log {text:?} within {within:?}:\n{}",
+                self.identity,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The value of a metric line starting with `prefix`, summed over label sets.
     pub async fn metric(&self, prefix: &str) -> f64 {
         let text = http_get(&self.metrics, "/metrics").await;
@@ -155,18 +172,21 @@ fn free_port() -> u16 {
 
 /// Starts `ztunnel-rollout agent` for `env`'s rollouts, with lease `lease`.
 pub fn start(env: &TestEnv, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
+    start_tagged(&env.namespace, kubeconfig, lease, identity)
+}
+
+/// Starts `ztunnel-rollout agent` for the rollouts labelled `TEST_LABEL=tag`.
+pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
     use std::os::unix::process::CommandExt;
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "agent-{}-{identity}.log",
-        env.namespace
-    ));
+    let log =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-{tag}-{identity}.log"));
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"));
     cmd.args(["agent", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--lease-name", lease, "--identity", identity])
         .args(["--metrics-address", &metrics])
-        .args(["--rollout-selector", &format!("{TEST_LABEL}={}", env.namespace)])
+        .args(["--rollout-selector", &format!("{TEST_LABEL}={tag}")])
         .env("RUST_LOG", "warn,ztunnel_rollout=info")
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
@@ -227,8 +247,20 @@ pub async fn wait_for_phase(
             .and_then(|s| s.phase.as_deref())
             == Some(want.as_str())
     };
-    match tokio::time::timeout(within, await_condition(api.clone(), name, cond)).await {
-        Ok(Ok(Some(r))) => r,
+    // The watch may fail (an API server restarting): watch again until the deadline.
+    let watch = async {
+        loop {
+            match await_condition(api.clone(), name, cond.clone()).await {
+                Ok(found) => return found,
+                Err(e) => {
+                    eprintln!("watching rollout {name}: {e}; again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(within, watch).await {
+        Ok(Some(r)) => r,
         other => {
             let now = api.get_opt(name).await.ok().flatten();
             let logs: Vec<String> = agents

@@ -1,0 +1,265 @@
+//! The agent survives what production does to it: its leader SIGKILLed mid-drain, and
+//! the API server restarting mid-rollout.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, ResourceExt};
+use support::agent::{self as agent_support, TEST_LABEL};
+use support::{TestEnv, daemonset_ready, deployment_available};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
+use ztunnel_rollout::testbed::control_plane::{
+    ControlPlaneOptions, RunningControlPlane, client_for,
+};
+use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
+
+async fn new_revision(client: &Client, ns: &str, mut ztunnel: fixtures::ZtunnelFixture) -> String {
+    ztunnel.version = "1.28.1".into();
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("upgrade ztunnel");
+    let ds = tokio::time::timeout(
+        support::WAIT,
+        await_condition(ds_api, "ztunnel", |d: Option<&DaemonSet>| {
+            d.is_some_and(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+        }),
+    )
+    .await
+    .expect("revision in time")
+    .expect("watch")
+    .expect("ds");
+    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("revisions")
+        .items;
+    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions).expect("hash")
+}
+
+/// Nodes the agent logged entering `phase`.
+fn nodes_logged(log: &str, phase: NodePhase) -> BTreeSet<String> {
+    let marker = format!("phase=\"{}\"", phase.as_str());
+    log.lines()
+        .filter(|l| l.contains(&marker))
+        .filter_map(|l| l.rsplit("node=").next())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+async fn assert_finished(client: &Client, ns: &str, selector: &ListParams, target: &str) {
+    for n in Api::<Node>::all(client.clone())
+        .list(selector)
+        .await
+        .expect("nodes")
+    {
+        let name = n.name_any();
+        assert_ne!(
+            n.spec.as_ref().and_then(|s| s.unschedulable),
+            Some(true),
+            "{name} left cordoned"
+        );
+        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{name}");
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods");
+    for p in pods.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        assert_eq!(
+            p.labels().get("controller-revision-hash").map(String::as_str),
+            Some(target),
+            "{}",
+            p.name_any()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_completes() {
+    let env = TestEnv::new("failover", 6).await;
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
+    // Pods take 6 s to exit: the leader dies while a drain waits for them.
+    support::apply_app(
+        &env,
+        "slow",
+        4,
+        &[("slow", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        6.0,
+    )
+    .await;
+    let target = new_revision(&env.client, &env.namespace, ztunnel).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    let lease = format!("{}-lease", env.namespace);
+    let mut first = agent_support::start(&env, &kubeconfig, &lease, "replica-1");
+    first.wait_for_log("leading", Duration::from_secs(60)).await;
+    let second = agent_support::start(&env, &kubeconfig, &lease, "replica-2");
+    second
+        .wait_for_log("waiting for the lease", Duration::from_secs(60))
+        .await;
+
+    let name = format!("{}-failover", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({ "waves": { "groupBy": ZONE_LABEL, "maxUnavailable": 1 } }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    // Mid-drain: a node of ours has its pods being evicted.
+    first
+        .wait_for_log("eviction accepted", Duration::from_secs(60))
+        .await;
+    first.kill();
+    let killed = Instant::now();
+    second
+        .wait_for_log("leading", Duration::from_secs(30))
+        .await;
+    let took_over = killed.elapsed();
+    eprintln!("the standby took over {took_over:?} after the SIGKILL");
+    assert!(
+        took_over <= Duration::from_secs(15 + 5),
+        "take-over took {took_over:?}, more than the lease duration + 5 s"
+    );
+
+    agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(180),
+        &[&first, &second],
+    )
+    .await;
+    assert_finished(&env.client, &env.namespace, &env.node_list_params(), &target).await;
+    // No node handled by both: what the first finished, the second never cordoned.
+    let done_by_first = nodes_logged(&first.log_text(), NodePhase::Done);
+    let cordoned_by_second = nodes_logged(&second.log_text(), NodePhase::Cordoned);
+    assert!(
+        done_by_first.is_disjoint(&cordoned_by_second),
+        "nodes handled twice: {:?}",
+        done_by_first.intersection(&cordoned_by_second).collect::<Vec<_>>()
+    );
+    assert!(
+        !cordoned_by_second.is_empty() || !nodes_logged(&second.log_text(), NodePhase::Drained).is_empty(),
+        "the standby resumed the rollout:\n{}",
+        second.log_text()
+    );
+}
+
+#[tokio::test]
+async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
+    let mut cluster = RunningControlPlane::start(ControlPlaneOptions {
+        binaries: ztunnel_rollout::testbed::binaries::ControlPlaneBinaries::from_env(),
+        state_dir: None,
+        pod_timings: Default::default(),
+        start_timeout: Duration::from_secs(120),
+        audit_log: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = client_for(&cluster.kubeconfig).await.expect("client");
+    agent_support::install(&client).await;
+    let ns = "restart";
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in fixtures::zoned_nodes("restart-", 6, &["a", "b", "c"], ns) {
+        fixtures::apply(&nodes, &n).await.expect("node");
+    }
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &fixtures::namespace(ns, Default::default()),
+        )
+        .await
+        .expect("namespace");
+    let node_selector = std::collections::BTreeMap::from([(
+        fixtures::NODE_SET_LABEL.to_owned(),
+        ns.to_owned(),
+    )]);
+    let mut ztunnel = fixtures::ZtunnelFixture::new(ns, "1.28.0");
+    ztunnel.node_selector = node_selector.clone();
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("ztunnel");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(ds_api, "ztunnel", daemonset_ready(6)),
+    )
+    .await
+    .expect("ztunnel ready in time")
+    .expect("watch");
+    let mut app = fixtures::AppFixture::new(ns, "slow", 4);
+    app.node_selector = node_selector.clone();
+    app.exit_after_seconds = 3.0;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("app");
+    fixtures::apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &fixtures::pdb(
+            ns,
+            "slow",
+            std::collections::BTreeMap::from([("app".to_owned(), "slow".to_owned())]),
+            Budget::MaxUnavailable(IntOrString::Int(1)),
+        ),
+    )
+    .await
+    .expect("pdb");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(deployments, "slow", deployment_available(4)),
+    )
+    .await
+    .expect("app available in time")
+    .expect("watch");
+    let target = new_revision(&client, ns, ztunnel).await;
+
+    let agent = agent_support::start_tagged(ns, &cluster.kubeconfig, "restart-lease", "replica-1");
+    let name = "restart";
+    let rollout: ZtunnelRollout = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+        "kind": "ZtunnelRollout",
+        "metadata": { "name": name, "labels": { TEST_LABEL: ns } },
+        "spec": {
+            "daemonSet": { "namespace": ns, "name": "ztunnel" },
+            "nodeSelector": { "matchLabels": node_selector },
+            "waves": { "groupBy": ZONE_LABEL, "maxUnavailable": 1 },
+        },
+    }))
+    .expect("rollout");
+    Api::<ZtunnelRollout>::all(client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    agent
+        .wait_for_log("eviction accepted", Duration::from_secs(60))
+        .await;
+    cluster
+        .restart_apiserver(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("restarting the API server: {e}"));
+    let client = client_for(&cluster.kubeconfig).await.expect("client");
+    agent_support::wait_for_phase(&client, name, "Complete", Duration::from_secs(180), &[&agent])
+        .await;
+    let selector = ListParams::default().labels(&format!("{}={ns}", fixtures::NODE_SET_LABEL));
+    assert_finished(&client, ns, &selector, &target).await;
+    drop(agent);
+    cluster.stop(Duration::from_secs(5)).await;
+}
