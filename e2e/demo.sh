@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the local simulated cluster, as far as it exists today: the rollout
-# agent is not built yet, so this starts the local cluster with the demo scenario
-# (simulated nodes in three zones, an OnDelete ztunnel DaemonSet, a waypoint,
-# applications under PDBs), shows its nodes and ztunnel pods, runs the preflight checks,
-# drains one node with `ztunnel-rollout drain` (evictions through PDBs, live report),
-# uncordons it, and stops the cluster.
+# The main job on the local simulated cluster: a real ztunnel rollout. Starts the local
+# cluster with the demo scenario (12 simulated nodes in three zones, an OnDelete ztunnel
+# DaemonSet, a waypoint, applications under PDBs), runs the preflight checks, moves the
+# DaemonSet to a new ztunnel version, and lets the agent roll it out wave by wave (zone by
+# zone, two nodes at a time): cordon, drain through the PDBs, replace ztunnel, wait for
+# it to be Ready, uncordon. Progress is printed as it happens; the cluster stops at the end.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -13,9 +13,11 @@ cargo build --locked --quiet --bins
 
 state=$(mktemp -d)
 kubeconfig="$state/kubeconfig"
-coproc CLUSTER { exec "$root/target/debug/local-cluster" up --demo --exit-on-stdin-eof --kubeconfig-out "$kubeconfig" 2>"$state/local-cluster.log"; }
+coproc CLUSTER { exec "$root/target/debug/local-cluster" up --demo --nodes 12 --exit-on-stdin-eof --kubeconfig-out "$kubeconfig" 2>"$state/local-cluster.log"; }
 cluster_in=${CLUSTER[1]}
+agent_pid=
 cleanup() {
+  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   exec {cluster_in}>&- 2>/dev/null || true
   wait "$CLUSTER_PID" 2>/dev/null || true
   rm -rf "$state"
@@ -43,12 +45,35 @@ echo
 echo "== ztunnel-rollout preflight"
 zr preflight || true
 echo
-node=$(kubectl -n demo get pods -l app=reviews -o jsonpath='{.items[0].spec.nodeName}')
-echo "== ztunnel-rollout drain $node"
-zr drain "$node" --timeout 2m
+echo "== installing the ZtunnelRollout CRD and the agent's namespace"
+kubectl apply -f manifests/crd-ztunnelrollouts.json -f manifests/namespace.json
+kubectl wait --for=condition=Established crd/ztunnelrollouts.ztunnel-rollout.dev --timeout=60s
 echo
-echo "== where the demo pods run now"
+echo "== upgrading the ztunnel DaemonSet to 1.28.1 (OnDelete: no pod changes by itself)"
+kubectl -n istio-system set image daemonset/ztunnel istio-proxy=docker.io/istio/ztunnel:1.28.1-distroless
+echo
+echo "== starting the agent (leader election on ztunnel-rollout/ztunnel-rollout)"
+"$root/target/debug/ztunnel-rollout" --kubeconfig "$kubeconfig" agent --metrics-address 127.0.0.1:0 --identity demo-agent &
+agent_pid=$!
+cat <<'ROLLOUT' | kubectl apply -f -
+{
+  "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+  "kind": "ZtunnelRollout",
+  "metadata": { "name": "demo" },
+  "spec": {
+    "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
+    "nodeSelector": { "matchLabels": { "local-cluster.ztunnel-rollout.dev/node-set": "demo" } },
+    "waves": { "groupBy": "topology.kubernetes.io/zone", "maxUnavailable": 2 }
+  }
+}
+ROLLOUT
+kubectl wait ztunnelrollout/demo --for=jsonpath='{.status.phase}'=Complete --timeout=5m
+echo
+echo "== the rollout"
+kubectl get ztunnelrollouts
+kubectl get ztunnelrollout demo -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+echo "== every ztunnel pod on the new revision, every node schedulable"
+kubectl -n istio-system get pods -o wide -L app.kubernetes.io/version,controller-revision-hash
+kubectl get nodes -L topology.kubernetes.io/zone
 kubectl -n demo get pods -o wide
-kubectl uncordon "$node"
-echo
-echo "The rollout agent (cordon, drain, replace ztunnel, verify, uncordon, wave by wave) is next; see README.md."

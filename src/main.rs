@@ -6,7 +6,8 @@ use ztunnel_rollout::cli::{Cli, Command, agent, drain, preflight};
 #[tokio::main]
 async fn main() -> ExitCode {
     // Progress (pods evicted, waiting, gone) on stderr; results on stdout. RUST_LOG
-    // overrides, e.g. RUST_LOG=warn for quiet runs.
+    // overrides, e.g. RUST_LOG=warn for quiet runs. kube's own error lines repeat what
+    // our warnings say with more context, so they are off by default.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -14,7 +15,7 @@ async fn main() -> ExitCode {
         .compact()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,ztunnel_rollout=info".into()),
+                .unwrap_or_else(|_| "warn,kube_client=off,ztunnel_rollout=info".into()),
         )
         .init();
     let cli = Cli::parse();

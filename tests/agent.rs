@@ -135,7 +135,12 @@ async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
 
 fn agent(env: &TestEnv, dir: &tempfile::TempDir, identity: &str) -> Agent {
     let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    agent_support::start(env, &kubeconfig, &format!("{}-lease", env.namespace), identity)
+    agent_support::start(
+        env,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        identity,
+    )
 }
 
 #[tokio::test]
@@ -229,18 +234,22 @@ async fn a_rollout_of_twelve_nodes_goes_wave_by_wave_within_budget_and_pdbs() {
         );
     }
 
-    let nodes_seen = nodes_seen.lock().expect("lock");
+    let nodes_seen = std::mem::take(&mut *nodes_seen.lock().expect("lock"));
     eprintln!("node samples: {nodes_seen:?}");
     for (zone, max) in &nodes_seen.max_unavailable {
         assert!(*max <= 2, "zone {zone} had {max} nodes unavailable at once");
     }
-    assert_eq!(nodes_seen.zone_order, ["a", "b", "c"], "waves in zone order");
+    assert_eq!(
+        nodes_seen.zone_order,
+        ["a", "b", "c"],
+        "waves in zone order"
+    );
     assert!(
         nodes_seen.overlaps.is_empty(),
         "a wave started before the previous one was done: {:?}",
         nodes_seen.overlaps
     );
-    let pods_seen = pods_seen.lock().expect("lock");
+    let pods_seen = std::mem::take(&mut *pods_seen.lock().expect("lock"));
     assert_eq!(pods_seen.get("web"), Some(&5), "web never below its PDB");
     assert_eq!(pods_seen.get("api"), Some(&3), "api never below its PDB");
 
@@ -299,10 +308,7 @@ async fn a_missing_daemonset_is_reported_and_changes_nothing() {
         assert_ne!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
         assert!(n.annotations().get(OWNER_ANNOTATION).is_none());
         assert!(
-            n.spec
-                .and_then(|s| s.taints)
-                .unwrap_or_default()
-                .is_empty(),
+            n.spec.and_then(|s| s.taints).unwrap_or_default().is_empty(),
             "no taint"
         );
     }
@@ -338,11 +344,9 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
     let owned = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let list = nodes.list(&env.node_list_params()).await.expect("nodes");
-            if let Some(n) = list
-                .items
-                .iter()
-                .find(|n| n.annotations().contains_key(OWNER_ANNOTATION) && n.name_any() != operator_cordoned)
-            {
+            if let Some(n) = list.items.iter().find(|n| {
+                n.annotations().contains_key(OWNER_ANNOTATION) && n.name_any() != operator_cordoned
+            }) {
                 return n.name_any();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

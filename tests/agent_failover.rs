@@ -77,9 +77,15 @@ async fn assert_finished(client: &Client, ns: &str, selector: &ListParams, targe
         .list(&ListParams::default().labels("app=ztunnel"))
         .await
         .expect("ztunnel pods");
-    for p in pods.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for p in pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         assert_eq!(
-            p.labels().get("controller-revision-hash").map(String::as_str),
+            p.labels()
+                .get("controller-revision-hash")
+                .map(String::as_str),
             Some(target),
             "{}",
             p.name_any()
@@ -146,17 +152,26 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
         &[&first, &second],
     )
     .await;
-    assert_finished(&env.client, &env.namespace, &env.node_list_params(), &target).await;
+    assert_finished(
+        &env.client,
+        &env.namespace,
+        &env.node_list_params(),
+        &target,
+    )
+    .await;
     // No node handled by both: what the first finished, the second never cordoned.
     let done_by_first = nodes_logged(&first.log_text(), NodePhase::Done);
     let cordoned_by_second = nodes_logged(&second.log_text(), NodePhase::Cordoned);
     assert!(
         done_by_first.is_disjoint(&cordoned_by_second),
         "nodes handled twice: {:?}",
-        done_by_first.intersection(&cordoned_by_second).collect::<Vec<_>>()
+        done_by_first
+            .intersection(&cordoned_by_second)
+            .collect::<Vec<_>>()
     );
     assert!(
-        !cordoned_by_second.is_empty() || !nodes_logged(&second.log_text(), NodePhase::Drained).is_empty(),
+        !cordoned_by_second.is_empty()
+            || !nodes_logged(&second.log_text(), NodePhase::Drained).is_empty(),
         "the standby resumed the rollout:\n{}",
         second.log_text()
     );
@@ -187,10 +202,8 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
         )
         .await
         .expect("namespace");
-    let node_selector = std::collections::BTreeMap::from([(
-        fixtures::NODE_SET_LABEL.to_owned(),
-        ns.to_owned(),
-    )]);
+    let node_selector =
+        std::collections::BTreeMap::from([(fixtures::NODE_SET_LABEL.to_owned(), ns.to_owned())]);
     let mut ztunnel = fixtures::ZtunnelFixture::new(ns, "1.28.0");
     ztunnel.node_selector = node_selector.clone();
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
@@ -256,8 +269,14 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
         .await
         .unwrap_or_else(|e| panic!("restarting the API server: {e}"));
     let client = client_for(&cluster.kubeconfig).await.expect("client");
-    agent_support::wait_for_phase(&client, name, "Complete", Duration::from_secs(180), &[&agent])
-        .await;
+    agent_support::wait_for_phase(
+        &client,
+        name,
+        "Complete",
+        Duration::from_secs(180),
+        &[&agent],
+    )
+    .await;
     let selector = ListParams::default().labels(&format!("{}={ns}", fixtures::NODE_SET_LABEL));
     assert_finished(&client, ns, &selector, &target).await;
     drop(agent);

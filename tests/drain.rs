@@ -11,7 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, available, deployment_available, sample_available, set_unschedulable, wait_for};
+use support::{
+    TestEnv, available, deployment_available, sample_available, set_unschedulable, wait_for,
+};
 use ztunnel_rollout::drain::filter::FilterOptions;
 use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
 use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};

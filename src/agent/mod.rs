@@ -49,8 +49,12 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
-    let (address, serve) =
-        health_server::bind(config.metrics_address, Arc::new(registry), readiness.clone()).await?;
+    let (address, serve) = health_server::bind(
+        config.metrics_address,
+        Arc::new(registry),
+        readiness.clone(),
+    )
+    .await?;
     info!(%address, "serving /metrics, /livez and /readyz");
     let server = tokio::spawn(serve);
 

@@ -62,7 +62,7 @@ where
         let mut events = std::pin::pin!(
             watcher(api, config)
                 .default_backoff()
-                .modify(move |o| trim(o))
+                .modify(trim)
                 .reflect(writer)
         );
         while let Some(event) = events.next().await {

@@ -341,10 +341,7 @@ impl Reconciler {
                     message: "spec.abort is set: the nodes this rollout cordoned were released"
                         .into(),
                 };
-                return Ok(earliest(
-                    wake,
-                    self.record(r, run, standing).await?,
-                ));
+                return Ok(earliest(wake, self.record(r, run, standing).await?));
             }
             return Ok(wake);
         }
@@ -352,7 +349,10 @@ impl Reconciler {
             Ok(view) => view,
             Err(standing) => return self.record(r, run, standing).await,
         };
-        if let Some(previous) = run.target.as_ref().filter(|t| **t != view.target.revision_hash)
+        if let Some(previous) = run
+            .target
+            .as_ref()
+            .filter(|t| **t != view.target.revision_hash)
         {
             // The DaemonSet changed again: nodes finished on the old revision go again.
             self.notice(
@@ -365,9 +365,8 @@ impl Reconciler {
                     view.target.revision_hash
                 ),
             );
-            run.records.retain(|_, t| {
-                !matches!(t.record.phase, NodePhase::Done | NodePhase::Skipped)
-            });
+            run.records
+                .retain(|_, t| !matches!(t.record.phase, NodePhase::Done | NodePhase::Skipped));
         }
         run.target = Some(view.target.revision_hash.clone());
         run.total = view.nodes.len();
@@ -486,7 +485,11 @@ impl Reconciler {
                         .filter(|o| view.wave_of.get(&o.name) == Some(wave))
                         .filter(|o| o.not_ready || o.cordoned_by_others)
                         .map(|o| {
-                            let why = if o.not_ready { "NotReady" } else { "cordoned by someone else" };
+                            let why = if o.not_ready {
+                                "NotReady"
+                            } else {
+                                "cordoned by someone else"
+                            };
                             format!("{} ({why})", o.name)
                         })
                         .collect();
@@ -512,7 +515,10 @@ impl Reconciler {
         };
         let mut phases: BTreeMap<&'static str, i64> = BTreeMap::new();
         for node in view.nodes.keys() {
-            let phase = run.records.get(node).map_or(NodePhase::Pending, |t| t.record.phase);
+            let phase = run
+                .records
+                .get(node)
+                .map_or(NodePhase::Pending, |t| t.record.phase);
             *phases.entry(NodePhase::as_str(phase)).or_default() += 1;
         }
         for phase in ALL_PHASES {
@@ -663,8 +669,7 @@ impl Reconciler {
         NodeFacts {
             exists: n.is_some(),
             unschedulable: n.is_some_and(|n| unschedulable(n)),
-            annotated_was_unschedulable: n
-                .and_then(|n| recorded_was_unschedulable(n, &view.name)),
+            annotated_was_unschedulable: n.and_then(|n| recorded_was_unschedulable(n, &view.name)),
             ztunnel_pods: view.ztunnels.get(node).cloned().unwrap_or_default(),
             drain: run.drain_results.get(node).cloned(),
             verification: run.verifications.get(node).cloned(),
@@ -681,9 +686,11 @@ impl Reconciler {
         let wave = view.wave_of.get(node).cloned().unwrap_or_default();
         let span = info_span!("node", wave = %wave, node = %node);
         async {
-            let n = view.nodes.get(node).cloned().or_else(|| {
-                self.observed.nodes.get(&ObjectRef::new(node))
-            });
+            let n = view
+                .nodes
+                .get(node)
+                .cloned()
+                .or_else(|| self.observed.nodes.get(&ObjectRef::new(node)));
             // Pure transitions chain; a mutation ends the pass for this node, since the
             // watched state does not show its effect yet.
             for _ in 0..8 {
@@ -764,7 +771,10 @@ impl Reconciler {
                         .record_and_cordon(&view.name, n, *was_unschedulable)
                         .await?;
                 }
-                let t = run.records.entry(node.to_owned()).or_insert_with(|| TrackedNode::pending(view.now));
+                let t = run
+                    .records
+                    .entry(node.to_owned())
+                    .or_insert_with(|| TrackedNode::pending(view.now));
                 t.record.was_unschedulable = Some(*was_unschedulable);
                 t.started.get_or_insert(view.now);
                 Ok(Executed::Mutated)
@@ -899,7 +909,9 @@ impl Reconciler {
                             let reasons: Vec<String> = report
                                 .pods
                                 .iter()
-                                .filter(|p| !matches!(p.outcome, Outcome::Evicted | Outcome::Skipped))
+                                .filter(|p| {
+                                    !matches!(p.outcome, Outcome::Evicted | Outcome::Skipped)
+                                })
                                 .take(3)
                                 .map(|p| {
                                     format!(
@@ -962,8 +974,11 @@ impl Reconciler {
         let Some(current) = api.get_opt(name).await.map_err(kube)? else {
             return Ok(());
         };
-        let finalizers: Vec<&String> =
-            current.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
         let patch = json!({ "metadata": {
             "resourceVersion": current.metadata.resource_version,
             "finalizers": finalizers,

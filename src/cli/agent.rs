@@ -18,7 +18,11 @@ pub struct AgentArgs {
     /// Namespace of the leader-election Lease (in a cluster: the agent's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ztunnel-rollout")]
     pub lease_namespace: String,
-    #[arg(long, env = "ZTUNNEL_ROLLOUT_LEASE_NAME", default_value = "ztunnel-rollout")]
+    #[arg(
+        long,
+        env = "ZTUNNEL_ROLLOUT_LEASE_NAME",
+        default_value = "ztunnel-rollout"
+    )]
     pub lease_name: String,
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_LEASE_DURATION")]
     pub lease_duration: Duration,
@@ -26,7 +30,11 @@ pub struct AgentArgs {
     #[arg(long, env = "ZTUNNEL_ROLLOUT_IDENTITY")]
     pub identity: Option<String>,
     /// Where /metrics, /livez and /readyz are served (port 0: any free port).
-    #[arg(long, default_value = "0.0.0.0:8080", env = "ZTUNNEL_ROLLOUT_METRICS_ADDRESS")]
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8080",
+        env = "ZTUNNEL_ROLLOUT_METRICS_ADDRESS"
+    )]
     pub metrics_address: SocketAddr,
     /// Only handle rollouts whose labels match this selector (e.g. `team=payments`), so
     /// several agents can share a cluster.

@@ -5,9 +5,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{GlobalArgs, Output};
-use crate::duration::parse_duration;
 use crate::drain::filter::FilterOptions;
 use crate::drain::{DrainOptions, DrainReport, Drainer, cordon};
+use crate::duration::parse_duration;
 use crate::label_selector::Selector;
 
 #[derive(Args)]

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::budget;
-use crate::leader::Leadership;
 use super::eviction::Verdict;
 use super::filter::{self, Disposition, DrainPlan, FilterOptions, PlannedPod};
 use super::report::{DrainReport, Outcome, PodResult};
+use crate::leader::Leadership;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {

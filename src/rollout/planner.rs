@@ -192,9 +192,8 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
             .collect();
         // Fewest pods first: the first nodes done cost few evictions and then take in
         // the pods evicted from the others (which prefer nodes without our taint).
-        let mut candidates: Vec<&&NodeObservation> = pending_ready()
-            .filter(|n| !n.cordoned_by_others)
-            .collect();
+        let mut candidates: Vec<&&NodeObservation> =
+            pending_ready().filter(|n| !n.cordoned_by_others).collect();
         candidates.sort_by(|a, b| (a.pods, &a.name).cmp(&(b.pods, &b.name)));
         start.extend(
             candidates

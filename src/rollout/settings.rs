@@ -47,8 +47,9 @@ pub fn max_unavailable(value: &IntOrString) -> Result<MaxUnavailable, String> {
 
 pub fn settings(spec: &ZtunnelRolloutSpec) -> Result<RolloutSettings, SpecError> {
     let nodes = match &spec.node_selector {
-        Some(ls) => Selector::from_label_selector(ls)
-            .map_err(|e| invalid("nodeSelector")(e.to_string()))?,
+        Some(ls) => {
+            Selector::from_label_selector(ls).map_err(|e| invalid("nodeSelector")(e.to_string()))?
+        }
         None => Selector::everything(),
     };
     let skip_selector = spec

@@ -62,7 +62,11 @@ pub fn records_from_status(status: Option<&ZtunnelRolloutStatus>) -> BTreeMap<St
 /// The persisted form: every node that is not Pending, by name. Times are whole
 /// seconds, which keeps 1,000 nodes far below etcd's object size limit.
 pub fn node_statuses(records: &BTreeMap<String, TrackedNode>) -> Vec<NodeStatus> {
-    let fmt = |t: Timestamp| t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t).to_string();
+    let fmt = |t: Timestamp| {
+        t.round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or(t)
+            .to_string()
+    };
     records
         .iter()
         .filter(|(_, t)| t.record.phase != NodePhase::Pending)

@@ -373,7 +373,11 @@ impl RunningControlPlane {
                 "the API server was never started".into(),
             ));
         };
-        if let Some(c) = self.components.iter_mut().find(|c| c.name == "kube-apiserver") {
+        if let Some(c) = self
+            .components
+            .iter_mut()
+            .find(|c| c.name == "kube-apiserver")
+        {
             if let Some(pid) = c.child.id() {
                 // SAFETY: plain kill(2) on our own child.
                 unsafe {

@@ -43,18 +43,24 @@ pub async fn install(client: &Client) {
     .await
     .expect("CRD established in time")
     .expect("watch CRD");
-    fixtures::apply(&Api::<Namespace>::all(client.clone()), &object("namespace.json"))
-        .await
-        .expect("apply namespace");
+    fixtures::apply(
+        &Api::<Namespace>::all(client.clone()),
+        &object("namespace.json"),
+    )
+    .await
+    .expect("apply namespace");
     fixtures::apply(
         &Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE),
         &object("serviceaccount.json"),
     )
     .await
     .expect("apply service account");
-    fixtures::apply(&Api::<ClusterRole>::all(client.clone()), &object("clusterrole.json"))
-        .await
-        .expect("apply cluster role");
+    fixtures::apply(
+        &Api::<ClusterRole>::all(client.clone()),
+        &object("clusterrole.json"),
+    )
+    .await
+    .expect("apply cluster role");
     fixtures::apply(
         &Api::<ClusterRoleBinding>::all(client.clone()),
         &object("clusterrolebinding.json"),

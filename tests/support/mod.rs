@@ -5,19 +5,19 @@
 pub mod agent;
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::ResourceExt;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::wait::await_condition;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use ztunnel_rollout::testbed::control_plane::client_for;
 use ztunnel_rollout::testbed::fixtures::{self, NODE_SET_LABEL};
@@ -458,9 +458,8 @@ pub async fn wait_for_event(client: &Client, regarding: &str, reason: &str) -> S
             && e.reason.as_deref() == Some(reason)
     };
     let found = tokio::time::timeout(WAIT, async {
-        let mut stream = std::pin::pin!(
-            watcher(api.clone(), watcher::Config::default()).applied_objects()
-        );
+        let mut stream =
+            std::pin::pin!(watcher(api.clone(), watcher::Config::default()).applied_objects());
         while let Some(e) = stream.next().await {
             if let Ok(e) = e
                 && matches(&e)
