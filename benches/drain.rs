@@ -6,8 +6,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -145,32 +144,6 @@ async fn scenario(client: &Client, set: &str, pdb: bool) -> String {
     names[0].clone()
 }
 
-/// Distinct requests per verb in the audit log after `offset`, from clients whose user
-/// agent starts with `prefix`.
-fn count_requests(audit_log: &Path, offset: u64, prefix: &str) -> BTreeMap<String, usize> {
-    let mut f = std::fs::File::open(audit_log).expect("audit log");
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    let mut seen = HashSet::new();
-    let mut counts = BTreeMap::new();
-    for line in BufReader::new(f).lines().map_while(Result::ok) {
-        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let ua = ev["userAgent"].as_str().unwrap_or("");
-        let id = ev["auditID"].as_str().unwrap_or("").to_owned();
-        if ua.starts_with(prefix) && seen.insert(id) {
-            let verb = ev["verb"].as_str().unwrap_or("?").to_owned();
-            let sub = ev["objectRef"]["subresource"]
-                .as_str()
-                .map(|s| format!("/{s}"))
-                .unwrap_or_default();
-            let resource = ev["objectRef"]["resource"].as_str().unwrap_or("");
-            *counts.entry(format!("{verb} {resource}{sub}")).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
 /// Per-phase figures from our JSON report: last eviction accepted, last pod gone, 429s.
 fn breakdown(stdout: &[u8]) -> Option<String> {
     let report: serde_json::Value = serde_json::from_slice(stdout).ok()?;
@@ -278,7 +251,7 @@ async fn main() {
         let ok = run_tool(tool, &node, &kubeconfig);
         let wall = started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await; // let the audit log flush
-        let requests = count_requests(&audit_log, offset, tool.user_agent_prefix());
+        let requests = support::audit::count_requests(&audit_log, offset, tool.user_agent_prefix());
         let lower_bound = if pdb {
             EXIT_SECONDS + REPLACEMENT_READY_SECONDS
         } else {

@@ -165,7 +165,22 @@ impl Selector {
             .flatten()
             .map(|(k, v)| Requirement::In(k.clone(), BTreeSet::from([v.clone()])))
             .collect();
+        let invalid = |reason: String| SelectorError::Invalid {
+            selector: format!("{ls:?}"),
+            reason,
+        };
+        for (k, v) in ls.match_labels.iter().flatten() {
+            if !valid_key(k) {
+                return Err(invalid(format!("{k:?} is not a valid label key")));
+            }
+            if !valid_value(v) {
+                return Err(invalid(format!("{v:?} is not a valid label value")));
+            }
+        }
         for e in ls.match_expressions.iter().flatten() {
+            if !valid_key(&e.key) {
+                return Err(invalid(format!("{:?} is not a valid label key", e.key)));
+            }
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
             requirements.push(match e.operator.as_str() {
                 "In" => Requirement::In(e.key.clone(), values),

@@ -545,6 +545,13 @@ impl Reconciler {
             message,
         };
         let settings = settings(&r.spec).map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        if r.spec.waves.approval == crate::api::ztunnel_rollout::Approval::Manual {
+            // Never ignore a hold the operator asked for: refuse until approvals exist.
+            return Err(blocked(
+                "ManualApprovalUnsupported",
+                "spec.waves.approval: Manual is not supported by this agent version yet; nothing is changed (use Automatic, with spec.paused to hold)".into(),
+            ));
+        }
         let ds_ref = &r.spec.daemon_set;
         let ds = self
             .observed

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod audit;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
