@@ -389,3 +389,33 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_manifests_apply_with_kubectl_kustomize() {
+    let env = TestEnv::new("agent-kustomize", 0).await;
+    agent_support::install(&env.client).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("e2e/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(&support::cluster().kubeconfig)
+        .args(["apply", "-k"])
+        .arg(root.join("manifests"))
+        .args(["--dry-run=server", "-o", "name"])
+        .output()
+        .expect("run kubectl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k manifests/ failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/ztunnelrollouts.ztunnel-rollout.dev",
+        "clusterrole.rbac.authorization.k8s.io/ztunnel-rollout",
+        "deployment.apps/ztunnel-rollout",
+        "poddisruptionbudget.policy/ztunnel-rollout",
+        "service/ztunnel-rollout-metrics",
+    ] {
+        assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
+    }
+}
