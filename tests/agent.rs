@@ -298,8 +298,7 @@ async fn a_missing_daemonset_is_reported_and_changes_nothing() {
     assert_eq!(degraded.observed_generation, blocked.metadata.generation);
     assert!(blocked.finalizers().is_empty(), "nothing to clean up");
 
-    let events = support::wait_for_event(&env.client, &name, "DaemonSetNotFound").await;
-    assert!(events.contains("no-such-ztunnel"), "{events}");
+    support::wait_for_event(&env.client, &name, "DaemonSetNotFound", "no-such-ztunnel").await;
     for n in Api::<Node>::all(env.client.clone())
         .list(&env.node_list_params())
         .await
@@ -418,4 +417,72 @@ async fn the_manifests_apply_with_kubectl_kustomize() {
     ] {
         assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
     }
+}
+
+#[tokio::test]
+async fn a_rolling_update_daemonset_is_refused_unless_allowed() {
+    let env = TestEnv::new("agent-rolling", 2).await;
+    agent_support::install(&env.client).await;
+    support::apply_ztunnel(&env, fixtures::UpdateStrategy::RollingUpdate).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir, "agent-a");
+    let name = format!("{}-rolling", env.namespace);
+    create(
+        &env,
+        &agent_support::rollout(&env, &name, serde_json::json!({})),
+    )
+    .await;
+    let blocked = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Blocked",
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    let degraded = blocked
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .cloned()
+        .expect("Degraded condition");
+    assert_eq!(degraded.reason, "RollingUpdateStrategy");
+    assert!(
+        degraded.message.contains("OnDelete"),
+        "{}",
+        degraded.message
+    );
+    for n in Api::<Node>::all(env.client.clone())
+        .list(&env.node_list_params())
+        .await
+        .expect("nodes")
+    {
+        assert_ne!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
+    }
+
+    // Allowed explicitly: the rollout proceeds (every pod is already current: Skipped).
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    api.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "spec": { "allowRollingUpdate": true } })),
+    )
+    .await
+    .expect("allow RollingUpdate");
+    let complete = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    assert_eq!(complete.status.expect("status").counts.skipped, 2);
+    support::wait_for_event(
+        &env.client,
+        &name,
+        "RollingUpdateAllowed",
+        "allowed by spec.allowRollingUpdate",
+    )
+    .await;
 }

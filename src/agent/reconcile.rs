@@ -86,6 +86,7 @@ struct Run {
     wave: Option<String>,
     standing: Option<Standing>,
     status_failures: u32,
+    warned_rolling_update: bool,
     has_finalizer: bool,
 }
 
@@ -105,6 +106,8 @@ impl Drop for Drains {
 struct View {
     name: String,
     ds_namespace: String,
+    /// The DaemonSet is RollingUpdate and the spec allows it.
+    rolling_update: bool,
     reference: ObjectReference,
     settings: RolloutSettings,
     target: Target,
@@ -368,6 +371,16 @@ impl Reconciler {
             run.records
                 .retain(|_, t| !matches!(t.record.phase, NodePhase::Done | NodePhase::Skipped));
         }
+        if view.rolling_update && !run.warned_rolling_update {
+            run.warned_rolling_update = true;
+            self.notice(
+                &view.reference,
+                None,
+                true,
+                "RollingUpdateAllowed",
+                "the DaemonSet's update strategy is RollingUpdate: its controller replaces ztunnel pods itself, ignoring waves and drains (allowed by spec.allowRollingUpdate)".into(),
+            );
+        }
         run.target = Some(view.target.revision_hash.clone());
         run.total = view.nodes.len();
 
@@ -502,11 +515,16 @@ impl Reconciler {
                         ),
                     }
                 } else {
+                    let caveat = if view.rolling_update {
+                        " (RollingUpdate DaemonSet: its controller may replace pods outside the waves)"
+                    } else {
+                        ""
+                    };
                     Standing {
                         phase: RolloutPhase::Progressing,
                         reason: "NodesInProgress".into(),
                         message: format!(
-                            "wave {wave}: {} in flight; {} done, {} skipped of {}",
+                            "wave {wave}: {} in flight; {} done, {} skipped of {}{caveat}",
                             c.in_flight, c.done, c.skipped, c.total
                         ),
                     }
@@ -566,12 +584,13 @@ impl Reconciler {
                     ),
                 )
             })?;
-        match strategy_verdict(&ds, r.spec.allow_rolling_update) {
-            StrategyVerdict::OnDelete | StrategyVerdict::RollingUpdateAllowed => {}
+        let rolling_update = match strategy_verdict(&ds, r.spec.allow_rolling_update) {
+            StrategyVerdict::OnDelete => false,
+            StrategyVerdict::RollingUpdateAllowed => true,
             StrategyVerdict::RollingUpdateRefused(message) => {
                 return Err(blocked("RollingUpdateStrategy", message));
             }
-        }
+        };
         let revisions: Vec<_> = self
             .observed
             .revisions
@@ -635,6 +654,7 @@ impl Reconciler {
         Ok(View {
             name: name.to_owned(),
             ds_namespace: ds_ref.namespace.clone(),
+            rolling_update,
             reference: r.object_ref(&()),
             target: Target {
                 revision_hash: hash,
@@ -1133,14 +1153,20 @@ impl Reconciler {
         run: &mut Run,
         standing: Standing,
     ) -> Result<Option<Instant>, PassError> {
-        let changed = run.standing.as_ref() != Some(&standing);
-        if changed {
-            let warning = standing.phase == RolloutPhase::Blocked;
+        let warning = standing.phase == RolloutPhase::Blocked;
+        if run.standing.as_ref() != Some(&standing) {
             if warning {
                 warn!(reason = %standing.reason, "{}", standing.message);
             } else {
                 info!(phase = standing.phase.as_str(), "{}", standing.message);
             }
+        }
+        // An Event when the reason changes; progress counts only update the status.
+        let changed = run
+            .standing
+            .as_ref()
+            .is_none_or(|s| s.phase != standing.phase || s.reason != standing.reason);
+        if changed {
             self.notice(
                 &r.object_ref(&()),
                 None,

@@ -451,12 +451,21 @@ pub fn sample_available(
 
 /// Waits by watch for an Event (events.k8s.io, in `default`, where Events about
 /// cluster-scoped objects go) about object `regarding` with `reason`; returns its note.
-pub async fn wait_for_event(client: &Client, regarding: &str, reason: &str) -> String {
+pub async fn wait_for_event(
+    client: &Client,
+    regarding: &str,
+    reason: &str,
+    note_contains: &str,
+) -> String {
     use k8s_openapi::api::events::v1::Event;
     let api: Api<Event> = Api::namespaced(client.clone(), "default");
     let matches = |e: &Event| {
         e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
             && e.reason.as_deref() == Some(reason)
+            && e.note
+                .as_deref()
+                .unwrap_or_default()
+                .contains(note_contains)
     };
     let found = tokio::time::timeout(WAIT, async {
         let mut stream =
@@ -473,6 +482,6 @@ pub async fn wait_for_event(client: &Client, regarding: &str, reason: &str) -> S
     .await;
     match found {
         Ok(Some(note)) => note,
-        _ => panic!("no Event {reason} about {regarding} within {WAIT:?}"),
+        _ => panic!("no Event {reason} about {regarding} saying {note_contains:?} within {WAIT:?}"),
     }
 }
