@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -94,38 +93,6 @@ async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Moves the DaemonSet to a new ztunnel version (OnDelete: no pod changes by itself)
-/// and returns the new revision hash once the DaemonSet controller has recorded it.
-async fn upgrade_ztunnel(env: &TestEnv, mut ztunnel: fixtures::ZtunnelFixture) -> String {
-    ztunnel.version = "1.28.1".into();
-    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&ds_api, &ztunnel.daemonset())
-        .await
-        .expect("upgrade ztunnel");
-    let ds = support::wait_for(
-        &ds_api,
-        "ztunnel",
-        "new ztunnel revision observed",
-        |d: Option<&DaemonSet>| {
-            d.is_some_and(|d| {
-                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
-            })
-        },
-    )
-    .await
-    .expect("ds");
-    let revisions = Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(
-        env.client.clone(),
-        &env.namespace,
-    )
-    .list(&ListParams::default())
-    .await
-    .expect("revisions")
-    .items;
-    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions)
-        .expect("current revision")
-}
-
 async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
     Api::<ZtunnelRollout>::all(env.client.clone())
         .create(&PostParams::default(), rollout)
@@ -168,7 +135,7 @@ async fn a_rollout_of_twelve_nodes_goes_wave_by_wave_within_budget_and_pdbs() {
         1.0,
     )
     .await;
-    let target = upgrade_ztunnel(&env, ztunnel).await;
+    let target = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
 
     let (nodes_seen, node_sampler) = sample_nodes(&env);
     let (pods_seen, pod_sampler) = sample_available(&env);
@@ -330,7 +297,7 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
         20.0,
     )
     .await;
-    upgrade_ztunnel(&env, ztunnel).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&env, &dir, "agent-a");
     let name = format!("{}-abort", env.namespace);

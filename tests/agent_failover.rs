@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,32 +22,6 @@ use ztunnel_rollout::testbed::control_plane::{
     ControlPlaneOptions, RunningControlPlane, client_for,
 };
 use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
-
-async fn new_revision(client: &Client, ns: &str, mut ztunnel: fixtures::ZtunnelFixture) -> String {
-    ztunnel.version = "1.28.1".into();
-    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-    fixtures::apply(&ds_api, &ztunnel.daemonset())
-        .await
-        .expect("upgrade ztunnel");
-    let ds = tokio::time::timeout(
-        support::WAIT,
-        await_condition(ds_api, "ztunnel", |d: Option<&DaemonSet>| {
-            d.is_some_and(|d| {
-                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
-            })
-        }),
-    )
-    .await
-    .expect("revision in time")
-    .expect("watch")
-    .expect("ds");
-    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .expect("revisions")
-        .items;
-    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions).expect("hash")
-}
 
 /// Nodes the agent logged entering `phase`.
 fn nodes_logged(log: &str, phase: NodePhase) -> BTreeSet<String> {
@@ -107,7 +81,7 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
         6.0,
     )
     .await;
-    let target = new_revision(&env.client, &env.namespace, ztunnel).await;
+    let target = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
     let lease = format!("{}-lease", env.namespace);
@@ -242,7 +216,7 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
     .await
     .expect("app available in time")
     .expect("watch");
-    let target = new_revision(&client, ns, ztunnel).await;
+    let target = support::upgrade_ztunnel(&client, ns, ztunnel).await;
 
     let agent = agent_support::start_tagged(ns, &cluster.kubeconfig, "restart-lease", "replica-1");
     let name = "restart";

@@ -485,3 +485,37 @@ pub async fn wait_for_event(
         _ => panic!("no Event {reason} about {regarding} saying {note_contains:?} within {WAIT:?}"),
     }
 }
+
+/// Moves the ztunnel DaemonSet to version 1.28.1 (OnDelete: no pod changes by itself)
+/// and returns the new revision hash once the DaemonSet controller has recorded it.
+pub async fn upgrade_ztunnel(
+    client: &Client,
+    namespace: &str,
+    mut ztunnel: fixtures::ZtunnelFixture,
+) -> String {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    ztunnel.version = "1.28.1".into();
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    fixtures::apply(&ds_api, &ztunnel.daemonset())
+        .await
+        .expect("upgrade ztunnel");
+    let ds = wait_for(
+        &ds_api,
+        "ztunnel",
+        "new ztunnel revision observed",
+        |d: Option<&DaemonSet>| {
+            d.is_some_and(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+        },
+    )
+    .await
+    .expect("ds");
+    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("revisions")
+        .items;
+    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions)
+        .expect("current revision")
+}
