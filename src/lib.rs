@@ -16,3 +16,4 @@ pub mod preflight;
 pub mod rollout;
 pub mod sidecar;
 pub mod testbed;
+pub mod watch_cache;

@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use support::agent::{self as agent_support, Agent};
 use support::{TestEnv, sample_available, set_unschedulable};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_actions::{OWNER_ANNOTATION, WAITING_TAINT};
+use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
 use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
 
 /// What a continuous watch of the test's nodes saw during the rollout.
@@ -181,25 +181,12 @@ async fn a_rollout_of_twelve_nodes_goes_wave_by_wave_within_budget_and_pdbs() {
     assert_eq!(complete.status, "True");
     assert_eq!(complete.observed_generation, done.metadata.generation);
 
-    for n in Api::<Node>::all(env.client.clone())
-        .list(&env.node_list_params())
-        .await
-        .expect("nodes")
-    {
-        let name = n.name_any();
-        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-        assert_eq!(
-            cordoned,
-            name == operator_cordoned,
-            "{name}: only the operator's node stays cordoned"
-        );
-        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{name}");
-        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
-        assert!(
-            taints.iter().all(|t| t.key != WAITING_TAINT),
-            "{name}: waiting taint left behind"
-        );
-    }
+    agent_support::assert_nodes_released(
+        &env.client,
+        &env.node_list_params(),
+        Some(&operator_cordoned),
+    )
+    .await;
 
     let nodes_seen = std::mem::take(&mut *nodes_seen.lock().expect("lock"));
     eprintln!("node samples: {nodes_seen:?}");
@@ -307,16 +294,22 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
 
     // Wait until the rollout has cordoned a node of its own.
     let nodes: Api<Node> = Api::all(env.client.clone());
+    let config = watcher::Config::default().labels(&format!(
+        "{}={}",
+        fixtures::NODE_SET_LABEL,
+        env.node_set
+    ));
     let owned = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let list = nodes.list(&env.node_list_params()).await.expect("nodes");
-            if let Some(n) = list.items.iter().find(|n| {
-                n.annotations().contains_key(OWNER_ANNOTATION) && n.name_any() != operator_cordoned
-            }) {
+        let mut nodes = std::pin::pin!(watcher(nodes.clone(), config).applied_objects());
+        while let Some(n) = nodes.next().await {
+            if let Ok(n) = n
+                && n.annotations().contains_key(OWNER_ANNOTATION)
+                && n.name_any() != operator_cordoned
+            {
                 return n.name_any();
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        panic!("the node watch ended")
     })
     .await
     .unwrap_or_else(|_| panic!("no node cordoned by the rollout\n{}", agent.log_text()));
@@ -336,24 +329,13 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
     .unwrap_or_else(|_| panic!("the rollout was not released\n{}", agent.log_text()))
     .expect("watch");
 
-    for n in nodes.list(&env.node_list_params()).await.expect("nodes") {
-        let node = n.name_any();
-        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-        assert_eq!(
-            cordoned,
-            node == operator_cordoned,
-            "{node}: the rollout released {owned} but left the operator's node cordoned"
-        );
-        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{node}");
-        assert!(
-            n.spec
-                .and_then(|s| s.taints)
-                .unwrap_or_default()
-                .iter()
-                .all(|t| t.key != WAITING_TAINT),
-            "{node}: waiting taint left behind"
-        );
-    }
+    eprintln!("the rollout had cordoned {owned} when it was deleted");
+    agent_support::assert_nodes_released(
+        &env.client,
+        &env.node_list_params(),
+        Some(&operator_cordoned),
+    )
+    .await;
 }
 
 #[tokio::test]

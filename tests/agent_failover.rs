@@ -16,7 +16,6 @@ use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, TEST_LABEL};
 use support::{TestEnv, daemonset_ready, deployment_available};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
 use ztunnel_rollout::testbed::control_plane::{
     ControlPlaneOptions, RunningControlPlane, client_for,
@@ -34,19 +33,7 @@ fn nodes_logged(log: &str, phase: NodePhase) -> BTreeSet<String> {
 }
 
 async fn assert_finished(client: &Client, ns: &str, selector: &ListParams, target: &str) {
-    for n in Api::<Node>::all(client.clone())
-        .list(selector)
-        .await
-        .expect("nodes")
-    {
-        let name = n.name_any();
-        assert_ne!(
-            n.spec.as_ref().and_then(|s| s.unschedulable),
-            Some(true),
-            "{name} left cordoned"
-        );
-        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{name}");
-    }
+    agent_support::assert_nodes_released(client, selector, None).await;
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels("app=ztunnel"))
         .await

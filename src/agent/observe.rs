@@ -4,18 +4,17 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::debug;
 
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
+use crate::watch_cache;
 
 pub struct Observed {
     pub nodes: Store<Node>,
@@ -41,6 +40,7 @@ impl Drop for Observed {
     }
 }
 
+/// A cache whose events wake the reconcile loop (`changed`), or nobody.
 fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -57,24 +57,11 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (reader, writer) = reflector::store();
-    let task = tokio::spawn(async move {
-        let mut events = std::pin::pin!(
-            watcher(api, config)
-                .default_backoff()
-                .modify(trim)
-                .reflect(writer)
-        );
-        while let Some(event) = events.next().await {
-            if let Err(e) = event {
-                debug!(error = %e, "watch error; the watcher retries with backoff");
-            }
-            if let Some(c) = &changed {
-                c.notify_one();
-            }
+    watch_cache::spawn(api, config, trim, move || {
+        if let Some(c) = &changed {
+            c.notify_one();
         }
-    });
-    (reader, task)
+    })
 }
 
 fn trim_node(n: &mut Node) {

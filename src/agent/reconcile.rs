@@ -112,6 +112,8 @@ struct View {
     settings: RolloutSettings,
     target: Target,
     nodes: BTreeMap<String, Arc<Node>>,
+    /// What the planner sees of `nodes`.
+    observations: Vec<NodeObservation>,
     ztunnels: HashMap<String, Vec<ZtunnelPod>>,
     wave_of: HashMap<String, String>,
     now: Timestamp,
@@ -187,6 +189,15 @@ fn unschedulable(n: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
+}
+
+/// The parts of a node's observation that the rollout's own steps change.
+fn refresh(o: &mut NodeObservation, run: &Run, n: &Node, rollout: &str) {
+    o.progress = run
+        .records
+        .get(&o.name)
+        .map_or(NodeProgress::Pending, |t| progress(t.record.phase));
+    o.cordoned_by_others = unschedulable(n) && !cordoned_by_us(run, n, rollout);
 }
 
 /// Whether the node's cordon is ours: by the record (the watch may not show our last
@@ -348,7 +359,7 @@ impl Reconciler {
             }
             return Ok(wake);
         }
-        let view = match self.view(r, name, run) {
+        let mut view = match self.view(r, name, run) {
             Ok(view) => view,
             Err(standing) => return self.record(r, run, standing).await,
         };
@@ -413,23 +424,14 @@ impl Reconciler {
             wake = earliest(wake, self.advance(&view, run, &node).await?);
         }
 
-        let pods_per_node = self.pods_per_node();
-        let observations: Vec<NodeObservation> = view
-            .nodes
-            .iter()
-            .map(|(node, n)| NodeObservation {
-                name: node.clone(),
-                labels: n.labels().clone(),
-                progress: run
-                    .records
-                    .get(node)
-                    .map_or(NodeProgress::Pending, |t| progress(t.record.phase)),
-                not_ready: !node_ready(n),
-                cordoned_by_others: unschedulable(n) && !cordoned_by_us(run, n, name),
-                pods: pods_per_node.get(node).copied().unwrap_or(0),
-            })
-            .collect();
-        let decision = planner::next(&observations, &view.settings.waves);
+        // The steps above changed phases and cordons: bring the planner's view up to date.
+        for o in &mut view.observations {
+            if let Some(n) = view.nodes.get(&o.name) {
+                refresh(o, run, n, name);
+            }
+        }
+        let observations = &view.observations;
+        let decision = planner::next(observations, &view.settings.waves);
         let standing = match &decision {
             _ if view.nodes.is_empty() => Standing {
                 phase: RolloutPhase::Blocked,
@@ -437,7 +439,7 @@ impl Reconciler {
                 message: "spec.nodeSelector matches no node".into(),
             },
             Decision::Complete => {
-                wake = earliest(wake, self.remove_waiting_taints(&view, run).await?);
+                wake = earliest(wake, self.remove_waiting_taints(&view).await?);
                 Standing {
                     phase: RolloutPhase::Complete,
                     reason: "AllNodesDone".into(),
@@ -633,15 +635,30 @@ impl Reconciler {
                         .is_some_and(|t| t.record.phase != NodePhase::Pending)
             })
             .collect();
+        // Pod counts only order the next starts: skip the scan when nothing is pending.
+        let pending = nodes.keys().any(|node| {
+            run.records
+                .get(node)
+                .is_none_or(|t| t.record.phase == NodePhase::Pending)
+        });
+        let pods_per_node = if pending {
+            self.pods_per_node()
+        } else {
+            HashMap::new()
+        };
         let observations: Vec<NodeObservation> = nodes
             .iter()
-            .map(|(node, n)| NodeObservation {
-                name: node.clone(),
-                labels: n.labels().clone(),
-                progress: NodeProgress::Pending,
-                not_ready: false,
-                cordoned_by_others: false,
-                pods: 0,
+            .map(|(node, n)| {
+                let mut o = NodeObservation {
+                    name: node.clone(),
+                    labels: n.labels().clone(),
+                    progress: NodeProgress::Pending,
+                    not_ready: !node_ready(n),
+                    cordoned_by_others: false,
+                    pods: pods_per_node.get(node).copied().unwrap_or(0),
+                };
+                refresh(&mut o, run, n, name);
+                o
             })
             .collect();
         let wave_of = planner::plan_waves(&observations, &settings.waves)
@@ -663,6 +680,7 @@ impl Reconciler {
             },
             settings,
             nodes,
+            observations,
             ztunnels,
             wave_of,
             now: Timestamp::now(),
@@ -1061,11 +1079,7 @@ impl Reconciler {
         Ok(retry)
     }
 
-    async fn remove_waiting_taints(
-        &mut self,
-        view: &View,
-        _run: &mut Run,
-    ) -> Result<Option<Instant>, PassError> {
+    async fn remove_waiting_taints(&mut self, view: &View) -> Result<Option<Instant>, PassError> {
         let mut retry = None;
         for n in self.observed.nodes.state() {
             if !has_waiting_taint(&n, &view.name) {

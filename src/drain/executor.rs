@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -15,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -27,6 +26,7 @@ use super::eviction::Verdict;
 use super::filter::{self, Disposition, DrainPlan, FilterOptions, PlannedPod};
 use super::report::{DrainReport, Outcome, PodResult};
 use crate::leader::Leadership;
+use crate::watch_cache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -177,7 +177,7 @@ impl Drop for Views {
     }
 }
 
-fn spawn_reflector<K>(
+fn counted<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>)
@@ -191,27 +191,20 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (reader, writer) = reflector::store();
     let (tx, rx) = watch::channel(0u64);
-    let task = tokio::spawn(async move {
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(writer));
-        while let Some(event) = events.next().await {
-            if let Err(e) = event {
-                debug!(error = %e, "watch error; the watcher retries with backoff");
-            }
-            tx.send_modify(|n| *n += 1);
-        }
+    let (store, task) = watch_cache::spawn(api, config, watch_cache::keep_all, move || {
+        tx.send_modify(|n| *n += 1)
     });
-    (reader, rx, task)
+    (store, rx, task)
 }
 
 impl Views {
     async fn start(client: &Client, node: &str, deadline: Instant) -> Result<Self, DrainError> {
-        let (pods, pods_changed, pod_task) = spawn_reflector(
+        let (pods, pods_changed, pod_task) = counted(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         );
-        let (pdbs, pdbs_changed, pdb_task) = spawn_reflector(
+        let (pdbs, pdbs_changed, pdb_task) = counted(
             Api::<PodDisruptionBudget>::all(client.clone()),
             watcher::Config::default(),
         );

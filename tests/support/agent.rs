@@ -281,3 +281,35 @@ pub async fn wait_for_phase(
         }
     }
 }
+
+/// Fails unless every node `selector` lists is released by the rollout: schedulable
+/// (except `still_cordoned`, cordoned by its operator before the rollout), without our
+/// ownership annotation and without our waiting taint.
+pub async fn assert_nodes_released(
+    client: &Client,
+    selector: &kube::api::ListParams,
+    still_cordoned: Option<&str>,
+) {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::ResourceExt;
+    use ztunnel_rollout::rollout::node_actions::{OWNER_ANNOTATION, WAITING_TAINT};
+    for n in Api::<Node>::all(client.clone())
+        .list(selector)
+        .await
+        .expect("nodes")
+    {
+        let name = n.name_any();
+        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        assert_eq!(
+            cordoned,
+            Some(name.as_str()) == still_cordoned,
+            "{name}: only a node cordoned before the rollout stays cordoned"
+        );
+        assert!(!n.annotations().contains_key(OWNER_ANNOTATION), "{name}");
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert!(
+            taints.iter().all(|t| t.key != WAITING_TAINT),
+            "{name}: waiting taint left behind"
+        );
+    }
+}
