@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use ztunnel_rollout::testbed::control_plane::client_for;
 use ztunnel_rollout::testbed::fixtures::{
@@ -65,13 +64,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     C: kube::runtime::wait::Condition<K>,
 {
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        await_condition(api.clone(), name, cond),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{name}: not ready in 120s"))
-    .expect("watch");
+    support::wait_within(api, name, name, Duration::from_secs(120), cond).await;
 }
 
 /// Three nodes of a set of their own; 10 Deployments × 10 replicas, all on the first.

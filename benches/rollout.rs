@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use support::agent::{self as agent_support, TEST_LABEL};
 use ztunnel_rollout::api::ZtunnelRollout;
@@ -33,18 +32,6 @@ const ZTUNNEL_EXIT: f64 = 1.0;
 const ZTUNNEL_CREATED: f64 = 0.1;
 const ZTUNNEL_READY: f64 = 1.0;
 const TAG: &str = "bench-rollout";
-
-async fn wait<K, C>(api: &Api<K>, name: &str, within: Duration, cond: C)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    C: kube::runtime::wait::Condition<K>,
-{
-    tokio::time::timeout(within, await_condition(api.clone(), name, cond))
-        .await
-        .unwrap_or_else(|_| panic!("{name}: not in {within:?}"))
-        .expect("watch");
-}
 
 async fn scenario(client: &Client) -> (String, Vec<usize>) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -67,9 +54,10 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await
         .expect("ztunnel");
-    wait(
+    support::wait_within(
         &ds_api,
         "ztunnel",
+        "ztunnel Ready on every node",
         Duration::from_secs(300),
         support::daemonset_ready(NODES as i32),
     )
@@ -93,9 +81,11 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
         fixtures::apply(&pdbs, &pdb).await.expect("pdb");
     }
     for i in 0..DEPLOYMENTS {
-        wait(
+        let name = format!("app-{i}");
+        support::wait_within(
             &deployments,
-            &format!("app-{i}"),
+            &name,
+            &name,
             Duration::from_secs(300),
             support::deployment_available(REPLICAS),
         )
@@ -105,9 +95,10 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await
         .expect("upgrade");
-    wait(
+    support::wait_within(
         &ds_api,
         "ztunnel",
+        "new ztunnel revision observed",
         Duration::from_secs(60),
         |d: Option<&DaemonSet>| {
             d.is_some_and(|d| {

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, TEST_LABEL};
 use support::{TestEnv, daemonset_ready, deployment_available};
@@ -171,13 +170,14 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await
         .expect("ztunnel");
-    tokio::time::timeout(
+    support::wait_within(
+        &ds_api,
+        "ztunnel",
+        "ztunnel Ready",
         Duration::from_secs(120),
-        await_condition(ds_api, "ztunnel", daemonset_ready(6)),
+        daemonset_ready(6),
     )
-    .await
-    .expect("ztunnel ready in time")
-    .expect("watch");
+    .await;
     let mut app = fixtures::AppFixture::new(ns, "slow", 4);
     app.node_selector = node_selector.clone();
     app.exit_after_seconds = 3.0;
@@ -196,13 +196,14 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
     )
     .await
     .expect("pdb");
-    tokio::time::timeout(
+    support::wait_within(
+        &deployments,
+        "slow",
+        "slow available",
         Duration::from_secs(120),
-        await_condition(deployments, "slow", deployment_available(4)),
+        deployment_available(4),
     )
-    .await
-    .expect("app available in time")
-    .expect("watch");
+    .await;
     let target = support::upgrade_ztunnel(&client, ns, ztunnel).await;
 
     let agent = agent_support::start_tagged(ns, &cluster.kubeconfig, "restart-lease", "replica-1");

@@ -16,7 +16,7 @@ use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::api::manifests::{self, NAME, NAMESPACE};
 use ztunnel_rollout::testbed::fixtures;
 
-use super::{TestEnv, WAIT, cluster};
+use super::{TestEnv, cluster};
 
 /// The label that ties a test's rollouts to its agents (`--rollout-selector`).
 pub const TEST_LABEL: &str = "ztunnel-rollout.dev/test";
@@ -36,13 +36,13 @@ pub async fn install(client: &Client) {
     let crd: CustomResourceDefinition = object("crd-ztunnelrollouts.json");
     fixtures::apply(&crds, &crd).await.expect("CRD");
     let crd_name = crd.metadata.name.clone().unwrap_or_default();
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &crd_name, conditions::is_crd_established()),
+    super::wait_for(
+        &crds,
+        &crd_name,
+        "CRD established",
+        conditions::is_crd_established(),
     )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
+    .await;
     fixtures::apply(
         &Api::<Namespace>::all(client.clone()),
         &object("namespace.json"),

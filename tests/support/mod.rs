@@ -250,10 +250,26 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     C: kube::runtime::wait::Condition<K>,
 {
+    wait_within(api, name, what, WAIT, cond).await
+}
+
+/// Waits by watch until `cond` holds for `name`, failing after `within`.
+pub async fn wait_within<K, C>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    within: Duration,
+    cond: C,
+) -> Option<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: kube::runtime::wait::Condition<K>,
+{
     let started = std::time::Instant::now();
-    let out = tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond))
+    let out = tokio::time::timeout(within, await_condition(api.clone(), name, cond))
         .await
-        .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("{what}: not within {within:?}"))
         .unwrap_or_else(|e| panic!("{what}: watch failed: {e}"));
     eprintln!("{what}: {:?}", started.elapsed());
     out
