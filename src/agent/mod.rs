@@ -5,6 +5,8 @@
 pub mod events;
 pub mod observe;
 pub mod reconcile;
+pub mod rollback;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,11 +1,17 @@
 //! What the agent watches: nodes, DaemonSet pods, DaemonSets, their ControllerRevisions
 //! and the rollouts — each a reflector store fed by one watch, trimmed to the fields the
-//! decisions read. Every change wakes the reconcile loop; nothing is polled.
+//! decisions read; every change wakes the reconcile loop; nothing is polled. The health
+//! gates read Deployments (waypoints), PodDisruptionBudgets, namespaces and, where the
+//! Gateway API is installed, Gateways.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, DeploymentSpec, DeploymentStatus,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -27,6 +33,13 @@ pub struct Observed {
     pub daemon_sets: Store<DaemonSet>,
     pub revisions: Store<ControllerRevision>,
     pub rollouts: Store<ZtunnelRollout>,
+    /// Deployments, trimmed to labels, replicas, template labels and availability.
+    pub deployments: Store<Deployment>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    /// Namespaces' labels (ambient enrollment).
+    pub namespaces: Store<Namespace>,
+    /// Set once the Gateway API is found installed (checked at start).
+    pub gateways: Arc<OnceLock<Store<Gateway>>>,
     /// Notified on every watch event.
     pub changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
@@ -88,14 +101,151 @@ fn trim_pod(p: &mut Pod) {
     });
 }
 
-/// Keeps the node, owners and phase.
-fn trim_any_pod(p: &mut Pod) {
+/// Keeps what the node machine reads and the pod IP (ztunnel's metrics endpoint).
+fn trim_revisioned_pod(p: &mut Pod) {
+    let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
     trim_pod(p);
-    p.metadata.labels = None;
+    if let Some(s) = p.status.as_mut() {
+        s.pod_ip = ip;
+    }
+}
+
+/// The label that enrolls a pod (or its namespace) in ambient mode, or opts it out.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// Keeps the node, owners, phase, host networking and the dataplane-mode label.
+fn trim_any_pod(p: &mut Pod) {
+    let host_network = p.spec.as_ref().and_then(|s| s.host_network);
+    let mode = p
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(DATAPLANE_MODE_LABEL).cloned());
+    trim_pod(p);
+    p.metadata.labels = mode.map(|m| [(DATAPLANE_MODE_LABEL.to_owned(), m)].into());
+    if let Some(s) = p.spec.as_mut() {
+        s.host_network = host_network;
+    }
     p.status = p.status.take().map(|s| PodStatus {
         phase: s.phase,
         ..Default::default()
     });
+}
+
+fn trim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    d.metadata.annotations = None;
+    d.spec = d.spec.take().map(|s| DeploymentSpec {
+        replicas: s.replicas,
+        selector: s.selector,
+        template: PodTemplateSpec {
+            metadata: s.template.metadata.map(|m| ObjectMeta {
+                labels: m.labels,
+                ..Default::default()
+            }),
+            spec: None,
+        },
+        ..Default::default()
+    });
+    d.status = d.status.take().map(|s| DeploymentStatus {
+        available_replicas: s.available_replicas,
+        ready_replicas: s.ready_replicas,
+        replicas: s.replicas,
+        ..Default::default()
+    });
+}
+
+fn trim_pdb(p: &mut PodDisruptionBudget) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.status = None;
+}
+
+fn trim_namespace(n: &mut Namespace) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    n.spec = None;
+    n.status = None;
+}
+
+fn trim_gateway(g: &mut Gateway) {
+    g.metadata.managed_fields = None;
+    g.metadata.annotations = None;
+    g.spec = GatewaySpec::default();
+}
+
+/// A Gateway API Gateway, as far as the waypoint gate reads it.
+#[derive(
+    kube::CustomResource,
+    serde::Serialize,
+    serde::Deserialize,
+    Clone,
+    Debug,
+    Default,
+    schemars::JsonSchema,
+)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "Gateway",
+    namespaced,
+    status = "GatewayStatus"
+)]
+pub struct GatewaySpec {
+    #[serde(
+        default,
+        rename = "gatewayClassName",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_class_name: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, schemars::JsonSchema)]
+pub struct GatewayStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Aborts the task when dropped (with the task that owns it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches Gateways if the Gateway API is installed; checks once at start.
+fn spawn_gateways(client: &Client, slot: Arc<OnceLock<Store<Gateway>>>) -> JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        use backon::{ExponentialBuilder, Retryable};
+        let group = "gateway.networking.k8s.io/v1";
+        let find = || async { client.list_api_group_resources(group).await };
+        let found = find
+            .retry(ExponentialBuilder::default().with_max_times(5))
+            .when(|e| !matches!(e, kube::Error::Api(s) if s.code == 404))
+            .await;
+        match found {
+            Ok(list) if list.resources.iter().any(|r| r.name == "gateways") => {
+                let (store, task) = watch_cache::spawn(
+                    Api::<Gateway>::all(client),
+                    watcher::Config::default(),
+                    trim_gateway,
+                    || {},
+                );
+                let _guard = AbortOnDrop(task);
+                let _ = slot.set(store);
+                std::future::pending::<()>().await;
+            }
+            Ok(_) => tracing::info!(
+                "the Gateway API has no gateways resource: waypoint Gateways are not checked"
+            ),
+            Err(e) => {
+                tracing::info!(error = %e, "the Gateway API is not installed: waypoint Gateways are not checked")
+            }
+        }
+    })
 }
 
 fn trim_daemon_set(d: &mut DaemonSet) {
@@ -126,7 +276,7 @@ impl Observed {
         let (revisioned_pods, t2) = spawn(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(REVISION_HASH_LABEL),
-            trim_pod,
+            trim_revisioned_pod,
             Some(changed.clone()),
         );
         let (all_pods, t6) = spawn(
@@ -157,6 +307,26 @@ impl Observed {
             trim_rollout,
             Some(changed.clone()),
         );
+        let (deployments, t7) = spawn(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            trim_deployment,
+            None,
+        );
+        let (pdbs, t8) = spawn(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            watcher::Config::default(),
+            trim_pdb,
+            None,
+        );
+        let (namespaces, t9) = spawn(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            trim_namespace,
+            None,
+        );
+        let gateways = Arc::new(OnceLock::new());
+        let t10 = spawn_gateways(client, gateways.clone());
         Self {
             nodes,
             revisioned_pods,
@@ -164,8 +334,12 @@ impl Observed {
             daemon_sets,
             revisions,
             rollouts,
+            deployments,
+            pdbs,
+            namespaces,
+            gateways,
             changed,
-            tasks: vec![t1, t2, t3, t4, t5, t6],
+            tasks: vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10],
         }
     }
 
@@ -177,5 +351,8 @@ impl Observed {
         let _ = self.daemon_sets.wait_until_ready().await;
         let _ = self.revisions.wait_until_ready().await;
         let _ = self.rollouts.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.pdbs.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
     }
 }

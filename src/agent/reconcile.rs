@@ -21,9 +21,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::events::{EventSink, Notice};
 use super::observe::Observed;
-use crate::api::ztunnel_rollout::{ZtunnelRollout, ZtunnelRolloutStatus};
+use super::verify::{GateEvent, GateMessage, GateRequest, Gates};
+use crate::api::ztunnel_rollout::{RollbackStatus, ZtunnelRollout, ZtunnelRolloutStatus};
 use crate::drain::report::Outcome;
 use crate::drain::{DrainOptions, Drainer};
+use crate::health::http_client::HttpClient;
 use crate::leader::{Leadership, NotLeader};
 use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels};
 use crate::rollout::node_actions::{
@@ -34,7 +36,8 @@ use crate::rollout::node_machine::{
 };
 use crate::rollout::planner::{self, Decision, NodeObservation, NodeProgress};
 use crate::rollout::revision::{
-    REVISION_HASH_LABEL, StrategyVerdict, current_revision_hash, strategy_verdict,
+    REVISION_HASH_LABEL, StrategyVerdict, current_revision_hash, previous_revision,
+    strategy_verdict,
 };
 use crate::rollout::settings::{RolloutSettings, settings};
 use crate::rollout::status::{
@@ -74,9 +77,16 @@ struct DrainDone {
 #[derive(Default)]
 struct Run {
     records: BTreeMap<String, TrackedNode>,
-    drains: Drains,
+    drains: Tasks,
     drain_results: HashMap<String, Result<(), String>>,
-    verifications: HashMap<String, Result<(), String>>,
+    /// Health gate tasks by node, and their verdicts.
+    gates: Tasks,
+    verifications: HashMap<String, Result<String, String>>,
+    /// Set when the failure policy rolled the DaemonSet back (persisted in the status).
+    rollback: Option<RollbackStatus>,
+    /// When the rollback's DaemonSet patch was last sent (the watch shows it later).
+    undo_sent: Option<Instant>,
+    warned_waypoints: bool,
     failures: HashMap<String, u32>,
     written: Option<ZtunnelRolloutStatus>,
     written_at: Option<Instant>,
@@ -90,11 +100,11 @@ struct Run {
     has_finalizer: bool,
 }
 
-/// Drain tasks by node; dropping cancels them.
+/// Drain or gate tasks by node; dropping cancels them.
 #[derive(Default)]
-struct Drains(HashMap<String, JoinHandle<()>>);
+struct Tasks(HashMap<String, JoinHandle<()>>);
 
-impl Drop for Drains {
+impl Drop for Tasks {
     fn drop(&mut self) {
         for t in self.0.values() {
             t.abort();
@@ -106,6 +116,8 @@ impl Drop for Drains {
 struct View {
     name: String,
     ds_namespace: String,
+    ds_name: String,
+    ds_uid: String,
     /// The DaemonSet is RollingUpdate and the spec allows it.
     rolling_update: bool,
     reference: ObjectReference,
@@ -131,6 +143,8 @@ pub struct Reconciler {
     runs: HashMap<String, Run>,
     drain_tx: mpsc::UnboundedSender<DrainDone>,
     drain_rx: mpsc::UnboundedReceiver<DrainDone>,
+    gates: Arc<Gates>,
+    gate_rx: mpsc::UnboundedReceiver<GateMessage>,
 }
 
 /// Why a pass stopped early.
@@ -198,6 +212,7 @@ fn refresh(o: &mut NodeObservation, run: &Run, n: &Node, rollout: &str) {
         .get(&o.name)
         .map_or(NodeProgress::Pending, |t| progress(t.record.phase));
     o.cordoned_by_others = unschedulable(n) && !cordoned_by_us(run, n, rollout);
+    o.cordoned = unschedulable(n);
 }
 
 /// Whether the node's cordon is ours: by the record (the watch may not show our last
@@ -240,6 +255,12 @@ impl Reconciler {
         settings: ReconcileSettings,
     ) -> Self {
         let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+        let (gate_tx, gate_rx) = mpsc::unbounded_channel();
+        let gates = Arc::new(Gates {
+            observed: observed.clone(),
+            http: HttpClient::new(),
+            tx: gate_tx,
+        });
         Self {
             actions: NodeActions::new(client.clone(), leadership.clone()),
             drainer: Arc::new(Drainer::new(client.clone()).guarded_by(leadership.clone())),
@@ -252,6 +273,8 @@ impl Reconciler {
             runs: HashMap::new(),
             drain_tx,
             drain_rx,
+            gates,
+            gate_rx,
         }
     }
 
@@ -260,6 +283,7 @@ impl Reconciler {
     pub fn reset(&mut self) {
         self.runs.clear();
         while self.drain_rx.try_recv().is_ok() {}
+        while self.gate_rx.try_recv().is_ok() {}
     }
 
     /// One pass over every rollout. Returns when the loop must run again at the latest
@@ -270,6 +294,24 @@ impl Reconciler {
             if let Some(run) = self.runs.get_mut(&done.rollout_uid) {
                 run.drains.0.remove(&done.node);
                 run.drain_results.insert(done.node, done.result);
+            }
+        }
+        while let Ok(m) = self.gate_rx.try_recv() {
+            let Some(run) = self.runs.get_mut(&m.rollout_uid) else {
+                continue;
+            };
+            match m.event {
+                GateEvent::Waiting(why) => {
+                    if let Some(t) = run.records.get_mut(&m.node)
+                        && t.record.phase == NodePhase::ZtunnelReady
+                    {
+                        t.message = format!("verifying: {why}");
+                    }
+                }
+                GateEvent::Done(result) => {
+                    run.gates.0.remove(&m.node);
+                    run.verifications.insert(m.node, result);
+                }
             }
         }
         let rollouts = self.observed.rollouts.state();
@@ -288,7 +330,7 @@ impl Reconciler {
         for r in self.observed.rollouts.state() {
             let Some(uid) = r.uid() else { continue };
             if let Some(mut run) = self.runs.remove(&uid) {
-                for t in run.drains.0.drain() {
+                for t in run.drains.0.drain().chain(run.gates.0.drain()) {
                     t.1.abort();
                 }
                 if let Some(standing) = run.standing.clone()
@@ -333,6 +375,7 @@ impl Reconciler {
                 .status
                 .as_ref()
                 .map_or(0, |s| s.counts.total as usize),
+            rollback: current.status.as_ref().and_then(|s| s.rollback.clone()),
             written: current.status.clone(),
             has_finalizer: current.finalizers().iter().any(|f| f == FINALIZER),
             ..Default::default()
@@ -363,6 +406,68 @@ impl Reconciler {
             Ok(view) => view,
             Err(standing) => return self.record(r, run, standing).await,
         };
+        if let Some(rollback) = run.rollback.clone()
+            && view.target.revision_hash == rollback.from
+        {
+            // The undo is sent (or a crash came before it): wait until the DaemonSet
+            // shows the restored revision, sending it again if it never arrives.
+            let resend = run
+                .undo_sent
+                .is_none_or(|at| at.elapsed() > Duration::from_secs(10));
+            let mut wake = Some(Instant::now() + Duration::from_secs(10));
+            if resend {
+                let result = match self.revision_named(&view, &rollback.to) {
+                    Some(revision) => {
+                        super::rollback::undo(
+                            &self.client,
+                            &self.leadership,
+                            &view.ds_namespace,
+                            &view.ds_name,
+                            &revision,
+                        )
+                        .await
+                    }
+                    None => Err(super::rollback::UndoError::NoData {
+                        namespace: view.ds_namespace.clone(),
+                        name: format!("(revision {} is gone)", rollback.to),
+                    }),
+                };
+                match result {
+                    Ok(()) => run.undo_sent = Some(Instant::now()),
+                    Err(super::rollback::UndoError::NotLeader(e)) => return Err(e.into()),
+                    Err(e) => {
+                        warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
+                        wake = Some(Instant::now() + retry_delay(3));
+                    }
+                }
+            }
+            let standing = Standing {
+                phase: RolloutPhase::RollingBack,
+                reason: "RollingBack".into(),
+                message: format!(
+                    "restoring DaemonSet revision {} (after: {})",
+                    rollback.to, rollback.reason
+                ),
+            };
+            return Ok(earliest(wake, self.record(r, run, standing).await?));
+        }
+        if !run.warned_waypoints {
+            run.warned_waypoints = true;
+            if let Some(selector) = &view.settings.health.waypoint_selector {
+                let found = super::verify::waypoints(&self.observed, selector);
+                let warnings = crate::health::gates::waypoint_warnings(&found);
+                if !warnings.is_empty() {
+                    // One Event: the recorder merges Events of one reason into a series.
+                    self.notice(
+                        &view.reference,
+                        None,
+                        true,
+                        "WaypointAtRisk",
+                        warnings.join("; "),
+                    );
+                }
+            }
+        }
         if let Some(previous) = run
             .target
             .as_ref()
@@ -440,20 +545,30 @@ impl Reconciler {
             },
             Decision::Complete => {
                 wake = earliest(wake, self.remove_waiting_taints(&view).await?);
-                Standing {
-                    phase: RolloutPhase::Complete,
-                    reason: "AllNodesDone".into(),
-                    message: format!(
-                        "every node runs ztunnel revision {}",
-                        view.target.revision_hash
-                    ),
+                match &run.rollback {
+                    Some(rb) => Standing {
+                        phase: RolloutPhase::RolledBack,
+                        reason: "RolledBack".into(),
+                        message: format!(
+                            "every node runs the restored ztunnel revision {} again; revision {} failed: {}",
+                            view.target.revision_hash, rb.from, rb.reason
+                        ),
+                    },
+                    None => Standing {
+                        phase: RolloutPhase::Complete,
+                        reason: "AllNodesDone".into(),
+                        message: format!(
+                            "every node runs ztunnel revision {}",
+                            view.target.revision_hash
+                        ),
+                    },
                 }
             }
-            Decision::Blocked { wave, failed } => Standing {
-                phase: RolloutPhase::Blocked,
-                reason: "NodeFailed".into(),
-                message: format!(
-                    "wave {wave} stopped: {}",
+            Decision::Blocked { wave, failed } => {
+                let why = format!(
+                    "wave {wave}: {} of at most {} tolerated node failures: {}",
+                    failed.len(),
+                    view.settings.health.max_failed_nodes,
                     failed
                         .iter()
                         .map(|n| {
@@ -462,8 +577,13 @@ impl Reconciler {
                         })
                         .collect::<Vec<_>>()
                         .join("; ")
-                ),
-            },
+                );
+                let (standing, now) = self.failure_policy(&view, run, why);
+                if now {
+                    wake = Some(Instant::now());
+                }
+                standing
+            }
             Decision::Start { wave, nodes } => {
                 if run.wave.as_ref() != Some(wave) {
                     self.notice(
@@ -557,6 +677,98 @@ impl Reconciler {
         Ok(earliest(wake, self.record(r, run, standing).await?))
     }
 
+    /// More nodes failed than tolerated: pause, or start the rollback (once nothing is
+    /// in flight). Returns the standing, and whether to run again at once.
+    fn failure_policy(&self, view: &View, run: &mut Run, why: String) -> (Standing, bool) {
+        let pause = |extra: &str| Standing {
+            phase: RolloutPhase::Paused,
+            reason: crate::rollout::status::NODE_FAILED.into(),
+            message: format!(
+                "{why}. No new node starts{extra}; raise spec.health.maxFailedNodes to go on past the failed nodes, or abort the rollout"
+            ),
+        };
+        if !view.settings.health.rollback {
+            return (pause(""), false);
+        }
+        if run.rollback.is_some() {
+            return (pause(" (the rollback itself failed)"), false);
+        }
+        let revisions: Vec<_> = self
+            .observed
+            .revisions
+            .state()
+            .iter()
+            .map(|r| r.as_ref().clone())
+            .collect();
+        let Some((_, to)) = previous_revision(
+            &view.ds_name,
+            &view.ds_uid,
+            &view.target.revision_hash,
+            &revisions,
+        ) else {
+            return (
+                pause(" (onFailure is Rollback, but the DaemonSet has no previous revision)"),
+                false,
+            );
+        };
+        let in_flight = counts(run.total, run.records.values()).in_flight;
+        if in_flight > 0 {
+            let standing = Standing {
+                phase: RolloutPhase::RollingBack,
+                reason: "RollbackPending".into(),
+                message: format!(
+                    "{why}. Rolling back to revision {to} once the {in_flight} node(s) in flight finish"
+                ),
+            };
+            return (standing, false);
+        }
+        self.notice(
+            &view.reference,
+            None,
+            true,
+            "RollbackStarted",
+            format!(
+                "restoring DaemonSet revision {to} and rolling the updated nodes back, waves in reverse: {why}"
+            ),
+        );
+        // Failed nodes go through the sequence again, towards the restored revision.
+        for t in run.records.values_mut() {
+            if t.record.phase == NodePhase::Failed {
+                *t = TrackedNode::pending(view.now);
+            }
+        }
+        run.verifications.clear();
+        run.drain_results.clear();
+        run.undo_sent = None;
+        let rollback = RollbackStatus {
+            from: view.target.revision_hash.clone(),
+            to: to.clone(),
+            reason: why,
+        };
+        let standing = Standing {
+            phase: RolloutPhase::RollingBack,
+            reason: "RollingBack".into(),
+            message: format!(
+                "restoring DaemonSet revision {to} (after: {})",
+                rollback.reason
+            ),
+        };
+        run.rollback = Some(rollback);
+        (standing, true)
+    }
+
+    /// The name of the DaemonSet's ControllerRevision with `hash`.
+    fn revision_named(&self, view: &View, hash: &str) -> Option<String> {
+        self.observed.revisions.state().iter().find_map(|r| {
+            let owned = r
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == view.ds_uid);
+            (owned && r.labels().get(REVISION_HASH_LABEL).map(String::as_str) == Some(hash))
+                .then(|| r.name_any())
+        })
+    }
+
     /// Gathers what a pass needs, or the reason the rollout cannot proceed.
     fn view(&self, r: &ZtunnelRollout, name: &str, run: &Run) -> Result<View, Standing> {
         let blocked = |reason: &str, message: String| Standing {
@@ -564,7 +776,8 @@ impl Reconciler {
             reason: reason.to_owned(),
             message,
         };
-        let settings = settings(&r.spec).map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        let mut settings = settings(&r.spec).map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        settings.waves.reverse = run.rollback.is_some();
         if r.spec.waves.approval == crate::api::ztunnel_rollout::Approval::Manual {
             // Never ignore a hold the operator asked for: refuse until approvals exist.
             return Err(blocked(
@@ -656,6 +869,7 @@ impl Reconciler {
                     not_ready: !node_ready(n),
                     cordoned_by_others: false,
                     pods: pods_per_node.get(node).copied().unwrap_or(0),
+                    cordoned: unschedulable(n),
                 };
                 refresh(&mut o, run, n, name);
                 o
@@ -671,12 +885,15 @@ impl Reconciler {
         Ok(View {
             name: name.to_owned(),
             ds_namespace: ds_ref.namespace.clone(),
+            ds_name: ds_ref.name.clone(),
+            ds_uid,
             rolling_update,
             reference: r.object_ref(&()),
             target: Target {
                 revision_hash: hash,
                 cycle_current: r.spec.cycle_current,
                 ztunnel_ready_timeout: settings.ztunnel_ready_timeout,
+                uncordon_failed: settings.health.uncordon_failed_nodes,
             },
             settings,
             nodes,
@@ -839,10 +1056,22 @@ impl Reconciler {
                 Ok(Executed::Mutated)
             }
             Action::Verify => {
-                // The health gates plug in here; until then a Ready ztunnel pod on the
-                // current revision (checked by the machine) is the verdict.
-                run.verifications.insert(node.to_owned(), Ok(()));
-                Ok(Executed::Continue)
+                if !run.gates.0.contains_key(node) {
+                    let tracked = run.records.get(node);
+                    let request = GateRequest {
+                        rollout_uid: view.reference.uid.clone().unwrap_or_default(),
+                        node: node.to_owned(),
+                        ds_uid: view.ds_uid.clone(),
+                        target_hash: view.target.revision_hash.clone(),
+                        settings: view.settings.health.clone(),
+                        ready_since: tracked.map_or(view.now, |t| t.record.since),
+                        touched_at: tracked.and_then(|t| t.started),
+                    };
+                    run.gates
+                        .0
+                        .insert(node.to_owned(), self.gates.spawn(request));
+                }
+                Ok(Executed::Waiting(None))
             }
             Action::Release { uncordon } => {
                 self.actions.release(&view.name, node, *uncordon).await?;
@@ -1107,7 +1336,7 @@ impl Reconciler {
         run: &mut Run,
         deleting: bool,
     ) -> Result<Option<Instant>, PassError> {
-        for (_, t) in run.drains.0.drain() {
+        for (_, t) in run.drains.0.drain().chain(run.gates.0.drain()) {
             t.abort();
         }
         let mut retry = None;
@@ -1167,7 +1396,7 @@ impl Reconciler {
         run: &mut Run,
         standing: Standing,
     ) -> Result<Option<Instant>, PassError> {
-        let warning = standing.phase == RolloutPhase::Blocked;
+        let warning = standing.degraded();
         if run.standing.as_ref() != Some(&standing) {
             if warning {
                 warn!(reason = %standing.reason, "{}", standing.message);
@@ -1229,6 +1458,7 @@ impl Reconciler {
                 standing,
             ),
             counts: counts(run.total, run.records.values()),
+            rollback: run.rollback.clone(),
             nodes: node_statuses(&run.records),
         };
         if run.written.as_ref() == Some(&status) {

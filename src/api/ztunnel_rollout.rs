@@ -56,6 +56,175 @@ pub struct ZtunnelRolloutSpec {
     /// cordoned (never others), remove its annotations and taints. Final.
     #[serde(default)]
     pub abort: bool,
+    /// What proves a node healthy before it is uncordoned, and what a failure does.
+    #[serde(default)]
+    pub health: HealthSpec,
+}
+
+/// The health gates a node passes after its new ztunnel pod is Ready. Every gate fails
+/// closed: an unreachable endpoint, a malformed answer or a query without data fails the
+/// node unless `noData: Pass` says otherwise.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSpec {
+    /// How long a node must stay healthy, without a break, before it is Verified.
+    #[serde(default = "default_soak")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub soak: String,
+    /// How often the gates are evaluated while a node soaks.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+    /// A node whose gates have not all passed this long after its ztunnel pod became
+    /// Ready fails (e.g. a waypoint that never becomes Ready again).
+    #[serde(default = "default_gate_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: String,
+    /// What happens when more than `maxFailedNodes` nodes have failed.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+    /// Failed nodes tolerated before the failure policy applies (the circuit breaker).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_failed_nodes: u32,
+    /// Uncordon a failed node (if the rollout cordoned it) instead of leaving it
+    /// cordoned for inspection.
+    #[serde(default)]
+    pub uncordon_failed_nodes: bool,
+    /// A check that gets no data (query without series, metric missing): `Fail` (the
+    /// default) or `Pass`. Unreachable endpoints and malformed answers always fail.
+    #[serde(default)]
+    pub no_data: NoDataPolicy,
+    #[serde(default)]
+    pub waypoints: WaypointGateSpec,
+    /// Scrape the node's ztunnel metrics endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ztunnel_metrics: Option<ZtunnelMetricsSpec>,
+    /// PromQL checks against a Prometheus HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            soak: default_soak(),
+            interval: default_interval(),
+            timeout: default_gate_timeout(),
+            on_failure: FailurePolicy::default(),
+            max_failed_nodes: 0,
+            uncordon_failed_nodes: false,
+            no_data: NoDataPolicy::default(),
+            waypoints: WaypointGateSpec::default(),
+            ztunnel_metrics: None,
+            prometheus: None,
+        }
+    }
+}
+
+fn default_soak() -> String {
+    "0s".to_owned()
+}
+
+fn default_interval() -> String {
+    "5s".to_owned()
+}
+
+fn default_gate_timeout() -> String {
+    "5m".to_owned()
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum FailurePolicy {
+    /// No new node starts; the failed node stays as it is (see `uncordonFailedNodes`).
+    #[default]
+    Pause,
+    /// Restore the DaemonSet's previous revision and roll the updated nodes back, wave
+    /// by wave in reverse, through the same sequence.
+    Rollback,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum NoDataPolicy {
+    #[default]
+    Fail,
+    Pass,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointGateSpec {
+    /// Skip the waypoint gate.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Which Deployments are waypoints; Istio's managed waypoints
+    /// (`gateway.istio.io/managed=istio.io-mesh-controller`) when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZtunnelMetricsSpec {
+    #[serde(default = "default_ztunnel_metrics_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Proxy counts must match the node's ambient pods (no pending proxies).
+    #[serde(default = "default_true")]
+    pub check_proxies: bool,
+    /// Most failed connections per second over the soak (`istio_tcp_connections_failed_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_failed_connections_per_second: Option<f64>,
+}
+
+fn default_ztunnel_metrics_port() -> u16 {
+    15020
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSpec {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must start with http:// or https://"))]
+    pub url: String,
+    /// Deadline for one query.
+    #[serde(default = "default_query_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub query_timeout: String,
+    #[schemars(length(min = 1, max = 32))]
+    pub queries: Vec<PrometheusQuery>,
+}
+
+fn default_query_timeout() -> String {
+    "10s".to_owned()
+}
+
+/// A PromQL query returning one number; `$node` is replaced by the node's name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.max) != has(self.maxIncrease)").message("set exactly one of max and maxIncrease"))]
+pub struct PrometheusQuery {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// The value may be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The value may exceed its baseline — the same query evaluated just before the node
+    /// was cordoned — by at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_increase: Option<f64>,
 }
 
 fn default_ztunnel_ready_timeout() -> String {
@@ -157,9 +326,23 @@ pub struct ZtunnelRolloutStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub counts: NodeCounts,
+    /// Set while (and after) the failure policy rolled the DaemonSet back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
     /// Nodes that are not Pending, with their phase; compact for 1,000+ nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The revision hash that failed.
+    pub from: String,
+    /// The previous revision hash, restored on the DaemonSet.
+    pub to: String,
+    /// The failure that triggered it.
+    pub reason: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

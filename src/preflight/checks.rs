@@ -240,7 +240,9 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
             ));
         }
         let labels = d.metadata.labels.clone().unwrap_or_default();
-        let is_waypoint = labels.get("gateway.istio.io/managed").map(String::as_str)
+        let is_waypoint = labels
+            .get(crate::health::gates::WAYPOINT_MANAGED_LABEL)
+            .map(String::as_str)
             == Some("istio.io-mesh-controller");
         if is_waypoint {
             let template_labels = spec

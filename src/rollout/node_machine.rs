@@ -82,8 +82,9 @@ pub struct NodeFacts {
     pub ztunnel_pods: Vec<ZtunnelPod>,
     /// The outcome of this node's drain, once it ended: Ok, or Err with the reason.
     pub drain: Option<Result<(), String>>,
-    /// The verdict of the health gates, once taken: Ok, or Err with the failed check.
-    pub verification: Option<Result<(), String>>,
+    /// The verdict of the health gates, once taken: Ok with what was seen, or Err with
+    /// the failed check, its value and its threshold.
+    pub verification: Option<Result<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +94,9 @@ pub struct Target {
     /// Replace ztunnel even on nodes already on the current revision.
     pub cycle_current: bool,
     pub ztunnel_ready_timeout: Duration,
+    /// Release (uncordon, if we cordoned it) a node when it fails, instead of leaving it
+    /// cordoned for inspection.
+    pub uncordon_failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +171,18 @@ fn prior(record: &NodeRecord, facts: &NodeFacts) -> Option<bool> {
         .or(facts.annotated_was_unschedulable)
 }
 
+/// Enter Failed: the node stays as it is, or is released if the settings say so.
+fn fail(record: &NodeRecord, facts: &NodeFacts, target: &Target, message: String) -> Step {
+    let action = if target.uncordon_failed {
+        Action::Release {
+            uncordon: prior(record, facts) == Some(false),
+        }
+    } else {
+        Action::None
+    };
+    step(NodePhase::Failed, action, message)
+}
+
 /// The next phase and action for a node.
 pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: Timestamp) -> Step {
     use NodePhase::*;
@@ -214,7 +230,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
         Cordoned => match &facts.drain {
             None => step(Cordoned, Action::Drain, "draining"),
             Some(Ok(())) => step(Drained, Action::None, "drained"),
-            Some(Err(reason)) => step(Failed, Action::None, format!("drain failed: {reason}")),
+            Some(Err(reason)) => fail(record, facts, target, format!("drain failed: {reason}")),
         },
         Drained => {
             if let Some(old) = outdated(facts, target) {
@@ -250,9 +266,10 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
                 .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
             let deadline = record.since.checked_add(timeout).unwrap_or(Timestamp::MAX);
             if now >= deadline {
-                return step(
-                    Failed,
-                    Action::None,
+                return fail(
+                    record,
+                    facts,
+                    target,
                     format!(
                         "no Ready ztunnel pod on revision {} within {}s",
                         target.revision_hash,
@@ -270,10 +287,12 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, now: T
         }
         ZtunnelReady => match &facts.verification {
             None => step(ZtunnelReady, Action::Verify, "verifying"),
-            Some(Ok(())) => step(Verified, Action::None, "verified"),
-            Some(Err(check)) => step(
-                Failed,
-                Action::None,
+            Some(Ok(note)) if note.is_empty() => step(Verified, Action::None, "verified"),
+            Some(Ok(note)) => step(Verified, Action::None, format!("verified: {note}")),
+            Some(Err(check)) => fail(
+                record,
+                facts,
+                target,
                 format!("verification failed: {check}"),
             ),
         },
@@ -306,6 +325,7 @@ mod tests {
             revision_hash: "new".into(),
             cycle_current: false,
             ztunnel_ready_timeout: Duration::from_secs(120),
+            uncordon_failed: false,
         }
     }
 
@@ -356,7 +376,7 @@ mod tests {
                 }
                 Action::Drain => facts.drain = Some(Ok(())),
                 Action::DeleteZtunnelPod { .. } => facts.ztunnel_pods = vec![pod("new", true)],
-                Action::Verify => facts.verification = Some(Ok(())),
+                Action::Verify => facts.verification = Some(Ok(String::new())),
                 Action::Release { uncordon } => {
                     facts.annotated_was_unschedulable = None;
                     if *uncordon {
@@ -557,6 +577,45 @@ mod tests {
         let s = next_step(&record(NodePhase::ZtunnelReady), &f, &target(), t("00:01"));
         assert_eq!(s.phase, NodePhase::Failed);
         assert!(s.message.contains("verification failed: istio_tcp"));
+        assert_eq!(
+            s.action,
+            Action::None,
+            "a failed node stays cordoned by default"
+        );
+    }
+
+    #[test]
+    fn failed_nodes_are_released_when_the_settings_say_so() {
+        let release = Target {
+            uncordon_failed: true,
+            ..target()
+        };
+        let mut f = facts(vec![pod("new", true)]);
+        f.verification = Some(Err("waypoints: not Ready".into()));
+        let s = next_step(&record(NodePhase::ZtunnelReady), &f, &release, t("00:01"));
+        assert_eq!(
+            (s.phase, s.action),
+            (NodePhase::Failed, Action::Release { uncordon: true })
+        );
+        // Never uncordon a node someone else had cordoned before us.
+        let mut rec = record(NodePhase::Cordoned);
+        rec.was_unschedulable = Some(true);
+        let mut f = facts(vec![pod("old", true)]);
+        f.drain = Some(Err("timed out".into()));
+        let s = next_step(&rec, &f, &release, t("00:01"));
+        assert_eq!(
+            (s.phase, s.action),
+            (NodePhase::Failed, Action::Release { uncordon: false })
+        );
+    }
+
+    #[test]
+    fn the_verified_message_says_what_the_gates_saw() {
+        let mut f = facts(vec![pod("new", true)]);
+        f.verification = Some(Ok("waypoints: 2 Ready".into()));
+        let s = next_step(&record(NodePhase::ZtunnelReady), &f, &target(), t("00:01"));
+        assert_eq!(s.phase, NodePhase::Verified);
+        assert_eq!(s.message, "verified: waypoints: 2 Ready");
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct WavePolicy {
     pub max_unavailable: MaxUnavailable,
     /// Nodes in a first, canary wave.
     pub canary: Option<usize>,
+    /// Failed nodes tolerated before the rollout stops (the circuit breaker): below it a
+    /// failed node is left as it is and its wave goes on.
+    pub max_failed: usize,
+    /// Waves in reverse order (a rollback).
+    pub reverse: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +75,16 @@ pub struct NodeObservation {
     pub cordoned_by_others: bool,
     /// Application pods on the node (what its drain will evict).
     pub pods: usize,
+    /// The node is cordoned (by anyone): a failed node left cordoned still counts
+    /// against the budget.
+    pub cordoned: bool,
 }
 
 impl NodeObservation {
     fn unavailable(&self) -> bool {
-        self.not_ready || self.cordoned_by_others
+        self.not_ready
+            || self.cordoned_by_others
+            || (self.progress == NodeProgress::Failed && self.cordoned)
     }
 }
 
@@ -145,7 +155,7 @@ pub fn plan_waves(nodes: &[NodeObservation], policy: &WavePolicy) -> Vec<Wave> {
 pub enum Decision {
     /// Start these nodes now (possibly none: the budget is used up; wait).
     Start { wave: String, nodes: Vec<String> },
-    /// The current wave has a failed node; the failure policy decides what happens.
+    /// More nodes failed than `max_failed` allows; the failure policy decides.
     Blocked { wave: String, failed: Vec<String> },
     /// Every node is finished.
     Complete,
@@ -155,25 +165,34 @@ pub enum Decision {
 pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
     let by_name: BTreeMap<&str, &NodeObservation> =
         nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    for wave in plan_waves(nodes, policy) {
+    let failed: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.progress == NodeProgress::Failed)
+        .map(|n| n.name.clone())
+        .collect();
+    let mut waves = plan_waves(nodes, policy);
+    if policy.reverse {
+        waves.reverse();
+    }
+    for wave in waves {
         let members: Vec<&NodeObservation> = wave
             .nodes
             .iter()
             .filter_map(|n| by_name.get(n.as_str()).copied())
             .collect();
-        if members.iter().all(|n| n.progress == NodeProgress::Finished) {
-            continue;
-        }
-        let failed: Vec<String> = members
-            .iter()
-            .filter(|n| n.progress == NodeProgress::Failed)
-            .map(|n| n.name.clone())
-            .collect();
-        if !failed.is_empty() {
+        if failed.len() > policy.max_failed
+            && members.iter().any(|n| n.progress == NodeProgress::Failed)
+        {
             return Decision::Blocked {
                 wave: wave.name,
                 failed,
             };
+        }
+        if members
+            .iter()
+            .all(|n| matches!(n.progress, NodeProgress::Finished | NodeProgress::Failed))
+        {
+            continue;
         }
         let budget = policy.max_unavailable.budget(members.len());
         let used = members
@@ -227,6 +246,7 @@ mod tests {
             not_ready: false,
             cordoned_by_others: false,
             pods: 0,
+            cordoned: false,
         }
     }
 
@@ -236,6 +256,8 @@ mod tests {
             order: order.iter().map(|s| s.to_string()).collect(),
             max_unavailable: max,
             canary,
+            max_failed: 0,
+            reverse: false,
         }
     }
 
@@ -349,6 +371,72 @@ mod tests {
         );
         nodes[1].progress = NodeProgress::Finished;
         assert_eq!(next(&nodes, &p), Decision::Complete);
+    }
+
+    #[test]
+    fn tolerated_failures_let_the_wave_go_on_until_the_circuit_breaker_trips() {
+        let mut nodes = vec![
+            node("a1", Some("a")),
+            node("a2", Some("a")),
+            node("a3", Some("a")),
+            node("b1", Some("b")),
+        ];
+        let mut p = policy(&[], MaxUnavailable::Count(1), None);
+        p.max_failed = 1;
+        nodes[0].progress = NodeProgress::Failed;
+        nodes[0].cordoned = true;
+        // The failed node, left cordoned, uses the wave's only slot.
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec![]
+            }
+        );
+        nodes[0].cordoned = false;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec!["a2".into()]
+            }
+        );
+        nodes[1].progress = NodeProgress::Failed;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Blocked {
+                wave: "a".into(),
+                failed: vec!["a1".into(), "a2".into()]
+            }
+        );
+        // Within the limit, a wave of finished and failed nodes gives way to the next.
+        p.max_failed = 2;
+        nodes[2].progress = NodeProgress::Finished;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "b".into(),
+                nodes: vec!["b1".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_rollback_goes_through_the_waves_in_reverse() {
+        let nodes = [
+            node("a1", Some("a")),
+            node("b1", Some("b")),
+            node("c1", Some("c")),
+        ];
+        let mut p = policy(&[], MaxUnavailable::Count(1), None);
+        p.reverse = true;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "c".into(),
+                nodes: vec!["c1".into()]
+            }
+        );
     }
 
     /// A tiny deterministic generator for the simulation's choices.

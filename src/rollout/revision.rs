@@ -61,21 +61,54 @@ pub fn current_revision_hash(
                 .any(|o| o.controller == Some(true) && o.uid == uid)
         })
         .max_by_key(|r| r.revision)
-        .and_then(|r| {
-            r.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(REVISION_HASH_LABEL).cloned())
-                .or_else(|| {
-                    let prefix = format!("{}-", ds.metadata.name.as_deref().unwrap_or_default());
-                    r.metadata
-                        .name
-                        .as_deref()
-                        .and_then(|n| n.strip_prefix(&prefix))
-                        .map(str::to_owned)
-                })
-        })
+        .and_then(|r| revision_hash(ds.metadata.name.as_deref().unwrap_or_default(), r))
         .ok_or(RevisionError::NoRevision(name))
+}
+
+fn revision_hash(ds_name: &str, r: &ControllerRevision) -> Option<String> {
+    r.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(REVISION_HASH_LABEL).cloned())
+        .or_else(|| {
+            r.metadata
+                .name
+                .as_deref()
+                .and_then(|n| n.strip_prefix(&format!("{ds_name}-")))
+                .map(str::to_owned)
+        })
+}
+
+/// The ControllerRevision to roll back to from `current_hash`: the newest one of the
+/// DaemonSet (by uid) older than the current one with another hash — what
+/// `kubectl rollout undo` picks. Its name, or `None` when there is no history.
+pub fn previous_revision(
+    ds_name: &str,
+    ds_uid: &str,
+    current_hash: &str,
+    revisions: &[ControllerRevision],
+) -> Option<(String, String)> {
+    let owned: Vec<(&ControllerRevision, String)> = revisions
+        .iter()
+        .filter(|r| {
+            r.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.uid == ds_uid)
+        })
+        .filter_map(|r| Some((r, revision_hash(ds_name, r)?)))
+        .collect();
+    let current = owned
+        .iter()
+        .filter(|(_, h)| h == current_hash)
+        .map(|(r, _)| r.revision)
+        .max()?;
+    owned
+        .into_iter()
+        .filter(|(r, h)| r.revision < current && h != current_hash)
+        .max_by_key(|(r, _)| r.revision)
+        .and_then(|(r, h)| Some((r.metadata.name.clone()?, h)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +206,32 @@ mod tests {
         assert_eq!(
             current_revision_hash(&ds(3, 3, None), &[unlabelled]),
             Ok("ddd".into())
+        );
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_newest_older_revision_with_another_hash() {
+        let revisions = [
+            revision("a", 1, "ds-uid"),
+            revision("b", 2, "ds-uid"),
+            revision("c", 4, "ds-uid"),
+            revision("x", 3, "other-uid"),
+        ];
+        assert_eq!(
+            previous_revision("ztunnel", "ds-uid", "c", &revisions),
+            Some(("ztunnel-b".into(), "b".into()))
+        );
+        assert_eq!(
+            previous_revision("ztunnel", "ds-uid", "b", &revisions),
+            Some(("ztunnel-a".into(), "a".into()))
+        );
+        assert_eq!(
+            previous_revision("ztunnel", "ds-uid", "a", &revisions),
+            None
+        );
+        assert_eq!(
+            previous_revision("ztunnel", "ds-uid", "zz", &revisions),
+            None
         );
     }
 

@@ -7,10 +7,14 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::planner::{MaxUnavailable, WavePolicy};
-use crate::api::ztunnel_rollout::ZtunnelRolloutSpec;
+use crate::api::ztunnel_rollout::{FailurePolicy, HealthSpec, NoDataPolicy, ZtunnelRolloutSpec};
 use crate::drain::DrainOptions;
 use crate::drain::filter::FilterOptions;
 use crate::duration::parse_duration;
+use crate::health::gates::{
+    HealthSettings, PrometheusSettings, QueryLimit, QuerySettings, WAYPOINT_MANAGED_LABEL,
+    WAYPOINT_MANAGED_VALUE, ZtunnelMetricsSettings,
+};
 use crate::label_selector::Selector;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +34,7 @@ pub struct RolloutSettings {
     pub waves: WavePolicy,
     pub drain: DrainOptions,
     pub ztunnel_ready_timeout: Duration,
+    pub health: HealthSettings,
 }
 
 pub fn max_unavailable(value: &IntOrString) -> Result<MaxUnavailable, String> {
@@ -82,6 +87,8 @@ pub fn settings(spec: &ZtunnelRolloutSpec) -> Result<RolloutSettings, SpecError>
             max_unavailable: max_unavailable(&spec.waves.max_unavailable)
                 .map_err(invalid("waves.maxUnavailable"))?,
             canary: spec.waves.canary_nodes.map(|c| c as usize),
+            max_failed: spec.health.max_failed_nodes as usize,
+            reverse: false,
         },
         drain: DrainOptions {
             filter: FilterOptions {
@@ -97,6 +104,96 @@ pub fn settings(spec: &ZtunnelRolloutSpec) -> Result<RolloutSettings, SpecError>
         },
         ztunnel_ready_timeout: parse_duration(&spec.ztunnel_ready_timeout)
             .map_err(invalid("ztunnelReadyTimeout"))?,
+        health: health(&spec.health)?,
+    })
+}
+
+fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
+    let interval = parse_duration(&spec.interval).map_err(invalid("health.interval"))?;
+    if interval.is_zero() {
+        return Err(invalid("health.interval")("must be more than 0s".into()));
+    }
+    let waypoint_selector = if spec.waypoints.disabled {
+        None
+    } else {
+        Some(match &spec.waypoints.selector {
+            Some(ls) => Selector::from_label_selector(ls)
+                .map_err(|e| invalid("health.waypoints.selector")(e.to_string()))?,
+            None => Selector::parse(&format!(
+                "{WAYPOINT_MANAGED_LABEL}={WAYPOINT_MANAGED_VALUE}"
+            ))
+            .map_err(|e| invalid("health.waypoints.selector")(e.to_string()))?,
+        })
+    };
+    let prometheus = match &spec.prometheus {
+        None => None,
+        Some(p) => {
+            let uri: http::Uri = p
+                .url
+                .parse()
+                .map_err(|e| invalid("health.prometheus.url")(format!("{:?}: {e}", p.url)))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(invalid("health.prometheus.url")(format!(
+                    "{:?} is not an http:// or https:// URL",
+                    p.url
+                )));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            let mut queries = Vec::new();
+            for q in &p.queries {
+                if !names.insert(q.name.as_str()) {
+                    return Err(invalid("health.prometheus.queries")(format!(
+                        "the name {:?} is used twice",
+                        q.name
+                    )));
+                }
+                let limit = match (q.max, q.max_increase) {
+                    (Some(max), None) => QueryLimit::Max(max),
+                    (None, Some(by)) => QueryLimit::MaxIncrease(by),
+                    _ => {
+                        return Err(invalid("health.prometheus.queries")(format!(
+                            "query {:?}: set exactly one of max and maxIncrease",
+                            q.name
+                        )));
+                    }
+                };
+                queries.push(QuerySettings {
+                    name: q.name.clone(),
+                    query: q.query.clone(),
+                    limit,
+                });
+            }
+            if queries.is_empty() {
+                return Err(invalid("health.prometheus.queries")(
+                    "at least one query is needed".into(),
+                ));
+            }
+            Some(PrometheusSettings {
+                url: p.url.trim_end_matches('/').to_owned(),
+                query_timeout: parse_duration(&p.query_timeout)
+                    .map_err(invalid("health.prometheus.queryTimeout"))?,
+                queries,
+            })
+        }
+    };
+    Ok(HealthSettings {
+        soak: parse_duration(&spec.soak).map_err(invalid("health.soak"))?,
+        interval,
+        timeout: parse_duration(&spec.timeout).map_err(invalid("health.timeout"))?,
+        rollback: spec.on_failure == FailurePolicy::Rollback,
+        max_failed_nodes: spec.max_failed_nodes as usize,
+        uncordon_failed_nodes: spec.uncordon_failed_nodes,
+        pass_without_data: spec.no_data == NoDataPolicy::Pass,
+        waypoint_selector,
+        ztunnel_metrics: spec
+            .ztunnel_metrics
+            .as_ref()
+            .map(|z| ZtunnelMetricsSettings {
+                port: z.port,
+                check_proxies: z.check_proxies,
+                max_failed_connections_per_second: z.max_failed_connections_per_second,
+            }),
+        prometheus,
     })
 }
 
@@ -173,5 +270,49 @@ mod tests {
         let e = settings(&s).unwrap_err();
         assert_eq!(e.field, "nodeSelector");
         assert!(e.to_string().starts_with("spec.nodeSelector: "), "{e}");
+    }
+
+    #[test]
+    fn health_settings_default_to_waypoints_only_failing_closed() {
+        let h = settings(&spec()).unwrap().health;
+        assert_eq!(h.soak, Duration::ZERO);
+        assert_eq!(h.timeout, Duration::from_secs(300));
+        assert!(!h.rollback && !h.pass_without_data && !h.uncordon_failed_nodes);
+        assert_eq!(h.max_failed_nodes, 0);
+        let waypoints = h.waypoint_selector.unwrap();
+        assert!(waypoints.matches(&BTreeMap::from([(
+            WAYPOINT_MANAGED_LABEL.to_owned(),
+            WAYPOINT_MANAGED_VALUE.to_owned()
+        )])));
+        assert!(!waypoints.matches(&BTreeMap::new()));
+        assert!(h.prometheus.is_none() && h.ztunnel_metrics.is_none());
+    }
+
+    #[test]
+    fn bad_health_settings_name_their_field() {
+        let with = |health: serde_json::Value| {
+            let mut s = spec();
+            s.health = serde_json::from_value(health).unwrap();
+            settings(&s).unwrap_err()
+        };
+        assert_eq!(
+            with(serde_json::json!({"interval": "0s"})).field,
+            "health.interval"
+        );
+        let q = |name: &str| serde_json::json!({"name": name, "query": "up", "max": 1.0});
+        let e = with(
+            serde_json::json!({"prometheus": {"url": "http://p:9090", "queries": [q("a"), q("a")]}}),
+        );
+        assert_eq!(e.field, "health.prometheus.queries");
+        assert!(e.message.contains("\"a\" is used twice"), "{e}");
+        let e = with(serde_json::json!({"prometheus": {"url": "http://", "queries": [q("a")]}}));
+        assert_eq!(e.field, "health.prometheus.url");
+        let both = serde_json::json!({"name": "b", "query": "up", "max": 1.0, "maxIncrease": 1.0});
+        let e =
+            with(serde_json::json!({"prometheus": {"url": "http://p:9090", "queries": [both]}}));
+        assert!(
+            e.message.contains("exactly one of max and maxIncrease"),
+            "{e}"
+        );
     }
 }

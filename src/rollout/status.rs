@@ -108,6 +108,10 @@ pub enum RolloutPhase {
     Blocked,
     Complete,
     Aborted,
+    /// The failure policy restores the previous revision on the updated nodes.
+    RollingBack,
+    /// Every node runs the restored previous revision again.
+    RolledBack,
 }
 
 impl RolloutPhase {
@@ -119,6 +123,8 @@ impl RolloutPhase {
             RolloutPhase::Blocked => "Blocked",
             RolloutPhase::Complete => "Complete",
             RolloutPhase::Aborted => "Aborted",
+            RolloutPhase::RollingBack => "RollingBack",
+            RolloutPhase::RolledBack => "RolledBack",
         }
     }
 }
@@ -130,6 +136,21 @@ pub struct Standing {
     /// CamelCase reason for the conditions and Events.
     pub reason: String,
     pub message: String,
+}
+
+/// The reason of a pause the failure policy made (not `spec.paused`).
+pub const NODE_FAILED: &str = "NodeFailed";
+
+impl Standing {
+    /// Something failed: the rollout cannot proceed, a failure paused it, or it rolls
+    /// (or rolled) back.
+    pub fn degraded(&self) -> bool {
+        match self.phase {
+            RolloutPhase::Blocked | RolloutPhase::RollingBack | RolloutPhase::RolledBack => true,
+            RolloutPhase::Paused => self.reason == NODE_FAILED,
+            _ => false,
+        }
+    }
 }
 
 pub const PROGRESSING: &str = "Progressing";
@@ -152,8 +173,8 @@ pub fn conditions(
     let wanted: [(&str, bool, (&str, &str)); 4] = [
         (
             PROGRESSING,
-            matches!(phase, Pending | Progressing),
-            if matches!(phase, Pending | Progressing) {
+            matches!(phase, Pending | Progressing | RollingBack),
+            if matches!(phase, Pending | Progressing | RollingBack) {
                 own
             } else {
                 (phase.as_str(), "no node is being started")
@@ -170,8 +191,8 @@ pub fn conditions(
         ),
         (
             DEGRADED,
-            phase == Blocked,
-            if phase == Blocked {
+            standing.degraded(),
+            if standing.degraded() {
                 own
             } else {
                 fine("AsExpected", "no failed node or check")

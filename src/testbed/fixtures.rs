@@ -28,9 +28,9 @@ pub const FIELD_MANAGER: &str = "local-cluster";
 pub const NODE_SET_LABEL: &str = "local-cluster.ztunnel-rollout.dev/node-set";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const POOL_LABEL: &str = "local-cluster.ztunnel-rollout.dev/pool";
-pub const WAYPOINT_MANAGED_LABEL: &str = "gateway.istio.io/managed";
-pub const WAYPOINT_MANAGED_VALUE: &str = "istio.io-mesh-controller";
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+pub use crate::health::gates::{
+    GATEWAY_NAME_LABEL, WAYPOINT_MANAGED_LABEL, WAYPOINT_MANAGED_VALUE,
+};
 
 fn labels<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
     pairs
