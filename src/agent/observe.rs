@@ -220,14 +220,23 @@ fn spawn_gateways(client: &Client, slot: Arc<OnceLock<Store<Gateway>>>) -> JoinH
     let client = client.clone();
     tokio::spawn(async move {
         use backon::{ExponentialBuilder, Retryable};
-        let group = "gateway.networking.k8s.io/v1";
-        let find = || async { client.list_api_group_resources(group).await };
+        let group = "gateway.networking.k8s.io";
+        let find = || async {
+            let groups = client.list_api_groups().await?;
+            if !groups.groups.iter().any(|g| g.name == group) {
+                return Ok(None);
+            }
+            client
+                .list_api_group_resources(&format!("{group}/v1"))
+                .await
+                .map(Some)
+        };
         let found = find
             .retry(ExponentialBuilder::default().with_max_times(5))
-            .when(|e| !matches!(e, kube::Error::Api(s) if s.code == 404))
+            .when(|e: &kube::Error| !matches!(e, kube::Error::Api(s) if s.code == 404))
             .await;
         match found {
-            Ok(list) if list.resources.iter().any(|r| r.name == "gateways") => {
+            Ok(Some(list)) if list.resources.iter().any(|r| r.name == "gateways") => {
                 let (store, task) = watch_cache::spawn(
                     Api::<Gateway>::all(client),
                     watcher::Config::default(),

@@ -554,14 +554,22 @@ impl Reconciler {
                             view.target.revision_hash, rb.from, rb.reason
                         ),
                     },
-                    None => Standing {
-                        phase: RolloutPhase::Complete,
-                        reason: "AllNodesDone".into(),
-                        message: format!(
-                            "every node runs ztunnel revision {}",
-                            view.target.revision_hash
-                        ),
-                    },
+                    None => {
+                        let c = counts(view.nodes.len(), run.records.values());
+                        let except = if c.failed > 0 {
+                            format!(" except {} failed (tolerated by maxFailedNodes)", c.failed)
+                        } else {
+                            String::new()
+                        };
+                        Standing {
+                            phase: RolloutPhase::Complete,
+                            reason: "AllNodesDone".into(),
+                            message: format!(
+                                "every node{except} runs ztunnel revision {}",
+                                view.target.revision_hash
+                            ),
+                        }
+                    }
                 }
             }
             Decision::Blocked { wave, failed } => {
@@ -618,14 +626,9 @@ impl Reconciler {
                     let unavailable: Vec<String> = observations
                         .iter()
                         .filter(|o| view.wave_of.get(&o.name) == Some(wave))
-                        .filter(|o| o.not_ready || o.cordoned_by_others)
-                        .map(|o| {
-                            let why = if o.not_ready {
-                                "NotReady"
-                            } else {
-                                "cordoned by someone else"
-                            };
-                            format!("{} ({why})", o.name)
+                        .filter_map(|o| {
+                            o.unavailable_because()
+                                .map(|why| format!("{} ({why})", o.name))
                         })
                         .collect();
                     Standing {
@@ -731,10 +734,22 @@ impl Reconciler {
                 "restoring DaemonSet revision {to} and rolling the updated nodes back, waves in reverse: {why}"
             ),
         );
-        // Failed nodes go through the sequence again, towards the restored revision.
-        for t in run.records.values_mut() {
-            if t.record.phase == NodePhase::Failed {
+        // Failed nodes whose ztunnel was replaced go through the sequence again, towards
+        // the restored revision; the others (a failed drain) still run it: release them.
+        for (node, t) in run.records.iter_mut() {
+            if t.record.phase != NodePhase::Failed {
+                continue;
+            }
+            let replaced = view.ztunnels.get(node).is_some_and(|pods| {
+                pods.iter()
+                    .any(|p| !p.terminating && p.revision_hash == view.target.revision_hash)
+            });
+            if replaced {
                 *t = TrackedNode::pending(view.now);
+            } else {
+                t.record.phase = NodePhase::Verified;
+                t.record.since = view.now;
+                t.message = "rolling back: its ztunnel was never replaced".into();
             }
         }
         run.verifications.clear();

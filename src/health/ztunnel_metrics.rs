@@ -44,7 +44,13 @@ pub fn read(text: &str, pod: &str, at: f64) -> Result<ZtunnelScrape, String> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if !matches!(LineInfo::parse(trimmed), LineInfo::Sample { .. }) {
+        let valid = match LineInfo::parse(trimmed) {
+            LineInfo::Sample {
+                value, timestamp, ..
+            } => value.parse::<f64>().is_ok() && timestamp.is_none_or(|t| t.parse::<i64>().is_ok()),
+            _ => false,
+        };
+        if !valid {
             return Err(format!(
                 "malformed: line {} is not in the Prometheus text format: {:?}",
                 i + 1,

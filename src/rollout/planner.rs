@@ -82,9 +82,20 @@ pub struct NodeObservation {
 
 impl NodeObservation {
     fn unavailable(&self) -> bool {
-        self.not_ready
-            || self.cordoned_by_others
-            || (self.progress == NodeProgress::Failed && self.cordoned)
+        self.unavailable_because().is_some()
+    }
+
+    /// Why the node counts against its wave's budget without being in flight.
+    pub fn unavailable_because(&self) -> Option<&'static str> {
+        if self.not_ready {
+            Some("NotReady")
+        } else if self.cordoned_by_others {
+            Some("cordoned by someone else")
+        } else if self.progress == NodeProgress::Failed && self.cordoned {
+            Some("failed, left cordoned")
+        } else {
+            None
+        }
     }
 }
 

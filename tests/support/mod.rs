@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;

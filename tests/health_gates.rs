@@ -1,0 +1,334 @@
+//! The health gates on the local control plane: PromQL checks against a real Prometheus
+//! scraping simulated ztunnel endpoints, failing closed on errors, and the ztunnel
+//! metrics reader against a real endpoint.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use support::TestEnv;
+use support::agent::{self as agent_support, Agent};
+use support::prometheus::{Prometheus, ZtunnelMetricsServer};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::api::ztunnel_rollout::NodeStatus;
+use ztunnel_rollout::health::http_client::HttpClient;
+use ztunnel_rollout::health::ztunnel_metrics;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
+
+const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
+
+fn agent(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    agent_support::start(
+        env,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        "agent-a",
+    )
+}
+
+async fn create(client: &Client, rollout: &ZtunnelRollout) {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .create(&PostParams::default(), rollout)
+        .await
+        .expect("create the rollout");
+}
+
+fn node_status<'a>(r: &'a ZtunnelRollout, node: &str) -> Option<&'a NodeStatus> {
+    r.status.as_ref()?.nodes.iter().find(|n| n.name == node)
+}
+
+fn condition(r: &ZtunnelRollout, type_: &str) -> (String, String, String) {
+    let c = r
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition: {:?}", r.status));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+async fn node_cordoned(client: &Client, node: &str) -> bool {
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get(node)
+        .await
+        .expect("node")
+        .spec
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rate() {
+    let mut env = TestEnv::new("gate-prom", 0).await;
+    agent_support::install(&env.client).await;
+    // Zones a, b, c: nodes 0 and 3, 1 and 4, 2 and 5.
+    env.add_nodes(6).await;
+    let bad = env.nodes[1].clone();
+    let server = ZtunnelMetricsServer::start(&env.nodes).await;
+    let prometheus = Prometheus::start(Some(&server), &env.nodes).await;
+    prometheus
+        .wait_for(r#"count(up{job="ztunnel"} == 1)"#, 6.0)
+        .await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout::testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    // The new ztunnel drops connections on one node of wave b.
+    server.set_failure_rate(&bad, 5.0);
+    prometheus
+        .wait_for(&FAILURES.replace("$node", &bad), 1.0)
+        .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir);
+    let name = format!("{}-prom", env.namespace);
+    create(
+        &env.client,
+        &agent_support::rollout(
+            &env,
+            &name,
+            serde_json::json!({ "health": {
+                "interval": "500ms",
+                "soak": "2s",
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": prometheus.url,
+                    "queries": [
+                        { "name": "failures", "query": FAILURES, "max": 0.5 },
+                        // Scored against its value before the node was touched.
+                        { "name": "targets-up", "query": "count(up{job=\"ztunnel\"} == 1)", "maxIncrease": 0.0 }
+                    ]
+                }
+            }}),
+        ),
+    )
+    .await;
+    let paused = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Paused",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let failed = node_status(&paused, &bad).expect("the bad node in the status");
+    assert_eq!(failed.phase, NodePhase::Failed, "{failed:?}");
+    let (status, reason, message) = condition(&paused, "Paused");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "NodeFailed"));
+    let query = FAILURES.replace("$node", &bad);
+    assert!(
+        message.contains(&query) && message.contains("above the maximum 0.500"),
+        "the condition names the query, the value and the threshold: {message}"
+    );
+    assert_eq!(condition(&paused, "Degraded").0, "True");
+    // Wave a passed on healthy series; wave c never started.
+    for node in [&env.nodes[0], &env.nodes[3]] {
+        assert_eq!(
+            node_status(&paused, node).map(|n| n.phase),
+            Some(NodePhase::Done),
+            "{node}"
+        );
+        let note =
+            support::wait_for_event(&env.client, node, "Verified", "prometheus query failures")
+                .await;
+        assert!(note.contains("targets-up"), "{note}");
+    }
+    for node in [&env.nodes[2], &env.nodes[5]] {
+        assert!(
+            node_status(&paused, node).is_none_or(|n| n.phase == NodePhase::Pending),
+            "{node} of wave c must not start"
+        );
+    }
+    assert!(
+        node_cordoned(&env.client, &bad).await,
+        "a failed node stays cordoned by default"
+    );
+    support::wait_for_event(&env.client, &name, "NodeFailed", "above the maximum 0.500").await;
+
+    // The circuit breaker: tolerating one failed node lets the rollout go on past it
+    // once the node no longer takes the wave's only slot (its operator uncordons it).
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "health": { "maxFailedNodes": 1 } } })),
+        )
+        .await
+        .expect("raise maxFailedNodes");
+    let waits = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Progressing",
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    let (_, reason, message) = condition(&waits, "Progressing");
+    assert_eq!(reason, "BudgetUsedByUnavailableNodes", "{message}");
+    assert!(
+        message.contains(&format!("{bad} (failed, left cordoned)")),
+        "{message}"
+    );
+    support::set_unschedulable(&env.client, &bad, false).await;
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let counts = done.status.as_ref().expect("status").counts.clone();
+    assert_eq!((counts.done, counts.failed), (5, 1), "{counts:?}");
+    let (_, _, message) = condition(&done, "Complete");
+    assert!(message.contains("except 1 failed"), "{message}");
+}
+
+/// Each rollout covers one node of the env (by hostname).
+fn one_node_rollout(
+    env: &TestEnv,
+    name: &str,
+    node: &str,
+    url: &str,
+    query: &str,
+) -> ZtunnelRollout {
+    agent_support::rollout(
+        env,
+        name,
+        serde_json::json!({
+            "nodeSelector": { "matchLabels": { "kubernetes.io/hostname": node } },
+            "health": {
+                "interval": "500ms",
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": url,
+                    "queryTimeout": "2s",
+                    "queries": [{ "name": "check", "query": query, "max": 1.0 }]
+                }
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_closed() {
+    let env = TestEnv::new("gate-errors", 3).await;
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout::testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let server = ZtunnelMetricsServer::start(&[]).await;
+    server.set_body("broken", "<html>502 Bad Gateway</html>");
+    let prometheus = Prometheus::start(None, &[]).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").port()
+    };
+    let cases = [
+        (
+            "unreachable",
+            format!("http://127.0.0.1:{closed}"),
+            "up",
+            "unreachable",
+        ),
+        (
+            "malformed",
+            format!("http://{}/metrics/broken", server.address),
+            "up",
+            "not Prometheus API JSON",
+        ),
+        (
+            "nodata",
+            prometheus.url.clone(),
+            "no_such_metric_total",
+            "returned no data (failing closed: noData is Fail)",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir);
+    for ((case, url, query, _), node) in cases.iter().zip(&env.nodes) {
+        let name = format!("{}-{case}", env.namespace);
+        create(
+            &env.client,
+            &one_node_rollout(&env, &name, node, url, query),
+        )
+        .await;
+    }
+    for ((case, _, _, expected), node) in cases.iter().zip(&env.nodes) {
+        let name = format!("{}-{case}", env.namespace);
+        let paused = agent_support::wait_for_phase(
+            &env.client,
+            &name,
+            "Paused",
+            Duration::from_secs(90),
+            &[&agent],
+        )
+        .await;
+        let n = node_status(&paused, node).expect("node status");
+        assert_eq!(n.phase, NodePhase::Failed, "{case}: {n:?}");
+        assert!(
+            n.message.contains("verification failed") && n.message.contains(expected),
+            "{case}: {}",
+            n.message
+        );
+        let (_, reason, message) = condition(&paused, "Degraded");
+        assert_eq!(reason, "NodeFailed", "{case}");
+        assert!(message.contains(expected), "{case}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn the_ztunnel_metrics_reader_reads_a_real_endpoint_and_refuses_broken_ones() {
+    let server = ZtunnelMetricsServer::start(&[String::new()]).await;
+    server.set_failure_rate("", 100.0);
+    let client = HttpClient::new();
+    let ip = server.address.ip().to_string();
+    let port = server.address.port();
+    let first =
+        ztunnel_metrics::scrape(&client, "ztunnel-x", &ip, port, 0.0, Duration::from_secs(2))
+            .await
+            .expect("a scrape");
+    assert_eq!(first.active_proxies, Some(0.0));
+    assert_eq!(first.pending_proxies, Some(0.0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second =
+        ztunnel_metrics::scrape(&client, "ztunnel-x", &ip, port, 0.3, Duration::from_secs(2))
+            .await
+            .expect("a scrape");
+    assert!(
+        second.failed_connections > first.failed_connections,
+        "{first:?} then {second:?}"
+    );
+
+    server.set_body(
+        "",
+        "workload_manager_active_proxy_count 1\nthis is not a sample\n",
+    );
+    let err = ztunnel_metrics::scrape(&client, "ztunnel-x", &ip, port, 1.0, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(err.contains("malformed") && err.contains("line 2"), "{err}");
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").port()
+    };
+    let err = ztunnel_metrics::scrape(
+        &client,
+        "ztunnel-x",
+        "127.0.0.1",
+        closed,
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("unreachable"), "{err}");
+}

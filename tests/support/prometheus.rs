@@ -1,0 +1,247 @@
+//! A real Prometheus (Debian's `prometheus` package) for the health-gate tests, started on
+//! loopback with its own configuration and data directory, and a simulated ztunnel
+//! metrics endpoint per node that it scrapes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One simulated ztunnel's counters.
+#[derive(Default, Clone)]
+struct Series {
+    failed: f64,
+    opened: f64,
+    /// Failed connections per second from now on.
+    failed_rate: f64,
+    last: Option<Instant>,
+    /// Served instead of the metrics (to simulate a broken endpoint).
+    body_override: Option<String>,
+}
+
+/// Serves `/metrics/<node>` on 127.0.0.1 in the Prometheus text format, with counters
+/// growing at the rates the test sets; any path below `/metrics/<key>/` answers what
+/// `set_body(key, …)` set (a broken endpoint or a fake API).
+pub struct ZtunnelMetricsServer {
+    pub address: SocketAddr,
+    series: Arc<Mutex<HashMap<String, Series>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ZtunnelMetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn render(node: &str, s: &mut Series) -> String {
+    let now = Instant::now();
+    if let Some(last) = s.last {
+        let secs = now.duration_since(last).as_secs_f64();
+        s.failed += s.failed_rate * secs;
+        s.opened += 10.0 * secs;
+    }
+    s.last = Some(now);
+    if let Some(body) = &s.body_override {
+        return body.clone();
+    }
+    format!(
+        "# HELP istio_tcp_connections_opened_total Connections opened.\n\
+         # TYPE istio_tcp_connections_opened_total counter\n\
+         istio_tcp_connections_opened_total{{reporter=\"destination\",node_name=\"{node}\"}} {opened}\n\
+         # HELP istio_tcp_connections_failed_total Connections failed.\n\
+         # TYPE istio_tcp_connections_failed_total counter\n\
+         istio_tcp_connections_failed_total{{reporter=\"destination\",response_flags=\"CONNECT\",node_name=\"{node}\"}} {failed}\n\
+         # TYPE workload_manager_active_proxy_count gauge\n\
+         workload_manager_active_proxy_count 0\n\
+         # TYPE workload_manager_pending_proxy_count gauge\n\
+         workload_manager_pending_proxy_count 0\n",
+        opened = s.opened.floor(),
+        failed = s.failed.floor(),
+    )
+}
+
+impl ZtunnelMetricsServer {
+    pub async fn start(nodes: &[String]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let series: Arc<Mutex<HashMap<String, Series>>> = Arc::new(Mutex::new(
+            nodes
+                .iter()
+                .map(|n| (n.clone(), Series::default()))
+                .collect(),
+        ));
+        let shared = series.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    // `/metrics/<key>[/...][?...]`; `/metrics` alone is key "".
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let path = path.split('?').next().unwrap_or_default();
+                    let node = path
+                        .strip_prefix("/metrics")
+                        .map(|rest| rest.trim_start_matches('/'))
+                        .and_then(|rest| rest.split('/').next())
+                        .unwrap_or("<no key>");
+                    let body = {
+                        let mut all = shared.lock().expect("lock");
+                        all.get_mut(node).map(|s| render(node, s))
+                    };
+                    let response = match body {
+                        Some(b) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                            b.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                    };
+                    let _ = conn.write_all(response.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Self {
+            address,
+            series,
+            task,
+        }
+    }
+
+    pub fn url(&self, node: &str) -> String {
+        format!("http://{}/metrics/{node}", self.address)
+    }
+
+    pub fn set_failure_rate(&self, node: &str, per_second: f64) {
+        let mut all = self.series.lock().expect("lock");
+        let s = all.entry(node.to_owned()).or_default();
+        render(node, s);
+        s.failed_rate = per_second;
+    }
+
+    pub fn set_body(&self, node: &str, body: &str) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().body_override = Some(body.to_owned());
+    }
+}
+
+/// A Prometheus server on 127.0.0.1, killed when dropped.
+pub struct Prometheus {
+    pub url: String,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping every node's endpoint on `server` each second (job
+    /// `ztunnel`, label `node`). Panics with how to install it when it is missing.
+    pub async fn start(server: Option<&ZtunnelMetricsServer>, nodes: &[String]) -> Prometheus {
+        let binary = std::env::var("PROMETHEUS_BINARY").unwrap_or_else(|_| "prometheus".into());
+        if Command::new(&binary).arg("--version").output().is_err() {
+            panic!(
+                "{binary} not found: the health-gate tests need a real Prometheus. Install Debian's \
+                 package (`apt-get install prometheus`; e2e/test.sh does it when run as root) or set \
+                 PROMETHEUS_BINARY"
+            );
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        if let Some(server) = server {
+            config.push_str("  - job_name: ztunnel\n    scrape_timeout: 1s\n    static_configs:\n");
+            for node in nodes {
+                config.push_str(&format!(
+                    "      - targets: ['{}']\n        labels: {{node: '{node}', __metrics_path__: '/metrics/{node}'}}\n",
+                    server.address
+                ));
+            }
+        }
+        let config_path = data.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write the config");
+        let port = free_port();
+        let log = std::fs::File::create(data.path().join("prometheus.log")).expect("log");
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _data: data,
+        };
+        let client = ztunnel_rollout::health::http_client::HttpClient::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client
+            .get(&format!("{}/-/ready", p.url), Duration::from_secs(1))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus not ready within 60s: {}",
+                std::fs::read_to_string(p._data.path().join("prometheus.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        p
+    }
+
+    /// Evaluates `query` now.
+    pub async fn query(&self, query: &str) -> Result<Option<f64>, String> {
+        ztunnel_rollout::health::prometheus::query(
+            &ztunnel_rollout::health::http_client::HttpClient::new(),
+            &self.url,
+            query,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// Waits until `query` returns at least `value` (e.g. every target scraped twice).
+    pub async fn wait_for(&self, query: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.query(query).await;
+            if matches!(got, Ok(Some(v)) if v >= value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query} is {got:?}, not {value} within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
