@@ -81,6 +81,8 @@ struct Run {
     drain_results: HashMap<String, Result<(), String>>,
     /// Health gate tasks by node, and their verdicts.
     gates: Tasks,
+    /// What a running gate waits for (soaking, a waypoint starting), by node.
+    gate_notes: HashMap<String, String>,
     verifications: HashMap<String, Result<String, String>>,
     /// Set when the failure policy rolled the DaemonSet back (persisted in the status).
     rollback: Option<RollbackStatus>,
@@ -307,9 +309,11 @@ impl Reconciler {
                     {
                         t.message = format!("verifying: {why}");
                     }
+                    run.gate_notes.insert(m.node, why);
                 }
                 GateEvent::Done(result) => {
                     run.gates.0.remove(&m.node);
+                    run.gate_notes.remove(&m.node);
                     run.verifications.insert(m.node, result);
                 }
             }
@@ -753,6 +757,7 @@ impl Reconciler {
             }
         }
         run.verifications.clear();
+        run.gate_notes.clear();
         run.drain_results.clear();
         run.undo_sent = None;
         let rollback = RollbackStatus {
@@ -1091,6 +1096,7 @@ impl Reconciler {
             Action::Release { uncordon } => {
                 self.actions.release(&view.name, node, *uncordon).await?;
                 run.verifications.remove(node);
+                run.gate_notes.remove(node);
                 Ok(Executed::Mutated)
             }
         }
@@ -1105,12 +1111,16 @@ impl Reconciler {
         n: Option<&Node>,
         step: &Step,
     ) -> bool {
+        let message = match run.gate_notes.get(node) {
+            Some(why) if step.phase == NodePhase::ZtunnelReady => format!("verifying: {why}"),
+            _ => step.message.clone(),
+        };
         let Some(t) = run.records.get_mut(node) else {
             return false;
         };
         if t.record.phase == step.phase {
-            if !step.message.is_empty() && t.message != step.message {
-                t.message = step.message.clone();
+            if !message.is_empty() && t.message != message {
+                t.message = message;
             }
             return false;
         }

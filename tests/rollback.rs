@@ -1,0 +1,237 @@
+//! The failure policy `Rollback` on the local control plane: a drain that fails in wave 2
+//! restores the DaemonSet's previous revision and returns every updated node to it,
+//! through the same PDB-respecting sequence, waves in reverse.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use support::agent as agent_support;
+use support::{TestEnv, sample_available};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
+use ztunnel_rollout::testbed::fixtures::{self, Budget, UpdateStrategy};
+
+async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                p.labels()
+                    .get("controller-revision-hash")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
+    let env = TestEnv::new("rollback", 6).await;
+    agent_support::install(&env.client).await;
+    // Zones a, b, c: nodes 0 and 3, 1 and 4, 2 and 5.
+    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
+    let old = ztunnel_hashes(&env)
+        .await
+        .into_values()
+        .next()
+        .expect("a ztunnel pod");
+    support::apply_app(
+        &env,
+        "web",
+        6,
+        &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        1.0,
+    )
+    .await;
+    // A pod on a wave-b node whose PDB allows no disruption: that node's drain fails.
+    let blocked = env.nodes[1].clone();
+    let mut blocker = fixtures::AppFixture::new(&env.namespace, "blocker", 1);
+    blocker.node_selector =
+        BTreeMap::from([("kubernetes.io/hostname".to_owned(), blocked.clone())]);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &blocker.deployment())
+        .await
+        .expect("blocker");
+    support::wait_for(
+        &deployments,
+        "blocker",
+        "blocker available",
+        support::deployment_available(1),
+    )
+    .await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = BTreeMap::from([("app".to_owned(), "blocker".to_owned())]);
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(
+            &env.namespace,
+            "blocker",
+            selector,
+            Budget::MinAvailable(IntOrString::Int(1)),
+        ),
+    )
+    .await
+    .expect("blocker pdb");
+    support::wait_for(
+        &pdbs,
+        "blocker",
+        "blocker PDB observed",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.current_healthy == Some(1))
+        },
+    )
+    .await;
+    let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    assert_ne!(old, new);
+
+    let (pods_seen, pod_sampler) = sample_available(&env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    let agent = agent_support::start(
+        &env,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        "agent-a",
+    );
+    let name = format!("{}-rb", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "drain": { "timeout": "3s" },
+            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
+        }),
+    );
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    api.create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+
+    let rolling_back = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "RollingBack",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let status = rolling_back.status.clone().expect("status");
+    let rb = status
+        .rollback
+        .clone()
+        .expect("rollback recorded in the status");
+    assert_eq!(
+        (rb.from.as_str(), rb.to.as_str()),
+        (new.as_str(), old.as_str())
+    );
+    assert!(
+        rb.reason.contains(&blocked) && rb.reason.contains("drain failed"),
+        "{}",
+        rb.reason
+    );
+    // Which nodes the forward pass had updated (wave a, perhaps a node of wave b).
+    let updated: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.phase == NodePhase::Done)
+        .map(|n| n.name.clone())
+        .collect();
+    assert!(
+        updated.contains(&env.nodes[0]) && updated.contains(&env.nodes[3]),
+        "{updated:?}"
+    );
+    support::wait_for_event(&env.client, &name, "RollbackStarted", &old).await;
+
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "RolledBack",
+        Duration::from_secs(180),
+        &[&agent],
+    )
+    .await;
+    pod_sampler.abort();
+
+    // The DaemonSet is back on the previous revision, and so is every ztunnel pod.
+    let ds = Api::<DaemonSet>::namespaced(env.client.clone(), &env.namespace)
+        .get("ztunnel")
+        .await
+        .expect("ds");
+    let image = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers[0].image.clone());
+    assert!(
+        image.flatten().is_some_and(|i| i.ends_with(":1.28.0-distroless")),
+        "the DaemonSet template is restored"
+    );
+    let hashes = ztunnel_hashes(&env).await;
+    assert_eq!(hashes.len(), 6);
+    assert!(
+        hashes.values().all(|h| *h == old),
+        "every ztunnel back on {old}: {hashes:?}"
+    );
+    let status = done.status.expect("status");
+    assert_eq!(status.target_revision.as_deref(), Some(old.as_str()));
+    assert_eq!(status.counts.failed, 0, "{:?}", status.nodes);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "RolledBack")
+    );
+
+    // Waves in reverse: a rolled-back node of wave b was cordoned before those of wave a.
+    let started = |node: &str| {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.started.clone())
+    };
+    if updated.contains(&env.nodes[4]) {
+        let b = started(&env.nodes[4]).expect("wave b node started");
+        for a in [&env.nodes[0], &env.nodes[3]] {
+            assert!(
+                b <= started(a).expect("wave a node started"),
+                "wave b before wave a"
+            );
+        }
+    }
+
+    // No PDB was ever violated: web never below 5 of 6, the blocker never evicted.
+    let pods_seen = std::mem::take(&mut *pods_seen.lock().expect("lock"));
+    assert!(
+        pods_seen.get("web").is_some_and(|min| *min >= 5),
+        "web never below its PDB: {pods_seen:?}"
+    );
+    assert_eq!(
+        pods_seen.get("blocker"),
+        Some(&1),
+        "the blocker was never evicted"
+    );
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}

@@ -1,0 +1,220 @@
+//! The waypoint gate on the local control plane: a node whose drain took a waypoint down
+//! is Verified only once the rescheduled waypoint is Ready again, and fails at the gate's
+//! timeout if it never is.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use support::TestEnv;
+use support::agent::{self as agent_support, Agent};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
+use ztunnel_rollout::testbed::fixtures::{self, GATEWAY_NAME_LABEL, UpdateStrategy};
+
+/// Node label that the test's waypoint requires (so the test decides where it may run).
+const HOST_LABEL: &str = "test.ztunnel-rollout.dev/waypoint-host";
+
+async fn allow_waypoint(client: &Client, node: &str, namespace: &str) {
+    Api::<Node>::all(client.clone())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({ "metadata": { "labels": { HOST_LABEL: namespace } } }),
+            ),
+        )
+        .await
+        .expect("label the node");
+}
+
+/// A one-replica waypoint without a PDB that may run only on nodes labelled for it; the
+/// first of them is `env.nodes[0]`. Returns its name (unique: the gate looks cluster-wide).
+async fn waypoint_on_first_node(env: &TestEnv) -> String {
+    allow_waypoint(&env.client, &env.nodes[0], &env.namespace).await;
+    let name = format!("wp-{}", env.namespace);
+    let mut waypoint = fixtures::AppFixture::waypoint(&env.namespace, &name);
+    waypoint.node_selector = BTreeMap::from([(HOST_LABEL.to_owned(), env.namespace.clone())]);
+    let api: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&api, &waypoint.deployment())
+        .await
+        .expect("apply the waypoint");
+    support::wait_for(
+        &api,
+        &name,
+        "waypoint available",
+        support::deployment_available(1),
+    )
+    .await;
+    name
+}
+
+async fn start(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
+    let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    agent_support::start(
+        env,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        "agent-a",
+    )
+}
+
+fn rollout(env: &TestEnv, name: &str, waypoint: &str, health: serde_json::Value) -> ZtunnelRollout {
+    let mut health = health;
+    health["interval"] = "200ms".into();
+    health["waypoints"] = serde_json::json!({
+        "selector": { "matchLabels": { GATEWAY_NAME_LABEL: waypoint } }
+    });
+    agent_support::rollout(env, name, serde_json::json!({ "health": health }))
+}
+
+async fn create(client: &Client, r: &ZtunnelRollout) {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .create(&PostParams::default(), r)
+        .await
+        .expect("create the rollout");
+}
+
+fn phase_of(r: &ZtunnelRollout, node: &str) -> Option<(NodePhase, String)> {
+    r.status
+        .as_ref()?
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| (n.phase, n.message.clone()))
+}
+
+#[tokio::test]
+async fn a_node_is_verified_only_once_its_rescheduled_waypoint_is_ready() {
+    let env = TestEnv::new("gate-wp", 3).await;
+    agent_support::install(&env.client).await;
+    let waypoint = waypoint_on_first_node(&env).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = start(&env, &dir).await;
+    let name = format!("{}-wp", env.namespace);
+    create(
+        &env.client,
+        &rollout(
+            &env,
+            &name,
+            &waypoint,
+            serde_json::json!({ "timeout": "2m" }),
+        ),
+    )
+    .await;
+
+    // The first node's drain evicted the waypoint, which has nowhere else to run: the
+    // node's new ztunnel is Ready, but the gate holds it.
+    let first = env.nodes[0].clone();
+    let unavailable = format!("{}/{waypoint} has 0/1 replicas available", env.namespace);
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    let held = {
+        let (first, unavailable) = (first.clone(), unavailable.clone());
+        let cond = move |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| phase_of(r, &first))
+                .is_some_and(|(phase, message)| {
+                    phase == NodePhase::ZtunnelReady && message.contains(&unavailable)
+                })
+        };
+        let wait = kube::runtime::wait::await_condition(api.clone(), &name, cond);
+        match tokio::time::timeout(Duration::from_secs(90), wait).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!(
+                "the gate did not hold the node ({other:?}); now: {:?}\n{}",
+                api.get(&name).await.ok().and_then(|r| r.status),
+                agent.log_text()
+            ),
+        }
+    };
+    eprintln!("held: {:?}", phase_of(&held, &first));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = api.get(&name).await.expect("rollout");
+    assert_eq!(
+        phase_of(&still, &first).map(|p| p.0),
+        Some(NodePhase::ZtunnelReady),
+        "not Verified while its waypoint is down"
+    );
+
+    // Let the waypoint run on the second node: it becomes Ready and the node passes.
+    allow_waypoint(&env.client, &env.nodes[1], &env.namespace).await;
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    assert_eq!(done.status.expect("status").counts.done, 3);
+    let note = support::wait_for_event(&env.client, &first, "Verified", "waypoints: 1 Ready").await;
+    eprintln!("verified: {note}");
+    let warning = support::wait_for_event(&env.client, &name, "WaypointAtRisk", &waypoint).await;
+    assert!(
+        warning.contains("has 1 replica") && warning.contains("no PodDisruptionBudget"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn a_waypoint_that_never_recovers_fails_the_node_at_the_gate_timeout() {
+    let env = TestEnv::new("gate-wp-timeout", 2).await;
+    agent_support::install(&env.client).await;
+    let waypoint = waypoint_on_first_node(&env).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = start(&env, &dir).await;
+    let name = format!("{}-wpt", env.namespace);
+    create(
+        &env.client,
+        &rollout(
+            &env,
+            &name,
+            &waypoint,
+            serde_json::json!({ "timeout": "3s", "uncordonFailedNodes": true }),
+        ),
+    )
+    .await;
+    let paused = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Paused",
+        Duration::from_secs(90),
+        &[&agent],
+    )
+    .await;
+    let first = &env.nodes[0];
+    let (phase, message) = phase_of(&paused, first).expect("the first node's status");
+    assert_eq!(phase, NodePhase::Failed);
+    assert!(
+        message.contains("not healthy within 3s")
+            && message.contains(&format!(
+                "{}/{waypoint} has 0/1 replicas available",
+                env.namespace
+            )),
+        "{message}"
+    );
+    assert!(
+        phase_of(&paused, &env.nodes[1]).is_none_or(|(p, _)| p == NodePhase::Pending),
+        "no further node starts"
+    );
+    // uncordonFailedNodes: the failed node is released.
+    let node = Api::<Node>::all(env.client.clone())
+        .get(first)
+        .await
+        .expect("node");
+    assert_ne!(node.spec.and_then(|s| s.unschedulable), Some(true));
+    assert!(
+        !node
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(OWNER_ANNOTATION)
+    );
+}
