@@ -6,4 +6,5 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/e2e/build-control-plane.sh"
+"$root/e2e/install-prometheus.sh"
 exec cargo test --locked "$@"

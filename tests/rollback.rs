@@ -182,7 +182,9 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
         .and_then(|s| s.template.spec.as_ref())
         .map(|s| s.containers[0].image.clone());
     assert!(
-        image.flatten().is_some_and(|i| i.ends_with(":1.28.0-distroless")),
+        image
+            .flatten()
+            .is_some_and(|i| i.ends_with(":1.28.0-distroless")),
         "the DaemonSet template is restored"
     );
     let hashes = ztunnel_hashes(&env).await;

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::observe::{DATAPLANE_MODE_LABEL, Observed};
 use crate::health::gates::{
     CheckResult, GATEWAY_NAME_LABEL, GateVerdict, HealthSettings, QueryAnswer, Waypoint,
-    ZtunnelScrape, prometheus_check, verdict, waypoint_check, ztunnel_checks,
+    ZtunnelScrape, enrolled_in_ambient, prometheus_check, verdict, waypoint_check, ztunnel_checks,
 };
 use crate::health::http_client::HttpClient;
 use crate::health::{prometheus, ztunnel_metrics};
@@ -131,7 +131,7 @@ impl Gates {
             if let Ok(scrape) = &latest {
                 scrapes.push(scrape.clone());
             }
-            let ambient = ambient_pods(&self.observed, &req.node);
+            let ambient = ambient_pods(&self.observed, &req.node, &req.ds_uid);
             results.extend(ztunnel_checks(
                 latest.as_ref().map_err(String::as_str),
                 scrapes,
@@ -189,8 +189,9 @@ impl Gates {
 }
 
 /// Pods on `node` that ztunnel proxies: running, not host-networked, enrolled in ambient
-/// mode by their own label or their namespace's, and not opted out.
-pub fn ambient_pods(observed: &Observed, node: &str) -> usize {
+/// mode by their own label or their namespace's, not opted out, and not ztunnel itself
+/// (DaemonSet `ds_uid`).
+pub fn ambient_pods(observed: &Observed, node: &str, ds_uid: &str) -> usize {
     let namespaces: HashMap<String, bool> = observed
         .namespaces
         .state()
@@ -212,14 +213,14 @@ pub fn ambient_pods(observed: &Observed, node: &str) -> usize {
                 && !spec.and_then(|s| s.host_network).unwrap_or(false)
                 && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
                 && p.metadata.deletion_timestamp.is_none()
-                && match p.labels().get(DATAPLANE_MODE_LABEL).map(String::as_str) {
-                    Some("ambient") => true,
-                    Some(_) => false,
-                    None => namespaces
+                && !p.owner_references().iter().any(|o| o.uid == ds_uid)
+                && enrolled_in_ambient(
+                    p.labels().get(DATAPLANE_MODE_LABEL).map(String::as_str),
+                    namespaces
                         .get(&p.namespace().unwrap_or_default())
                         .copied()
                         .unwrap_or(false),
-                }
+                )
         })
         .count()
 }

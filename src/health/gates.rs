@@ -249,6 +249,15 @@ pub fn waypoint_warnings(waypoints: &[Waypoint]) -> Vec<String> {
     out
 }
 
+/// Whether ztunnel proxies a pod: its own `istio.io/dataplane-mode` label decides
+/// (`ambient` enrolls, any other value such as `none` opts out), else its namespace's.
+pub fn enrolled_in_ambient(pod_mode: Option<&str>, namespace_ambient: bool) -> bool {
+    match pod_mode {
+        Some(mode) => mode == "ambient",
+        None => namespace_ambient,
+    }
+}
+
 /// One scrape of the node's ztunnel metrics endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZtunnelScrape {
@@ -561,6 +570,14 @@ mod tests {
             warnings[1].contains("no PodDisruptionBudget"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn pods_enroll_by_their_label_or_their_namespace() {
+        assert!(enrolled_in_ambient(None, true));
+        assert!(!enrolled_in_ambient(None, false));
+        assert!(enrolled_in_ambient(Some("ambient"), false));
+        assert!(!enrolled_in_ambient(Some("none"), true), "a pod opts out");
     }
 
     fn scrape(at: f64, pod: &str, failed: f64) -> ZtunnelScrape {

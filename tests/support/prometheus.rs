@@ -1,6 +1,6 @@
 //! A real Prometheus (Debian's `prometheus` package) for the health-gate tests, started on
-//! loopback with its own configuration and data directory, and a simulated ztunnel
-//! metrics endpoint per node that it scrapes.
+//! loopback with its own configuration and data directory, and simulated ztunnel metrics
+//! endpoints for it (and the agent) to scrape.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,23 +18,31 @@ struct Series {
     opened: f64,
     /// Failed connections per second from now on.
     failed_rate: f64,
+    /// `workload_manager_active_proxy_count`.
+    active: f64,
     last: Option<Instant>,
     /// Served instead of the metrics (to simulate a broken endpoint).
     body_override: Option<String>,
 }
 
-/// Serves `/metrics/<node>` on 127.0.0.1 in the Prometheus text format, with counters
-/// growing at the rates the test sets; any path below `/metrics/<key>/` answers what
-/// `set_body(key, …)` set (a broken endpoint or a fake API).
+type SharedSeries = Arc<Mutex<HashMap<String, Series>>>;
+
+/// Simulated ztunnel metrics endpoints, with counters growing at the rates the test sets:
+/// either one listener on 127.0.0.1 serving `/metrics/<node>` (any path below
+/// `/metrics/<key>/` answers what `set_body(key, …)` set: a broken endpoint or a fake
+/// API), or one listener per address serving `/metrics` for its node, as a ztunnel pod
+/// with that IP would.
 pub struct ZtunnelMetricsServer {
     pub address: SocketAddr,
-    series: Arc<Mutex<HashMap<String, Series>>>,
-    task: tokio::task::JoinHandle<()>,
+    series: SharedSeries,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for ZtunnelMetricsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -57,63 +65,92 @@ fn render(node: &str, s: &mut Series) -> String {
          # TYPE istio_tcp_connections_failed_total counter\n\
          istio_tcp_connections_failed_total{{reporter=\"destination\",response_flags=\"CONNECT\",node_name=\"{node}\"}} {failed}\n\
          # TYPE workload_manager_active_proxy_count gauge\n\
-         workload_manager_active_proxy_count 0\n\
+         workload_manager_active_proxy_count {active}\n\
          # TYPE workload_manager_pending_proxy_count gauge\n\
          workload_manager_pending_proxy_count 0\n",
         opened = s.opened.floor(),
         failed = s.failed.floor(),
+        active = s.active,
     )
+}
+
+/// Answers each connection with the metrics of `fixed`, or of the node the path names.
+async fn accept(listener: TcpListener, fixed: Option<String>, series: SharedSeries) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        let (series, fixed) = (series.clone(), fixed.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or_default();
+            // `/metrics/<key>[/...]`; `/metrics` alone is key "".
+            let key = fixed.unwrap_or_else(|| {
+                path.strip_prefix("/metrics")
+                    .map(|rest| rest.trim_start_matches('/'))
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or("<no key>")
+                    .to_owned()
+            });
+            let body = {
+                let mut all = series.lock().expect("lock");
+                all.get_mut(&key).map(|s| render(&key, s))
+            };
+            let response = match body {
+                Some(b) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .into(),
+            };
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
 }
 
 impl ZtunnelMetricsServer {
     pub async fn start(nodes: &[String]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let series: Arc<Mutex<HashMap<String, Series>>> = Arc::new(Mutex::new(
+        Self::serve(vec![(listener, None)], address, nodes)
+    }
+
+    pub async fn start_at(addresses: &[(SocketAddr, String)]) -> Self {
+        let mut listeners = Vec::new();
+        for (address, node) in addresses {
+            let l = TcpListener::bind(address)
+                .await
+                .unwrap_or_else(|e| panic!("bind {address}: {e}"));
+            listeners.push((l, Some(node.clone())));
+        }
+        let nodes: Vec<String> = addresses.iter().map(|(_, n)| n.clone()).collect();
+        Self::serve(listeners, addresses[0].0, &nodes)
+    }
+
+    fn serve(
+        listeners: Vec<(TcpListener, Option<String>)>,
+        address: SocketAddr,
+        nodes: &[String],
+    ) -> Self {
+        let series: SharedSeries = Arc::new(Mutex::new(
             nodes
                 .iter()
                 .map(|n| (n.clone(), Series::default()))
                 .collect(),
         ));
-        let shared = series.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    return;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    // `/metrics/<key>[/...][?...]`; `/metrics` alone is key "".
-                    let path = request.split_whitespace().nth(1).unwrap_or("/");
-                    let path = path.split('?').next().unwrap_or_default();
-                    let node = path
-                        .strip_prefix("/metrics")
-                        .map(|rest| rest.trim_start_matches('/'))
-                        .and_then(|rest| rest.split('/').next())
-                        .unwrap_or("<no key>");
-                    let body = {
-                        let mut all = shared.lock().expect("lock");
-                        all.get_mut(node).map(|s| render(node, s))
-                    };
-                    let response = match body {
-                        Some(b) => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-                            b.len()
-                        ),
-                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
-                    };
-                    let _ = conn.write_all(response.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
+        let tasks = listeners
+            .into_iter()
+            .map(|(l, fixed)| tokio::spawn(accept(l, fixed, series.clone())))
+            .collect();
         Self {
             address,
             series,
-            task,
+            tasks,
         }
     }
 
@@ -126,6 +163,11 @@ impl ZtunnelMetricsServer {
         let s = all.entry(node.to_owned()).or_default();
         render(node, s);
         s.failed_rate = per_second;
+    }
+
+    pub fn set_active_proxies(&self, node: &str, count: f64) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().active = count;
     }
 
     pub fn set_body(&self, node: &str, body: &str) {
