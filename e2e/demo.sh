@@ -63,7 +63,8 @@ cat <<'ROLLOUT' | kubectl apply -f -
   "spec": {
     "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
     "nodeSelector": { "matchLabels": { "local-cluster.ztunnel-rollout.dev/node-set": "demo" } },
-    "waves": { "groupBy": "topology.kubernetes.io/zone", "maxUnavailable": 2 }
+    "waves": { "groupBy": "topology.kubernetes.io/zone", "maxUnavailable": 2 },
+    "health": { "soak": "1s", "interval": "500ms" }
   }
 }
 ROLLOUT
@@ -77,3 +78,9 @@ echo "== every ztunnel pod on the new revision, every node schedulable"
 kubectl -n istio-system get pods -o wide -L app.kubernetes.io/version,controller-revision-hash
 kubectl get nodes -L topology.kubernetes.io/zone
 kubectl -n demo get pods -o wide
+echo
+echo "== the rollout's Events (waves, finished nodes, the waypoint warning)"
+kubectl describe ztunnelrollout demo | sed -n '/^Events:/,$p'
+echo
+echo "== what the health gates saw on each node (Verified Events)"
+kubectl get events -n default --field-selector reason=Verified -o custom-columns=NODE:.involvedObject.name,MESSAGE:.message

@@ -322,6 +322,28 @@ mod tests {
     }
 
     #[test]
+    fn failures_mark_the_rollout_degraded_whatever_the_policy_did() {
+        let on = |cs: &[Condition], t: &str| find(cs, t).status == "True";
+        // The failure policy paused it: Paused and Degraded, both with the failure.
+        let failed = Standing {
+            phase: RolloutPhase::Paused,
+            reason: NODE_FAILED.into(),
+            message: "node n1: verification failed: value is 3.000, above the maximum 0.500".into(),
+        };
+        let cs = conditions(&[], 1, t("00:00"), &failed);
+        assert!(on(&cs, PAUSED) && on(&cs, DEGRADED) && !on(&cs, PROGRESSING));
+        assert_eq!(find(&cs, DEGRADED).message, failed.message);
+        // The operator paused it: not degraded.
+        let cs = conditions(&[], 1, t("00:00"), &standing(RolloutPhase::Paused));
+        assert!(on(&cs, PAUSED) && !on(&cs, DEGRADED));
+        // Rolling back progresses and is degraded; rolled back is degraded, not complete.
+        let cs = conditions(&[], 1, t("00:00"), &standing(RolloutPhase::RollingBack));
+        assert!(on(&cs, PROGRESSING) && on(&cs, DEGRADED));
+        let cs = conditions(&[], 1, t("00:00"), &standing(RolloutPhase::RolledBack));
+        assert!(on(&cs, DEGRADED) && !on(&cs, COMPLETE) && !on(&cs, PROGRESSING));
+    }
+
+    #[test]
     fn the_transition_time_moves_only_when_the_status_changes() {
         let first = conditions(&[], 1, t("00:00"), &standing(RolloutPhase::Progressing));
         let same = conditions(&first, 2, t("05:00"), &standing(RolloutPhase::Progressing));
