@@ -75,7 +75,7 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
             "interval": "300ms",
             "timeout": "5s",
             "waypoints": { "disabled": true },
-            "ztunnelMetrics": { "maxFailedConnectionsPerSecond": 0.5 }
+            "ztunnelMetrics": { "maxFailedConnectionsPerSecond": 0.5, "maxClosedPerOpened": 1.5 }
         }}),
     );
     Api::<ZtunnelRollout>::all(env.client.clone())
@@ -96,7 +96,8 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
     let note = support::wait_for_event(&env.client, &good, "Verified", "ztunnel proxies").await;
     assert!(
         note.contains("0 active proxies, none pending")
-            && note.contains("ztunnel connections: 0.000/s"),
+            && note.contains("ztunnel connections: 0.000/s")
+            && note.contains("ztunnel connection churn: "),
         "{note}"
     );
     let failed = phase(&bad).expect("the bad node's status");

@@ -180,6 +180,12 @@ pub struct ZtunnelMetricsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_failed_connections_per_second: Option<f64>,
+    /// Most connections closed per connection opened over the soak
+    /// (`istio_tcp_connections_closed_total` / `…_opened_total`): a ztunnel tearing
+    /// connections down closes many more than it opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_closed_per_opened: Option<f64>,
 }
 
 fn default_ztunnel_metrics_port() -> u16 {

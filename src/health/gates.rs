@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use super::verdicts::{Sample, Threshold, check, rate};
+use std::collections::BTreeMap;
+
+use super::verdicts::{Sample, Threshold, check, increase, rate};
 
 /// The label istiod puts on the waypoint Deployments it manages, and its value.
 pub const WAYPOINT_MANAGED_LABEL: &str = "gateway.istio.io/managed";
@@ -37,6 +39,7 @@ pub struct ZtunnelMetricsSettings {
     pub port: u16,
     pub check_proxies: bool,
     pub max_failed_connections_per_second: Option<f64>,
+    pub max_closed_per_opened: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +272,45 @@ pub struct ZtunnelScrape {
     pub active_proxies: Option<f64>,
     /// `istio_tcp_connections_failed_total`, summed over its series.
     pub failed_connections: Option<f64>,
+    /// The same, by `response_flags`.
+    pub failed_by_flags: BTreeMap<String, f64>,
+    /// `istio_tcp_connections_opened_total` and `…_closed_total`, summed.
+    pub opened_connections: Option<f64>,
+    pub closed_connections: Option<f64>,
+}
+
+fn samples(
+    history: &[ZtunnelScrape],
+    value: impl Fn(&ZtunnelScrape) -> Option<f64>,
+) -> Vec<Sample> {
+    history
+        .iter()
+        .filter_map(|s| value(s).map(|value| Sample { at: s.at, value }))
+        .collect()
+}
+
+/// Failures over the scrapes by `response_flags`, largest first: "CONNECT 12, - 3".
+fn failures_by_flag(history: &[ZtunnelScrape]) -> String {
+    let flags: BTreeSet<&String> = history
+        .iter()
+        .flat_map(|s| s.failed_by_flags.keys())
+        .collect();
+    let mut grown: Vec<(f64, &String)> = flags
+        .into_iter()
+        .map(|f| {
+            let series = samples(history, |s| {
+                Some(s.failed_by_flags.get(f).copied().unwrap_or(0.0))
+            });
+            (increase(&series), f)
+        })
+        .filter(|(n, _)| *n > 0.0)
+        .collect();
+    grown.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    grown
+        .iter()
+        .map(|(n, f)| format!("{f} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The ztunnel checks over the scrapes so far (oldest first), or the scrape error.
@@ -306,10 +348,6 @@ pub fn ztunnel_checks(
         out.push(CheckResult::new("ztunnel proxies", outcome));
     }
     if let Some(max) = metrics.max_failed_connections_per_second {
-        let samples: Vec<Sample> = history
-            .iter()
-            .filter_map(|s| s.failed_connections.map(|value| Sample { at: s.at, value }))
-            .collect();
         let name = "istio_tcp_connections_failed_total rate (/s)";
         let outcome = if latest.failed_connections.is_none() {
             no_data(
@@ -317,15 +355,52 @@ pub fn ztunnel_checks(
                 settings,
             )
         } else {
-            match rate(&samples) {
+            match rate(&samples(history, |s| s.failed_connections)) {
                 None => Outcome::NotYet("waiting for a second scrape".into()),
                 Some(r) => match check(name, r, Threshold::Max(max)) {
                     Ok(()) => Outcome::Healthy(format!("{r:.3}/s")),
-                    Err(e) => Outcome::Failed(e),
+                    Err(e) => Outcome::Failed(format!(
+                        "{e} (by response_flags: {})",
+                        failures_by_flag(history)
+                    )),
                 },
             }
         };
         out.push(CheckResult::new("ztunnel connections", outcome));
+    }
+    if let Some(max) = metrics.max_closed_per_opened {
+        let name = "connections closed per connection opened";
+        let outcome = match (latest.opened_connections, latest.closed_connections) {
+            (Some(_), Some(_)) if history.len() < 2 => {
+                Outcome::NotYet("waiting for a second scrape".into())
+            }
+            (Some(_), Some(_)) => {
+                let opened = increase(&samples(history, |s| s.opened_connections));
+                let closed = increase(&samples(history, |s| s.closed_connections));
+                if opened == 0.0 && closed == 0.0 {
+                    Outcome::Healthy("no connections opened or closed".into())
+                } else {
+                    // Closing connections while opening none is the worst case.
+                    let ratio = if opened == 0.0 {
+                        f64::INFINITY
+                    } else {
+                        closed / opened
+                    };
+                    match check(name, ratio, Threshold::Max(max)) {
+                        Ok(()) => Outcome::Healthy(format!("{closed} closed / {opened} opened")),
+                        Err(e) => {
+                            Outcome::Failed(format!("{e} ({closed} closed, {opened} opened)"))
+                        }
+                    }
+                }
+            }
+            _ => no_data(
+                "istio_tcp_connections_opened_total or istio_tcp_connections_closed_total missing"
+                    .into(),
+                settings,
+            ),
+        };
+        out.push(CheckResult::new("ztunnel connection churn", outcome));
     }
     out
 }
@@ -587,6 +662,9 @@ mod tests {
             pending_proxies: Some(0.0),
             active_proxies: Some(3.0),
             failed_connections: Some(failed),
+            failed_by_flags: BTreeMap::from([("CONNECT".to_owned(), failed)]),
+            opened_connections: Some(0.0),
+            closed_connections: Some(0.0),
         }
     }
 
@@ -596,6 +674,7 @@ mod tests {
             port: 15020,
             check_proxies: true,
             max_failed_connections_per_second: None,
+            max_closed_per_opened: None,
         };
         let s = settings();
         let ok = scrape(0.0, "z", 0.0);
@@ -631,6 +710,7 @@ mod tests {
             port: 15020,
             check_proxies: false,
             max_failed_connections_per_second: Some(0.5),
+            max_closed_per_opened: None,
         };
         let s = settings();
         let first = scrape(0.0, "z", 100.0);
@@ -648,6 +728,43 @@ mod tests {
         assert!(matches!(
             ztunnel_checks(Ok(&h[1]), &h, 0, &m, &s)[0].outcome,
             Outcome::Failed(ref why) if why.contains("5.000, above the maximum 0.500")
+                && why.ends_with("(by response_flags: CONNECT 50)")
+        ));
+    }
+
+    #[test]
+    fn connection_churn_compares_closed_with_opened_connections() {
+        let m = ZtunnelMetricsSettings {
+            port: 15020,
+            check_proxies: false,
+            max_failed_connections_per_second: None,
+            max_closed_per_opened: Some(1.5),
+        };
+        let s = settings();
+        let at = |t: f64, opened: f64, closed: f64| ZtunnelScrape {
+            opened_connections: Some(opened),
+            closed_connections: Some(closed),
+            ..scrape(t, "z", 0.0)
+        };
+        let first = at(0.0, 100.0, 90.0);
+        assert_eq!(
+            ztunnel_checks(Ok(&first), std::slice::from_ref(&first), 0, &m, &s)[0].outcome,
+            Outcome::NotYet("waiting for a second scrape".into())
+        );
+        let calm = [first.clone(), at(10.0, 120.0, 110.0)];
+        assert_eq!(
+            ztunnel_checks(Ok(&calm[1]), &calm, 0, &m, &s)[0].outcome,
+            Outcome::Healthy("20 closed / 20 opened".into())
+        );
+        let torn = [first.clone(), at(10.0, 110.0, 150.0)];
+        assert!(matches!(
+            ztunnel_checks(Ok(&torn[1]), &torn, 0, &m, &s)[0].outcome,
+            Outcome::Failed(ref why) if why.contains("6.000, above the maximum 1.500")
+        ));
+        let idle = [first.clone(), at(10.0, 100.0, 90.0)];
+        assert!(matches!(
+            ztunnel_checks(Ok(&idle[1]), &idle, 0, &m, &s)[0].outcome,
+            Outcome::Healthy(_)
         ));
     }
 

@@ -1,6 +1,7 @@
 //! Scrapes a ztunnel pod's metrics endpoint (Prometheus text format) for the gauges and
 //! counters the ztunnel gate reads.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prometheus_parse::{LineInfo, Scrape, Value};
@@ -11,6 +12,8 @@ use super::http_client::HttpClient;
 pub const PENDING_PROXIES: &str = "workload_manager_pending_proxy_count";
 pub const ACTIVE_PROXIES: &str = "workload_manager_active_proxy_count";
 pub const FAILED_CONNECTIONS: &str = "istio_tcp_connections_failed_total";
+pub const OPENED_CONNECTIONS: &str = "istio_tcp_connections_opened_total";
+pub const CLOSED_CONNECTIONS: &str = "istio_tcp_connections_closed_total";
 
 /// Fetches `http://IP:PORT/metrics` and reads it.
 pub async fn scrape(
@@ -60,24 +63,34 @@ pub fn read(text: &str, pod: &str, at: f64) -> Result<ZtunnelScrape, String> {
     }
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .map_err(|e| format!("malformed: {e}"))?;
-    let sum = |name: &str| -> Option<f64> {
-        let values: Vec<f64> = scrape
+    let values = |name: &'static str| {
+        scrape
             .samples
             .iter()
-            .filter(|s| s.metric == name)
+            .filter(move |s| s.metric == name)
             .filter_map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some((s, v)),
                 _ => None,
             })
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
     };
+    let sum = |name: &'static str| -> Option<f64> {
+        let all: Vec<f64> = values(name).map(|(_, v)| v).collect();
+        (!all.is_empty()).then(|| all.iter().sum())
+    };
+    let mut failed_by_flags: BTreeMap<String, f64> = BTreeMap::new();
+    for (s, v) in values(FAILED_CONNECTIONS) {
+        let flags = s.labels.get("response_flags").unwrap_or("-").to_owned();
+        *failed_by_flags.entry(flags).or_default() += v;
+    }
     Ok(ZtunnelScrape {
         at,
         pod: pod.to_owned(),
         pending_proxies: sum(PENDING_PROXIES),
         active_proxies: sum(ACTIVE_PROXIES),
         failed_connections: sum(FAILED_CONNECTIONS),
+        failed_by_flags,
+        opened_connections: sum(OPENED_CONNECTIONS),
+        closed_connections: sum(CLOSED_CONNECTIONS),
     })
 }
 
@@ -101,6 +114,11 @@ istio_tcp_connections_failed_total{reporter=\"source\",response_flags=\"-\"} 1
         assert_eq!(s.active_proxies, Some(3.0));
         assert_eq!(s.pending_proxies, Some(0.0));
         assert_eq!(s.failed_connections, Some(5.0));
+        assert_eq!(
+            s.failed_by_flags,
+            BTreeMap::from([("CONNECT".to_owned(), 4.0), ("-".to_owned(), 1.0)])
+        );
+        assert_eq!(s.opened_connections, None);
         let empty = read("# nothing yet\n", "ztunnel-a", 1.0).unwrap();
         assert_eq!(empty.active_proxies, None);
     }

@@ -192,6 +192,7 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
                 port: z.port,
                 check_proxies: z.check_proxies,
                 max_failed_connections_per_second: z.max_failed_connections_per_second,
+                max_closed_per_opened: z.max_closed_per_opened,
             }),
         prometheus,
     })

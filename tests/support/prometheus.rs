@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 struct Series {
     failed: f64,
     opened: f64,
+    closed: f64,
     /// Failed connections per second from now on.
     failed_rate: f64,
     /// `workload_manager_active_proxy_count`.
@@ -52,6 +53,7 @@ fn render(node: &str, s: &mut Series) -> String {
         let secs = now.duration_since(last).as_secs_f64();
         s.failed += s.failed_rate * secs;
         s.opened += 10.0 * secs;
+        s.closed += 9.0 * secs;
     }
     s.last = Some(now);
     if let Some(body) = &s.body_override {
@@ -61,6 +63,8 @@ fn render(node: &str, s: &mut Series) -> String {
         "# HELP istio_tcp_connections_opened_total Connections opened.\n\
          # TYPE istio_tcp_connections_opened_total counter\n\
          istio_tcp_connections_opened_total{{reporter=\"destination\",node_name=\"{node}\"}} {opened}\n\
+         # TYPE istio_tcp_connections_closed_total counter\n\
+         istio_tcp_connections_closed_total{{reporter=\"destination\",node_name=\"{node}\"}} {closed}\n\
          # HELP istio_tcp_connections_failed_total Connections failed.\n\
          # TYPE istio_tcp_connections_failed_total counter\n\
          istio_tcp_connections_failed_total{{reporter=\"destination\",response_flags=\"CONNECT\",node_name=\"{node}\"}} {failed}\n\
@@ -69,6 +73,7 @@ fn render(node: &str, s: &mut Series) -> String {
          # TYPE workload_manager_pending_proxy_count gauge\n\
          workload_manager_pending_proxy_count 0\n",
         opened = s.opened.floor(),
+        closed = s.closed.floor(),
         failed = s.failed.floor(),
         active = s.active,
     )
