@@ -13,6 +13,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use support::TestEnv;
 use support::agent::{self as agent_support, Agent};
+use ztunnel_rollout::agent::observe::Gateway;
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
@@ -55,6 +56,59 @@ async fn waypoint_on_first_node(env: &TestEnv) -> String {
     name
 }
 
+/// The Gateway API's Gateway kind, as far as the gate reads it (a stand-in for the
+/// upstream CRD: same group, version, kind and status subresource).
+async fn install_gateway_api(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": "gateways.gateway.networking.k8s.io",
+            "annotations": { "api-approved.kubernetes.io": "unapproved, a test stand-in for the Gateway API CRD" }
+        },
+        "spec": {
+            "group": "gateway.networking.k8s.io",
+            "scope": "Namespaced",
+            "names": { "kind": "Gateway", "plural": "gateways", "singular": "gateway", "listKind": "GatewayList" },
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } }
+            }]
+        }
+    }))
+    .expect("a CRD");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    fixtures::apply(&api, &crd)
+        .await
+        .expect("install the Gateway CRD");
+    support::wait_for(
+        &api,
+        "gateways.gateway.networking.k8s.io",
+        "Gateway CRD established",
+        |c: Option<&CustomResourceDefinition>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await;
+}
+
+async fn set_programmed(api: &Api<Gateway>, name: &str, status: &str, reason: &str) {
+    let patch = serde_json::json!({ "status": { "conditions": [{
+        "type": "Programmed", "status": status, "reason": reason, "message": "",
+        "lastTransitionTime": "2026-11-29T00:00:00Z", "observedGeneration": 1
+    }] } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("set the Gateway's Programmed condition");
+}
+
 async fn start(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
     let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -93,10 +147,26 @@ fn phase_of(r: &ZtunnelRollout, node: &str) -> Option<(NodePhase, String)> {
 }
 
 #[tokio::test]
-async fn a_node_is_verified_only_once_its_rescheduled_waypoint_is_ready() {
+async fn a_node_is_verified_only_once_its_rescheduled_waypoint_is_ready_and_programmed() {
     let env = TestEnv::new("gate-wp", 3).await;
     agent_support::install(&env.client).await;
     let waypoint = waypoint_on_first_node(&env).await;
+    // The Gateway API is installed (before the agent starts) and the waypoint's Gateway
+    // is not Programmed yet.
+    install_gateway_api(&env.client).await;
+    let gateways: Api<Gateway> = Api::namespaced(env.client.clone(), &env.namespace);
+    let gateway: Gateway = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": waypoint, "namespace": env.namespace },
+        "spec": { "gatewayClassName": "istio-waypoint" }
+    }))
+    .expect("a Gateway");
+    gateways
+        .create(&PostParams::default(), &gateway)
+        .await
+        .expect("create the Gateway");
+    set_programmed(&gateways, &waypoint, "False", "Pending").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = start(&env, &dir).await;
     let name = format!("{}-wp", env.namespace);
@@ -143,8 +213,30 @@ async fn a_node_is_verified_only_once_its_rescheduled_waypoint_is_ready() {
         "not Verified while its waypoint is down"
     );
 
-    // Let the waypoint run on the second node: it becomes Ready and the node passes.
+    // Let the waypoint run on the second node: it becomes Ready, but its Gateway is
+    // still not Programmed.
     allow_waypoint(&env.client, &env.nodes[1], &env.namespace).await;
+    {
+        let first = first.clone();
+        let cond = move |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| phase_of(r, &first))
+                .is_some_and(|(phase, message)| {
+                    phase == NodePhase::ZtunnelReady
+                        && message.contains("is not Programmed: Pending")
+                        && !message.contains("replicas available")
+                })
+        };
+        support::wait_within(
+            &api,
+            &name,
+            "held for the Gateway",
+            Duration::from_secs(60),
+            cond,
+        )
+        .await;
+    }
+    // Programmed: the node passes.
+    set_programmed(&gateways, &waypoint, "True", "Programmed").await;
     let done = agent_support::wait_for_phase(
         &env.client,
         &name,
