@@ -20,6 +20,13 @@ pub struct EvictionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub rollout: String,
+    /// passed, failed
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
     pub rollout: String,
 }
@@ -29,6 +36,7 @@ pub struct Metrics {
     pub node_duration_seconds: Family<RolloutLabels, Histogram>,
     pub evictions: Family<EvictionLabels, Counter>,
     pub node_failures: Family<RolloutLabels, Counter>,
+    pub verifications: Family<VerdictLabels, Counter>,
     pub is_leader: Gauge,
 }
 
@@ -45,6 +53,7 @@ impl Metrics {
             }),
             evictions: Family::default(),
             node_failures: Family::default(),
+            verifications: Family::default(),
             is_leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("ztunnel_rollout");
@@ -63,6 +72,11 @@ impl Metrics {
             "node_failures",
             "Nodes that failed",
             m.node_failures.clone(),
+        );
+        r.register(
+            "verifications",
+            "Health gate verdicts by result",
+            m.verifications.clone(),
         );
         r.register(
             "is_leader",

@@ -148,6 +148,11 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
         "a failed node stays cordoned by default"
     );
     support::wait_for_event(&env.client, &name, "NodeFailed", "above the maximum 0.500").await;
+    let verdicts = |result: &str| {
+        format!("ztunnel_rollout_verifications_total{{rollout=\"{name}\",result=\"{result}\"}}")
+    };
+    assert_eq!(agent.metric(&verdicts("failed")).await, 1.0);
+    assert_eq!(agent.metric(&verdicts("passed")).await, 2.0);
 
     // The circuit breaker: tolerating one failed node lets the rollout go on past it
     // once the node no longer takes the wave's only slot (its operator uncordons it).

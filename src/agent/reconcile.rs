@@ -27,7 +27,7 @@ use crate::drain::report::Outcome;
 use crate::drain::{DrainOptions, Drainer};
 use crate::health::http_client::HttpClient;
 use crate::leader::{Leadership, NotLeader};
-use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels};
+use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels, VerdictLabels};
 use crate::rollout::node_actions::{
     ActionError, NodeActions, OWNER_ANNOTATION, has_waiting_taint, recorded_was_unschedulable,
 };
@@ -1143,7 +1143,11 @@ impl Reconciler {
             }
             NodePhase::Failed => {
                 self.metrics.node_failures.get_or_create(&labels).inc();
+                if from == NodePhase::ZtunnelReady {
+                    self.verdict(&view.name, "failed");
+                }
             }
+            NodePhase::Verified => self.verdict(&view.name, "passed"),
             _ => {}
         }
         if step.phase == NodePhase::Failed {
@@ -1515,6 +1519,16 @@ impl Reconciler {
         run.written = Some(status);
         run.written_at = Some(Instant::now());
         Ok(None)
+    }
+
+    fn verdict(&self, rollout: &str, result: &str) {
+        self.metrics
+            .verifications
+            .get_or_create(&VerdictLabels {
+                rollout: rollout.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     fn notice(
