@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use support::agent::{self as agent_support, Agent};
@@ -94,20 +94,11 @@ async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
 }
 
 async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
-    Api::<ZtunnelRollout>::all(env.client.clone())
-        .create(&PostParams::default(), rollout)
-        .await
-        .expect("create the rollout")
+    agent_support::create(&env.client, rollout).await
 }
 
 fn agent(env: &TestEnv, dir: &tempfile::TempDir, identity: &str) -> Agent {
-    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    agent_support::start(
-        env,
-        &kubeconfig,
-        &format!("{}-lease", env.namespace),
-        identity,
-    )
+    agent_support::start_as_service_account(env, dir.path(), identity)
 }
 
 #[tokio::test]

@@ -6,13 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use support::TestEnv;
-use support::agent::{self as agent_support, Agent};
+use support::agent::{self as agent_support, Agent, node_status};
 use support::prometheus::{Prometheus, ZtunnelMetricsServer};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::api::ztunnel_rollout::NodeStatus;
 use ztunnel_rollout::health::http_client::HttpClient;
 use ztunnel_rollout::health::ztunnel_metrics;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
@@ -20,24 +19,11 @@ use ztunnel_rollout::rollout::node_machine::NodePhase;
 const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
 
 fn agent(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
-    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    agent_support::start(
-        env,
-        &kubeconfig,
-        &format!("{}-lease", env.namespace),
-        "agent-a",
-    )
+    agent_support::start_as_service_account(env, dir.path(), "agent-a")
 }
 
 async fn create(client: &Client, rollout: &ZtunnelRollout) {
-    Api::<ZtunnelRollout>::all(client.clone())
-        .create(&PostParams::default(), rollout)
-        .await
-        .expect("create the rollout");
-}
-
-fn node_status<'a>(r: &'a ZtunnelRollout, node: &str) -> Option<&'a NodeStatus> {
-    r.status.as_ref()?.nodes.iter().find(|n| n.name == node)
+    agent_support::create(client, rollout).await;
 }
 
 fn condition(r: &ZtunnelRollout, type_: &str) -> (String, String, String) {

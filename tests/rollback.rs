@@ -105,13 +105,7 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
 
     let (pods_seen, pod_sampler) = sample_available(&env);
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    let agent = agent_support::start(
-        &env,
-        &kubeconfig,
-        &format!("{}-lease", env.namespace),
-        "agent-a",
-    );
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
     let name = format!("{}-rb", env.namespace);
     let rollout = agent_support::rollout(
         &env,

@@ -112,13 +112,7 @@ async fn set_programmed(api: &Api<Gateway>, name: &str, status: &str, reason: &s
 async fn start(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
     let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
-    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    agent_support::start(
-        env,
-        &kubeconfig,
-        &format!("{}-lease", env.namespace),
-        "agent-a",
-    )
+    agent_support::start_as_service_account(env, dir.path(), "agent-a")
 }
 
 fn rollout(env: &TestEnv, name: &str, waypoint: &str, health: serde_json::Value) -> ZtunnelRollout {
@@ -131,19 +125,11 @@ fn rollout(env: &TestEnv, name: &str, waypoint: &str, health: serde_json::Value)
 }
 
 async fn create(client: &Client, r: &ZtunnelRollout) {
-    Api::<ZtunnelRollout>::all(client.clone())
-        .create(&PostParams::default(), r)
-        .await
-        .expect("create the rollout");
+    agent_support::create(client, r).await;
 }
 
 fn phase_of(r: &ZtunnelRollout, node: &str) -> Option<(NodePhase, String)> {
-    r.status
-        .as_ref()?
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
-        .map(|n| (n.phase, n.message.clone()))
+    agent_support::node_status(r, node).map(|n| (n.phase, n.message.clone()))
 }
 
 #[tokio::test]

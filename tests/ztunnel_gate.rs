@@ -60,13 +60,7 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
     let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
-    let agent = agent_support::start(
-        &env,
-        &kubeconfig,
-        &format!("{}-lease", env.namespace),
-        "agent-a",
-    );
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
     let name = format!("{}-zt", env.namespace);
     let rollout = agent_support::rollout(
         &env,

@@ -700,13 +700,7 @@ impl Reconciler {
         if run.rollback.is_some() {
             return (pause(" (the rollback itself failed)"), false);
         }
-        let revisions: Vec<_> = self
-            .observed
-            .revisions
-            .state()
-            .iter()
-            .map(|r| r.as_ref().clone())
-            .collect();
+        let revisions = self.revisions();
         let Some((_, to)) = previous_revision(
             &view.ds_name,
             &view.ds_uid,
@@ -777,6 +771,15 @@ impl Reconciler {
         (standing, true)
     }
 
+    fn revisions(&self) -> Vec<k8s_openapi::api::apps::v1::ControllerRevision> {
+        self.observed
+            .revisions
+            .state()
+            .iter()
+            .map(|r| r.as_ref().clone())
+            .collect()
+    }
+
     /// The name of the DaemonSet's ControllerRevision with `hash`.
     fn revision_named(&self, view: &View, hash: &str) -> Option<String> {
         self.observed.revisions.state().iter().find_map(|r| {
@@ -826,13 +829,7 @@ impl Reconciler {
                 return Err(blocked("RollingUpdateStrategy", message));
             }
         };
-        let revisions: Vec<_> = self
-            .observed
-            .revisions
-            .state()
-            .iter()
-            .map(|r| r.as_ref().clone())
-            .collect();
+        let revisions = self.revisions();
         let hash = current_revision_hash(&ds, &revisions).map_err(|e| Standing {
             phase: RolloutPhase::Pending,
             reason: "WaitingForDaemonSet".into(),

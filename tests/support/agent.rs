@@ -181,6 +181,34 @@ pub fn start(env: &TestEnv, kubeconfig: &Path, lease: &str, identity: &str) -> A
     start_tagged(&env.namespace, kubeconfig, lease, identity)
 }
 
+/// Starts an agent for `env` as the manifests' ServiceAccount (its kubeconfig in `dir`),
+/// on a lease of the env's own.
+pub fn start_as_service_account(env: &TestEnv, dir: &Path, identity: &str) -> Agent {
+    let kubeconfig = service_account_kubeconfig(dir);
+    start(
+        env,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        identity,
+    )
+}
+
+/// Creates `rollout` (as the test, not the agent).
+pub async fn create(client: &Client, rollout: &ZtunnelRollout) -> ZtunnelRollout {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .create(&kube::api::PostParams::default(), rollout)
+        .await
+        .expect("create the rollout")
+}
+
+/// What the rollout's status records about `node`, if anything.
+pub fn node_status<'a>(
+    r: &'a ZtunnelRollout,
+    node: &str,
+) -> Option<&'a ztunnel_rollout::api::ztunnel_rollout::NodeStatus> {
+    r.status.as_ref()?.nodes.iter().find(|n| n.name == node)
+}
+
 /// Starts `ztunnel-rollout agent` for the rollouts labelled `TEST_LABEL=tag`.
 pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
     use std::os::unix::process::CommandExt;
