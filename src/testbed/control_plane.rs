@@ -78,12 +78,33 @@ pub struct RunningControlPlane {
     _temp_dir: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> Result<u16, ControlPlaneError> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port())
+/// A free port below Linux's ephemeral range (32768–60999 by default). A port the kernel
+/// hands out for `:0` is ephemeral, so between our probe and the component's own bind an
+/// outgoing connection can take it as its local port; below the range only another
+/// listener could.
+pub fn free_port() -> Result<u16, ControlPlaneError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut last = None;
+    for _ in 0..200 {
+        let mut x = seed.wrapping_add(NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed));
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let port = 20_000 + (x % 12_000) as u16;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(io("finding a free port")(last.unwrap_or_else(|| {
+        std::io::Error::other("no free port in 20000-31999")
+    })))
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -170,10 +170,7 @@ pub async fn http_get(address: &str, path: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    ztunnel_rollout::testbed::control_plane::free_port().expect("free port")
 }
 
 /// Starts `ztunnel-rollout agent` for `env`'s rollouts, with lease `lease`.

@@ -196,10 +196,7 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    ztunnel_rollout::testbed::control_plane::free_port().expect("a free port")
 }
 
 impl Prometheus {
