@@ -196,6 +196,32 @@ impl Selector {
         })
     }
 
+    /// The API form: every requirement as a `matchExpressions` entry.
+    pub fn to_label_selector(&self) -> LabelSelector {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let expression = |key: &str, operator: &str, values: Option<&BTreeSet<String>>| {
+            LabelSelectorRequirement {
+                key: key.to_owned(),
+                operator: operator.to_owned(),
+                values: values.map(|v| v.iter().cloned().collect()),
+            }
+        };
+        let expressions: Vec<LabelSelectorRequirement> = self
+            .requirements
+            .iter()
+            .map(|r| match r {
+                Requirement::In(k, vs) => expression(k, "In", Some(vs)),
+                Requirement::NotIn(k, vs) => expression(k, "NotIn", Some(vs)),
+                Requirement::Exists(k) => expression(k, "Exists", None),
+                Requirement::DoesNotExist(k) => expression(k, "DoesNotExist", None),
+            })
+            .collect();
+        LabelSelector {
+            match_expressions: (!expressions.is_empty()).then_some(expressions),
+            match_labels: None,
+        }
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
@@ -286,5 +312,28 @@ mod tests {
             Selector::from_label_selector(&unknown).unwrap_err(),
             SelectorError::UnknownOperator("Gt".into())
         );
+    }
+
+    #[test]
+    fn the_api_form_selects_the_same_labels() {
+        let text = Selector::parse("pool=blue,zone in (a,b),!canary,tier!=db").unwrap();
+        let api = Selector::from_label_selector(&text.to_label_selector()).unwrap();
+        for labels in [
+            vec![("pool", "blue"), ("zone", "a")],
+            vec![("pool", "blue"), ("zone", "c")],
+            vec![("pool", "blue"), ("zone", "b"), ("canary", "")],
+            vec![("pool", "blue"), ("zone", "b"), ("tier", "db")],
+            vec![("pool", "green"), ("zone", "a")],
+        ] {
+            let labels: BTreeMap<String, String> = labels
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(text.matches(&labels), api.matches(&labels), "{labels:?}");
+        }
+        assert!(api.matches(&BTreeMap::from([
+            ("pool".into(), "blue".into()),
+            ("zone".into(), "a".into())
+        ])));
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ztunnel_rollout::cli::{Cli, Command, agent, drain, preflight};
+use ztunnel_rollout::cli::{Cli, Command, agent, completion, control, drain, preflight, status};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,6 +23,13 @@ async fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Drain(args) => drain::run(args, &cli.global).await,
         Command::Preflight(args) => preflight::run(args, &cli.global).await,
+        Command::Status(args) => status::run(args, &cli.global).await,
+        Command::Pause(args) => control::pause(args, &cli.global).await,
+        Command::Resume(args) => control::resume(args, &cli.global).await,
+        Command::Abort(args) => control::abort(args, &cli.global).await,
+        Command::Approve(args) => control::approve(args, &cli.global).await,
+        Command::Trigger(args) => control::trigger(args, &cli.global).await,
+        Command::Completion(args) => completion(args),
     };
     result.unwrap_or_else(|e| {
         // Many errors repeat their source in their own message; say each thing once.

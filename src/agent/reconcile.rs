@@ -28,6 +28,7 @@ use crate::drain::{DrainOptions, Drainer};
 use crate::health::http_client::HttpClient;
 use crate::leader::{Leadership, NotLeader};
 use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels, VerdictLabels};
+use crate::rollout::hold::{Hold, hold};
 use crate::rollout::node_actions::{
     ActionError, NodeActions, OWNER_ANNOTATION, has_waiting_taint, recorded_was_unschedulable,
 };
@@ -89,6 +90,10 @@ struct Run {
     /// When the rollback's DaemonSet patch was last sent (the watch shows it later).
     undo_sent: Option<Instant>,
     warned_waypoints: bool,
+    /// The last wave a `WaveStarted` Event was sent for.
+    announced_wave: Option<String>,
+    awaiting_approval: Option<String>,
+    next_window: Option<Timestamp>,
     failures: HashMap<String, u32>,
     written: Option<ZtunnelRolloutStatus>,
     written_at: Option<Instant>,
@@ -597,7 +602,15 @@ impl Reconciler {
                 standing
             }
             Decision::Start { wave, nodes } => {
-                if run.wave.as_ref() != Some(wave) {
+                let held = hold(
+                    r.spec.paused,
+                    view.settings.manual_approval,
+                    &view.settings.approved_waves,
+                    wave,
+                    &view.settings.windows,
+                    view.now,
+                );
+                if held.is_none() && run.announced_wave.as_ref() != Some(wave) {
                     self.notice(
                         &view.reference,
                         None,
@@ -605,9 +618,11 @@ impl Reconciler {
                         "WaveStarted",
                         format!("wave {wave} started"),
                     );
-                    run.wave = Some(wave.clone());
+                    run.announced_wave = Some(wave.clone());
                 }
-                if !r.spec.paused {
+                run.awaiting_approval = None;
+                run.next_window = None;
+                if held.is_none() {
                     wake = earliest(wake, self.add_waiting_taints(&view, run).await?);
                     for node in nodes {
                         run.records
@@ -617,14 +632,53 @@ impl Reconciler {
                     }
                 }
                 let c = counts(view.nodes.len(), run.records.values());
-                if r.spec.paused {
-                    Standing {
-                        phase: RolloutPhase::Paused,
-                        reason: "Paused".into(),
-                        message: format!(
-                            "spec.paused is set: no new node starts ({} in flight finish their sequence)",
-                            c.in_flight
-                        ),
+                if let Some(held) = held {
+                    let in_flight = if c.in_flight > 0 {
+                        format!(" ({} in flight finish their sequence)", c.in_flight)
+                    } else {
+                        String::new()
+                    };
+                    match held {
+                        Hold::Paused => Standing {
+                            phase: RolloutPhase::Paused,
+                            reason: "Paused".into(),
+                            message: format!("spec.paused is set: no new node starts{in_flight}"),
+                        },
+                        Hold::AwaitingApproval { wave } => {
+                            let standing = Standing {
+                                phase: RolloutPhase::AwaitingApproval,
+                                reason: "AwaitingApproval".into(),
+                                message: format!(
+                                    "wave {wave} waits for approval: ztunnel-rollout approve {} --wave {wave}{in_flight}",
+                                    view.name
+                                ),
+                            };
+                            run.awaiting_approval = Some(wave);
+                            standing
+                        }
+                        Hold::OutsideWindow { next } => {
+                            run.next_window = next;
+                            if let Some(next) = next {
+                                let d = Duration::try_from(next.duration_since(Timestamp::now()))
+                                    .unwrap_or_default();
+                                wake = earliest(
+                                    wake,
+                                    Some(Instant::now() + d + Duration::from_millis(10)),
+                                );
+                            }
+                            Standing {
+                                phase: RolloutPhase::OutsideWindow,
+                                reason: "OutsideMaintenanceWindow".into(),
+                                message: match next {
+                                    Some(next) => format!(
+                                        "no maintenance window is open: the next opens at {next}{in_flight}"
+                                    ),
+                                    None => format!(
+                                        "no maintenance window opens within a week{in_flight}"
+                                    ),
+                                },
+                            }
+                        }
                     }
                 } else if nodes.is_empty() && c.in_flight == 0 {
                     let unavailable: Vec<String> = observations
@@ -801,13 +855,6 @@ impl Reconciler {
         };
         let mut settings = settings(&r.spec).map_err(|e| blocked("InvalidSpec", e.to_string()))?;
         settings.waves.reverse = run.rollback.is_some();
-        if r.spec.waves.approval == crate::api::ztunnel_rollout::Approval::Manual {
-            // Never ignore a hold the operator asked for: refuse until approvals exist.
-            return Err(blocked(
-                "ManualApprovalUnsupported",
-                "spec.waves.approval: Manual is not supported by this agent version yet; nothing is changed (use Automatic, with spec.paused to hold)".into(),
-            ));
-        }
         let ds_ref = &r.spec.daemon_set;
         let ds = self
             .observed
@@ -1485,6 +1532,8 @@ impl Reconciler {
             ),
             counts: counts(run.total, run.records.values()),
             rollback: run.rollback.clone(),
+            next_window: run.next_window.map(|t| t.to_string()),
+            awaiting_approval: run.awaiting_approval.clone(),
             nodes: node_statuses(&run.records),
         };
         if run.written.as_ref() == Some(&status) {

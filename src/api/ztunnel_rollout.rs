@@ -59,6 +59,39 @@ pub struct ZtunnelRolloutSpec {
     /// What proves a node healthy before it is uncordoned, and what a failure does.
     #[serde(default)]
     pub health: HealthSpec,
+    /// Nodes start only while one of these windows is open (any time when empty); a node
+    /// in progress when a window closes finishes its sequence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub maintenance_windows: Vec<MaintenanceWindowSpec>,
+    /// Waves approved to start (`ztunnel-rollout approve ROLLOUT --wave NAME`), for
+    /// `waves.approval: Manual`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "set"))]
+    pub approved_waves: Vec<String>,
+}
+
+/// A weekly maintenance window in an IANA time zone; it may cross midnight (`end` not
+/// after `start` ends it the next day).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindowSpec {
+    /// Days the window opens: Mon, Tue, ... (or Monday, ...).
+    #[schemars(length(min = 1, max = 7))]
+    pub days: Vec<String>,
+    /// Local opening time, HH:MM (24-hour).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// Local closing time, HH:MM (24-hour).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+    /// IANA time zone, e.g. Europe/Berlin; UTC when omitted.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
 }
 
 /// The health gates a node passes after its new ztunnel pod is Ready. Every gate fails
@@ -332,6 +365,12 @@ pub struct ZtunnelRolloutStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub counts: NodeCounts,
+    /// When the next maintenance window opens (RFC 3339), while none is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<String>,
+    /// The wave waiting for `ztunnel-rollout approve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<String>,
     /// Set while (and after) the failure policy rolled the DaemonSet back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,

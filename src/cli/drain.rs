@@ -69,7 +69,7 @@ impl DrainArgs {
 fn print(report: &DrainReport, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Text => print!("{}", report.render_text()),
-        Output::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Output::Json | Output::Yaml => super::print_structured(output, report)?,
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The command line: kubectl-like global flags and one module per subcommand.
 
 pub mod agent;
+pub mod control;
 pub mod drain;
 pub mod preflight;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,16 @@ pub struct GlobalArgs {
 pub enum Output {
     Text,
     Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML (`-o json|yaml`).
+pub fn print_structured<T: serde::Serialize>(output: Output, value: &T) -> anyhow::Result<()> {
+    match output {
+        Output::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -49,4 +61,36 @@ pub enum Command {
     Drain(drain::DrainArgs),
     /// Check the cluster against the upgrade runbook's guardrails; exit 1 on errors.
     Preflight(preflight::PreflightArgs),
+    /// Show a rollout's progress per wave, its nodes in flight and what holds it.
+    Status(status::StatusArgs),
+    /// Start no new node of a rollout; nodes in flight finish their sequence.
+    Pause(control::RolloutArg),
+    /// Let a paused rollout go on.
+    Resume(control::RolloutArg),
+    /// Stop a rollout for good: drains stop, the nodes it cordoned are uncordoned.
+    Abort(control::RolloutArg),
+    /// Let a wave of a rollout with `approval: Manual` start.
+    Approve(control::ApproveArgs),
+    /// Create a rollout limited to the nodes a label selector picks.
+    Trigger(control::TriggerArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
+}
+
+#[derive(Args)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell` to stdout.
+pub fn completion(args: &CompletionArgs) -> anyhow::Result<std::process::ExitCode> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(
+        args.shell,
+        &mut command,
+        "ztunnel-rollout",
+        &mut std::io::stdout(),
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -38,7 +38,7 @@ pub async fn run(args: &PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Ex
         .filter(|f| f.severity == Severity::Error)
         .count();
     match global.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Output::Json | Output::Yaml => super::print_structured(global.output, &findings)?,
         Output::Text => {
             println!("{:<8} {:<32} {:<48} MESSAGE", "SEVERITY", "CHECK", "OBJECT");
             for f in &findings {

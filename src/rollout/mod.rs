@@ -4,6 +4,7 @@
 //! ([`windows`]). The shell: [`node_actions`], which executes the state machine's
 //! actions; the agent loop in `crate::agent` ties them together.
 
+pub mod hold;
 pub mod node_actions;
 pub mod node_machine;
 pub mod planner;

@@ -7,7 +7,10 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::planner::{MaxUnavailable, WavePolicy};
-use crate::api::ztunnel_rollout::{FailurePolicy, HealthSpec, NoDataPolicy, ZtunnelRolloutSpec};
+use super::windows::{MaintenanceWindow, overlapping};
+use crate::api::ztunnel_rollout::{
+    Approval, FailurePolicy, HealthSpec, NoDataPolicy, ZtunnelRolloutSpec,
+};
 use crate::drain::DrainOptions;
 use crate::drain::filter::FilterOptions;
 use crate::duration::parse_duration;
@@ -35,6 +38,11 @@ pub struct RolloutSettings {
     pub drain: DrainOptions,
     pub ztunnel_ready_timeout: Duration,
     pub health: HealthSettings,
+    /// Nodes start only while one is open (any time when empty).
+    pub windows: Vec<MaintenanceWindow>,
+    /// Each wave waits for its name in `approved_waves`.
+    pub manual_approval: bool,
+    pub approved_waves: std::collections::BTreeSet<String>,
 }
 
 pub fn max_unavailable(value: &IntOrString) -> Result<MaxUnavailable, String> {
@@ -105,7 +113,30 @@ pub fn settings(spec: &ZtunnelRolloutSpec) -> Result<RolloutSettings, SpecError>
         ztunnel_ready_timeout: parse_duration(&spec.ztunnel_ready_timeout)
             .map_err(invalid("ztunnelReadyTimeout"))?,
         health: health(&spec.health)?,
+        windows: windows(spec)?,
+        manual_approval: spec.waves.approval == Approval::Manual,
+        approved_waves: spec.approved_waves.iter().cloned().collect(),
     })
+}
+
+fn windows(spec: &ZtunnelRolloutSpec) -> Result<Vec<MaintenanceWindow>, SpecError> {
+    let windows = spec
+        .maintenance_windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            MaintenanceWindow::parse(&w.days, &w.start, &w.end, &w.time_zone)
+                .map_err(|e| invalid("maintenanceWindows")(format!("window {}: {e}", i + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((a, b)) = overlapping(&windows) {
+        return Err(invalid("maintenanceWindows")(format!(
+            "windows {} and {} overlap; merge them into one",
+            a + 1,
+            b + 1
+        )));
+    }
+    Ok(windows)
 }
 
 fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
@@ -315,5 +346,40 @@ mod tests {
             e.message.contains("exactly one of max and maxIncrease"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_maintenance_windows_name_the_window() {
+        let with = |windows: serde_json::Value| {
+            let mut s = spec();
+            s.maintenance_windows = serde_json::from_value(windows).unwrap();
+            settings(&s)
+        };
+        let e = with(serde_json::json!([{ "days": ["Sat"], "start": "22:00", "end": "04:00", "timeZone": "Mars/Olympus" }]))
+            .unwrap_err();
+        assert_eq!(e.field, "maintenanceWindows");
+        assert!(
+            e.message
+                .contains("window 1: unknown time zone \"Mars/Olympus\""),
+            "{e}"
+        );
+        let e = with(serde_json::json!([{ "days": ["Sat"], "start": "22:00", "end": "22:00" }]))
+            .unwrap_err();
+        assert!(
+            e.message.contains("cannot start and end at the same time"),
+            "{e}"
+        );
+        let e = with(serde_json::json!([{ "days": [], "start": "22:00", "end": "23:00" }]))
+            .unwrap_err();
+        assert!(e.message.contains("at least one day"), "{e}");
+        let e = with(serde_json::json!([
+            { "days": ["Sat"], "start": "22:00", "end": "04:00" },
+            { "days": ["Sun"], "start": "03:00", "end": "05:00" }
+        ]))
+        .unwrap_err();
+        assert!(e.message.contains("windows 1 and 2 overlap"), "{e}");
+        let ok = with(serde_json::json!([{ "days": ["Sat", "Sun"], "start": "22:00", "end": "04:00", "timeZone": "Europe/Berlin" }]))
+            .unwrap();
+        assert_eq!(ok.windows.len(), 1);
     }
 }

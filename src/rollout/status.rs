@@ -112,6 +112,10 @@ pub enum RolloutPhase {
     RollingBack,
     /// Every node runs the restored previous revision again.
     RolledBack,
+    /// The current wave waits for `ztunnel-rollout approve`.
+    AwaitingApproval,
+    /// No maintenance window is open.
+    OutsideWindow,
 }
 
 impl RolloutPhase {
@@ -125,6 +129,8 @@ impl RolloutPhase {
             RolloutPhase::Aborted => "Aborted",
             RolloutPhase::RollingBack => "RollingBack",
             RolloutPhase::RolledBack => "RolledBack",
+            RolloutPhase::AwaitingApproval => "AwaitingApproval",
+            RolloutPhase::OutsideWindow => "OutsideWindow",
         }
     }
 }
@@ -174,7 +180,10 @@ pub fn conditions(
         (
             PROGRESSING,
             matches!(phase, Pending | Progressing | RollingBack),
-            if matches!(phase, Pending | Progressing | RollingBack) {
+            if matches!(
+                phase,
+                Pending | Progressing | RollingBack | AwaitingApproval | OutsideWindow
+            ) {
                 own
             } else {
                 (phase.as_str(), "no node is being started")

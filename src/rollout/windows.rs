@@ -152,6 +152,32 @@ impl MaintenanceWindow {
     }
 }
 
+/// Two windows that are open at once, named by their positions, if any: overlapping
+/// windows are almost always a typo. Checked over two weeks from a fixed date.
+pub fn overlapping(windows: &[MaintenanceWindow]) -> Option<(usize, usize)> {
+    let from = Timestamp::from_second(1_767_571_200).unwrap_or(Timestamp::UNIX_EPOCH); // Mon 2026-01-05
+    let week = Timestamp::from_second(1_767_571_200 + 7 * 86_400).unwrap_or(Timestamp::UNIX_EPOCH);
+    let openings: Vec<Vec<(Timestamp, Timestamp)>> = windows
+        .iter()
+        .map(|w| {
+            let mut all = w.openings_around(from);
+            all.extend(w.openings_around(week));
+            all
+        })
+        .collect();
+    for i in 0..openings.len() {
+        for j in i + 1..openings.len() {
+            let overlap = openings[i]
+                .iter()
+                .any(|(s1, e1)| openings[j].iter().any(|(s2, e2)| s1 < e2 && s2 < e1));
+            if overlap {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}
+
 /// Whether a node may start at `at`: always when no window is configured, else while
 /// any window is open.
 pub fn may_start(windows: &[MaintenanceWindow], at: Timestamp) -> bool {
@@ -336,5 +362,27 @@ mod tests {
         let err = MaintenanceWindow::parse(&days(&["Mon"]), "01:00", "02:00", "Europe/Berln")
             .unwrap_err();
         assert!(err.to_string().contains("Europe/Berln"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_windows_are_found_also_across_time_zones() {
+        let w = |days: &[&str], start: &str, end: &str, tz: &str| {
+            MaintenanceWindow::parse(
+                &days.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                start,
+                end,
+                tz,
+            )
+            .unwrap()
+        };
+        let night = w(&["Sat"], "22:00", "04:00", "Europe/Berlin");
+        let sunday = w(&["Sun"], "06:00", "08:00", "Europe/Berlin");
+        assert_eq!(overlapping(&[night.clone(), sunday.clone()]), None);
+        // Sunday 02:00 in Berlin is still inside Saturday night's window.
+        let early = w(&["Sun"], "02:00", "03:00", "Europe/Berlin");
+        assert_eq!(overlapping(&[night.clone(), early]), Some((0, 1)));
+        // 01:00 UTC on Sunday is 02:00 in Berlin (winter): the same instants.
+        let utc = w(&["Sun"], "01:00", "01:30", "UTC");
+        assert_eq!(overlapping(&[sunday, night, utc]), Some((1, 2)));
     }
 }

@@ -1,0 +1,258 @@
+//! Operating a rollout from the command line: `pause`, `resume`, `abort`, `approve` and
+//! `trigger`. Each changes the rollout object only (the agent acts on it), checks its
+//! input first, and changes nothing when the input is wrong.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::api::ZtunnelRollout;
+use crate::api::ztunnel_rollout::{DaemonSetRef, ZtunnelRolloutSpec};
+use crate::label_selector::Selector;
+use crate::rollout::planner::{NodeObservation, NodeProgress, Wave, plan_waves};
+use crate::rollout::settings::settings;
+
+#[derive(Args)]
+pub struct RolloutArg {
+    /// The ZtunnelRollout's name.
+    pub rollout: String,
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The ZtunnelRollout's name.
+    pub rollout: String,
+    /// The wave to let start (see `ztunnel-rollout status`).
+    #[arg(long)]
+    pub wave: String,
+}
+
+#[derive(Args)]
+pub struct TriggerArgs {
+    /// Which nodes to roll, as a label selector (`pool=blue`, `zone in (a,b)`).
+    #[arg(long, short = 'l')]
+    pub selector: String,
+    /// Name of the rollout to create (default: `trigger-` and the time).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Node label whose values name the waves.
+    #[arg(long, default_value = "topology.kubernetes.io/zone")]
+    pub group_by: String,
+    /// Nodes of a wave disrupted at once: a count or a percentage.
+    #[arg(long, default_value = "1")]
+    pub max_unavailable: String,
+    /// The ztunnel DaemonSet, NAMESPACE/NAME.
+    #[arg(long, default_value = "istio-system/ztunnel")]
+    pub daemonset: String,
+    /// Print the rollout that would be created, create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+async fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
+    Ok(crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?)
+}
+
+/// The rollout, or an error that names it and says how to list the others.
+pub async fn get_rollout(client: &Client, name: &str) -> anyhow::Result<ZtunnelRollout> {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading ztunnelrollout {name}"))?
+        .with_context(|| {
+            format!(
+                "ztunnelrollout {name:?} not found (list them with `kubectl get ztunnelrollouts`)"
+            )
+        })
+}
+
+/// The rollout's waves over the cluster's nodes now, in order.
+pub async fn waves(client: &Client, spec: &ZtunnelRolloutSpec) -> anyhow::Result<Vec<Wave>> {
+    let s = settings(spec)?;
+    let nodes: Vec<NodeObservation> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing nodes")?
+        .into_iter()
+        .filter(|n| s.nodes.matches(n.labels()))
+        .map(|n| NodeObservation {
+            name: n.name_any(),
+            labels: n.labels().clone(),
+            progress: NodeProgress::Pending,
+            not_ready: false,
+            cordoned_by_others: false,
+            pods: 0,
+            cordoned: false,
+        })
+        .collect();
+    Ok(plan_waves(&nodes, &s.waves))
+}
+
+async fn patch_spec(client: &Client, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .with_context(|| format!("updating ztunnelrollout {name}"))?;
+    Ok(())
+}
+
+pub async fn pause(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client = client(global).await?;
+    let r = get_rollout(&client, &args.rollout).await?;
+    if r.spec.paused {
+        println!("ztunnelrollout {} is already paused", args.rollout);
+        return Ok(ExitCode::SUCCESS);
+    }
+    patch_spec(&client, &args.rollout, json!({ "paused": true })).await?;
+    println!(
+        "ztunnelrollout {} paused: no new node starts; nodes in flight finish their sequence",
+        args.rollout
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resume(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client = client(global).await?;
+    let r = get_rollout(&client, &args.rollout).await?;
+    if r.spec.abort {
+        bail!(
+            "ztunnelrollout {} was aborted; an abort is final (create a new rollout)",
+            args.rollout
+        );
+    }
+    if !r.spec.paused {
+        println!("ztunnelrollout {} is not paused", args.rollout);
+        return Ok(ExitCode::SUCCESS);
+    }
+    patch_spec(&client, &args.rollout, json!({ "paused": false })).await?;
+    println!("ztunnelrollout {} resumed", args.rollout);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn abort(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client = client(global).await?;
+    let r = get_rollout(&client, &args.rollout).await?;
+    if r.spec.abort {
+        println!("ztunnelrollout {} is already aborted", args.rollout);
+        return Ok(ExitCode::SUCCESS);
+    }
+    patch_spec(&client, &args.rollout, json!({ "abort": true })).await?;
+    println!(
+        "ztunnelrollout {} aborted: drains stop, the nodes it cordoned are uncordoned (never others)",
+        args.rollout
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn approve(args: &ApproveArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client = client(global).await?;
+    let r = get_rollout(&client, &args.rollout).await?;
+    let waves = waves(&client, &r.spec).await?;
+    if !waves.iter().any(|w| w.name == args.wave) {
+        let names: Vec<&str> = waves.iter().map(|w| w.name.as_str()).collect();
+        bail!(
+            "ztunnelrollout {} has no wave {:?}; its waves: {}",
+            args.rollout,
+            args.wave,
+            if names.is_empty() {
+                "none (its nodeSelector matches no node)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    if r.spec.approved_waves.contains(&args.wave) {
+        println!(
+            "wave {} of ztunnelrollout {} is already approved",
+            args.wave, args.rollout
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut approved = r.spec.approved_waves.clone();
+    approved.push(args.wave.clone());
+    // Conditional on the version read: a concurrent approval is not lost.
+    Api::<ZtunnelRollout>::all(client.clone())
+        .patch(
+            &args.rollout,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": { "resourceVersion": r.resource_version() },
+                "spec": { "approvedWaves": approved },
+            })),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "approving wave {} of ztunnelrollout {}",
+                args.wave, args.rollout
+            )
+        })?;
+    println!(
+        "wave {} of ztunnelrollout {} approved",
+        args.wave, args.rollout
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let selector = Selector::parse(&args.selector)
+        .with_context(|| format!("--selector {:?}", args.selector))?;
+    let (namespace, name) = args
+        .daemonset
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .with_context(|| format!("--daemonset {:?}: want NAMESPACE/NAME", args.daemonset))?;
+    let max_unavailable = match args.max_unavailable.parse::<i32>() {
+        Ok(n) => IntOrString::Int(n),
+        Err(_) => IntOrString::String(args.max_unavailable.clone()),
+    };
+    crate::rollout::settings::max_unavailable(&max_unavailable)
+        .map_err(|e| anyhow::anyhow!("--max-unavailable: {e}"))?;
+    let spec: ZtunnelRolloutSpec = serde_json::from_value(json!({
+        "daemonSet": DaemonSetRef { namespace: namespace.to_owned(), name: name.to_owned() },
+        "nodeSelector": selector.to_label_selector(),
+        "waves": { "groupBy": args.group_by, "maxUnavailable": max_unavailable },
+    }))?;
+    settings(&spec)?;
+    let rollout_name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "trigger-{}",
+            k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S")
+        )
+    });
+    let rollout = ZtunnelRollout::new(&rollout_name, spec);
+    let client = client(global).await?;
+    let nodes = waves(&client, &rollout.spec).await?;
+    let count: usize = nodes.iter().map(|w| w.nodes.len()).sum();
+    if count == 0 {
+        bail!(
+            "--selector {:?} matches no node: nothing created",
+            args.selector
+        );
+    }
+    if args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&rollout)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    Api::<ZtunnelRollout>::all(client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .with_context(|| format!("creating ztunnelrollout {rollout_name}"))?;
+    println!(
+        "ztunnelrollout {rollout_name} created for {count} node(s) matching {:?} in {} wave(s)",
+        args.selector,
+        nodes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
