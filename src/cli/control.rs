@@ -51,6 +51,10 @@ pub struct TriggerArgs {
     /// The ztunnel DaemonSet, NAMESPACE/NAME.
     #[arg(long, default_value = "istio-system/ztunnel")]
     pub daemonset: String,
+    /// Labels for the created rollout, k=v[,k=v] (e.g. to match an agent's
+    /// `--rollout-selector`).
+    #[arg(long)]
+    pub labels: Option<String>,
     /// Print the rollout that would be created, create nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -231,7 +235,18 @@ pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<
             k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S")
         )
     });
-    let rollout = ZtunnelRollout::new(&rollout_name, spec);
+    let mut rollout = ZtunnelRollout::new(&rollout_name, spec);
+    if let Some(labels) = &args.labels {
+        let mut map = std::collections::BTreeMap::new();
+        for pair in labels.split(',') {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--labels: {pair:?} is not k=v"))?;
+            Selector::parse(&format!("{k}={v}")).with_context(|| format!("--labels: {pair:?}"))?;
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        rollout.metadata.labels = Some(map);
+    }
     let client = client(global).await?;
     let nodes = waves(&client, &rollout.spec).await?;
     let count: usize = nodes.iter().map(|w| w.nodes.len()).sum();

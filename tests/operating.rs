@@ -1,0 +1,426 @@
+//! Operating a rollout on the local control plane through the CLI: manual wave approval
+//! (across an agent restart), maintenance windows, pause and resume, abort, one-off
+//! triggers, and bad input that changes nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use support::TestEnv;
+use support::agent::{self as agent_support, Agent, TEST_LABEL, node_status};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
+use ztunnel_rollout::testbed::fixtures::{
+    self, Budget, NODE_SET_LABEL, POOL_LABEL, UpdateStrategy,
+};
+
+/// Runs the CLI against the test cluster: exit code, stdout, stderr.
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+        .arg("--kubeconfig")
+        .arg(&support::cluster().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The env's upgraded ztunnel and an agent for it.
+async fn ready(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    agent_support::start_as_service_account(env, dir.path(), "agent-a")
+}
+
+async fn phase(client: &Client, name: &str, phase: &str, agent: &Agent) -> ZtunnelRollout {
+    agent_support::wait_for_phase(client, name, phase, Duration::from_secs(90), &[agent]).await
+}
+
+/// Nodes the rollout has started (not Pending).
+fn started(r: &ZtunnelRollout) -> Vec<String> {
+    r.status
+        .iter()
+        .flat_map(|s| s.nodes.iter())
+        .filter(|n| n.phase != NodePhase::Pending)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+async fn cordoned(client: &Client, node: &str) -> bool {
+    Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .expect("node")
+        .spec
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn manual_approval_holds_each_wave_until_approved_also_across_an_agent_restart() {
+    let env = TestEnv::new("op-approve", 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = ready(&env, &dir).await;
+    let name = format!("{}-ap", env.namespace);
+    let spec = serde_json::json!({ "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": 1, "approval": "Manual" } });
+    agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+
+    let held = phase(&env.client, &name, "AwaitingApproval", &agent).await;
+    assert_eq!(
+        held.status
+            .as_ref()
+            .and_then(|s| s.awaiting_approval.as_deref()),
+        Some("a")
+    );
+    assert!(started(&held).is_empty(), "nothing starts before approval");
+    // A wave that does not exist: a clear error, nothing recorded.
+    let (code, _, err) = cli(&["approve", &name, "--wave", "zz"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has no wave \"zz\"") && err.contains("a, b, c"),
+        "{err}"
+    );
+    let (code, out, err) = cli(&["status", &name]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("ztunnel-rollout approve {name} --wave a")),
+        "{out}"
+    );
+
+    let (code, out, err) = cli(&["approve", &name, "--wave", "a"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    let awaiting_b = |r: Option<&ZtunnelRollout>| {
+        r.and_then(|r| r.status.as_ref())
+            .is_some_and(|s| s.awaiting_approval.as_deref() == Some("b"))
+    };
+    let r = support::wait_within(
+        &api,
+        &name,
+        "wave b awaiting approval",
+        Duration::from_secs(60),
+        awaiting_b,
+    )
+    .await
+    .expect("rollout");
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("AwaitingApproval")
+    );
+    assert_eq!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.awaiting_approval.as_deref()),
+        Some("b")
+    );
+    assert_eq!(started(&r), [env.nodes[0].clone()], "only wave a ran");
+
+    // A new agent process reads the approvals from the object: wave b still waits.
+    agent.kill();
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = phase(&env.client, &name, "AwaitingApproval", &agent).await;
+    assert_eq!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.awaiting_approval.as_deref()),
+        Some("b")
+    );
+    assert!(!cordoned(&env.client, &env.nodes[1]).await);
+    for wave in ["b", "c"] {
+        let (code, out, err) = cli(&["approve", &name, "--wave", wave]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let done = phase(&env.client, &name, "Complete", &agent).await;
+    assert_eq!(done.spec.approved_waves, ["a", "b", "c"]);
+    assert_eq!(done.status.expect("status").counts.done, 3);
+}
+
+#[tokio::test]
+async fn a_rollout_outside_its_window_changes_nothing_and_reports_the_next_window() {
+    let env = TestEnv::new("op-window", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = ready(&env, &dir).await;
+    // A one-minute window two days from now (UTC).
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let in_two_days = now
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date()
+        .checked_add(k8s_openapi::jiff::Span::new().days(2))
+        .expect("date");
+    let day = format!("{:?}", in_two_days.weekday());
+    let name = format!("{}-win", env.namespace);
+    let spec = serde_json::json!({
+        "maintenanceWindows": [{ "days": [day], "start": "03:00", "end": "03:01", "timeZone": "UTC" }]
+    });
+    agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+    let waiting = phase(&env.client, &name, "OutsideWindow", &agent).await;
+    let status = waiting.status.clone().expect("status");
+    let expected = format!("{in_two_days}T03:00:00Z");
+    assert_eq!(
+        status.next_window.as_deref(),
+        Some(expected.as_str()),
+        "{status:?}"
+    );
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(progressing.reason, "OutsideMaintenanceWindow");
+    assert!(
+        progressing.message.contains(&expected),
+        "{}",
+        progressing.message
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = Api::<ZtunnelRollout>::all(env.client.clone())
+        .get(&name)
+        .await
+        .expect("rollout");
+    assert!(started(&still).is_empty());
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}
+
+#[tokio::test]
+async fn pausing_mid_wave_lets_nodes_in_flight_finish_and_resuming_completes() {
+    let env = TestEnv::new("op-pause", 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = ready(&env, &dir).await;
+    let name = format!("{}-pz", env.namespace);
+    let spec = serde_json::json!({ "health": { "soak": "2s", "interval": "500ms" } });
+    agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    support::wait_within(
+        &api,
+        &name,
+        "a node in flight",
+        Duration::from_secs(60),
+        |r: Option<&ZtunnelRollout>| r.is_some_and(|r| !started(r).is_empty()),
+    )
+    .await;
+    let (code, out, err) = cli(&["pause", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let paused = phase(&env.client, &name, "Paused", &agent).await;
+    // In flight nodes reach a safe point (done), and nothing new starts.
+    support::wait_within(
+        &api,
+        &name,
+        "nodes in flight finished",
+        Duration::from_secs(60),
+        |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.counts.in_flight == 0)
+        },
+    )
+    .await;
+    let settled = started(&api.get(&name).await.expect("rollout"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        started(&api.get(&name).await.expect("rollout")),
+        settled,
+        "no node started while paused"
+    );
+    assert!(
+        settled.len() < 4,
+        "paused before the end: {settled:?} ({:?})",
+        paused.status
+    );
+    let (code, out, err) = cli(&["resume", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let done = phase(&env.client, &name, "Complete", &agent).await;
+    assert_eq!(done.status.expect("status").counts.done, 4);
+}
+
+#[tokio::test]
+async fn abort_from_the_cli_uncordons_only_the_nodes_the_rollout_cordoned() {
+    let env = TestEnv::new("op-abort", 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Someone else's cordon on the wave-b node; a pod the first node's drain cannot evict.
+    let theirs = env.nodes[1].clone();
+    support::set_unschedulable(&env.client, &theirs, true).await;
+    let mut blocker = fixtures::AppFixture::new(&env.namespace, "blocker", 1);
+    blocker.node_selector =
+        BTreeMap::from([("kubernetes.io/hostname".to_owned(), env.nodes[0].clone())]);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &blocker.deployment())
+        .await
+        .expect("blocker");
+    support::wait_for(
+        &deployments,
+        "blocker",
+        "blocker available",
+        support::deployment_available(1),
+    )
+    .await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = BTreeMap::from([("app".to_owned(), "blocker".to_owned())]);
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(
+            &env.namespace,
+            "blocker",
+            selector,
+            Budget::MinAvailable(IntOrString::Int(1)),
+        ),
+    )
+    .await
+    .expect("pdb");
+    let agent = ready(&env, &dir).await;
+    let name = format!("{}-ab", env.namespace);
+    agent_support::create(
+        &env.client,
+        &agent_support::rollout(&env, &name, serde_json::json!({})),
+    )
+    .await;
+    let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
+    let first = env.nodes[0].clone();
+    support::wait_within(
+        &api,
+        &name,
+        "the first node draining",
+        Duration::from_secs(60),
+        move |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| node_status(r, &first))
+                .is_some_and(|n| n.phase == NodePhase::Cordoned)
+        },
+    )
+    .await;
+    assert!(cordoned(&env.client, &env.nodes[0]).await);
+
+    let (code, out, err) = cli(&["abort", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    phase(&env.client, &name, "Aborted", &agent).await;
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), Some(&theirs)).await;
+    let (code, _, err) = cli(&["resume", &name]);
+    assert_eq!(code, 1, "an abort is final");
+    assert!(err.contains("aborted"), "{err}");
+}
+
+#[tokio::test]
+async fn a_trigger_rolls_only_the_nodes_its_selector_picks() {
+    let env = TestEnv::new("op-trigger", 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = ready(&env, &dir).await;
+    let name = format!("{}-tr", env.namespace);
+    let selector = format!("{NODE_SET_LABEL}={},{POOL_LABEL}=pool-a", env.node_set);
+    let daemonset = format!("{}/ztunnel", env.namespace);
+    let labels = format!("{TEST_LABEL}={}", env.namespace);
+    let (code, out, err) = cli(&[
+        "trigger",
+        "--selector",
+        &selector,
+        "--name",
+        &name,
+        "--daemonset",
+        &daemonset,
+        "--labels",
+        &labels,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("for 2 node(s)"), "{out}");
+    let done = phase(&env.client, &name, "Complete", &agent).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.counts.total, 2);
+    let mut rolled: Vec<String> = status.nodes.iter().map(|n| n.name.clone()).collect();
+    rolled.sort();
+    assert_eq!(
+        rolled,
+        [env.nodes[0].clone(), env.nodes[3].clone()],
+        "the pool-a nodes (zone a)"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let env = TestEnv::new("op-bad", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = ready(&env, &dir).await;
+    let rollouts = || async {
+        Api::<ZtunnelRollout>::all(env.client.clone())
+            .list(&ListParams::default().labels(&format!("{TEST_LABEL}={}", env.namespace)))
+            .await
+            .expect("rollouts")
+            .items
+            .len()
+    };
+    for (args, expected) in [
+        (
+            vec!["pause", "no-such-rollout"],
+            "ztunnelrollout \"no-such-rollout\" not found",
+        ),
+        (
+            vec!["approve", "no-such-rollout", "--wave", "a"],
+            "not found",
+        ),
+        (vec!["trigger", "--selector", "bad key!=x"], "--selector"),
+        (
+            vec!["trigger", "--selector", "pool=nowhere-at-all"],
+            "matches no node: nothing created",
+        ),
+        (
+            vec![
+                "trigger",
+                "--selector",
+                "pool=blue",
+                "--max-unavailable",
+                "0",
+            ],
+            "--max-unavailable",
+        ),
+        (
+            vec![
+                "trigger",
+                "--selector",
+                "pool=blue",
+                "--daemonset",
+                "ztunnel",
+            ],
+            "NAMESPACE/NAME",
+        ),
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(rollouts().await, 0, "nothing was created");
+
+    // An invalid time zone: the rollout is refused with the field named, nothing moves.
+    let name = format!("{}-tz", env.namespace);
+    let spec = serde_json::json!({
+        "maintenanceWindows": [{ "days": ["Sat"], "start": "22:00", "end": "04:00", "timeZone": "Mars/Olympus" }]
+    });
+    agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+    let blocked = phase(&env.client, &name, "Blocked", &agent).await;
+    let degraded = blocked
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .expect("Degraded");
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(
+        degraded
+            .message
+            .contains("spec.maintenanceWindows: window 1: unknown time zone \"Mars/Olympus\""),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        blocked.finalizers().is_empty(),
+        "nothing touched, no finalizer"
+    );
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}
