@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ztunnel_rollout::cli::{Cli, Command, agent, completion, control, drain, preflight, status};
+use ztunnel_rollout::cli::{
+    Cli, Command, agent, completion, control, drain, plan, preflight, status,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,6 +25,7 @@ async fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Drain(args) => drain::run(args, &cli.global).await,
         Command::Preflight(args) => preflight::run(args, &cli.global).await,
+        Command::Plan(args) => plan::run(args, &cli.global).await,
         Command::Status(args) => status::run(args, &cli.global).await,
         Command::Pause(args) => control::pause(args, &cli.global).await,
         Command::Resume(args) => control::resume(args, &cli.global).await,

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod control;
 pub mod drain;
+pub mod plan;
 pub mod preflight;
 pub mod status;
 
@@ -61,6 +62,9 @@ pub enum Command {
     Drain(drain::DrainArgs),
     /// Check the cluster against the upgrade runbook's guardrails; exit 1 on errors.
     Preflight(preflight::PreflightArgs),
+    /// Show what a rollout would do — waves, node order, evictions, blockers — changing
+    /// nothing.
+    Plan(plan::PlanArgs),
     /// Show a rollout's progress per wave, its nodes in flight and what holds it.
     Status(status::StatusArgs),
     /// Start no new node of a rollout; nodes in flight finish their sequence.

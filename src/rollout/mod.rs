@@ -7,6 +7,7 @@
 pub mod hold;
 pub mod node_actions;
 pub mod node_machine;
+pub mod plan_preview;
 pub mod planner;
 pub mod revision;
 pub mod settings;
