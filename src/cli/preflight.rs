@@ -24,14 +24,27 @@ pub struct PreflightArgs {
         env = "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET"
     )]
     pub ztunnel_daemonset: String,
+    /// Check only these namespaces' pods, PDBs and Deployments (repeatable; all when
+    /// omitted).
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// Check only the nodes this label selector picks.
+    #[arg(long)]
+    pub node_selector: Option<String>,
 }
 
 pub async fn run(args: &PreflightArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let client =
         crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let nodes = match &args.node_selector {
+        Some(text) => crate::label_selector::Selector::parse(text)
+            .map_err(|e| anyhow::anyhow!("--node-selector: {e}"))?,
+        None => crate::label_selector::Selector::everything(),
+    };
     let snapshot =
         crate::preflight::snapshot(&client, &args.ztunnel_namespace, &args.ztunnel_daemonset)
-            .await?;
+            .await?
+            .scoped(&args.namespaces, &nodes);
     let findings = checks::run(&snapshot);
     let errors = findings
         .iter()

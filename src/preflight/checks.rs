@@ -42,6 +42,28 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
 }
 
+impl Snapshot {
+    /// Keeps the namespaced objects of `namespaces` (all when empty) and the nodes
+    /// `nodes` selects: a preflight of one team's slice of the cluster.
+    pub fn scoped(
+        mut self,
+        namespaces: &[String],
+        nodes: &crate::label_selector::Selector,
+    ) -> Self {
+        let keep = |ns: Option<&String>| {
+            namespaces.is_empty() || ns.is_some_and(|ns| namespaces.contains(ns))
+        };
+        self.pods.retain(|p| keep(p.metadata.namespace.as_ref()));
+        self.pdbs.retain(|p| keep(p.metadata.namespace.as_ref()));
+        self.deployments
+            .retain(|d| keep(d.metadata.namespace.as_ref()));
+        self.namespaces.retain(|n| keep(n.metadata.name.as_ref()));
+        self.nodes
+            .retain(|n| nodes.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())));
+        self
+    }
+}
+
 fn key(kind: &str, ns: Option<&str>, name: Option<&str>) -> String {
     match ns {
         Some(ns) => format!("{kind}/{ns}/{}", name.unwrap_or_default()),
