@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use ztunnel_rollout::cli::{
     Cli, Command, agent, completion, control, drain, plan, preflight, status,
 };
@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,kube_client=off,ztunnel_rollout=info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match &cli.command {
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Drain(args) => drain::run(args, &cli.global).await,
@@ -48,4 +48,23 @@ async fn main() -> ExitCode {
         eprintln!("error: {message}");
         ExitCode::FAILURE
     })
+}
+
+/// Parses the command line; installed as `kubectl-ztunnel_rollout`, the binary is the
+/// kubectl plugin `kubectl ztunnel-rollout` and says so in its help.
+fn parse_cli() -> Cli {
+    let invoked = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let mut command = Cli::command();
+    if invoked.starts_with("kubectl-") {
+        command = command.bin_name("kubectl ztunnel-rollout");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

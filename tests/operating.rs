@@ -239,10 +239,35 @@ async fn pausing_mid_wave_lets_nodes_in_flight_finish_and_resuming_completes() {
         "paused before the end: {settled:?} ({:?})",
         paused.status
     );
+    // `status --watch` follows the rollout from here and ends with it.
+    let watch = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+        .arg("--kubeconfig")
+        .arg(&support::cluster().kubeconfig)
+        .args(["status", &name, "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
     let (code, out, err) = cli(&["resume", &name]);
     assert_eq!(code, 0, "{out}{err}");
     let done = phase(&env.client, &name, "Complete", &agent).await;
     assert_eq!(done.status.expect("status").counts.done, 4);
+    let watched = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || watch.wait_with_output()),
+    )
+    .await
+    .expect("status --watch ends with the rollout")
+    .expect("join")
+    .expect("output");
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        text.contains(&format!("ztunnelrollout {name}: Paused")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ztunnelrollout {name}: Complete")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -422,5 +447,108 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         blocked.finalizers().is_empty(),
         "nothing touched, no finalizer"
     );
+    // Empty and overlapping windows: refused the same way.
+    for (suffix, windows, expected) in [
+        (
+            "empty",
+            serde_json::json!([{ "days": ["Sat"], "start": "22:00", "end": "22:00" }]),
+            "cannot start and end at the same time",
+        ),
+        (
+            "overlap",
+            serde_json::json!([
+                { "days": ["Sat"], "start": "22:00", "end": "04:00" },
+                { "days": ["Sun"], "start": "03:00", "end": "05:00" }
+            ]),
+            "windows 1 and 2 overlap",
+        ),
+    ] {
+        let name = format!("{}-{suffix}", env.namespace);
+        let spec = serde_json::json!({ "maintenanceWindows": windows });
+        agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+        let blocked = phase(&env.client, &name, "Blocked", &agent).await;
+        let message = blocked
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains(expected), "{suffix}: {message}");
+    }
     agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}
+
+#[tokio::test]
+async fn the_cli_is_a_kubectl_plugin_and_kubectl_get_shows_the_progress() {
+    let env = TestEnv::new("op-plugin", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = ready(&env, &dir).await;
+    let name = format!("{}-pl", env.namespace);
+    let spec = serde_json::json!({ "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": 1, "approval": "Manual" } });
+    agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
+    phase(&env.client, &name, "AwaitingApproval", &agent).await;
+
+    // kubectl finds `kubectl-ztunnel_rollout` on the PATH.
+    let bin = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_ztunnel-rollout"),
+        bin.path().join("kubectl-ztunnel_rollout"),
+    )
+    .expect("symlink");
+    let kubectl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/bin/kubectl");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl_run = |args: &[&str]| {
+        let out = Command::new(&kubectl)
+            .env("PATH", &path)
+            .args(args)
+            // After the plugin's name: kubectl refuses flags before it.
+            .arg("--kubeconfig")
+            .arg(&support::cluster().kubeconfig)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let help = kubectl_run(&["ztunnel-rollout", "--help"]);
+    assert!(help.contains("Usage: kubectl ztunnel-rollout"), "{help}");
+    let status = kubectl_run(&["ztunnel-rollout", "status", &name]);
+    assert!(
+        status.contains(&format!("ztunnelrollout {name}: AwaitingApproval")),
+        "{status}"
+    );
+
+    let table = kubectl_run(&["get", "ztunnelrollouts", &name, "-o", "wide"]);
+    let header = table.lines().next().unwrap_or_default().to_owned();
+    for column in [
+        "PHASE",
+        "WAVE",
+        "DONE",
+        "TOTAL",
+        "FAILED",
+        "AWAITING",
+        "NEXT WINDOW",
+        "REASON",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("AwaitingApproval") && row.contains(" a "),
+        "{row}"
+    );
+
+    let (code, script, _) = cli(&["completion", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        script.contains("complete -F") && script.contains("approve"),
+        "a bash completion script"
+    );
 }

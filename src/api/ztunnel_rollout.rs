@@ -25,6 +25,10 @@ pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]
     printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.currentWave"}"#,
     printcolumn = r#"{"name":"Done","type":"integer","jsonPath":".status.counts.done"}"#,
     printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.counts.total"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
+    printcolumn = r#"{"name":"Awaiting","type":"string","jsonPath":".status.awaitingApproval"}"#,
+    printcolumn = r#"{"name":"Next Window","type":"string","priority":1,"jsonPath":".status.nextWindow"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Progressing\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
