@@ -35,16 +35,6 @@ fn condition(r: &ZtunnelRollout, type_: &str) -> (String, String, String) {
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
-async fn node_cordoned(client: &Client, node: &str) -> bool {
-    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-        .get(node)
-        .await
-        .expect("node")
-        .spec
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rate() {
     let mut env = TestEnv::new("gate-prom", 0).await;
@@ -130,7 +120,7 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
         );
     }
     assert!(
-        node_cordoned(&env.client, &bad).await,
+        support::is_cordoned(&env.client, &bad).await,
         "a failed node stays cordoned by default"
     );
     support::wait_for_event(&env.client, &name, "NodeFailed", "above the maximum 0.500").await;

@@ -4,38 +4,16 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use support::TestEnv;
 use support::agent::{self as agent_support, Agent, TEST_LABEL, node_status};
+use support::{TestEnv, cli};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{
-    self, Budget, NODE_SET_LABEL, POOL_LABEL, UpdateStrategy,
-};
-
-/// Runs the CLI against the test cluster: exit code, stdout, stderr.
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
-        .arg("--kubeconfig")
-        .arg(&support::cluster().kubeconfig)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use ztunnel_rollout::testbed::fixtures::{self, NODE_SET_LABEL, POOL_LABEL, UpdateStrategy};
 
 /// The env's upgraded ztunnel and an agent for it.
 async fn ready(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
@@ -57,16 +35,6 @@ fn started(r: &ZtunnelRollout) -> Vec<String> {
         .filter(|n| n.phase != NodePhase::Pending)
         .map(|n| n.name.clone())
         .collect()
-}
-
-async fn cordoned(client: &Client, node: &str) -> bool {
-    Api::<Node>::all(client.clone())
-        .get(node)
-        .await
-        .expect("node")
-        .spec
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
 }
 
 #[tokio::test]
@@ -139,7 +107,7 @@ async fn manual_approval_holds_each_wave_until_approved_also_across_an_agent_res
             .and_then(|s| s.awaiting_approval.as_deref()),
         Some("b")
     );
-    assert!(!cordoned(&env.client, &env.nodes[1]).await);
+    assert!(!support::is_cordoned(&env.client, &env.nodes[1]).await);
     for wave in ["b", "c"] {
         let (code, out, err) = cli(&["approve", &name, "--wave", wave]);
         assert_eq!(code, 0, "{out}{err}");
@@ -277,33 +245,7 @@ async fn abort_from_the_cli_uncordons_only_the_nodes_the_rollout_cordoned() {
     // Someone else's cordon on the wave-b node; a pod the first node's drain cannot evict.
     let theirs = env.nodes[1].clone();
     support::set_unschedulable(&env.client, &theirs, true).await;
-    let mut blocker = fixtures::AppFixture::new(&env.namespace, "blocker", 1);
-    blocker.node_selector =
-        BTreeMap::from([("kubernetes.io/hostname".to_owned(), env.nodes[0].clone())]);
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&deployments, &blocker.deployment())
-        .await
-        .expect("blocker");
-    support::wait_for(
-        &deployments,
-        "blocker",
-        "blocker available",
-        support::deployment_available(1),
-    )
-    .await;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
-    let selector = BTreeMap::from([("app".to_owned(), "blocker".to_owned())]);
-    fixtures::apply(
-        &pdbs,
-        &fixtures::pdb(
-            &env.namespace,
-            "blocker",
-            selector,
-            Budget::MinAvailable(IntOrString::Int(1)),
-        ),
-    )
-    .await
-    .expect("pdb");
+    support::pin_unevictable_pod(&env, &env.nodes[0]).await;
     let agent = ready(&env, &dir).await;
     let name = format!("{}-ab", env.namespace);
     agent_support::create(
@@ -324,7 +266,7 @@ async fn abort_from_the_cli_uncordons_only_the_nodes_the_rollout_cordoned() {
         },
     )
     .await;
-    assert!(cordoned(&env.client, &env.nodes[0]).await);
+    assert!(support::is_cordoned(&env.client, &env.nodes[0]).await);
 
     let (code, out, err) = cli(&["abort", &name]);
     assert_eq!(code, 0, "{out}{err}");

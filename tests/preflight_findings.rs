@@ -5,36 +5,21 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use support::TestEnv;
+use support::{TestEnv, cli};
 use ztunnel_rollout::testbed::fixtures::{
     self, Budget, NODE_SET_LABEL, UpdateStrategy, ZONE_LABEL,
 };
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
-        .arg("--kubeconfig")
-        .arg(&support::cluster().kubeconfig)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Preflight of the env's slice: exit code and (severity, check) of each finding.
 fn preflight(env: &TestEnv) -> (i32, Vec<(String, String)>) {
     let nodes = format!("{NODE_SET_LABEL}={}", env.node_set);
-    let (code, out, err) = run(&[
+    let (code, out, err) = cli(&[
         "preflight",
         "-o",
         "json",
@@ -74,7 +59,7 @@ fn plan_blockers(env: &TestEnv) -> Vec<String> {
         ),
     )
     .expect("write the manifest");
-    let (code, out, err) = run(&["plan", "-f", file.to_str().expect("path"), "-o", "json"]);
+    let (code, out, err) = cli(&["plan", "-f", file.to_str().expect("path"), "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let plan: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));

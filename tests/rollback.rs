@@ -7,9 +7,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -17,7 +16,7 @@ use support::agent as agent_support;
 use support::{TestEnv, sample_available};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{self, Budget, UpdateStrategy};
+use ztunnel_rollout::testbed::fixtures::{Budget, UpdateStrategy};
 
 async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
     Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
@@ -63,43 +62,7 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
     .await;
     // A pod on a wave-b node whose PDB allows no disruption: that node's drain fails.
     let blocked = env.nodes[1].clone();
-    let mut blocker = fixtures::AppFixture::new(&env.namespace, "blocker", 1);
-    blocker.node_selector =
-        BTreeMap::from([("kubernetes.io/hostname".to_owned(), blocked.clone())]);
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&deployments, &blocker.deployment())
-        .await
-        .expect("blocker");
-    support::wait_for(
-        &deployments,
-        "blocker",
-        "blocker available",
-        support::deployment_available(1),
-    )
-    .await;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
-    let selector = BTreeMap::from([("app".to_owned(), "blocker".to_owned())]);
-    fixtures::apply(
-        &pdbs,
-        &fixtures::pdb(
-            &env.namespace,
-            "blocker",
-            selector,
-            Budget::MinAvailable(IntOrString::Int(1)),
-        ),
-    )
-    .await
-    .expect("blocker pdb");
-    support::wait_for(
-        &pdbs,
-        "blocker",
-        "blocker PDB observed",
-        |p: Option<&PodDisruptionBudget>| {
-            p.and_then(|p| p.status.as_ref())
-                .is_some_and(|s| s.current_healthy == Some(1))
-        },
-    )
-    .await;
+    support::pin_unevictable_pod(&env, &blocked).await;
     let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
     assert_ne!(old, new);
 

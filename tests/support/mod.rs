@@ -536,3 +536,70 @@ pub async fn upgrade_ztunnel(
     ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions)
         .expect("current revision")
 }
+
+/// Pins a one-replica `blocker` Deployment to `node` under a PDB that allows no
+/// disruption, and waits until the PDB counts it: that node's drain cannot finish.
+pub async fn pin_unevictable_pod(env: &TestEnv, node: &str) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut blocker = fixtures::AppFixture::new(&env.namespace, "blocker", 1);
+    blocker.node_selector =
+        BTreeMap::from([("kubernetes.io/hostname".to_owned(), node.to_owned())]);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    fixtures::apply(&deployments, &blocker.deployment())
+        .await
+        .expect("blocker");
+    wait_for(
+        &deployments,
+        "blocker",
+        "blocker available",
+        deployment_available(1),
+    )
+    .await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = BTreeMap::from([("app".to_owned(), "blocker".to_owned())]);
+    let budget = fixtures::Budget::MinAvailable(IntOrString::Int(1));
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(&env.namespace, "blocker", selector, budget),
+    )
+    .await
+    .expect("blocker pdb");
+    wait_for(
+        &pdbs,
+        "blocker",
+        "blocker PDB observed",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.current_healthy == Some(1))
+        },
+    )
+    .await;
+}
+
+/// Whether `node` is cordoned now.
+pub async fn is_cordoned(client: &Client, node: &str) -> bool {
+    Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .expect("node")
+        .spec
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// Runs the `ztunnel-rollout` CLI against the test cluster: exit code, stdout, stderr.
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+        .arg("--kubeconfig")
+        .arg(&cluster().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
