@@ -1,31 +1,48 @@
-//! Rollout benchmark: 200 simulated nodes in 3 zones, 400 application pods under PDBs,
-//! `maxUnavailable: 10%`. Prints the total time against the critical-path lower bound
-//! implied by the simulated (KWOK) delays, the agent's peak memory, and its API requests
-//! per node (from the API server's audit log).
-//! Run: `cargo bench --bench rollout` (after e2e/build-control-plane.sh).
+//! Rollout benchmark: simulated nodes in 3 zones with application pods under PDBs, a
+//! ztunnel upgrade done by the agent, by the runbook's kubectl script, or by two agents of
+//! which the leader is killed mid-way. Prints one table of what was measured: total time
+//! against the critical-path lower bound implied by the simulated (KWOK) delays,
+//! per-phase node durations, reaction latency, evictions per pod, API requests (from the
+//! API server's audit log), the agent's peak memory and CPU, and the status size.
+//!
+//! Run: `cargo bench --bench rollout` (after e2e/build-control-plane.sh), or every
+//! scenario of BENCHMARKS.md with `e2e/bench.sh`. Settings (environment):
+//! - `BENCH_NODES` (200), `BENCH_PODS_PER_NODE` (2), `BENCH_MAX_UNAVAILABLE` (`10%`),
+//! - `BENCH_WAVES`: `zones` (one wave per zone, the default) or `one`,
+//! - `BENCH_MODE`: `agent` (default), `runbook` (e2e/runbook-baseline.sh, node by node),
+//!   `failover` (two agents; the leader is SIGKILLed once a third of the nodes are done).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
-use support::agent::{self as agent_support, TEST_LABEL};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use support::agent::{self as agent_support, Agent, TEST_LABEL};
 use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::rollout::planner::{
+    self, MaxUnavailable, NodeObservation, NodeProgress, WavePolicy,
+};
+use ztunnel_rollout::rollout::settings::max_unavailable;
 use ztunnel_rollout::testbed::control_plane::client_for;
-use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget, ZONE_LABEL, ZtunnelFixture};
+use ztunnel_rollout::testbed::fixtures::{
+    self, AppFixture, Budget, NODE_SET_LABEL, ZONE_LABEL, ZtunnelFixture,
+};
 
-const NODES: usize = 200;
 const ZONES: [&str; 3] = ["a", "b", "c"];
-const DEPLOYMENTS: usize = 10;
-const REPLICAS: i32 = 40;
+const REPLICAS: usize = 40;
 /// Simulated delays (KWOK stages), in seconds.
 const APP_EXIT: f64 = 1.0;
 const ZTUNNEL_EXIT: f64 = 1.0;
@@ -33,9 +50,61 @@ const ZTUNNEL_CREATED: f64 = 0.1;
 const ZTUNNEL_READY: f64 = 1.0;
 const TAG: &str = "bench-rollout";
 
-async fn scenario(client: &Client) -> (String, Vec<usize>) {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Agent,
+    Runbook,
+    Failover,
+}
+
+struct Params {
+    nodes: usize,
+    pods_per_node: usize,
+    max_unavailable: String,
+    one_wave: bool,
+    mode: Mode,
+}
+
+fn params() -> Params {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let number = |k: &str, d: &str| {
+        var(k, d)
+            .parse::<usize>()
+            .unwrap_or_else(|e| panic!("{k}: {e}"))
+    };
+    Params {
+        nodes: number("BENCH_NODES", "200"),
+        pods_per_node: number("BENCH_PODS_PER_NODE", "2"),
+        max_unavailable: var("BENCH_MAX_UNAVAILABLE", "10%"),
+        one_wave: match var("BENCH_WAVES", "zones").as_str() {
+            "zones" => false,
+            "one" => true,
+            other => panic!("BENCH_WAVES: {other:?} is not zones or one"),
+        },
+        mode: match var("BENCH_MODE", "agent").as_str() {
+            "agent" => Mode::Agent,
+            "runbook" => Mode::Runbook,
+            "failover" => Mode::Failover,
+            other => panic!("BENCH_MODE: {other:?} is not agent, runbook or failover"),
+        },
+    }
+}
+
+fn budget(p: &Params) -> MaxUnavailable {
+    let v = match p.max_unavailable.parse::<i32>() {
+        Ok(n) => IntOrString::Int(n),
+        Err(_) => IntOrString::String(p.max_unavailable.clone()),
+    };
+    max_unavailable(&v).unwrap_or_else(|e| panic!("BENCH_MAX_UNAVAILABLE: {e}"))
+}
+
+/// Nodes, ztunnel (upgraded, OnDelete), Deployments of 40 replicas under 25% PDBs.
+/// Returns the target revision hash and the node names.
+async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     let nodes: Api<Node> = Api::all(client.clone());
-    for n in fixtures::zoned_nodes("r-", NODES, &ZONES, TAG) {
+    let mut names = Vec::new();
+    for n in fixtures::zoned_nodes("r-", p.nodes, &ZONES, TAG) {
+        names.push(n.name_any());
         fixtures::apply(&nodes, &n).await.expect("node");
     }
     Api::<Namespace>::all(client.clone())
@@ -45,7 +114,7 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
         )
         .await
         .expect("namespace");
-    let selector = BTreeMap::from([(fixtures::NODE_SET_LABEL.to_owned(), TAG.to_owned())]);
+    let selector = BTreeMap::from([(NODE_SET_LABEL.to_owned(), TAG.to_owned())]);
     let mut ztunnel = ZtunnelFixture::new(TAG, "1.28.0");
     ztunnel.node_selector = selector.clone();
     ztunnel.exit_after_seconds = ZTUNNEL_EXIT;
@@ -58,15 +127,20 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
         &ds_api,
         "ztunnel",
         "ztunnel Ready on every node",
-        Duration::from_secs(300),
-        support::daemonset_ready(NODES as i32),
+        Duration::from_secs(900),
+        support::daemonset_ready(p.nodes as i32),
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), TAG);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), TAG);
-    for i in 0..DEPLOYMENTS {
+    let total = p.nodes * p.pods_per_node;
+    let count = total.div_ceil(REPLICAS);
+    let mut sizes = Vec::new();
+    for i in 0..count {
         let name = format!("app-{i}");
-        let mut app = AppFixture::new(TAG, &name, REPLICAS);
+        let replicas = REPLICAS.min(total - i * REPLICAS) as i32;
+        sizes.push((name.clone(), replicas));
+        let mut app = AppFixture::new(TAG, &name, replicas);
         app.node_selector = selector.clone();
         app.exit_after_seconds = APP_EXIT;
         fixtures::apply(&deployments, &app.deployment())
@@ -80,14 +154,13 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
         );
         fixtures::apply(&pdbs, &pdb).await.expect("pdb");
     }
-    for i in 0..DEPLOYMENTS {
-        let name = format!("app-{i}");
+    for (name, replicas) in &sizes {
         support::wait_within(
             &deployments,
-            &name,
-            &name,
-            Duration::from_secs(300),
-            support::deployment_available(REPLICAS),
+            name,
+            name,
+            Duration::from_secs(900),
+            support::deployment_available(*replicas),
         )
         .await;
     }
@@ -115,12 +188,7 @@ async fn scenario(client: &Client) -> (String, Vec<usize>) {
         .items;
     let hash =
         ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions).expect("hash");
-    let per_zone = ZONES
-        .iter()
-        .enumerate()
-        .map(|(z, _)| (0..NODES).filter(|i| i % ZONES.len() == z).count())
-        .collect();
-    (hash, per_zone)
+    (hash, names)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -148,11 +216,179 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// p50, p95 and max of `v` (seconds), as text.
+fn spread(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!("{:.2} / {:.2} / {:.2} s", at(0.5), at(0.95), at(1.0))
+}
+
+/// What two watches see: when each node's new ztunnel pod is first Ready, and when the
+/// node is uncordoned after having been cordoned.
+#[derive(Default)]
+struct Reactions {
+    ready: HashMap<String, Instant>,
+    uncordoned: HashMap<String, Instant>,
+}
+
+fn watch_reactions(
+    client: &Client,
+    target: &str,
+) -> (Arc<Mutex<Reactions>>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Mutex::new(Reactions::default()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), TAG);
+    let target = target.to_owned();
+    let s1 = seen.clone();
+    let t1 = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(
+            watcher(pods, watcher::Config::default().labels("app=ztunnel")).applied_objects()
+        );
+        while let Some(Ok(p)) = stream.next().await {
+            if p.labels().get("controller-revision-hash") == Some(&target) && support::available(&p)
+            {
+                let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+                s1.lock()
+                    .expect("lock")
+                    .ready
+                    .entry(node)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    let nodes: Api<Node> = Api::all(client.clone());
+    let s2 = seen.clone();
+    let t2 = tokio::spawn(async move {
+        let config = watcher::Config::default().labels(&format!("{NODE_SET_LABEL}={TAG}"));
+        let mut stream = std::pin::pin!(watcher(nodes, config).applied_objects());
+        let mut cordoned = std::collections::HashSet::new();
+        while let Some(Ok(n)) = stream.next().await {
+            let name = n.name_any();
+            if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+                cordoned.insert(name);
+            } else if cordoned.remove(&name) {
+                s2.lock()
+                    .expect("lock")
+                    .uncordoned
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    (seen, vec![t1, t2])
+}
+
+/// Per-phase durations of every node from the agent's Events on the Nodes (their
+/// `eventTime` has microseconds): drain, ztunnel replacement to Ready, verification,
+/// release, and the whole node.
+async fn phase_durations(client: &Client, rollout: &str) -> Vec<(&'static str, Vec<f64>)> {
+    let events = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    let mut at: HashMap<(String, String), Timestamp> = HashMap::new();
+    for e in events {
+        let node = e
+            .regarding
+            .as_ref()
+            .and_then(|r| r.name.clone())
+            .unwrap_or_default();
+        let from_us = e
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with(&format!("{rollout}: ")));
+        if let (true, Some(reason), Some(time)) = (from_us, e.reason.clone(), e.event_time.as_ref())
+        {
+            at.insert((node, reason), time.0);
+        }
+    }
+    let nodes: std::collections::BTreeSet<String> = at.keys().map(|(n, _)| n.clone()).collect();
+    let span = |from: &str, to: &str| -> Vec<f64> {
+        nodes
+            .iter()
+            .filter_map(|n| {
+                let a = at.get(&(n.clone(), from.to_owned()))?;
+                let b = at.get(&(n.clone(), to.to_owned()))?;
+                Some(b.duration_since(*a).as_secs_f64())
+            })
+            .collect()
+    };
+    vec![
+        ("cordon → drained", span("Cordoned", "Drained")),
+        (
+            "drained → new ztunnel Ready",
+            span("Drained", "ZtunnelReady"),
+        ),
+        ("Ready → verified", span("ZtunnelReady", "Verified")),
+        ("verified → uncordoned", span("Verified", "Done")),
+        ("whole node", span("Cordoned", "Done")),
+    ]
+}
+
+/// The critical path implied by the simulated delays: batches of `budget` nodes, wave
+/// after wave, each batch one node's path.
+fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
+    let path = APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY;
+    let waves: Vec<usize> = if p.one_wave {
+        vec![p.nodes]
+    } else {
+        ZONES
+            .iter()
+            .enumerate()
+            .map(|(z, _)| (0..p.nodes).filter(|i| i % ZONES.len() == z).count())
+            .collect()
+    };
+    let batches: usize = match p.mode {
+        Mode::Runbook => p.nodes,
+        _ => waves.iter().map(|n| n.div_ceil(budget.budget(*n))).sum(),
+    };
+    (batches as f64 * path, batches)
+}
+
+/// How long planning takes for `p.nodes` nodes with none started (the pure planner).
+fn planning_time(p: &Params, budget: MaxUnavailable) -> Duration {
+    let nodes: Vec<NodeObservation> = (0..p.nodes)
+        .map(|i| NodeObservation {
+            name: format!("node-{i:05}"),
+            labels: BTreeMap::from([(ZONE_LABEL.to_owned(), ZONES[i % 3].to_owned())]),
+            progress: NodeProgress::Pending,
+            not_ready: false,
+            cordoned_by_others: false,
+            pods: i % 23,
+            cordoned: false,
+        })
+        .collect();
+    let policy = WavePolicy {
+        group_by: ZONE_LABEL.into(),
+        order: vec![],
+        max_unavailable: budget,
+        canary: None,
+        max_failed: 0,
+        reverse: false,
+    };
+    let started = Instant::now();
+    let rounds = 100;
+    for _ in 0..rounds {
+        std::hint::black_box(planner::next(&nodes, &policy));
+    }
+    started.elapsed() / rounds
+}
+
+/// The timestamp at the start of an agent log line.
+fn log_time(line: &str) -> Option<Timestamp> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let p = params();
+    let budget = budget(&p);
     let cluster = support::start_supervisor(
         "bench-rollout",
         &["--audit-log", "--pod-exit-after-seconds", "1"],
@@ -164,77 +400,253 @@ async fn main() {
     let client = client_for(&kubeconfig).await.expect("client");
     agent_support::install(&client).await;
     let setup = Instant::now();
-    let (target, per_zone) = scenario(&client).await;
+    let (target, nodes) = scenario(&client, &p).await;
     eprintln!("scenario ready in {:.1}s", setup.elapsed().as_secs_f64());
+    let pods = p.nodes * p.pods_per_node;
+    let (bound, batches) = lower_bound(&p, budget);
+    let waves = if p.one_wave {
+        "one wave"
+    } else {
+        "a wave per zone"
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let (reactions, watchers) = watch_reactions(&client, &target);
 
-    let mut agent = agent_support::start_tagged(TAG, &kubeconfig, "bench-lease", "bench");
-    agent.wait_for_log("leading", Duration::from_secs(60)).await;
     let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
-    let rollout: ZtunnelRollout = serde_json::from_value(serde_json::json!({
-        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
-        "kind": "ZtunnelRollout",
-        "metadata": { "name": TAG, "labels": { TEST_LABEL: TAG } },
-        "spec": {
-            "daemonSet": { "namespace": TAG, "name": "ztunnel" },
-            "nodeSelector": { "matchLabels": { fixtures::NODE_SET_LABEL: TAG } },
-            "waves": { "groupBy": ZONE_LABEL, "maxUnavailable": "10%" },
-        },
-    }))
-    .expect("rollout");
     let started = Instant::now();
-    Api::<ZtunnelRollout>::all(client.clone())
-        .create(&PostParams::default(), &rollout)
-        .await
-        .expect("create");
-    let done = agent_support::wait_for_phase(
-        &client,
-        TAG,
-        "Complete",
-        Duration::from_secs(1800),
-        &[&agent],
-    )
-    .await;
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut user_agent = "ztunnel-rollout/";
+    match p.mode {
+        Mode::Runbook => {
+            user_agent = "kubectl/";
+            let kubectl = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/bin/kubectl");
+            let status = std::process::Command::new(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/runbook-baseline.sh"),
+            )
+            .env("KUBECTL", &kubectl)
+            .env("KUBECONFIG", &kubeconfig)
+            .arg(TAG)
+            .args(&nodes)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run the runbook script");
+            assert!(status.success(), "the runbook script failed");
+        }
+        Mode::Agent | Mode::Failover => {
+            agents.push(agent_support::start_tagged(
+                TAG,
+                &kubeconfig,
+                "bench-lease",
+                "bench-a",
+            ));
+            agents[0]
+                .wait_for_log("leading", Duration::from_secs(60))
+                .await;
+            if p.mode == Mode::Failover {
+                agents.push(agent_support::start_tagged(
+                    TAG,
+                    &kubeconfig,
+                    "bench-lease",
+                    "bench-b",
+                ));
+                agents[1]
+                    .wait_for_log("waiting for the lease", Duration::from_secs(60))
+                    .await;
+            }
+            let group_by = if p.one_wave {
+                NODE_SET_LABEL
+            } else {
+                ZONE_LABEL
+            };
+            let max_unavailable = match p.max_unavailable.parse::<i64>() {
+                Ok(n) => serde_json::json!(n),
+                Err(_) => serde_json::json!(p.max_unavailable),
+            };
+            let rollout: ZtunnelRollout = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+                "kind": "ZtunnelRollout",
+                "metadata": { "name": TAG, "labels": { TEST_LABEL: TAG } },
+                "spec": {
+                    "daemonSet": { "namespace": TAG, "name": "ztunnel" },
+                    "nodeSelector": { "matchLabels": { NODE_SET_LABEL: TAG } },
+                    "waves": { "groupBy": group_by, "maxUnavailable": max_unavailable },
+                },
+            }))
+            .expect("rollout");
+            Api::<ZtunnelRollout>::all(client.clone())
+                .create(&PostParams::default(), &rollout)
+                .await
+                .expect("create");
+            if p.mode == Mode::Failover {
+                let api: Api<ZtunnelRollout> = Api::all(client.clone());
+                let third = (p.nodes / 3) as u32;
+                support::wait_within(
+                    &api,
+                    TAG,
+                    "a third of the nodes done",
+                    Duration::from_secs(1800),
+                    move |r: Option<&ZtunnelRollout>| {
+                        r.and_then(|r| r.status.as_ref())
+                            .is_some_and(|s| s.counts.done >= third)
+                    },
+                )
+                .await;
+                let killed_at = Timestamp::now();
+                agents[0].kill();
+                let standby = &agents[1];
+                let leading = standby
+                    .wait_for_log("leading", Duration::from_secs(120))
+                    .await;
+                // The standby's first step on a node (cordon, drain, delete, release).
+                let first = loop {
+                    let text = standby.log_text();
+                    let after_leading = text.lines().skip_while(|l| !l.contains("leading"));
+                    if let Some(line) = after_leading
+                        .filter(|l| l.contains("phase="))
+                        .find(|l| log_time(l).is_some_and(|t| t > killed_at))
+                    {
+                        break line.to_owned();
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let since = |line: &str| {
+                    log_time(line).map_or(f64::NAN, |t| t.duration_since(killed_at).as_secs_f64())
+                };
+                rows.push((
+                    "failover: SIGKILL → standby leads".into(),
+                    format!("{:.1} s (lease 15 s)", since(&leading)),
+                ));
+                rows.push((
+                    "failover: SIGKILL → standby's first node step".into(),
+                    format!("{:.1} s", since(&first)),
+                ));
+            }
+            let leader = agents.last().expect("an agent");
+            let done = agent_support::wait_for_phase(
+                &client,
+                TAG,
+                "Complete",
+                Duration::from_secs(3600),
+                &[leader],
+            )
+            .await;
+            let status = done.status.clone().expect("status");
+            assert_eq!(status.target_revision.as_deref(), Some(target.as_str()));
+            rows.push((
+                "nodes done".into(),
+                format!("{} of {}", status.counts.done, status.counts.total),
+            ));
+            rows.push((
+                "status size".into(),
+                format!(
+                    "{} bytes",
+                    serde_json::to_vec(&status).map(|v| v.len()).unwrap_or(0)
+                ),
+            ));
+        }
+    }
     let total = started.elapsed().as_secs_f64();
-    let pid = agent.child.id();
-    let rss_mib = peak_rss_kib(pid) as f64 / 1024.0;
-    let cpu = cpu_seconds(pid);
+    for t in watchers {
+        t.abort();
+    }
+    let hashes: Vec<String> = Api::<Pod>::namespaced(client.clone(), TAG)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods")
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.labels().get("controller-revision-hash").cloned())
+        .collect();
+    assert!(
+        hashes.len() == p.nodes && hashes.iter().all(|h| *h == target),
+        "every ztunnel on {target}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await; // let the audit log flush
-    agent.kill();
-    let status = done.status.expect("status");
-    assert_eq!(status.target_revision.as_deref(), Some(target.as_str()));
-    let status_bytes = serde_json::to_vec(&status).map(|v| v.len()).unwrap_or(0);
-
-    let requests = support::audit::count_requests(&audit_log, offset, "ztunnel-rollout/");
+    let requests = support::audit::count_requests(&audit_log, offset, user_agent);
     let all: usize = requests.values().sum();
     let evictions = requests.get("create pods/eviction").copied().unwrap_or(0);
-    let per_node_path = APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY;
-    let batches: usize = per_zone.iter().map(|n| n.div_ceil((n / 10).max(1))).sum();
-    let lower_bound = batches as f64 * per_node_path;
-    let pods = DEPLOYMENTS * REPLICAS as usize;
 
-    println!(
-        "\nRollout of {NODES} nodes in {} zones, {pods} application pods under PDBs (maxUnavailable 25%), maxUnavailable 10% per wave\n",
-        ZONES.len()
-    );
+    let mut table = vec![
+        (
+            "scenario".to_owned(),
+            format!(
+                "{} nodes ({waves}), {pods} application pods under 25% PDBs, {} by {}",
+                p.nodes,
+                if p.mode == Mode::Runbook {
+                    "node by node".to_owned()
+                } else {
+                    format!("maxUnavailable {}", p.max_unavailable)
+                },
+                match p.mode {
+                    Mode::Runbook => "the runbook script",
+                    Mode::Agent => "the agent",
+                    Mode::Failover => "two agents, leader killed",
+                }
+            ),
+        ),
+        ("total time".to_owned(), format!("{total:.1} s")),
+        (
+            "critical-path lower bound".to_owned(),
+            format!(
+                "{bound:.1} s ({batches} batches × {:.1} s)",
+                APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY
+            ),
+        ),
+        ("ratio".to_owned(), format!("{:.2}", total / bound)),
+        (
+            "API requests".to_owned(),
+            format!(
+                "{all}: {:.1} per node besides {evictions} evictions ({:.2} per pod)",
+                (all - evictions) as f64 / p.nodes as f64,
+                evictions as f64 / pods.max(1) as f64
+            ),
+        ),
+    ];
+    table.extend(rows);
+    if let Some(agent) = agents.last() {
+        let pid = agent.child.id();
+        table.push((
+            "agent peak RSS".into(),
+            format!("{:.1} MiB", peak_rss_kib(pid) as f64 / 1024.0),
+        ));
+        table.push(("agent CPU".into(), format!("{:.1} s", cpu_seconds(pid))));
+        let latency: Vec<f64> = {
+            let r = reactions.lock().expect("lock");
+            r.ready
+                .iter()
+                .filter_map(|(n, ready)| {
+                    Some(
+                        r.uncordoned
+                            .get(n)?
+                            .saturating_duration_since(*ready)
+                            .as_secs_f64(),
+                    )
+                })
+                .collect()
+        };
+        table.push((
+            "reaction: new ztunnel Ready → uncordoned (p50 / p95 / max)".into(),
+            spread(latency),
+        ));
+        for (phase, values) in phase_durations(&client, TAG).await {
+            table.push((
+                format!("per node: {phase} (p50 / p95 / max)"),
+                spread(values),
+            ));
+        }
+        table.push((
+            "planning time (pure planner, all nodes pending)".into(),
+            format!("{:.1} µs", planning_time(&p, budget).as_secs_f64() * 1e6),
+        ));
+    }
+    println!();
     println!("| figure | value |\n|---|---|");
-    println!(
-        "| nodes done | {} of {} |",
-        status.counts.done, status.counts.total
-    );
-    println!("| total time | {total:.1} s |");
-    println!(
-        "| critical-path lower bound | {lower_bound:.1} s ({batches} batches × {per_node_path:.1} s: app exit {APP_EXIT}, ztunnel exit {ZTUNNEL_EXIT}, created {ZTUNNEL_CREATED}, Ready {ZTUNNEL_READY}) |"
-    );
-    println!("| ratio | {:.2} |", total / lower_bound);
-    println!("| agent peak RSS | {rss_mib:.1} MiB |");
-    println!("| agent CPU | {cpu:.1} s |");
-    println!(
-        "| API requests | {all} ({:.1} per node without evictions; {evictions} evictions, {:.2} per pod) |",
-        (all - evictions) as f64 / NODES as f64,
-        evictions as f64 / pods as f64
-    );
-    println!("| status size | {status_bytes} bytes |");
+    for (k, v) in &table {
+        println!("| {k} | {v} |");
+    }
     let verbs: Vec<String> = requests.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     println!("\nrequests by verb: {}", verbs.join(", "));
+    drop(agents);
     drop(cluster);
 }
