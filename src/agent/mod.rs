@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod observe;
+pub mod pod_index;
 pub mod reconcile;
 pub mod rollback;
 pub mod verify;

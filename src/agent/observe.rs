@@ -18,6 +18,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::pod_index::PodIndex;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
 use crate::watch_cache;
@@ -27,9 +28,10 @@ pub struct Observed {
     /// Pods carrying a `controller-revision-hash` label: DaemonSet (and StatefulSet)
     /// pods, among them every ztunnel pod, but not the applications' Deployment pods.
     pub revisioned_pods: Store<Pod>,
-    /// Every pod, trimmed to its node and owner: how many pods each node's drain would
-    /// evict. Its events do not wake the loop (the counts only order the next starts).
-    pub all_pods: Store<Pod>,
+    /// A few facts of every pod: how many pods each node's drain would evict, which
+    /// pods ztunnel proxies. Its events do not wake the loop (the counts only order the
+    /// next starts).
+    pub all_pods: PodIndex,
     pub daemon_sets: Store<DaemonSet>,
     pub revisions: Store<ControllerRevision>,
     pub rollouts: Store<ZtunnelRollout>,
@@ -112,25 +114,6 @@ fn trim_revisioned_pod(p: &mut Pod) {
 
 /// The label that enrolls a pod (or its namespace) in ambient mode, or opts it out.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
-
-/// Keeps the node, owners, phase, host networking and the dataplane-mode label.
-fn trim_any_pod(p: &mut Pod) {
-    let host_network = p.spec.as_ref().and_then(|s| s.host_network);
-    let mode = p
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(DATAPLANE_MODE_LABEL).cloned());
-    trim_pod(p);
-    p.metadata.labels = mode.map(|m| [(DATAPLANE_MODE_LABEL.to_owned(), m)].into());
-    if let Some(s) = p.spec.as_mut() {
-        s.host_network = host_network;
-    }
-    p.status = p.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        ..Default::default()
-    });
-}
 
 fn trim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
@@ -288,12 +271,7 @@ impl Observed {
             trim_revisioned_pod,
             Some(changed.clone()),
         );
-        let (all_pods, t6) = spawn(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            trim_any_pod,
-            None,
-        );
+        let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
             Api::<DaemonSet>::all(client.clone()),
             watcher::Config::default(),
@@ -356,7 +334,7 @@ impl Observed {
     pub async fn synced(&self) {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.revisioned_pods.wait_until_ready().await;
-        let _ = self.all_pods.wait_until_ready().await;
+        self.all_pods.synced().await;
         let _ = self.daemon_sets.wait_until_ready().await;
         let _ = self.revisions.wait_until_ready().await;
         let _ = self.rollouts.wait_until_ready().await;

@@ -970,25 +970,7 @@ impl Reconciler {
 
     /// Running pods per node that a drain would evict (not DaemonSet pods).
     fn pods_per_node(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for p in self.observed.all_pods.state() {
-            let daemon = p
-                .owner_references()
-                .iter()
-                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-            let finished = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-            if daemon || finished || p.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                *counts.entry(node).or_default() += 1;
-            }
-        }
-        counts
+        self.observed.all_pods.evictable_per_node()
     }
 
     fn facts(&self, view: &View, run: &Run, node: &str, n: Option<&Arc<Node>>) -> NodeFacts {

@@ -205,22 +205,14 @@ pub fn ambient_pods(observed: &Observed, node: &str, ds_uid: &str) -> usize {
         .collect();
     observed
         .all_pods
-        .state()
+        .running_on(node, ds_uid)
         .iter()
+        .filter(|p| !p.host_network)
         .filter(|p| {
-            let spec = p.spec.as_ref();
-            spec.and_then(|s| s.node_name.as_deref()) == Some(node)
-                && !spec.and_then(|s| s.host_network).unwrap_or(false)
-                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                && p.metadata.deletion_timestamp.is_none()
-                && !p.owner_references().iter().any(|o| o.uid == ds_uid)
-                && enrolled_in_ambient(
-                    p.labels().get(DATAPLANE_MODE_LABEL).map(String::as_str),
-                    namespaces
-                        .get(&p.namespace().unwrap_or_default())
-                        .copied()
-                        .unwrap_or(false),
-                )
+            enrolled_in_ambient(
+                p.dataplane_mode.as_deref(),
+                namespaces.get(&p.namespace).copied().unwrap_or(false),
+            )
         })
         .count()
 }
