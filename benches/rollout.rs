@@ -32,9 +32,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::planner::{
-    self, MaxUnavailable, NodeObservation, NodeProgress, WavePolicy,
-};
+use ztunnel_rollout::rollout::planner::{self, MaxUnavailable, NodeObservation, WavePolicy};
 use ztunnel_rollout::rollout::settings::max_unavailable;
 use ztunnel_rollout::testbed::control_plane::client_for;
 use ztunnel_rollout::testbed::fixtures::{
@@ -351,14 +349,9 @@ fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
 /// How long planning takes for `p.nodes` nodes with none started (the pure planner).
 fn planning_time(p: &Params, budget: MaxUnavailable) -> Duration {
     let nodes: Vec<NodeObservation> = (0..p.nodes)
-        .map(|i| NodeObservation {
-            name: format!("node-{i:05}"),
-            labels: BTreeMap::from([(ZONE_LABEL.to_owned(), ZONES[i % 3].to_owned())]),
-            progress: NodeProgress::Pending,
-            not_ready: false,
-            cordoned_by_others: false,
-            pods: i % 23,
-            cordoned: false,
+        .map(|i| {
+            let zone = BTreeMap::from([(ZONE_LABEL.to_owned(), ZONES[i % 3].to_owned())]);
+            NodeObservation::pending(format!("node-{i:05}"), zone, i % 23)
         })
         .collect();
     let policy = WavePolicy {

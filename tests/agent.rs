@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use support::agent::{self as agent_support, Agent};
@@ -71,26 +71,6 @@ fn sample_nodes(env: &TestEnv) -> (Arc<Mutex<NodeSamples>>, tokio::task::JoinHan
         }
     });
     (samples, task)
-}
-
-async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
-    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().labels("app=ztunnel"))
-        .await
-        .expect("ztunnel pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| {
-            (
-                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
-                p.metadata
-                    .labels
-                    .and_then(|l| l.get("controller-revision-hash").cloned())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
@@ -158,7 +138,7 @@ async fn a_rollout_of_twelve_nodes_goes_wave_by_wave_within_budget_and_pdbs() {
     assert_eq!(status.counts.total, 12);
     assert_eq!(status.counts.done, 12, "{:?}", status.nodes);
     assert_eq!(status.counts.failed, 0);
-    let hashes = ztunnel_hashes(&env).await;
+    let hashes = support::ztunnel_hashes(&env).await;
     assert_eq!(hashes.len(), 12);
     assert!(
         hashes.values().all(|h| *h == target),

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
 use support::TestEnv;
 use support::agent::{self as agent_support, Agent, node_status};
 use support::prometheus::{Prometheus, ZtunnelMetricsServer};
@@ -20,10 +20,6 @@ const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$nod
 
 fn agent(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
     agent_support::start_as_service_account(env, dir.path(), "agent-a")
-}
-
-async fn create(client: &Client, rollout: &ZtunnelRollout) {
-    agent_support::create(client, rollout).await;
 }
 
 fn condition(r: &ZtunnelRollout, type_: &str) -> (String, String, String) {
@@ -62,7 +58,7 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&env, &dir);
     let name = format!("{}-prom", env.namespace);
-    create(
+    agent_support::create(
         &env.client,
         &agent_support::rollout(
             &env,
@@ -236,7 +232,7 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
     let agent = agent(&env, &dir);
     for ((case, url, query, _), node) in cases.iter().zip(&env.nodes) {
         let name = format!("{}-{case}", env.namespace);
-        create(
+        agent_support::create(
             &env.client,
             &one_node_rollout(&env, &name, node, url, query),
         )

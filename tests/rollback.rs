@@ -4,42 +4,17 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::Api;
+use kube::api::PostParams;
 use support::agent as agent_support;
 use support::{TestEnv, sample_available};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::rollout::node_machine::NodePhase;
 use ztunnel_rollout::testbed::fixtures::{Budget, UpdateStrategy};
-
-async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
-    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().labels("app=ztunnel"))
-        .await
-        .expect("ztunnel pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| {
-            (
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                p.labels()
-                    .get("controller-revision-hash")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
@@ -47,7 +22,7 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
     agent_support::install(&env.client).await;
     // Zones a, b, c: nodes 0 and 3, 1 and 4, 2 and 5.
     let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
-    let old = ztunnel_hashes(&env)
+    let old = support::ztunnel_hashes(&env)
         .await
         .into_values()
         .next()
@@ -144,7 +119,7 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
             .is_some_and(|i| i.ends_with(":1.28.0-distroless")),
         "the DaemonSet template is restored"
     );
-    let hashes = ztunnel_hashes(&env).await;
+    let hashes = support::ztunnel_hashes(&env).await;
     assert_eq!(hashes.len(), 6);
     assert!(
         hashes.values().all(|h| *h == old),

@@ -124,10 +124,6 @@ fn rollout(env: &TestEnv, name: &str, waypoint: &str, health: serde_json::Value)
     agent_support::rollout(env, name, serde_json::json!({ "health": health }))
 }
 
-async fn create(client: &Client, r: &ZtunnelRollout) {
-    agent_support::create(client, r).await;
-}
-
 fn phase_of(r: &ZtunnelRollout, node: &str) -> Option<(NodePhase, String)> {
     agent_support::node_status(r, node).map(|n| (n.phase, n.message.clone()))
 }
@@ -156,7 +152,7 @@ async fn a_node_is_verified_only_once_its_rescheduled_waypoint_is_ready_and_prog
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = start(&env, &dir).await;
     let name = format!("{}-wp", env.namespace);
-    create(
+    agent_support::create(
         &env.client,
         &rollout(
             &env,
@@ -249,7 +245,7 @@ async fn a_waypoint_that_never_recovers_fails_the_node_at_the_gate_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = start(&env, &dir).await;
     let name = format!("{}-wpt", env.namespace);
-    create(
+    agent_support::create(
         &env.client,
         &rollout(
             &env,

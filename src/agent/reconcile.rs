@@ -37,7 +37,7 @@ use crate::rollout::node_machine::{
 };
 use crate::rollout::planner::{self, Decision, NodeObservation, NodeProgress};
 use crate::rollout::revision::{
-    REVISION_HASH_LABEL, StrategyVerdict, current_revision_hash, previous_revision,
+    REVISION_HASH_LABEL, StrategyVerdict, current_revision_hash, previous_revision, revision_name,
     strategy_verdict,
 };
 use crate::rollout::settings::{RolloutSettings, settings};
@@ -166,6 +166,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The loop's wake-up for wall-clock time `t` (a little after it).
+fn wake_at(t: Timestamp) -> Instant {
+    let d = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
+    Instant::now() + d + Duration::from_millis(10)
 }
 
 fn retry_delay(failures: u32) -> Duration {
@@ -659,12 +665,7 @@ impl Reconciler {
                         Hold::OutsideWindow { next } => {
                             run.next_window = next;
                             if let Some(next) = next {
-                                let d = Duration::try_from(next.duration_since(Timestamp::now()))
-                                    .unwrap_or_default();
-                                wake = earliest(
-                                    wake,
-                                    Some(Instant::now() + d + Duration::from_millis(10)),
-                                );
+                                wake = earliest(wake, Some(wake_at(next)));
                             }
                             Standing {
                                 phase: RolloutPhase::OutsideWindow,
@@ -836,14 +837,7 @@ impl Reconciler {
 
     /// The name of the DaemonSet's ControllerRevision with `hash`.
     fn revision_named(&self, view: &View, hash: &str) -> Option<String> {
-        self.observed.revisions.state().iter().find_map(|r| {
-            let owned = r
-                .owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == view.ds_uid);
-            (owned && r.labels().get(REVISION_HASH_LABEL).map(String::as_str) == Some(hash))
-                .then(|| r.name_any())
-        })
+        revision_name(&view.ds_name, &view.ds_uid, hash, &self.revisions())
     }
 
     /// Gathers what a pass needs, or the reason the rollout cannot proceed.
@@ -926,15 +920,12 @@ impl Reconciler {
         let observations: Vec<NodeObservation> = nodes
             .iter()
             .map(|(node, n)| {
-                let mut o = NodeObservation {
-                    name: node.clone(),
-                    labels: n.labels().clone(),
-                    progress: NodeProgress::Pending,
-                    not_ready: !node_ready(n),
-                    cordoned_by_others: false,
-                    pods: pods_per_node.get(node).copied().unwrap_or(0),
-                    cordoned: unschedulable(n),
-                };
+                let mut o = NodeObservation::pending(
+                    node.clone(),
+                    n.labels().clone(),
+                    pods_per_node.get(node).copied().unwrap_or(0),
+                );
+                o.not_ready = !node_ready(n);
                 refresh(&mut o, run, n, name);
                 o
             })
@@ -1022,12 +1013,7 @@ impl Reconciler {
                     }
                     Ok(Executed::Waiting(until)) => {
                         self.transition(view, run, node, n.as_deref(), &step);
-                        return Ok(until.map(|t| {
-                            let d = t.duration_since(Timestamp::now());
-                            Instant::now()
-                                + Duration::try_from(d).unwrap_or_default()
-                                + Duration::from_millis(10)
-                        }));
+                        return Ok(until.map(wake_at));
                     }
                     Err(ActionError::NotLeader(e)) => return Err(PassError::NotLeader(e)),
                     Err(ActionError::Conflict { .. }) => {

@@ -16,7 +16,7 @@ use super::GlobalArgs;
 use crate::api::ZtunnelRollout;
 use crate::api::ztunnel_rollout::{DaemonSetRef, ZtunnelRolloutSpec};
 use crate::label_selector::Selector;
-use crate::rollout::planner::{NodeObservation, NodeProgress, Wave, plan_waves};
+use crate::rollout::planner::{NodeObservation, Wave, plan_waves};
 use crate::rollout::settings::settings;
 
 #[derive(Args)]
@@ -86,15 +86,7 @@ pub async fn waves(client: &Client, spec: &ZtunnelRolloutSpec) -> anyhow::Result
         .context("listing nodes")?
         .into_iter()
         .filter(|n| s.nodes.matches(n.labels()))
-        .map(|n| NodeObservation {
-            name: n.name_any(),
-            labels: n.labels().clone(),
-            progress: NodeProgress::Pending,
-            not_ready: false,
-            cordoned_by_others: false,
-            pods: 0,
-            cordoned: false,
-        })
+        .map(|n| NodeObservation::pending(n.name_any(), n.labels().clone(), 0))
         .collect();
     Ok(plan_waves(&nodes, &s.waves))
 }

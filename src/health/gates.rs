@@ -266,8 +266,6 @@ pub fn enrolled_in_ambient(pod_mode: Option<&str>, namespace_ambient: bool) -> b
 pub struct ZtunnelScrape {
     /// Seconds on the gate's clock.
     pub at: f64,
-    /// The ztunnel pod scraped (a new pod restarts its counters).
-    pub pod: String,
     pub pending_proxies: Option<f64>,
     pub active_proxies: Option<f64>,
     /// `istio_tcp_connections_failed_total`, summed over its series.
@@ -655,10 +653,9 @@ mod tests {
         assert!(!enrolled_in_ambient(Some("none"), true), "a pod opts out");
     }
 
-    fn scrape(at: f64, pod: &str, failed: f64) -> ZtunnelScrape {
+    fn scrape(at: f64, failed: f64) -> ZtunnelScrape {
         ZtunnelScrape {
             at,
-            pod: pod.into(),
             pending_proxies: Some(0.0),
             active_proxies: Some(3.0),
             failed_connections: Some(failed),
@@ -677,7 +674,7 @@ mod tests {
             max_closed_per_opened: None,
         };
         let s = settings();
-        let ok = scrape(0.0, "z", 0.0);
+        let ok = scrape(0.0, 0.0);
         assert!(matches!(
             ztunnel_checks(Ok(&ok), std::slice::from_ref(&ok), 3, &m, &s)[0].outcome,
             Outcome::Healthy(_)
@@ -713,18 +710,18 @@ mod tests {
             max_closed_per_opened: None,
         };
         let s = settings();
-        let first = scrape(0.0, "z", 100.0);
+        let first = scrape(0.0, 100.0);
         assert_eq!(
             ztunnel_checks(Ok(&first), std::slice::from_ref(&first), 0, &m, &s)[0].outcome,
             Outcome::NotYet("waiting for a second scrape".into())
         );
         // The counter restarts at 2 (a new pod): 2 failures in 10 s is 0.2/s.
-        let h = [first.clone(), scrape(10.0, "z2", 2.0)];
+        let h = [first.clone(), scrape(10.0, 2.0)];
         assert_eq!(
             ztunnel_checks(Ok(&h[1]), &h, 0, &m, &s)[0].outcome,
             Outcome::Healthy("0.200/s".into())
         );
-        let h = [first, scrape(10.0, "z", 150.0)];
+        let h = [first, scrape(10.0, 150.0)];
         assert!(matches!(
             ztunnel_checks(Ok(&h[1]), &h, 0, &m, &s)[0].outcome,
             Outcome::Failed(ref why) if why.contains("5.000, above the maximum 0.500")
@@ -744,7 +741,7 @@ mod tests {
         let at = |t: f64, opened: f64, closed: f64| ZtunnelScrape {
             opened_connections: Some(opened),
             closed_connections: Some(closed),
-            ..scrape(t, "z", 0.0)
+            ..scrape(t, 0.0)
         };
         let first = at(0.0, 100.0, 90.0);
         assert_eq!(

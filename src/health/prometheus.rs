@@ -30,13 +30,17 @@ pub async fn query(
     let url = format!("{base_url}/api/v1/query?{params}");
     match client.get(&url, timeout).await {
         Ok(body) => parse_query_answer(&body),
-        // Prometheus answers a bad query with 400 and its JSON error: show that.
-        Err(super::http_client::FetchError::Status { body, status, .. })
-            if (400..500).contains(&status) =>
-        {
-            parse_query_answer(body.as_bytes())
-                .and_then(|_| Err(format!("Prometheus at {base_url} answered HTTP {status}")))
-        }
-        Err(e) => Err(format!("Prometheus {e}")),
+        Err(e) => match &e {
+            // Prometheus answers a bad query with 400 and its JSON error: show that.
+            super::http_client::FetchError::Status { body, status, .. }
+                if (400..500).contains(status) =>
+            {
+                match parse_query_answer(body.as_bytes()) {
+                    Err(refusal) if refusal.starts_with("Prometheus refused") => Err(refusal),
+                    _ => Err(format!("Prometheus {e}")),
+                }
+            }
+            _ => Err(format!("Prometheus {e}")),
+        },
     }
 }

@@ -36,12 +36,12 @@ pub async fn scrape(
         .map_err(|e| format!("ztunnel pod {pod} metrics {e}"))?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| format!("ztunnel pod {pod} metrics at {url} are not UTF-8 text"))?;
-    read(text, pod, at).map_err(|e| format!("ztunnel pod {pod} metrics at {url}: {e}"))
+    read(text, at).map_err(|e| format!("ztunnel pod {pod} metrics at {url}: {e}"))
 }
 
 /// Reads the ztunnel gate's metrics from an exposition; any line that is not in the
 /// text format makes the whole answer malformed (never a silent partial read).
-pub fn read(text: &str, pod: &str, at: f64) -> Result<ZtunnelScrape, String> {
+pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -84,7 +84,6 @@ pub fn read(text: &str, pod: &str, at: f64) -> Result<ZtunnelScrape, String> {
     }
     Ok(ZtunnelScrape {
         at,
-        pod: pod.to_owned(),
         pending_proxies: sum(PENDING_PROXIES),
         active_proxies: sum(ACTIVE_PROXIES),
         failed_connections: sum(FAILED_CONNECTIONS),
@@ -110,7 +109,7 @@ workload_manager_pending_proxy_count 0
 istio_tcp_connections_failed_total{reporter=\"destination\",response_flags=\"CONNECT\"} 4
 istio_tcp_connections_failed_total{reporter=\"source\",response_flags=\"-\"} 1
 ";
-        let s = read(text, "ztunnel-a", 1.0).unwrap();
+        let s = read(text, 1.0).unwrap();
         assert_eq!(s.active_proxies, Some(3.0));
         assert_eq!(s.pending_proxies, Some(0.0));
         assert_eq!(s.failed_connections, Some(5.0));
@@ -119,7 +118,7 @@ istio_tcp_connections_failed_total{reporter=\"source\",response_flags=\"-\"} 1
             BTreeMap::from([("CONNECT".to_owned(), 4.0), ("-".to_owned(), 1.0)])
         );
         assert_eq!(s.opened_connections, None);
-        let empty = read("# nothing yet\n", "ztunnel-a", 1.0).unwrap();
+        let empty = read("# nothing yet\n", 1.0).unwrap();
         assert_eq!(empty.active_proxies, None);
     }
 
@@ -127,7 +126,6 @@ istio_tcp_connections_failed_total{reporter=\"source\",response_flags=\"-\"} 1
     fn a_malformed_exposition_is_an_error_naming_the_line() {
         let e = read(
             "workload_manager_active_proxy_count 3\n<html>oops</html>\n",
-            "z",
             0.0,
         )
         .unwrap_err();

@@ -132,15 +132,11 @@ pub fn preview(
                     .push(format!("{}: the drain refuses it: {why}", key(p))),
             }
         }
-        observations.push(NodeObservation {
-            name: name.clone(),
-            labels: n.labels().clone(),
-            progress: NodeProgress::Pending,
-            not_ready: false,
-            cordoned_by_others: false,
-            pods: node.evicts.len(),
-            cordoned: false,
-        });
+        observations.push(NodeObservation::pending(
+            name.clone(),
+            n.labels().clone(),
+            node.evicts.len(),
+        ));
         planned.insert(name, node);
     }
     // The start order within each wave is the planner's: simulate it node by node.

@@ -81,6 +81,19 @@ pub struct NodeObservation {
 }
 
 impl NodeObservation {
+    /// A Ready, schedulable node not started yet, with `pods` to evict.
+    pub fn pending(name: String, labels: BTreeMap<String, String>, pods: usize) -> Self {
+        Self {
+            name,
+            labels,
+            progress: NodeProgress::Pending,
+            not_ready: false,
+            cordoned_by_others: false,
+            pods,
+            cordoned: false,
+        }
+    }
+
     fn unavailable(&self) -> bool {
         self.unavailable_because().is_some()
     }

@@ -79,16 +79,13 @@ fn revision_hash(ds_name: &str, r: &ControllerRevision) -> Option<String> {
         })
 }
 
-/// The ControllerRevision to roll back to from `current_hash`: the newest one of the
-/// DaemonSet (by uid) older than the current one with another hash — what
-/// `kubectl rollout undo` picks. Its name, or `None` when there is no history.
-pub fn previous_revision(
+/// The DaemonSet's (by uid) ControllerRevisions with their hashes.
+fn owned<'a>(
     ds_name: &str,
     ds_uid: &str,
-    current_hash: &str,
-    revisions: &[ControllerRevision],
-) -> Option<(String, String)> {
-    let owned: Vec<(&ControllerRevision, String)> = revisions
+    revisions: &'a [ControllerRevision],
+) -> Vec<(&'a ControllerRevision, String)> {
+    revisions
         .iter()
         .filter(|r| {
             r.metadata
@@ -98,7 +95,32 @@ pub fn previous_revision(
                 .any(|o| o.controller == Some(true) && o.uid == ds_uid)
         })
         .filter_map(|r| Some((r, revision_hash(ds_name, r)?)))
-        .collect();
+        .collect()
+}
+
+/// The name of the DaemonSet's ControllerRevision with `hash`.
+pub fn revision_name(
+    ds_name: &str,
+    ds_uid: &str,
+    hash: &str,
+    revisions: &[ControllerRevision],
+) -> Option<String> {
+    owned(ds_name, ds_uid, revisions)
+        .into_iter()
+        .find(|(_, h)| h == hash)
+        .and_then(|(r, _)| r.metadata.name.clone())
+}
+
+/// The ControllerRevision to roll back to from `current_hash`: the newest one of the
+/// DaemonSet (by uid) older than the current one with another hash — what
+/// `kubectl rollout undo` picks. Its name, or `None` when there is no history.
+pub fn previous_revision(
+    ds_name: &str,
+    ds_uid: &str,
+    current_hash: &str,
+    revisions: &[ControllerRevision],
+) -> Option<(String, String)> {
+    let owned = owned(ds_name, ds_uid, revisions);
     let current = owned
         .iter()
         .filter(|(_, h)| h == current_hash)
@@ -233,6 +255,11 @@ mod tests {
             previous_revision("ztunnel", "ds-uid", "zz", &revisions),
             None
         );
+        assert_eq!(
+            revision_name("ztunnel", "ds-uid", "b", &revisions).as_deref(),
+            Some("ztunnel-b")
+        );
+        assert_eq!(revision_name("ztunnel", "ds-uid", "x", &revisions), None);
     }
 
     #[test]

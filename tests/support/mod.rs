@@ -603,3 +603,24 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The revision hash of each node's ztunnel pod (pods being deleted left out).
+pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                p.metadata
+                    .labels
+                    .and_then(|l| l.get("controller-revision-hash").cloned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
