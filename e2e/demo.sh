@@ -45,9 +45,9 @@ echo
 echo "== ztunnel-rollout preflight"
 zr preflight || true
 echo
-echo "== installing the ZtunnelRollout CRD and the agent's namespace"
-kubectl apply -f manifests/crd-ztunnelrollouts.json -f manifests/namespace.json
-kubectl wait --for=condition=Established crd/ztunnelrollouts.ztunnel-rollout.dev --timeout=60s
+echo "== installing the CRDs and the agent's namespace"
+kubectl apply -f manifests/crd-ztunnelrollouts.json -f manifests/crd-sidecarmigrations.json -f manifests/namespace.json
+kubectl wait --for=condition=Established crd/ztunnelrollouts.ztunnel-rollout.dev crd/sidecarmigrations.ztunnel-rollout.dev --timeout=60s
 echo
 echo "== upgrading the ztunnel DaemonSet to 1.28.1 (OnDelete: no pod changes by itself)"
 kubectl -n istio-system set image daemonset/ztunnel istio-proxy=docker.io/istio/ztunnel:1.28.1-distroless

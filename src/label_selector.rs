@@ -190,10 +190,21 @@ impl Selector {
                 other => return Err(SelectorError::UnknownOperator(other.to_owned())),
             });
         }
-        Ok(Self {
-            requirements,
-            text: String::new(),
-        })
+        let text = requirements
+            .iter()
+            .map(|r| {
+                let list = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
+                match r {
+                    Requirement::In(k, vs) if vs.len() == 1 => format!("{k}={}", list(vs)),
+                    Requirement::In(k, vs) => format!("{k} in ({})", list(vs)),
+                    Requirement::NotIn(k, vs) => format!("{k} notin ({})", list(vs)),
+                    Requirement::Exists(k) => k.clone(),
+                    Requirement::DoesNotExist(k) => format!("!{k}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self { requirements, text })
     }
 
     /// The API form: every requirement as a `matchExpressions` entry.

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 use ztunnel_rollout::cli::{
-    Cli, Command, agent, completion, control, drain, plan, preflight, status,
+    Cli, Command, agent, completion, control, drain, plan, preflight, sidecar, status,
 };
 
 #[tokio::main]
@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         Command::Abort(args) => control::abort(args, &cli.global).await,
         Command::Approve(args) => control::approve(args, &cli.global).await,
         Command::Trigger(args) => control::trigger(args, &cli.global).await,
+        Command::Sidecar(args) => sidecar::run(args, &cli.global).await,
         Command::Completion(args) => completion(args),
     };
     result.unwrap_or_else(|e| {

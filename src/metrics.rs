@@ -31,6 +31,18 @@ pub struct RolloutLabels {
     pub rollout: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    pub migration: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceResultLabels {
+    pub migration: String,
+    /// migrated, failed, rolled_back, rollback_failed
+    pub result: String,
+}
+
 pub struct Metrics {
     pub nodes: Family<PhaseLabels, Gauge>,
     pub node_duration_seconds: Family<RolloutLabels, Histogram>,
@@ -38,6 +50,8 @@ pub struct Metrics {
     pub node_failures: Family<RolloutLabels, Counter>,
     pub verifications: Family<VerdictLabels, Counter>,
     pub is_leader: Gauge,
+    pub sidecar_namespaces: Family<NamespaceResultLabels, Counter>,
+    pub sidecar_workload_restarts: Family<MigrationLabels, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +69,8 @@ impl Metrics {
             node_failures: Family::default(),
             verifications: Family::default(),
             is_leader: Gauge::default(),
+            sidecar_namespaces: Family::default(),
+            sidecar_workload_restarts: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ztunnel_rollout");
         r.register("nodes", "Nodes of each rollout by phase", m.nodes.clone());
@@ -82,6 +98,16 @@ impl Metrics {
             "is_leader",
             "1 while this replica holds the lease",
             m.is_leader.clone(),
+        );
+        r.register(
+            "sidecar_namespaces",
+            "Namespaces of sidecar migrations that finished, by result",
+            m.sidecar_namespaces.clone(),
+        );
+        r.register(
+            "sidecar_workload_restarts",
+            "Workloads restarted by sidecar migrations",
+            m.sidecar_workload_restarts.clone(),
         );
         m
     }

@@ -8,7 +8,7 @@ use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::warn;
 
 pub fn spawn<K>(
     api: Api<K>,
@@ -36,7 +36,7 @@ where
         );
         while let Some(event) = events.next().await {
             if let Err(e) = event {
-                debug!(error = %e, "watch error; the watcher retries with backoff");
+                warn!(error = %e, "watch error; the watcher retries with backoff");
             }
             on_event();
         }

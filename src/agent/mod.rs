@@ -1,5 +1,5 @@
-//! The agent: leader election, the watches ([`observe`]), the reconcile loop
-//! ([`reconcile`]), Events ([`events`]) and the health/metrics endpoint, with a graceful
+//! The agent: leader election, the watches ([`observe`]), the rollouts' reconcile loop
+//! ([`reconcile`]), the sidecar migrations' loop ([`sidecar`]), Events ([`events`]) and the health/metrics endpoint, with a graceful
 //! shutdown that records the current step and hands the lease over.
 
 pub mod events;
@@ -7,6 +7,7 @@ pub mod observe;
 pub mod pod_index;
 pub mod reconcile;
 pub mod rollback;
+pub mod sidecar;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -64,6 +65,13 @@ pub async fn run(
     let (mut leadership, lease_task) = leader::spawn(client.clone(), config.leader.clone());
     let observed = Arc::new(Observed::start(&client, config.rollout_selector.as_deref()));
     let (events, events_task) = EventSink::start(client.clone(), config.leader.identity.clone());
+    let migrations = sidecar::SidecarMigrations::new(
+        client.clone(),
+        observed.clone(),
+        leadership.clone(),
+        events.clone(),
+        metrics.clone(),
+    );
     let mut reconciler = Reconciler::new(
         client.clone(),
         observed.clone(),
@@ -78,11 +86,15 @@ pub async fn run(
         _ = observed.synced() => {}
         _ = &mut shutdown => {
             drop(reconciler);
+            drop(migrations);
             return finish(client, &config, lease_task, server, events_task).await;
         }
     }
     readiness.set(true);
     info!("watches synced");
+    // Started only now: a store's readiness wakes one waiter at a time (kube-runtime),
+    // so the two loops must not wait for the same stores at once.
+    let migrations_task = AbortOnDrop(tokio::spawn(migrations.run(config.resync)));
 
     let mut leading = false;
     loop {
@@ -123,7 +135,17 @@ pub async fn run(
         reconciler.flush().await;
     }
     drop(reconciler);
+    drop(migrations_task);
     finish(client, &config, lease_task, server, events_task).await
+}
+
+/// Aborts the task when dropped: the sidecar migrations stop with the agent.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn finish(

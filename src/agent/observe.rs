@@ -2,12 +2,16 @@
 //! and the rollouts — each a reflector store fed by one watch, trimmed to the fields the
 //! decisions read; every change wakes the reconcile loop; nothing is polled. The health
 //! gates read Deployments (waypoints), PodDisruptionBudgets, namespaces and, where the
-//! Gateway API is installed, Gateways.
+//! Gateway API is installed, Gateways. The sidecar migrations read the migrations,
+//! namespaces, Deployments, StatefulSets, DaemonSets, injector webhooks and the pods'
+//! injected revisions, and have their own wake-up.
 
 use std::sync::{Arc, OnceLock};
 
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::{
-    ControllerRevision, DaemonSet, Deployment, DeploymentSpec, DeploymentStatus,
+    ControllerRevision, DaemonSet, Deployment, DeploymentSpec, DeploymentStatus, StatefulSet,
+    StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, PodTemplateSpec};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -19,8 +23,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::pod_index::PodIndex;
+use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
+use crate::sidecar::workloads::{INJECT_LABEL, RESTARTED_AT_ANNOTATION};
 use crate::watch_cache;
 
 pub struct Observed {
@@ -35,15 +41,23 @@ pub struct Observed {
     pub daemon_sets: Store<DaemonSet>,
     pub revisions: Store<ControllerRevision>,
     pub rollouts: Store<ZtunnelRollout>,
-    /// Deployments, trimmed to labels, replicas, template labels and availability.
+    /// Deployments, trimmed to labels, replicas, strategy, template labels, the
+    /// template's restart and injection annotations, and rollout progress.
     pub deployments: Store<Deployment>,
+    /// StatefulSets, trimmed like Deployments (sidecar migrations restart them).
+    pub stateful_sets: Store<StatefulSet>,
+    pub migrations: Store<SidecarMigration>,
+    /// Sidecar injector and revision-tag webhooks: labels and namespace selectors.
+    pub webhooks: Store<MutatingWebhookConfiguration>,
     pub pdbs: Store<PodDisruptionBudget>,
     /// Namespaces' labels (ambient enrollment).
     pub namespaces: Store<Namespace>,
     /// Set once the Gateway API is found installed (checked at start).
     pub gateways: Arc<OnceLock<Store<Gateway>>>,
-    /// Notified on every watch event.
+    /// Notified on every event of the watches the rollouts read.
     pub changed: Arc<Notify>,
+    /// Notified on every event of the watches the sidecar migrations read.
+    pub sidecar_changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -55,12 +69,12 @@ impl Drop for Observed {
     }
 }
 
-/// A cache whose events wake the reconcile loop (`changed`), or nobody.
+/// A cache whose events wake the loops that read it.
 fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
-    changed: Option<Arc<Notify>>,
+    wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: kube::Resource
@@ -73,8 +87,8 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     watch_cache::spawn(api, config, trim, move || {
-        if let Some(c) = &changed {
-            c.notify_one();
+        for w in &wake {
+            w.notify_one();
         }
     })
 }
@@ -115,26 +129,70 @@ fn trim_revisioned_pod(p: &mut Pod) {
 /// The label that enrolls a pod (or its namespace) in ambient mode, or opts it out.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 
+/// A pod template's labels and the two annotations a sidecar migration reads.
+fn trim_template(t: PodTemplateSpec) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: t.metadata.map(|m| ObjectMeta {
+            labels: m.labels,
+            annotations: m.annotations.map(|a| {
+                a.into_iter()
+                    .filter(|(k, _)| k == RESTARTED_AT_ANNOTATION || k == INJECT_LABEL)
+                    .collect()
+            }),
+            ..Default::default()
+        }),
+        spec: None,
+    }
+}
+
 fn trim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     d.metadata.annotations = None;
     d.spec = d.spec.take().map(|s| DeploymentSpec {
         replicas: s.replicas,
         selector: s.selector,
-        template: PodTemplateSpec {
-            metadata: s.template.metadata.map(|m| ObjectMeta {
-                labels: m.labels,
-                ..Default::default()
-            }),
-            spec: None,
-        },
+        strategy: s.strategy,
+        template: trim_template(s.template),
         ..Default::default()
     });
     d.status = d.status.take().map(|s| DeploymentStatus {
         available_replicas: s.available_replicas,
         ready_replicas: s.ready_replicas,
         replicas: s.replicas,
+        updated_replicas: s.updated_replicas,
+        observed_generation: s.observed_generation,
         ..Default::default()
+    });
+}
+
+fn trim_stateful_set(d: &mut StatefulSet) {
+    d.metadata.managed_fields = None;
+    d.metadata.annotations = None;
+    d.spec = d.spec.take().map(|s| StatefulSetSpec {
+        replicas: s.replicas,
+        selector: s.selector,
+        update_strategy: s.update_strategy,
+        template: trim_template(s.template),
+        ..Default::default()
+    });
+}
+
+fn trim_migration(m: &mut SidecarMigration) {
+    m.metadata.managed_fields = None;
+}
+
+fn trim_webhooks(w: &mut MutatingWebhookConfiguration) {
+    w.metadata.managed_fields = None;
+    w.metadata.annotations = None;
+    w.webhooks = w.webhooks.take().map(|hooks| {
+        hooks
+            .into_iter()
+            .map(|h| MutatingWebhook {
+                name: h.name,
+                namespace_selector: h.namespace_selector,
+                ..Default::default()
+            })
+            .collect()
     });
 }
 
@@ -255,62 +313,82 @@ fn trim_rollout(r: &mut ZtunnelRollout) {
 }
 
 impl Observed {
-    /// `rollout_selector` limits the agent to the rollouts it matches (a label selector),
-    /// so several agents can share a cluster.
+    /// `rollout_selector` limits the agent to the rollouts and sidecar migrations it
+    /// matches (a label selector), so several agents can share a cluster.
     pub fn start(client: &Client, rollout_selector: Option<&str>) -> Self {
         let changed = Arc::new(Notify::new());
+        let sidecar_changed = Arc::new(Notify::new());
         let (nodes, t1) = spawn(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             trim_node,
-            Some(changed.clone()),
+            vec![changed.clone()],
         );
         let (revisioned_pods, t2) = spawn(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(REVISION_HASH_LABEL),
             trim_revisioned_pod,
-            Some(changed.clone()),
+            vec![changed.clone()],
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
             Api::<DaemonSet>::all(client.clone()),
             watcher::Config::default(),
             trim_daemon_set,
-            Some(changed.clone()),
+            vec![changed.clone(), sidecar_changed.clone()],
         );
         let (revisions, t4) = spawn(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
             trim_revision,
-            Some(changed.clone()),
+            vec![changed.clone()],
         );
         let rollout_config = match rollout_selector {
             Some(s) => watcher::Config::default().labels(s),
             None => watcher::Config::default(),
         };
+        let rollout_config_for_migrations = rollout_config.clone();
         let (rollouts, t5) = spawn(
             Api::<ZtunnelRollout>::all(client.clone()),
             rollout_config,
             trim_rollout,
-            Some(changed.clone()),
+            vec![changed.clone()],
         );
         let (deployments, t7) = spawn(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
             trim_deployment,
-            None,
+            vec![sidecar_changed.clone()],
         );
         let (pdbs, t8) = spawn(
             Api::<PodDisruptionBudget>::all(client.clone()),
             watcher::Config::default(),
             trim_pdb,
-            None,
+            vec![],
         );
         let (namespaces, t9) = spawn(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
             trim_namespace,
-            None,
+            vec![sidecar_changed.clone()],
+        );
+        let (stateful_sets, t11) = spawn(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+            trim_stateful_set,
+            vec![sidecar_changed.clone()],
+        );
+        let (migrations, t12) = spawn(
+            Api::<SidecarMigration>::all(client.clone()),
+            rollout_config_for_migrations,
+            trim_migration,
+            vec![sidecar_changed.clone()],
+        );
+        let (webhooks, t13) = spawn(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            watcher::Config::default(),
+            trim_webhooks,
+            vec![sidecar_changed.clone()],
         );
         let gateways = Arc::new(OnceLock::new());
         let t10 = spawn_gateways(client, gateways.clone());
@@ -322,11 +400,15 @@ impl Observed {
             revisions,
             rollouts,
             deployments,
+            stateful_sets,
+            migrations,
+            webhooks,
             pdbs,
             namespaces,
             gateways,
             changed,
-            tasks: vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10],
+            sidecar_changed,
+            tasks: vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13],
         }
     }
 
@@ -341,5 +423,15 @@ impl Observed {
         let _ = self.deployments.wait_until_ready().await;
         let _ = self.pdbs.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
+    }
+
+    /// Returns once the watches only the sidecar migrations read have listed their
+    /// objects (never, while the SidecarMigration CRD is not installed; the rollouts do
+    /// not wait for this). Call after [`Self::synced`] returned: a store's readiness
+    /// wakes only one of several concurrent waiters.
+    pub async fn sidecar_synced(&self) {
+        let _ = self.stateful_sets.wait_until_ready().await;
+        let _ = self.migrations.wait_until_ready().await;
+        let _ = self.webhooks.wait_until_ready().await;
     }
 }

@@ -15,10 +15,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::observe::DATAPLANE_MODE_LABEL;
+use crate::sidecar::revisions::injected_revision;
+use crate::sidecar::workloads::INJECT_LABEL;
 
 /// What the agent keeps of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
+    pub name: String,
     pub namespace: String,
     pub node: Option<String>,
     /// Uid of the controller owning it, and whether that is a DaemonSet.
@@ -30,6 +33,12 @@ pub struct PodFacts {
     /// Neither finished (Succeeded/Failed) nor being deleted.
     pub active: bool,
     pub running: bool,
+    /// The revision its sidecar was injected from, if it has one.
+    pub injected_revision: Option<String>,
+    /// Labelled `sidecar.istio.io/inject=false`.
+    pub injection_opted_out: bool,
+    /// Owned by a ReplicaSet, StatefulSet or DaemonSet: a workload restart replaces it.
+    pub restartable: bool,
 }
 
 impl PodFacts {
@@ -40,6 +49,7 @@ impl PodFacts {
             .find(|o| o.controller == Some(true));
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
         Self {
+            name: p.name_any(),
             namespace: p.namespace().unwrap_or_default(),
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             controller_uid: controller.map(|o| o.uid.clone()),
@@ -53,6 +63,11 @@ impl PodFacts {
             active: p.metadata.deletion_timestamp.is_none()
                 && !matches!(phase, Some("Succeeded" | "Failed")),
             running: phase == Some("Running"),
+            injected_revision: injected_revision(p),
+            injection_opted_out: p.labels().get(INJECT_LABEL).is_some_and(|v| v == "false"),
+            restartable: controller.is_some_and(|o| {
+                matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
+            }),
         }
     }
 }
@@ -123,6 +138,21 @@ impl PodIndex {
         counts
     }
 
+    /// The active pods of `namespace` that a restart of their workload replaces and that
+    /// did not opt out of injection.
+    pub fn restartable_in(&self, namespace: &str) -> Vec<PodFacts> {
+        self.pods
+            .read()
+            .map(|all| {
+                all.values()
+                    .filter(|p| p.namespace == namespace && p.active && p.restartable)
+                    .filter(|p| !p.injection_opted_out)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The running pods on `node`, excluding those of the controller `except_uid`.
     pub fn running_on(&self, node: &str, except_uid: &str) -> Vec<PodFacts> {
         self.pods
@@ -159,6 +189,9 @@ mod tests {
         assert_eq!(f.controller_uid.as_deref(), Some("rs"));
         assert!(!f.daemon && f.active && f.running && !f.host_network);
         assert_eq!(f.dataplane_mode.as_deref(), Some("ambient"));
+        assert_eq!(f.name, "web-1");
+        assert!(f.restartable && !f.injection_opted_out);
+        assert_eq!(f.injected_revision, None);
         let mut done = p.clone();
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert!(!PodFacts::of(&done).active);

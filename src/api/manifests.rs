@@ -7,7 +7,7 @@
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use super::ZtunnelRollout;
+use super::{SidecarMigration, ZtunnelRollout};
 
 pub const NAMESPACE: &str = "ztunnel-rollout";
 pub const NAME: &str = "ztunnel-rollout";
@@ -17,9 +17,19 @@ pub const IMAGE: &str = concat!(
 );
 const METRICS_PORT: u16 = 8080;
 
-/// The CRD, without the integer `format`s schemars adds (`uint32`) that the API server
-/// does not know and warns about.
+/// The ZtunnelRollout CRD.
 pub fn crd() -> Value {
+    without_unsigned_formats(serde_json::to_value(ZtunnelRollout::crd()).unwrap_or_default())
+}
+
+/// The SidecarMigration CRD.
+pub fn sidecar_migration_crd() -> Value {
+    without_unsigned_formats(serde_json::to_value(SidecarMigration::crd()).unwrap_or_default())
+}
+
+/// A CRD without the integer `format`s schemars adds (`uint32`) that the API server
+/// does not know and warns about.
+fn without_unsigned_formats(mut crd: Value) -> Value {
     fn strip(v: &mut Value) {
         match v {
             Value::Object(m) => {
@@ -35,7 +45,6 @@ pub fn crd() -> Value {
             _ => {}
         }
     }
-    let mut crd = serde_json::to_value(ZtunnelRollout::crd()).unwrap_or_default();
     strip(&mut crd);
     crd
 }
@@ -55,15 +64,20 @@ pub fn cluster_role() -> Value {
             rule("", &["nodes"], &["get", "list", "watch", "patch"]),
             rule("", &["pods"], &["list", "watch", "delete"]),
             rule("", &["pods/eviction"], &["create"]),
-            rule("", &["namespaces"], &["list", "watch"]),
+            // patch: sidecar migrations relabel namespaces.
+            rule("", &["namespaces"], &["list", "watch", "patch"]),
             // patch: the failure policy's rollback restores the previous revision.
             rule("apps", &["daemonsets"], &["list", "watch", "patch"]),
             rule("apps", &["controllerrevisions"], &["get", "list", "watch"]),
-            rule("apps", &["deployments"], &["list", "watch"]),
+            // patch: sidecar migrations restart workloads.
+            rule("apps", &["deployments", "statefulsets"], &["list", "watch", "patch"]),
+            rule("admissionregistration.k8s.io", &["mutatingwebhookconfigurations"], &["list", "watch"]),
             rule("policy", &["poddisruptionbudgets"], &["list", "watch"]),
             rule("gateway.networking.k8s.io", &["gateways"], &["list", "watch"]),
             rule("ztunnel-rollout.dev", &["ztunnelrollouts"], &["get", "list", "watch", "patch"]),
             rule("ztunnel-rollout.dev", &["ztunnelrollouts/status"], &["patch"]),
+            rule("ztunnel-rollout.dev", &["sidecarmigrations"], &["list", "watch"]),
+            rule("ztunnel-rollout.dev", &["sidecarmigrations/status"], &["patch"]),
         ],
     })
 }
@@ -166,6 +180,7 @@ pub fn deployment() -> Value {
 pub fn objects() -> Vec<(&'static str, Value)> {
     vec![
         ("crd-ztunnelrollouts.json", crd()),
+        ("crd-sidecarmigrations.json", sidecar_migration_crd()),
         (
             "namespace.json",
             json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } }),

@@ -5,6 +5,7 @@ pub mod control;
 pub mod drain;
 pub mod plan;
 pub mod preflight;
+pub mod sidecar;
 pub mod status;
 
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Command {
     Approve(control::ApproveArgs),
     /// Create a rollout limited to the nodes a label selector picks.
     Trigger(control::TriggerArgs),
+    /// Move sidecar namespaces between Istio revisions or tags, roll them back, follow
+    /// the migrations.
+    Sidecar(sidecar::SidecarArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(CompletionArgs),
 }

@@ -220,22 +220,36 @@ pub fn conditions(
     wanted
         .into_iter()
         .map(|(type_, on, (reason, message))| {
-            let status = if on { "True" } else { "False" };
-            let since = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: type_.to_owned(),
-                status: status.to_owned(),
-                reason: reason.to_owned(),
-                message: message.to_owned(),
-                last_transition_time: since,
-                observed_generation: Some(generation),
-            }
+            condition(previous, generation, now, type_, on, reason, message)
         })
         .collect()
+}
+
+/// One condition; it keeps its `lastTransitionTime` from `previous` while its status
+/// does not change.
+pub fn condition(
+    previous: &[Condition],
+    generation: i64,
+    now: Timestamp,
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: since,
+        observed_generation: Some(generation),
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RevisionError {
     #[error(
-        "namespace {namespace} has both istio-injection={injection} and istio.io/rev={revision}; istio-injection wins, so the move is ambiguous — remove one label first"
+        "namespace {namespace} has both istio-injection={injection} and istio.io/rev={revision}; istio-injection wins, so the move is ambiguous — remove one label first, or let the move replace istio-injection (--replace-injection-label, spec.replaceInjectionLabel)"
     )]
     TwoSelectors {
         namespace: String,
@@ -114,6 +114,25 @@ pub fn resolve(
             known.join(", ")
         },
     ))
+}
+
+/// The revision whose injector the API server calls for pods of a namespace with these
+/// labels: the revision label of the first MutatingWebhookConfiguration (injector or
+/// tag) with a webhook whose namespace selector matches them.
+pub fn injecting_revision(
+    namespace_labels: &BTreeMap<String, String>,
+    webhooks: &[MutatingWebhookConfiguration],
+) -> Option<String> {
+    webhooks.iter().find_map(|w| {
+        let revision = w.metadata.labels.as_ref()?.get(REVISION_LABEL)?;
+        let matches = w.webhooks.iter().flatten().any(|hook| {
+            hook.namespace_selector.as_ref().is_some_and(|s| {
+                crate::label_selector::Selector::from_label_selector(s)
+                    .is_ok_and(|s| s.matches(namespace_labels))
+            })
+        });
+        matches.then(|| revision.clone())
+    })
 }
 
 #[cfg(test)]
@@ -233,6 +252,57 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("known: none")
+        );
+    }
+
+    #[test]
+    fn the_injecting_revision_is_the_one_whose_webhook_selects_the_namespace() {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhook;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        let selecting = |name: &str, key: &str, value: &str, labels: &[(&str, &str)]| {
+            let mut w = webhook(name, labels);
+            w.webhooks = Some(vec![MutatingWebhook {
+                name: "sidecar-injector.istio.io".into(),
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: key.into(),
+                        operator: "In".into(),
+                        values: Some(vec![value.into()]),
+                    }]),
+                    match_labels: None,
+                }),
+                ..Default::default()
+            }]);
+            w
+        };
+        let hooks = [
+            selecting(
+                "istio-sidecar-injector-1-28",
+                "istio-injection",
+                "enabled",
+                &[("istio.io/rev", "1-28")],
+            ),
+            selecting(
+                "istio-revision-tag-prod-canary",
+                "istio.io/rev",
+                "prod-canary",
+                &[("istio.io/tag", "prod-canary"), ("istio.io/rev", "1-29")],
+            ),
+        ];
+        let labels = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert_eq!(
+            injecting_revision(&labels("istio-injection", "enabled"), &hooks),
+            Some("1-28".into())
+        );
+        assert_eq!(
+            injecting_revision(&labels("istio.io/rev", "prod-canary"), &hooks),
+            Some("1-29".into())
+        );
+        assert_eq!(
+            injecting_revision(&labels("istio.io/rev", "1-30"), &hooks),
+            None
         );
     }
 }

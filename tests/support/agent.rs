@@ -33,16 +33,18 @@ fn object<T: serde::de::DeserializeOwned>(file: &str) -> T {
 /// (not the Deployment: the agent runs as a test process).
 pub async fn install(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd: CustomResourceDefinition = object("crd-ztunnelrollouts.json");
-    fixtures::apply(&crds, &crd).await.expect("CRD");
-    let crd_name = crd.metadata.name.clone().unwrap_or_default();
-    super::wait_for(
-        &crds,
-        &crd_name,
-        "CRD established",
-        conditions::is_crd_established(),
-    )
-    .await;
+    for file in ["crd-ztunnelrollouts.json", "crd-sidecarmigrations.json"] {
+        let crd: CustomResourceDefinition = object(file);
+        fixtures::apply(&crds, &crd).await.expect("CRD");
+        let crd_name = crd.metadata.name.clone().unwrap_or_default();
+        super::wait_for(
+            &crds,
+            &crd_name,
+            "CRD established",
+            conditions::is_crd_established(),
+        )
+        .await;
+    }
     fixtures::apply(
         &Api::<Namespace>::all(client.clone()),
         &object("namespace.json"),

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod injector;
 pub mod prometheus;
 
 use std::collections::BTreeMap;
@@ -147,6 +148,8 @@ pub struct TestEnv {
     pub namespace: String,
     pub node_set: String,
     pub nodes: Vec<String>,
+    /// More namespaces of this test ([`TestEnv::create_namespace`]), removed with it.
+    pub extra_namespaces: Vec<String>,
 }
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -165,6 +168,7 @@ impl TestEnv {
             namespace: id.clone(),
             node_set: id.clone(),
             nodes: Vec::new(),
+            extra_namespaces: Vec::new(),
         };
         env.add_nodes(nodes).await;
         env
@@ -198,6 +202,23 @@ impl TestEnv {
         added
     }
 
+    /// Creates namespace `<env namespace>-<suffix>` with `labels`; removed with the env.
+    pub async fn create_namespace(&mut self, suffix: &str, labels: &[(&str, &str)]) -> String {
+        let name = format!("{}-{suffix}", self.namespace);
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        fixtures::apply(
+            &Api::<Namespace>::all(self.client.clone()),
+            &fixtures::namespace(&name, labels),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        self.extra_namespaces.push(name.clone());
+        name
+    }
+
     /// Selector that places pods on this test's nodes only.
     pub fn node_selector(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(NODE_SET_LABEL.to_owned(), self.node_set.clone())])
@@ -217,7 +238,8 @@ pub fn node_ready(node: Option<&Node>) -> bool {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let kubeconfig = cluster().kubeconfig.clone();
-        let namespace = self.namespace.clone();
+        let mut namespaces = vec![self.namespace.clone()];
+        namespaces.extend(self.extra_namespaces.iter().cloned());
         let selector = format!("{NODE_SET_LABEL}={}", self.node_set);
         // Drop cannot await; clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
@@ -228,9 +250,11 @@ impl Drop for TestEnv {
                 let client = client_for(&kubeconfig)
                     .await
                     .map_err(std::io::Error::other)?;
-                let _ = Api::<Namespace>::all(client.clone())
-                    .delete(&namespace, &DeleteParams::default())
-                    .await;
+                for namespace in namespaces {
+                    let _ = Api::<Namespace>::all(client.clone())
+                        .delete(&namespace, &DeleteParams::default())
+                        .await;
+                }
                 let _ = Api::<Node>::all(client)
                     .delete_collection(
                         &DeleteParams::default(),

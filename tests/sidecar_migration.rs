@@ -1,0 +1,727 @@
+//! Sidecar namespace migrations on the local control plane: a fake injector (admission
+//! webhooks named and labelled like Istio's) stamps every pod with the revision its
+//! namespace selects, so relabelling, restarts and verification all go through the real
+//! API server, Deployment controller and admission path. The agent runs under the
+//! manifests' RBAC.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use support::agent::{self as agent_support, Agent, TEST_LABEL};
+use support::injector::{DEFAULT_SCOPE_LABEL, Injector};
+use support::{TestEnv, deployment_available, wait_for};
+use ztunnel_rollout::api::SidecarMigration;
+use ztunnel_rollout::sidecar::namespace_machine::NamespacePhase;
+use ztunnel_rollout::sidecar::revisions::injected_revision;
+use ztunnel_rollout::sidecar::workloads::RESTARTED_AT_ANNOTATION;
+use ztunnel_rollout::testbed::fixtures::{self, Budget};
+
+/// Runs the CLI off the test's runtime thread: the injector serves on that runtime, and
+/// `--wait` lasts until the agent is done, which needs the injector.
+async fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::cli(&args)
+    })
+    .await
+    .expect("the CLI thread")
+}
+
+/// Revision A (the default), revision B and tag `canary` → B, named for the test.
+struct Mesh {
+    injector: Injector,
+    rev_a: String,
+    rev_b: String,
+    tag: String,
+}
+
+async fn mesh(env: &TestEnv) -> Mesh {
+    let injector = Injector::start().await;
+    let id = &env.namespace;
+    let mesh = Mesh {
+        rev_a: format!("a-{id}"),
+        rev_b: format!("b-{id}"),
+        tag: format!("canary-{id}"),
+        injector,
+    };
+    mesh.injector
+        .install_revision(&env.client, &mesh.rev_a, true)
+        .await;
+    mesh.injector
+        .install_revision(&env.client, &mesh.rev_b, false)
+        .await;
+    mesh.injector
+        .install_tag(&env.client, &mesh.tag, &mesh.rev_b)
+        .await;
+    mesh
+}
+
+/// Creates namespace `<env>-<suffix>` with `labels`, waits until its pods are injected
+/// at `rev`, and runs Deployment `app` there: 3 replicas on the env's nodes under a PDB
+/// allowing one disruption.
+async fn app_namespace(
+    env: &mut TestEnv,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    rev: &str,
+    apps: &[&str],
+) -> String {
+    let name = env.create_namespace(suffix, labels).await;
+    Injector::wait_until_injecting(&env.client, &name, rev).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &name);
+    for app in apps {
+        let mut fixture = fixtures::AppFixture::new(&name, app, 3);
+        fixture.node_selector = env.node_selector();
+        fixture.exit_after_seconds = 0.2;
+        fixtures::apply(&deployments, &fixture.deployment())
+            .await
+            .expect("apply deployment");
+        let selector = BTreeMap::from([("app".to_owned(), (*app).to_owned())]);
+        let pdb = fixtures::pdb(
+            &name,
+            app,
+            selector,
+            Budget::MaxUnavailable(IntOrString::Int(1)),
+        );
+        fixtures::apply(&pdbs, &pdb).await.expect("apply pdb");
+    }
+    for app in apps {
+        wait_for(&deployments, app, "app available", deployment_available(3)).await;
+    }
+    name
+}
+
+/// The injected revision of every live pod in `namespace`.
+async fn pod_revisions(client: &Client, namespace: &str) -> Vec<(String, Option<String>)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut out: Vec<(String, Option<String>)> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("list pods")
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.name_any(), injected_revision(&p)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn assert_all_on(pods: &[(String, Option<String>)], rev: &str, namespace: &str) {
+    assert!(!pods.is_empty(), "no pods in {namespace}");
+    for (pod, r) in pods {
+        assert_eq!(r.as_deref(), Some(rev), "pod {namespace}/{pod}");
+    }
+}
+
+async fn labels_of(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+    Api::<Namespace>::all(client.clone())
+        .get(namespace)
+        .await
+        .expect("namespace")
+        .labels()
+        .clone()
+}
+
+/// The fewest available replicas seen per `namespace/deployment`.
+type Minimum = Arc<Mutex<BTreeMap<String, i32>>>;
+
+/// Watches Deployments in `namespaces` and records, per `namespace/name`, the fewest
+/// available replicas seen once the test started.
+fn sample_available(
+    client: &Client,
+    namespaces: &[String],
+) -> (Minimum, Vec<tokio::task::JoinHandle<()>>) {
+    let minimum: Minimum = Arc::default();
+    let tasks = namespaces
+        .iter()
+        .map(|ns| {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+            let seen = minimum.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                while let Some(Ok(event)) = events.next().await {
+                    let ds = match event {
+                        watcher::Event::Apply(d) | watcher::Event::InitApply(d) => vec![d],
+                        _ => continue,
+                    };
+                    for d in ds {
+                        let available = d
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0);
+                        let key = format!("{ns}/{}", d.name_any());
+                        let mut min = seen.lock().expect("lock");
+                        let m = min.entry(key).or_insert(available);
+                        *m = (*m).min(available);
+                    }
+                }
+            })
+        })
+        .collect();
+    (minimum, tasks)
+}
+
+async fn wait_for_migration(
+    client: &Client,
+    name: &str,
+    phase: &str,
+    within: Duration,
+    agent: &Agent,
+) -> SidecarMigration {
+    let api: Api<SidecarMigration> = Api::all(client.clone());
+    let want = phase.to_owned();
+    let cond = move |m: Option<&SidecarMigration>| {
+        m.and_then(|m| m.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some(want.as_str())
+    };
+    match tokio::time::timeout(within, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(m))) => m,
+        other => panic!(
+            "migration {name} not {phase} within {within:?} ({other:?}); now: {:?}\n--- agent ---\n{}",
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|m| m.status),
+            agent.log_text()
+        ),
+    }
+}
+
+fn migration(env: &TestEnv, name: &str, spec: serde_json::Value) -> SidecarMigration {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+        "kind": "SidecarMigration",
+        "metadata": { "name": name, "labels": { TEST_LABEL: env.namespace } },
+        "spec": spec,
+    }))
+    .expect("a SidecarMigration")
+}
+
+async fn create(client: &Client, m: &SidecarMigration) {
+    Api::<SidecarMigration>::all(client.clone())
+        .create(&PostParams::default(), m)
+        .await
+        .expect("create the migration");
+}
+
+fn namespace_status<'a>(
+    m: &'a SidecarMigration,
+    ns: &str,
+) -> &'a ztunnel_rollout::api::sidecar_migration::NamespaceMigrationStatus {
+    m.status
+        .as_ref()
+        .and_then(|s| s.namespaces.iter().find(|n| n.name == ns))
+        .unwrap_or_else(|| panic!("no status for namespace {ns}: {:?}", m.status))
+}
+
+fn time(t: &Option<String>) -> k8s_openapi::jiff::Timestamp {
+    t.as_deref().expect("a time").parse().expect("RFC 3339")
+}
+
+#[tokio::test]
+async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets() {
+    let mut env = TestEnv::new("scm-move", 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
+    let one = app_namespace(&mut env, "one", &rev_label, &mesh.rev_a, &["api"]).await;
+    let two = app_namespace(
+        &mut env,
+        "two",
+        &[
+            ("istio-injection", "enabled"),
+            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
+        ],
+        &mesh.rev_a,
+        &["api", "web"],
+    )
+    .await;
+    let three = app_namespace(&mut env, "three", &rev_label, &mesh.rev_a, &["api"]).await;
+    let all = [one.clone(), two.clone(), three.clone()];
+    for ns in &all {
+        assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_a, ns);
+    }
+    let (minimum, samplers) = sample_available(&env.client, &all);
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+
+    let name = format!("{}-move", env.namespace);
+    let (code, out, err) = run_cli(&[
+        "sidecar",
+        "move",
+        "-n",
+        &one,
+        "-n",
+        &two,
+        "-n",
+        &three,
+        "--to",
+        &mesh.tag,
+        "--name",
+        &name,
+        "--labels",
+        &format!("{TEST_LABEL}={}", env.namespace),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "moving 3 namespace(s) to {} (revision {}), 1 at a time",
+            mesh.tag, mesh.rev_b
+        )),
+        "{out}"
+    );
+
+    let done = wait_for_migration(
+        &env.client,
+        &name,
+        "Succeeded",
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    for s in &samplers {
+        s.abort();
+    }
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.target_revision.as_deref(), Some(mesh.rev_b.as_str()));
+    assert_eq!((status.counts.total, status.counts.migrated), (3, 3));
+    assert!(
+        status.conditions.iter().any(|c| c.type_ == "Complete"
+            && c.status == "True"
+            && c.observed_generation == done.metadata.generation),
+        "{:?}",
+        status.conditions
+    );
+    for ns in &all {
+        assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_b, ns);
+        let labels = labels_of(&env.client, ns).await;
+        assert_eq!(labels.get("istio.io/rev"), Some(&mesh.tag), "{ns}");
+        assert!(!labels.contains_key("istio-injection"), "{ns}: {labels:?}");
+        let s = namespace_status(&done, ns);
+        assert_eq!(s.phase, NamespacePhase::Migrated);
+        assert_eq!(s.pods, s.pods_verified, "{ns}: {s:?}");
+        assert_eq!(s.workloads, s.workloads_restarted, "{ns}: {s:?}");
+    }
+    assert_eq!(namespace_status(&done, &two).previous_revision, mesh.rev_a);
+    assert_eq!(namespace_status(&done, &two).pods, 6);
+    // One batch at a time: each namespace started after the one before was verified.
+    for pair in all.windows(2) {
+        let before = namespace_status(&done, &pair[0]);
+        let after = namespace_status(&done, &pair[1]);
+        assert!(
+            time(&after.step_started) >= time(&Some(before.since.clone())),
+            "{} started before {} was migrated: {after:?} / {before:?}",
+            pair[1],
+            pair[0]
+        );
+    }
+    // No Deployment went below what its PDB requires (3 replicas, 1 disruption).
+    let minimum = minimum.lock().expect("lock").clone();
+    assert_eq!(minimum.len(), 4, "{minimum:?}");
+    for (deployment, min) in &minimum {
+        assert!(*min >= 2, "{deployment} had {min} available replicas");
+    }
+
+    support::wait_for_event(&env.client, &two, "NamespaceMigrated", "6 pods verified").await;
+    assert_eq!(
+        agent
+            .metric("ztunnel_rollout_sidecar_namespaces_total{migration=")
+            .await,
+        3.0
+    );
+    let (code, out, err) = run_cli(&["sidecar", "status", &name]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("sidecarmigration {name}: Succeeded")),
+        "{out}"
+    );
+    assert_eq!(out.matches("Migrated").count(), 3, "{out}");
+}
+
+#[tokio::test]
+async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_replace_one() {
+    let mut env = TestEnv::new("scm-both", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    // istio-injection wins: its pods are on the default revision A.
+    let both = app_namespace(
+        &mut env,
+        "both",
+        &[
+            ("istio-injection", "enabled"),
+            ("istio.io/rev", &mesh.rev_b),
+            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
+        ],
+        &mesh.rev_a,
+        &["api"],
+    )
+    .await;
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let before = labels_of(&env.client, &both).await;
+
+    // The CLI refuses before creating anything.
+    let name = format!("{}-both", env.namespace);
+    let (code, _, err) = run_cli(&[
+        "sidecar", "move", "-n", &both, "--to", &mesh.tag, "--name", &name,
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused, nothing created"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "namespace {both} has both istio-injection=enabled and istio.io/rev={}",
+            mesh.rev_b
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--replace-injection-label"), "{err}");
+    let api: Api<SidecarMigration> = Api::all(env.client.clone());
+    assert!(api.get_opt(&name).await.expect("get").is_none());
+
+    // Applied directly, the agent refuses it and changes nothing.
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({ "namespaces": [both], "to": mesh.tag }),
+        ),
+    )
+    .await;
+    let refused = wait_for_migration(
+        &env.client,
+        &name,
+        "Refused",
+        Duration::from_secs(30),
+        &agent,
+    )
+    .await;
+    let degraded = refused
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .expect("Degraded condition");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded.message.contains("has both istio-injection"),
+        "{degraded:?}"
+    );
+    support::wait_for_event(
+        &env.client,
+        &name,
+        "MigrationRefused",
+        "nothing was changed",
+    )
+    .await;
+    assert_eq!(labels_of(&env.client, &both).await, before);
+    assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_a, &both);
+
+    // With the explicit option, istio-injection goes and the namespace moves.
+    let fixed = format!("{}-fixed", env.namespace);
+    let (code, out, err) = run_cli(&[
+        "sidecar",
+        "move",
+        "-n",
+        &both,
+        "--to",
+        &mesh.tag,
+        "--name",
+        &fixed,
+        "--replace-injection-label",
+        "--labels",
+        &format!("{TEST_LABEL}={}", env.namespace),
+        "--wait",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}\n{}", agent.log_text());
+    assert!(out.contains("Succeeded"), "{out}");
+    let labels = labels_of(&env.client, &both).await;
+    assert_eq!(labels.get("istio.io/rev"), Some(&mesh.tag));
+    assert!(!labels.contains_key("istio-injection"), "{labels:?}");
+    assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_b, &both);
+}
+
+#[tokio::test]
+async fn a_target_without_an_injector_is_refused_and_nothing_changes() {
+    let mut env = TestEnv::new("scm-missing", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    let ns = app_namespace(
+        &mut env,
+        "pay",
+        &[("istio.io/rev", &mesh.rev_a)],
+        &mesh.rev_a,
+        &["api"],
+    )
+    .await;
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let missing = format!("gone-{}", env.namespace);
+
+    let (code, _, err) = run_cli(&["sidecar", "move", "-n", &ns, "--to", &missing]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("no injector for revision or tag {missing:?}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&mesh.tag),
+        "the error lists the known targets: {err}"
+    );
+
+    let name = format!("{}-gone", env.namespace);
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({ "namespaces": [ns], "to": missing }),
+        ),
+    )
+    .await;
+    let refused = wait_for_migration(
+        &env.client,
+        &name,
+        "Refused",
+        Duration::from_secs(30),
+        &agent,
+    )
+    .await;
+    assert!(
+        refused
+            .status
+            .as_ref()
+            .is_some_and(|s| s.namespaces.is_empty()),
+        "{:?}",
+        refused.status
+    );
+    assert_eq!(
+        labels_of(&env.client, &ns).await.get("istio.io/rev"),
+        Some(&mesh.rev_a)
+    );
+    let api: Api<Deployment> = Api::namespaced(env.client.clone(), &ns);
+    let d = api.get("api").await.expect("deployment");
+    let restarted = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .is_some_and(|a| a.contains_key(RESTARTED_AT_ANNOTATION));
+    assert!(!restarted, "the workload was restarted");
+    assert_all_on(&pod_revisions(&env.client, &ns).await, &mesh.rev_a, &ns);
+}
+
+#[tokio::test]
+async fn a_workload_that_never_becomes_ready_stops_the_migration_and_rolls_its_namespace_back() {
+    let mut env = TestEnv::new("scm-broken", 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
+    let good = app_namespace(&mut env, "good", &rev_label, &mesh.rev_a, &["api"]).await;
+    let bad = app_namespace(
+        &mut env,
+        "bad",
+        &rev_label,
+        &mesh.rev_a,
+        &["api", "reviews"],
+    )
+    .await;
+    let later = app_namespace(&mut env, "later", &rev_label, &mesh.rev_a, &["api"]).await;
+    mesh.injector.break_app(&mesh.rev_b, "reviews");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+
+    let name = format!("{}-broken", env.namespace);
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({
+                "namespaces": [good, bad, later], "to": mesh.tag,
+                "workloadsAtOnce": 2, "rolloutTimeout": "8s", "onFailure": "Rollback",
+            }),
+        ),
+    )
+    .await;
+    let failed = wait_for_migration(
+        &env.client,
+        &name,
+        "Failed",
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    let bad_status = namespace_status(&failed, &bad);
+    assert_eq!(
+        bad_status.phase,
+        NamespacePhase::RolledBack,
+        "{bad_status:?}"
+    );
+    assert_eq!(
+        namespace_status(&failed, &good).phase,
+        NamespacePhase::Migrated
+    );
+    assert_eq!(
+        namespace_status(&failed, &later).phase,
+        NamespacePhase::Pending,
+        "no namespace starts after a failure"
+    );
+    let degraded = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .expect("Degraded condition");
+    assert_eq!(degraded.status, "True");
+    assert!(degraded.message.contains(&bad), "{degraded:?}");
+    let note = support::wait_for_event(
+        &env.client,
+        &bad,
+        "NamespaceFailed",
+        &format!("Deployment {bad}/reviews did not complete its restart within 8s"),
+    )
+    .await;
+    assert!(
+        note.contains("pods available") || note.contains("pods updated"),
+        "{note}"
+    );
+
+    // The namespace is back on revision A, its workloads available again.
+    assert_eq!(
+        labels_of(&env.client, &bad).await.get("istio.io/rev"),
+        Some(&mesh.rev_a)
+    );
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &bad);
+    for app in ["api", "reviews"] {
+        wait_for(
+            &deployments,
+            app,
+            "available again",
+            deployment_available(3),
+        )
+        .await;
+    }
+    assert_all_on(&pod_revisions(&env.client, &bad).await, &mesh.rev_a, &bad);
+    assert_all_on(&pod_revisions(&env.client, &good).await, &mesh.rev_b, &good);
+    assert_all_on(
+        &pod_revisions(&env.client, &later).await,
+        &mesh.rev_a,
+        &later,
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_back() {
+    let mut env = TestEnv::new("scm-stop", 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    let first = app_namespace(
+        &mut env,
+        "first",
+        &[
+            ("istio-injection", "enabled"),
+            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
+        ],
+        &mesh.rev_a,
+        &["api"],
+    )
+    .await;
+    let second = app_namespace(
+        &mut env,
+        "second",
+        &[("istio.io/rev", &mesh.rev_a)],
+        &mesh.rev_a,
+        &["ratings"],
+    )
+    .await;
+    mesh.injector.break_app(&mesh.rev_b, "ratings");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+
+    let name = format!("{}-stop", env.namespace);
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({ "namespaces": [first, second], "to": mesh.rev_b, "rolloutTimeout": "6s" }),
+        ),
+    )
+    .await;
+    let failed = wait_for_migration(
+        &env.client,
+        &name,
+        "Failed",
+        Duration::from_secs(90),
+        &agent,
+    )
+    .await;
+    let s = namespace_status(&failed, &second);
+    assert_eq!(s.phase, NamespacePhase::Failed);
+    assert!(
+        s.message.starts_with(&format!(
+            "Deployment {second}/ratings did not complete its restart within 6s"
+        )),
+        "{s:?}"
+    );
+    // Stop leaves the namespace as it is.
+    assert_eq!(
+        labels_of(&env.client, &second).await.get("istio.io/rev"),
+        Some(&mesh.rev_b)
+    );
+    let (code, out, _) = run_cli(&["sidecar", "status", &name]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("{second}/ratings did not complete")),
+        "{out}"
+    );
+
+    let (code, out, err) = run_cli(&["sidecar", "rollback", &name, "--wait"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", agent.log_text());
+    assert!(out.contains("RolledBack"), "{out}");
+    let first_labels = labels_of(&env.client, &first).await;
+    assert_eq!(
+        first_labels.get("istio-injection").map(String::as_str),
+        Some("enabled")
+    );
+    assert!(
+        !first_labels.contains_key("istio.io/rev"),
+        "{first_labels:?}"
+    );
+    assert_eq!(
+        labels_of(&env.client, &second).await.get("istio.io/rev"),
+        Some(&mesh.rev_a)
+    );
+    for ns in [&first, &second] {
+        assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_a, ns);
+    }
+    // A second request is harmless; a refused migration has nothing to roll back.
+    let (code, out, _) = run_cli(&["sidecar", "rollback", &name]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled back already"), "{out}");
+    let (code, _, err) = run_cli(&["sidecar", "rollback", "no-such-migration"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("sidecarmigration \"no-such-migration\" not found"),
+        "{err}"
+    );
+}
