@@ -37,6 +37,19 @@ async fn node(env: &TestEnv, name: &str) -> Node {
         .expect("node")
 }
 
+/// Records and cordons `name` as read just before. A status update between the read and
+/// the write (KWOK's node heartbeats) is a Conflict; like the agent, read again.
+async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was: bool) {
+    for _ in 0..5 {
+        let observed = node(env, name).await;
+        match actions.record_and_cordon("r1", &observed, was).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => return other.expect("record and cordon"),
+        }
+    }
+    panic!("node {name} changed between every read and write");
+}
+
 fn unschedulable(n: &Node) -> bool {
     n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
 }
@@ -48,11 +61,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
     let actions = NodeActions::new(env.client.clone(), leadership);
     let (ours, theirs) = (env.nodes[0].clone(), env.nodes[1].clone());
 
-    let observed = node(&env, &ours).await;
-    actions
-        .record_and_cordon("r1", &observed, false)
-        .await
-        .expect("cordon");
+    record_and_cordon(&actions, &env, &ours, false).await;
     let cordoned = node(&env, &ours).await;
     assert!(unschedulable(&cordoned));
     let annotations = cordoned.metadata.annotations.clone().unwrap_or_default();
@@ -85,11 +94,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
 
     // An operator cordoned this one: it stays cordoned.
     set_unschedulable(&env.client, &theirs, true).await;
-    let observed = node(&env, &theirs).await;
-    actions
-        .record_and_cordon("r1", &observed, true)
-        .await
-        .expect("record");
+    record_and_cordon(&actions, &env, &theirs, true).await;
     actions.release("r1", &theirs, true).await.expect("release");
     let after = node(&env, &theirs).await;
     assert!(

@@ -27,6 +27,7 @@ use ztunnel_rollout::sidecar::namespace_machine::NamespacePhase;
 use ztunnel_rollout::sidecar::revisions::injected_revision;
 use ztunnel_rollout::sidecar::workloads::RESTARTED_AT_ANNOTATION;
 use ztunnel_rollout::testbed::fixtures::{self, Budget};
+use ztunnel_rollout::testbed::kwok_stages::READY_AFTER_ANNOTATION;
 
 /// Runs the CLI off the test's runtime thread: the injector serves on that runtime, and
 /// `--wait` lasts until the agent is done, which needs the injector.
@@ -69,15 +70,26 @@ async fn mesh(env: &TestEnv) -> Mesh {
     mesh
 }
 
+/// A test's cluster slice with the CRDs and the agent's RBAC installed, a directory for
+/// the agent's kubeconfig, and its injectors.
+async fn setup(name: &str, nodes: usize) -> (TestEnv, tempfile::TempDir, Mesh) {
+    let env = TestEnv::new(name, nodes).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    agent_support::install(&env.client).await;
+    let mesh = mesh(&env).await;
+    (env, dir, mesh)
+}
+
 /// Creates namespace `<env>-<suffix>` with `labels`, waits until its pods are injected
-/// at `rev`, and runs Deployment `app` there: 3 replicas on the env's nodes under a PDB
-/// allowing one disruption.
+/// at `rev`, and runs Deployments `apps` there: 3 replicas each on the env's nodes
+/// (Ready `ready_after` their start, when given) under a PDB allowing one disruption.
 async fn app_namespace(
     env: &mut TestEnv,
     suffix: &str,
     labels: &[(&str, &str)],
     rev: &str,
     apps: &[&str],
+    ready_after: Option<&str>,
 ) -> String {
     let name = env.create_namespace(suffix, labels).await;
     Injector::wait_until_injecting(&env.client, &name, rev).await;
@@ -87,7 +99,16 @@ async fn app_namespace(
         let mut fixture = fixtures::AppFixture::new(&name, app, 3);
         fixture.node_selector = env.node_selector();
         fixture.exit_after_seconds = 0.2;
-        fixtures::apply(&deployments, &fixture.deployment())
+        let mut deployment = fixture.deployment();
+        if let Some(delay) = ready_after {
+            let template = deployment.spec.as_mut().map(|s| &mut s.template);
+            if let Some(meta) = template.and_then(|t| t.metadata.as_mut()) {
+                meta.annotations
+                    .get_or_insert_default()
+                    .insert(READY_AFTER_ANNOTATION.to_owned(), delay.to_owned());
+            }
+        }
+        fixtures::apply(&deployments, &deployment)
             .await
             .expect("apply deployment");
         let selector = BTreeMap::from([("app".to_owned(), (*app).to_owned())]);
@@ -103,6 +124,43 @@ async fn app_namespace(
         wait_for(&deployments, app, "app available", deployment_available(3)).await;
     }
     name
+}
+
+/// Runs StatefulSet `name` (`replicas` pods on the env's nodes) in `namespace` and waits
+/// until every pod is Ready.
+async fn stateful_set(env: &TestEnv, namespace: &str, name: &str, replicas: i32) {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let set: StatefulSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "nodeSelector": env.node_selector(),
+                    "containers": [{ "name": "db", "image": "registry.k8s.io/pause:3.10" }],
+                },
+            },
+        },
+    }))
+    .expect("a StatefulSet");
+    let api: Api<StatefulSet> = Api::namespaced(env.client.clone(), namespace);
+    fixtures::apply(&api, &set)
+        .await
+        .expect("apply statefulset");
+    wait_for(
+        &api,
+        name,
+        "statefulset ready",
+        move |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| st.ready_replicas == Some(replicas))
+        },
+    )
+    .await;
 }
 
 /// The injected revision of every live pod in `namespace`.
@@ -238,12 +296,9 @@ fn time(t: &Option<String>) -> k8s_openapi::jiff::Timestamp {
 
 #[tokio::test]
 async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets() {
-    let mut env = TestEnv::new("scm-move", 3).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let mesh = mesh(&env).await;
+    let (mut env, dir, mesh) = setup("scm-move", 3).await;
     let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
-    let one = app_namespace(&mut env, "one", &rev_label, &mesh.rev_a, &["api"]).await;
+    let one = app_namespace(&mut env, "one", &rev_label, &mesh.rev_a, &["api"], None).await;
     let two = app_namespace(
         &mut env,
         "two",
@@ -253,9 +308,11 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
         ],
         &mesh.rev_a,
         &["api", "web"],
+        None,
     )
     .await;
-    let three = app_namespace(&mut env, "three", &rev_label, &mesh.rev_a, &["api"]).await;
+    let three = app_namespace(&mut env, "three", &rev_label, &mesh.rev_a, &["api"], None).await;
+    stateful_set(&env, &three, "db", 2).await;
     let all = [one.clone(), two.clone(), three.clone()];
     for ns in &all {
         assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_a, ns);
@@ -323,6 +380,14 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
     }
     assert_eq!(namespace_status(&done, &two).previous_revision, mesh.rev_a);
     assert_eq!(namespace_status(&done, &two).pods, 6);
+    assert_eq!(
+        (
+            namespace_status(&done, &three).workloads,
+            namespace_status(&done, &three).pods
+        ),
+        (2, 5),
+        "the StatefulSet's pods are restarted and verified too"
+    );
     // One batch at a time: each namespace started after the one before was verified.
     for pair in all.windows(2) {
         let before = namespace_status(&done, &pair[0]);
@@ -359,10 +424,7 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
 
 #[tokio::test]
 async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_replace_one() {
-    let mut env = TestEnv::new("scm-both", 2).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let mesh = mesh(&env).await;
+    let (mut env, dir, mesh) = setup("scm-both", 2).await;
     // istio-injection wins: its pods are on the default revision A.
     let both = app_namespace(
         &mut env,
@@ -374,6 +436,7 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
         ],
         &mesh.rev_a,
         &["api"],
+        None,
     )
     .await;
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
@@ -463,16 +526,14 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
 
 #[tokio::test]
 async fn a_target_without_an_injector_is_refused_and_nothing_changes() {
-    let mut env = TestEnv::new("scm-missing", 2).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let mesh = mesh(&env).await;
+    let (mut env, dir, mesh) = setup("scm-missing", 2).await;
     let ns = app_namespace(
         &mut env,
         "pay",
         &[("istio.io/rev", &mesh.rev_a)],
         &mesh.rev_a,
         &["api"],
+        None,
     )
     .await;
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
@@ -532,21 +593,19 @@ async fn a_target_without_an_injector_is_refused_and_nothing_changes() {
 
 #[tokio::test]
 async fn a_workload_that_never_becomes_ready_stops_the_migration_and_rolls_its_namespace_back() {
-    let mut env = TestEnv::new("scm-broken", 3).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let mesh = mesh(&env).await;
+    let (mut env, dir, mesh) = setup("scm-broken", 3).await;
     let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
-    let good = app_namespace(&mut env, "good", &rev_label, &mesh.rev_a, &["api"]).await;
+    let good = app_namespace(&mut env, "good", &rev_label, &mesh.rev_a, &["api"], None).await;
     let bad = app_namespace(
         &mut env,
         "bad",
         &rev_label,
         &mesh.rev_a,
         &["api", "reviews"],
+        None,
     )
     .await;
-    let later = app_namespace(&mut env, "later", &rev_label, &mesh.rev_a, &["api"]).await;
+    let later = app_namespace(&mut env, "later", &rev_label, &mesh.rev_a, &["api"], None).await;
     mesh.injector.break_app(&mesh.rev_b, "reviews");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
 
@@ -631,10 +690,7 @@ async fn a_workload_that_never_becomes_ready_stops_the_migration_and_rolls_its_n
 
 #[tokio::test]
 async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_back() {
-    let mut env = TestEnv::new("scm-stop", 3).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let mesh = mesh(&env).await;
+    let (mut env, dir, mesh) = setup("scm-stop", 3).await;
     let first = app_namespace(
         &mut env,
         "first",
@@ -644,6 +700,7 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
         ],
         &mesh.rev_a,
         &["api"],
+        None,
     )
     .await;
     let second = app_namespace(
@@ -652,6 +709,7 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
         &[("istio.io/rev", &mesh.rev_a)],
         &mesh.rev_a,
         &["ratings"],
+        None,
     )
     .await;
     mesh.injector.break_app(&mesh.rev_b, "ratings");
@@ -723,5 +781,102 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
     assert!(
         err.contains("sidecarmigration \"no-such-migration\" not found"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_leader_finishes_a_migration_without_restarting_a_workload_twice() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let (mut env, dir, mesh) = setup("scm-failover", 3).await;
+    let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
+    // Pods take 2 s to become Ready: a restart lasts long enough to kill the leader in it.
+    let first = app_namespace(
+        &mut env,
+        "first",
+        &rev_label,
+        &mesh.rev_a,
+        &["api"],
+        Some("2s"),
+    )
+    .await;
+    let second = app_namespace(
+        &mut env,
+        "second",
+        &rev_label,
+        &mesh.rev_a,
+        &["api"],
+        Some("2s"),
+    )
+    .await;
+    let replica_sets = |ns: &str| {
+        let api: Api<ReplicaSet> = Api::namespaced(env.client.clone(), ns);
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .len()
+        }
+    };
+    let before = (replica_sets(&first).await, replica_sets(&second).await);
+
+    let kubeconfig = agent_support::service_account_kubeconfig(dir.path());
+    let lease = format!("{}-lease", env.namespace);
+    let mut leader = agent_support::start(&env, &kubeconfig, &lease, "replica-1");
+    leader
+        .wait_for_log("leading", Duration::from_secs(60))
+        .await;
+    let standby = agent_support::start(&env, &kubeconfig, &lease, "replica-2");
+    standby
+        .wait_for_log("waiting for the lease", Duration::from_secs(60))
+        .await;
+
+    let name = format!("{}-failover", env.namespace);
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({ "namespaces": [first, second], "to": mesh.tag }),
+        ),
+    )
+    .await;
+    // Mid-restart of the first namespace.
+    leader
+        .wait_for_log(
+            "restarted workloads=Deployment api",
+            Duration::from_secs(60),
+        )
+        .await;
+    leader.kill();
+    standby
+        .wait_for_log("leading", Duration::from_secs(30))
+        .await;
+
+    let done = wait_for_migration(
+        &env.client,
+        &name,
+        "Succeeded",
+        Duration::from_secs(120),
+        &standby,
+    )
+    .await;
+    for ns in [&first, &second] {
+        assert_eq!(namespace_status(&done, ns).phase, NamespacePhase::Migrated);
+        assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_b, ns);
+    }
+    // One restart each: one new ReplicaSet per Deployment, whoever led.
+    assert_eq!(
+        (replica_sets(&first).await, replica_sets(&second).await),
+        (before.0 + 1, before.1 + 1),
+        "a workload was restarted more than once\n--- new leader ---\n{}",
+        standby.log_text()
+    );
+    assert!(
+        !standby
+            .log_text()
+            .contains(&format!("namespace={first} phase=\"Restarting\"")),
+        "the new leader started the first namespace over:\n{}",
+        standby.log_text()
     );
 }

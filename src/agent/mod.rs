@@ -8,6 +8,7 @@ pub mod pod_index;
 pub mod reconcile;
 pub mod rollback;
 pub mod sidecar;
+pub mod status_patch;
 pub mod verify;
 
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::events::{EventSink, Notice};
 use super::observe::Observed;
+use super::status_patch::apply_status;
 use super::verify::{GateEvent, GateMessage, GateRequest, Gates};
 use crate::api::ztunnel_rollout::{RollbackStatus, ZtunnelRollout, ZtunnelRolloutStatus};
 use crate::drain::report::Outcome;
@@ -47,7 +48,6 @@ use crate::rollout::status::{
 
 /// Removed only after an abort has released every node the rollout touched.
 pub const FINALIZER: &str = "ztunnel-rollout.dev/cleanup";
-const FIELD_MANAGER: &str = "ztunnel-rollout";
 
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
@@ -1514,17 +1514,7 @@ impl Reconciler {
             return Ok(Some(at + self.settings.status_interval));
         }
         self.leadership.check()?;
-        let patch = json!({
-            "apiVersion": ZtunnelRollout::api_version(&()),
-            "kind": ZtunnelRollout::kind(&()),
-            "status": status,
-        });
-        Api::<ZtunnelRollout>::all(self.client.clone())
-            .patch_status(
-                &r.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+        apply_status::<ZtunnelRollout>(&self.client, &r.name_any(), &status)
             .await
             .map_err(|source| ActionError::Kube {
                 action: format!("writing the status of rollout {}", r.name_any()),

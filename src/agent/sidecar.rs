@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::events::{EventSink, Notice};
 use super::observe::Observed;
 use super::reconcile::PassError;
+use super::status_patch::apply_status;
 use crate::api::sidecar_migration::{
     InjectionLabels, NamespaceCounts, NamespaceMigrationStatus, SidecarFailurePolicy,
     SidecarMigration, SidecarMigrationStatus,
@@ -28,6 +29,7 @@ use crate::api::sidecar_migration::{
 use crate::duration::parse_duration;
 use crate::leader::{Leadership, NotLeader};
 use crate::metrics::{Metrics, MigrationLabels, NamespaceResultLabels};
+use crate::sidecar::expectations::Expectations;
 use crate::sidecar::migration::{
     self, MigrationPhase, NamespaceState, NamespaceView, injection_labels, target_labels,
 };
@@ -38,7 +40,6 @@ use crate::sidecar::namespace_machine::{
 use crate::sidecar::revisions::{INJECTION_LABEL, REVISION_LABEL};
 use crate::sidecar::workloads::{Workload, WorkloadKind, restart_patch};
 
-const FIELD_MANAGER: &str = "ztunnel-rollout";
 /// Steps one namespace may take in a pass before waiting for the watches.
 const STEPS_PER_PASS: usize = 8;
 /// Pod changes do not wake the loop; a verifying namespace looks again this often.
@@ -71,6 +72,8 @@ pub struct SidecarMigrations {
     events: EventSink,
     metrics: Arc<Metrics>,
     runs: HashMap<String, Run>,
+    /// Changes made but maybe not in the caches yet (the passes run one at a time).
+    expected: std::sync::Mutex<Expectations>,
 }
 
 fn parse_time(text: Option<&str>) -> Option<Timestamp> {
@@ -141,12 +144,16 @@ impl SidecarMigrations {
             events,
             metrics,
             runs: HashMap::new(),
+            expected: Default::default(),
         }
     }
 
     /// Forgets what this term knew; the next term starts from the stored status.
     pub fn reset(&mut self) {
         self.runs.clear();
+        if let Ok(mut e) = self.expected.lock() {
+            e.clear();
+        }
     }
 
     /// Runs the migrations while this replica leads, until the task is aborted.
@@ -537,11 +544,15 @@ impl SidecarMigrations {
             })
             .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(NamespaceFacts {
+        let mut facts = NamespaceFacts {
             labels: injection_labels(ns.labels()),
             workloads: self.workloads(namespace),
             pods,
-        })
+        };
+        if let Ok(mut e) = self.expected.lock() {
+            e.overlay(namespace, &mut facts);
+        }
+        Some(facts)
     }
 
     /// Takes namespace `i` through as many steps as it can without waiting.
@@ -710,6 +721,9 @@ impl SidecarMigrations {
             .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(kube_error(format!("relabelling namespace {namespace}")))?;
+        if let Ok(mut e) = self.expected.lock() {
+            e.relabelled(namespace, labels.clone());
+        }
         let described = describe_labels(labels);
         info!(labels = %described, "namespace relabelled");
         let ns = self.observed.namespaces.get(&ObjectRef::new(namespace));
@@ -751,6 +765,9 @@ impl SidecarMigrations {
                     .map(drop),
             }
             .map_err(kube_error(action))?;
+            if let Ok(mut e) = self.expected.lock() {
+                e.restarted(namespace, *kind, name, now);
+            }
             self.metrics
                 .sidecar_workload_restarts
                 .get_or_create(&MigrationLabels {
@@ -778,17 +795,7 @@ impl SidecarMigrations {
             return Ok(());
         }
         self.leadership.check()?;
-        let patch = json!({
-            "apiVersion": SidecarMigration::api_version(&()),
-            "kind": SidecarMigration::kind(&()),
-            "status": status,
-        });
-        Api::<SidecarMigration>::all(self.client.clone())
-            .patch_status(
-                &m.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+        apply_status::<SidecarMigration>(&self.client, &m.name_any(), &status)
             .await
             .map_err(kube_error(format!(
                 "writing the status of migration {}",

@@ -167,6 +167,28 @@ fn spec_of(args: &MoveArgs) -> anyhow::Result<SidecarMigrationSpec> {
     Ok(serde_json::from_value(spec)?)
 }
 
+/// The workloads of one kind in `namespace`.
+async fn list<K>(
+    client: &Client,
+    namespace: &str,
+    plural: &str,
+    workload: fn(&K) -> Workload,
+) -> anyhow::Result<Vec<Workload>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("listing {plural} in namespace {namespace}"))?
+        .iter()
+        .map(workload)
+        .collect())
+}
+
 /// What the agent would see: namespaces with the workloads of the chosen ones, and the
 /// injector webhooks.
 async fn views(
@@ -194,30 +216,15 @@ async fn views(
         };
         let mut workloads = Vec::new();
         if chosen {
-            let what = |kind: &str| format!("listing {kind} in namespace {name}");
             workloads.extend(
-                Api::<Deployment>::namespaced(client.clone(), &name)
-                    .list(&lp)
-                    .await
-                    .with_context(|| what("deployments"))?
-                    .iter()
-                    .map(Workload::from_deployment),
+                list::<Deployment>(client, &name, "deployments", Workload::from_deployment).await?,
             );
             workloads.extend(
-                Api::<StatefulSet>::namespaced(client.clone(), &name)
-                    .list(&lp)
-                    .await
-                    .with_context(|| what("statefulsets"))?
-                    .iter()
-                    .map(Workload::from_stateful_set),
+                list::<StatefulSet>(client, &name, "statefulsets", Workload::from_stateful_set)
+                    .await?,
             );
             workloads.extend(
-                Api::<DaemonSet>::namespaced(client.clone(), &name)
-                    .list(&lp)
-                    .await
-                    .with_context(|| what("daemonsets"))?
-                    .iter()
-                    .map(Workload::from_daemon_set),
+                list::<DaemonSet>(client, &name, "daemonsets", Workload::from_daemon_set).await?,
             );
         }
         views.push(NamespaceView {

@@ -1,8 +1,10 @@
 //! Moving sidecar namespaces between Istio revisions (the secondary workflow): the pure
 //! rules of revisions and tags ([`revisions`]), workload restarts ([`workloads`]), one
-//! namespace's move ([`namespace_machine`]) and the migration's plan and batches
-//! ([`migration`]). The agent's shell is `agent::sidecar`.
+//! namespace's move ([`namespace_machine`]), the migration's plan and batches
+//! ([`migration`]), and the agent's own changes its caches may not show yet
+//! ([`expectations`]). The agent's shell is `agent::sidecar`.
 
+pub mod expectations;
 pub mod migration;
 pub mod namespace_machine;
 pub mod revisions;
