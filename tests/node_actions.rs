@@ -37,14 +37,27 @@ async fn node(env: &TestEnv, name: &str) -> Node {
         .expect("node")
 }
 
-/// Records and cordons `name` as read just before. A status update between the read and
-/// the write (KWOK's node heartbeats) is a Conflict; like the agent, read again.
+/// Records and cordons `name` as read just before. A change between the read and the
+/// write (a heartbeat, the lifecycle controller's taint) is a Conflict; like the agent,
+/// read again.
 async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was: bool) {
     for _ in 0..5 {
         let observed = node(env, name).await;
         match actions.record_and_cordon("r1", &observed, was).await {
             Err(ActionError::Conflict { .. }) => continue,
             other => return other.expect("record and cordon"),
+        }
+    }
+    panic!("node {name} changed between every read and write");
+}
+
+/// Releases `name` for rollout r1; like the agent, again after a Conflict (the node
+/// lifecycle controller taints a node right after it is cordoned).
+async fn release(actions: &NodeActions, name: &str) {
+    for _ in 0..5 {
+        match actions.release("r1", name, true).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => return other.expect("release"),
         }
     }
     panic!("node {name} changed between every read and write");
@@ -81,7 +94,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
         .await
         .expect_err("another rollout's node");
     assert!(matches!(err, ActionError::OwnedByOther { .. }), "{err}");
-    actions.release("r1", &ours, true).await.expect("release");
+    release(&actions, &ours).await;
     let released = node(&env, &ours).await;
     assert!(!unschedulable(&released));
     assert!(
@@ -95,7 +108,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
     // An operator cordoned this one: it stays cordoned.
     set_unschedulable(&env.client, &theirs, true).await;
     record_and_cordon(&actions, &env, &theirs, true).await;
-    actions.release("r1", &theirs, true).await.expect("release");
+    release(&actions, &theirs).await;
     let after = node(&env, &theirs).await;
     assert!(
         unschedulable(&after),

@@ -522,6 +522,12 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
     assert_eq!(labels.get("istio.io/rev"), Some(&mesh.tag));
     assert!(!labels.contains_key("istio-injection"), "{labels:?}");
     assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_b, &both);
+
+    // A rollback restores both labels as they were, and with them revision A.
+    let (code, out, err) = run_cli(&["sidecar", "rollback", &fixed, "--wait"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", agent.log_text());
+    assert_eq!(labels_of(&env.client, &both).await, before);
+    assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_a, &both);
 }
 
 #[tokio::test]
@@ -751,6 +757,16 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
     assert!(
         out.contains(&format!("{second}/ratings did not complete")),
         "{out}"
+    );
+
+    // A stopped migration still holds its namespaces: another is refused for them.
+    let (code, _, err) = run_cli(&["sidecar", "move", "-n", &second, "--to", &mesh.rev_a]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "namespace {second} is being moved by sidecarmigration {name}"
+        )),
+        "{err}"
     );
 
     let (code, out, err) = run_cli(&["sidecar", "rollback", &name, "--wait"]).await;

@@ -141,7 +141,12 @@ fn trim_template(t: PodTemplateSpec) -> PodTemplateSpec {
             }),
             ..Default::default()
         }),
-        spec: None,
+        // Istio injects no sidecar into host-network pods.
+        spec: t.spec.map(|s| PodSpec {
+            host_network: s.host_network,
+            containers: Vec::new(),
+            ..Default::default()
+        }),
     }
 }
 
@@ -152,6 +157,7 @@ fn trim_deployment(d: &mut Deployment) {
         replicas: s.replicas,
         selector: s.selector,
         strategy: s.strategy,
+        paused: s.paused,
         template: trim_template(s.template),
         ..Default::default()
     });

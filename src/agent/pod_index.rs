@@ -35,7 +35,7 @@ pub struct PodFacts {
     pub running: bool,
     /// The revision its sidecar was injected from, if it has one.
     pub injected_revision: Option<String>,
-    /// Labelled `sidecar.istio.io/inject=false`.
+    /// Labelled or annotated `sidecar.istio.io/inject=false`.
     pub injection_opted_out: bool,
     /// Owned by a ReplicaSet, StatefulSet or DaemonSet: a workload restart replaces it.
     pub restartable: bool,
@@ -64,7 +64,10 @@ impl PodFacts {
                 && !matches!(phase, Some("Succeeded" | "Failed")),
             running: phase == Some("Running"),
             injected_revision: injected_revision(p),
-            injection_opted_out: p.labels().get(INJECT_LABEL).is_some_and(|v| v == "false"),
+            injection_opted_out: p.labels().get(INJECT_LABEL).is_some_and(|v| v == "false")
+                || p.annotations()
+                    .get(INJECT_LABEL)
+                    .is_some_and(|v| v == "false"),
             restartable: controller.is_some_and(|o| {
                 matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
             }),
@@ -138,15 +141,15 @@ impl PodIndex {
         counts
     }
 
-    /// The active pods of `namespace` that a restart of their workload replaces and that
-    /// did not opt out of injection.
+    /// The active pods of `namespace` that a restart of their workload replaces, that
+    /// did not opt out of injection and are not on the host network.
     pub fn restartable_in(&self, namespace: &str) -> Vec<PodFacts> {
         self.pods
             .read()
             .map(|all| {
                 all.values()
                     .filter(|p| p.namespace == namespace && p.active && p.restartable)
-                    .filter(|p| !p.injection_opted_out)
+                    .filter(|p| !p.injection_opted_out && !p.host_network)
                     .cloned()
                     .collect()
             })

@@ -63,6 +63,8 @@ struct Run {
     status: SidecarMigrationStatus,
     written: Option<SidecarMigrationStatus>,
     failures: u32,
+    /// After a failed step, nothing is tried again before this.
+    retry_at: Option<Instant>,
 }
 
 pub struct SidecarMigrations {
@@ -213,22 +215,40 @@ impl SidecarMigrations {
                 status: m.status.clone().unwrap_or_default(),
                 written: m.status.clone(),
                 failures: 0,
+                retry_at: None,
             },
         };
+        if let Some(at) = run.retry_at.filter(|at| *at > Instant::now()) {
+            self.runs.insert(name, run);
+            return Ok(Some(at));
+        }
         let result = self.reconcile_run(m, &mut run).await;
-        self.runs.insert(name, run);
-        match result {
-            Ok(wake) => Ok(wake),
+        let wake = match result {
+            Ok(wake) => {
+                run.failures = 0;
+                run.retry_at = None;
+                Ok(wake)
+            }
             Err(ActionError::NotLeader(e)) => Err(e.into()),
             Err(e) => {
-                let failures = self.runs.get_mut(&m.name_any()).map_or(1, |r| {
-                    r.failures += 1;
-                    r.failures
-                });
-                warn!(error = %e, failures, "a migration step failed; retrying");
-                Ok(Some(Instant::now() + retry_delay(failures)))
+                run.failures += 1;
+                let at = Instant::now() + retry_delay(run.failures);
+                run.retry_at = Some(at);
+                warn!(error = %e, failures = run.failures, "a migration step failed; retrying");
+                if run.failures == 1 {
+                    self.notice(
+                        &m.object_ref(&()),
+                        None,
+                        true,
+                        "StepFailed",
+                        format!("{e}; retrying with backoff"),
+                    );
+                }
+                Ok(Some(at))
             }
-        }
+        };
+        self.runs.insert(name, run);
+        wake
     }
 
     async fn reconcile_run(
@@ -311,7 +331,6 @@ impl SidecarMigrations {
         let decision = self.decide(m, run, batch);
         self.stand(m, run, &decision);
         self.write_status(m, run).await?;
-        run.failures = 0;
         Ok(wake)
     }
 
@@ -364,7 +383,24 @@ impl SidecarMigrations {
             .iter()
             .map(|w| (**w).clone())
             .collect();
-        let plan = migration::plan(&m.spec, &views, &webhooks)?;
+        // Other migrations as this term knows them, else as stored.
+        let others: Vec<(String, SidecarMigrationStatus)> = self
+            .observed
+            .migrations
+            .state()
+            .iter()
+            .filter(|o| o.name_any() != m.name_any())
+            .filter_map(|o| {
+                let name = o.name_any();
+                let status = match self.runs.get(&name) {
+                    Some(run) => run.status.clone(),
+                    None => o.status.clone()?,
+                };
+                Some((name, status))
+            })
+            .collect();
+        let claimed = migration::claimed(others.iter().map(|(n, s)| (n.as_str(), s)));
+        let plan = migration::plan(&m.spec, &views, &webhooks, &claimed)?;
         let now = Timestamp::now().to_string();
         info!(
             target_revision = %plan.target_revision,
@@ -594,11 +630,16 @@ impl SidecarMigrations {
                     }
                 }
                 Step::Relabel(labels) => {
+                    // Never act on a step the status does not record yet.
+                    self.write_status(m, run).await?;
                     self.relabel(m, &name, &labels).await?;
                     return Ok(None);
                 }
                 Step::Restart(workloads) => {
-                    self.restart(m, &name, &workloads, now).await?;
+                    self.write_status(m, run).await?;
+                    // Never earlier than the step's recorded start, whatever this clock says.
+                    let at = now.max(record.step_started.unwrap_or(now));
+                    self.restart(m, &name, &workloads, at).await?;
                     return Ok(None);
                 }
                 Step::Wait { message, until } => {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("has(self.namespaces) != has(self.namespaceSelector)").message("set exactly one of namespaces and namespaceSelector"))]
 #[x_kube(validation = Rule::new("self.to == oldSelf.to").message("to is immutable; create another migration"))]
+#[x_kube(validation = Rule::new("!oldSelf.rollback || self.rollback").message("a requested rollback cannot be withdrawn"))]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarMigrationSpec {
     /// The namespaces to move, in this order.

@@ -246,7 +246,16 @@ async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result
     let timeout = wait_timeout(&args.timeout)?;
     let client = client(global).await?;
     let (views, webhooks) = views(&client, &spec).await?;
-    let plan = migration::plan(&spec, &views, &webhooks)
+    let others = Api::<SidecarMigration>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing sidecarmigrations")?;
+    let claimed = migration::claimed(
+        others
+            .iter()
+            .filter_map(|m| Some((m.metadata.name.as_deref()?, m.status.as_ref()?))),
+    );
+    let plan = migration::plan(&spec, &views, &webhooks, &claimed)
         .map_err(|e| anyhow::anyhow!("refused, nothing created: {e}"))?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -461,7 +470,10 @@ pub fn render(v: &MigrationView) -> String {
 }
 
 fn finished(phase: &str) -> bool {
-    matches!(phase, "Refused" | "Succeeded" | "Failed" | "RolledBack")
+    matches!(
+        phase,
+        "Refused" | "Succeeded" | "Failed" | "RolledBack" | "RollbackFailed"
+    )
 }
 
 fn print(output: Output, views: &[MigrationView]) -> anyhow::Result<()> {
@@ -506,10 +518,17 @@ async fn follow_until_finished(
 ) -> anyhow::Result<ExitCode> {
     let api: Api<SidecarMigration> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut changes = std::pin::pin!(watcher(api, config).applied_objects());
+    let mut changes = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
     let mut last: Option<MigrationView> = None;
     while let Some(m) = changes.next().await {
-        let m = m.context("watching the migration")?;
+        // The watcher retries with backoff; say so and go on.
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("watching sidecarmigration {name}: {e}; retrying");
+                continue;
+            }
+        };
         let v = view(&m);
         if last.as_ref() == Some(&v) {
             continue;
@@ -519,7 +538,7 @@ async fn follow_until_finished(
         let done = finished(&v.phase)
             && (wanted != MigrationPhase::RolledBack
                 || !m.spec.rollback
-                || v.phase == "RolledBack");
+                || matches!(v.phase.as_str(), "RolledBack" | "RollbackFailed"));
         if done {
             return Ok(if v.phase == wanted.as_str() {
                 ExitCode::SUCCESS

@@ -81,6 +81,7 @@ mod tests {
                 },
                 restarted_at,
                 opted_out: false,
+                paused: false,
             }],
             pods: Vec::new(),
         }

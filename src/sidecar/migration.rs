@@ -14,7 +14,9 @@ use super::revisions::{
     namespace_injection, resolve,
 };
 use super::workloads::{Workload, cannot_restart, downtime_warnings};
-use crate::api::sidecar_migration::{InjectionLabels, SidecarMigrationSpec};
+use crate::api::sidecar_migration::{
+    InjectionLabels, SidecarMigrationSpec, SidecarMigrationStatus,
+};
 use crate::label_selector::Selector;
 use crate::rollout::status::condition;
 
@@ -61,11 +63,14 @@ pub fn target_labels(to: &str) -> InjectionLabels {
 }
 
 /// Decides the namespaces, their previous labels and revisions, and the target revision;
-/// or refuses with every problem found.
+/// or refuses with every problem found. `claimed` maps the namespaces of other
+/// unfinished migrations to their migration's name: two migrations never move one
+/// namespace.
 pub fn plan(
     spec: &SidecarMigrationSpec,
     namespaces: &[NamespaceView],
     webhooks: &[MutatingWebhookConfiguration],
+    claimed: &BTreeMap<String, String>,
 ) -> Result<MigrationPlan, Refusal> {
     let mut problems = Vec::new();
     let target_revision = resolve(&spec.to, webhooks)
@@ -105,9 +110,19 @@ pub fn plan(
     let mut planned = Vec::new();
     let mut warnings = Vec::new();
     for ns in chosen {
+        if let Some(other) = claimed.get(&ns.name) {
+            problems.push(format!(
+                "namespace {} is being moved by sidecarmigration {other}",
+                ns.name
+            ));
+        }
         let injection = match namespace_injection(&namespace_object(ns)) {
             Ok(i) => Some(i),
-            Err(RevisionError::TwoSelectors { .. }) if spec.replace_injection_label => {
+            // Only an enabled injection is replaced: a namespace with injection disabled
+            // would get sidecars it does not have.
+            Err(RevisionError::TwoSelectors { injection, .. })
+                if spec.replace_injection_label && injection == "enabled" =>
+            {
                 Some(NamespaceInjection::Default)
             }
             Err(e) => {
@@ -142,6 +157,32 @@ pub fn plan(
     }
 }
 
+/// The namespaces of unfinished migrations (a stopped one may still be rolled back),
+/// each with its migration's name.
+pub fn claimed<'a>(
+    migrations: impl IntoIterator<Item = (&'a str, &'a SidecarMigrationStatus)>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, status) in migrations {
+        let phase = status.phase.as_deref().and_then(MigrationPhase::parse);
+        if matches!(
+            phase,
+            Some(
+                MigrationPhase::Refused
+                    | MigrationPhase::Succeeded
+                    | MigrationPhase::RolledBack
+                    | MigrationPhase::RollbackFailed
+            )
+        ) {
+            continue;
+        }
+        for ns in &status.namespaces {
+            out.insert(ns.name.clone(), name.to_owned());
+        }
+    }
+    out
+}
+
 fn namespace_object(ns: &NamespaceView) -> k8s_openapi::api::core::v1::Namespace {
     k8s_openapi::api::core::v1::Namespace {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -164,6 +205,8 @@ pub enum MigrationPhase {
     Failed,
     RollingBack,
     RolledBack,
+    /// The rollback failed for some namespace.
+    RollbackFailed,
 }
 
 impl MigrationPhase {
@@ -176,6 +219,7 @@ impl MigrationPhase {
             MigrationPhase::Failed => "Failed",
             MigrationPhase::RollingBack => "RollingBack",
             MigrationPhase::RolledBack => "RolledBack",
+            MigrationPhase::RollbackFailed => "RollbackFailed",
         }
     }
 
@@ -189,6 +233,7 @@ impl MigrationPhase {
             Failed,
             RollingBack,
             RolledBack,
+            RollbackFailed,
         ]
         .into_iter()
         .find(|p| p.as_str() == text)
@@ -268,7 +313,7 @@ pub fn decide(
             Decision {
                 start: Vec::new(),
                 roll_back,
-                phase: MigrationPhase::RolledBack,
+                phase: MigrationPhase::RollbackFailed,
                 reason: "RollbackFailed",
                 message: format!("the rollback failed for {}", failed.join(", ")),
             }
@@ -341,8 +386,10 @@ pub fn conditions(
     message: &str,
 ) -> Vec<Condition> {
     use MigrationPhase::*;
-    let degraded =
-        matches!(phase, Refused | Failed | RollingBack | RolledBack) || reason == "NamespaceFailed";
+    let degraded = matches!(
+        phase,
+        Refused | Failed | RollingBack | RolledBack | RollbackFailed
+    ) || reason == "NamespaceFailed";
     let progressing = matches!(phase, Pending | Progressing | RollingBack);
     vec![
         condition(
@@ -437,7 +484,13 @@ mod tests {
             view("a", &[("istio.io/rev", "1-29")]),
             view("b", &[("istio-injection", "enabled")]),
         ];
-        let p = plan(&spec(&["b", "a"], "prod-canary"), &nss, &hooks()).unwrap();
+        let p = plan(
+            &spec(&["b", "a"], "prod-canary"),
+            &nss,
+            &hooks(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(p.target_revision, "1-30");
         assert_eq!(
             p.namespaces,
@@ -475,7 +528,7 @@ mod tests {
             match_labels: Some(BTreeMap::from([("team".into(), "pay".into())])),
             match_expressions: None,
         });
-        let p = plan(&s, &nss, &hooks()).unwrap();
+        let p = plan(&s, &nss, &hooks(), &BTreeMap::new()).unwrap();
         let names: Vec<&str> = p.namespaces.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["y", "z"]);
         s.namespace_selector = Some(LabelSelector {
@@ -483,7 +536,9 @@ mod tests {
             match_expressions: None,
         });
         assert_eq!(
-            plan(&s, &nss, &hooks()).unwrap_err().to_string(),
+            plan(&s, &nss, &hooks(), &BTreeMap::new())
+                .unwrap_err()
+                .to_string(),
             "namespaceSelector team=none matches no namespace"
         );
     }
@@ -497,7 +552,13 @@ mod tests {
             ),
             view("plain", &[]),
         ];
-        let err = plan(&spec(&["both", "plain", "gone"], "1-31"), &nss, &hooks()).unwrap_err();
+        let err = plan(
+            &spec(&["both", "plain", "gone"], "1-31"),
+            &nss,
+            &hooks(),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.0.len(), 4, "{text}");
         assert!(
@@ -516,15 +577,35 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_another_migration_moves_is_refused() {
+        let nss = [view("a", &[("istio.io/rev", "1-29")])];
+        let claimed = BTreeMap::from([("a".to_owned(), "earlier".to_owned())]);
+        assert_eq!(
+            plan(&spec(&["a"], "1-30"), &nss, &hooks(), &claimed)
+                .unwrap_err()
+                .to_string(),
+            "namespace a is being moved by sidecarmigration earlier"
+        );
+    }
+
+    #[test]
     fn both_labels_are_replaced_only_when_asked() {
         let nss = [view(
             "both",
             &[("istio-injection", "enabled"), ("istio.io/rev", "1-29")],
         )];
         let mut s = spec(&["both"], "1-30");
-        assert!(plan(&s, &nss, &hooks()).is_err());
+        assert!(plan(&s, &nss, &hooks(), &BTreeMap::new()).is_err());
         s.replace_injection_label = true;
-        let p = plan(&s, &nss, &hooks()).unwrap();
+        let disabled = [view(
+            "both",
+            &[("istio-injection", "disabled"), ("istio.io/rev", "1-29")],
+        )];
+        assert!(
+            plan(&s, &disabled, &hooks(), &BTreeMap::new()).is_err(),
+            "a disabled injection is never replaced"
+        );
+        let p = plan(&s, &nss, &hooks(), &BTreeMap::new()).unwrap();
         assert_eq!(
             p.namespaces[0].previous,
             InjectionLabels {
@@ -549,6 +630,7 @@ mod tests {
             strategy,
             restarted_at: None,
             opted_out: false,
+            paused: false,
         };
         let mut ns = view("db", &[("istio.io/rev", "1-29")]);
         ns.workloads = vec![w(
@@ -559,7 +641,13 @@ mod tests {
             },
             1,
         )];
-        let p = plan(&spec(&["db"], "1-30"), std::slice::from_ref(&ns), &hooks()).unwrap();
+        let p = plan(
+            &spec(&["db"], "1-30"),
+            std::slice::from_ref(&ns),
+            &hooks(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(
             p.warnings,
             [
@@ -567,7 +655,7 @@ mod tests {
             ]
         );
         ns.workloads.push(w("manual", Strategy::OnDelete, 3));
-        let err = plan(&spec(&["db"], "1-30"), &[ns], &hooks()).unwrap_err();
+        let err = plan(&spec(&["db"], "1-30"), &[ns], &hooks(), &BTreeMap::new()).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("StatefulSet db/manual has updateStrategy OnDelete")
@@ -658,6 +746,9 @@ mod tests {
         );
         assert_eq!(d.phase, MigrationPhase::RolledBack);
         assert_eq!(d.reason, "RolledBack");
+        let d = decide(&names(2), &states(&[RolledBack, RollbackFailed]), 1, true);
+        assert_eq!(d.phase, MigrationPhase::RollbackFailed);
+        assert_eq!(d.message, "the rollback failed for ns1");
     }
 
     #[test]

@@ -197,6 +197,20 @@ pub fn tally(record: &NamespaceRecord, facts: &NamespaceFacts, target: &Target) 
     }
 }
 
+/// Pods the restarted workloads should have (their desired counts) but the agent does
+/// not see yet: verification waits for them rather than passing on a partial list.
+fn missing_pods(facts: &NamespaceFacts) -> usize {
+    let desired: i64 = facts
+        .workloads
+        .iter()
+        .filter(|w| !w.opted_out)
+        .map(|w| i64::from(w.desired.max(0)))
+        .sum();
+    usize::try_from(desired)
+        .unwrap_or(0)
+        .saturating_sub(facts.pods.len())
+}
+
 /// Pods not on the target revision, described: `api-7d9 (1-29), web-1 (no sidecar)`.
 fn strays(facts: &NamespaceFacts, revision: &str) -> (usize, String) {
     let wrong: Vec<String> = facts
@@ -232,7 +246,10 @@ pub fn next_step(
     match record.phase {
         Migrated | Failed | RolledBack | RollbackFailed => Step::Done,
         Pending => {
-            if facts.labels == target.labels && strays(facts, &target.revision).0 == 0 {
+            if facts.labels == target.labels
+                && strays(facts, &target.revision).0 == 0
+                && missing_pods(facts) == 0
+            {
                 Step::Enter {
                     phase: Migrated,
                     message: format!(
@@ -250,13 +267,20 @@ pub fn next_step(
         }
         Restarting | RollingBack => restart_step(record, facts, &target, namespace, now),
         Verifying | VerifyingRollback => {
-            let (wrong, shown) = strays(facts, &target.revision);
+            let (wrong, mut shown) = strays(facts, &target.revision);
+            let missing = missing_pods(facts);
+            if missing > 0 {
+                if !shown.is_empty() {
+                    shown.push_str("; ");
+                }
+                shown.push_str(&format!("{missing} pods of its workloads not seen yet"));
+            }
             let done = if record.phase == Verifying {
                 Migrated
             } else {
                 RolledBack
             };
-            if wrong == 0 {
+            if wrong == 0 && missing == 0 {
                 return Step::Enter {
                     phase: done,
                     message: format!(
@@ -267,6 +291,7 @@ pub fn next_step(
                 };
             }
             let deadline = plus(record.verifying_since.unwrap_or(now), target.verify_timeout);
+            let wrong = wrong + missing;
             if now >= deadline {
                 Step::Fail(format!(
                     "{wrong} pods not on revision {} after {}: {shown}",
@@ -293,12 +318,19 @@ fn restart_step(
     namespace: &str,
     now: Timestamp,
 ) -> Step {
-    if facts.labels != target.labels {
-        return Step::Relabel(target.labels.clone());
-    }
     let workloads: Vec<&Workload> = facts.workloads.iter().filter(|w| !w.opted_out).collect();
     if let Some(why) = workloads.iter().find_map(|w| cannot_restart(w, namespace)) {
         return Step::Fail(why);
+    }
+    if facts.labels != target.labels {
+        let deadline = plus(record.step_started.unwrap_or(now), target.rollout_timeout);
+        if now >= deadline {
+            return Step::Fail(format!(
+                "the namespace's labels did not change within {}",
+                crate::duration::format_duration(target.rollout_timeout)
+            ));
+        }
+        return Step::Relabel(target.labels.clone());
     }
     let mut done = 0;
     let mut waiting: Vec<String> = Vec::new();
@@ -416,6 +448,7 @@ mod tests {
             },
             restarted_at: restarted_at.map(t),
             opted_out: false,
+            paused: false,
         }
     }
 
@@ -606,6 +639,40 @@ mod tests {
                 message: "1 pods verified on revision 1-30".into()
             }
         );
+    }
+
+    #[test]
+    fn verification_waits_for_pods_the_cache_does_not_show_yet() {
+        let mut r = record(NamespacePhase::Verifying);
+        r.verifying_since = Some(t("00:10"));
+        // Two desired pods, one seen: not verified, however right the one is.
+        let f = facts(
+            rev("prod-canary"),
+            vec![workload("api", Some("00:01"), true)],
+            vec![pod("a", Some("1-30"))],
+        );
+        match next_step(&r, &f, &target(), "p", t("00:20")) {
+            Step::Wait { message, .. } => {
+                assert!(
+                    message.ends_with("1 pods of its workloads not seen yet"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            next_step(&r, &f, &target(), "p", t("00:40")),
+            Step::Fail(why) if why.starts_with("1 pods not on revision 1-30 after 30s")
+        ));
+    }
+
+    #[test]
+    fn labels_that_do_not_change_fail_the_namespace_at_the_rollout_timeout() {
+        let f = facts(enabled(), vec![workload("api", None, true)], vec![]);
+        assert!(matches!(
+            next_step(&record(NamespacePhase::Restarting), &f, &target(), "p", t("01:00")),
+            Step::Fail(why) if why == "the namespace's labels did not change within 1m"
+        ));
     }
 
     #[test]

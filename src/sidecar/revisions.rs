@@ -117,13 +117,24 @@ pub fn resolve(
 }
 
 /// The revision whose injector the API server calls for pods of a namespace with these
-/// labels: the revision label of the first MutatingWebhookConfiguration (injector or
-/// tag) with a webhook whose namespace selector matches them.
+/// labels: the revision label of a MutatingWebhookConfiguration (tag, else injector) with
+/// a webhook whose namespace selector matches them.
 pub fn injecting_revision(
     namespace_labels: &BTreeMap<String, String>,
     webhooks: &[MutatingWebhookConfiguration],
 ) -> Option<String> {
-    webhooks.iter().find_map(|w| {
+    // Tags first (a `default` tag overrides the legacy default injector), then by name:
+    // the same answer whatever order the webhooks were listed in.
+    let mut ordered: Vec<&MutatingWebhookConfiguration> = webhooks.iter().collect();
+    ordered.sort_by_key(|w| {
+        let is_tag = w
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(TAG_LABEL));
+        (!is_tag, w.metadata.name.clone())
+    });
+    ordered.into_iter().find_map(|w| {
         let revision = w.metadata.labels.as_ref()?.get(REVISION_LABEL)?;
         let matches = w.webhooks.iter().flatten().any(|hook| {
             hook.namespace_selector.as_ref().is_some_and(|s| {

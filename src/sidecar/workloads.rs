@@ -47,6 +47,8 @@ pub enum Strategy {
     Recreate,
     /// A template change replaces nothing (`OnDelete`).
     OnDelete,
+    /// A StatefulSet replacing only the pods with an ordinal at or above `partition`.
+    Partitioned { partition: i32 },
 }
 
 /// What a namespace move reads of one workload.
@@ -69,8 +71,11 @@ pub struct Workload {
     pub strategy: Strategy,
     /// The template's restart annotation, when it parses as a time.
     pub restarted_at: Option<Timestamp>,
-    /// The template opts its pods out of injection: nothing to restart.
+    /// The template opts its pods out of injection (or runs them on the host network,
+    /// where Istio injects nothing): nothing to restart.
     pub opted_out: bool,
+    /// A paused Deployment: a template change rolls nothing until it is resumed.
+    pub paused: bool,
 }
 
 /// Resolves a surge/unavailability value against `replicas` the way the controllers
@@ -101,8 +106,14 @@ fn template_facts(template: &PodTemplateSpec) -> (Option<Timestamp>, bool) {
         m.and_then(|m| m.get(INJECT_LABEL))
             .is_some_and(|v| v == "false")
     };
-    let opted_out =
-        meta.is_some_and(|m| says_false(m.labels.as_ref()) || says_false(m.annotations.as_ref()));
+    let host_network = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let opted_out = host_network
+        || meta
+            .is_some_and(|m| says_false(m.labels.as_ref()) || says_false(m.annotations.as_ref()));
     (restarted_at, opted_out)
 }
 
@@ -135,6 +146,7 @@ impl Workload {
             strategy,
             restarted_at,
             opted_out,
+            paused: spec.paused.unwrap_or(false),
         }
     }
 
@@ -147,10 +159,13 @@ impl Workload {
             Strategy::OnDelete
         } else {
             let rolling = update.rolling_update.unwrap_or_default();
-            Strategy::Rolling {
-                max_surge: 0,
-                max_unavailable: resolve(rolling.max_unavailable.as_ref(), desired, "1", false)
-                    .max(1),
+            match rolling.partition {
+                Some(partition) if partition > 0 => Strategy::Partitioned { partition },
+                _ => Strategy::Rolling {
+                    max_surge: 0,
+                    max_unavailable: resolve(rolling.max_unavailable.as_ref(), desired, "1", false)
+                        .max(1),
+                },
             }
         };
         let (restarted_at, opted_out) = template_facts(&spec.template);
@@ -170,6 +185,7 @@ impl Workload {
             strategy,
             restarted_at,
             opted_out,
+            paused: false,
         }
     }
 
@@ -201,6 +217,7 @@ impl Workload {
             strategy,
             restarted_at,
             opted_out,
+            paused: false,
         }
     }
 
@@ -250,14 +267,24 @@ pub fn rollout_progress(w: &Workload) -> RolloutProgress {
     Complete
 }
 
-/// Why a template change would not restart the workload's pods.
+/// Why a template change would not restart all the workload's pods.
 pub fn cannot_restart(w: &Workload, namespace: &str) -> Option<String> {
-    (w.strategy == Strategy::OnDelete && !w.opted_out).then(|| {
-        format!(
-            "{} has updateStrategy OnDelete: a template change replaces no pod; restart it by hand or change its strategy",
-            w.describe(namespace)
-        )
-    })
+    if w.opted_out {
+        return None;
+    }
+    let who = w.describe(namespace);
+    match w.strategy {
+        Strategy::OnDelete => Some(format!(
+            "{who} has updateStrategy OnDelete: a template change replaces no pod; restart it by hand or change its strategy"
+        )),
+        Strategy::Partitioned { partition } => Some(format!(
+            "{who} has rollingUpdate.partition {partition}: pods below that ordinal would keep their revision"
+        )),
+        _ if w.paused => Some(format!(
+            "{who} is paused: a template change rolls nothing until it is resumed"
+        )),
+        _ => None,
+    }
 }
 
 /// Restarts that cannot be free of downtime.
@@ -429,6 +456,23 @@ mod tests {
             cannot_restart(&w, "db")
                 .unwrap()
                 .starts_with("StatefulSet db/api has updateStrategy OnDelete")
+        );
+        w.strategy = Strategy::Partitioned { partition: 2 };
+        assert!(
+            cannot_restart(&w, "db")
+                .unwrap()
+                .contains("rollingUpdate.partition 2")
+        );
+        w.strategy = Strategy::Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+        };
+        assert_eq!(cannot_restart(&w, "db"), None);
+        w.paused = true;
+        assert!(
+            cannot_restart(&w, "db")
+                .unwrap()
+                .ends_with("is paused: a template change rolls nothing until it is resumed")
         );
         w.opted_out = true;
         assert_eq!(cannot_restart(&w, "db"), None);
