@@ -210,13 +210,24 @@ impl SidecarMigrations {
         let uid = m.uid().unwrap_or_default();
         let mut run = match self.runs.remove(&name) {
             Some(run) if run.uid == uid => run,
-            _ => Run {
-                uid,
-                status: m.status.clone().unwrap_or_default(),
-                written: m.status.clone(),
-                failures: 0,
-                retry_at: None,
-            },
+            _ => {
+                // A new term starts from the stored status, read afresh: the cache may
+                // lag behind the last leader's final writes.
+                let stored = match self.read_status(&name).await {
+                    Ok(status) => status,
+                    Err(e) => {
+                        warn!(error = %e, "could not read the migration; retrying");
+                        return Ok(Some(Instant::now() + retry_delay(1)));
+                    }
+                };
+                Run {
+                    uid,
+                    status: stored.clone().unwrap_or_default(),
+                    written: stored,
+                    failures: 0,
+                    retry_at: None,
+                }
+            }
         };
         if let Some(at) = run.retry_at.filter(|at| *at > Instant::now()) {
             self.runs.insert(name, run);
@@ -827,6 +838,14 @@ impl SidecarMigrations {
             format!("namespace {namespace}: restarted {}", names.join(", ")),
         );
         Ok(())
+    }
+
+    async fn read_status(&self, name: &str) -> Result<Option<SidecarMigrationStatus>, ActionError> {
+        Api::<SidecarMigration>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .map(|m| m.and_then(|m| m.status))
+            .map_err(kube_error(format!("reading migration {name}")))
     }
 
     async fn write_status(&self, m: &SidecarMigration, run: &mut Run) -> Result<(), ActionError> {

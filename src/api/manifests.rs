@@ -76,7 +76,7 @@ pub fn cluster_role() -> Value {
             rule("gateway.networking.k8s.io", &["gateways"], &["list", "watch"]),
             rule("ztunnel-rollout.dev", &["ztunnelrollouts"], &["get", "list", "watch", "patch"]),
             rule("ztunnel-rollout.dev", &["ztunnelrollouts/status"], &["patch"]),
-            rule("ztunnel-rollout.dev", &["sidecarmigrations"], &["list", "watch"]),
+            rule("ztunnel-rollout.dev", &["sidecarmigrations"], &["get", "list", "watch"]),
             rule("ztunnel-rollout.dev", &["sidecarmigrations/status"], &["patch"]),
         ],
     })
