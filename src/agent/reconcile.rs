@@ -161,7 +161,7 @@ pub enum PassError {
     NotLeader(#[from] NotLeader),
 }
 
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -169,12 +169,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 /// The loop's wake-up for wall-clock time `t` (a little after it).
-fn wake_at(t: Timestamp) -> Instant {
+pub(super) fn wake_at(t: Timestamp) -> Instant {
     let d = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
     Instant::now() + d + Duration::from_millis(10)
 }
 
-fn retry_delay(failures: u32) -> Duration {
+pub(super) fn retry_delay(failures: u32) -> Duration {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
@@ -240,11 +240,16 @@ fn cordoned_by_us(run: &Run, n: &Node, rollout: &str) -> bool {
 }
 
 fn node_reference(name: &str, node: Option<&Node>) -> ObjectReference {
+    core_reference("Node", name, node.and_then(|n| n.metadata.uid.clone()))
+}
+
+/// A reference to a cluster-scoped core (`v1`) object, for Events about it.
+pub(super) fn core_reference(kind: &str, name: &str, uid: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
-        kind: Some("Node".into()),
+        kind: Some(kind.into()),
         name: Some(name.to_owned()),
-        uid: node.and_then(|n| n.metadata.uid.clone()),
+        uid,
         ..Default::default()
     }
 }

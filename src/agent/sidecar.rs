@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::events::{EventSink, Notice};
 use super::observe::Observed;
-use super::reconcile::PassError;
+use super::reconcile::{PassError, core_reference, earliest, retry_delay, wake_at};
 use super::status_patch::apply_status;
 use crate::api::sidecar_migration::{
     InjectionLabels, NamespaceCounts, NamespaceMigrationStatus, SidecarFailurePolicy,
@@ -106,29 +106,7 @@ fn describe_labels(l: &InjectionLabels) -> String {
 }
 
 fn namespace_reference(name: &str, ns: Option<&Namespace>) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Namespace".into()),
-        name: Some(name.to_owned()),
-        uid: ns.and_then(|n| n.metadata.uid.clone()),
-        ..Default::default()
-    }
-}
-
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1 << failures.min(5))
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn instant_at(t: Timestamp) -> Instant {
-    let wait = t.duration_since(Timestamp::now());
-    Instant::now() + Duration::try_from(wait).unwrap_or_default()
+    core_reference("Namespace", name, ns.and_then(|n| n.metadata.uid.clone()))
 }
 
 impl SidecarMigrations {
@@ -656,7 +634,7 @@ impl SidecarMigrations {
                 Step::Wait { message, until } => {
                     let ns = &mut run.status.namespaces[i];
                     ns.message = message;
-                    let mut wake = until.map(instant_at);
+                    let mut wake = until.map(wake_at);
                     if matches!(
                         ns.phase,
                         NamespacePhase::Verifying | NamespacePhase::VerifyingRollback
