@@ -3,8 +3,11 @@
 //! carries every node's phase and message.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -25,32 +28,24 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Starts the publishing task; it ends when every sink is dropped.
+    /// Starts the publishing task; it ends when every sink is dropped. Each notice is one
+    /// new Event: kube's `Recorder` would merge Events of one reason and object into a
+    /// series that keeps only the first note, and caches every Event it sent (at 1,000
+    /// nodes its cache was the agent's largest heap item, BENCHMARKS.md).
     pub fn start(client: Client, instance: String) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Notice>(4096);
-        let recorder = Recorder::new(
-            client,
-            Reporter {
-                controller: REPORTER.to_owned(),
-                instance: Some(instance),
-            },
-        );
         let task = tokio::spawn(async move {
             while let Some(n) = rx.recv().await {
-                let event = Event {
-                    type_: if n.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: n.reason,
-                    // The Events API limits notes to 1 kB.
-                    note: Some(truncate(&n.note, 1000)),
-                    action: n.action,
-                    secondary: n.related,
-                };
-                if let Err(e) = recorder.publish(&event, &n.regarding).await {
-                    warn!(error = %e, reason = %event.reason, "could not publish an Event");
+                let event = event(n, &instance);
+                // Events about cluster-scoped objects live in `default`.
+                let namespace = event
+                    .regarding
+                    .as_ref()
+                    .and_then(|r| r.namespace.clone())
+                    .unwrap_or_else(|| "default".to_owned());
+                let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    warn!(error = %e, reason = ?event.reason, "could not publish an Event");
                 }
             }
         });
@@ -61,6 +56,33 @@ impl EventSink {
         if self.tx.try_send(notice).is_err() {
             warn!("the Event queue is full; an Event was dropped");
         }
+    }
+}
+
+/// The events.k8s.io Event for a notice.
+fn event(n: Notice, instance: &str) -> Event {
+    let prefix = n
+        .regarding
+        .name
+        .clone()
+        .unwrap_or_else(|| REPORTER.to_owned());
+    Event {
+        metadata: ObjectMeta {
+            // A trailing dash is the only ending generateName may have.
+            generate_name: Some(format!("{prefix}-")),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(Timestamp::now())),
+        type_: Some(if n.warning { "Warning" } else { "Normal" }.to_owned()),
+        reason: Some(n.reason),
+        action: Some(n.action),
+        // The Events API limits notes to 1 kB.
+        note: Some(truncate(&n.note, 1000)),
+        regarding: Some(n.regarding),
+        related: n.related,
+        reporting_controller: Some(REPORTER.to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        ..Default::default()
     }
 }
 
@@ -77,6 +99,30 @@ fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_notice_becomes_one_event_about_its_object() {
+        use super::*;
+        let e = event(
+            Notice {
+                warning: true,
+                reason: "NodeFailed".into(),
+                action: "Rollout".into(),
+                note: "n".into(),
+                regarding: ObjectReference {
+                    name: Some("node-1".into()),
+                    ..Default::default()
+                },
+                related: None,
+            },
+            "agent-a",
+        );
+        assert_eq!(e.metadata.generate_name.as_deref(), Some("node-1-"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.reporting_controller.as_deref(), Some(REPORTER));
+        assert_eq!(e.reporting_instance.as_deref(), Some("agent-a"));
+        assert!(e.event_time.is_some() && e.series.is_none());
+    }
+
     #[test]
     fn long_notes_are_cut_on_a_character_boundary() {
         assert_eq!(super::truncate("abc", 5), "abc");

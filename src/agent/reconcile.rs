@@ -477,7 +477,7 @@ impl Reconciler {
                 let found = super::verify::waypoints(&self.observed, selector);
                 let warnings = crate::health::gates::waypoint_warnings(&found);
                 if !warnings.is_empty() {
-                    // One Event: the recorder merges Events of one reason into a series.
+                    // One Event for all of them, not one per waypoint.
                     self.notice(
                         &view.reference,
                         None,
