@@ -65,6 +65,12 @@ impl Leadership {
         )
     }
 
+    /// How often the lease is renewed: leadership can lapse without any event, so a
+    /// loop looks again at least this often.
+    pub fn renew_every(&self) -> Duration {
+        self.config.renew_every()
+    }
+
     /// Call before every mutation.
     pub fn check(&self) -> Result<(), NotLeader> {
         if self.is_leader() {

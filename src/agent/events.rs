@@ -52,6 +52,26 @@ impl EventSink {
         (Self { tx }, task)
     }
 
+    /// Sends an Event about `regarding` for the controller step `action`.
+    pub fn notice(
+        &self,
+        action: &str,
+        regarding: &ObjectReference,
+        related: Option<ObjectReference>,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        self.send(Notice {
+            warning,
+            reason: reason.to_owned(),
+            action: action.to_owned(),
+            note,
+            regarding: regarding.clone(),
+            related,
+        });
+    }
+
     pub fn send(&self, notice: Notice) {
         if self.tx.try_send(notice).is_err() {
             warn!("the Event queue is full; an Event was dropped");

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::events::{EventSink, Notice};
+use super::events::EventSink;
 use super::observe::Observed;
 use super::status_patch::apply_status;
 use super::verify::{GateEvent, GateMessage, GateRequest, Gates};
@@ -1548,14 +1548,8 @@ impl Reconciler {
         reason: &str,
         note: String,
     ) {
-        self.events.send(Notice {
-            warning,
-            reason: reason.to_owned(),
-            action: "Rollout".to_owned(),
-            note,
-            regarding: regarding.clone(),
-            related,
-        });
+        self.events
+            .notice("Rollout", regarding, related, warning, reason, note);
     }
 }
 

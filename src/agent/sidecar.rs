@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::events::{EventSink, Notice};
+use super::events::EventSink;
 use super::observe::Observed;
 use super::reconcile::{PassError, core_reference, earliest, retry_delay, wake_at};
 use super::status_patch::apply_status;
@@ -160,13 +160,10 @@ impl SidecarMigrations {
             tokio::select! {
                 _ = observed.sidecar_changed.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = tokio::time::sleep(self.leadership_recheck()) => {}
+                // Leadership can lapse without any event: look again before it would.
+                _ = tokio::time::sleep(leadership.renew_every()) => {}
             }
         }
-    }
-
-    fn leadership_recheck(&self) -> Duration {
-        Duration::from_secs(2)
     }
 
     pub async fn pass(&mut self) -> Result<Option<Instant>, PassError> {
@@ -851,13 +848,13 @@ impl SidecarMigrations {
         reason: &str,
         note: String,
     ) {
-        self.events.send(Notice {
-            warning,
-            reason: reason.to_owned(),
-            action: "SidecarMigration".to_owned(),
-            note,
-            regarding: regarding.clone(),
+        self.events.notice(
+            "SidecarMigration",
+            regarding,
             related,
-        });
+            warning,
+            reason,
+            note,
+        );
     }
 }

@@ -60,10 +60,6 @@ pub struct TriggerArgs {
     pub dry_run: bool,
 }
 
-async fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
-    Ok(crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?)
-}
-
 /// The rollout, or an error that names it and says how to list the others.
 pub async fn get_rollout(client: &Client, name: &str) -> anyhow::Result<ZtunnelRollout> {
     Api::<ZtunnelRollout>::all(client.clone())
@@ -104,7 +100,7 @@ async fn patch_spec(client: &Client, name: &str, spec: serde_json::Value) -> any
 }
 
 pub async fn pause(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let client = client(global).await?;
+    let client = global.client().await?;
     let r = get_rollout(&client, &args.rollout).await?;
     if r.spec.paused {
         println!("ztunnelrollout {} is already paused", args.rollout);
@@ -119,7 +115,7 @@ pub async fn pause(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<Exi
 }
 
 pub async fn resume(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let client = client(global).await?;
+    let client = global.client().await?;
     let r = get_rollout(&client, &args.rollout).await?;
     if r.spec.abort {
         bail!(
@@ -137,7 +133,7 @@ pub async fn resume(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<Ex
 }
 
 pub async fn abort(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let client = client(global).await?;
+    let client = global.client().await?;
     let r = get_rollout(&client, &args.rollout).await?;
     if r.spec.abort {
         println!("ztunnelrollout {} is already aborted", args.rollout);
@@ -152,7 +148,7 @@ pub async fn abort(args: &RolloutArg, global: &GlobalArgs) -> anyhow::Result<Exi
 }
 
 pub async fn approve(args: &ApproveArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let client = client(global).await?;
+    let client = global.client().await?;
     let r = get_rollout(&client, &args.rollout).await?;
     let waves = waves(&client, &r.spec).await?;
     if !waves.iter().any(|w| w.name == args.wave) {
@@ -229,17 +225,9 @@ pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<
     });
     let mut rollout = ZtunnelRollout::new(&rollout_name, spec);
     if let Some(labels) = &args.labels {
-        let mut map = std::collections::BTreeMap::new();
-        for pair in labels.split(',') {
-            let (k, v) = pair
-                .split_once('=')
-                .with_context(|| format!("--labels: {pair:?} is not k=v"))?;
-            Selector::parse(&format!("{k}={v}")).with_context(|| format!("--labels: {pair:?}"))?;
-            map.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        rollout.metadata.labels = Some(map);
+        rollout.metadata.labels = Some(super::parse_labels(labels)?);
     }
-    let client = client(global).await?;
+    let client = global.client().await?;
     let nodes = waves(&client, &rollout.spec).await?;
     let count: usize = nodes.iter().map(|w| w.nodes.len()).sum();
     if count == 0 {

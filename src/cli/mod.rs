@@ -45,6 +45,29 @@ pub enum Output {
     Yaml,
 }
 
+impl GlobalArgs {
+    /// A client for the kubeconfig and context these flags name.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(crate::kube_client::client(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+    }
+}
+
+/// `--labels k=v[,k=v]`: labels to put on a created object, each checked as a selector
+/// term would be.
+pub fn parse_labels(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use anyhow::Context;
+    let mut map = std::collections::BTreeMap::new();
+    for pair in text.split(',') {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--labels: {pair:?} is not k=v"))?;
+        crate::label_selector::Selector::parse(&format!("{k}={v}"))
+            .with_context(|| format!("--labels: {pair:?}"))?;
+        map.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(map)
+}
+
 /// Prints `value` as JSON or YAML (`-o json|yaml`).
 pub fn print_structured<T: serde::Serialize>(output: Output, value: &T) -> anyhow::Result<()> {
     match output {

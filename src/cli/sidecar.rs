@@ -2,7 +2,6 @@
 //! SidecarMigration resource. `move` checks everything the agent would check first and
 //! creates nothing when the migration would be refused.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -122,22 +121,6 @@ pub async fn run(args: &SidecarArgs, global: &GlobalArgs) -> anyhow::Result<Exit
     }
 }
 
-async fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
-    Ok(crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?)
-}
-
-fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for pair in text.split(',') {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--labels: {pair:?} is not k=v"))?;
-        Selector::parse(&format!("{k}={v}")).with_context(|| format!("--labels: {pair:?}"))?;
-        map.insert(k.trim().to_owned(), v.trim().to_owned());
-    }
-    Ok(map)
-}
-
 fn spec_of(args: &MoveArgs) -> anyhow::Result<SidecarMigrationSpec> {
     for (flag, value) in [
         ("--rollout-timeout", &args.rollout_timeout),
@@ -244,7 +227,7 @@ async fn views(
 async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let spec = spec_of(args)?;
     let timeout = wait_timeout(&args.timeout)?;
-    let client = client(global).await?;
+    let client = global.client().await?;
     let (views, webhooks) = views(&client, &spec).await?;
     let others = Api::<SidecarMigration>::all(client.clone())
         .list(&ListParams::default())
@@ -269,7 +252,7 @@ async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result
     });
     let mut migration = SidecarMigration::new(&name, spec);
     if let Some(labels) = &args.labels {
-        migration.metadata.labels = Some(parse_labels(labels)?);
+        migration.metadata.labels = Some(super::parse_labels(labels)?);
     }
     let names: Vec<&str> = plan.namespaces.iter().map(|n| n.name.as_str()).collect();
     if args.dry_run {
@@ -322,7 +305,7 @@ async fn get(client: &Client, name: &str) -> anyhow::Result<SidecarMigration> {
 
 async fn rollback(args: &MigrationArg, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let timeout = wait_timeout(&args.timeout)?;
-    let client = client(global).await?;
+    let client = global.client().await?;
     let m = get(&client, &args.migration).await?;
     let phase = m.status.as_ref().and_then(|s| s.phase.clone());
     match phase.as_deref() {
@@ -552,7 +535,7 @@ async fn follow_until_finished(
 }
 
 async fn status(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let client = client(global).await?;
+    let client = global.client().await?;
     let Some(name) = &args.migration else {
         let list = Api::<SidecarMigration>::all(client.clone())
             .list(&ListParams::default())
