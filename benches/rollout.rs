@@ -350,7 +350,7 @@ fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
 fn planning_time(p: &Params, budget: MaxUnavailable) -> Duration {
     let nodes: Vec<NodeObservation> = (0..p.nodes)
         .map(|i| {
-            let zone = BTreeMap::from([(ZONE_LABEL.to_owned(), ZONES[i % 3].to_owned())]);
+            let zone = Some(ZONES[i % 3].to_owned());
             NodeObservation::pending(format!("node-{i:05}"), zone, i % 23)
         })
         .collect();

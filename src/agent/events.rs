@@ -2,6 +2,7 @@
 //! node's next step. A full queue drops the event with a warning; the status still
 //! carries every node's phase and message.
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -12,6 +13,10 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 pub const REPORTER: &str = "ztunnel-rollout";
+
+/// Events being created at once: at 1,000 nodes the agent sends ~40 a second, more than
+/// one request at a time keeps up with on a loaded API server.
+const EVENTS_AT_ONCE: usize = 8;
 
 pub struct Notice {
     pub warning: bool,
@@ -33,22 +38,23 @@ impl EventSink {
     /// series that keeps only the first note, and caches every Event it sent (at 1,000
     /// nodes its cache was the agent's largest heap item, BENCHMARKS.md).
     pub fn start(client: Client, instance: String) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Notice>(4096);
-        let task = tokio::spawn(async move {
-            while let Some(n) = rx.recv().await {
-                let event = event(n, &instance);
-                // Events about cluster-scoped objects live in `default`.
-                let namespace = event
-                    .regarding
-                    .as_ref()
-                    .and_then(|r| r.namespace.clone())
-                    .unwrap_or_else(|| "default".to_owned());
-                let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        let (tx, rx) = mpsc::channel::<Notice>(4096);
+        let notices = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) });
+        let task = tokio::spawn(notices.for_each_concurrent(EVENTS_AT_ONCE, move |n| {
+            let event = event(n, &instance);
+            // Events about cluster-scoped objects live in `default`.
+            let namespace = event
+                .regarding
+                .as_ref()
+                .and_then(|r| r.namespace.clone())
+                .unwrap_or_else(|| "default".to_owned());
+            let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+            async move {
                 if let Err(e) = api.create(&PostParams::default(), &event).await {
                     warn!(error = %e, reason = ?event.reason, "could not publish an Event");
                 }
             }
-        });
+        }));
         (Self { tx }, task)
     }
 

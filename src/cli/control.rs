@@ -82,7 +82,10 @@ pub async fn waves(client: &Client, spec: &ZtunnelRolloutSpec) -> anyhow::Result
         .context("listing nodes")?
         .into_iter()
         .filter(|n| s.nodes.matches(n.labels()))
-        .map(|n| NodeObservation::pending(n.name_any(), n.labels().clone(), 0))
+        .map(|n| {
+            let group = n.labels().get(&s.waves.group_by).cloned();
+            NodeObservation::pending(n.name_any(), group, 0)
+        })
         .collect();
     Ok(plan_waves(&nodes, &s.waves))
 }

@@ -134,7 +134,7 @@ pub fn preview(
         }
         observations.push(NodeObservation::pending(
             name.clone(),
-            n.labels().clone(),
+            n.labels().get(&settings.waves.group_by).cloned(),
             node.evicts.len(),
         ));
         planned.insert(name, node);

@@ -65,7 +65,8 @@ pub enum NodeProgress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeObservation {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// The node's value of the wave label (`WavePolicy::group_by`); none: unlabelled.
+    pub group: Option<String>,
     pub progress: NodeProgress,
     /// The node is NotReady: it cannot start (its ztunnel pod could not be replaced) and
     /// counts against the budget.
@@ -82,10 +83,10 @@ pub struct NodeObservation {
 
 impl NodeObservation {
     /// A Ready, schedulable node not started yet, with `pods` to evict.
-    pub fn pending(name: String, labels: BTreeMap<String, String>, pods: usize) -> Self {
+    pub fn pending(name: String, group: Option<String>, pods: usize) -> Self {
         Self {
             name,
-            labels,
+            group,
             progress: NodeProgress::Pending,
             not_ready: false,
             cordoned_by_others: false,
@@ -129,7 +130,7 @@ pub fn plan_waves(nodes: &[NodeObservation], policy: &WavePolicy) -> Vec<Wave> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut unlabelled = Vec::new();
     for n in nodes {
-        match n.labels.get(&policy.group_by) {
+        match &n.group {
             Some(v) => groups.entry(v.clone()).or_default().push(n.name.clone()),
             None => unlabelled.push(n.name.clone()),
         }
@@ -263,9 +264,7 @@ mod tests {
     fn node(name: &str, zone: Option<&str>) -> NodeObservation {
         NodeObservation {
             name: name.into(),
-            labels: zone
-                .map(|z| BTreeMap::from([(ZONE.to_owned(), z.to_owned())]))
-                .unwrap_or_default(),
+            group: zone.map(str::to_owned),
             progress: NodeProgress::Pending,
             not_ready: false,
             cordoned_by_others: false,
