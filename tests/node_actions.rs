@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use support::{TestEnv, set_unschedulable};
 use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
 use ztunnel_rollout::rollout::node_actions::{
@@ -55,7 +55,7 @@ async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was
 /// lifecycle controller taints a node right after it is cordoned).
 async fn release(actions: &NodeActions, name: &str) {
     for _ in 0..5 {
-        match actions.release("r1", name, true).await {
+        match actions.release("r1", name, true, None).await {
             Err(ActionError::Conflict { .. }) => continue,
             other => return other.expect("release"),
         }
@@ -90,7 +90,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
     );
     assert_eq!(recorded_was_unschedulable(&cordoned, "r1"), Some(false));
     let err = actions
-        .release("r2", &ours, true)
+        .release("r2", &ours, true, None)
         .await
         .expect_err("another rollout's node");
     assert!(matches!(err, ActionError::OwnedByOther { .. }), "{err}");
@@ -121,6 +121,66 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
             .unwrap_or_default()
             .contains_key(OWNER_ANNOTATION)
     );
+    task.abort();
+}
+
+#[tokio::test]
+async fn release_from_the_watched_copy_reads_again_when_the_copy_is_stale() {
+    let env = TestEnv::new("actions-release", 2).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let (current, stale) = (env.nodes[0].clone(), env.nodes[1].clone());
+    for name in [&current, &stale] {
+        record_and_cordon(&actions, &env, name, false).await;
+    }
+
+    // A current copy: released from it.
+    for _ in 0..5 {
+        let copy = node(&env, &current).await;
+        match actions.release("r1", &current, true, Some(&copy)).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => {
+                other.expect("release from a current copy");
+                break;
+            }
+        }
+    }
+    // A copy older than the node: the conditional patch conflicts, the node is read again.
+    let copy = node(&env, &stale).await;
+    Api::<Node>::all(env.client.clone())
+        .patch(
+            &stale,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({ "metadata": { "labels": { "changed": "after-the-read" } } }),
+            ),
+        )
+        .await
+        .expect("label the node");
+    for _ in 0..5 {
+        // (A Conflict here is the fresh read racing the node lifecycle controller.)
+        match actions.release("r1", &stale, true, Some(&copy)).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => {
+                other.expect("release from a stale copy");
+                break;
+            }
+        }
+    }
+
+    for name in [&current, &stale] {
+        let released = node(&env, name).await;
+        assert!(!unschedulable(&released), "{name} uncordoned");
+        assert_eq!(recorded_was_unschedulable(&released, "r1"), None, "{name}");
+        assert!(
+            !released
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key(OWNER_ANNOTATION),
+            "{name}: ownership removed"
+        );
+    }
     task.abort();
 }
 

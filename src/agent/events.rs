@@ -19,6 +19,8 @@ pub const REPORTER: &str = "ztunnel-rollout";
 const EVENTS_AT_ONCE: usize = 8;
 
 pub struct Notice {
+    /// When it happened (the Event is sent later, when the queue gets to it).
+    pub at: Timestamp,
     pub warning: bool,
     pub reason: String,
     pub action: String,
@@ -69,6 +71,7 @@ impl EventSink {
         note: String,
     ) {
         self.send(Notice {
+            at: Timestamp::now(),
             warning,
             reason: reason.to_owned(),
             action: action.to_owned(),
@@ -98,7 +101,7 @@ fn event(n: Notice, instance: &str) -> Event {
             generate_name: Some(format!("{prefix}-")),
             ..Default::default()
         },
-        event_time: Some(MicroTime(Timestamp::now())),
+        event_time: Some(MicroTime(n.at)),
         type_: Some(if n.warning { "Warning" } else { "Normal" }.to_owned()),
         reason: Some(n.reason),
         action: Some(n.action),
@@ -130,6 +133,7 @@ mod tests {
         use super::*;
         let e = event(
             Notice {
+                at: Timestamp::UNIX_EPOCH,
                 warning: true,
                 reason: "NodeFailed".into(),
                 action: "Rollout".into(),
@@ -146,7 +150,12 @@ mod tests {
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.reporting_controller.as_deref(), Some(REPORTER));
         assert_eq!(e.reporting_instance.as_deref(), Some("agent-a"));
-        assert!(e.event_time.is_some() && e.series.is_none());
+        assert_eq!(
+            e.event_time,
+            Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            "when it happened"
+        );
+        assert!(e.series.is_none());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::pod_index::PodIndex;
@@ -50,6 +50,8 @@ pub struct Observed {
     /// Sidecar injector and revision-tag webhooks: labels and namespace selectors.
     pub webhooks: Store<MutatingWebhookConfiguration>,
     pub pdbs: Store<PodDisruptionBudget>,
+    /// Ticks on every PDB event (the drains wait on it for freed disruptions).
+    pub pdbs_changed: watch::Receiver<u64>,
     /// Namespaces' labels (ambient enrollment).
     pub namespaces: Store<Namespace>,
     /// Set once the Gateway API is found installed (checked at start).
@@ -202,10 +204,14 @@ fn trim_webhooks(w: &mut MutatingWebhookConfiguration) {
     });
 }
 
+/// Keeps the status: the drains read `disruptionsAllowed` from this cache.
 fn trim_pdb(p: &mut PodDisruptionBudget) {
     p.metadata.managed_fields = None;
     p.metadata.annotations = None;
-    p.status = None;
+    if let Some(s) = p.status.as_mut() {
+        s.disrupted_pods = None;
+        s.conditions = None;
+    }
 }
 
 fn trim_namespace(n: &mut Namespace) {
@@ -366,11 +372,12 @@ impl Observed {
             trim_deployment,
             vec![sidecar_changed.clone()],
         );
-        let (pdbs, t8) = spawn(
+        let (pdbs_tx, pdbs_changed) = watch::channel(0u64);
+        let (pdbs, t8) = watch_cache::spawn(
             Api::<PodDisruptionBudget>::all(client.clone()),
             watcher::Config::default(),
             trim_pdb,
-            vec![],
+            move || pdbs_tx.send_modify(|n| *n += 1),
         );
         let (namespaces, t9) = spawn(
             Api::<Namespace>::all(client.clone()),
@@ -410,6 +417,7 @@ impl Observed {
             migrations,
             webhooks,
             pdbs,
+            pdbs_changed,
             namespaces,
             gateways,
             changed,

@@ -26,7 +26,7 @@ use super::status_patch::apply_status;
 use super::verify::{GateEvent, GateMessage, GateRequest, Gates};
 use crate::api::ztunnel_rollout::{RollbackStatus, ZtunnelRollout, ZtunnelRolloutStatus};
 use crate::drain::report::Outcome;
-use crate::drain::{DrainOptions, Drainer};
+use crate::drain::{DrainOptions, Drainer, SharedPdbs};
 use crate::health::http_client::HttpClient;
 use crate::leader::{Leadership, NotLeader};
 use crate::metrics::{EvictionLabels, Metrics, PhaseLabels, RolloutLabels, VerdictLabels};
@@ -288,7 +288,14 @@ impl Reconciler {
         });
         Self {
             actions: NodeActions::new(client.clone(), leadership.clone()),
-            drainer: Arc::new(Drainer::new(client.clone()).guarded_by(leadership.clone())),
+            drainer: Arc::new(
+                Drainer::new(client.clone())
+                    .guarded_by(leadership.clone())
+                    .sharing_pdbs(SharedPdbs {
+                        store: observed.pdbs.clone(),
+                        changed: observed.pdbs_changed.clone(),
+                    }),
+            ),
             client,
             observed,
             events,
@@ -1126,7 +1133,9 @@ impl Reconciler {
                                 .await
                         }
                         (Action::Release { uncordon }, _) => {
-                            actions.release(rollout, &c.node, *uncordon).await
+                            actions
+                                .release(rollout, &c.node, *uncordon, c.n.as_deref())
+                                .await
                         }
                         _ => Ok(()),
                     };
@@ -1534,7 +1543,7 @@ impl Reconciler {
             .map(|n| async move {
                 let node = n.name_any();
                 let result = if owned(&n) {
-                    actions.release(name, &node, true).await
+                    actions.release(name, &node, true, Some(&n)).await
                 } else {
                     actions.set_waiting_taint(name, &n, false).await
                 };

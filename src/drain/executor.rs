@@ -199,26 +199,43 @@ where
 }
 
 impl Views {
-    async fn start(client: &Client, node: &str, deadline: Instant) -> Result<Self, DrainError> {
+    async fn start(
+        client: &Client,
+        node: &str,
+        deadline: Instant,
+        shared: Option<&SharedPdbs>,
+    ) -> Result<Self, DrainError> {
         let (pods, pods_changed, pod_task) = counted(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         );
-        let (pdbs, pdbs_changed, pdb_task) = counted(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            watcher::Config::default(),
-        );
+        let mut tasks = vec![pod_task];
+        let (pdbs, pdbs_changed) = match shared {
+            Some(shared) => (shared.store.clone(), shared.changed.clone()),
+            None => {
+                let (pdbs, pdbs_changed, pdb_task) = counted(
+                    Api::<PodDisruptionBudget>::all(client.clone()),
+                    watcher::Config::default(),
+                );
+                tasks.push(pdb_task);
+                (pdbs, pdbs_changed)
+            }
+        };
         let views = Views {
             pods,
             pods_changed,
             pdbs,
             pdbs_changed,
             budget_claims: std::sync::Mutex::new(budget::DisruptionClaims::default()),
-            tasks: vec![pod_task, pdb_task],
+            tasks,
         };
         let ready = async {
             let _ = views.pods.wait_until_ready().await;
-            let _ = views.pdbs.wait_until_ready().await;
+            // A shared cache is synced by its owner (and a store's readiness wakes only
+            // one of several concurrent waiters).
+            if shared.is_none() {
+                let _ = views.pdbs.wait_until_ready().await;
+            }
         };
         tokio::time::timeout_at(deadline, ready)
             .await
@@ -270,6 +287,15 @@ fn result_for(p: &PlannedPod, outcome: Outcome, reason: Option<String>) -> PodRe
 pub struct Drainer {
     client: Client,
     leadership: Option<Leadership>,
+    pdbs: Option<SharedPdbs>,
+}
+
+/// A PodDisruptionBudget cache the caller keeps (status included), with a counter that
+/// ticks on every change: its drains read it instead of each watching every PDB.
+#[derive(Clone)]
+pub struct SharedPdbs {
+    pub store: Store<PodDisruptionBudget>,
+    pub changed: watch::Receiver<u64>,
 }
 
 impl Drainer {
@@ -279,7 +305,15 @@ impl Drainer {
         Self {
             client,
             leadership: None,
+            pdbs: None,
         }
+    }
+
+    /// Reads PDBs from `pdbs` (synced) instead of a watch per drain: an agent draining
+    /// 100 nodes at once keeps one PDB watch, not 100.
+    pub fn sharing_pdbs(mut self, pdbs: SharedPdbs) -> Self {
+        self.pdbs = Some(pdbs);
+        self
     }
 
     /// Evicts only while `leadership` holds: a replica that loses the lease stops at once.
@@ -305,7 +339,7 @@ impl Drainer {
         let start = Instant::now();
         let deadline = start + opts.timeout;
         require_node(&self.client, node).await?;
-        let views = Arc::new(Views::start(&self.client, node, deadline).await?);
+        let views = Arc::new(Views::start(&self.client, node, deadline, self.pdbs.as_ref()).await?);
         let pods: Vec<Pod> = views
             .pods
             .state()

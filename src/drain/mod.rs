@@ -7,5 +7,5 @@ pub mod executor;
 pub mod filter;
 pub mod report;
 
-pub use executor::{DrainError, DrainOptions, Drainer, RetrySettings, cordon};
+pub use executor::{DrainError, DrainOptions, Drainer, RetrySettings, SharedPdbs, cordon};
 pub use report::{DrainReport, Outcome, PodResult};

@@ -80,6 +80,15 @@ pub enum ActionError {
     },
 }
 
+/// The rollout that owns the node (has cordoned it), by our annotation.
+fn owner(node: &Node) -> Option<&str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(OWNER_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// `was_unschedulable` recorded on the node by `rollout`, if it owns the node.
 pub fn recorded_was_unschedulable(node: &Node, rollout: &str) -> Option<bool> {
     let annotations = node.metadata.annotations.as_ref()?;
@@ -131,41 +140,62 @@ impl NodeActions {
 
     /// Removes our annotations and uncordons the node if `uncordon` and the node was
     /// schedulable before we cordoned it. A node we do not own is left as it is.
+    /// `observed` (the watch's copy) saves a read when it shows our ownership and is
+    /// current; otherwise, and after a Conflict, the node is read afresh.
     pub async fn release(
         &self,
         rollout: &str,
         node: &str,
         uncordon: bool,
+        observed: Option<&Node>,
     ) -> Result<(), ActionError> {
         self.leadership.check()?;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let current = nodes.get(node).await.map_err(|source| ActionError::Kube {
-            action: format!("reading node {node}"),
-            source,
-        })?;
-        let annotations = current.metadata.annotations.clone().unwrap_or_default();
-        match annotations.get(OWNER_ANNOTATION) {
+        if let Some(observed) = observed.filter(|n| owner(n) == Some(rollout)) {
+            match self.release_as_read(rollout, observed, uncordon).await {
+                Err(ActionError::Conflict { .. }) => {}
+                done => return done,
+            }
+        }
+        let current = Api::<Node>::all(self.client.clone())
+            .get(node)
+            .await
+            .map_err(|source| ActionError::Kube {
+                action: format!("reading node {node}"),
+                source,
+            })?;
+        self.release_as_read(rollout, &current, uncordon).await
+    }
+
+    /// `release` conditional on the node being as `read`.
+    async fn release_as_read(
+        &self,
+        rollout: &str,
+        read: &Node,
+        uncordon: bool,
+    ) -> Result<(), ActionError> {
+        let node = read.metadata.name.clone().unwrap_or_default();
+        match owner(read) {
             None => return Ok(()),
             Some(owner) if owner != rollout => {
                 return Err(ActionError::OwnedByOther {
-                    node: node.to_owned(),
-                    owner: owner.clone(),
+                    node,
+                    owner: owner.to_owned(),
                     rollout: rollout.to_owned(),
                 });
             }
             Some(_) => {}
         }
-        let was_unschedulable = recorded_was_unschedulable(&current, rollout).unwrap_or(true);
+        let was_unschedulable = recorded_was_unschedulable(read, rollout).unwrap_or(true);
         let mut patch = json!({
             "metadata": {
-                "resourceVersion": current.metadata.resource_version,
+                "resourceVersion": read.metadata.resource_version,
                 "annotations": { OWNER_ANNOTATION: null, WAS_UNSCHEDULABLE_ANNOTATION: null },
             },
         });
         if uncordon && !was_unschedulable {
             patch["spec"] = json!({ "unschedulable": false });
         }
-        self.patch_node(node, "releasing", &patch).await
+        self.patch_node(&node, "releasing", &patch).await
     }
 
     /// Adds (`waiting`) or removes our PreferNoSchedule taint, keeping every other taint;
