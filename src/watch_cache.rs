@@ -10,6 +10,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+/// Objects per page of a watch's initial list. kube's default is 500: at 1,000 nodes
+/// and thousands of pods, several such pages (the response body and every object
+/// decoded before trimming) at once were the agent's peak memory, right at its start.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// A watch configuration with the initial list in pages of [`LIST_PAGE_SIZE`].
+pub fn config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 pub fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,

@@ -292,7 +292,7 @@ fn spawn_gateways(client: &Client, slot: Arc<OnceLock<Store<Gateway>>>) -> JoinH
             Ok(Some(list)) if list.resources.iter().any(|r| r.name == "gateways") => {
                 let (store, task) = watch_cache::spawn(
                     Api::<Gateway>::all(client),
-                    watcher::Config::default(),
+                    watch_cache::config(),
                     trim_gateway,
                     || {},
                 );
@@ -332,32 +332,32 @@ impl Observed {
         let sidecar_changed = Arc::new(Notify::new());
         let (nodes, t1) = spawn(
             Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_node,
             vec![changed.clone()],
         );
         let (revisioned_pods, t2) = spawn(
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(REVISION_HASH_LABEL),
+            watch_cache::config().labels(REVISION_HASH_LABEL),
             trim_revisioned_pod,
             vec![changed.clone()],
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
             Api::<DaemonSet>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_daemon_set,
             vec![changed.clone(), sidecar_changed.clone()],
         );
         let (revisions, t4) = spawn(
             Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_revision,
             vec![changed.clone()],
         );
         let rollout_config = match rollout_selector {
-            Some(s) => watcher::Config::default().labels(s),
-            None => watcher::Config::default(),
+            Some(s) => watch_cache::config().labels(s),
+            None => watch_cache::config(),
         };
         let rollout_config_for_migrations = rollout_config.clone();
         let (rollouts, t5) = spawn(
@@ -368,26 +368,26 @@ impl Observed {
         );
         let (deployments, t7) = spawn(
             Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_deployment,
             vec![sidecar_changed.clone()],
         );
         let (pdbs_tx, pdbs_changed) = watch::channel(0u64);
         let (pdbs, t8) = watch_cache::spawn(
             Api::<PodDisruptionBudget>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_pdb,
             move || pdbs_tx.send_modify(|n| *n += 1),
         );
         let (namespaces, t9) = spawn(
             Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_namespace,
             vec![sidecar_changed.clone()],
         );
         let (stateful_sets, t11) = spawn(
             Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_stateful_set,
             vec![sidecar_changed.clone()],
         );
@@ -399,7 +399,7 @@ impl Observed {
         );
         let (webhooks, t13) = spawn(
             Api::<MutatingWebhookConfiguration>::all(client.clone()),
-            watcher::Config::default(),
+            watch_cache::config(),
             trim_webhooks,
             vec![sidecar_changed.clone()],
         );

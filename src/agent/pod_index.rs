@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::observe::DATAPLANE_MODE_LABEL;
 use crate::sidecar::revisions::injected_revision;
 use crate::sidecar::workloads::INJECT_LABEL;
+use crate::watch_cache;
 
 /// What the agent keeps of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +91,7 @@ impl PodIndex {
         let task = tokio::spawn(async move {
             let mut fresh: HashMap<String, PodFacts> = HashMap::new();
             let mut events =
-                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+                std::pin::pin!(watcher(api, watch_cache::config()).default_backoff());
             while let Some(event) = events.next().await {
                 let Ok(event) = event else { continue };
                 match event {
