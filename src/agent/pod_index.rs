@@ -90,8 +90,7 @@ impl PodIndex {
         let index = pods.clone();
         let task = tokio::spawn(async move {
             let mut fresh: HashMap<String, PodFacts> = HashMap::new();
-            let mut events =
-                std::pin::pin!(watcher(api, watch_cache::config()).default_backoff());
+            let mut events = std::pin::pin!(watcher(api, watch_cache::config()).default_backoff());
             while let Some(event) = events.next().await {
                 let Ok(event) = event else { continue };
                 match event {

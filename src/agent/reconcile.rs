@@ -15,7 +15,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
@@ -69,6 +69,13 @@ impl Default for ReconcileSettings {
     }
 }
 
+/// The outcome of a node's API call, for the pass to record.
+struct CallDone {
+    rollout_uid: String,
+    call: NodeCall,
+    result: Result<(), ActionError>,
+}
+
 struct DrainDone {
     rollout_uid: String,
     node: String,
@@ -106,6 +113,10 @@ struct Run {
     status_failures: u32,
     warned_rolling_update: bool,
     has_finalizer: bool,
+    /// Node API calls in flight (at most one per node); their outcomes come back on
+    /// the reconciler's `call_rx` and wait in `call_results` for the pass to record.
+    calls: Tasks,
+    call_results: Vec<CallDone>,
     /// ztunnel pods this term deleted that the watch still shows running, by UID: not
     /// deleted again meanwhile.
     deleted_ztunnels: HashSet<String>,
@@ -148,7 +159,7 @@ struct View {
 pub struct Reconciler {
     client: Client,
     observed: Arc<Observed>,
-    actions: NodeActions,
+    actions: Arc<NodeActions>,
     drainer: Arc<Drainer>,
     events: EventSink,
     metrics: Arc<Metrics>,
@@ -157,6 +168,10 @@ pub struct Reconciler {
     runs: HashMap<String, Run>,
     drain_tx: mpsc::UnboundedSender<DrainDone>,
     drain_rx: mpsc::UnboundedReceiver<DrainDone>,
+    call_tx: mpsc::UnboundedSender<CallDone>,
+    call_rx: mpsc::UnboundedReceiver<CallDone>,
+    /// Bounds the node API calls in flight across rollouts.
+    call_permits: Arc<Semaphore>,
     gates: Arc<Gates>,
     gate_rx: mpsc::UnboundedReceiver<GateMessage>,
 }
@@ -227,10 +242,14 @@ fn unschedulable(n: &Node) -> bool {
 
 /// The parts of a node's observation that the rollout's own steps change.
 fn refresh(o: &mut NodeObservation, run: &Run, n: &Node, rollout: &str) {
-    o.progress = run
-        .records
-        .get(&o.name)
-        .map_or(NodeProgress::Pending, |t| progress(t.record.phase));
+    o.progress = if run.calls.0.contains_key(&o.name) {
+        // A cordon in flight: the node takes its place in the budget now.
+        NodeProgress::InFlight
+    } else {
+        run.records
+            .get(&o.name)
+            .map_or(NodeProgress::Pending, |t| progress(t.record.phase))
+    };
     o.cordoned_by_others = unschedulable(n) && !cordoned_by_us(run, n, rollout);
     o.cordoned = unschedulable(n);
 }
@@ -280,6 +299,7 @@ impl Reconciler {
         settings: ReconcileSettings,
     ) -> Self {
         let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+        let (call_tx, call_rx) = mpsc::unbounded_channel();
         let (gate_tx, gate_rx) = mpsc::unbounded_channel();
         let gates = Arc::new(Gates {
             observed: observed.clone(),
@@ -287,7 +307,7 @@ impl Reconciler {
             tx: gate_tx,
         });
         Self {
-            actions: NodeActions::new(client.clone(), leadership.clone()),
+            actions: Arc::new(NodeActions::new(client.clone(), leadership.clone())),
             drainer: Arc::new(
                 Drainer::new(client.clone())
                     .guarded_by(leadership.clone())
@@ -305,6 +325,9 @@ impl Reconciler {
             runs: HashMap::new(),
             drain_tx,
             drain_rx,
+            call_tx,
+            call_rx,
+            call_permits: Arc::new(Semaphore::new(CALLS_AT_ONCE)),
             gates,
             gate_rx,
         }
@@ -315,6 +338,7 @@ impl Reconciler {
     pub fn reset(&mut self) {
         self.runs.clear();
         while self.drain_rx.try_recv().is_ok() {}
+        while self.call_rx.try_recv().is_ok() {}
         while self.gate_rx.try_recv().is_ok() {}
     }
 
@@ -322,6 +346,12 @@ impl Reconciler {
     /// (watch events wake it sooner).
     pub async fn pass(&mut self) -> Result<Option<Instant>, PassError> {
         self.leadership.check()?;
+        while let Ok(done) = self.call_rx.try_recv() {
+            if let Some(run) = self.runs.get_mut(&done.rollout_uid) {
+                run.calls.0.remove(&done.call.node);
+                run.call_results.push(done);
+            }
+        }
         while let Ok(done) = self.drain_rx.try_recv() {
             if let Some(run) = self.runs.get_mut(&done.rollout_uid) {
                 run.drains.0.remove(&done.node);
@@ -534,8 +564,8 @@ impl Reconciler {
         run.target = Some(view.target.revision_hash.clone());
         run.total = view.nodes.len();
         self.forget_seen_writes(&view, run);
+        let mut wake = self.record_calls(&view, run)?;
 
-        let mut wake = None;
         let mut calls = Vec::new();
         // Pending nodes: skip those already current; resume those a crash left cordoned.
         for (node, n) in &view.nodes {
@@ -564,7 +594,7 @@ impl Reconciler {
         for node in in_flight {
             wake = earliest(wake, self.advance(&view, run, &node, &mut calls));
         }
-        wake = earliest(wake, self.perform(&view, run, calls).await?);
+        wake = earliest(wake, self.start_calls(&view, run, calls).await?);
 
         // The steps above changed phases and cordons: bring the planner's view up to date.
         for o in &mut view.observations {
@@ -659,7 +689,7 @@ impl Reconciler {
                             .or_insert_with(|| TrackedNode::pending(view.now));
                         wake = earliest(wake, self.advance(&view, run, node, &mut calls));
                     }
-                    wake = earliest(wake, self.perform(&view, run, calls).await?);
+                    wake = earliest(wake, self.start_calls(&view, run, calls).await?);
                 }
                 let c = counts(view.nodes.len(), run.records.values());
                 if let Some(held) = held {
@@ -1011,8 +1041,7 @@ impl Reconciler {
     }
 
     /// Steps one node through its machine until it must wait for the cluster. A step
-    /// that calls the API server is queued in `calls`: `perform` runs one pass's calls
-    /// together, so a node's reaction does not wait for other nodes' round trips.
+    /// that calls the API server is queued in `calls` for `start_calls`.
     fn advance(
         &self,
         view: &View,
@@ -1020,6 +1049,9 @@ impl Reconciler {
         node: &str,
         calls: &mut Vec<NodeCall>,
     ) -> Option<Instant> {
+        if run.calls.0.contains_key(node) {
+            return None;
+        }
         let _span = node_span(view, node).entered();
         let n = view
             .nodes
@@ -1084,9 +1116,10 @@ impl Reconciler {
         None
     }
 
-    /// Runs the queued API calls of one pass, at most `CALLS_AT_ONCE` at a time, then
-    /// records their outcomes.
-    async fn perform(
+    /// Starts the queued API calls of one pass as tasks (at most `CALLS_AT_ONCE` run at
+    /// once): a pass never waits for a round trip, so one node's step does not hold up
+    /// another's. The outcomes are recorded by the pass after they arrive.
+    async fn start_calls(
         &mut self,
         view: &View,
         run: &mut Run,
@@ -1109,46 +1142,63 @@ impl Reconciler {
                 .into_iter()
                 .partition(|c| matches!(c.step.action, Action::RecordAndCordon { .. }));
             for c in cordons {
+                let _span = node_span(view, &c.node).entered();
                 wake = earliest(wake, self.step_failed(view, run, &c, &e));
             }
             calls = others;
         }
-        let actions = &self.actions;
-        let rollout = view.name.as_str();
-        let results: Vec<(NodeCall, Result<(), ActionError>)> = stream::iter(calls)
-            .map(|c| {
-                let span = node_span(view, &c.node);
+        let rollout_uid = view.reference.uid.clone().unwrap_or_default();
+        for c in calls {
+            let actions = self.actions.clone();
+            let permits = self.call_permits.clone();
+            let tx = self.call_tx.clone();
+            let changed = self.observed.changed.clone();
+            let rollout = view.name.clone();
+            let namespace = view.ds_namespace.clone();
+            let rollout_uid = rollout_uid.clone();
+            let node = c.node.clone();
+            let task = tokio::spawn(
                 async move {
+                    let _permit = permits.acquire_owned().await;
                     let result = match (&c.step.action, c.n.as_deref()) {
                         (Action::RecordAndCordon { was_unschedulable }, Some(n))
-                            if recorded_was_unschedulable(n, rollout).is_none() =>
+                            if recorded_was_unschedulable(n, &rollout).is_none() =>
                         {
                             actions
-                                .record_and_cordon(rollout, n, *was_unschedulable)
+                                .record_and_cordon(&rollout, n, *was_unschedulable)
                                 .await
                         }
                         (Action::DeleteZtunnelPod { name, uid }, _) => {
-                            actions
-                                .delete_ztunnel_pod(&view.ds_namespace, name, uid)
-                                .await
+                            actions.delete_ztunnel_pod(&namespace, name, uid).await
                         }
                         (Action::Release { uncordon }, _) => {
                             actions
-                                .release(rollout, &c.node, *uncordon, c.n.as_deref())
+                                .release(&rollout, &c.node, *uncordon, c.n.as_deref())
                                 .await
                         }
                         _ => Ok(()),
                     };
-                    (c, result)
+                    let _ = tx.send(CallDone {
+                        rollout_uid,
+                        call: c,
+                        result,
+                    });
+                    changed.notify_one();
                 }
-                .instrument(span)
-            })
-            .buffer_unordered(CALLS_AT_ONCE)
-            .collect()
-            .await;
-        for (c, result) in results {
+                .instrument(node_span(view, &node)),
+            );
+            run.calls.0.insert(node, task);
+        }
+        Ok(wake)
+    }
+
+    /// Records the outcomes of the node calls that finished since the last pass.
+    fn record_calls(&self, view: &View, run: &mut Run) -> Result<Option<Instant>, PassError> {
+        let mut wake = None;
+        for done in std::mem::take(&mut run.call_results) {
+            let c = done.call;
             let _span = node_span(view, &c.node).entered();
-            match result {
+            match done.result {
                 Ok(()) => {
                     match &c.step.action {
                         Action::RecordAndCordon { was_unschedulable } => {
@@ -1421,6 +1471,7 @@ impl Reconciler {
                     && !has_waiting_taint(n, &view.name)
                     && !unschedulable(n)
                     && !run.unseen_taints.contains_key(*node)
+                    && !run.calls.0.contains_key(*node)
             })
             .map(|(_, n)| n.clone())
             .collect();
@@ -1524,7 +1575,13 @@ impl Reconciler {
         run: &mut Run,
         deleting: bool,
     ) -> Result<Option<Instant>, PassError> {
-        for (_, t) in run.drains.0.drain().chain(run.gates.0.drain()) {
+        for (_, t) in run
+            .drains
+            .0
+            .drain()
+            .chain(run.gates.0.drain())
+            .chain(run.calls.0.drain())
+        {
             t.abort();
         }
         let mut retry = None;
@@ -1710,15 +1767,15 @@ impl Reconciler {
     }
 }
 
-/// A node step that calls the API server, queued by `advance` for `perform`.
+/// A node step that calls the API server, queued by `advance` for `start_calls`.
 struct NodeCall {
     node: String,
     n: Option<Arc<Node>>,
     step: Step,
 }
 
-/// API calls of one pass in flight at once: enough that a wave's nodes do not queue
-/// behind each other's round trips, few enough not to flood the API server.
+/// Node API calls in flight at once: enough that a wave's nodes do not queue behind
+/// each other's round trips, few enough not to flood the API server.
 const CALLS_AT_ONCE: usize = 32;
 
 fn node_span(view: &View, node: &str) -> tracing::Span {
