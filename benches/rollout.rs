@@ -604,6 +604,15 @@ async fn main() {
             format!("{:.1} MiB", peak_rss_kib(pid) as f64 / 1024.0),
         ));
         table.push(("agent CPU".into(), format!("{:.1} s", cpu_seconds(pid))));
+        let passes = agent.metric("ztunnel_rollout_pass_seconds_count").await;
+        let pass_time = agent.metric("ztunnel_rollout_pass_seconds_sum").await;
+        table.push((
+            "reconcile passes (count, mean)".into(),
+            format!(
+                "{passes:.0}, {:.1} ms",
+                1000.0 * pass_time / passes.max(1.0)
+            ),
+        ));
         let latency: Vec<f64> = {
             let r = reactions.lock().expect("lock");
             r.ready

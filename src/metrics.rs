@@ -50,6 +50,7 @@ pub struct Metrics {
     pub node_failures: Family<RolloutLabels, Counter>,
     pub verifications: Family<VerdictLabels, Counter>,
     pub is_leader: Gauge,
+    pub pass_seconds: Histogram,
     pub sidecar_namespaces: Family<NamespaceResultLabels, Counter>,
     pub sidecar_workload_restarts: Family<MigrationLabels, Counter>,
 }
@@ -69,6 +70,10 @@ impl Metrics {
             node_failures: Family::default(),
             verifications: Family::default(),
             is_leader: Gauge::default(),
+            // 0.5 ms to ~8 s.
+            pass_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 15),
+            ),
             sidecar_namespaces: Family::default(),
             sidecar_workload_restarts: Family::default(),
         };
@@ -98,6 +103,11 @@ impl Metrics {
             "is_leader",
             "1 while this replica holds the lease",
             m.is_leader.clone(),
+        );
+        r.register(
+            "pass_seconds",
+            "Time of one reconcile pass over every rollout (the agent's reaction time to a change, less the watch's delay)",
+            m.pass_seconds.clone(),
         );
         r.register(
             "sidecar_namespaces",

@@ -27,6 +27,12 @@ use events::EventSink;
 use observe::Observed;
 use reconcile::{PassError, ReconcileSettings, Reconciler};
 
+/// The shortest time between the starts of two reconcile passes. At 1,000 nodes events
+/// arrive faster than passes complete; without a floor every event costs a walk over
+/// all nodes (twice the CPU at 1,000 nodes, BENCHMARKS.md) for at most this much less
+/// reaction time.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub leader: LeaderConfig,
@@ -98,6 +104,7 @@ pub async fn run(
     let migrations_task = AbortOnDrop(tokio::spawn(migrations.run(config.resync)));
 
     let mut leading = false;
+    let mut last_pass = Instant::now();
     loop {
         if !leadership.is_leader() {
             metrics.is_leader.set(0);
@@ -114,7 +121,16 @@ pub async fn run(
             leading = true;
         }
         metrics.is_leader.set(1);
-        let wake = match reconciler.pass().await {
+        // Passes walk every node: under a stream of events, one at most every
+        // MIN_PASS_INTERVAL, so that one pass covers many events.
+        tokio::time::sleep_until(last_pass + MIN_PASS_INTERVAL).await;
+        let started = Instant::now();
+        last_pass = started;
+        let passed = reconciler.pass().await;
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let wake = match passed {
             Ok(wake) => wake,
             Err(PassError::NotLeader(e)) => {
                 warn!(error = %e, "stopped mid-pass");

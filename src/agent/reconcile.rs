@@ -172,6 +172,7 @@ pub struct Reconciler {
     call_rx: mpsc::UnboundedReceiver<CallDone>,
     /// Bounds the node API calls in flight across rollouts.
     call_permits: Arc<Semaphore>,
+    pod_counts: std::sync::Mutex<Option<(Instant, PodCounts)>>,
     gates: Arc<Gates>,
     gate_rx: mpsc::UnboundedReceiver<GateMessage>,
 }
@@ -328,6 +329,7 @@ impl Reconciler {
             call_tx,
             call_rx,
             call_permits: Arc::new(Semaphore::new(CALLS_AT_ONCE)),
+            pod_counts: std::sync::Mutex::default(),
             gates,
             gate_rx,
         }
@@ -969,7 +971,7 @@ impl Reconciler {
         let pods_per_node = if pending {
             self.pods_per_node()
         } else {
-            HashMap::new()
+            Arc::default()
         };
         let observations: Vec<NodeObservation> = nodes
             .iter()
@@ -1013,9 +1015,19 @@ impl Reconciler {
         })
     }
 
-    /// Running pods per node that a drain would evict (not DaemonSet pods).
-    fn pods_per_node(&self) -> HashMap<String, usize> {
-        self.observed.all_pods.evictable_per_node()
+    /// Running pods per node that a drain would evict (not DaemonSet pods), counted at
+    /// most every `POD_COUNT_MAX_AGE`: they only order the next starts, and counting
+    /// walks every pod of the cluster.
+    fn pods_per_node(&self) -> PodCounts {
+        let mut cached = self.pod_counts.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((at, counts)) if at.elapsed() < POD_COUNT_MAX_AGE => counts.clone(),
+            _ => {
+                let counts = Arc::new(self.observed.all_pods.evictable_per_node());
+                *cached = Some((Instant::now(), counts.clone()));
+                counts
+            }
+        }
     }
 
     fn facts(&self, view: &View, run: &Run, node: &str, n: Option<&Arc<Node>>) -> NodeFacts {
@@ -1777,6 +1789,11 @@ struct NodeCall {
 /// Node API calls in flight at once: enough that a wave's nodes do not queue behind
 /// each other's round trips, few enough not to flood the API server.
 const CALLS_AT_ONCE: usize = 32;
+
+const POD_COUNT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Evictable pods by node name.
+type PodCounts = Arc<HashMap<String, usize>>;
 
 fn node_span(view: &View, node: &str) -> tracing::Span {
     let wave = view.wave_of.get(node).map_or("", String::as_str);
