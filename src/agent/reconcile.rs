@@ -571,14 +571,11 @@ impl Reconciler {
         let mut calls = Vec::new();
         // Pending nodes: skip those already current; resume those a crash left cordoned.
         for (node, n) in &view.nodes {
-            let tracked = run
-                .records
-                .get(node)
-                .cloned()
-                .unwrap_or_else(|| TrackedNode::pending(view.now));
-            if tracked.record.phase != NodePhase::Pending {
-                continue;
-            }
+            let tracked = match run.records.get(node) {
+                Some(t) if t.record.phase != NodePhase::Pending => continue,
+                Some(t) => t.clone(),
+                None => TrackedNode::pending(view.now),
+            };
             let facts = self.facts(&view, run, node, Some(n));
             let step = next_step(&tracked.record, &facts, &view.target, view.now);
             if step.phase == NodePhase::Skipped || facts.annotated_was_unschedulable.is_some() {
