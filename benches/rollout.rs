@@ -10,7 +10,9 @@
 //! - `BENCH_NODES` (200), `BENCH_PODS_PER_NODE` (2), `BENCH_MAX_UNAVAILABLE` (`10%`),
 //! - `BENCH_WAVES`: `zones` (one wave per zone, the default) or `one`,
 //! - `BENCH_MODE`: `agent` (default), `runbook` (e2e/runbook-baseline.sh, node by node),
-//!   `failover` (two agents; the leader is SIGKILLed once a third of the nodes are done).
+//!   `failover` (two agents; the leader is SIGKILLed once a third of the nodes are done),
+//! - `BENCH_RESIDENT_PODS` (0): bare pods that stay on as many nodes again outside the
+//!   rollout, for the agent's memory with many pods in the cluster.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -61,6 +63,10 @@ struct Params {
     max_unavailable: String,
     one_wave: bool,
     mode: Mode,
+    /// Pods that stay where they are, on as many nodes again that the rollout does not
+    /// select: the agent watches every pod and node, so they weigh on its memory
+    /// without the cost of moving them (`BENCH_RESIDENT_PODS`).
+    resident_pods: usize,
 }
 
 fn params() -> Params {
@@ -79,6 +85,7 @@ fn params() -> Params {
             "one" => true,
             other => panic!("BENCH_WAVES: {other:?} is not zones or one"),
         },
+        resident_pods: number("BENCH_RESIDENT_PODS", "0"),
         mode: match var("BENCH_MODE", "agent").as_str() {
             "agent" => Mode::Agent,
             "runbook" => Mode::Runbook,
@@ -99,19 +106,7 @@ fn budget(p: &Params) -> MaxUnavailable {
 /// Nodes, ztunnel (upgraded, OnDelete), Deployments of 40 replicas under 25% PDBs.
 /// Returns the target revision hash and the node names.
 async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for n in fixtures::zoned_nodes("r-", p.nodes, &ZONES, TAG) {
-        names.push(n.name_any());
-        fixtures::apply(&nodes, &n).await.expect("node");
-    }
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &fixtures::namespace(TAG, Default::default()),
-        )
-        .await
-        .expect("namespace");
+    let names = node_set(client, "r-", p.nodes, TAG).await;
     let selector = BTreeMap::from([(NODE_SET_LABEL.to_owned(), TAG.to_owned())]);
     let mut ztunnel = ZtunnelFixture::new(TAG, "1.28.0");
     ztunnel.node_selector = selector.clone();
@@ -162,6 +157,9 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
         )
         .await;
     }
+    if p.resident_pods > 0 {
+        resident_pods(client, p).await;
+    }
     ztunnel.version = "1.28.1".into();
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await
@@ -187,6 +185,59 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     let hash =
         ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions).expect("hash");
     (hash, names)
+}
+
+/// `count` nodes in zones a/b/c labelled as node set `set` (named `prefix` + number), and
+/// a namespace named `set`. Returns the node names.
+async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for n in fixtures::zoned_nodes(prefix, count, &ZONES, set) {
+        names.push(n.name_any());
+        fixtures::apply(&nodes, &n).await.expect("node");
+    }
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &fixtures::namespace(set, Default::default()),
+        )
+        .await
+        .expect("namespace");
+    names
+}
+
+/// `p.resident_pods` bare pods bound to `p.nodes` nodes outside the rollout's node set
+/// (no scheduler, no controller), created 32 at a time.
+async fn resident_pods(client: &Client, p: &Params) {
+    const RESIDENT: &str = "bench-resident";
+    let started = Instant::now();
+    node_set(client, "s-", p.nodes, RESIDENT).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RESIDENT);
+    futures::stream::iter(0..p.resident_pods)
+        .for_each_concurrent(32, |i| {
+            let pods = pods.clone();
+            let node = format!("s-{:03}", i % p.nodes);
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": format!("resident-{i}"), "labels": { "app": "resident" } },
+                    "spec": {
+                        "nodeName": node,
+                        "containers": [{ "name": "app", "image": "resident" }],
+                    },
+                }))
+                .expect("pod");
+                pods.create(&PostParams::default(), &pod)
+                    .await
+                    .expect("resident pod");
+            }
+        })
+        .await;
+    eprintln!(
+        "{} resident pods on {} other nodes created in {:.1}s",
+        p.resident_pods,
+        p.nodes,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -576,7 +627,14 @@ async fn main() {
                     Mode::Agent => "the agent",
                     Mode::Failover => "two agents, leader killed",
                 }
-            ),
+            ) + &if p.resident_pods > 0 {
+                format!(
+                    "; plus {} resident pods on {} nodes outside the rollout",
+                    p.resident_pods, p.nodes
+                )
+            } else {
+                String::new()
+            },
         ),
         ("total time".to_owned(), format!("{total:.1} s")),
         (

@@ -5,6 +5,7 @@
 #   e2e/bench.sh [SCENARIO...]      # default: overhead runbook-20 agent-20-serial agent-20-budget failover-200
 #   e2e/bench.sh scale-1000-light   # 1,000 nodes / 2,000 pods (~10 min)
 #   e2e/bench.sh scale-1000         # 1,000 nodes / 20,000 pods (setup alone > 30 min here: see BENCHMARKS.md)
+#   e2e/bench.sh scale-1000-resident  # scale-1000-light plus 18,000 pods that stay on 1,000 other nodes
 #
 # Simulated delays are KWOK stages (benches/rollout.rs): application pods exit 1 s after
 # SIGTERM, ztunnel pods exit in 1 s, new ones are created in 0.1 s and Ready in 1 s.
@@ -22,7 +23,8 @@ scenario() {
     failover-200)    echo "BENCH_NODES=200 BENCH_PODS_PER_NODE=2 BENCH_MODE=failover" ;;
     scale-1000-light) echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10%" ;;
     scale-1000)      echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
-    *) echo "unknown scenario $1 (overhead, runbook-20, agent-20-serial, agent-20-budget, failover-200, scale-1000-light, scale-1000)" >&2; return 1 ;;
+    scale-1000-resident) echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_RESIDENT_PODS=18000" ;;
+    *) echo "unknown scenario $1 (overhead, runbook-20, agent-20-serial, agent-20-budget, failover-200, scale-1000-light, scale-1000, scale-1000-resident)" >&2; return 1 ;;
   esac
 }
 
@@ -33,5 +35,5 @@ for s in "$@"; do
   echo >&2 "== $s: $(scenario "$s")"
   echo
   echo "## $s"
-  env $(scenario "$s") cargo bench --quiet --bench rollout 2>/dev/stderr | sed -n '/^| figure/,$p'
+  env $(scenario "$s") cargo bench --quiet --bench rollout | sed -n '/^| figure/,$p'
 done
