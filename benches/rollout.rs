@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -106,7 +106,7 @@ fn budget(p: &Params) -> MaxUnavailable {
 /// Nodes, ztunnel (upgraded, OnDelete), Deployments of 40 replicas under 25% PDBs.
 /// Returns the target revision hash and the node names.
 async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
-    let names = node_set(client, "r-", p.nodes, TAG).await;
+    let names = support::node_set(client, "r-", p.nodes, TAG).await;
     let selector = BTreeMap::from([(NODE_SET_LABEL.to_owned(), TAG.to_owned())]);
     let mut ztunnel = ZtunnelFixture::new(TAG, "1.28.0");
     ztunnel.node_selector = selector.clone();
@@ -187,31 +187,12 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     (hash, names)
 }
 
-/// `count` nodes in zones a/b/c labelled as node set `set` (named `prefix` + number), and
-/// a namespace named `set`. Returns the node names.
-async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) -> Vec<String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for n in fixtures::zoned_nodes(prefix, count, &ZONES, set) {
-        names.push(n.name_any());
-        fixtures::apply(&nodes, &n).await.expect("node");
-    }
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &fixtures::namespace(set, Default::default()),
-        )
-        .await
-        .expect("namespace");
-    names
-}
-
 /// `p.resident_pods` bare pods bound to `p.nodes` nodes outside the rollout's node set
 /// (no scheduler, no controller), created 32 at a time.
 async fn resident_pods(client: &Client, p: &Params) {
     const RESIDENT: &str = "bench-resident";
     let started = Instant::now();
-    node_set(client, "s-", p.nodes, RESIDENT).await;
+    support::node_set(client, "s-", p.nodes, RESIDENT).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), RESIDENT);
     futures::stream::iter(0..p.resident_pods)
         .for_each_concurrent(32, |i| {

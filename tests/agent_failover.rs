@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, PostParams};
@@ -151,17 +151,7 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
     let client = client_for(&cluster.kubeconfig).await.expect("client");
     agent_support::install(&client).await;
     let ns = "restart";
-    let nodes: Api<Node> = Api::all(client.clone());
-    for n in fixtures::zoned_nodes("restart-", 6, &["a", "b", "c"], ns) {
-        fixtures::apply(&nodes, &n).await.expect("node");
-    }
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &fixtures::namespace(ns, Default::default()),
-        )
-        .await
-        .expect("namespace");
+    support::node_set(&client, "restart-", 6, ns).await;
     let node_selector =
         std::collections::BTreeMap::from([(fixtures::NODE_SET_LABEL.to_owned(), ns.to_owned())]);
     let mut ztunnel = fixtures::ZtunnelFixture::new(ns, "1.28.0");

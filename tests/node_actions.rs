@@ -51,11 +51,11 @@ async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was
     panic!("node {name} changed between every read and write");
 }
 
-/// Releases `name` for rollout r1; like the agent, again after a Conflict (the node
-/// lifecycle controller taints a node right after it is cordoned).
-async fn release(actions: &NodeActions, name: &str) {
+/// Releases `name` for rollout r1 (from `copy`, if given); like the agent, again after a
+/// Conflict (the node lifecycle controller taints a node right after it is cordoned).
+async fn release(actions: &NodeActions, name: &str, copy: Option<&Node>) {
     for _ in 0..5 {
-        match actions.release("r1", name, true, None).await {
+        match actions.release("r1", name, true, copy).await {
             Err(ActionError::Conflict { .. }) => continue,
             other => return other.expect("release"),
         }
@@ -94,7 +94,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
         .await
         .expect_err("another rollout's node");
     assert!(matches!(err, ActionError::OwnedByOther { .. }), "{err}");
-    release(&actions, &ours).await;
+    release(&actions, &ours, None).await;
     let released = node(&env, &ours).await;
     assert!(!unschedulable(&released));
     assert!(
@@ -108,7 +108,7 @@ async fn cordon_records_ownership_and_release_restores_the_node() {
     // An operator cordoned this one: it stays cordoned.
     set_unschedulable(&env.client, &theirs, true).await;
     record_and_cordon(&actions, &env, &theirs, true).await;
-    release(&actions, &theirs).await;
+    release(&actions, &theirs, None).await;
     let after = node(&env, &theirs).await;
     assert!(
         unschedulable(&after),
@@ -135,16 +135,8 @@ async fn release_from_the_watched_copy_reads_again_when_the_copy_is_stale() {
     }
 
     // A current copy: released from it.
-    for _ in 0..5 {
-        let copy = node(&env, &current).await;
-        match actions.release("r1", &current, true, Some(&copy)).await {
-            Err(ActionError::Conflict { .. }) => continue,
-            other => {
-                other.expect("release from a current copy");
-                break;
-            }
-        }
-    }
+    let copy = node(&env, &current).await;
+    release(&actions, &current, Some(&copy)).await;
     // A copy older than the node: the conditional patch conflicts, the node is read again.
     let copy = node(&env, &stale).await;
     Api::<Node>::all(env.client.clone())
@@ -157,16 +149,7 @@ async fn release_from_the_watched_copy_reads_again_when_the_copy_is_stale() {
         )
         .await
         .expect("label the node");
-    for _ in 0..5 {
-        // (A Conflict here is the fresh read racing the node lifecycle controller.)
-        match actions.release("r1", &stale, true, Some(&copy)).await {
-            Err(ActionError::Conflict { .. }) => continue,
-            other => {
-                other.expect("release from a stale copy");
-                break;
-            }
-        }
-    }
+    release(&actions, &stale, Some(&copy)).await;
 
     for name in [&current, &stale] {
         let released = node(&env, name).await;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -313,6 +313,25 @@ pub fn deployment_available(
 }
 
 /// Sets `spec.unschedulable` (cordon / uncordon) as a test step.
+/// `count` nodes in zones a/b/c labelled as node set `set` (named `prefix` + number), and
+/// a namespace named `set`. Returns the node names.
+pub async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for n in fixtures::zoned_nodes(prefix, count, &["a", "b", "c"], set) {
+        names.push(n.name_any());
+        fixtures::apply(&nodes, &n).await.expect("node");
+    }
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &fixtures::namespace(set, Default::default()),
+        )
+        .await
+        .expect("namespace");
+    names
+}
+
 pub async fn set_unschedulable(client: &Client, node: &str, value: bool) {
     Api::<Node>::all(client.clone())
         .patch(
