@@ -3,6 +3,9 @@
 //! before it is stored, and `on_event` runs after every event so waiters wake on
 //! changes instead of polling.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
@@ -52,6 +55,21 @@ where
         }
     });
     (reader, task)
+}
+
+/// How many events a cache has applied: a reader that derives something from the
+/// cache reads this first and rebuilds only when it moved.
+#[derive(Debug, Clone, Default)]
+pub struct EventCount(Arc<AtomicU64>);
+
+impl EventCount {
+    pub fn tick(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// For caches that keep whole objects.

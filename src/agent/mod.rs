@@ -10,6 +10,7 @@ pub mod rollback;
 pub mod sidecar;
 pub mod status_patch;
 pub mod verify;
+pub mod view_cache;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

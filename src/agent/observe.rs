@@ -29,13 +29,16 @@ use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
 use crate::sidecar::workloads::{INJECT_LABEL, RESTARTED_AT_ANNOTATION};
-use crate::watch_cache;
+use crate::watch_cache::{self, EventCount};
 
 pub struct Observed {
     pub nodes: Store<Node>,
+    /// Ticks after every node event (the passes rebuild what they derive from nodes).
+    pub node_events: EventCount,
     /// Pods carrying a `controller-revision-hash` label: DaemonSet (and StatefulSet)
     /// pods, among them every ztunnel pod, but not the applications' Deployment pods.
     pub revisioned_pods: Store<Pod>,
+    pub revisioned_pod_events: EventCount,
     /// A few facts of every pod: how many pods each node's drain would evict, which
     /// pods ztunnel proxies. Its events do not wake the loop (the counts only order the
     /// next starts).
@@ -90,7 +93,29 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    spawn_counted(api, config, trim, wake, EventCount::default())
+}
+
+/// Like `spawn`, ticking `events` before waking the loops.
+fn spawn_counted<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    wake: Vec<Arc<Notify>>,
+    events: EventCount,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     watch_cache::spawn(api, config, trim, move || {
+        events.tick();
         for w in &wake {
             w.notify_one();
         }
@@ -340,17 +365,21 @@ impl Observed {
     pub fn start(client: &Client, rollout_selector: Option<&str>) -> Self {
         let changed = Arc::new(Notify::new());
         let sidecar_changed = Arc::new(Notify::new());
-        let (nodes, t1) = spawn(
+        let node_events = EventCount::default();
+        let (nodes, t1) = spawn_counted(
             Api::<Node>::all(client.clone()),
             watch_cache::config(),
             trim_node,
             vec![changed.clone()],
+            node_events.clone(),
         );
-        let (revisioned_pods, t2) = spawn(
+        let revisioned_pod_events = EventCount::default();
+        let (revisioned_pods, t2) = spawn_counted(
             Api::<Pod>::all(client.clone()),
             watch_cache::config().labels(REVISION_HASH_LABEL),
             trim_revisioned_pod,
             vec![changed.clone()],
+            revisioned_pod_events.clone(),
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
@@ -417,7 +446,9 @@ impl Observed {
         let t10 = spawn_gateways(client, gateways.clone());
         Self {
             nodes,
+            node_events,
             revisioned_pods,
+            revisioned_pod_events,
             all_pods,
             daemon_sets,
             revisions,

@@ -24,6 +24,7 @@ use super::events::EventSink;
 use super::observe::Observed;
 use super::status_patch::apply_status;
 use super::verify::{GateEvent, GateMessage, GateRequest, Gates};
+use super::view_cache::{NodeMap, PodCounts, ViewCache, Waves, ZtunnelsByNode, along};
 use crate::api::ztunnel_rollout::{RollbackStatus, ZtunnelRollout, ZtunnelRolloutStatus};
 use crate::drain::report::Outcome;
 use crate::drain::{DrainOptions, Drainer, SharedPdbs};
@@ -118,11 +119,13 @@ struct Run {
     calls: Tasks,
     call_results: Vec<CallDone>,
     /// ztunnel pods this term deleted that the watch still shows running, by UID: not
-    /// deleted again meanwhile.
-    deleted_ztunnels: HashSet<String>,
+    /// deleted again meanwhile: UID → node.
+    deleted_ztunnels: HashMap<String, String>,
     /// Nodes whose waiting taint this term changed while the watch still shows them as
     /// before: name → the resourceVersion the change was conditional on.
     unseen_taints: HashMap<String, String>,
+    /// What passes derive from the watched nodes and pods, kept while they do not change.
+    cache: ViewCache,
 }
 
 /// Drain or gate tasks by node; dropping cancels them.
@@ -148,11 +151,13 @@ struct View {
     reference: ObjectReference,
     settings: RolloutSettings,
     target: Target,
-    nodes: BTreeMap<String, Arc<Node>>,
-    /// What the planner sees of `nodes`.
+    nodes: Arc<NodeMap>,
+    /// What the planner sees of `nodes` (in the same order); lent by `run.cache` and
+    /// given back at the end of the pass.
     observations: Vec<NodeObservation>,
-    ztunnels: HashMap<String, Vec<ZtunnelPod>>,
-    wave_of: HashMap<String, String>,
+    pod_counts: PodCounts,
+    ztunnels: Arc<ZtunnelsByNode>,
+    waves: Arc<Waves>,
     now: Timestamp,
 }
 
@@ -241,26 +246,40 @@ fn unschedulable(n: &Node) -> bool {
         .unwrap_or(false)
 }
 
+/// Brings the parts of the observations that the rollout's own steps change up to date
+/// (`observations` are of `nodes`, in the same order).
+fn refresh_all(observations: &mut [NodeObservation], nodes: &NodeMap, run: &Run, rollout: &str) {
+    for (o, (_, n, tracked)) in observations
+        .iter_mut()
+        .zip(along(nodes.iter(), &run.records))
+    {
+        let calling = !run.calls.0.is_empty() && run.calls.0.contains_key(&o.name);
+        refresh(o, tracked, calling, n, rollout);
+    }
+}
+
 /// The parts of a node's observation that the rollout's own steps change.
-fn refresh(o: &mut NodeObservation, run: &Run, n: &Node, rollout: &str) {
-    o.progress = if run.calls.0.contains_key(&o.name) {
+fn refresh(
+    o: &mut NodeObservation,
+    tracked: Option<&TrackedNode>,
+    calling: bool,
+    n: &Node,
+    rollout: &str,
+) {
+    o.progress = if calling {
         // A cordon in flight: the node takes its place in the budget now.
         NodeProgress::InFlight
     } else {
-        run.records
-            .get(&o.name)
-            .map_or(NodeProgress::Pending, |t| progress(t.record.phase))
+        tracked.map_or(NodeProgress::Pending, |t| progress(t.record.phase))
     };
-    o.cordoned_by_others = unschedulable(n) && !cordoned_by_us(run, n, rollout);
     o.cordoned = unschedulable(n);
+    o.cordoned_by_others = o.cordoned && !cordoned_by_us(tracked, n, rollout);
 }
 
 /// Whether the node's cordon is ours: by the record (the watch may not show our last
 /// write yet), else by our annotation.
-fn cordoned_by_us(run: &Run, n: &Node, rollout: &str) -> bool {
-    let was_unschedulable = run
-        .records
-        .get(&n.name_any())
+fn cordoned_by_us(tracked: Option<&TrackedNode>, n: &Node, rollout: &str) -> bool {
+    let was_unschedulable = tracked
         .and_then(|t| t.record.was_unschedulable)
         .or_else(|| recorded_was_unschedulable(n, rollout));
     was_unschedulable == Some(false)
@@ -570,18 +589,25 @@ impl Reconciler {
 
         let mut calls = Vec::new();
         // Pending nodes: skip those already current; resume those a crash left cordoned.
-        for (node, n) in &view.nodes {
-            let tracked = match run.records.get(node) {
-                Some(t) if t.record.phase != NodePhase::Pending => continue,
-                Some(t) => t.clone(),
-                None => TrackedNode::pending(view.now),
-            };
-            let facts = self.facts(&view, run, node, Some(n));
-            let step = next_step(&tracked.record, &facts, &view.target, view.now);
-            if step.phase == NodePhase::Skipped || facts.annotated_was_unschedulable.is_some() {
-                run.records.insert(node.clone(), tracked);
-                wake = earliest(wake, self.advance(&view, run, node, &mut calls));
-            }
+        let fresh = TrackedNode::pending(view.now);
+        let to_step: Vec<String> = along(view.nodes.iter(), &run.records)
+            .filter(|(node, n, tracked)| {
+                let tracked = match tracked {
+                    Some(t) if t.record.phase != NodePhase::Pending => return false,
+                    Some(t) => t,
+                    None => &fresh,
+                };
+                let facts = self.facts(&view, run, node, Some(n));
+                let step = next_step(&tracked.record, &facts, &view.target, view.now);
+                step.phase == NodePhase::Skipped || facts.annotated_was_unschedulable.is_some()
+            })
+            .map(|(node, _, _)| node.clone())
+            .collect();
+        for node in to_step {
+            run.records
+                .entry(node.clone())
+                .or_insert_with(|| fresh.clone());
+            wake = earliest(wake, self.advance(&view, run, &node, &mut calls));
         }
         // Nodes in flight.
         let in_flight: Vec<String> = run
@@ -596,13 +622,10 @@ impl Reconciler {
         wake = earliest(wake, self.start_calls(&view, run, calls).await?);
 
         // The steps above changed phases and cordons: bring the planner's view up to date.
-        for o in &mut view.observations {
-            if let Some(n) = view.nodes.get(&o.name) {
-                refresh(o, run, n, name);
-            }
-        }
+        refresh_all(&mut view.observations, &view.nodes, run, name);
         let observations = &view.observations;
-        let decision = planner::next(observations, &view.settings.waves);
+        let decision =
+            planner::next_in_waves(observations, &view.waves.waves, &view.settings.waves);
         let standing = match &decision {
             _ if view.nodes.is_empty() => Standing {
                 phase: RolloutPhase::Blocked,
@@ -737,7 +760,7 @@ impl Reconciler {
                 } else if nodes.is_empty() && c.in_flight == 0 {
                     let unavailable: Vec<String> = observations
                         .iter()
-                        .filter(|o| view.wave_of.get(&o.name) == Some(wave))
+                        .filter(|o| view.waves.wave_of.get(&o.name) == Some(wave))
                         .filter_map(|o| {
                             o.unavailable_because()
                                 .map(|why| format!("{} ({why})", o.name))
@@ -769,11 +792,8 @@ impl Reconciler {
             }
         };
         let mut phases: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for node in view.nodes.keys() {
-            let phase = run
-                .records
-                .get(node)
-                .map_or(NodePhase::Pending, |t| t.record.phase);
+        for (_, _, tracked) in along(view.nodes.iter(), &run.records) {
+            let phase = tracked.map_or(NodePhase::Pending, |t| t.record.phase);
             *phases.entry(NodePhase::as_str(phase)).or_default() += 1;
         }
         for phase in ALL_PHASES {
@@ -789,6 +809,12 @@ impl Reconciler {
             Decision::Start { wave, .. } | Decision::Blocked { wave, .. } => Some(wave.clone()),
             Decision::Complete => None,
         };
+        run.cache.keep_observations(
+            &view.nodes,
+            &view.pod_counts,
+            &view.settings.waves.group_by,
+            std::mem::take(&mut view.observations),
+        );
         Ok(earliest(wake, self.record(r, run, standing).await?))
     }
 
@@ -894,7 +920,7 @@ impl Reconciler {
     }
 
     /// Gathers what a pass needs, or the reason the rollout cannot proceed.
-    fn view(&self, r: &ZtunnelRollout, name: &str, run: &Run) -> Result<View, Standing> {
+    fn view(&self, r: &ZtunnelRollout, name: &str, run: &mut Run) -> Result<View, Standing> {
         let blocked = |reason: &str, message: String| Standing {
             phase: RolloutPhase::Blocked,
             reason: reason.to_owned(),
@@ -930,66 +956,76 @@ impl Reconciler {
             message: e.to_string(),
         })?;
         let ds_uid = ds.metadata.uid.clone().unwrap_or_default();
-        let mut ztunnels: HashMap<String, Vec<ZtunnelPod>> = HashMap::new();
-        for p in self.observed.revisioned_pods.state() {
-            let owned = p
-                .owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == ds_uid);
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            if let (true, Some(node), Some(z)) = (owned, node, ztunnel_pod(&p)) {
-                ztunnels.entry(node).or_default().push(z);
-            }
-        }
-        let all_nodes: BTreeMap<String, Arc<Node>> = self
-            .observed
-            .nodes
-            .state()
-            .into_iter()
-            .map(|n| (n.name_any(), n))
-            .collect();
-        // Selected nodes, plus nodes this rollout already started (labels may change).
-        let nodes: BTreeMap<String, Arc<Node>> = all_nodes
-            .into_iter()
-            .filter(|(node, n)| {
-                settings.nodes.matches(n.labels())
-                    || run
-                        .records
-                        .get(node)
-                        .is_some_and(|t| t.record.phase != NodePhase::Pending)
-            })
-            .collect();
-        // Pod counts only order the next starts: skip the scan when nothing is pending.
-        let pending = nodes.keys().any(|node| {
-            run.records
-                .get(node)
-                .is_none_or(|t| t.record.phase == NodePhase::Pending)
+        // Event counts first: a cache that changes meanwhile is derived again next pass.
+        let pod_events = self.observed.revisioned_pod_events.get();
+        let node_events = self.observed.node_events.get();
+        let ztunnels = run.cache.ztunnels(
+            pod_events,
+            &ds_uid,
+            || self.observed.revisioned_pods.state(),
+            |p| {
+                let owned = p
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid == ds_uid);
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone())?;
+                owned.then(|| ztunnel_pod(p).map(|z| (node, z))).flatten()
+            },
+        );
+        let selected = run.cache.selected(node_events, &settings.nodes, || {
+            self.observed
+                .nodes
+                .state()
+                .into_iter()
+                .filter(|n| settings.nodes.matches(n.labels()))
+                .map(|n| (n.name_any(), n))
+                .collect()
         });
-        let pods_per_node = if pending {
-            self.pods_per_node()
-        } else {
-            Arc::default()
-        };
-        let observations: Vec<NodeObservation> = nodes
-            .iter()
-            .map(|(node, n)| {
-                let mut o = NodeObservation::pending(
-                    node.clone(),
-                    n.labels().get(&settings.waves.group_by).cloned(),
-                    pods_per_node.get(node).copied().unwrap_or(0),
-                );
-                o.not_ready = !node_ready(n);
-                refresh(&mut o, run, n, name);
-                o
-            })
+        // Nodes this rollout already started stay in even if their labels changed.
+        let started_elsewhere: Vec<String> = along(run.records.iter(), &selected)
+            .filter(|(_, t, n)| n.is_none() && t.record.phase != NodePhase::Pending)
+            .map(|(node, _, _)| node.clone())
             .collect();
-        let wave_of = planner::plan_waves(&observations, &settings.waves)
-            .into_iter()
-            .flat_map(|w| {
-                let name = w.name;
-                w.nodes.into_iter().map(move |n| (n, name.clone()))
-            })
-            .collect();
+        let nodes = run
+            .cache
+            .nodes(&selected, started_elsewhere, |nodes, extra| {
+                for node in extra {
+                    if let Some(n) = self.observed.nodes.get(&ObjectRef::new(node)) {
+                        nodes.insert(node.clone(), n);
+                    }
+                }
+            });
+        // Pod counts only order the next starts: skip the scan when nothing is pending.
+        let pending = along(nodes.iter(), &run.records)
+            .any(|(_, _, t)| t.is_none_or(|t| t.record.phase == NodePhase::Pending));
+        let pod_counts = run.cache.pod_counts(pending.then(|| self.pods_per_node()));
+        let group_by = &settings.waves.group_by;
+        let mut observations = run
+            .cache
+            .take_observations(&nodes, &pod_counts, group_by)
+            .unwrap_or_else(|| {
+                nodes
+                    .iter()
+                    .map(|(node, n)| {
+                        let mut o = NodeObservation::pending(
+                            node.clone(),
+                            n.labels().get(group_by).cloned(),
+                            pod_counts.get(node).copied().unwrap_or(0),
+                        );
+                        o.not_ready = !node_ready(n);
+                        o
+                    })
+                    .collect()
+            });
+        refresh_all(&mut observations, &nodes, run, name);
+        let waves = run.cache.waves(&nodes, &settings.waves, || {
+            let waves = planner::plan_waves(&observations, &settings.waves);
+            let wave_of = waves
+                .iter()
+                .flat_map(|w| w.nodes.iter().map(|n| (n.clone(), w.name.clone())))
+                .collect();
+            Waves { waves, wave_of }
+        });
         Ok(View {
             name: name.to_owned(),
             ds_namespace: ds_ref.namespace.clone(),
@@ -1006,8 +1042,9 @@ impl Reconciler {
             settings,
             nodes,
             observations,
+            pod_counts,
             ztunnels,
-            wave_of,
+            waves,
             now: Timestamp::now(),
         })
     }
@@ -1038,7 +1075,7 @@ impl Reconciler {
                 .map(|pods| {
                     pods.iter()
                         .map(|p| ZtunnelPod {
-                            terminating: p.terminating || run.deleted_ztunnels.contains(&p.uid),
+                            terminating: p.terminating || run.deleted_ztunnels.contains_key(&p.uid),
                             ..p.clone()
                         })
                         .collect()
@@ -1220,7 +1257,7 @@ impl Reconciler {
                         }
                         Action::DeleteZtunnelPod { uid, .. } => {
                             run.drain_results.remove(&c.node);
-                            run.deleted_ztunnels.insert(uid.clone());
+                            run.deleted_ztunnels.insert(uid.clone(), c.node.clone());
                         }
                         Action::Release { .. } => {
                             run.verifications.remove(&c.node);
@@ -1467,22 +1504,19 @@ impl Reconciler {
     ) -> Result<Option<Instant>, PassError> {
         // Nodes starting now are cordoned instead (a taint first would only make their
         // cordon's conditional patch conflict).
-        let waiting: Vec<Arc<Node>> = view
-            .nodes
-            .iter()
-            .filter(|(node, n)| {
-                !starting.contains(node)
-                    && run
-                        .records
-                        .get(*node)
-                        .is_none_or(|t| t.record.phase == NodePhase::Pending)
-                    && view.settings.nodes.matches(n.labels())
-                    && !has_waiting_taint(n, &view.name)
+        let starting: HashSet<&str> = starting.iter().map(String::as_str).collect();
+        // Cheapest tests first: this runs over every node on every pass.
+        let waiting: Vec<Arc<Node>> = along(view.nodes.iter(), &run.records)
+            .filter(|(node, n, tracked)| {
+                tracked.is_none_or(|t| t.record.phase == NodePhase::Pending)
                     && !unschedulable(n)
+                    && !has_waiting_taint(n, &view.name)
+                    && !starting.contains(node.as_str())
                     && !run.unseen_taints.contains_key(*node)
                     && !run.calls.0.contains_key(*node)
+                    && view.settings.nodes.matches(n.labels())
             })
-            .map(|(_, n)| n.clone())
+            .map(|(_, n, _)| n.clone())
             .collect();
         if waiting.is_empty() {
             return Ok(None);
@@ -1555,17 +1589,11 @@ impl Reconciler {
 
     /// Forgets the writes the watch shows now (or whose object is gone).
     fn forget_seen_writes(&self, view: &View, run: &mut Run) {
-        if !run.deleted_ztunnels.is_empty() {
-            let running: HashSet<&str> = view
-                .ztunnels
-                .values()
-                .flatten()
-                .filter(|p| !p.terminating)
-                .map(|p| p.uid.as_str())
-                .collect();
-            run.deleted_ztunnels
-                .retain(|uid| running.contains(uid.as_str()));
-        }
+        run.deleted_ztunnels.retain(|uid, node| {
+            view.ztunnels
+                .get(node)
+                .is_some_and(|pods| pods.iter().any(|p| p.uid == *uid && !p.terminating))
+        });
         run.unseen_taints.retain(|node, version| {
             self.observed
                 .nodes
@@ -1789,11 +1817,8 @@ const CALLS_AT_ONCE: usize = 32;
 
 const POD_COUNT_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// Evictable pods by node name.
-type PodCounts = Arc<HashMap<String, usize>>;
-
 fn node_span(view: &View, node: &str) -> tracing::Span {
-    let wave = view.wave_of.get(node).map_or("", String::as_str);
+    let wave = view.waves.wave_of.get(node).map_or("", String::as_str);
     info_span!("node", wave = %wave, node = %node)
 }
 

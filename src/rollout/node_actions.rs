@@ -44,7 +44,10 @@ pub fn taints_of(node: &Node) -> Vec<Taint> {
 
 /// Whether the node carries the waiting taint of `rollout`.
 pub fn has_waiting_taint(node: &Node, rollout: &str) -> bool {
-    taints_of(node)
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
         .iter()
         .any(|t| t.key == WAITING_TAINT && t.value.as_deref() == Some(rollout))
 }

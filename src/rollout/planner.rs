@@ -188,6 +188,11 @@ pub enum Decision {
 
 /// Which nodes may start now.
 pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
+    next_in_waves(nodes, &plan_waves(nodes, policy), policy)
+}
+
+/// `next`, with `waves` the `plan_waves` of `nodes` (planned once while the nodes stay).
+pub fn next_in_waves(nodes: &[NodeObservation], waves: &[Wave], policy: &WavePolicy) -> Decision {
     let by_name: BTreeMap<&str, &NodeObservation> =
         nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let failed: Vec<String> = nodes
@@ -195,11 +200,12 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
         .filter(|n| n.progress == NodeProgress::Failed)
         .map(|n| n.name.clone())
         .collect();
-    let mut waves = plan_waves(nodes, policy);
-    if policy.reverse {
-        waves.reverse();
-    }
-    for wave in waves {
+    let in_order: Vec<&Wave> = if policy.reverse {
+        waves.iter().rev().collect()
+    } else {
+        waves.iter().collect()
+    };
+    for wave in in_order {
         let members: Vec<&NodeObservation> = wave
             .nodes
             .iter()
@@ -209,7 +215,7 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
             && members.iter().any(|n| n.progress == NodeProgress::Failed)
         {
             return Decision::Blocked {
-                wave: wave.name,
+                wave: wave.name.clone(),
                 failed,
             };
         }
@@ -247,7 +253,7 @@ pub fn next(nodes: &[NodeObservation], policy: &WavePolicy) -> Decision {
         );
         start.sort();
         return Decision::Start {
-            wave: wave.name,
+            wave: wave.name.clone(),
             nodes: start,
         };
     }
