@@ -17,6 +17,7 @@ use support::agent::{self as agent_support, Agent};
 use support::{TestEnv, sample_available, set_unschedulable};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
+use ztunnel_rollout::rollout::node_machine::NodePhase;
 use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
 
 /// What a continuous watch of the test's nodes saw during the rollout.
@@ -71,6 +72,35 @@ fn sample_nodes(env: &TestEnv) -> (Arc<Mutex<NodeSamples>>, tokio::task::JoinHan
         }
     });
     (samples, task)
+}
+
+/// Waits by watch until the rollout has cordoned a node (carrying our ownership
+/// annotation) other than `except`; returns its name.
+async fn first_node_cordoned_by_the_rollout(
+    env: &TestEnv,
+    agent: &Agent,
+    except: Option<&str>,
+) -> String {
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let config = watcher::Config::default().labels(&format!(
+        "{}={}",
+        fixtures::NODE_SET_LABEL,
+        env.node_set
+    ));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut nodes = std::pin::pin!(watcher(nodes, config).applied_objects());
+        while let Some(n) = nodes.next().await {
+            if let Ok(n) = n
+                && n.annotations().contains_key(OWNER_ANNOTATION)
+                && Some(n.name_any().as_str()) != except
+            {
+                return n.name_any();
+            }
+        }
+        panic!("the node watch ended")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no node cordoned by the rollout\n{}", agent.log_text()))
 }
 
 async fn create(env: &TestEnv, rollout: &ZtunnelRollout) -> ZtunnelRollout {
@@ -263,27 +293,7 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
     let created = create(&env, &agent_support::rollout(&env, &name, spec)).await;
     let uid = created.uid().expect("uid");
 
-    // Wait until the rollout has cordoned a node of its own.
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    let config = watcher::Config::default().labels(&format!(
-        "{}={}",
-        fixtures::NODE_SET_LABEL,
-        env.node_set
-    ));
-    let owned = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut nodes = std::pin::pin!(watcher(nodes.clone(), config).applied_objects());
-        while let Some(n) = nodes.next().await {
-            if let Ok(n) = n
-                && n.annotations().contains_key(OWNER_ANNOTATION)
-                && n.name_any() != operator_cordoned
-            {
-                return n.name_any();
-            }
-        }
-        panic!("the node watch ended")
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no node cordoned by the rollout\n{}", agent.log_text()));
+    let owned = first_node_cordoned_by_the_rollout(&env, &agent, Some(&operator_cordoned)).await;
     let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
     api.delete(&name, &DeleteParams::default())
         .await
@@ -307,6 +317,76 @@ async fn deleting_a_rollout_mid_way_releases_only_the_nodes_it_cordoned() {
         Some(&operator_cordoned),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_node_relabelled_out_of_the_selection_mid_way_is_finished_not_abandoned() {
+    const ROLL_LABEL: &str = "ztunnel-rollout-test/roll";
+    let mut env = TestEnv::new("agent-relabel", 0).await;
+    agent_support::install(&env.client).await;
+    env.add_nodes(4).await;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let label = |value: Option<&str>| {
+        kube::api::Patch::Merge(serde_json::json!({
+            "metadata": { "labels": { ROLL_LABEL: value } }
+        }))
+    };
+    for node in &env.nodes {
+        nodes
+            .patch(node, &Default::default(), &label(Some("yes")))
+            .await
+            .expect("label the node");
+    }
+    let ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
+    // Slow to exit: the first node is still draining when it leaves the selection.
+    support::apply_app(
+        &env,
+        "slow",
+        4,
+        &[("slow", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        5.0,
+    )
+    .await;
+    let target = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir, "agent-a");
+    let name = format!("{}-relabel", env.namespace);
+    let mut selector = env.node_selector();
+    selector.insert(ROLL_LABEL.into(), "yes".into());
+    let spec = serde_json::json!({ "nodeSelector": { "matchLabels": selector } });
+    create(&env, &agent_support::rollout(&env, &name, spec)).await;
+
+    let relabelled = first_node_cordoned_by_the_rollout(&env, &agent, None).await;
+    nodes
+        .patch(&relabelled, &Default::default(), &label(None))
+        .await
+        .expect("remove the label");
+
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(180),
+        &[&agent],
+    )
+    .await;
+    let status = agent_support::node_status(&done, &relabelled)
+        .unwrap_or_else(|| panic!("{relabelled} not in the status: {:?}", done.status));
+    assert_eq!(status.phase, NodePhase::Done, "{relabelled}: {status:?}");
+    let hashes = support::ztunnel_hashes(&env).await;
+    assert_eq!(
+        hashes.get(&relabelled),
+        Some(&target),
+        "{relabelled}'s ztunnel replaced: {hashes:?}"
+    );
+    let counts = done
+        .status
+        .as_ref()
+        .map(|s| s.counts.clone())
+        .expect("status");
+    assert_eq!(counts.total, 4, "{counts:?}");
+    assert_eq!(counts.done, 4, "{counts:?}");
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
 }
 
 #[tokio::test]
