@@ -23,22 +23,35 @@ pub fn config() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
-pub fn spawn<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-    on_event: impl Fn() + Send + 'static,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: kube::Resource
+/// What a watch cache can hold: everything kube's watcher and reflector need.
+pub trait Watched:
+    kube::Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        + 'static
 {
+}
+
+pub fn spawn<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    on_event: impl Fn() + Send + 'static,
+) -> (Store<K>, JoinHandle<()>) {
     let (reader, writer) = reflector::store();
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(

@@ -29,7 +29,7 @@ use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
 use crate::sidecar::workloads::{INJECT_LABEL, RESTARTED_AT_ANNOTATION};
-use crate::watch_cache::{self, EventCount};
+use crate::watch_cache::{self, EventCount, Watched};
 
 pub struct Observed {
     pub nodes: Store<Node>,
@@ -77,43 +77,23 @@ impl Drop for Observed {
 }
 
 /// A cache whose events wake the loops that read it.
-fn spawn<K>(
+fn spawn<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
     wake: Vec<Arc<Notify>>,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+) -> (Store<K>, JoinHandle<()>) {
     spawn_counted(api, config, trim, wake, EventCount::default())
 }
 
 /// Like `spawn`, ticking `events` before waking the loops.
-fn spawn_counted<K>(
+fn spawn_counted<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
     wake: Vec<Arc<Notify>>,
     events: EventCount,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+) -> (Store<K>, JoinHandle<()>) {
     watch_cache::spawn(api, config, trim, move || {
         events.tick();
         for w in &wake {

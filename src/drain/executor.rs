@@ -177,20 +177,10 @@ impl Drop for Views {
     }
 }
 
-fn counted<K>(
+fn counted<K: crate::watch_cache::Watched>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(0u64);
     let (store, task) = watch_cache::spawn(api, config, watch_cache::keep_all, move || {
         tx.send_modify(|n| *n += 1)
