@@ -3,13 +3,11 @@
 //! before it is stored, and `on_event` runs after every event so waiters wake on
 //! changes instead of polling.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -70,19 +68,21 @@ pub fn spawn<K: Watched>(
     (reader, task)
 }
 
-/// How many events a cache has applied: a reader that derives something from the
-/// cache reads this first and rebuilds only when it moved.
-#[derive(Debug, Clone, Default)]
-pub struct EventCount(Arc<AtomicU64>);
-
-impl EventCount {
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
+/// `spawn`, with a count of the events the cache applied (ticked before `on_event`):
+/// waiters wake on its `changed()`, and a reader that derives something from the cache
+/// reads it first and derives again only when it moved.
+pub fn spawn_counted<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    on_event: impl Fn() + Send + 'static,
+) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>) {
+    let (tx, events) = watch::channel(0u64);
+    let (store, task) = spawn(api, config, trim, move || {
+        tx.send_modify(|n| *n += 1);
+        on_event();
+    });
+    (store, events, task)
 }
 
 /// For caches that keep whole objects.

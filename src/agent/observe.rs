@@ -29,16 +29,16 @@ use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::rollout::revision::REVISION_HASH_LABEL;
 use crate::sidecar::workloads::{INJECT_LABEL, RESTARTED_AT_ANNOTATION};
-use crate::watch_cache::{self, EventCount, Watched};
+use crate::watch_cache::{self, Watched};
 
 pub struct Observed {
     pub nodes: Store<Node>,
     /// Ticks after every node event (the passes rebuild what they derive from nodes).
-    pub node_events: EventCount,
+    pub node_events: watch::Receiver<u64>,
     /// Pods carrying a `controller-revision-hash` label: DaemonSet (and StatefulSet)
     /// pods, among them every ztunnel pod, but not the applications' Deployment pods.
     pub revisioned_pods: Store<Pod>,
-    pub revisioned_pod_events: EventCount,
+    pub revisioned_pod_events: watch::Receiver<u64>,
     /// A few facts of every pod: how many pods each node's drain would evict, which
     /// pods ztunnel proxies. Its events do not wake the loop (the counts only order the
     /// next starts).
@@ -83,19 +83,18 @@ fn spawn<K: Watched>(
     trim: fn(&mut K),
     wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, JoinHandle<()>) {
-    spawn_counted(api, config, trim, wake, EventCount::default())
+    let (store, _, task) = spawn_counted(api, config, trim, wake);
+    (store, task)
 }
 
-/// Like `spawn`, ticking `events` before waking the loops.
+/// Like `spawn`, with the count of the cache's events.
 fn spawn_counted<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
     wake: Vec<Arc<Notify>>,
-    events: EventCount,
-) -> (Store<K>, JoinHandle<()>) {
-    watch_cache::spawn(api, config, trim, move || {
-        events.tick();
+) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>) {
+    watch_cache::spawn_counted(api, config, trim, move || {
         for w in &wake {
             w.notify_one();
         }
@@ -345,21 +344,17 @@ impl Observed {
     pub fn start(client: &Client, rollout_selector: Option<&str>) -> Self {
         let changed = Arc::new(Notify::new());
         let sidecar_changed = Arc::new(Notify::new());
-        let node_events = EventCount::default();
-        let (nodes, t1) = spawn_counted(
+        let (nodes, node_events, t1) = spawn_counted(
             Api::<Node>::all(client.clone()),
             watch_cache::config(),
             trim_node,
             vec![changed.clone()],
-            node_events.clone(),
         );
-        let revisioned_pod_events = EventCount::default();
-        let (revisioned_pods, t2) = spawn_counted(
+        let (revisioned_pods, revisioned_pod_events, t2) = spawn_counted(
             Api::<Pod>::all(client.clone()),
             watch_cache::config().labels(REVISION_HASH_LABEL),
             trim_revisioned_pod,
             vec![changed.clone()],
-            revisioned_pod_events.clone(),
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
@@ -391,12 +386,11 @@ impl Observed {
             trim_deployment,
             vec![sidecar_changed.clone()],
         );
-        let (pdbs_tx, pdbs_changed) = watch::channel(0u64);
-        let (pdbs, t8) = watch_cache::spawn(
+        let (pdbs, pdbs_changed, t8) = watch_cache::spawn_counted(
             Api::<PodDisruptionBudget>::all(client.clone()),
             watch_cache::config(),
             trim_pdb,
-            move || pdbs_tx.send_modify(|n| *n += 1),
+            || {},
         );
         let (namespaces, t9) = spawn(
             Api::<Namespace>::all(client.clone()),

@@ -253,8 +253,7 @@ fn refresh_all(observations: &mut [NodeObservation], nodes: &NodeMap, run: &Run,
         .iter_mut()
         .zip(along(nodes.iter(), &run.records))
     {
-        let calling = !run.calls.0.is_empty() && run.calls.0.contains_key(&o.name);
-        refresh(o, tracked, calling, n, rollout);
+        refresh(o, tracked, run.calls.0.contains_key(&o.name), n, rollout);
     }
 }
 
@@ -957,8 +956,8 @@ impl Reconciler {
         })?;
         let ds_uid = ds.metadata.uid.clone().unwrap_or_default();
         // Event counts first: a cache that changes meanwhile is derived again next pass.
-        let pod_events = self.observed.revisioned_pod_events.get();
-        let node_events = self.observed.node_events.get();
+        let pod_events = *self.observed.revisioned_pod_events.borrow();
+        let node_events = *self.observed.node_events.borrow();
         let ztunnels = run.cache.ztunnels(
             pod_events,
             &ds_uid,
@@ -998,7 +997,7 @@ impl Reconciler {
         // Pod counts only order the next starts: skip the scan when nothing is pending.
         let pending = along(nodes.iter(), &run.records)
             .any(|(_, _, t)| t.is_none_or(|t| t.record.phase == NodePhase::Pending));
-        let pod_counts = run.cache.pod_counts(pending.then(|| self.pods_per_node()));
+        let pod_counts = self.pods_per_node(pending);
         let group_by = &settings.waves.group_by;
         let mut observations = run
             .cache
@@ -1050,12 +1049,13 @@ impl Reconciler {
     }
 
     /// Running pods per node that a drain would evict (not DaemonSet pods), counted at
-    /// most every `POD_COUNT_MAX_AGE`: they only order the next starts, and counting
-    /// walks every pod of the cluster.
-    fn pods_per_node(&self) -> PodCounts {
+    /// most every `POD_COUNT_MAX_AGE`, and only when `needed` (some node is pending):
+    /// they only order the next starts, and counting walks every pod of the cluster.
+    /// Otherwise the last counts, so that the observations built on them are kept.
+    fn pods_per_node(&self, needed: bool) -> PodCounts {
         let mut cached = self.pod_counts.lock().unwrap_or_else(|e| e.into_inner());
         match &*cached {
-            Some((at, counts)) if at.elapsed() < POD_COUNT_MAX_AGE => counts.clone(),
+            Some((at, counts)) if !needed || at.elapsed() < POD_COUNT_MAX_AGE => counts.clone(),
             _ => {
                 let counts = Arc::new(self.observed.all_pods.evictable_per_node());
                 *cached = Some((Instant::now(), counts.clone()));

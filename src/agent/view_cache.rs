@@ -74,7 +74,6 @@ pub struct ViewCache {
     /// Lent to one pass at a time (`take_observations`, `keep_observations`): the pass
     /// refreshes what its steps change in place.
     observations: Option<Derived<ObservationsKey, Vec<NodeObservation>>>,
-    pod_counts: Option<PodCounts>,
 }
 
 impl ViewCache {
@@ -138,17 +137,6 @@ impl ViewCache {
             index.events = Some(pod_events);
         }
         index.by_node.clone()
-    }
-
-    /// The pod counts of the last pass that needed them (counting is skipped when no node
-    /// is pending: the observations stay as they are).
-    pub fn pod_counts(&mut self, fresh: Option<PodCounts>) -> PodCounts {
-        if let Some(counts) = fresh {
-            self.pod_counts = Some(counts);
-        }
-        self.pod_counts
-            .get_or_insert_with(PodCounts::default)
-            .clone()
     }
 
     /// The observations of `nodes` with `pods`, if the last pass left them; their
@@ -478,7 +466,7 @@ mod tests {
 
         // Observations are lent: taken once, gone until kept again, and only for the
         // same nodes and pod counts.
-        let pods = cache.pod_counts(None);
+        let pods = PodCounts::default();
         assert!(cache.take_observations(&nodes, &pods, "zone").is_none());
         cache.keep_observations(&nodes, &pods, "zone", vec![]);
         assert!(
@@ -491,8 +479,11 @@ mod tests {
         cache.keep_observations(&nodes, &pods, "zone", vec![]);
         assert_eq!(cache.take_observations(&nodes, &pods, "zone"), Some(vec![]));
         assert!(cache.take_observations(&nodes, &pods, "zone").is_none());
-        let fresh = cache.pod_counts(Some(Arc::new(HashMap::new())));
-        assert!(!Arc::ptr_eq(&fresh, &pods));
-        assert!(Arc::ptr_eq(&cache.pod_counts(None), &fresh));
+        cache.keep_observations(&nodes, &pods, "zone", vec![]);
+        assert!(
+            cache
+                .take_observations(&nodes, &PodCounts::default(), "zone")
+                .is_none()
+        );
     }
 }

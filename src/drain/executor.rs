@@ -181,11 +181,7 @@ fn counted<K: crate::watch_cache::Watched>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(0u64);
-    let (store, task) = watch_cache::spawn(api, config, watch_cache::keep_all, move || {
-        tx.send_modify(|n| *n += 1)
-    });
-    (store, rx, task)
+    watch_cache::spawn_counted(api, config, watch_cache::keep_all, || {})
 }
 
 impl Views {

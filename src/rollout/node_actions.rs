@@ -35,19 +35,16 @@ pub fn with_waiting_taint(taints: &[Taint], rollout: &str) -> Option<Vec<Taint>>
     Some(out)
 }
 
-pub fn taints_of(node: &Node) -> Vec<Taint> {
+pub fn taints_of(node: &Node) -> &[Taint] {
     node.spec
         .as_ref()
-        .and_then(|s| s.taints.clone())
+        .and_then(|s| s.taints.as_deref())
         .unwrap_or_default()
 }
 
 /// Whether the node carries the waiting taint of `rollout`.
 pub fn has_waiting_taint(node: &Node, rollout: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default()
+    taints_of(node)
         .iter()
         .any(|t| t.key == WAITING_TAINT && t.value.as_deref() == Some(rollout))
 }
@@ -94,11 +91,12 @@ fn owner(node: &Node) -> Option<&str> {
 
 /// `was_unschedulable` recorded on the node by `rollout`, if it owns the node.
 pub fn recorded_was_unschedulable(node: &Node, rollout: &str) -> Option<bool> {
-    let annotations = node.metadata.annotations.as_ref()?;
-    if annotations.get(OWNER_ANNOTATION).map(String::as_str) != Some(rollout) {
+    if owner(node) != Some(rollout) {
         return None;
     }
-    annotations
+    node.metadata
+        .annotations
+        .as_ref()?
         .get(WAS_UNSCHEDULABLE_ANNOTATION)
         .map(|v| v == "true")
 }
@@ -135,7 +133,7 @@ impl NodeActions {
             },
             "spec": { "unschedulable": true },
         });
-        if let Some(taints) = without_waiting_taint(&taints_of(observed)) {
+        if let Some(taints) = without_waiting_taint(taints_of(observed)) {
             patch["spec"]["taints"] = json!(taints);
         }
         self.patch_node(&name, "cordoning", &patch).await
@@ -213,9 +211,9 @@ impl NodeActions {
         let name = observed.metadata.name.clone().unwrap_or_default();
         let taints = taints_of(observed);
         let changed = if waiting {
-            with_waiting_taint(&taints, rollout)
+            with_waiting_taint(taints, rollout)
         } else {
-            without_waiting_taint(&taints)
+            without_waiting_taint(taints)
         };
         let Some(taints) = changed else { return Ok(()) };
         let patch = json!({
