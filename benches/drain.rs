@@ -16,10 +16,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Api, Client};
-use ztunnel_rollout::testbed::control_plane::client_for;
-use ztunnel_rollout::testbed::fixtures::{
-    self, AppFixture, Budget, NODE_SET_LABEL, ZtunnelFixture,
-};
+use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::fixtures::{self, AppFixture, Budget, NODE_SET_LABEL, ZtunnelFixture};
 
 const DEPLOYMENTS: usize = 10;
 const REPLICAS: i32 = 10;

@@ -34,10 +34,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::planner::{self, MaxUnavailable, NodeObservation, WavePolicy};
-use ztunnel_rollout::rollout::settings::max_unavailable;
-use ztunnel_rollout::testbed::control_plane::client_for;
-use ztunnel_rollout::testbed::fixtures::{
+use ztunnel_rollout_core::rollout::planner::{self, MaxUnavailable, NodeObservation, WavePolicy};
+use ztunnel_rollout_core::rollout::settings::max_unavailable;
+use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::fixtures::{
     self, AppFixture, Budget, NODE_SET_LABEL, ZONE_LABEL, ZtunnelFixture,
 };
 
@@ -182,8 +182,8 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
         .await
         .expect("revisions")
         .items;
-    let hash =
-        ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions).expect("hash");
+    let hash = ztunnel_rollout_core::rollout::revision::current_revision_hash(&ds, &revisions)
+        .expect("hash");
     (hash, names)
 }
 

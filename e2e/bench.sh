@@ -13,6 +13,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/e2e/build-control-plane.sh" >&2
+# The benchmarks start local-cluster from their own (release) profile directory.
+cargo build --locked --quiet --release -p ztunnel-rollout-testbed --bin local-cluster
 
 scenario() {
   case "$1" in

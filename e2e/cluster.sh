@@ -8,4 +8,4 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/e2e/build-control-plane.sh"
-exec cargo run --locked --quiet --bin local-cluster -- up --demo --kubeconfig-out "$root/e2e/.state/kubeconfig" "$@"
+exec cargo run --locked --quiet -p ztunnel-rollout-testbed --bin local-cluster -- up --demo --kubeconfig-out "$root/e2e/.state/kubeconfig" "$@"

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use ztunnel_rollout_core::api_errors::{ApiFailure, ApiStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -55,4 +56,23 @@ pub async fn client(
         http::HeaderValue::from_static(USER_AGENT),
     ));
     Ok(Client::try_from(config)?)
+}
+
+/// What the decisions read of a failed request (`ztunnel_rollout_core::api_errors`).
+pub fn api_failure(e: &kube::Error) -> ApiFailure {
+    match e {
+        kube::Error::Api(s) => ApiFailure::Status(ApiStatus {
+            code: s.code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            causes: s
+                .details
+                .iter()
+                .flat_map(|d| d.causes.iter())
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .collect(),
+            retry_after_seconds: s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+        }),
+        other => ApiFailure::Transport(other.to_string()),
+    }
 }

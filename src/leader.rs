@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -54,6 +54,7 @@ pub fn still_leading(renewed: Option<Instant>, now: Instant, lease_duration: Dur
 pub struct Leadership {
     renewed: watch::Receiver<Option<Instant>>,
     config: LeaderConfig,
+    hand_over: mpsc::UnboundedSender<Duration>,
 }
 
 impl Leadership {
@@ -82,6 +83,13 @@ impl Leadership {
         }
     }
 
+    /// Releases the lease now and does not try to take it again for `hold_off`, so that
+    /// another replica takes over (this one is about to be drained). Leadership ends at
+    /// once.
+    pub fn hand_over(&self, hold_off: Duration) {
+        let _ = self.hand_over.send(hold_off);
+    }
+
     /// Waits until this replica leads.
     pub async fn acquired(&mut self) {
         loop {
@@ -99,6 +107,7 @@ impl Leadership {
 /// task (abort) stops renewing; [`step_down`] releases the lease for a fast hand-over.
 pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
+    let (hand_over_tx, mut hand_over) = mpsc::unbounded_channel::<Duration>();
     let lock = lock(client, &config);
     let every = config.renew_every();
     let lease = format!("{}/{}", config.namespace, config.lease_name);
@@ -124,13 +133,27 @@ pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::
                 // Keep the last renewal: leadership then ends by itself when it ages out.
                 Err(e) => warn!(lease, error = %e, "could not renew the lease"),
             }
-            tokio::time::sleep_until(attempt + every).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(attempt + every) => {}
+                Some(hold_off) = hand_over.recv() => {
+                    tx.send_replace(None);
+                    if leading {
+                        info!(lease, ?hold_off, "handing the lease over");
+                        if let Err(e) = lock.step_down().await {
+                            warn!(lease, error = %e, "could not release the lease; it expires by itself");
+                        }
+                    }
+                    leading = false;
+                    tokio::time::sleep(hold_off).await;
+                }
+            }
         }
     });
     (
         Leadership {
             renewed: rx,
             config,
+            hand_over: hand_over_tx,
         },
         task,
     )

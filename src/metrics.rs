@@ -56,6 +56,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Removes a deleted rollout's series.
+    pub fn forget_rollout(&self, rollout: &str) {
+        for phase in ztunnel_rollout_core::rollout::node_machine::NodePhase::ALL {
+            self.nodes.remove(&PhaseLabels {
+                rollout: rollout.to_owned(),
+                phase: phase.as_str().to_owned(),
+            });
+        }
+        let labels = RolloutLabels {
+            rollout: rollout.to_owned(),
+        };
+        self.node_duration_seconds.remove(&labels);
+        self.node_failures.remove(&labels);
+        for result in ["passed", "failed"] {
+            self.verifications.remove(&VerdictLabels {
+                rollout: rollout.to_owned(),
+                result: result.to_owned(),
+            });
+        }
+    }
+
     /// Creates the metrics and registers them under the `ztunnel_rollout` prefix.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {

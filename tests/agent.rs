@@ -16,9 +16,9 @@ use kube::{Api, ResourceExt};
 use support::agent::{self as agent_support, Agent};
 use support::{TestEnv, sample_available, set_unschedulable};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
+use ztunnel_rollout_core::labels::OWNER_ANNOTATION;
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::fixtures::{self, Budget, ZONE_LABEL};
 
 /// What a continuous watch of the test's nodes saw during the rollout.
 #[derive(Default, Debug)]

@@ -15,11 +15,11 @@ use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, TEST_LABEL};
 use support::{TestEnv, daemonset_ready, deployment_available};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::control_plane::{
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::control_plane::{
     ControlPlaneOptions, RunningControlPlane, client_for,
 };
-use ztunnel_rollout::testbed::fixtures::{self, Budget, ZONE_LABEL};
+use ztunnel_rollout_testbed::fixtures::{self, Budget, ZONE_LABEL};
 
 /// Nodes the agent logged entering `phase`.
 fn nodes_logged(log: &str, phase: NodePhase) -> BTreeSet<String> {
@@ -140,7 +140,7 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
 #[tokio::test]
 async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
     let mut cluster = RunningControlPlane::start(ControlPlaneOptions {
-        binaries: ztunnel_rollout::testbed::binaries::ControlPlaneBinaries::from_env(),
+        binaries: ztunnel_rollout_testbed::binaries::ControlPlaneBinaries::from_env(),
         state_dir: None,
         pod_timings: Default::default(),
         start_timeout: Duration::from_secs(120),

@@ -16,7 +16,7 @@ use support::{
 };
 use ztunnel_rollout::drain::filter::FilterOptions;
 use ztunnel_rollout::drain::{DrainOptions, DrainReport, Drainer, Outcome, cordon};
-use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};
+use ztunnel_rollout_testbed::fixtures::{self, AppFixture, Budget};
 
 async fn unschedulable(env: &TestEnv, node: &str) -> bool {
     let n = Api::<Node>::all(env.client.clone())

@@ -14,7 +14,7 @@ use support::prometheus::{Prometheus, ZtunnelMetricsServer};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::health::http_client::HttpClient;
 use ztunnel_rollout::health::ztunnel_metrics;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 
 const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
 
@@ -45,7 +45,7 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
         .await;
     let ztunnel = support::apply_ztunnel(
         &env,
-        ztunnel_rollout::testbed::fixtures::UpdateStrategy::OnDelete,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
     )
     .await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -128,6 +128,7 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
 
     // The circuit breaker: tolerating one failed node lets the rollout go on past it
     // once the node no longer takes the wave's only slot (its operator uncordons it).
+    // Until then the rollout says so, and what to do.
     Api::<ZtunnelRollout>::all(env.client.clone())
         .patch(
             &name,
@@ -136,18 +137,25 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
         )
         .await
         .expect("raise maxFailedNodes");
-    let waits = agent_support::wait_for_phase(
-        &env.client,
+    let waits = support::wait_for(
+        &Api::<ZtunnelRollout>::all(env.client.clone()),
         &name,
-        "Progressing",
-        Duration::from_secs(60),
-        &[&agent],
+        "the failed node named as what holds the wave",
+        |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Paused" && c.message.contains("left cordoned for inspection")
+                })
+            })
+        },
     )
-    .await;
-    let (_, reason, message) = condition(&waits, "Progressing");
-    assert_eq!(reason, "BudgetUsedByUnavailableNodes", "{message}");
+    .await
+    .expect("rollout");
+    let (_, reason, message) = condition(&waits, "Paused");
+    assert_eq!(reason, "NodeFailed", "{message}");
     assert!(
-        message.contains(&format!("{bad} (failed, left cordoned)")),
+        message.contains(&format!("{bad} (failed, left cordoned)"))
+            && message.contains("uncordon them once inspected"),
         "{message}"
     );
     support::set_unschedulable(&env.client, &bad, false).await;
@@ -197,7 +205,7 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
     agent_support::install(&env.client).await;
     let ztunnel = support::apply_ztunnel(
         &env,
-        ztunnel_rollout::testbed::fixtures::UpdateStrategy::OnDelete,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
     )
     .await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -230,16 +238,14 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&env, &dir);
-    for ((case, url, query, _), node) in cases.iter().zip(&env.nodes) {
+    // One after the other: rollouts over one DaemonSet never overlap.
+    for ((case, url, query, expected), node) in cases.iter().zip(&env.nodes) {
         let name = format!("{}-{case}", env.namespace);
         agent_support::create(
             &env.client,
             &one_node_rollout(&env, &name, node, url, query),
         )
         .await;
-    }
-    for ((case, _, _, expected), node) in cases.iter().zip(&env.nodes) {
-        let name = format!("{}-{case}", env.namespace);
         let paused = agent_support::wait_for_phase(
             &env.client,
             &name,
@@ -258,6 +264,27 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
         let (_, reason, message) = condition(&paused, "Degraded");
         assert_eq!(reason, "NodeFailed", "{case}");
         assert!(message.contains(expected), "{case}: {message}");
+        // Done with it: an abort releases the failed node and ends the rollout.
+        Api::<ZtunnelRollout>::all(env.client.clone())
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": { "abort": true } })),
+            )
+            .await
+            .expect("abort");
+        agent_support::wait_for_phase(
+            &env.client,
+            &name,
+            "Aborted",
+            Duration::from_secs(60),
+            &[&agent],
+        )
+        .await;
+        assert!(
+            !support::is_cordoned(&env.client, node).await,
+            "{case}: the abort released the failed node"
+        );
     }
 }
 

@@ -10,11 +10,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use support::{TestEnv, set_unschedulable};
+use ztunnel_rollout::agent::node_actions::{ActionError, NodeActions};
 use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
-use ztunnel_rollout::rollout::node_actions::{
-    ActionError, NodeActions, OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION,
-    recorded_was_unschedulable,
-};
+use ztunnel_rollout_core::labels::{OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION};
+use ztunnel_rollout_core::rollout::ownership::recorded_was_unschedulable;
+use ztunnel_rollout_core::rollout::pass::CallDone;
 
 async fn leading(env: &TestEnv) -> (Leadership, tokio::task::JoinHandle<()>) {
     let config = LeaderConfig {
@@ -40,7 +40,12 @@ async fn node(env: &TestEnv, name: &str) -> Node {
 /// Records and cordons `name` as read just before. A change between the read and the
 /// write (a heartbeat, the lifecycle controller's taint) is a Conflict; like the agent,
 /// read again.
-async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was: bool) {
+async fn record_and_cordon(
+    actions: &NodeActions,
+    env: &TestEnv,
+    name: &str,
+    was: bool,
+) -> CallDone {
     for _ in 0..5 {
         let observed = node(env, name).await;
         match actions.record_and_cordon("r1", &observed, was).await {
@@ -53,7 +58,7 @@ async fn record_and_cordon(actions: &NodeActions, env: &TestEnv, name: &str, was
 
 /// Releases `name` for rollout r1 (from `copy`, if given); like the agent, again after a
 /// Conflict (the node lifecycle controller taints a node right after it is cordoned).
-async fn release(actions: &NodeActions, name: &str, copy: Option<&Node>) {
+async fn release(actions: &NodeActions, name: &str, copy: Option<&Node>) -> CallDone {
     for _ in 0..5 {
         match actions.release("r1", name, true, copy).await {
             Err(ActionError::Conflict { .. }) => continue,
@@ -202,7 +207,7 @@ async fn a_stale_read_or_lost_leadership_changes_nothing() {
 }
 
 #[tokio::test]
-async fn deleting_a_replaced_ztunnel_pod_leaves_the_new_one_alone() {
+async fn a_ztunnel_pod_is_deleted_only_on_a_cordoned_node_and_a_replaced_one_is_left_alone() {
     let env = TestEnv::new("actions-pod", 1).await;
     let (leadership, task) = leading(&env).await;
     let actions = NodeActions::new(env.client.clone(), leadership);
@@ -216,8 +221,22 @@ async fn deleting_a_replaced_ztunnel_pod_leaves_the_new_one_alone() {
         .create(&PostParams::default(), &pod)
         .await
         .expect("create");
+    let node = &env.nodes[0];
+    let uid = created.metadata.uid.clone().expect("uid");
+    // Schedulable (someone uncordoned it after the pass decided): refused, pod kept.
+    let err = actions
+        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", &uid)
+        .await
+        .expect_err("a schedulable node's ztunnel pod is never deleted");
+    assert!(matches!(err, ActionError::Schedulable { .. }), "{err}");
+    let kept = pods.get("ztunnel-x").await.expect("pod");
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "the pod was deleted"
+    );
+    set_unschedulable(&env.client, node, true).await;
     actions
-        .delete_ztunnel_pod(&env.namespace, "ztunnel-x", "some-older-uid")
+        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", "some-older-uid")
         .await
         .expect("a UID mismatch means the old pod is gone already");
     let still = pods.get("ztunnel-x").await.expect("pod");
@@ -226,15 +245,14 @@ async fn deleting_a_replaced_ztunnel_pod_leaves_the_new_one_alone() {
         still.metadata.deletion_timestamp.is_none(),
         "the newer pod was deleted"
     );
-    let uid = created.metadata.uid.clone().expect("uid");
     actions
-        .delete_ztunnel_pod(&env.namespace, "ztunnel-x", &uid)
+        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", &uid)
         .await
         .expect("delete");
     let gone = pods.get_opt("ztunnel-x").await.expect("get");
     assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
     actions
-        .delete_ztunnel_pod(&env.namespace, "does-not-exist", "x")
+        .delete_ztunnel_pod(node, &env.namespace, "does-not-exist", "x")
         .await
         .expect("404 is gone");
     task.abort();

@@ -12,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL, node_status};
 use support::{TestEnv, cli};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{self, NODE_SET_LABEL, POOL_LABEL, UpdateStrategy};
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::fixtures::{self, NODE_SET_LABEL, POOL_LABEL, UpdateStrategy};
 
 /// The env's upgraded ztunnel and an agent for it.
 async fn ready(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
@@ -242,10 +242,10 @@ async fn pausing_mid_wave_lets_nodes_in_flight_finish_and_resuming_completes() {
 async fn abort_from_the_cli_uncordons_only_the_nodes_the_rollout_cordoned() {
     let env = TestEnv::new("op-abort", 3).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    // Someone else's cordon on the wave-b node; a pod the first node's drain cannot evict.
+    // Someone else's cordon on the wave-b node; a pod the first node's drain waits for.
     let theirs = env.nodes[1].clone();
     support::set_unschedulable(&env.client, &theirs, true).await;
-    support::pin_unevictable_pod(&env, &env.nodes[0]).await;
+    support::hold_drain_on(&env, &env.nodes[0]).await;
     let agent = ready(&env, &dir).await;
     let name = format!("{}-ab", env.namespace);
     agent_support::create(

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use ztunnel_rollout::testbed::control_plane::client_for;
-use ztunnel_rollout::testbed::fixtures::{self, Budget};
+use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::fixtures::{self, Budget};
 
 fn preflight(kubeconfig: &PathBuf) -> (Option<i32>, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))

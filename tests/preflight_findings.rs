@@ -12,9 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use support::{TestEnv, cli};
-use ztunnel_rollout::testbed::fixtures::{
-    self, Budget, NODE_SET_LABEL, UpdateStrategy, ZONE_LABEL,
-};
+use ztunnel_rollout_testbed::fixtures::{self, Budget, NODE_SET_LABEL, UpdateStrategy, ZONE_LABEL};
 
 /// Preflight of the env's slice: exit code and (severity, check) of each finding.
 fn preflight(env: &TestEnv) -> (i32, Vec<(String, String)>) {

@@ -13,8 +13,8 @@ use kube::api::PostParams;
 use support::agent as agent_support;
 use support::{TestEnv, sample_available};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{Budget, UpdateStrategy};
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::fixtures::{Budget, UpdateStrategy};
 
 #[tokio::test]
 async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
@@ -35,7 +35,8 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
         1.0,
     )
     .await;
-    // A pod on a wave-b node whose PDB allows no disruption: that node's drain fails.
+    // A pod on a wave-b node whose PDB can never allow a disruption: that node fails,
+    // found before it is cordoned.
     let blocked = env.nodes[1].clone();
     support::pin_unevictable_pod(&env, &blocked).await;
     let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -76,9 +77,13 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
         (new.as_str(), old.as_str())
     );
     assert!(
-        rb.reason.contains(&blocked) && rb.reason.contains("drain failed"),
+        rb.reason.contains(&blocked) && rb.reason.contains("no drain can evict its pods"),
         "{}",
         rb.reason
+    );
+    assert!(
+        !support::is_cordoned(&env.client, &blocked).await,
+        "a node refused before its cordon is never cordoned"
     );
     // Which nodes the forward pass had updated (wave a, perhaps a node of wave b).
     let updated: Vec<String> = status

@@ -9,7 +9,7 @@ use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use support::wait_for;
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::testbed::fixtures;
+use ztunnel_rollout_testbed::fixtures;
 
 fn rollout(name: &str, spec: serde_json::Value) -> DynamicObject {
     serde_json::from_value(json!({

@@ -16,8 +16,8 @@ use support::TestEnv;
 use support::injector::{
     DEFAULT_SCOPE_LABEL, Injector, NEVER_READY, REVISION_ANNOTATION, STATUS_ANNOTATION,
 };
-use ztunnel_rollout::testbed::fixtures;
-use ztunnel_rollout::testbed::kwok_stages::READY_AFTER_ANNOTATION;
+use ztunnel_rollout_testbed::fixtures;
+use ztunnel_rollout_testbed::kwok_stages::READY_AFTER_ANNOTATION;
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

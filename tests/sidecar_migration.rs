@@ -23,11 +23,11 @@ use support::agent::{self as agent_support, Agent, TEST_LABEL};
 use support::injector::{DEFAULT_SCOPE_LABEL, Injector};
 use support::{TestEnv, deployment_available, wait_for};
 use ztunnel_rollout::api::SidecarMigration;
-use ztunnel_rollout::sidecar::namespace_machine::NamespacePhase;
-use ztunnel_rollout::sidecar::revisions::injected_revision;
-use ztunnel_rollout::sidecar::workloads::RESTARTED_AT_ANNOTATION;
-use ztunnel_rollout::testbed::fixtures::{self, Budget};
-use ztunnel_rollout::testbed::kwok_stages::READY_AFTER_ANNOTATION;
+use ztunnel_rollout_core::labels::RESTARTED_AT_ANNOTATION;
+use ztunnel_rollout_core::sidecar::namespace_machine::NamespacePhase;
+use ztunnel_rollout_core::sidecar::revisions::injected_revision;
+use ztunnel_rollout_testbed::fixtures::{self, Budget};
+use ztunnel_rollout_testbed::kwok_stages::READY_AFTER_ANNOTATION;
 
 /// Runs the CLI off the test's runtime thread: the injector serves on that runtime, and
 /// `--wait` lasts until the agent is done, which needs the injector.

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 use support::{TestEnv, WAIT, daemonset_ready, deployment_available, wait_for};
 use ztunnel_rollout::drain::eviction::Verdict;
 use ztunnel_rollout::drain::executor::evict;
-use ztunnel_rollout::testbed::fixtures::{self, AppFixture, Budget};
+use ztunnel_rollout_testbed::fixtures::{self, AppFixture, Budget};
 
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
@@ -208,7 +208,10 @@ async fn evictions_are_decided_by_pod_disruption_budgets() {
         .await
         .expect_err("eviction of a replaced pod");
     assert_eq!(api_error_code(&err), Some(409), "{err}");
-    assert_eq!(Verdict::of(&Err(err)), Verdict::Gone);
+    assert_eq!(
+        Verdict::of(&Err(ztunnel_rollout::kube_client::api_failure(&err))),
+        Verdict::Gone
+    );
 
     let allowed = app_with_pdb(
         &env,
@@ -567,7 +570,7 @@ async fn the_demo_scenario_comes_up_complete() {
         support::start_supervisor("demo", &["--demo", "--nodes", "3"]).expect("demo cluster");
     let kubeconfig =
         std::path::PathBuf::from(demo.ready["kubeconfig"].as_str().expect("kubeconfig"));
-    let client = ztunnel_rollout::testbed::control_plane::client_for(&kubeconfig)
+    let client = ztunnel_rollout_testbed::control_plane::client_for(&kubeconfig)
         .await
         .expect("client");
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");

@@ -15,9 +15,9 @@ use support::TestEnv;
 use support::agent::{self as agent_support, Agent};
 use ztunnel_rollout::agent::observe::Gateway;
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_actions::OWNER_ANNOTATION;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::{self, GATEWAY_NAME_LABEL, UpdateStrategy};
+use ztunnel_rollout_core::labels::OWNER_ANNOTATION;
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::fixtures::{self, GATEWAY_NAME_LABEL, UpdateStrategy};
 
 /// Node label that the test's waypoint requires (so the test decides where it may run).
 const HOST_LABEL: &str = "test.ztunnel-rollout.dev/waypoint-host";

@@ -14,8 +14,8 @@ use support::TestEnv;
 use support::agent as agent_support;
 use support::prometheus::ZtunnelMetricsServer;
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::rollout::node_machine::NodePhase;
-use ztunnel_rollout::testbed::fixtures::UpdateStrategy;
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_testbed::fixtures::UpdateStrategy;
 
 /// Addresses 1–14 of 127.88.`k`.0/28.
 fn pod_addresses(k: u8) -> Vec<SocketAddr> {

@@ -1,16 +1,25 @@
-//! The agent: leader election, the watches ([`observe`]), the rollouts' reconcile loop
-//! ([`reconcile`]), the sidecar migrations' loop ([`sidecar`]), Events ([`events`]) and the health/metrics endpoint, with a graceful
-//! shutdown that records the current step and hands the lease over.
+//! The agent, the shell around `ztunnel_rollout_core`: leader election and the loop that
+//! runs while this replica leads (here), the watches ([`observe`]) and the snapshots
+//! built from them ([`snapshot`]), the rollouts' passes ([`rollouts`]) whose effects
+//! ([`effects`]) run as tasks of one [`executor`] — node calls ([`node_actions`]),
+//! drains, health gates ([`verify`]), calls on the rollout object ([`rollout_object`],
+//! [`rollback`]) —, the sidecar migrations' loop ([`sidecar`]), Events ([`events`]) and
+//! the health/metrics endpoint, with a graceful shutdown that records the current step
+//! and hands the lease over.
 
+pub mod effects;
 pub mod events;
+pub mod executor;
+pub mod node_actions;
 pub mod observe;
 pub mod pod_index;
-pub mod reconcile;
 pub mod rollback;
+pub mod rollout_object;
+pub mod rollouts;
 pub mod sidecar;
+pub mod snapshot;
 pub mod status_patch;
 pub mod verify;
-pub mod view_cache;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +35,7 @@ use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use events::EventSink;
 use observe::Observed;
-use reconcile::{PassError, ReconcileSettings, Reconciler};
+use rollouts::{PassError, RolloutSettings, Rollouts};
 
 /// The shortest time between the starts of two reconcile passes. At 1,000 nodes events
 /// arrive faster than passes complete; without a floor every event costs a pass over
@@ -38,7 +47,7 @@ const MIN_PASS_INTERVAL: Duration = Duration::from_millis(10);
 pub struct AgentConfig {
     pub leader: LeaderConfig,
     pub metrics_address: SocketAddr,
-    pub reconcile: ReconcileSettings,
+    pub rollouts: RolloutSettings,
     /// Re-evaluate everything at least this often even without watch events (time-based
     /// decisions have their own wake-ups; this is a safety net, not polling the API).
     pub resync: Duration,
@@ -80,13 +89,13 @@ pub async fn run(
         events.clone(),
         metrics.clone(),
     );
-    let mut reconciler = Reconciler::new(
+    let mut reconciler = Rollouts::new(
         client.clone(),
         observed.clone(),
         leadership.clone(),
         events,
         metrics.clone(),
-        config.reconcile.clone(),
+        config.rollouts.clone(),
     );
 
     let mut shutdown = std::pin::pin!(shutdown);

@@ -27,9 +27,8 @@ use tokio::task::JoinHandle;
 use super::pod_index::PodIndex;
 use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
-use crate::rollout::revision::REVISION_HASH_LABEL;
-use crate::sidecar::workloads::{INJECT_LABEL, RESTARTED_AT_ANNOTATION};
 use crate::watch_cache::{self, Watched};
+use ztunnel_rollout_core::labels::{INJECT_LABEL, RESTARTED_AT_ANNOTATION, REVISION_HASH_LABEL};
 
 pub struct Observed {
     pub nodes: Store<Node>,
@@ -141,9 +140,6 @@ fn trim_revisioned_pod(p: &mut Pod) {
         s.pod_ip = ip;
     }
 }
-
-/// The label that enrolls a pod (or its namespace) in ambient mode, or opts it out.
-pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 
 /// A pod template's labels and the two annotations a sidecar migration reads.
 fn trim_template(t: PodTemplateSpec) -> PodTemplateSpec {

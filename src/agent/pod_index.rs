@@ -14,10 +14,9 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::observe::DATAPLANE_MODE_LABEL;
-use crate::sidecar::revisions::injected_revision;
-use crate::sidecar::workloads::INJECT_LABEL;
 use crate::watch_cache;
+use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, INJECT_LABEL};
+use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 
 /// What the agent keeps of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]

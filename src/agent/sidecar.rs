@@ -18,27 +18,28 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::effects::core_reference;
 use super::events::EventSink;
 use super::observe::Observed;
-use super::reconcile::{PassError, core_reference, earliest, retry_delay, wake_at};
+use super::rollouts::{PassError, earliest, retry_delay, wake_at};
 use super::status_patch::apply_status;
 use crate::api::sidecar_migration::{
     InjectionLabels, NamespaceCounts, NamespaceMigrationStatus, SidecarFailurePolicy,
     SidecarMigration, SidecarMigrationStatus,
 };
-use crate::duration::parse_duration;
 use crate::leader::{Leadership, NotLeader};
 use crate::metrics::{Metrics, MigrationLabels, NamespaceResultLabels};
-use crate::sidecar::expectations::Expectations;
-use crate::sidecar::migration::{
+use ztunnel_rollout_core::duration::parse_duration;
+use ztunnel_rollout_core::labels::{INJECTION_LABEL, REVISION_LABEL};
+use ztunnel_rollout_core::sidecar::expectations::Expectations;
+use ztunnel_rollout_core::sidecar::migration::{
     self, MigrationPhase, NamespaceState, NamespaceView, injection_labels, target_labels,
 };
-use crate::sidecar::namespace_machine::{
+use ztunnel_rollout_core::sidecar::namespace_machine::{
     NamespaceFacts, NamespacePhase, NamespaceRecord, PodRevision, Step, Target, direction_target,
     next_step, tally,
 };
-use crate::sidecar::revisions::{INJECTION_LABEL, REVISION_LABEL};
-use crate::sidecar::workloads::{Workload, WorkloadKind, restart_patch};
+use ztunnel_rollout_core::sidecar::workloads::{Workload, WorkloadKind, restart_patch};
 
 /// Steps one namespace may take in a pass before waiting for the watches.
 const STEPS_PER_PASS: usize = 8;

@@ -10,67 +10,33 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::Instrument;
+use ztunnel_rollout_core::rollout::pass::{GateEvent, GateRequest, Outcome};
 
-use super::observe::{DATAPLANE_MODE_LABEL, Observed};
+use super::executor::Sink;
+
+use super::observe::Observed;
 use crate::health::gates::{
-    CheckResult, GATEWAY_NAME_LABEL, GateVerdict, HealthSettings, QueryAnswer, Waypoint,
-    ZtunnelScrape, enrolled_in_ambient, prometheus_check, verdict, waypoint_check, ztunnel_checks,
+    CheckResult, GateVerdict, QueryAnswer, Waypoint, ZtunnelScrape, enrolled_in_ambient,
+    prometheus_check, verdict, waypoint_check, ztunnel_checks,
 };
 use crate::health::http_client::HttpClient;
 use crate::health::{prometheus, ztunnel_metrics};
-use crate::label_selector::Selector;
-use crate::rollout::revision::REVISION_HASH_LABEL;
-
-/// What the gates of one node need to know.
-pub struct GateRequest {
-    pub rollout_uid: String,
-    pub node: String,
-    pub ds_uid: String,
-    pub target_hash: String,
-    pub settings: HealthSettings,
-    /// When the node's new ztunnel became Ready: the gate's clock.
-    pub ready_since: Timestamp,
-    /// When the rollout cordoned the node: baselines are read just before it.
-    pub touched_at: Option<Timestamp>,
-}
-
-pub enum GateEvent {
-    /// Not decided yet, and why (soaking, a waypoint still starting).
-    Waiting(String),
-    /// The verdict: what was seen, or the failed check with its value and threshold.
-    Done(Result<String, String>),
-}
-
-pub struct GateMessage {
-    pub rollout_uid: String,
-    pub node: String,
-    pub event: GateEvent,
-}
+use ztunnel_rollout_core::label_selector::Selector;
+use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, REVISION_HASH_LABEL};
 
 /// Shared by every gate task.
 pub struct Gates {
     pub observed: Arc<Observed>,
     pub http: HttpClient,
-    pub tx: mpsc::UnboundedSender<GateMessage>,
 }
 
 impl Gates {
-    pub fn spawn(self: &Arc<Self>, req: GateRequest) -> JoinHandle<()> {
-        let gates = self.clone();
-        tokio::spawn(async move { gates.run(req).await }.in_current_span())
-    }
-
-    async fn run(&self, req: GateRequest) {
-        let send = |event| {
-            let _ = self.tx.send(GateMessage {
-                rollout_uid: req.rollout_uid.clone(),
-                node: req.node.clone(),
-                event,
-            });
-            self.observed.changed.notify_one();
+    /// Runs the node's gates until their verdict: progress (`Waiting`) goes to `sink`,
+    /// the verdict is the result.
+    pub async fn run(&self, req: GateRequest, sink: Sink<Outcome>) -> Option<Outcome> {
+        let event = |event| Outcome::Gate {
+            node: req.node.clone(),
+            event,
         };
         let mut healthy_since = None;
         let mut scrapes: Vec<ZtunnelScrape> = Vec::new();
@@ -87,11 +53,11 @@ impl Gates {
                 now,
                 &req.settings,
             ) {
-                GateVerdict::Passed(note) => return send(GateEvent::Done(Ok(note))),
-                GateVerdict::Failed(why) => return send(GateEvent::Done(Err(why))),
+                GateVerdict::Passed(note) => return Some(event(GateEvent::Done(Ok(note)))),
+                GateVerdict::Failed(why) => return Some(event(GateEvent::Done(Err(why)))),
                 GateVerdict::Waiting { until, why } => {
                     if why != last_why {
-                        send(GateEvent::Waiting(why.clone()));
+                        sink.send(event(GateEvent::Waiting(why.clone())));
                         last_why = why;
                     }
                     let left = Duration::try_from(until.duration_since(now)).unwrap_or_default();

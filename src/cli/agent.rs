@@ -8,10 +8,11 @@ use anyhow::Context;
 use clap::Args;
 
 use super::GlobalArgs;
-use crate::agent::reconcile::ReconcileSettings;
+use crate::agent::rollouts::RolloutSettings;
 use crate::agent::{self, AgentConfig};
-use crate::duration::parse_duration;
 use crate::leader::{LeaderConfig, identity_from_env};
+use ztunnel_rollout_core::duration::parse_duration;
+use ztunnel_rollout_core::rollout::pass::PassConfig;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -40,6 +41,10 @@ pub struct AgentArgs {
     /// several agents can share a cluster.
     #[arg(long, value_parser = parse_selector, env = "ZTUNNEL_ROLLOUT_SELECTOR")]
     pub rollout_selector: Option<String>,
+    /// The node this replica runs on (in a cluster, from the downward API): its node
+    /// goes last in its wave, and the lease is handed over before it is drained.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// At most one status write per rollout in this interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_STATUS_INTERVAL")]
     pub status_interval: Duration,
@@ -62,9 +67,13 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
             lease_duration: args.lease_duration,
         },
         metrics_address: args.metrics_address,
-        reconcile: ReconcileSettings {
-            status_interval: args.status_interval,
-            ..Default::default()
+        rollouts: RolloutSettings {
+            config: PassConfig {
+                status_interval: k8s_openapi::jiff::SignedDuration::try_from(args.status_interval)
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(1)),
+                ..Default::default()
+            },
+            agent_node: args.node_name.clone(),
         },
         resync: Duration::from_secs(30),
         rollout_selector: args.rollout_selector.clone(),
@@ -76,7 +85,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
 }
 
 fn parse_selector(text: &str) -> Result<String, String> {
-    crate::label_selector::Selector::parse(text)
+    ztunnel_rollout_core::label_selector::Selector::parse(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
 }

@@ -15,9 +15,9 @@ use serde_json::json;
 use super::GlobalArgs;
 use crate::api::ZtunnelRollout;
 use crate::api::ztunnel_rollout::{DaemonSetRef, ZtunnelRolloutSpec};
-use crate::label_selector::Selector;
-use crate::rollout::planner::{NodeObservation, Wave, plan_waves};
-use crate::rollout::settings::settings;
+use ztunnel_rollout_core::label_selector::Selector;
+use ztunnel_rollout_core::rollout::planner::{NodeObservation, Wave, plan_waves};
+use ztunnel_rollout_core::rollout::settings::settings;
 
 #[derive(Args)]
 pub struct RolloutArg {
@@ -212,7 +212,7 @@ pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<
         Ok(n) => IntOrString::Int(n),
         Err(_) => IntOrString::String(args.max_unavailable.clone()),
     };
-    crate::rollout::settings::max_unavailable(&max_unavailable)
+    ztunnel_rollout_core::rollout::settings::max_unavailable(&max_unavailable)
         .map_err(|e| anyhow::anyhow!("--max-unavailable: {e}"))?;
     let spec: ZtunnelRolloutSpec = serde_json::from_value(json!({
         "daemonSet": DaemonSetRef { namespace: namespace.to_owned(), name: name.to_owned() },

@@ -7,8 +7,8 @@ use clap::Args;
 use super::{GlobalArgs, Output};
 use crate::drain::filter::FilterOptions;
 use crate::drain::{DrainOptions, DrainReport, Drainer, cordon};
-use crate::duration::parse_duration;
-use crate::label_selector::Selector;
+use ztunnel_rollout_core::duration::parse_duration;
+use ztunnel_rollout_core::label_selector::Selector;
 
 #[derive(Args)]
 pub struct DrainArgs {

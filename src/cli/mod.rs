@@ -61,7 +61,7 @@ pub fn parse_labels(text: &str) -> anyhow::Result<std::collections::BTreeMap<Str
         let (k, v) = pair
             .split_once('=')
             .with_context(|| format!("--labels: {pair:?} is not k=v"))?;
-        crate::label_selector::Selector::parse(&format!("{k}={v}"))
+        ztunnel_rollout_core::label_selector::Selector::parse(&format!("{k}={v}"))
             .with_context(|| format!("--labels: {pair:?}"))?;
         map.insert(k.trim().to_owned(), v.trim().to_owned());
     }

@@ -14,8 +14,8 @@ use kube::api::ListParams;
 use super::control::get_rollout;
 use super::{GlobalArgs, Output, print_structured};
 use crate::api::ZtunnelRollout;
-use crate::rollout::plan_preview::{preview, render};
-use crate::rollout::settings::settings;
+use ztunnel_rollout_core::rollout::plan_preview::{preview, render};
+use ztunnel_rollout_core::rollout::settings::settings;
 
 #[derive(Args)]
 pub struct PlanArgs {

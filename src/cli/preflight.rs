@@ -37,9 +37,9 @@ pub async fn run(args: &PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Ex
     let client =
         crate::kube_client::client(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
     let nodes = match &args.node_selector {
-        Some(text) => crate::label_selector::Selector::parse(text)
+        Some(text) => ztunnel_rollout_core::label_selector::Selector::parse(text)
             .map_err(|e| anyhow::anyhow!("--node-selector: {e}"))?,
-        None => crate::label_selector::Selector::everything(),
+        None => ztunnel_rollout_core::label_selector::Selector::everything(),
     };
     let snapshot =
         crate::preflight::snapshot(&client, &args.ztunnel_namespace, &args.ztunnel_daemonset)

@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::{GlobalArgs, Output, print_structured};
 use crate::api::sidecar_migration::{SidecarMigration, SidecarMigrationSpec};
-use crate::label_selector::Selector;
-use crate::sidecar::migration::{self, MigrationPhase, NamespaceView};
-use crate::sidecar::workloads::Workload;
+use ztunnel_rollout_core::label_selector::Selector;
+use ztunnel_rollout_core::sidecar::migration::{self, MigrationPhase, NamespaceView};
+use ztunnel_rollout_core::sidecar::workloads::Workload;
 
 #[derive(Subcommand)]
 pub enum SidecarCommand {
@@ -126,7 +126,8 @@ fn spec_of(args: &MoveArgs) -> anyhow::Result<SidecarMigrationSpec> {
         ("--rollout-timeout", &args.rollout_timeout),
         ("--verify-timeout", &args.verify_timeout),
     ] {
-        crate::duration::parse_duration(value).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        ztunnel_rollout_core::duration::parse_duration(value)
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     }
     if args.batch_size == 0 || args.workloads_at_once == 0 {
         bail!("--batch-size and --workloads-at-once must be at least 1");
@@ -472,7 +473,8 @@ fn print(output: Output, views: &[MigrationView]) -> anyhow::Result<()> {
 }
 
 fn wait_timeout(text: &str) -> anyhow::Result<std::time::Duration> {
-    crate::duration::parse_duration(text).map_err(|e| anyhow::anyhow!("--timeout: {e}"))
+    ztunnel_rollout_core::duration::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))
 }
 
 /// Prints the migration's changes until it finishes or `timeout` passes; success when
@@ -488,7 +490,7 @@ async fn follow(
         Ok(result) => result,
         Err(_) => bail!(
             "sidecarmigration {name} did not finish within {}; it goes on (follow it with `sidecar status {name} --watch`)",
-            crate::duration::format_duration(timeout)
+            ztunnel_rollout_core::duration::format_duration(timeout)
         ),
     }
 }
@@ -564,7 +566,7 @@ mod tests {
     use crate::api::sidecar_migration::{
         InjectionLabels, NamespaceMigrationStatus, SidecarMigrationStatus,
     };
-    use crate::sidecar::namespace_machine::NamespacePhase;
+    use ztunnel_rollout_core::sidecar::namespace_machine::NamespacePhase;
 
     fn migration() -> SidecarMigration {
         let mut m = SidecarMigration::new(

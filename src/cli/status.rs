@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::control::{get_rollout, waves};
 use super::{GlobalArgs, Output, print_structured};
 use crate::api::ZtunnelRollout;
-use crate::rollout::node_machine::NodePhase;
-use crate::rollout::planner::Wave;
+use ztunnel_rollout_core::rollout::node_machine::NodePhase;
+use ztunnel_rollout_core::rollout::planner::Wave;
 
 #[derive(Args)]
 pub struct StatusArgs {

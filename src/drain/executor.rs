@@ -23,7 +23,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::budget;
 use super::eviction::Verdict;
-use super::filter::{self, Disposition, DrainPlan, FilterOptions, PlannedPod};
+use super::filter::{self, Disposition, DrainPlan, PlannedPod};
+use super::options::DrainOptions;
 use super::report::{DrainReport, Outcome, PodResult};
 use crate::leader::Leadership;
 use crate::watch_cache;
@@ -47,55 +48,6 @@ pub enum DrainError {
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> DrainError {
     let action = action.into();
     move |source| DrainError::Kube { action, source }
-}
-
-/// Backoff between eviction retries.
-#[derive(Debug, Clone, Copy)]
-pub struct RetrySettings {
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    /// Retries for answers other than 429 and terminating namespaces; 429s are retried
-    /// until the deadline, since a PDB may allow the eviction later.
-    pub max_other_retries: u32,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-            max_other_retries: 5,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DrainOptions {
-    pub filter: FilterOptions,
-    /// Deadline for the whole drain, from the call to `drain`.
-    pub timeout: Duration,
-    /// Grace period for the evicted pods; `None` keeps each pod's own.
-    pub grace_period_seconds: Option<i64>,
-    /// DELETE pods instead of evicting them: bypasses PodDisruptionBudgets entirely.
-    pub disable_eviction: bool,
-    /// Eviction requests in flight at once.
-    pub concurrency: usize,
-    pub retry: RetrySettings,
-    pub dry_run: bool,
-}
-
-impl Default for DrainOptions {
-    fn default() -> Self {
-        Self {
-            filter: FilterOptions::default(),
-            timeout: Duration::from_secs(300),
-            grace_period_seconds: None,
-            disable_eviction: false,
-            concurrency: 64,
-            retry: RetrySettings::default(),
-            dry_run: false,
-        }
-    }
 }
 
 /// Evicts pod `name` through policy/v1 Eviction, only if it still has `uid`.
@@ -265,6 +217,7 @@ fn result_for(p: &PlannedPod, outcome: Outcome, reason: Option<String>) -> PodRe
         reason,
         attempts: 0,
         refused_by_budget: 0,
+        api_trouble: false,
         evicted_after_ms: None,
         gone_after_ms: None,
     }
@@ -516,7 +469,6 @@ impl PodDrain {
             .with_jitter()
             .without_max_times()
             .build();
-        let mut other_retries = 0u32;
         loop {
             if self.views.current(p).is_none() {
                 return Ok(());
@@ -538,13 +490,14 @@ impl PodDrain {
             let answer = self.request(p).await;
             result.attempts += 1;
             let next = backoff.next().unwrap_or(self.opts.retry.max_delay);
-            match Verdict::of(&answer) {
+            match Verdict::of(&answer.map_err(|e| crate::kube_client::api_failure(&e))) {
                 Verdict::Accepted | Verdict::Gone => return Ok(()),
                 Verdict::Blocked {
                     retry_after,
                     message,
                 } => {
                     result.refused_by_budget += 1;
+                    result.api_trouble = false;
                     if result.refused_by_budget == 1 {
                         info!(pod = %format!("{}/{}", p.namespace, p.name), reason = %message, "waiting for a PodDisruptionBudget");
                     }
@@ -573,20 +526,22 @@ impl PodDrain {
                     ));
                     return Err(failed);
                 }
+                Verdict::Throttled { retry_after } => {
+                    // The API server sheds load: not the budget, and not a failure.
+                    result.api_trouble = true;
+                    result.reason = Some("the API server is throttling requests".to_owned());
+                    self.sleep_before_retry(next.max(retry_after.unwrap_or_default()))
+                        .await;
+                }
                 Verdict::NamespaceTerminating => {
+                    result.api_trouble = false;
                     result.reason = Some("its namespace is terminating".to_owned());
                     self.sleep_before_retry(next).await;
                 }
                 Verdict::Retryable(message) => {
-                    other_retries += 1;
-                    result.reason = Some(message.clone());
-                    if other_retries > self.opts.retry.max_other_retries {
-                        let mut failed = result.clone();
-                        failed.outcome = Outcome::Failed;
-                        failed.reason =
-                            Some(format!("eviction failed {other_retries} times: {message}"));
-                        return Err(failed);
-                    }
+                    // No answer or 5xx: retried until the deadline, like a budget's 429.
+                    result.api_trouble = true;
+                    result.reason = Some(format!("the API server failed the eviction: {message}"));
                     self.sleep_before_retry(next).await;
                 }
                 Verdict::Fatal(message) => {

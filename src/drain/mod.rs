@@ -1,11 +1,8 @@
-//! Draining a node: the pure decisions ([`filter`], [`budget`], [`eviction`]), the shared
-//! result ([`report`]) and the I/O that evicts and waits ([`executor`]).
+//! Draining a node: the I/O that evicts and waits ([`executor`]), by the decisions of
+//! `ztunnel_rollout_core::drain` (re-exported here: filters, budgets, eviction verdicts,
+//! options, the report).
 
-pub mod budget;
-pub mod eviction;
 pub mod executor;
-pub mod filter;
-pub mod report;
 
-pub use executor::{DrainError, DrainOptions, Drainer, RetrySettings, SharedPdbs, cordon};
-pub use report::{DrainReport, Outcome, PodResult};
+pub use executor::{DrainError, Drainer, SharedPdbs, cordon};
+pub use ztunnel_rollout_core::drain::*;

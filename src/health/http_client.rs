@@ -17,7 +17,7 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 pub enum FetchError {
     #[error("{url}: not a valid URL: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("{url}: no answer within {}", crate::duration::format_duration(*.timeout))]
+    #[error("{url}: no answer within {}", ztunnel_rollout_core::duration::format_duration(*.timeout))]
     Timeout { url: String, timeout: Duration },
     #[error("{url}: unreachable: {reason}")]
     Unreachable { url: String, reason: String },

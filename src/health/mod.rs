@@ -1,9 +1,9 @@
-//! Health gates: what proves a node's data plane healthy before it is uncordoned. The
-//! decisions are pure ([`verdicts`], [`gates`]); [`prometheus`] and [`ztunnel_metrics`]
-//! fetch what they judge.
+//! Health gates, the I/O: the HTTP client ([`http_client`]), Prometheus queries
+//! ([`prometheus`]) and ztunnel's metrics endpoint ([`ztunnel_metrics`]). Their verdicts
+//! are `ztunnel_rollout_core::health` (re-exported here).
 
-pub mod gates;
 pub mod http_client;
 pub mod prometheus;
-pub mod verdicts;
 pub mod ztunnel_metrics;
+
+pub use ztunnel_rollout_core::health::{gates, verdicts};

@@ -1,7 +1,8 @@
 //! `ztunnel-rollout preflight`: the runbook's guardrails checked against the cluster
-//! before a rollout. The checks are pure ([`checks`]); [`snapshot`] reads the cluster.
+//! before a rollout. The checks are `ztunnel_rollout_core::preflight::checks`
+//! (re-exported here); [`snapshot`] reads the cluster.
 
-pub mod checks;
+pub use ztunnel_rollout_core::preflight::checks;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};

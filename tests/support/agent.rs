@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::api::manifests::{self, NAME, NAMESPACE};
-use ztunnel_rollout::testbed::fixtures;
+use ztunnel_rollout_testbed::fixtures;
 
 use super::{TestEnv, cluster};
 
@@ -172,7 +172,7 @@ pub async fn http_get(address: &str, path: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    ztunnel_rollout::testbed::control_plane::free_port().expect("free port")
+    ztunnel_rollout_testbed::control_plane::free_port().expect("free port")
 }
 
 /// Starts `ztunnel-rollout agent` for `env`'s rollouts, with lease `lease`.
@@ -319,7 +319,7 @@ pub async fn assert_nodes_released(
 ) {
     use k8s_openapi::api::core::v1::Node;
     use kube::ResourceExt;
-    use ztunnel_rollout::rollout::node_actions::{OWNER_ANNOTATION, WAITING_TAINT};
+    use ztunnel_rollout_core::labels::{OWNER_ANNOTATION, WAITING_TAINT};
     for n in Api::<Node>::all(client.clone())
         .list(selector)
         .await

@@ -38,8 +38,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use ztunnel_rollout::testbed::fixtures;
-use ztunnel_rollout::testbed::kwok_stages::READY_AFTER_ANNOTATION;
+use ztunnel_rollout_testbed::fixtures;
+use ztunnel_rollout_testbed::kwok_stages::READY_AFTER_ANNOTATION;
 
 pub const REVISION_ANNOTATION: &str = "istio.io/rev";
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
@@ -261,7 +261,7 @@ impl Injector {
     /// Starts the HTTPS server on 127.0.0.1 with a CA and serving certificate of its own.
     pub async fn start() -> Injector {
         let (ca_pem, config) = tls_config();
-        let port = ztunnel_rollout::testbed::control_plane::free_port().expect("a free port");
+        let port = ztunnel_rollout_testbed::control_plane::free_port().expect("a free port");
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await
             .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
@@ -477,7 +477,7 @@ impl Drop for Injector {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let client = ztunnel_rollout::testbed::control_plane::client_for(&kubeconfig)
+                let client = ztunnel_rollout_testbed::control_plane::client_for(&kubeconfig)
                     .await
                     .map_err(std::io::Error::other)?;
                 let api: Api<MutatingWebhookConfiguration> = Api::all(client);

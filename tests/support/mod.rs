@@ -9,9 +9,8 @@ pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -22,8 +21,9 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use ztunnel_rollout::testbed::control_plane::client_for;
-use ztunnel_rollout::testbed::fixtures::{self, NODE_SET_LABEL};
+use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::fixtures::{self, NODE_SET_LABEL};
+pub use ztunnel_rollout_testbed::supervisor::{self, Supervisor};
 
 /// Names a kubeconfig of an already running test cluster (from `local-cluster up`) to use
 /// instead of starting one.
@@ -40,52 +40,31 @@ pub struct SharedCluster {
 
 static CLUSTER: OnceLock<Result<SharedCluster, String>> = OnceLock::new();
 
-/// A running `local-cluster up` supervisor and what it printed when ready.
-pub struct Supervisor {
-    pub child: Child,
-    pub stdin: ChildStdin,
-    pub ready: serde_json::Value,
-    pub log: PathBuf,
-}
-
-/// Starts `local-cluster up` as a child of this process; returns once it is ready.
+/// Starts `local-cluster up` (built beside this test binary) as a child of this process;
+/// returns once it is ready.
 pub fn start_supervisor(tag: &str, extra_args: &[&str]) -> Result<Supervisor, String> {
     let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let log = log_dir.join(format!("local-cluster-{tag}-{}.log", std::process::id()));
-    let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_local-cluster"))
-        .args(["up", "--exit-on-stdin-eof"])
-        .args(extra_args)
-        .env_remove("LOCAL_CLUSTER_STATE_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .spawn()
-        .map_err(|e| format!("starting local-cluster: {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin pipe")?;
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
-    let failure = |what: String| {
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        format!("the local cluster did not start ({what}).\n{log_text}")
-    };
-    match read {
-        Ok(n) if n > 0 => {}
-        Ok(_) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(failure(format!("local-cluster exited: {status}")));
-        }
-        Err(e) => return Err(failure(e.to_string())),
+    supervisor::start(&local_cluster_binary()?, &log_dir, tag, extra_args)
+}
+
+/// `local-cluster` is the testbed crate's binary: cargo builds it into the same profile
+/// directory as this test when the workspace's tests are built (`cargo test`,
+/// `e2e/test.sh`).
+fn local_cluster_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or("no profile directory above the test binary")?;
+    let binary = profile_dir.join("local-cluster");
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build -p ztunnel-rollout-testbed` (e2e/test.sh does)",
+            binary.display()
+        ))
     }
-    let ready: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| failure(format!("unreadable ready line {line:?}: {e}")))?;
-    Ok(Supervisor {
-        child,
-        stdin,
-        ready,
-        log,
-    })
 }
 
 fn start_shared() -> Result<SharedCluster, String> {
@@ -576,12 +555,14 @@ pub async fn upgrade_ztunnel(
         .await
         .expect("revisions")
         .items;
-    ztunnel_rollout::rollout::revision::current_revision_hash(&ds, &revisions)
+    ztunnel_rollout_core::rollout::revision::current_revision_hash(&ds, &revisions)
         .expect("current revision")
 }
 
 /// Pins a one-replica `blocker` Deployment to `node` under a PDB that allows no
 /// disruption, and waits until the PDB counts it: that node's drain cannot finish.
+/// A pod on `node` under a PodDisruptionBudget that can never allow a disruption
+/// (`minAvailable: 1` of 1): the agent refuses the node before cordoning it.
 pub async fn pin_unevictable_pod(env: &TestEnv, node: &str) {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -616,6 +597,52 @@ pub async fn pin_unevictable_pod(env: &TestEnv, node: &str) {
         |p: Option<&PodDisruptionBudget>| {
             p.and_then(|p| p.status.as_ref())
                 .is_some_and(|s| s.current_healthy == Some(1))
+        },
+    )
+    .await;
+}
+
+/// Holds `node`'s drain with a blocker that may clear: a PodDisruptionBudget
+/// (`minAvailable: 1`) over a pod on `node` and a replacement that never gets scheduled,
+/// so it allows no disruption now, but is not one that can never allow any (the agent
+/// refuses those before it cordons).
+pub async fn hold_drain_on(env: &TestEnv, node: &str) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (name, target) in [("held", node), ("held-spare", "no-such-node")] {
+        let mut app = fixtures::AppFixture::new(&env.namespace, name, 1);
+        app.node_selector =
+            BTreeMap::from([("kubernetes.io/hostname".to_owned(), target.to_owned())]);
+        app.extra_labels = BTreeMap::from([("held-by".to_owned(), "pdb".to_owned())]);
+        fixtures::apply(&deployments, &app.deployment())
+            .await
+            .expect("held app");
+    }
+    wait_for(
+        &deployments,
+        "held",
+        "held available",
+        deployment_available(1),
+    )
+    .await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = BTreeMap::from([("held-by".to_owned(), "pdb".to_owned())]);
+    let budget = fixtures::Budget::MinAvailable(IntOrString::Int(1));
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(&env.namespace, "held", selector, budget),
+    )
+    .await
+    .expect("held pdb");
+    wait_for(
+        &pdbs,
+        "held",
+        "held PDB observed: 1 of 2 healthy",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.current_healthy == Some(1) && s.expected_pods == Some(2))
         },
     )
     .await;

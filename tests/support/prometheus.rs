@@ -196,7 +196,7 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    ztunnel_rollout::testbed::control_plane::free_port().expect("a free port")
+    ztunnel_rollout_testbed::control_plane::free_port().expect("a free port")
 }
 
 impl Prometheus {

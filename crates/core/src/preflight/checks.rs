@@ -1,0 +1,573 @@
+//! The runbook's guardrails as checks over a snapshot of the cluster. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::drain::budget::{self, pdb_name};
+use crate::rollout::revision::{StrategyVerdict, strategy_verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A stable id for the check, e.g. `pdb-allows-no-disruption`.
+    pub check: &'static str,
+    /// `kind/namespace/name` of the object concerned.
+    pub object: String,
+    pub message: String,
+}
+
+/// What the checks look at.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// `namespace/name` of the ztunnel DaemonSet, and the object if it exists.
+    pub ztunnel_ref: String,
+    pub ztunnel: Option<DaemonSet>,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    pub deployments: Vec<Deployment>,
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Snapshot {
+    /// Keeps the namespaced objects of `namespaces` (all when empty) and the nodes
+    /// `nodes` selects: a preflight of one team's slice of the cluster.
+    pub fn scoped(
+        mut self,
+        namespaces: &[String],
+        nodes: &crate::label_selector::Selector,
+    ) -> Self {
+        let keep = |ns: Option<&String>| {
+            namespaces.is_empty() || ns.is_some_and(|ns| namespaces.contains(ns))
+        };
+        self.pods.retain(|p| keep(p.metadata.namespace.as_ref()));
+        self.pdbs.retain(|p| keep(p.metadata.namespace.as_ref()));
+        self.deployments
+            .retain(|d| keep(d.metadata.namespace.as_ref()));
+        self.namespaces.retain(|n| keep(n.metadata.name.as_ref()));
+        self.nodes
+            .retain(|n| nodes.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())));
+        self
+    }
+}
+
+fn key(kind: &str, ns: Option<&str>, name: Option<&str>) -> String {
+    match ns {
+        Some(ns) => format!("{kind}/{ns}/{}", name.unwrap_or_default()),
+        None => format!("{kind}/{}", name.unwrap_or_default()),
+    }
+}
+
+fn finding(severity: Severity, check: &'static str, object: String, message: String) -> Finding {
+    Finding {
+        severity,
+        check,
+        object,
+        message,
+    }
+}
+
+fn ready(conditions: Option<&Vec<k8s_openapi::api::core::v1::PodCondition>>) -> bool {
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn image_tag(image: &str) -> Option<&str> {
+    let last = image.rsplit('/').next()?;
+    let tag = last.split_once(':')?.1;
+    Some(tag.split('-').next().unwrap_or(tag))
+}
+
+fn is_zero(v: Option<&IntOrString>) -> bool {
+    matches!(v, Some(IntOrString::Int(0)))
+        || matches!(v, Some(IntOrString::String(s)) if s == "0%" || s == "0")
+}
+
+/// Every finding, errors first.
+pub fn run(s: &Snapshot) -> Vec<Finding> {
+    use Severity::*;
+    let mut out = Vec::new();
+
+    // ztunnel DaemonSet and its pods.
+    let ztunnel_key = format!("DaemonSet/{}", s.ztunnel_ref);
+    match &s.ztunnel {
+        None => out.push(finding(
+            Error,
+            "ztunnel-missing",
+            ztunnel_key.clone(),
+            format!("DaemonSet {} not found", s.ztunnel_ref),
+        )),
+        Some(ds) => {
+            if let StrategyVerdict::RollingUpdateRefused(m) = strategy_verdict(ds, false) {
+                out.push(finding(
+                    Error,
+                    "ztunnel-not-ondelete",
+                    ztunnel_key.clone(),
+                    m,
+                ));
+            }
+        }
+    }
+    let ztunnel_pods: Vec<&Pod> = s
+        .pods
+        .iter()
+        .filter(|p| {
+            p.metadata.owner_references.iter().flatten().any(|o| {
+                o.kind == "DaemonSet"
+                    && s.ztunnel.as_ref().and_then(|d| d.metadata.uid.as_ref()) == Some(&o.uid)
+            })
+        })
+        .collect();
+    for p in &ztunnel_pods {
+        if !ready(p.status.as_ref().and_then(|st| st.conditions.as_ref())) {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.node_name.clone())
+                .unwrap_or_default();
+            out.push(finding(
+                Error,
+                "ztunnel-pod-not-ready",
+                key(
+                    "Pod",
+                    p.metadata.namespace.as_deref(),
+                    p.metadata.name.as_deref(),
+                ),
+                format!("ztunnel pod on node {node} is not Ready"),
+            ));
+        }
+    }
+
+    // Version skew between ztunnel and istiod.
+    let ztunnel_tag = s
+        .ztunnel
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|sp| sp.template.spec.as_ref())
+        .and_then(|ps| ps.containers.first())
+        .and_then(|c| c.image.as_deref())
+        .and_then(image_tag);
+    for d in s.deployments.iter().filter(|d| {
+        d.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app"))
+            .map(String::as_str)
+            == Some("istiod")
+    }) {
+        let istiod_tag = d
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.template.spec.as_ref())
+            .and_then(|ps| ps.containers.first())
+            .and_then(|c| c.image.as_deref())
+            .and_then(image_tag);
+        if let (Some(z), Some(i)) = (ztunnel_tag, istiod_tag)
+            && z != i
+        {
+            out.push(finding(
+                Warning,
+                "version-skew",
+                key("Deployment", d.metadata.namespace.as_deref(), d.metadata.name.as_deref()),
+                format!("istiod runs {i} but ztunnel {z}: upgrade the control plane first and keep them within the supported skew"),
+            ));
+        }
+    }
+
+    // PodDisruptionBudgets.
+    for pdb in &s.pdbs {
+        let st = pdb.status.as_ref();
+        let expected = st.and_then(|x| x.expected_pods).unwrap_or(0);
+        let allowed = st.and_then(|x| x.disruptions_allowed).unwrap_or(0);
+        if expected > 0 && allowed == 0 {
+            let (severity, why) = if budget::never_allows(pdb) {
+                (
+                    Error,
+                    "it can never allow one: every drain of its pods' nodes will stop at its deadline",
+                )
+            } else {
+                (
+                    Warning,
+                    "not now (pods not healthy); drains of its pods' nodes wait",
+                )
+            };
+            out.push(finding(
+                severity,
+                "pdb-allows-no-disruption",
+                format!("PodDisruptionBudget/{}", pdb_name(pdb)),
+                format!("{}; {why}", budget::describe(pdb)),
+            ));
+        }
+    }
+    let mut several: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    for p in &s.pods {
+        let covering: Vec<String> = budget::covering(p, &s.pdbs)
+            .into_iter()
+            .map(pdb_name)
+            .collect();
+        if covering.len() > 1 {
+            several
+                .entry(covering)
+                .or_default()
+                .push(p.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    for (pdbs, pods) in several {
+        out.push(finding(
+            Error,
+            "pod-under-several-pdbs",
+            format!("PodDisruptionBudget/{}", pdbs.join(",")),
+            format!(
+                "{} pod(s) ({}) are covered by {}: the Eviction API refuses to evict them (HTTP 500)",
+                pods.len(),
+                pods.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                pdbs.join(" and ")
+            ),
+        ));
+    }
+
+    // Deployments and waypoints.
+    for d in &s.deployments {
+        let object = key(
+            "Deployment",
+            d.metadata.namespace.as_deref(),
+            d.metadata.name.as_deref(),
+        );
+        let spec = d.spec.as_ref();
+        let replicas = spec.and_then(|sp| sp.replicas).unwrap_or(1);
+        let rolling = spec
+            .and_then(|sp| sp.strategy.as_ref())
+            .and_then(|st| st.rolling_update.as_ref());
+        if rolling
+            .is_some_and(|r| is_zero(r.max_unavailable.as_ref()) && is_zero(r.max_surge.as_ref()))
+        {
+            out.push(finding(
+                Error,
+                "deployment-cannot-roll",
+                object.clone(),
+                "maxUnavailable 0 and maxSurge 0: it can never replace a pod".into(),
+            ));
+        }
+        let labels = d.metadata.labels.clone().unwrap_or_default();
+        let is_waypoint = labels
+            .get(crate::labels::WAYPOINT_MANAGED_LABEL)
+            .map(String::as_str)
+            == Some("istio.io-mesh-controller");
+        if is_waypoint {
+            let template_labels = spec
+                .and_then(|sp| sp.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            let probe = Pod {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    namespace: d.metadata.namespace.clone(),
+                    labels: Some(template_labels),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let has_pdb = !budget::covering(&probe, &s.pdbs).is_empty();
+            if replicas <= 1 || !has_pdb {
+                out.push(finding(
+                    Warning,
+                    "waypoint-unprotected",
+                    object.clone(),
+                    format!(
+                        "waypoint with {replicas} replica(s){}: draining its node interrupts the traffic it serves",
+                        if has_pdb { "" } else { " and no PodDisruptionBudget" }
+                    ),
+                ));
+            }
+        } else if replicas == 1 {
+            out.push(finding(
+                Warning,
+                "single-replica",
+                object,
+                "one replica: draining its node makes it unavailable until the pod is rescheduled"
+                    .into(),
+            ));
+        }
+    }
+
+    // Namespaces with both injection labels.
+    for ns in &s.namespaces {
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if let (Some(inj), Some(rev)) = (labels.get("istio-injection"), labels.get("istio.io/rev"))
+        {
+            out.push(finding(
+                Warning,
+                "namespace-two-injection-labels",
+                key("Namespace", None, ns.metadata.name.as_deref()),
+                format!(
+                    "istio-injection={inj} and istio.io/rev={rev}: istio-injection wins; remove one"
+                ),
+            ));
+        }
+    }
+
+    // Nodes.
+    for n in &s.nodes {
+        let object = key("Node", None, n.metadata.name.as_deref());
+        if n.spec.as_ref().and_then(|sp| sp.unschedulable) == Some(true) {
+            out.push(finding(
+                Info,
+                "node-cordoned",
+                object.clone(),
+                "already cordoned: it stays cordoned after the rollout".into(),
+            ));
+        }
+        let node_ready = n
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !node_ready {
+            out.push(finding(
+                Warning,
+                "node-not-ready",
+                object,
+                "NotReady: the rollout waits for it".into(),
+            ));
+        }
+    }
+
+    out.sort_by(|a, b| (a.severity, a.check, &a.object).cmp(&(b.severity, b.check, &b.object)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        NodeCondition, NodeSpec, NodeStatus, PodCondition, PodStatus,
+    };
+    use k8s_openapi::api::policy::v1::PodDisruptionBudgetStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use ztunnel_rollout_testbed::fixtures::{
+        AppFixture, Budget, UpdateStrategy, ZtunnelFixture, pdb,
+    };
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ztunnel(strategy: UpdateStrategy) -> DaemonSet {
+        let mut f = ZtunnelFixture::new("istio-system", "1.28.0");
+        f.strategy = strategy;
+        let mut ds = f.daemonset();
+        ds.metadata.uid = Some("ds".into());
+        ds
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some(labels(&[("app", app)])),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn budget_with(
+        ns: &str,
+        name: &str,
+        app: &str,
+        allowed: i32,
+        desired: i32,
+        expected: i32,
+    ) -> PodDisruptionBudget {
+        let mut p = pdb(
+            ns,
+            name,
+            labels(&[("app", app)]),
+            Budget::MinAvailable(IntOrString::Int(desired)),
+        );
+        p.status = Some(PodDisruptionBudgetStatus {
+            disruptions_allowed: Some(allowed),
+            desired_healthy: Some(desired),
+            current_healthy: Some(expected),
+            expected_pods: Some(expected),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn healthy() -> Snapshot {
+        Snapshot {
+            ztunnel_ref: "istio-system/ztunnel".into(),
+            ztunnel: Some(ztunnel(UpdateStrategy::OnDelete)),
+            ..Default::default()
+        }
+    }
+
+    fn checks(s: &Snapshot) -> Vec<(Severity, &'static str)> {
+        run(s).into_iter().map(|f| (f.severity, f.check)).collect()
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_findings() {
+        assert_eq!(checks(&healthy()), vec![]);
+    }
+
+    #[test]
+    fn the_ztunnel_daemonset_must_exist_be_ondelete_and_ready() {
+        let mut s = healthy();
+        s.ztunnel = None;
+        assert_eq!(checks(&s), vec![(Severity::Error, "ztunnel-missing")]);
+        s.ztunnel = Some(ztunnel(UpdateStrategy::RollingUpdate));
+        let mut z = pod("istio-system", "ztunnel-1", "ztunnel", false);
+        z.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "DaemonSet".into(),
+            uid: "ds".into(),
+            ..Default::default()
+        }]);
+        s.pods.push(z);
+        assert_eq!(
+            checks(&s),
+            vec![
+                (Severity::Error, "ztunnel-not-ondelete"),
+                (Severity::Error, "ztunnel-pod-not-ready")
+            ]
+        );
+    }
+
+    #[test]
+    fn budgets_that_block_or_overlap_are_reported() {
+        let mut s = healthy();
+        s.pdbs = vec![
+            budget_with("shop", "api", "api", 0, 3, 3),
+            budget_with("shop", "web", "web", 0, 1, 2),
+            budget_with("shop", "cart-a", "cart", 1, 1, 2),
+            budget_with("shop", "cart-b", "cart", 1, 1, 2),
+        ];
+        s.pods = vec![
+            pod("shop", "cart-1", "cart", true),
+            pod("shop", "cart-2", "cart", true),
+        ];
+        let found = run(&s);
+        let ids: Vec<(Severity, &str)> = found.iter().map(|f| (f.severity, f.check)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                (Severity::Error, "pdb-allows-no-disruption"),
+                (Severity::Error, "pod-under-several-pdbs"),
+                (Severity::Warning, "pdb-allows-no-disruption"),
+            ]
+        );
+        assert!(
+            found[0]
+                .message
+                .contains("PDB shop/api allows 0 disruptions (needs 3 healthy, has 3)"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[1].message.contains("shop/cart-a and shop/cart-b"),
+            "{}",
+            found[1].message
+        );
+    }
+
+    #[test]
+    fn workloads_waypoints_namespaces_and_nodes() {
+        let mut s = healthy();
+        s.deployments = vec![
+            AppFixture::new("shop", "solo", 1).deployment(),
+            AppFixture::waypoint("shop", "waypoint").deployment(),
+            AppFixture::new("shop", "fine", 3).deployment(),
+        ];
+        s.namespaces = vec![Namespace {
+            metadata: ObjectMeta {
+                name: Some("legacy".into()),
+                labels: Some(labels(&[
+                    ("istio-injection", "enabled"),
+                    ("istio.io/rev", "canary"),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }];
+        s.nodes = vec![Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable: Some(true),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }];
+        let mut istiod = AppFixture::new("istio-system", "istiod", 1).deployment();
+        istiod.metadata.labels = Some(labels(&[("app", "istiod")]));
+        istiod
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("docker.io/istio/pilot:1.29.1".into());
+        s.deployments.push(istiod);
+        assert_eq!(
+            checks(&s),
+            vec![
+                (Severity::Warning, "namespace-two-injection-labels"),
+                (Severity::Warning, "node-not-ready"),
+                (Severity::Warning, "single-replica"),
+                (Severity::Warning, "single-replica"),
+                (Severity::Warning, "version-skew"),
+                (Severity::Warning, "waypoint-unprotected"),
+                (Severity::Info, "node-cordoned"),
+            ]
+        );
+    }
+
+    #[test]
+    fn image_tags_ignore_registries_and_variants() {
+        assert_eq!(
+            image_tag("docker.io/istio/ztunnel:1.28.0-distroless"),
+            Some("1.28.0")
+        );
+        assert_eq!(
+            image_tag("localhost:5000/istio/pilot:1.29.1"),
+            Some("1.29.1")
+        );
+        assert_eq!(image_tag("istio/pilot"), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! What a pass asks the shell to do ([`Effect`]), and what comes back ([`Outcome`]):
+//! plain values, so that the pass is a function and its tests (and the simulation) can
+//! play the cluster's part.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::rollout::ZtunnelRolloutStatus;
+use crate::api_errors::ApiFailure;
+use crate::drain::DrainOptions;
+use crate::health::gates::HealthSettings;
+use crate::rollout::node_machine::NodePhase;
+
+/// One thing the shell does for a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A node API call, run as the node's one call task.
+    Call(NodeCall),
+    /// Drain the node; runs until it reports an [`Outcome::Drain`].
+    Drain {
+        node: String,
+        options: DrainOptions,
+    },
+    /// Stop the node's drain (an abort, or the node was uncordoned mid-drain).
+    CancelDrain {
+        node: String,
+    },
+    /// Run the node's health gates; they report [`Outcome::Gate`].
+    Gates(GateRequest),
+    CancelGates {
+        node: String,
+    },
+    /// Add (before the first cordon) or remove (once every node is released) the
+    /// rollout's finalizer.
+    Finalizer {
+        add: bool,
+    },
+    /// Restore the DaemonSet's pod template from this ControllerRevision, as
+    /// `kubectl rollout undo` does.
+    UndoDaemonSet {
+        namespace: String,
+        name: String,
+        revision: String,
+    },
+    /// Hand the lease over: the agent's own node is next to be drained.
+    StepDown {
+        node: String,
+    },
+    Event(Notice),
+    WriteStatus(Box<ZtunnelRolloutStatus>),
+    /// Delete the finished rollout: its retention (`ttlSecondsAfterFinished`) passed.
+    DeleteRollout,
+}
+
+/// A node API call. Patches are conditional on `observed` (the node as watched when
+/// the call was decided); a delete carries the pod's UID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCall {
+    pub node: String,
+    pub kind: CallKind,
+    pub observed: Option<Arc<Node>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallKind {
+    /// Annotate the node with the rollout and `was_unschedulable`, and cordon it,
+    /// dropping this rollout's waiting taint — refused if another rollout owns it, and,
+    /// for a node not started yet (`drain_check`: the drain's filter), if its pods have
+    /// blockers no drain gets past.
+    Cordon {
+        was_unschedulable: bool,
+        drain_check: Option<crate::drain::filter::FilterOptions>,
+    },
+    /// Delete the ztunnel pod with this UID, only if the node is still unschedulable
+    /// when the call runs.
+    DeleteZtunnelPod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+    /// Remove this rollout's annotations and uncordon the node if `uncordon` and the
+    /// node was schedulable before the rollout cordoned it.
+    Release { uncordon: bool },
+    /// Add or remove this rollout's PreferNoSchedule waiting taint.
+    WaitingTaint { waiting: bool },
+    /// Read the node afresh: does it carry this rollout's annotation? (A cordon's answer
+    /// was lost: it may have applied.)
+    Check,
+    /// Mark our annotation `was-unschedulable=true`: someone uncordoned the node after
+    /// the rollout cordoned it, so a cordon it has later is not the rollout's to undo.
+    Disown,
+}
+
+impl CallKind {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            CallKind::Cordon { .. } => "cordoning",
+            CallKind::DeleteZtunnelPod { .. } => "deleting the ztunnel pod",
+            CallKind::Release { .. } => "releasing",
+            CallKind::WaitingTaint { waiting: true } => "adding the waiting taint",
+            CallKind::WaitingTaint { waiting: false } => "removing the waiting taint",
+            CallKind::Check => "reading",
+            CallKind::Disown => "noting that the node's cordon is not this rollout's",
+        }
+    }
+}
+
+/// What the health gates of one node need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateRequest {
+    pub node: String,
+    pub ds_uid: String,
+    pub target_hash: String,
+    pub settings: HealthSettings,
+    /// When the node's new ztunnel became Ready: the gate's clock.
+    pub ready_since: Timestamp,
+    /// When the rollout cordoned the node: baselines are read just before it.
+    pub touched_at: Option<Timestamp>,
+}
+
+/// An Event the shell publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// When it happened.
+    pub at: Timestamp,
+    /// About the rollout, or about a node (then related to the rollout).
+    pub about: About,
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum About {
+    Rollout,
+    /// The rollout, with a node as the related object.
+    RolloutNode(String),
+    Node(String),
+}
+
+/// A node's phase changed (for metrics and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub node: String,
+    pub from: NodePhase,
+    pub to: NodePhase,
+    pub message: String,
+    /// When the rollout cordoned the node (node durations).
+    pub started: Option<Timestamp>,
+    pub at: Timestamp,
+}
+
+/// What comes back to the pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Call {
+        call: NodeCall,
+        result: Result<CallDone, CallError>,
+    },
+    Drain {
+        node: String,
+        result: DrainOutcome,
+    },
+    Gate {
+        node: String,
+        event: GateEvent,
+    },
+    Finalizer {
+        add: bool,
+        result: Result<(), ApiFailure>,
+    },
+    Undo {
+        result: Result<(), String>,
+    },
+    StatusWritten {
+        status: Box<ZtunnelRolloutStatus>,
+        result: Result<(), ApiFailure>,
+    },
+    Deleted {
+        result: Result<(), ApiFailure>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallDone {
+    /// Applied. A patch went over the node at these resourceVersions: while the watch
+    /// shows one of them, it does not show the patch yet.
+    Applied { over: Vec<String> },
+    /// A release found no annotation of this rollout: nothing to release. (A check:
+    /// the cordon did not apply.)
+    NotOwned,
+    /// A check found the rollout's annotation (at resourceVersion `version`): the cordon
+    /// applied.
+    Owned {
+        was_unschedulable: bool,
+        version: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The API server refused or failed the request (see [`ApiFailure::fault`]).
+    Api(ApiFailure),
+    /// The node is owned by another rollout.
+    OwnedBy(String),
+    /// The node was schedulable when the call ran: its ztunnel pod was not deleted.
+    Schedulable,
+    /// The node is gone.
+    NodeGone,
+    /// Not cordoned: no drain could ever evict some of its pods (checked right before
+    /// the cordon: several PDBs, a PDB that never allows a disruption, refused pods).
+    Blocked(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Api(e) => e.fmt(f),
+            CallError::OwnedBy(owner) => write!(f, "the node is owned by rollout {owner}"),
+            CallError::Schedulable => write!(f, "the node is schedulable"),
+            CallError::NodeGone => write!(f, "the node is gone"),
+            CallError::Blocked(why) => write!(f, "no drain could evict its pods: {why}"),
+        }
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainOutcome {
+    Drained,
+    /// A workload verdict: pods left at the deadline (PDBs), or pods the drain refuses.
+    Blocked(String),
+    /// The API server was in trouble (errors, throttling, watches that did not sync):
+    /// not the node's fault; drained again later.
+    ApiTrouble(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateEvent {
+    /// Not decided yet, and why (soaking, a waypoint still starting).
+    Waiting(String),
+    /// The verdict: what was seen, or the failed check with its value and threshold.
+    Done(Result<String, String>),
+}

@@ -1,0 +1,91 @@
+//! More nodes failed than `spec.health.maxFailedNodes` tolerates: pause the rollout, or
+//! (`onFailure: Rollback`) restore the DaemonSet's previous revision once nothing is in
+//! flight and take the updated nodes back through the same sequence, waves in reverse.
+
+use k8s_openapi::jiff::SignedDuration;
+
+use super::effects::About;
+use super::memory::Undo;
+use super::{Pass, View};
+use crate::api::rollout::RollbackStatus;
+use crate::rollout::node_machine::{self, NodePhase};
+use crate::rollout::revision::previous_revision;
+use crate::rollout::status::{NODE_FAILED, RolloutPhase, Standing, counts};
+
+impl Pass<'_, '_> {
+    pub(super) fn failure_policy(&mut self, view: &View, why: String) -> Standing {
+        let pause = |extra: &str| Standing {
+            phase: RolloutPhase::Paused,
+            reason: NODE_FAILED.into(),
+            message: format!(
+                "{why}. No new node starts{extra}; to go on past the failed nodes raise spec.health.maxFailedNodes (failed nodes stay cordoned for inspection until the rollout ends: uncordon them when done), or abort the rollout (it releases them)"
+            ),
+        };
+        if !view.settings.health.rollback {
+            return pause("");
+        }
+        if self.mem.rollback.is_some() {
+            return pause(" (the rollback itself failed)");
+        }
+        let Some((_, to)) = previous_revision(
+            &view.ds_name,
+            &view.ds_uid,
+            &view.target.revision_hash,
+            self.snap.revisions,
+        ) else {
+            return pause(" (onFailure is Rollback, but the DaemonSet has no previous revision)");
+        };
+        let in_flight = counts(self.mem.total, self.mem.records().map(|(_, t)| t)).in_flight;
+        if in_flight > 0 {
+            return Standing {
+                phase: RolloutPhase::RollingBack,
+                reason: "RollbackPending".into(),
+                message: format!(
+                    "{why}. Rolling back to revision {to} once the {in_flight} node(s) in flight finish"
+                ),
+            };
+        }
+        self.notice(
+            About::Rollout,
+            true,
+            "RollbackStarted",
+            format!(
+                "restoring DaemonSet revision {to} and rolling the updated nodes back, waves in reverse: {why}"
+            ),
+        );
+        let failed: Vec<String> = self
+            .mem
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.phase() == NodePhase::Failed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let failed_hash = view.target.revision_hash.clone();
+        for node in failed {
+            let n = self.watched(view, &node);
+            let facts = self.facts(view, &node, n.as_ref());
+            let record = self.mem.nodes[&node].tracked.record.clone();
+            if let Some(step) = node_machine::roll_back(&record, &facts, &failed_hash) {
+                self.apply_step(&node, step);
+            }
+        }
+        let rollback = RollbackStatus {
+            from: failed_hash,
+            to: to.clone(),
+            reason: why,
+        };
+        let message = format!(
+            "restoring DaemonSet revision {to} (after: {})",
+            rollback.reason
+        );
+        self.mem.rollback = Some(rollback);
+        self.mem.undo = Undo::default();
+        self.plan
+            .wake(Some(self.now + SignedDuration::from_millis(10)));
+        Standing {
+            phase: RolloutPhase::RollingBack,
+            reason: "RollingBack".into(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Stage 9: every node the rollout started goes through its machine until it must wait
+//! for the cluster; pending nodes are skipped, resumed (a crash after our cordon) or
+//! held. What a step says is done here: a phase recorded, a call or task started.
+
+use super::effects::{About, CallKind, Effect, GateRequest, NodeCall, Transition};
+use super::memory::Unconfirmed;
+use super::{Pass, View};
+use crate::rollout::node_machine::{
+    self, Call, DrainProgress, GateProgress, NodePhase, Step, Task,
+};
+use crate::rollout::status::TrackedNode;
+
+/// Pure transitions that chain in one pass for one node; a call or a task ends it.
+const STEPS_PER_PASS: usize = 8;
+
+impl Pass<'_, '_> {
+    /// Stage 9.
+    pub(super) fn step_nodes(&mut self, view: &View) {
+        self.scan_pending(view);
+        self.step_in_flight(view);
+    }
+
+    /// Pending nodes: skip those already current or that the DaemonSet does not run on,
+    /// resume those a crash left cordoned by us, and hold those that cannot start now.
+    fn scan_pending(&mut self, view: &View) {
+        let mut apply = Vec::new();
+        for (node, n) in view.nodes.iter() {
+            let state = self.mem.nodes.get(node);
+            if state.is_some_and(|s| s.phase() != NodePhase::Pending || s.call.is_some()) {
+                continue;
+            }
+            if let Some(s) = state
+                && s.unconfirmed == Some(Unconfirmed::Unknown)
+            {
+                // Its cordon's answer was lost: read the node before anything else.
+                if s.retry.due(self.now) {
+                    self.send_call(node, CallKind::Check, None);
+                } else {
+                    self.plan.wake(s.retry.at);
+                }
+                continue;
+            }
+            let record = state.map_or_else(
+                || TrackedNode::pending(self.now).record,
+                |s| s.tracked.record.clone(),
+            );
+            let facts = self.facts(view, node, Some(n));
+            let step = node_machine::next_step(&record, &facts, &view.target, self.now);
+            // Ours already (a crash after our cordon): carry on. (A cordon sent but not
+            // confirmed is the planner's to start again: it counts against the budget.)
+            let resume = matches!(facts.owner, node_machine::Owner::Us { .. });
+            match &step {
+                Step::Now { .. } => apply.push((node.clone(), step)),
+                Step::Call { .. } if resume => apply.push((node.clone(), step)),
+                Step::Wait { until, message } => {
+                    let ztunnel = node_machine::waits_for_ztunnel(&record, &step);
+                    if ztunnel || state.is_some() {
+                        let now = self.now;
+                        let s = self.mem.node(node, now);
+                        s.tracked.message = message.clone();
+                        if ztunnel {
+                            s.waiting_for_ztunnel_since.get_or_insert(now);
+                        }
+                    }
+                    self.plan.wake(*until);
+                    self.held.insert(node.clone());
+                }
+                _ => {
+                    if let Some(s) = self.mem.nodes.get_mut(node) {
+                        s.waiting_for_ztunnel_since = None;
+                    }
+                }
+            }
+        }
+        for (node, step) in apply {
+            if matches!(step, Step::Call { .. }) {
+                // A resume (ours already, no budget needed), through `advance`: it waits
+                // for the retry's time and the finalizer.
+                self.advance(view, &node, true);
+            } else {
+                self.apply_step(&node, step);
+                self.advance(view, &node, false);
+            }
+        }
+    }
+
+    /// Nodes between their cordon and their release.
+    pub(super) fn step_in_flight(&mut self, view: &View) {
+        let in_flight: Vec<String> = self
+            .mem
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.phase().in_flight())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in in_flight {
+            self.advance(view, &node, false);
+        }
+    }
+
+    /// Steps one node until it must wait for the cluster. A node that goes (back) to
+    /// Pending starts again only when `may_start` (the planner chose it).
+    pub(super) fn advance(&mut self, view: &View, node: &str, may_start: bool) {
+        let now = self.now;
+        self.mem.node(node, now);
+        for _ in 0..STEPS_PER_PASS {
+            let Some(state) = self.mem.nodes.get(node) else {
+                return;
+            };
+            if state.call.is_some() {
+                return;
+            }
+            if !state.retry.due(self.now) {
+                self.plan.wake(state.retry.at);
+                return;
+            }
+            if state.disown {
+                // Before anything else: a later cordon is not ours to undo.
+                self.send_call(node, CallKind::Disown, None);
+                return;
+            }
+            let record = state.tracked.record.clone();
+            let n = self.watched(view, node);
+            let facts = self.facts(view, node, n.as_ref());
+            let step = node_machine::next_step(&record, &facts, &view.target, self.now);
+            match step {
+                Step::Now { .. } => {
+                    if !self.apply_step(node, step) {
+                        return;
+                    }
+                }
+                Step::Task { task, message } => {
+                    self.set_message(node, message);
+                    self.start_task(view, node, task);
+                    return;
+                }
+                Step::Wait { until, message } => {
+                    self.set_message(node, message);
+                    self.plan.wake(until);
+                    return;
+                }
+                Step::Call { .. } => {
+                    if record.phase == NodePhase::Pending && (!may_start || !self.may_cordon(node))
+                    {
+                        return;
+                    }
+                    self.apply_step(node, step);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether this pass may cordon a node: only with the finalizer that guarantees its
+    /// release in place (added first otherwise).
+    pub(super) fn may_cordon(&mut self, _node: &str) -> bool {
+        self.ensure_finalizer()
+    }
+
+    /// Does what `step` says for `node`: records a phase, or starts a call. Returns
+    /// whether the node's phase changed.
+    pub(super) fn apply_step(&mut self, node: &str, step: Step) -> bool {
+        match step {
+            Step::Now { phase, message } => self.transition(node, phase, message),
+            Step::Call {
+                call,
+                then,
+                message,
+            } => {
+                let now = self.now;
+                let state = self.mem.node(node, now);
+                let recordon =
+                    matches!(call, Call::Cordon { .. }) && state.phase() != NodePhase::Pending;
+                if recordon {
+                    // Uncordoned under us: the drain (if any) starts over once cordoned.
+                    if state.drain == DrainProgress::Running {
+                        state.drain = DrainProgress::NotStarted;
+                        self.plan.effects.push(Effect::CancelDrain {
+                            node: node.to_owned(),
+                        });
+                    }
+                    let note = format!("{}: {message}", self.name());
+                    self.notice(About::Node(node.to_owned()), true, "Uncordoned", note);
+                }
+                // A node not started yet is checked for drain blockers first; one this
+                // rollout cordoned already (a resume, a cordon again) is not.
+                let ours = self.snap.nodes.get(node).is_some_and(|n| {
+                    crate::rollout::ownership::owner(n) == Some(self.snap.rollout.name)
+                });
+                let first = !recordon && !ours;
+                let kind = match call {
+                    Call::Cordon { was_unschedulable } => CallKind::Cordon {
+                        was_unschedulable,
+                        drain_check: first.then(|| self.drain_filter.clone()).flatten(),
+                    },
+                    Call::DeleteZtunnelPod { name, uid } => CallKind::DeleteZtunnelPod {
+                        namespace: self.snap.rollout.spec.daemon_set.namespace.clone(),
+                        name,
+                        uid,
+                    },
+                    Call::Release { uncordon } => CallKind::Release { uncordon },
+                };
+                self.send_call(node, kind, Some((then, message)));
+                false
+            }
+            Step::Task { message, .. } | Step::Wait { message, .. } => {
+                self.set_message(node, message);
+                false
+            }
+        }
+    }
+
+    /// Starts a node API call; its outcome comes back to a later pass.
+    pub(super) fn send_call(
+        &mut self,
+        node: &str,
+        kind: CallKind,
+        then: Option<(NodePhase, String)>,
+    ) {
+        let observed = self.snap.nodes.get(node).cloned();
+        let now = self.now;
+        let state = self.mem.node(node, now);
+        if matches!(kind, CallKind::Cordon { .. }) {
+            state.touched = true;
+        }
+        if matches!(kind, CallKind::WaitingTaint { waiting: true }) {
+            state.may_have_taint = true;
+        }
+        state.call = Some(kind.clone());
+        state.then = then;
+        self.plan.effects.push(Effect::Call(NodeCall {
+            node: node.to_owned(),
+            kind,
+            observed,
+        }));
+    }
+
+    fn set_message(&mut self, node: &str, message: String) {
+        if message.is_empty() {
+            return;
+        }
+        if let Some(s) = self.mem.nodes.get_mut(node) {
+            s.tracked.message = message;
+        }
+    }
+
+    fn start_task(&mut self, view: &View, node: &str, task: Task) {
+        let now = self.now;
+        match task {
+            Task::Drain => {
+                if self.snap.agent_node == Some(node) && !self.config.may_drain_own_node {
+                    // This replica runs on the node: another one drains it.
+                    if self.mem.stepped_down_for.as_deref() != Some(node) {
+                        self.mem.stepped_down_for = Some(node.to_owned());
+                        self.plan.effects.push(Effect::StepDown {
+                            node: node.to_owned(),
+                        });
+                    }
+                    return;
+                }
+                let state = self.mem.node(node, now);
+                if state.drain == DrainProgress::NotStarted
+                    || matches!(state.drain, DrainProgress::RetryAt(at, _) if at <= now)
+                {
+                    state.drain = DrainProgress::Running;
+                    self.plan.effects.push(Effect::Drain {
+                        node: node.to_owned(),
+                        options: view.settings.drain.clone(),
+                    });
+                }
+            }
+            Task::Gates => {
+                let state = self.mem.node(node, now);
+                if state.gates == GateProgress::NotStarted {
+                    state.gates = GateProgress::Waiting(String::new());
+                    let request = GateRequest {
+                        node: node.to_owned(),
+                        ds_uid: view.ds_uid.clone(),
+                        target_hash: view.target.revision_hash.clone(),
+                        settings: view.settings.health.clone(),
+                        ready_since: state.tracked.record.since,
+                        touched_at: state.tracked.started,
+                    };
+                    self.plan.effects.push(Effect::Gates(request));
+                }
+            }
+        }
+    }
+
+    /// Records `phase` for `node` (and its Events); returns whether it changed.
+    pub(super) fn transition(&mut self, node: &str, phase: NodePhase, message: String) -> bool {
+        let now = self.now;
+        let state = self.mem.node(node, now);
+        let t = &mut state.tracked;
+        if t.record.phase == phase {
+            if !message.is_empty() {
+                t.message = message;
+            }
+            return false;
+        }
+        let from = t.record.phase;
+        if from == NodePhase::ZtunnelReady && matches!(state.gates, GateProgress::Waiting(_)) {
+            // Leaving verification (a target change): its gates stop.
+            state.gates = GateProgress::NotStarted;
+            self.plan.effects.push(Effect::CancelGates {
+                node: node.to_owned(),
+            });
+        }
+        let state = self.mem.node(node, now);
+        let t = &mut state.tracked;
+        t.record.phase = phase;
+        t.record.since = now;
+        t.message = message.clone();
+        match phase {
+            NodePhase::Pending => {
+                // Going again from the start: read everything afresh.
+                t.record.was_unschedulable = None;
+                t.started = None;
+                state.recordons = 0;
+                state.released = false;
+                state.waiting_for_ztunnel_since = None;
+                state.drain = DrainProgress::NotStarted;
+                state.gates = GateProgress::NotStarted;
+            }
+            NodePhase::Cordoned => state.drain = DrainProgress::NotStarted,
+            NodePhase::ZtunnelReady => state.gates = GateProgress::NotStarted,
+            _ => {}
+        }
+        let started = state.tracked.started;
+        self.plan.transitions.push(Transition {
+            node: node.to_owned(),
+            from,
+            to: phase,
+            message: message.clone(),
+            started,
+            at: now,
+        });
+        let warning = phase == NodePhase::Failed;
+        let note = format!("{}: {message}", self.name());
+        self.notice(About::Node(node.to_owned()), warning, phase.as_str(), note);
+        if phase.is_terminal() {
+            self.notice(
+                About::RolloutNode(node.to_owned()),
+                warning,
+                &format!("Node{}", phase.as_str()),
+                format!("node {node}: {message}"),
+            );
+        }
+        true
+    }
+}

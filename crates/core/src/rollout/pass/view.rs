@@ -1,0 +1,325 @@
+//! Stages 5 to 8: what the rollout rolls out and over which nodes (or why it cannot), the
+//! overlap with other rollouts, the DaemonSet's restore during a rollback, one-time
+//! warnings and the reaction to a new DaemonSet revision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::jiff::SignedDuration;
+
+use super::Pass;
+use super::derived::{Waves, along};
+use super::effects::{About, Effect};
+use super::snapshot::NodeMap;
+use crate::object::ObjectMetaExt;
+use crate::rollout::node_machine::{self, Placement, Target};
+use crate::rollout::placement::placement;
+use crate::rollout::planner::{self, NodeObservation, WavePolicy};
+use crate::rollout::revision::{
+    StrategyVerdict, current_revision_hash, revision_name, strategy_verdict,
+};
+use crate::rollout::settings::RolloutSettings;
+use crate::rollout::status::{RolloutPhase, Standing};
+
+/// A rollback's DaemonSet restore is sent again when the watch has not shown it after
+/// this long, at most `MAX_UNDO_ATTEMPTS` times.
+const UNDO_RESEND: SignedDuration = SignedDuration::from_secs(10);
+const MAX_UNDO_ATTEMPTS: u32 = 5;
+
+/// Everything the later stages read, gathered once.
+pub(super) struct View {
+    pub settings: Arc<RolloutSettings>,
+    /// The wave policy (reversed during a rollback).
+    pub policy: WavePolicy,
+    pub target: Target,
+    pub ds_namespace: String,
+    pub ds_name: String,
+    pub ds_uid: String,
+    /// The DaemonSet is RollingUpdate and the spec allows it.
+    pub rolling_update: bool,
+    /// The rollout's nodes: the selected ones and those it started outside the
+    /// selection.
+    pub nodes: Arc<NodeMap>,
+    pub placement: Arc<HashMap<String, Placement>>,
+    pub waves: Arc<Waves>,
+    /// What the planner sees of `nodes` (in the same order).
+    pub observations: Vec<NodeObservation>,
+}
+
+fn blocked(reason: &str, message: String) -> Standing {
+    Standing {
+        phase: RolloutPhase::Blocked,
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
+impl Pass<'_, '_> {
+    /// Stage 5.
+    pub(super) fn view(&mut self) -> Result<View, Standing> {
+        let snap = self.snap;
+        let spec = snap.rollout.spec;
+        let settings = self
+            .mem
+            .derived
+            .settings(spec)
+            .map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        let mut policy = settings.waves.clone();
+        if self.mem.rollback.is_some() {
+            // Waves in reverse; a node failing during the rollback stops it (the rollout
+            // could not say every updated node runs the restored revision).
+            policy.reverse = true;
+            policy.max_failed = 0;
+        }
+        let ds_ref = &spec.daemon_set;
+        let ds = snap.daemon_set.ok_or_else(|| {
+            blocked(
+                "DaemonSetNotFound",
+                format!(
+                    "DaemonSet {}/{} not found: nothing is changed until it exists",
+                    ds_ref.namespace, ds_ref.name
+                ),
+            )
+        })?;
+        let rolling_update = match strategy_verdict(ds, spec.allow_rolling_update) {
+            StrategyVerdict::OnDelete => false,
+            StrategyVerdict::RollingUpdateAllowed => true,
+            StrategyVerdict::RollingUpdateRefused(message) => {
+                return Err(blocked("RollingUpdateStrategy", message));
+            }
+        };
+        let hash = current_revision_hash(ds, snap.revisions).map_err(|e| Standing {
+            phase: RolloutPhase::Pending,
+            reason: "WaitingForDaemonSet".into(),
+            message: e.to_string(),
+        })?;
+        let ds_uid = ds.metadata.uid.clone().unwrap_or_default();
+        let selected = self.mem.derived.selected(snap.nodes, &settings.nodes);
+        // Nodes this rollout already started stay in even if their labels changed.
+        let started_elsewhere: Vec<String> = along(self.mem.nodes.iter(), &selected)
+            .filter(|(_, s, n)| n.is_none() && s.phase() != node_machine::NodePhase::Pending)
+            .map(|(node, _, _)| node.clone())
+            .collect();
+        let nodes = self
+            .mem
+            .derived
+            .nodes(&selected, snap.nodes, started_elsewhere);
+        let template = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let placement =
+            self.mem
+                .derived
+                .placement(&nodes, &ds_uid, ds.metadata.generation.unwrap_or(0), |n| {
+                    placement(template, n)
+                });
+        let group_by = &policy.group_by;
+        let observations = self
+            .mem
+            .derived
+            .take_observations(&nodes, snap.pod_counts, group_by)
+            .unwrap_or_else(|| {
+                nodes
+                    .iter()
+                    .map(|(node, n)| {
+                        let mut o = NodeObservation::pending(
+                            node.clone(),
+                            n.labels().get(group_by).cloned(),
+                            snap.pod_counts.get(node).copied().unwrap_or(0),
+                        );
+                        o.not_ready = !super::facts::node_ready(n);
+                        o
+                    })
+                    .collect()
+            });
+        let waves = self.mem.derived.waves(&nodes, &policy, || {
+            let waves = planner::plan_waves(&observations, &policy);
+            let wave_of = waves
+                .iter()
+                .flat_map(|w| w.nodes.iter().map(|n| (n.clone(), w.name.clone())))
+                .collect();
+            Waves { waves, wave_of }
+        });
+        Ok(View {
+            target: Target {
+                revision_hash: hash,
+                cycle_current: spec.cycle_current,
+                ztunnel_ready_timeout: settings.ztunnel_ready_timeout,
+                uncordon_failed: settings.health.uncordon_failed_nodes,
+                rolling_back_from: self.mem.rollback.as_ref().map(|r| r.from.clone()),
+            },
+            policy,
+            settings,
+            ds_namespace: ds_ref.namespace.clone(),
+            ds_name: ds_ref.name.clone(),
+            ds_uid,
+            rolling_update,
+            nodes,
+            placement,
+            waves,
+            observations,
+        })
+    }
+
+    /// Stage 6: an older active rollout over the same DaemonSet or nodes goes first; this
+    /// one changes nothing until it is finished (nodes it already started finish their
+    /// sequence).
+    pub(super) fn overlap(&mut self, view: &View) -> Option<Standing> {
+        let snap = self.snap;
+        let me = (snap.rollout.created, snap.rollout.name);
+        let spec = snap.rollout.spec;
+        let first = snap
+            .others
+            .iter()
+            .filter(|o| o.active && (o.created, o.name.as_str()) < me)
+            .find_map(|o| {
+                if o.daemon_set == spec.daemon_set {
+                    return Some(format!(
+                        "{} (the same DaemonSet {}/{})",
+                        o.name, spec.daemon_set.namespace, spec.daemon_set.name
+                    ));
+                }
+                let shared: Vec<&String> = view
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| o.nodes.as_ref().is_some_and(|s| s.matches(n.labels())))
+                    .map(|(name, _)| name)
+                    .take(3)
+                    .collect();
+                (!shared.is_empty()).then(|| {
+                    format!(
+                        "{} (nodes {})",
+                        o.name,
+                        shared
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })?;
+        // Nodes it already started (before the other one appeared) finish their sequence.
+        if self.mem.nodes.values().any(|s| s.phase().in_flight()) {
+            self.step_in_flight(view);
+        }
+        Some(Standing {
+            phase: RolloutPhase::Blocked,
+            reason: "OverlapsRollout".into(),
+            message: format!(
+                "overlaps rollout {first}, which started first: no node starts until it is finished"
+            ),
+        })
+    }
+
+    /// Stage 7: during a rollback, restore the DaemonSet's previous revision and wait
+    /// until the watch shows it, sending the restore again (a bounded number of times)
+    /// if it never arrives.
+    pub(super) fn undo(&mut self, view: &View) -> Option<Standing> {
+        let rollback = self.mem.rollback.clone()?;
+        if view.target.revision_hash != rollback.from {
+            return None;
+        }
+        let now = self.now;
+        let undo = &mut self.mem.undo;
+        let due = !undo.in_flight
+            && undo.retry.due(now)
+            && undo.sent_at.is_none_or(|at| now >= at + UNDO_RESEND);
+        if due && undo.attempts >= MAX_UNDO_ATTEMPTS {
+            return Some(Standing {
+                phase: RolloutPhase::Paused,
+                reason: crate::rollout::status::NODE_FAILED.into(),
+                message: format!(
+                    "rolling back: DaemonSet {}/{} still shows revision {} after {} restores to revision {} (is something, e.g. a GitOps controller, setting it back?); fix the DaemonSet, or abort the rollout",
+                    view.ds_namespace, view.ds_name, rollback.from, undo.attempts, rollback.to
+                ),
+            });
+        }
+        if due {
+            match revision_name(
+                &view.ds_name,
+                &view.ds_uid,
+                &rollback.to,
+                self.snap.revisions,
+            ) {
+                Some(revision) => {
+                    undo.in_flight = true;
+                    undo.attempts += 1;
+                    self.plan.effects.push(Effect::UndoDaemonSet {
+                        namespace: view.ds_namespace.clone(),
+                        name: view.ds_name.clone(),
+                        revision,
+                    });
+                }
+                None => {
+                    return Some(Standing {
+                        phase: RolloutPhase::Paused,
+                        reason: crate::rollout::status::NODE_FAILED.into(),
+                        message: format!(
+                            "rolling back: the DaemonSet's revision {} is gone; restore the DaemonSet by hand, or abort the rollout",
+                            rollback.to
+                        ),
+                    });
+                }
+            }
+        }
+        self.plan.wake(Some(now + UNDO_RESEND));
+        Some(Standing {
+            phase: RolloutPhase::RollingBack,
+            reason: "RollingBack".into(),
+            message: format!(
+                "restoring DaemonSet revision {} (after: {})",
+                rollback.to, rollback.reason
+            ),
+        })
+    }
+
+    /// Stage 8: warnings given once a term.
+    pub(super) fn warn_once(&mut self, view: &View) {
+        if !self.mem.warned_waypoints {
+            self.mem.warned_waypoints = true;
+            if let Some(selector) = &view.settings.health.waypoint_selector {
+                let warnings = self.snap.lookups.waypoint_warnings(selector);
+                if !warnings.is_empty() {
+                    // One Event for all of them, not one per waypoint.
+                    self.notice(About::Rollout, true, "WaypointAtRisk", warnings.join("; "));
+                }
+            }
+        }
+        if view.rolling_update && !self.mem.warned_rolling_update {
+            self.mem.warned_rolling_update = true;
+            self.notice(
+                About::Rollout,
+                true,
+                "RollingUpdateAllowed",
+                "the DaemonSet's update strategy is RollingUpdate: its controller replaces ztunnel pods itself, ignoring waves and drains (allowed by spec.allowRollingUpdate)".into(),
+            );
+        }
+    }
+
+    /// Stage 8: the DaemonSet moved to another revision while the rollout runs (a new
+    /// version, or the rollback's restore): finished nodes go again.
+    pub(super) fn retarget(&mut self, view: &View) {
+        let hash = &view.target.revision_hash;
+        if let Some(previous) = self.mem.target.clone().filter(|t| t != hash) {
+            self.notice(
+                About::Rollout,
+                false,
+                "TargetRevisionChanged",
+                format!(
+                    "DaemonSet revision changed from {previous} to {hash}: finished nodes are rolled again"
+                ),
+            );
+            let mut again = Vec::new();
+            for (n, s) in self.mem.nodes.iter_mut() {
+                if s.call.is_some() {
+                    s.retarget = true; // Once its outcome is recorded.
+                } else if let Some(step) = node_machine::retarget(&s.tracked.record) {
+                    again.push((n.clone(), step));
+                }
+            }
+            for (node, step) in again {
+                self.apply_step(&node, step);
+            }
+        }
+        self.mem.target = Some(hash.clone());
+        self.mem.total = view.nodes.len();
+    }
+}

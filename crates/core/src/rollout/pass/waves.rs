@@ -1,0 +1,303 @@
+//! Stage 10: the planner's decision for the current wave — start nodes (unless a pause,
+//! an approval or a maintenance window holds the wave), apply the failure policy, or
+//! finish the rollout — and where the rollout stands.
+
+use super::derived::along;
+use super::effects::About;
+use super::facts::node_view;
+use super::{Pass, View};
+use crate::rollout::hold::{Hold, hold};
+use crate::rollout::node_machine::NodePhase;
+use crate::rollout::planner::{self, Decision, NodeProgress};
+use crate::rollout::status::{RolloutPhase, Standing, counts};
+
+fn progress(phase: NodePhase) -> NodeProgress {
+    match phase {
+        NodePhase::Pending => NodeProgress::Pending,
+        NodePhase::Done | NodePhase::Skipped => NodeProgress::Finished,
+        NodePhase::Failed => NodeProgress::Failed,
+        _ => NodeProgress::InFlight,
+    }
+}
+
+impl Pass<'_, '_> {
+    /// Brings the planner's observations up to date with what the pass's steps changed.
+    fn refresh_observations(&mut self, view: &mut View) {
+        let name = self.snap.rollout.name;
+        let agent_node = self.snap.agent_node;
+        for (o, (node, n, state)) in view
+            .observations
+            .iter_mut()
+            .zip(along(view.nodes.iter(), &self.mem.nodes))
+        {
+            let phase = state.map_or(NodePhase::Pending, |s| s.phase());
+            // A cordon in flight: the node takes its place in the budget now.
+            let cordoning =
+                state.is_some_and(|s| matches!(s.call, Some(super::CallKind::Cordon { .. })));
+            o.progress = if cordoning && phase == NodePhase::Pending {
+                NodeProgress::InFlight
+            } else {
+                progress(phase)
+            };
+            let v = node_view(name, n, state);
+            o.cordoned = v.unschedulable;
+            // Ours while the node carries our annotation (or, in its sequence, by the
+            // record while the watch lags); a node released and cordoned again since is
+            // someone else's.
+            let by_us = v.ours == Some(false)
+                || (phase.in_flight()
+                    && state.and_then(|s| s.tracked.record.was_unschedulable) == Some(false));
+            o.cordoned_by_others = o.cordoned && !by_us;
+            o.held = self.held.contains(node);
+            // A cordon's answer was lost: it may have applied.
+            o.maybe_started =
+                phase == NodePhase::Pending && state.is_some_and(|s| s.unconfirmed.is_some());
+            o.last = agent_node == Some(node.as_str());
+        }
+    }
+
+    /// Stage 10.
+    pub(super) fn plan_wave(&mut self, view: &mut View) -> Standing {
+        self.refresh_observations(view);
+        if view.nodes.is_empty() {
+            return Standing {
+                phase: RolloutPhase::Blocked,
+                reason: "NoNodesSelected".into(),
+                message: "spec.nodeSelector matches no node".into(),
+            };
+        }
+        let decision = planner::next_in_waves(&view.observations, &view.waves.waves, &view.policy);
+        self.mem.wave = match &decision {
+            Decision::Start { wave, .. } | Decision::Blocked { wave, .. } => Some(wave.clone()),
+            Decision::Complete => None,
+        };
+        match decision {
+            Decision::Complete => self.complete(view),
+            Decision::Blocked { wave, failed } => {
+                let tolerated = view.settings.health.max_failed_nodes;
+                let listed: Vec<String> = failed
+                    .iter()
+                    .take(10)
+                    .map(|n| {
+                        let why = self.mem.nodes.get(n).map(|s| s.tracked.message.as_str());
+                        format!("{n}: {}", why.unwrap_or("failed"))
+                    })
+                    .collect();
+                let more = match failed.len().saturating_sub(listed.len()) {
+                    0 => String::new(),
+                    more => format!("; and {more} more"),
+                };
+                let why = format!(
+                    "wave {wave}: {} failed node(s), {tolerated} tolerated (spec.health.maxFailedNodes): {}{more}",
+                    failed.len(),
+                    listed.join("; ")
+                );
+                self.failure_policy(view, why)
+            }
+            Decision::Start { wave, nodes } => self.start(view, wave, nodes),
+        }
+    }
+
+    fn start(&mut self, view: &View, wave: String, nodes: Vec<String>) -> Standing {
+        let s = &view.settings;
+        let held = hold(
+            self.snap.rollout.spec.paused,
+            s.manual_approval,
+            &s.approved_waves,
+            &wave,
+            &s.windows,
+            self.now,
+        );
+        if held.is_none() && self.mem.announced_wave.as_ref() != Some(&wave) {
+            self.notice(
+                About::Rollout,
+                false,
+                "WaveStarted",
+                format!("wave {wave} started"),
+            );
+            self.mem.announced_wave = Some(wave.clone());
+        }
+        self.mem.awaiting_approval = None;
+        self.mem.next_window = None;
+        if held.is_none() {
+            self.add_waiting_taints(view, &nodes);
+            for node in &nodes {
+                self.advance(view, node, true);
+            }
+        }
+        let c = counts(view.nodes.len(), self.mem.records().map(|(_, t)| t));
+        let in_flight = if c.in_flight > 0 {
+            format!(" ({} in flight finish their sequence)", c.in_flight)
+        } else {
+            String::new()
+        };
+        match held {
+            Some(Hold::Paused) => Standing {
+                phase: RolloutPhase::Paused,
+                reason: "Paused".into(),
+                message: format!("spec.paused is set: no new node starts{in_flight}"),
+            },
+            Some(Hold::AwaitingApproval { wave }) => {
+                let standing = Standing {
+                    phase: RolloutPhase::AwaitingApproval,
+                    reason: "AwaitingApproval".into(),
+                    message: format!(
+                        "wave {wave} waits for approval: ztunnel-rollout approve {} --wave {wave}{in_flight}",
+                        self.name()
+                    ),
+                };
+                self.mem.awaiting_approval = Some(wave);
+                standing
+            }
+            Some(Hold::OutsideWindow { next }) => {
+                self.mem.next_window = next;
+                self.plan.wake(next);
+                Standing {
+                    phase: RolloutPhase::OutsideWindow,
+                    reason: "OutsideMaintenanceWindow".into(),
+                    message: match next {
+                        Some(next) => format!(
+                            "no maintenance window is open: the next opens at {next}{in_flight}"
+                        ),
+                        None => format!("no maintenance window opens within a week{in_flight}"),
+                    },
+                }
+            }
+            None if nodes.is_empty() && c.in_flight == 0 => self.waiting_wave(view, &wave),
+            None => {
+                let caveat = if view.rolling_update {
+                    " (RollingUpdate DaemonSet: its controller may replace pods outside the waves)"
+                } else {
+                    ""
+                };
+                Standing {
+                    phase: RolloutPhase::Progressing,
+                    reason: "NodesInProgress".into(),
+                    message: format!(
+                        "wave {wave}: {} in flight; {} done, {} skipped of {}{caveat}",
+                        c.in_flight, c.done, c.skipped, c.total
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Nothing in flight and nothing may start: say what the wave waits for.
+    fn waiting_wave(&self, view: &View, wave: &str) -> Standing {
+        let members = || {
+            view.observations
+                .iter()
+                .filter(|o| view.waves.wave_of.get(&o.name).map(String::as_str) == Some(wave))
+        };
+        let unavailable: Vec<String> = members()
+            .filter_map(|o| {
+                o.unavailable_because()
+                    .map(|why| format!("{} ({why})", o.name))
+            })
+            .collect();
+        let failed_only = members()
+            .filter(|o| o.unavailable_because().is_some())
+            .all(|o| o.progress == NodeProgress::Failed && !o.not_ready && !o.cordoned_by_others);
+        if !unavailable.is_empty() && failed_only {
+            // Only failed nodes left cordoned for inspection hold the wave: a person
+            // must act, so say it as a pause.
+            return Standing {
+                phase: RolloutPhase::Paused,
+                reason: crate::rollout::status::NODE_FAILED.into(),
+                message: format!(
+                    "wave {wave} waits: its maxUnavailable budget is used by failed nodes left cordoned for inspection: {}; uncordon them once inspected and the wave goes on, or set spec.health.uncordonFailedNodes, raise spec.waves.maxUnavailable, or abort the rollout",
+                    unavailable.join(", ")
+                ),
+            };
+        }
+        if !unavailable.is_empty() {
+            let by_others = members().any(|o| o.cordoned_by_others);
+            let way_out = if by_others {
+                "; uncordon the nodes cordoned by someone else, or raise spec.waves.maxUnavailable"
+            } else {
+                "; it goes on once they are available again, or raise spec.waves.maxUnavailable"
+            };
+            return Standing {
+                phase: RolloutPhase::Progressing,
+                reason: "BudgetUsedByUnavailableNodes".into(),
+                message: format!(
+                    "wave {wave} waits: its maxUnavailable budget is used by nodes unavailable for other reasons: {}{way_out}",
+                    unavailable.join(", ")
+                ),
+            };
+        }
+        let held: Vec<String> = members()
+            .filter(|o| o.held)
+            .take(5)
+            .map(|o| {
+                let why = self
+                    .mem
+                    .nodes
+                    .get(&o.name)
+                    .map(|s| s.tracked.message.clone())
+                    .unwrap_or_default();
+                format!("{} ({why})", o.name)
+            })
+            .collect();
+        Standing {
+            phase: RolloutPhase::Progressing,
+            reason: "NodesHeld".into(),
+            message: format!(
+                "wave {wave} waits for nodes that cannot start yet: {}",
+                held.join(", ")
+            ),
+        }
+    }
+
+    /// Every node is finished: release what the rollout still owns (failed nodes left
+    /// cordoned), remove the waiting taints; then the rollout is final.
+    fn complete(&mut self, view: &View) -> Standing {
+        let rolled_back = self.mem.rollback.clone();
+        let why = if rolled_back.is_some() {
+            "the rollout rolled back"
+        } else {
+            "the rollout completed"
+        };
+        let left = self.release_everything(why);
+        if left > 0 {
+            return Standing {
+                phase: RolloutPhase::Progressing,
+                reason: "Finishing".into(),
+                message: format!(
+                    "every node is finished; releasing {left} node(s) (cordons, annotations, waiting taints) before the rollout completes"
+                ),
+            };
+        }
+        let standing = match rolled_back {
+            Some(rb) => Standing {
+                phase: RolloutPhase::RolledBack,
+                reason: "RolledBack".into(),
+                message: format!(
+                    "every node runs the restored ztunnel revision {} again; revision {} failed: {}",
+                    view.target.revision_hash, rb.from, rb.reason
+                ),
+            },
+            None => {
+                let c = counts(view.nodes.len(), self.mem.records().map(|(_, t)| t));
+                let except = if c.failed > 0 {
+                    format!(
+                        " except {} failed (tolerated by maxFailedNodes; released)",
+                        c.failed
+                    )
+                } else {
+                    String::new()
+                };
+                Standing {
+                    phase: RolloutPhase::Complete,
+                    reason: "AllNodesDone".into(),
+                    message: format!(
+                        "every node{except} runs ztunnel revision {}",
+                        view.target.revision_hash
+                    ),
+                }
+            }
+        };
+        self.finish_terminal();
+        standing
+    }
+}

@@ -1,0 +1,334 @@
+//! What a rollout would do, computed without changing anything: its waves, the nodes in
+//! the order they would start, what each node's drain would evict, and what would block
+//! it (a PDB allowing no disruption, a pod under several PDBs, a single-replica workload,
+//! a pod the drain refuses). Pure: the CLI feeds it the cluster's objects.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::object::ObjectMetaExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+
+use super::planner::{NodeObservation, NodeProgress, next, plan_waves};
+use super::settings::RolloutSettings;
+use crate::drain::budget::{allows_disruption, covering, describe, pdb_name};
+use crate::drain::filter::{Disposition, classify};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedNode {
+    pub name: String,
+    /// Pods its drain would evict, `namespace/name`.
+    pub evicts: Vec<String>,
+    /// Pods it would leave (DaemonSet pods, skipped pods), with why.
+    pub leaves: Vec<String>,
+    /// What would stop or stall its drain.
+    pub blockers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedWave {
+    pub name: String,
+    /// Nodes disrupted at once.
+    pub budget: usize,
+    /// In the order they would start.
+    pub nodes: Vec<PlannedNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub waves: Vec<PlannedWave>,
+    pub blockers: usize,
+}
+
+fn key(p: &Pod) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+/// The controller that recreates the pod (`Kind/namespace/name`), if any.
+fn owner(p: &Pod) -> Option<String> {
+    p.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| {
+            format!(
+                "{}/{}/{}",
+                o.kind,
+                p.namespace().unwrap_or_default(),
+                o.name
+            )
+        })
+}
+
+/// The plan for `settings` over `nodes`, their `pods` and the cluster's `pdbs`.
+pub fn preview(
+    settings: &RolloutSettings,
+    nodes: &[Node],
+    pods: &[Pod],
+    pdbs: &[PodDisruptionBudget],
+    now: Timestamp,
+) -> Plan {
+    let selected: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| settings.nodes.matches(n.labels()))
+        .collect();
+    let mut on_node: HashMap<String, Vec<&Pod>> = HashMap::new();
+    let mut replicas: BTreeMap<String, usize> = BTreeMap::new();
+    for p in pods {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            on_node.entry(node).or_default().push(p);
+        }
+        if let Some(o) = owner(p).filter(|o| !o.starts_with("DaemonSet/")) {
+            *replicas.entry(o).or_default() += 1;
+        }
+    }
+    let mut planned: HashMap<String, PlannedNode> = HashMap::new();
+    let mut observations = Vec::new();
+    for n in &selected {
+        let name = n.name_any();
+        let mut node = PlannedNode {
+            name: name.clone(),
+            evicts: Vec::new(),
+            leaves: Vec::new(),
+            blockers: Vec::new(),
+        };
+        let mut pods: Vec<&&Pod> = on_node
+            .get(&name)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        pods.sort_by_key(|p| key(p));
+        for p in pods {
+            match classify(p, &settings.drain.filter, now) {
+                Disposition::Evict { .. } | Disposition::AwaitTermination => {
+                    node.evicts.push(key(p));
+                    let budgets = covering(p, pdbs);
+                    if budgets.len() > 1 {
+                        let names: Vec<String> = budgets.iter().map(|b| pdb_name(b)).collect();
+                        node.blockers.push(format!(
+                            "{} is under several PDBs ({}): the Eviction API refuses it",
+                            key(p),
+                            names.join(", ")
+                        ));
+                    } else if !budgets.is_empty() && !allows_disruption(&budgets) {
+                        node.blockers
+                            .push(format!("{}: {}", key(p), describe(budgets[0])));
+                    }
+                    if let Some(o) = owner(p)
+                        && replicas.get(&o) == Some(&1)
+                    {
+                        node.blockers.push(format!(
+                            "{} is the only replica of {o}: it is down until rescheduled",
+                            key(p)
+                        ));
+                    }
+                }
+                Disposition::Skip(why) => node.leaves.push(format!("{}: {why}", key(p))),
+                Disposition::Refuse(why) => node
+                    .blockers
+                    .push(format!("{}: the drain refuses it: {why}", key(p))),
+            }
+        }
+        observations.push(NodeObservation::pending(
+            name.clone(),
+            n.labels().get(&settings.waves.group_by).cloned(),
+            node.evicts.len(),
+        ));
+        planned.insert(name, node);
+    }
+    // The start order within each wave is the planner's: simulate it node by node.
+    let mut order: Vec<String> = Vec::new();
+    let mut sim = observations.clone();
+    while let super::planner::Decision::Start { nodes, .. } = next(&sim, &settings.waves) {
+        if nodes.is_empty() {
+            break;
+        }
+        for n in &nodes {
+            if let Some(o) = sim.iter_mut().find(|o| &o.name == n) {
+                o.progress = NodeProgress::Finished;
+            }
+            order.push(n.clone());
+        }
+    }
+    let position: HashMap<&String, usize> = order.iter().enumerate().map(|(i, n)| (n, i)).collect();
+    let waves: Vec<PlannedWave> = plan_waves(&observations, &settings.waves)
+        .into_iter()
+        .map(|w| {
+            let budget = settings.waves.max_unavailable.budget(w.nodes.len());
+            let mut nodes: Vec<PlannedNode> =
+                w.nodes.iter().filter_map(|n| planned.remove(n)).collect();
+            nodes.sort_by_key(|n| position.get(&n.name).copied().unwrap_or(usize::MAX));
+            PlannedWave {
+                name: w.name,
+                budget,
+                nodes,
+            }
+        })
+        .collect();
+    let blockers = waves
+        .iter()
+        .flat_map(|w| w.nodes.iter())
+        .map(|n| n.blockers.len())
+        .sum();
+    Plan { waves, blockers }
+}
+
+/// The table form.
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    for w in &plan.waves {
+        out.push_str(&format!(
+            "WAVE {} ({} node(s), {} at a time)\n",
+            w.name,
+            w.nodes.len(),
+            w.budget
+        ));
+        out.push_str(&format!(
+            "  {:<4} {:<32} {:>6}  BLOCKERS\n",
+            "#", "NODE", "EVICTS"
+        ));
+        for (i, n) in w.nodes.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:<4} {:<32} {:>6}  {}\n",
+                i + 1,
+                n.name,
+                n.evicts.len(),
+                if n.blockers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.blockers.join("; ")
+                }
+            ));
+        }
+    }
+    out.push_str(&format!("{} blocker(s)\n", plan.blockers));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::settings::settings;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudgetStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use std::collections::BTreeMap as Map;
+    use ztunnel_rollout_testbed::fixtures;
+
+    fn node(name: &str, zone: &str) -> Node {
+        fixtures::node(
+            name,
+            &Map::from([(fixtures::ZONE_LABEL.to_owned(), zone.to_owned())]),
+        )
+    }
+
+    fn pod(name: &str, node: &str, app: &str, owner: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.labels = Some(Map::from([("app".to_owned(), app.to_owned())]));
+        p.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: owner.into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some(node.into()),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn pdb(name: &str, app: &str, allowed: i32) -> PodDisruptionBudget {
+        let mut b = fixtures::pdb(
+            "shop",
+            name,
+            Map::from([("app".to_owned(), app.to_owned())]),
+            fixtures::Budget::MinAvailable(
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1),
+            ),
+        );
+        b.status = Some(PodDisruptionBudgetStatus {
+            disruptions_allowed: Some(allowed),
+            desired_healthy: Some(2),
+            current_healthy: Some(2),
+            expected_pods: Some(2),
+            ..Default::default()
+        });
+        b
+    }
+
+    fn rollout_settings() -> RolloutSettings {
+        settings(
+            &serde_json::from_value(serde_json::json!({
+                "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": 1 }
+            }))
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn t() -> Timestamp {
+        "2026-11-29T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn waves_list_nodes_in_start_order_with_what_they_evict() {
+        let nodes = [node("a1", "a"), node("a2", "a"), node("b1", "b")];
+        let pods = [
+            pod("web-1", "a1", "web", "web-rs"),
+            pod("web-2", "a1", "web", "web-rs"),
+            pod("web-3", "b1", "web", "web-rs"),
+        ];
+        let plan = preview(&rollout_settings(), &nodes, &pods, &[], t());
+        assert_eq!(plan.waves.len(), 2);
+        let a: Vec<(&str, usize)> = plan.waves[0]
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.evicts.len()))
+            .collect();
+        assert_eq!(a, [("a2", 0), ("a1", 2)], "fewest pods first");
+        assert_eq!(plan.waves[1].nodes[0].evicts, ["shop/web-3"]);
+        assert_eq!(plan.blockers, 0);
+        assert!(render(&plan).contains("WAVE a (2 node(s), 1 at a time)"));
+    }
+
+    #[test]
+    fn blocking_budgets_overlapping_budgets_and_single_replicas_are_named() {
+        let nodes = [node("a1", "a")];
+        let pods = [
+            pod("api-1", "a1", "api", "api-rs"),
+            pod("api-2", "a1", "api", "api-rs"),
+            pod("cart-1", "a1", "cart", "cart-rs"),
+            pod("cart-2", "a1", "cart", "cart-rs"),
+            pod("db-0", "a1", "db", "db-rs"),
+        ];
+        let pdbs = [
+            pdb("api", "api", 0),
+            pdb("cart-a", "cart", 1),
+            pdb("cart-b", "cart", 1),
+        ];
+        let plan = preview(&rollout_settings(), &nodes, &pods, &pdbs, t());
+        let blockers = &plan.waves[0].nodes[0].blockers;
+        assert!(
+            blockers
+                .iter()
+                .any(|b| b.contains("shop/api-1: PDB shop/api allows 0 disruptions")),
+            "{blockers:?}"
+        );
+        assert!(
+            blockers.iter().any(|b| b.contains("shop/cart-1 is under several PDBs (shop/cart-a, shop/cart-b)")),
+            "{blockers:?}"
+        );
+        assert!(
+            blockers
+                .iter()
+                .any(|b| b.contains("shop/db-0 is the only replica of ReplicaSet/shop/db-rs")),
+            "{blockers:?}"
+        );
+        assert_eq!(plan.blockers, blockers.len());
+    }
+}

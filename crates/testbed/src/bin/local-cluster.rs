@@ -1,0 +1,199 @@
+//! `local-cluster`: runs the local test bed (a real control plane with KWOK-simulated
+//! nodes) for the tests, the demo and anyone who wants a cluster to try things on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ztunnel_rollout_testbed::binaries::ControlPlaneBinaries;
+use ztunnel_rollout_testbed::control_plane::{ControlPlaneOptions, RunningControlPlane};
+use ztunnel_rollout_testbed::fixtures;
+use ztunnel_rollout_testbed::kwok_stages::PodTimings;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A local Kubernetes control plane with simulated nodes (KWOK)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the cluster and keep it running until Ctrl-C (or SIGTERM).
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Simulated nodes to create with the demo fixtures (three zones).
+    #[arg(long, env = "LOCAL_CLUSTER_NODES", default_value_t = 6)]
+    nodes: usize,
+    /// Version (image tag) of the fixture ztunnel DaemonSet.
+    #[arg(long, env = "LOCAL_CLUSTER_ZTUNNEL_VERSION", default_value = "1.28.0")]
+    ztunnel_version: String,
+    /// Keep data, logs and certificates here instead of a temporary directory.
+    #[arg(long, env = "LOCAL_CLUSTER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Milliseconds from a pod's scheduling to its containers being created.
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_POD_CREATED_AFTER_MS",
+        default_value_t = 100
+    )]
+    pod_created_after_ms: u64,
+    /// Milliseconds from containers created to Running and Ready (per pod:
+    /// annotation pod-ready.stage.kwok.x-k8s.io/delay).
+    #[arg(long, env = "LOCAL_CLUSTER_POD_READY_AFTER_MS", default_value_t = 500)]
+    pod_ready_after_ms: u64,
+    /// Seconds a deleted pod takes to exit, capped by its grace period (per pod:
+    /// annotation local-cluster.ztunnel-rollout.dev/exit-after-seconds).
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_POD_EXIT_AFTER_SECONDS",
+        default_value_t = 1.0
+    )]
+    pod_exit_after_seconds: f64,
+    /// Write the API server's audit log to <state dir>/audit.log (request counts by client).
+    #[arg(long, env = "LOCAL_CLUSTER_AUDIT_LOG")]
+    audit_log: bool,
+    /// Seconds to wait for the control plane to become ready.
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_START_TIMEOUT_SECONDS",
+        default_value_t = 120
+    )]
+    start_timeout_seconds: u64,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Apply the demo fixtures (nodes, ztunnel DaemonSet, waypoint, applications with PDBs).
+    #[arg(long, env = "LOCAL_CLUSTER_DEMO")]
+    demo: bool,
+    /// Also copy the admin kubeconfig here.
+    #[arg(long, env = "LOCAL_CLUSTER_KUBECONFIG_OUT")]
+    kubeconfig_out: Option<PathBuf>,
+    /// Stop when standard input closes: a parent process (a test binary) that exits for
+    /// any reason takes the cluster with it.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+impl CommonArgs {
+    fn options(&self) -> anyhow::Result<ControlPlaneOptions> {
+        anyhow::ensure!(
+            self.pod_exit_after_seconds.is_finite() && self.pod_exit_after_seconds >= 0.0,
+            "--pod-exit-after-seconds must be a non-negative number, got {}",
+            self.pod_exit_after_seconds
+        );
+        Ok(ControlPlaneOptions {
+            binaries: ControlPlaneBinaries::from_env(),
+            state_dir: self.state_dir.clone(),
+            pod_timings: PodTimings {
+                created_after: Duration::from_millis(self.pod_created_after_ms),
+                ready_after: Duration::from_millis(self.pod_ready_after_ms),
+                exit_after_seconds: self.pod_exit_after_seconds,
+            },
+            start_timeout: Duration::from_secs(self.start_timeout_seconds),
+            audit_log: self.audit_log,
+        })
+    }
+}
+
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=off".into()),
+        )
+        .init();
+    // The cluster's processes die with the thread that starts them, so start them here,
+    // on the main thread, never inside a spawned task.
+    match Cli::parse().command {
+        Command::Up(args) => up(args).await,
+    }
+}
+
+async fn start(args: &CommonArgs) -> anyhow::Result<RunningControlPlane> {
+    let started = std::time::Instant::now();
+    eprintln!(
+        "starting the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)..."
+    );
+    let cluster = RunningControlPlane::start(args.options()?).await?;
+    eprintln!(
+        "control plane ready at {} in {:.1}s",
+        cluster.server,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(cluster)
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut cluster = start(&args.common).await?;
+    let result = serve(&args, &mut cluster).await;
+    eprintln!("stopping the local control plane");
+    cluster.stop(STOP_GRACE).await;
+    result
+}
+
+async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Result<()> {
+    if args.demo {
+        let client = cluster.client().await?;
+        fixtures::apply_demo(&client, args.common.nodes, &args.common.ztunnel_version)
+            .await
+            .context("applying the demo fixtures")?;
+        eprintln!(
+            "demo fixtures applied: {} nodes, istio-system/ztunnel, namespace demo",
+            args.common.nodes
+        );
+    }
+    if let Some(out) = &args.kubeconfig_out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&cluster.kubeconfig, out)
+            .with_context(|| format!("copying the kubeconfig to {}", out.display()))?;
+    }
+    let shown = args.kubeconfig_out.as_ref().unwrap_or(&cluster.kubeconfig);
+    eprintln!(
+        "kubeconfig: {}\n  e.g. KUBECONFIG={} e2e/bin/kubectl get nodes\nCtrl-C stops the cluster.",
+        shown.display(),
+        shown.display()
+    );
+    // One machine-readable line for the test support and scripts.
+    println!(
+        "{}",
+        serde_json::json!({
+            "kubeconfig": cluster.kubeconfig,
+            "server": cluster.server,
+            "stateDir": cluster.state_dir,
+            "pids": cluster.pids(),
+        })
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stdin_closed = async {
+        if args.exit_on_stdin_eof {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
+        _ = stdin_closed => Ok(()),
+        err = cluster.crashed() => Err(err.into()),
+    }
+}

@@ -1,0 +1,535 @@
+//! Starts and stops the local control plane: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and KWOK, on loopback with free ports.
+//!
+//! Every component is a child process that receives SIGKILL if the thread that started
+//! it dies (`PR_SET_PDEATHSIG`), so even a killed supervisor leaves nothing behind.
+//! Start it from a thread that lives as long as the cluster (the main thread).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::{Api, Client};
+use tokio::process::{Child, Command};
+
+use super::binaries::{BinariesError, ControlPlaneBinaries};
+use super::kubeconfig::write_kubeconfig;
+use super::kwok_stages::{PodTimings, kwok_configuration, pod_stages, render};
+use super::pki::{self, PkiError, PkiFiles};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(transparent)]
+    Binaries(#[from] BinariesError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{component} exited during start-up ({status}); last lines of {log}:\n{tail}")]
+    ComponentExited {
+        component: &'static str,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the control plane was not ready within {0:?}: {1}")]
+    NotReady(Duration, String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
+    let what = what.into();
+    move |source| ControlPlaneError::Io { what, source }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    pub binaries: ControlPlaneBinaries,
+    /// Where the control plane keeps its data, certificates, logs and kubeconfig. A fresh
+    /// temporary directory (removed on stop) when `None`.
+    pub state_dir: Option<PathBuf>,
+    pub pod_timings: PodTimings,
+    pub start_timeout: Duration,
+    /// Write the API server's audit log (every request, metadata only) to
+    /// `<state_dir>/audit.log`, to count requests by client.
+    pub audit_log: bool,
+}
+
+struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running control plane. Stop it with [`RunningControlPlane::stop`]; dropping it
+/// kills the processes too.
+pub struct RunningControlPlane {
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    pub state_dir: PathBuf,
+    components: Vec<Component>,
+    /// How the API server was started, to restart it the same way.
+    apiserver_command: Option<(PathBuf, Vec<String>, PathBuf)>,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// A free port below Linux's ephemeral range (32768–60999 by default). A port the kernel
+/// hands out for `:0` is ephemeral, so between our probe and the component's own bind an
+/// outgoing connection can take it as its local port; below the range only another
+/// listener could.
+pub fn free_port() -> Result<u16, ControlPlaneError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut last = None;
+    for _ in 0..200 {
+        let mut x = seed.wrapping_add(NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed));
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let port = 20_000 + (x % 12_000) as u16;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(io("finding a free port")(last.unwrap_or_else(|| {
+        std::io::Error::other("no free port in 20000-31999")
+    })))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn spawn(
+    name: &'static str,
+    program: &Path,
+    args: &[String],
+    logs: &Path,
+) -> Result<Component, ControlPlaneError> {
+    let log = logs.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io(format!("opening {}", log.display())))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(io(format!("starting {}", program.display())))?;
+    Ok(Component { name, child, log })
+}
+
+impl RunningControlPlane {
+    pub async fn start(opts: ControlPlaneOptions) -> Result<Self, ControlPlaneError> {
+        let bins = &opts.binaries;
+        bins.check()?;
+        let (state_dir, temp_dir) = match &opts.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("local-cluster-")
+                    .tempdir()
+                    .map_err(io("creating a temporary directory"))?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        let pki_dir = state_dir.join("pki");
+        let logs = state_dir.join("logs");
+        for d in [&pki_dir, &logs] {
+            std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        let pki = pki::write_pki(
+            &pki_dir,
+            &[pki::ADMIN, pki::CONTROLLER_MANAGER, pki::SCHEDULER],
+        )?;
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let apiserver_port = free_port()?;
+        let server = format!("https://127.0.0.1:{apiserver_port}");
+        let kubeconfig = write_kubeconfig(
+            &state_dir.join("admin.kubeconfig"),
+            &server,
+            &pki,
+            pki::ADMIN,
+        )
+        .map_err(io("writing the admin kubeconfig"))?;
+        let kcm_kubeconfig = write_kubeconfig(
+            &state_dir.join("kube-controller-manager.kubeconfig"),
+            &server,
+            &pki,
+            pki::CONTROLLER_MANAGER,
+        )
+        .map_err(io("writing a kubeconfig"))?;
+        let scheduler_kubeconfig = write_kubeconfig(
+            &state_dir.join("kube-scheduler.kubeconfig"),
+            &server,
+            &pki,
+            pki::SCHEDULER,
+        )
+        .map_err(io("writing a kubeconfig"))?;
+
+        let mut running = RunningControlPlane {
+            server,
+            kubeconfig,
+            state_dir: state_dir.clone(),
+            components: Vec::new(),
+            apiserver_command: None,
+            _temp_dir: temp_dir,
+        };
+        let deadline = Instant::now() + opts.start_timeout;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        running.components.push(spawn(
+            "etcd",
+            &bins.etcd,
+            &[
+                "--name=local".into(),
+                format!("--data-dir={}", state_dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=local={peer_url}"),
+                // A test bed on one disk: durability across machine crashes buys nothing.
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &logs,
+        )?);
+
+        let mut apiserver = apiserver_args(&pki, &etcd_url, apiserver_port);
+        if opts.audit_log {
+            let policy = state_dir.join("audit-policy.json");
+            let doc = serde_json::json!({
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [{ "level": "Metadata" }],
+            });
+            std::fs::write(&policy, doc.to_string()).map_err(io("writing the audit policy"))?;
+            apiserver.push(format!("--audit-policy-file={}", policy.display()));
+            apiserver.push(format!(
+                "--audit-log-path={}",
+                state_dir.join("audit.log").display()
+            ));
+            // The default (0) means rotation at 100 MB, which a 1,000-node benchmark
+            // passes; request counting reads one file.
+            apiserver.push("--audit-log-maxsize=100000".into());
+        }
+        running.components.push(spawn(
+            "kube-apiserver",
+            &bins.kube_apiserver,
+            &apiserver,
+            &logs,
+        )?);
+        running.apiserver_command = Some((bins.kube_apiserver.clone(), apiserver, logs.clone()));
+        running.wait_for_apiserver(deadline).await?;
+
+        let kcm_port = free_port()?;
+        running.components.push(spawn(
+            "kube-controller-manager",
+            &bins.kube_controller_manager,
+            &controller_manager_args(&pki, &kcm_kubeconfig, kcm_port, &state_dir),
+            &logs,
+        )?);
+        let scheduler_port = free_port()?;
+        running.components.push(spawn(
+            "kube-scheduler",
+            &bins.kube_scheduler,
+            &[
+                format!("--kubeconfig={}", scheduler_kubeconfig.display()),
+                format!(
+                    "--authentication-kubeconfig={}",
+                    scheduler_kubeconfig.display()
+                ),
+                format!(
+                    "--authorization-kubeconfig={}",
+                    scheduler_kubeconfig.display()
+                ),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={scheduler_port}"),
+                format!("--cert-dir={}", state_dir.join("scheduler-certs").display()),
+                "--leader-elect=false".into(),
+                "--kube-api-qps=500".into(),
+                "--kube-api-burst=1000".into(),
+            ],
+            &logs,
+        )?);
+
+        let stages_file = state_dir.join("kwok-pod-stages.yaml");
+        let mut kwok_docs = vec![kwok_configuration(KWOK_PARALLELISM)];
+        kwok_docs.extend(pod_stages(&opts.pod_timings));
+        std::fs::write(&stages_file, render(&kwok_docs)).map_err(io("writing the KWOK stages"))?;
+        let mut kwok_args = vec![
+            format!("--kubeconfig={}", running.kubeconfig.display()),
+            format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
+            "--node-lease-duration-seconds=40".into(),
+            "--node-port=0".into(),
+            "--cidr=10.0.0.0/12".into(),
+            format!("--config={}", stages_file.display()),
+        ];
+        kwok_args.extend(
+            bins.kwok_node_stages()
+                .iter()
+                .map(|p| format!("--config={}", p.display())),
+        );
+        running
+            .components
+            .push(spawn("kwok", &bins.kwok, &kwok_args, &logs)?);
+
+        running.wait_for_default_service_account(deadline).await?;
+        Ok(running)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.components
+            .iter()
+            .filter_map(|c| c.child.id())
+            .collect()
+    }
+
+    pub async fn client(&self) -> Result<Client, ControlPlaneError> {
+        client_for(&self.kubeconfig).await
+    }
+
+    fn check_alive(&mut self) -> Result<(), ControlPlaneError> {
+        for c in &mut self.components {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Err(ControlPlaneError::ComponentExited {
+                    component: c.name,
+                    status: status.to_string(),
+                    log: c.log.clone(),
+                    tail: tail(&c.log, 20),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for_apiserver(&mut self, deadline: Instant) -> Result<(), ControlPlaneError> {
+        let mut last = String::from("not reachable yet");
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            match self.client().await {
+                Ok(client) => {
+                    let req = http::Request::get("/readyz").body(Vec::new());
+                    match req {
+                        Ok(req) => match client.request_text(req).await {
+                            Ok(body) if body.trim() == "ok" => return Ok(()),
+                            Ok(body) => last = body,
+                            Err(e) => last = e.to_string(),
+                        },
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(ControlPlaneError::NotReady(
+            deadline.saturating_duration_since(Instant::now()),
+            format!("kube-apiserver /readyz: {last}"),
+        ))
+    }
+
+    /// Ready = `/readyz` answered ok and the service-account controller created
+    /// `default/default` (so the controller manager runs and can write).
+    async fn wait_for_default_service_account(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<(), ControlPlaneError> {
+        let client = self.client().await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
+        let mut last = String::from("not created yet");
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            match sas.get_opt("default").await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => {}
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(ControlPlaneError::NotReady(
+            Duration::ZERO,
+            format!("ServiceAccount default/default: {last}"),
+        ))
+    }
+
+    /// Stops the API server (SIGTERM), keeps it down for `down_for`, starts it again on
+    /// the same port and state, and waits until it serves. Clients see refused
+    /// connections meanwhile, as in a control-plane upgrade.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), ControlPlaneError> {
+        let Some((program, args, logs)) = self.apiserver_command.clone() else {
+            return Err(ControlPlaneError::NotReady(
+                Duration::ZERO,
+                "the API server was never started".into(),
+            ));
+        };
+        if let Some(c) = self
+            .components
+            .iter_mut()
+            .find(|c| c.name == "kube-apiserver")
+        {
+            if let Some(pid) = c.child.id() {
+                // SAFETY: plain kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(10), c.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.child.kill().await;
+            }
+        }
+        self.components.retain(|c| c.name != "kube-apiserver");
+        tokio::time::sleep(down_for).await;
+        self.components
+            .push(spawn("kube-apiserver", &program, &args, &logs)?);
+        self.wait_for_apiserver(Instant::now() + Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits until a component exits on its own (a crash), and reports which.
+    pub async fn crashed(&mut self) -> ControlPlaneError {
+        let waits = self.components.iter_mut().map(|c| {
+            Box::pin(async move {
+                let status = c.child.wait().await;
+                (c.name, c.log.clone(), status)
+            })
+        });
+        let ((component, log, status), _, _) = futures::future::select_all(waits).await;
+        ControlPlaneError::ComponentExited {
+            component,
+            status: match status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            },
+            tail: tail(&log, 20),
+            log,
+        }
+    }
+
+    /// Stops the components in reverse start order: SIGTERM, then SIGKILL after
+    /// `grace`. Removes the state directory if it was a temporary one.
+    pub async fn stop(mut self, grace: Duration) {
+        for c in self.components.iter_mut().rev() {
+            if let Some(pid) = c.child.id() {
+                // SAFETY: plain kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(grace, c.child.wait()).await.is_err() {
+                let _ = c.child.kill().await;
+            }
+        }
+    }
+}
+
+const KWOK_PARALLELISM: u32 = 16;
+
+/// Nodes with this annotation set to `fake` are simulated by KWOK.
+pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// A client for the cluster's admin kubeconfig, without kube's hidden retries (as the
+/// agent's own client).
+pub async fn client_for(kubeconfig: &Path) -> Result<Client, ControlPlaneError> {
+    let not_ready = |e: String| ControlPlaneError::NotReady(Duration::ZERO, e);
+    let kc =
+        kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| not_ready(e.to_string()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| not_ready(e.to_string()))?;
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| not_ready(e.to_string()))
+}
+
+fn apiserver_args(pki: &PkiFiles, etcd_url: &str, port: u16) -> Vec<String> {
+    let sa_key = pki.service_account_key.display();
+    let sa_public_key = pki.service_account_public_key.display();
+    vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        format!("--tls-cert-file={}", pki.serving_cert.display()),
+        format!("--tls-private-key-file={}", pki.serving_key.display()),
+        format!("--client-ca-file={}", pki.ca_cert.display()),
+        "--authorization-mode=Node,RBAC".into(),
+        format!("--service-account-key-file={sa_public_key}"),
+        format!("--service-account-signing-key-file={sa_key}"),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        "--service-cluster-ip-range=10.96.0.0/16".into(),
+        "--allow-privileged=true".into(),
+        "--profiling=false".into(),
+    ]
+}
+
+fn controller_manager_args(
+    pki: &PkiFiles,
+    kubeconfig: &Path,
+    port: u16,
+    state_dir: &Path,
+) -> Vec<String> {
+    let kc = kubeconfig.display();
+    vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        format!(
+            "--cert-dir={}",
+            state_dir.join("controller-manager-certs").display()
+        ),
+        // Each controller acts as its own service account, with the bootstrap RBAC roles.
+        "--use-service-account-credentials=true".into(),
+        format!(
+            "--service-account-private-key-file={}",
+            pki.service_account_key.display()
+        ),
+        format!("--root-ca-file={}", pki.ca_cert.display()),
+        format!("--cluster-signing-cert-file={}", pki.ca_cert.display()),
+        format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+        "--controllers=*".into(),
+        "--leader-elect=false".into(),
+        // Client-side throttling (default 20 QPS) would make the bed's own controllers the
+        // bottleneck of every benchmark; the simulated delays should dominate instead.
+        "--kube-api-qps=500".into(),
+        "--kube-api-burst=1000".into(),
+    ]
+}

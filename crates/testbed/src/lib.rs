@@ -1,0 +1,12 @@
+//! The local test bed: a real Kubernetes control plane on loopback, with nodes and pod
+//! lifecycles simulated by KWOK, and the fixtures the tests and the demo put into it.
+//! Used by `local-cluster` and the integration tests (a dev-dependency of the agent
+//! crate); the shipped binary never contains it.
+
+pub mod binaries;
+pub mod control_plane;
+pub mod fixtures;
+pub mod kubeconfig;
+pub mod kwok_stages;
+pub mod pki;
+pub mod supervisor;

@@ -1,0 +1,434 @@
+//! What the rollouts' passes decide, done: each effect becomes a task of the executor
+//! (node calls, drains, gates, calls on the rollout object) whose outcome comes back to
+//! the next pass, or is done at once (Events, cancellations, the lease hand-over).
+
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tracing::{Instrument, info_span, warn};
+use ztunnel_rollout_core::drain::budget::permanent_blockers;
+use ztunnel_rollout_core::rollout::pass::{
+    About, CallError, CallKind, DrainOutcome, Effect, NodeCall, Notice, Outcome, Plan,
+};
+
+use super::events::EventSink;
+use super::executor::{Executor, OwnerCall, TaskKey, TaskKind};
+use super::node_actions::NodeActions;
+use super::observe::Observed;
+use super::verify::Gates;
+use crate::drain::report::Outcome as PodOutcome;
+use crate::drain::{DrainOptions, Drainer, SharedPdbs};
+use crate::health::http_client::HttpClient;
+use crate::kube_client::api_failure;
+use crate::leader::Leadership;
+use crate::metrics::{EvictionLabels, Metrics};
+
+/// Node API calls in flight at once: enough that a wave's nodes do not queue behind
+/// each other's round trips, few enough not to flood the API server.
+pub const CALLS_AT_ONCE: usize = 32;
+
+pub struct EffectRunner {
+    client: Client,
+    observed: Arc<Observed>,
+    leadership: Leadership,
+    events: EventSink,
+    metrics: Arc<Metrics>,
+    actions: Arc<NodeActions>,
+    drainer: Arc<Drainer>,
+    gates: Arc<Gates>,
+    /// A pass asked to hand the lease over before this node (the agent's own) is
+    /// drained.
+    step_down: Mutex<Option<String>>,
+}
+
+pub fn core_reference(kind: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some(kind.into()),
+        name: Some(name.to_owned()),
+        uid,
+        ..Default::default()
+    }
+}
+
+impl EffectRunner {
+    pub fn new(
+        client: Client,
+        observed: Arc<Observed>,
+        leadership: Leadership,
+        events: EventSink,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            actions: Arc::new(NodeActions::new(client.clone(), leadership.clone())),
+            drainer: Arc::new(
+                Drainer::new(client.clone())
+                    .guarded_by(leadership.clone())
+                    .sharing_pdbs(SharedPdbs {
+                        store: observed.pdbs.clone(),
+                        changed: observed.pdbs_changed.clone(),
+                    }),
+            ),
+            gates: Arc::new(Gates {
+                observed: observed.clone(),
+                http: HttpClient::new(),
+            }),
+            client,
+            observed,
+            leadership,
+            events,
+            metrics,
+            step_down: Mutex::new(None),
+        }
+    }
+
+    /// The node a pass asked to hand the lease over for, once.
+    pub fn take_step_down(&self) -> Option<String> {
+        self.step_down.lock().ok()?.take()
+    }
+
+    /// Runs the effects of `plan`, a pass over the rollout `name` (`uid`).
+    pub fn run(
+        &self,
+        executor: &mut Executor<Outcome>,
+        rollout: &ObjectReference,
+        uid: &str,
+        name: &str,
+        plan: Plan,
+    ) {
+        let key = |object: &str, kind: TaskKind| TaskKey {
+            owner: uid.to_owned(),
+            object: object.to_owned(),
+            kind,
+        };
+        for effect in plan.effects {
+            match effect {
+                Effect::Call(call) => {
+                    let span = info_span!("node", node = %call.node);
+                    let task = self.call(name, call.clone());
+                    executor.spawn(key(&call.node, TaskKind::Call), span, task);
+                }
+                Effect::Drain { node, options } => {
+                    let span = info_span!("node", node = %node);
+                    let task = self.drain(node.clone(), options);
+                    executor.spawn(key(&node, TaskKind::Drain), span, task);
+                }
+                Effect::CancelDrain { node } => executor.cancel(&key(&node, TaskKind::Drain)),
+                Effect::Gates(request) => {
+                    let span = info_span!("node", node = %request.node);
+                    let gates = self.gates.clone();
+                    let node = request.node.clone();
+                    executor.spawn_with(
+                        key(&node, TaskKind::Gates),
+                        span,
+                        move |sink| async move { gates.run(request, sink).await },
+                    );
+                }
+                Effect::CancelGates { node } => executor.cancel(&key(&node, TaskKind::Gates)),
+                Effect::Finalizer { add } => {
+                    let (client, leadership, name) = (
+                        self.client.clone(),
+                        self.leadership.clone(),
+                        name.to_owned(),
+                    );
+                    executor.spawn(
+                        key(uid, TaskKind::Owner(OwnerCall::Finalizer)),
+                        tracing::Span::current(),
+                        async move {
+                            let result = super::rollout_object::set_finalizer(
+                                &client,
+                                &leadership,
+                                &name,
+                                add,
+                            )
+                            .await;
+                            owner_result(result).map(|result| Outcome::Finalizer { add, result })
+                        },
+                    );
+                }
+                Effect::UndoDaemonSet {
+                    namespace,
+                    name: ds,
+                    revision,
+                } => {
+                    let (client, leadership) = (self.client.clone(), self.leadership.clone());
+                    executor.spawn(
+                        key(uid, TaskKind::Owner(OwnerCall::Undo)),
+                        tracing::Span::current(),
+                        async move {
+                            match super::rollback::undo(&client, &leadership, &namespace, &ds, &revision)
+                                .await
+                            {
+                                Ok(()) => Some(Outcome::Undo { result: Ok(()) }),
+                                Err(super::rollback::UndoError::NotLeader(_)) => None,
+                                Err(e) => {
+                                    warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
+                                    Some(Outcome::Undo {
+                                        result: Err(e.to_string()),
+                                    })
+                                }
+                            }
+                        },
+                    );
+                }
+                Effect::StepDown { node } => {
+                    if let Ok(mut s) = self.step_down.lock() {
+                        *s = Some(node);
+                    }
+                }
+                Effect::Event(notice) => self.notice(rollout, notice),
+                Effect::WriteStatus(status) => {
+                    let (client, leadership, name) = (
+                        self.client.clone(),
+                        self.leadership.clone(),
+                        name.to_owned(),
+                    );
+                    executor.spawn(
+                        key(uid, TaskKind::Owner(OwnerCall::Status)),
+                        tracing::Span::current(),
+                        async move {
+                            let result = super::rollout_object::write_status(
+                                &client,
+                                &leadership,
+                                &name,
+                                &status,
+                            )
+                            .await;
+                            if let Err(e) = &result {
+                                warn!(error = %e, "could not write the status; retrying");
+                            }
+                            owner_result(result)
+                                .map(|result| Outcome::StatusWritten { status, result })
+                        },
+                    );
+                }
+                Effect::DeleteRollout => {
+                    let (client, leadership, name, uid2) = (
+                        self.client.clone(),
+                        self.leadership.clone(),
+                        name.to_owned(),
+                        uid.to_owned(),
+                    );
+                    executor.spawn(
+                        key(uid, TaskKind::Owner(OwnerCall::Delete)),
+                        tracing::Span::current(),
+                        async move {
+                            let result =
+                                super::rollout_object::delete(&client, &leadership, &name, &uid2)
+                                    .await;
+                            owner_result(result).map(|result| Outcome::Deleted { result })
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn notice(&self, rollout: &ObjectReference, n: Notice) {
+        let node_ref = |node: &str| {
+            let uid = self
+                .observed
+                .nodes
+                .get(&kube::runtime::reflector::ObjectRef::new(node))
+                .and_then(|n| n.metadata.uid.clone());
+            core_reference("Node", node, uid)
+        };
+        let (regarding, related) = match &n.about {
+            About::Rollout => (rollout.clone(), None),
+            About::RolloutNode(node) => (rollout.clone(), Some(node_ref(node))),
+            About::Node(node) => (node_ref(node), Some(rollout.clone())),
+        };
+        self.events.send(super::events::Notice {
+            at: n.at,
+            warning: n.warning,
+            reason: n.reason,
+            action: "Rollout".into(),
+            note: n.note,
+            regarding,
+            related,
+        });
+    }
+
+    /// A node call as a task; `None` when this replica lost the lease meanwhile.
+    fn call(
+        &self,
+        rollout: &str,
+        call: NodeCall,
+    ) -> impl std::future::Future<Output = Option<Outcome>> + Send + 'static {
+        let actions = self.actions.clone();
+        let client = self.client.clone();
+        let pdbs: Vec<PodDisruptionBudget> = self
+            .observed
+            .pdbs
+            .state()
+            .iter()
+            .map(|p| p.as_ref().clone())
+            .collect();
+        let rollout = rollout.to_owned();
+        async move {
+            let node = call.node.clone();
+            let result = match (&call.kind, call.observed.as_deref()) {
+                (
+                    CallKind::Cordon {
+                        was_unschedulable,
+                        drain_check,
+                    },
+                    Some(n),
+                ) => {
+                    let blockers = match drain_check {
+                        Some(filter) => blockers(&client, &node, &pdbs, filter).await,
+                        None => Ok(Vec::new()),
+                    };
+                    match blockers {
+                        Err(e) => Err(Some(CallError::Api(api_failure(&e)))),
+                        Ok(b) if !b.is_empty() => Err(Some(CallError::Blocked(b.join("; ")))),
+                        Ok(_) => actions
+                            .record_and_cordon(&rollout, n, *was_unschedulable)
+                            .await
+                            .map_err(|e| e.call_error()),
+                    }
+                }
+                (CallKind::Cordon { .. }, None) => Err(Some(CallError::NodeGone)),
+                (
+                    CallKind::DeleteZtunnelPod {
+                        namespace,
+                        name,
+                        uid,
+                    },
+                    _,
+                ) => actions
+                    .delete_ztunnel_pod(&node, namespace, name, uid)
+                    .await
+                    .map_err(|e| e.call_error()),
+                (CallKind::Release { uncordon }, n) => actions
+                    .release(&rollout, &node, *uncordon, n)
+                    .await
+                    .map_err(|e| e.call_error()),
+                (CallKind::WaitingTaint { waiting }, Some(n)) => actions
+                    .set_waiting_taint(&rollout, n, *waiting)
+                    .await
+                    .map_err(|e| e.call_error()),
+                (CallKind::WaitingTaint { .. }, None) => Err(Some(CallError::NodeGone)),
+                (CallKind::Disown, _) => actions
+                    .disown(&rollout, &node)
+                    .await
+                    .map_err(|e| e.call_error()),
+                (CallKind::Check, _) => actions
+                    .check(&rollout, &node)
+                    .await
+                    .map_err(|e| e.call_error()),
+            };
+            let result = match result {
+                Ok(done) => Ok(done),
+                Err(Some(e)) => {
+                    warn!(error = %e, "{} failed", call.kind.verb());
+                    Err(e)
+                }
+                Err(None) => return None, // Not the leader any more.
+            };
+            Some(Outcome::Call { call, result })
+        }
+    }
+
+    /// A drain as a task: its report becomes a drained node, a workload verdict, or API
+    /// trouble (drained again later, never a node failure).
+    fn drain(
+        &self,
+        node: String,
+        options: DrainOptions,
+    ) -> impl std::future::Future<Output = Option<Outcome>> + Send + 'static {
+        let drainer = self.drainer.clone();
+        let metrics = self.metrics.clone();
+        let leadership = self.leadership.clone();
+        async move {
+            let result = match drainer.drain(&node, &options).await {
+                Ok(report) => {
+                    count_evictions(&metrics, &report);
+                    if report.complete {
+                        DrainOutcome::Drained
+                    } else {
+                        let reasons: Vec<String> = report
+                            .pods
+                            .iter()
+                            .filter(|p| {
+                                !matches!(p.outcome, PodOutcome::Evicted | PodOutcome::Skipped)
+                            })
+                            .take(3)
+                            .map(|p| {
+                                format!(
+                                    "{}/{}: {}",
+                                    p.namespace,
+                                    p.name,
+                                    p.reason.as_deref().unwrap_or("not gone")
+                                )
+                            })
+                            .collect();
+                        let why = format!("{} ({})", report.summary(), reasons.join("; "));
+                        if leadership.check().is_err() {
+                            return None;
+                        }
+                        if report.failed_on_api_trouble() {
+                            DrainOutcome::ApiTrouble(why)
+                        } else {
+                            DrainOutcome::Blocked(why)
+                        }
+                    }
+                }
+                // The node's read, the pod list or the watches failed: the API's trouble.
+                Err(e) => DrainOutcome::ApiTrouble(e.to_string()),
+            };
+            Some(Outcome::Drain { node, result })
+        }
+        .in_current_span()
+    }
+}
+
+/// Permanent drain blockers of `node`'s pods (one pod list; the PDBs from the cache).
+async fn blockers(
+    client: &Client,
+    node: &str,
+    pdbs: &[PodDisruptionBudget],
+    filter: &crate::drain::filter::FilterOptions,
+) -> Result<Vec<String>, kube::Error> {
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?
+        .items;
+    Ok(permanent_blockers(&pods, pdbs, filter, Timestamp::now()))
+}
+
+fn count_evictions(metrics: &Metrics, report: &crate::drain::DrainReport) {
+    for p in &report.pods {
+        let count = |result: &str, n: u64| {
+            if n > 0 {
+                metrics
+                    .evictions
+                    .get_or_create(&EvictionLabels {
+                        result: result.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        };
+        count("refused_by_budget", u64::from(p.refused_by_budget));
+        match p.outcome {
+            PodOutcome::Evicted => count("accepted", 1),
+            PodOutcome::Failed => count("failed", 1),
+            _ => {}
+        }
+    }
+}
+
+/// A call on the rollout object: its outcome, or `None` when not the leader any more.
+fn owner_result(
+    result: Result<(), super::rollout_object::ObjectError>,
+) -> Option<Result<(), ztunnel_rollout_core::api_errors::ApiFailure>> {
+    match result {
+        Ok(()) => Some(Ok(())),
+        Err(super::rollout_object::ObjectError::NotLeader(_)) => None,
+        Err(super::rollout_object::ObjectError::Api(e)) => Some(Err(e)),
+    }
+}
