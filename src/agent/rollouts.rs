@@ -385,14 +385,3 @@ pub(super) fn wake_at(t: Timestamp) -> Instant {
     let d = std::time::Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
     Instant::now() + d + std::time::Duration::from_millis(10)
 }
-
-pub(super) fn retry_delay(failures: u32) -> std::time::Duration {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(200))
-        .with_max_delay(std::time::Duration::from_secs(10))
-        .with_max_times(usize::MAX)
-        .build()
-        .nth(failures.saturating_sub(1) as usize)
-        .unwrap_or(std::time::Duration::from_secs(10))
-}

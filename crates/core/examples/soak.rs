@@ -1,6 +1,7 @@
-//! The simulation's soak command: `e2e/soak.sh [--seeds N] [--first-seed S] [--seed S]`.
-//! Runs seeds until done, prints a line per thousand seeds, and for a failing seed its
-//! violations, the shrunk disturbances and the trace; `--seed S` replays one seed.
+//! The simulation's soak command: `e2e/soak.sh [--seeds N] [--first-seed S]
+//! [--stop-at-first] [--seed S]`. Runs seeds until done (or the first failure), prints a
+//! line per thousand seeds; `--seed S` replays one seed with its violations, the shrunk
+//! disturbances and the trace.
 
 use std::time::Instant;
 
@@ -43,6 +44,9 @@ fn main() {
         if !report.violations.is_empty() {
             println!("seed {seed} FAILED: {}", report.violations.join("; "));
             failed.push(seed);
+            if args.iter().any(|a| a == "--stop-at-first") {
+                break;
+            }
         }
         if (seed - first + 1) % 1_000 == 0 {
             println!(

@@ -158,10 +158,19 @@ impl Retry {
     }
 }
 
-/// 200 ms doubling up to 30 s.
+/// The backoff before try `failures + 1`: 200 ms doubling up to 30 s (backon's
+/// exponential schedule, without jitter so that a replayed simulation is the same).
 pub fn backoff(failures: u32) -> SignedDuration {
-    let shift = failures.saturating_sub(1).min(16);
-    SignedDuration::from_millis((200i64 << shift).min(30_000))
+    use backon::BackoffBuilder;
+    let delay = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(30))
+        .without_max_times()
+        .build()
+        .nth(failures.saturating_sub(1) as usize)
+        .unwrap_or(std::time::Duration::from_secs(30));
+    // Whole milliseconds (the float schedule leaves nanoseconds).
+    SignedDuration::from_millis(i64::try_from(delay.as_millis()).unwrap_or(30_000))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
