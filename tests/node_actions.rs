@@ -12,8 +12,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use support::{TestEnv, set_unschedulable};
 use ztunnel_rollout::agent::node_actions::{ActionError, NodeActions};
 use ztunnel_rollout::leader::{self, LeaderConfig, Leadership};
-use ztunnel_rollout_core::labels::{OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION};
-use ztunnel_rollout_core::rollout::ownership::recorded_was_unschedulable;
+use ztunnel_rollout_core::labels::{
+    CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION,
+};
+use ztunnel_rollout_core::rollout::ownership::{cordon_id, recorded_was_unschedulable};
 use ztunnel_rollout_core::rollout::pass::CallDone;
 
 async fn leading(env: &TestEnv) -> (Leadership, tokio::task::JoinHandle<()>) {
@@ -323,5 +325,69 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
         .await
         .expect("untaint");
     assert_eq!(keys(&node(&env, &name).await), ["dedicated"]);
+    task.abort();
+}
+
+/// Disowns `cordon` on `name` for rollout r1; again after a Conflict.
+async fn disown(actions: &NodeActions, name: &str, cordon: Option<&str>) -> CallDone {
+    for _ in 0..5 {
+        match actions.disown("r1", name, cordon).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => return other.expect("disown"),
+        }
+    }
+    panic!("node {name} changed between every read and write");
+}
+
+#[tokio::test]
+async fn an_uncordon_disowns_only_the_cordon_it_lifted_never_a_later_one() {
+    let env = TestEnv::new("disown", 1).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let name = env.nodes[0].clone();
+
+    // Each cordon of the rollout carries its own id.
+    record_and_cordon(&actions, &env, &name, false).await;
+    let first = node(&env, &name).await;
+    let first_id = cordon_id(&first).map(str::to_owned).expect("a cordon id");
+    assert_eq!(
+        first
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CORDON_ID_ANNOTATION)),
+        Some(&first_id)
+    );
+    // Someone uncordons it; the rollout cordons it again before it notices.
+    set_unschedulable(&env.client, &name, false).await;
+    record_and_cordon(&actions, &env, &name, false).await;
+    let second = node(&env, &name).await;
+    assert_ne!(cordon_id(&second), Some(first_id.as_str()), "a new id");
+
+    // The late disown of the first cordon leaves the second the rollout's.
+    assert_eq!(
+        disown(&actions, &name, Some(&first_id)).await,
+        CallDone::NotOwned
+    );
+    let after = node(&env, &name).await;
+    assert_eq!(recorded_was_unschedulable(&after, "r1"), Some(false));
+
+    // Lifted again: that cordon is disowned; the rollout never uncordons the node now.
+    set_unschedulable(&env.client, &name, false).await;
+    let lifted = cordon_id(&after).map(str::to_owned);
+    assert!(matches!(
+        disown(&actions, &name, lifted.as_deref()).await,
+        CallDone::Applied { .. }
+    ));
+    let disowned = node(&env, &name).await;
+    assert_eq!(recorded_was_unschedulable(&disowned, "r1"), Some(true));
+    set_unschedulable(&env.client, &name, true).await;
+    release(&actions, &name, None).await;
+    let released = node(&env, &name).await;
+    assert!(
+        unschedulable(&released),
+        "the later cordon was someone else's"
+    );
+    assert_eq!(cordon_id(&released), None, "the release removes the id");
     task.abort();
 }

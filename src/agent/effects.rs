@@ -129,102 +129,66 @@ impl EffectRunner {
                     );
                 }
                 Effect::CancelGates { node } => executor.cancel(&key(&node, TaskKind::Gates)),
-                Effect::Finalizer { add } => {
-                    let (client, leadership, name) = (
-                        self.client.clone(),
-                        self.leadership.clone(),
-                        name.to_owned(),
-                    );
-                    executor.spawn(
-                        key(uid, TaskKind::Owner(OwnerCall::Finalizer)),
-                        tracing::Span::current(),
-                        async move {
-                            let result = super::rollout_object::set_finalizer(
-                                &client,
-                                &leadership,
-                                &name,
-                                add,
-                            )
-                            .await;
-                            owner_result(result).map(|result| Outcome::Finalizer { add, result })
-                        },
-                    );
-                }
-                Effect::UndoDaemonSet {
-                    namespace,
-                    name: ds,
-                    revision,
-                } => {
-                    let (client, leadership) = (self.client.clone(), self.leadership.clone());
-                    executor.spawn(
-                        key(uid, TaskKind::Owner(OwnerCall::Undo)),
-                        tracing::Span::current(),
-                        async move {
-                            match super::rollback::undo(&client, &leadership, &namespace, &ds, &revision)
-                                .await
-                            {
-                                Ok(()) => Some(Outcome::Undo { result: Ok(()) }),
-                                Err(super::rollback::UndoError::NotLeader(_)) => None,
-                                Err(e) => {
-                                    warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
-                                    Some(Outcome::Undo {
-                                        result: Err(e.to_string()),
-                                    })
-                                }
-                            }
-                        },
-                    );
-                }
                 Effect::StepDown { node } => {
                     if let Ok(mut s) = self.step_down.lock() {
                         *s = Some(node);
                     }
                 }
                 Effect::Event(notice) => self.notice(rollout, notice),
-                Effect::WriteStatus(status) => {
-                    let (client, leadership, name) = (
-                        self.client.clone(),
-                        self.leadership.clone(),
-                        name.to_owned(),
-                    );
-                    executor.spawn(
-                        key(uid, TaskKind::Owner(OwnerCall::Status)),
-                        tracing::Span::current(),
-                        async move {
-                            let result = super::rollout_object::write_status(
-                                &client,
-                                &leadership,
-                                &name,
-                                &status,
-                            )
-                            .await;
-                            if let Err(e) = &result {
-                                warn!(error = %e, "could not write the status; retrying");
-                            }
-                            owner_result(result)
-                                .map(|result| Outcome::StatusWritten { status, result })
-                        },
-                    );
-                }
-                Effect::DeleteRollout => {
-                    let (client, leadership, name, uid2) = (
-                        self.client.clone(),
-                        self.leadership.clone(),
-                        name.to_owned(),
-                        uid.to_owned(),
-                    );
-                    executor.spawn(
-                        key(uid, TaskKind::Owner(OwnerCall::Delete)),
-                        tracing::Span::current(),
-                        async move {
-                            let result =
-                                super::rollout_object::delete(&client, &leadership, &name, &uid2)
-                                    .await;
-                            owner_result(result).map(|result| Outcome::Deleted { result })
-                        },
-                    );
-                }
+                owner_call => self.owner_call(executor, uid, name, owner_call),
             }
+        }
+    }
+
+    /// A call on the rollout object (finalizer, status, DaemonSet restore, delete) as a
+    /// task; no outcome once this replica lost the lease.
+    fn owner_call(&self, executor: &mut Executor<Outcome>, uid: &str, name: &str, effect: Effect) {
+        use super::rollout_object as object;
+        let (client, leadership, name, uid2) = (
+            self.client.clone(),
+            self.leadership.clone(),
+            name.to_owned(),
+            uid.to_owned(),
+        );
+        let key = |call: OwnerCall| TaskKey {
+            owner: uid.to_owned(),
+            object: uid.to_owned(),
+            kind: TaskKind::Owner(call),
+        };
+        let span = tracing::Span::current();
+        match effect {
+            Effect::Finalizer { add } => executor.spawn(key(OwnerCall::Finalizer), span, async move {
+                let result = object::set_finalizer(&client, &leadership, &name, add).await;
+                owner_result(result).map(|result| Outcome::Finalizer { add, result })
+            }),
+            Effect::UndoDaemonSet {
+                namespace,
+                name: ds,
+                revision,
+            } => executor.spawn(key(OwnerCall::Undo), span, async move {
+                match super::rollback::undo(&client, &leadership, &namespace, &ds, &revision).await {
+                    Ok(()) => Some(Outcome::Undo { result: Ok(()) }),
+                    Err(super::rollback::UndoError::NotLeader(_)) => None,
+                    Err(e) => {
+                        warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
+                        Some(Outcome::Undo {
+                            result: Err(e.to_string()),
+                        })
+                    }
+                }
+            }),
+            Effect::WriteStatus(status) => executor.spawn(key(OwnerCall::Status), span, async move {
+                let result = object::write_status(&client, &leadership, &name, &status).await;
+                if let Err(e) = &result {
+                    warn!(error = %e, "could not write the status; retrying");
+                }
+                owner_result(result).map(|result| Outcome::StatusWritten { status, result })
+            }),
+            Effect::DeleteRollout => executor.spawn(key(OwnerCall::Delete), span, async move {
+                let result = object::delete(&client, &leadership, &name, &uid2).await;
+                owner_result(result).map(|result| Outcome::Deleted { result })
+            }),
+            _ => {}
         }
     }
 
@@ -313,11 +277,11 @@ impl EffectRunner {
                     .await
                     .map_err(|e| e.call_error()),
                 (CallKind::WaitingTaint { .. }, None) => Err(Some(CallError::NodeGone)),
-                (CallKind::Disown, _) => actions
-                    .disown(&rollout, &node)
+                (CallKind::Disown { cordon }, _) => actions
+                    .disown(&rollout, &node, cordon.as_deref())
                     .await
                     .map_err(|e| e.call_error()),
-                (CallKind::Check, _) => actions
+                (CallKind::Check { .. }, _) => actions
                     .check(&rollout, &node)
                     .await
                     .map_err(|e| e.call_error()),

@@ -7,9 +7,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
-use ztunnel_rollout_core::labels::{OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION};
+use ztunnel_rollout_core::labels::{
+    CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION,
+};
 use ztunnel_rollout_core::rollout::ownership::{
-    owner, recorded_was_unschedulable, taints_of, with_waiting_taint, without_waiting_taint,
+    cordon_id, owner, recorded_was_unschedulable, taints_of, with_waiting_taint,
+    without_waiting_taint,
 };
 use ztunnel_rollout_core::rollout::pass::{CallDone, CallError};
 
@@ -122,6 +125,7 @@ impl NodeActions {
                 "annotations": {
                     OWNER_ANNOTATION: rollout,
                     WAS_UNSCHEDULABLE_ANNOTATION: was_unschedulable.to_string(),
+                    CORDON_ID_ANNOTATION: observed.metadata.resource_version,
                 },
             },
             "spec": { "unschedulable": true },
@@ -188,7 +192,11 @@ impl NodeActions {
         let mut patch = json!({
             "metadata": {
                 "resourceVersion": read.metadata.resource_version,
-                "annotations": { OWNER_ANNOTATION: null, WAS_UNSCHEDULABLE_ANNOTATION: null },
+                "annotations": {
+                    OWNER_ANNOTATION: null,
+                    WAS_UNSCHEDULABLE_ANNOTATION: null,
+                    CORDON_ID_ANNOTATION: null,
+                },
             },
         });
         if uncordon && !was_unschedulable {
@@ -241,15 +249,25 @@ impl NodeActions {
 
     /// Marks `rollout`'s annotation `was-unschedulable=true`: someone uncordoned the node
     /// after the rollout cordoned it, so a cordon it has later is not the rollout's to
-    /// undo. Unconditional (it only ever prevents an uncordon); a node not ours is left.
-    pub async fn disown(&self, rollout: &str, node: &str) -> Result<CallDone, ActionError> {
+    /// undo. Only the cordon `cordon` (its id): a lagging watch may show an uncordon
+    /// the rollout has cordoned the node again since, and that cordon stays the rollout's
+    /// (`NotOwned` then, as for a node not ours). Read afresh; 409 if it changes meanwhile.
+    pub async fn disown(
+        &self,
+        rollout: &str,
+        node: &str,
+        cordon: Option<&str>,
+    ) -> Result<CallDone, ActionError> {
         self.leadership.check()?;
         let n = self.read(node).await?;
-        if owner(&n) != Some(rollout) {
+        if owner(&n) != Some(rollout) || cordon.is_some_and(|id| cordon_id(&n) != Some(id)) {
             return Ok(CallDone::NotOwned);
         }
         let patch = json!({
-            "metadata": { "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" } },
+            "metadata": {
+                "resourceVersion": n.metadata.resource_version,
+                "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" },
+            },
         });
         self.patch_node(node, "annotating", &patch).await?;
         Ok(CallDone::Applied { over: version(&n) })
@@ -262,6 +280,11 @@ impl NodeActions {
         Ok(match recorded_was_unschedulable(&n, rollout) {
             Some(was_unschedulable) => CallDone::Owned {
                 was_unschedulable,
+                unschedulable: n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false),
                 version: n.metadata.resource_version.clone().unwrap_or_default(),
             },
             None => CallDone::NotOwned,

@@ -7,6 +7,10 @@ pub const OWNER_ANNOTATION: &str = "ztunnel-rollout.dev/rollout";
 /// On a node a rollout cordoned: whether it was unschedulable before (then it stays
 /// cordoned when released).
 pub const WAS_UNSCHEDULABLE_ANNOTATION: &str = "ztunnel-rollout.dev/was-unschedulable";
+/// On a node a rollout cordoned: which cordon it is (the node's resourceVersion the
+/// cordon was written over). Someone may uncordon the node and the rollout cordon it
+/// again: the rollout gives up only the cordon that was lifted, never a later one.
+pub const CORDON_ID_ANNOTATION: &str = "ztunnel-rollout.dev/cordon-id";
 /// On nodes still waiting for their turn (PreferNoSchedule; the value names the
 /// rollout): evicted pods land preferably on nodes already done, so no application pod
 /// is disrupted twice by one rollout.

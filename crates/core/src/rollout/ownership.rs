@@ -4,7 +4,9 @@
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 
-use crate::labels::{OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION};
+use crate::labels::{
+    CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION,
+};
 
 fn is_waiting_taint_of(t: &Taint, rollout: &str) -> bool {
     t.key == WAITING_TAINT && t.value.as_deref() == Some(rollout)
@@ -83,6 +85,16 @@ pub fn recorded_was_unschedulable(node: &Node, rollout: &str) -> Option<bool> {
         .as_ref()?
         .get(WAS_UNSCHEDULABLE_ANNOTATION)
         .map(|v| v == "true")
+}
+
+/// Which cordon of its owner the node carries (absent on nodes cordoned by older
+/// versions of the agent).
+pub fn cordon_id(node: &Node) -> Option<&str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(CORDON_ID_ANNOTATION)
+        .map(String::as_str)
 }
 
 #[cfg(test)]

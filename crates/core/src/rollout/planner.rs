@@ -13,9 +13,10 @@
 //!   the first nodes done cost few evictions, and the pods evicted later land on them.
 //! - The budget of a wave is `maxUnavailable`: a count, or a percentage of the wave's
 //!   nodes rounded down, at least 1. In-flight nodes and the wave's nodes that are
-//!   unavailable for other reasons (NotReady, or cordoned by someone else — also after
-//!   the rollout is done with them) count against it. A node cordoned by someone else may start at any time (it is unavailable
-//!   already); a NotReady node waits until it is Ready again.
+//!   unavailable for other reasons count against it: NotReady, cordoned by someone else
+//!   (also after the rollout is done with them), or still cordoned by the rollout while
+//!   failed or going again. A node cordoned by someone else may start at any time (it is
+//!   unavailable already); a NotReady node waits until it is Ready again.
 //! - A wave starts only when every node of the previous waves is done or skipped.
 //! - A node that cannot start now (`held`) waits without using the budget; the node the
 //!   agent runs on goes last in its wave.
@@ -122,6 +123,10 @@ impl NodeObservation {
             Some("cordoned by someone else")
         } else if self.progress == NodeProgress::Failed && self.cordoned {
             Some("failed, left cordoned")
+        } else if self.progress == NodeProgress::Pending && self.cordoned {
+            // Still cordoned by this rollout (going again: a rollback, a revision
+            // change), until it resumes.
+            Some("cordoned by this rollout, going again")
         } else {
             None
         }
@@ -395,6 +400,26 @@ mod tests {
                 nodes: vec!["n5".into()]
             },
             "a node someone else cordoned may start: it is unavailable already"
+        );
+    }
+
+    #[test]
+    fn a_pending_node_still_cordoned_by_the_rollout_uses_the_budget() {
+        // Going again (a rollback, a new revision) with the rollout's cordon still on it.
+        let mut nodes = vec![node("a1", Some("a")), node("a2", Some("a"))];
+        let p = policy(&[], MaxUnavailable::Count(1), None);
+        nodes[0].cordoned = true;
+        assert_eq!(
+            nodes[0].unavailable_because(),
+            Some("cordoned by this rollout, going again")
+        );
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec![]
+            },
+            "a2 may not start beside it"
         );
     }
 

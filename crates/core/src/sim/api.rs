@@ -4,7 +4,9 @@
 //! answer, an answer lost after the change applied, 503, throttling.
 
 use crate::api_errors::{ApiFailure, ApiStatus};
-use crate::labels::{OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION};
+use crate::labels::{
+    CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAITING_TAINT, WAS_UNSCHEDULABLE_ANNOTATION,
+};
 use crate::rollout::ownership::owner;
 use crate::rollout::pass::{CallDone, CallError, CallKind, NodeCall};
 
@@ -138,6 +140,8 @@ pub fn node_call(
                 WAS_UNSCHEDULABLE_ANNOTATION.into(),
                 was_unschedulable.to_string(),
             );
+            n.annotations
+                .insert(CORDON_ID_ANNOTATION.into(), current_rv.clone());
             n.taints
                 .retain(|t| !(t.key == WAITING_TAINT && t.value.as_deref() == Some(rollout)));
             applied = Applied::Cordon {
@@ -149,8 +153,12 @@ pub fn node_call(
                 over: vec![current_rv],
             })
         }
-        CallKind::Disown => match current.owner() {
-            Some(o) if o == rollout => {
+        CallKind::Disown { cordon } => match current.owner() {
+            Some(o)
+                if o == rollout
+                    && (cordon.is_none()
+                        || current.annotations.get(CORDON_ID_ANNOTATION) == cordon.as_ref()) =>
+            {
                 c.touch(name);
                 let n = c.nodes.get_mut(name).expect("node");
                 n.annotations
@@ -161,10 +169,11 @@ pub fn node_call(
             }
             _ => Ok(CallDone::NotOwned),
         },
-        CallKind::Check => {
+        CallKind::Check { .. } => {
             if current.owner() == Some(rollout) {
                 Ok(CallDone::Owned {
                     was_unschedulable: super::cluster::was_unschedulable(current).unwrap_or(true),
+                    unschedulable: current.unschedulable,
                     version: current_rv.clone(),
                 })
             } else {
@@ -216,6 +225,7 @@ pub fn node_call(
                     let n = c.nodes.get_mut(name).expect("node");
                     n.annotations.remove(OWNER_ANNOTATION);
                     n.annotations.remove(WAS_UNSCHEDULABLE_ANNOTATION);
+                    n.annotations.remove(CORDON_ID_ANNOTATION);
                     applied = Applied::Released {
                         node: name.to_owned(),
                         uncordoned,

@@ -305,6 +305,21 @@ impl Cluster {
         a.min_available.is_some_and(|m| m >= a.replicas)
     }
 
+    /// `kubectl rollout undo --to-revision`: the ControllerRevision `revision` becomes
+    /// the DaemonSet's current one again. Returns its hash.
+    pub fn restore_revision(&mut self, revision: &str) -> String {
+        let hash = revision
+            .strip_prefix(&format!("{DS_NAME}-"))
+            .unwrap_or(revision)
+            .to_owned();
+        let top = self.revisions.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        if let Some(r) = self.revisions.iter_mut().find(|(h, _)| *h == hash) {
+            r.1 = top + 1;
+        }
+        self.ds_generation += 1;
+        hash
+    }
+
     /// One tick of the controllers: pods exit, are created, scheduled and become Ready.
     pub fn tick(&mut self) {
         let now = self.now;

@@ -1,14 +1,16 @@
 //! A small cluster and one rollout for tests of single decisions: the test changes the
 //! cluster by hand, runs a pass, and looks at the plan.
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use super::api::ApiFault;
 use super::cluster::{Actor, Cluster};
 use crate::api::rollout::{RolloutSpec, ZtunnelRolloutStatus};
-use crate::labels::{OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION};
+use crate::labels::{CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION};
 use crate::rollout::node_machine::NodePhase;
 use crate::rollout::pass::{
-    Memory, NoLookups, OtherRollout, Outcome, PassConfig, Plan, RolloutView, Snapshot, decide,
+    DrainOutcome, Effect, GateEvent, Memory, NoLookups, OtherRollout, Outcome, PassConfig, Plan,
+    RolloutView, Snapshot, decide,
 };
 use crate::rollout::status::TrackedNode;
 
@@ -21,6 +23,10 @@ pub struct Fixture {
     pub now: Timestamp,
     pub others: Vec<OtherRollout>,
     pub config: PassConfig,
+    /// Outcomes of effects `drive` carried out, for the next pass.
+    pub pending: Vec<Outcome>,
+    /// Node copies the watch shows instead of the cluster's (a lagging watch).
+    pub lagging: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Node>,
 }
 
 impl Fixture {
@@ -47,16 +53,26 @@ impl Fixture {
             now,
             others: Vec::new(),
             config: PassConfig::default(),
+            pending: Vec::new(),
+            lagging: Default::default(),
         }
     }
 
+    /// A pass (with the outcomes of what `drive` carried out last, if any).
     pub fn pass(&mut self) -> Plan {
-        self.pass_with(Vec::new())
+        let pending = std::mem::take(&mut self.pending);
+        self.pass_with(pending)
     }
 
     pub fn pass_with(&mut self, outcomes: Vec<Outcome>) -> Plan {
         self.c.now = self.now;
-        let nodes = self.c.node_map();
+        let mut nodes = self.c.node_map();
+        if !self.lagging.is_empty() {
+            let map = std::sync::Arc::make_mut(&mut nodes);
+            for (name, n) in &self.lagging {
+                map.insert(name.clone(), std::sync::Arc::new(n.clone()));
+            }
+        }
         let ztunnels = self.c.ztunnels();
         let pod_counts = self.c.pod_counts();
         let ds = self.c.daemon_set();
@@ -114,15 +130,96 @@ impl Fixture {
             .collect()
     }
 
+    /// Runs passes, one simulated second apart, carrying out every effect at once and
+    /// without faults (drains drain at once; gates give `verdict(node, revision)`), until `done`
+    /// says so or `passes` ran out. Returns every effect decided, in order.
+    pub fn drive(
+        &mut self,
+        passes: usize,
+        verdict: impl Fn(&str, &str) -> Result<String, String>,
+        done: impl Fn(&Fixture) -> bool,
+    ) -> Vec<Effect> {
+        let mut log = Vec::new();
+        for _ in 0..passes {
+            if done(self) {
+                break;
+            }
+            let plan = self.pass();
+            if std::env::var("FIXTURE_TRACE").is_ok() {
+                eprintln!("{} {:?} {:?}", self.now, plan.transitions, plan.standing);
+            }
+            for effect in &plan.effects {
+                if let Some(o) = self.carry_out(effect, &verdict) {
+                    self.pending.push(o);
+                }
+            }
+            log.extend(plan.effects);
+            self.now += SignedDuration::from_secs(1);
+            self.c.now = self.now;
+            self.c.tick();
+        }
+        log
+    }
+
+    fn carry_out(
+        &mut self,
+        effect: &Effect,
+        verdict: &impl Fn(&str, &str) -> Result<String, String>,
+    ) -> Option<Outcome> {
+        Some(match effect {
+            Effect::Call(call) => {
+                let (result, _) = super::api::node_call(&mut self.c, "r1", call, ApiFault::None);
+                Outcome::Call {
+                    call: call.clone(),
+                    result,
+                }
+            }
+            Effect::Drain { node, .. } => Outcome::Drain {
+                node: node.clone(),
+                result: DrainOutcome::Drained,
+            },
+            Effect::Gates(request) => Outcome::Gate {
+                node: request.node.clone(),
+                event: GateEvent::Done(verdict(&request.node, &request.target_hash)),
+            },
+            Effect::Finalizer { add } => {
+                self.finalizer = *add;
+                Outcome::Finalizer {
+                    add: *add,
+                    result: Ok(()),
+                }
+            }
+            Effect::UndoDaemonSet { revision, .. } => {
+                self.c.restore_revision(revision);
+                Outcome::Undo { result: Ok(()) }
+            }
+            Effect::WriteStatus(status) => {
+                self.status = Some((**status).clone());
+                Outcome::StatusWritten {
+                    status: status.clone(),
+                    result: Ok(()),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The node's ztunnel revisions now.
+    pub fn ztunnel_on(&self, node: &str) -> Vec<String> {
+        self.c.ztunnel_hashes(node)
+    }
+
     pub fn cordon_by_operator(&mut self, node: &str) {
         self.c.set_unschedulable(node, true, Actor::Operator);
     }
 
     /// `node` is cordoned and owned by `rollout`.
     pub fn own_by(&mut self, node: &str, rollout: &str) {
+        let over = self.version(node);
         self.c
             .set_unschedulable(node, true, Actor::Rollout(rollout.to_owned()));
         let n = self.c.nodes.get_mut(node).expect("node");
+        n.annotations.insert(CORDON_ID_ANNOTATION.into(), over);
         n.annotations
             .insert(OWNER_ANNOTATION.into(), rollout.to_owned());
         n.annotations
@@ -158,6 +255,11 @@ impl Fixture {
         let top = self.c.revisions.iter().map(|(_, n)| *n).max().unwrap_or(0);
         self.c.revisions.push((hash.to_owned(), top + 1));
         self.c.ds_generation += 1;
+    }
+
+    /// The node as the API shows it now.
+    pub fn node_object(&mut self, node: &str) -> k8s_openapi::api::core::v1::Node {
+        (*self.c.node_map()[node]).clone()
     }
 
     /// The node's resourceVersion now.

@@ -645,15 +645,7 @@ impl Trial {
             Effect::UndoDaemonSet { revision, .. } => {
                 let failure = fault.failure();
                 if fault.applies() {
-                    let hash = revision
-                        .strip_prefix(&format!("{}-", super::cluster::DS_NAME))
-                        .unwrap_or(&revision)
-                        .to_owned();
-                    let top = self.c.revisions.iter().map(|(_, n)| *n).max().unwrap_or(0);
-                    if let Some(r) = self.c.revisions.iter_mut().find(|(h, _)| *h == hash) {
-                        r.1 = top + 1;
-                    }
-                    self.c.ds_generation += 1;
+                    let hash = self.c.restore_revision(&revision);
                     self.note(|| format!("{}: DaemonSet restored to {hash}", q.rollout));
                 }
                 Some(Outcome::Undo {

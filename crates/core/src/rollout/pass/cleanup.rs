@@ -197,8 +197,9 @@ impl Pass<'_, '_> {
                 };
                 // Uncordoned only if our annotation (read afresh if need be) says the
                 // cordon is ours; a lost one is disowned first.
-                if state.is_some_and(|s| s.disown) {
-                    self.send_call(&node, CallKind::Disown, None);
+                if let Some(lost) = state.and_then(|s| s.disown.as_ref()) {
+                    let cordon = lost.id.clone();
+                    self.send_call(&node, CallKind::Disown { cordon }, None);
                 } else {
                     self.send_call(&node, CallKind::Release { uncordon: true }, message);
                 }

@@ -86,11 +86,16 @@ pub enum CallKind {
     /// Add or remove this rollout's PreferNoSchedule waiting taint.
     WaitingTaint { waiting: bool },
     /// Read the node afresh: does it carry this rollout's annotation? (A cordon's answer
-    /// was lost: it may have applied.)
-    Check,
+    /// was lost: it may have applied; or a new term's fresh read found the annotation the
+    /// watch does not show yet.) `watched` is the node's resourceVersion the watch showed
+    /// when the read was decided: a copy at least that old.
+    Check { watched: Option<String> },
     /// Mark our annotation `was-unschedulable=true`: someone uncordoned the node after
     /// the rollout cordoned it, so a cordon it has later is not the rollout's to undo.
-    Disown,
+    /// Only the cordon `cordon` (its id, as on the copy that showed the uncordon): a
+    /// lagging watch may show an uncordon the rollout has cordoned the node again since,
+    /// and that later cordon stays the rollout's.
+    Disown { cordon: Option<String> },
 }
 
 impl CallKind {
@@ -101,8 +106,8 @@ impl CallKind {
             CallKind::Release { .. } => "releasing",
             CallKind::WaitingTaint { waiting: true } => "adding the waiting taint",
             CallKind::WaitingTaint { waiting: false } => "removing the waiting taint",
-            CallKind::Check => "reading",
-            CallKind::Disown => "noting that the node's cordon is not this rollout's",
+            CallKind::Check { .. } => "reading",
+            CallKind::Disown { .. } => "noting that the node's cordon is not this rollout's",
         }
     }
 }
@@ -191,10 +196,11 @@ pub enum CallDone {
     /// A release found no annotation of this rollout: nothing to release. (A check:
     /// the cordon did not apply.)
     NotOwned,
-    /// A check found the rollout's annotation (at resourceVersion `version`): the cordon
-    /// applied.
+    /// A check found the rollout's annotation (at resourceVersion `version`, on a node
+    /// `unschedulable` or not): the cordon applied.
     Owned {
         was_unschedulable: bool,
+        unschedulable: bool,
         version: String,
     },
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 
-use super::memory::{NodeState, Wrote};
+use super::memory::{LostCordon, NodeState, Wrote};
 use super::{Pass, View};
 use crate::rollout::node_machine::{NodeFacts, NodePhase, Owner, Placement, ZtunnelPod};
 use crate::rollout::ownership::{has_waiting_taint, owner, recorded_was_unschedulable};
@@ -65,6 +65,13 @@ pub fn node_view(rollout: &str, n: &Node, state: Option<&NodeState>) -> NodeView
         Some(Wrote::WaitingTaint(waiting)) => v.waiting_taint = *waiting,
         Some(Wrote::Disown) if v.ours.is_some() => v.ours = Some(true),
         Some(Wrote::Disown) => {}
+        Some(Wrote::Read {
+            was_unschedulable,
+            unschedulable,
+        }) => {
+            v.ours = Some(*was_unschedulable);
+            v.unschedulable = *unschedulable;
+        }
         None => {}
     }
     v
@@ -87,7 +94,9 @@ impl Pass<'_, '_> {
             {
                 let v = node_view(rollout, n, Some(state));
                 if v.ours == Some(false) && !v.unschedulable {
-                    state.disown = true;
+                    state.disown = Some(LostCordon {
+                        id: crate::rollout::ownership::cordon_id(n).map(str::to_owned),
+                    });
                 }
             }
             if state.expect.is_some() {

@@ -64,9 +64,9 @@ pub struct NodeState {
     /// A cordon of this rollout may be on the node (a cordon was sent, no release
     /// confirmed since): an abort releases it even if the watch does not show it.
     pub touched: bool,
-    /// A pending node whose cordon may have applied (its answer was lost), or did
-    /// (a fresh read found our annotation) while the watch does not show it yet: it
-    /// counts against its wave's budget meanwhile.
+    /// A node whose cordon may have applied (its answer was lost), or did (a new term's
+    /// fresh read found our annotation) while the watch may not show it yet: it is not
+    /// stepped until a read settles it, and counts against its wave's budget meanwhile.
     pub unconfirmed: Option<Unconfirmed>,
     /// A release was confirmed this term.
     pub released: bool,
@@ -77,7 +77,7 @@ pub struct NodeState {
     pub retarget: bool,
     /// Our cordon is gone (someone uncordoned the node): the annotation must say so
     /// before anything else happens to the node.
-    pub disown: bool,
+    pub disown: Option<LostCordon>,
 }
 
 impl NodeState {
@@ -98,7 +98,7 @@ impl NodeState {
             released: false,
             may_have_taint: false,
             retarget: false,
-            disown: false,
+            disown: None,
         }
     }
 
@@ -107,11 +107,18 @@ impl NodeState {
     }
 }
 
+/// A cordon of ours someone lifted: its id (`cordon-id` annotation) as the copy that
+/// showed the uncordon had it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCordon {
+    pub id: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unconfirmed {
     /// Read the node to know.
     Unknown,
-    /// A fresh read found our annotation: wait for the watch to show it.
+    /// A fresh read found our annotation: the watch may not show it yet.
     Owned,
 }
 
@@ -125,10 +132,19 @@ pub struct Expectation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wrote {
-    Cordon { was_unschedulable: bool },
-    Release { uncordoned: bool },
+    Cordon {
+        was_unschedulable: bool,
+    },
+    Release {
+        uncordoned: bool,
+    },
     WaitingTaint(bool),
     Disown,
+    /// Not a write: a fresh read newer than the watch's copy found our annotation.
+    Read {
+        was_unschedulable: bool,
+        unschedulable: bool,
+    },
 }
 
 /// Retries of something that failed: how often, the next try, why.
@@ -203,9 +219,10 @@ pub struct StatusWrites {
 impl Memory {
     /// A new term's memory: the records and rollback of the stored status, and the
     /// nodes carrying the rollout's annotation — both read afresh: the watches may not
-    /// show the last leader's last writes yet. An owned node the status does not know
-    /// (its record was lost with the last leader) may be cordoned: it counts against its
-    /// wave's budget until the watch shows it and the node resumes.
+    /// show the last leader's last writes yet. An owned node is stepped only once the
+    /// watch shows the annotation or a read confirms it (the status may not know it: its
+    /// record was lost with the last leader); it counts against its wave's budget
+    /// meanwhile.
     pub fn resume(
         stored: Option<&ZtunnelRolloutStatus>,
         finalizer: bool,
@@ -225,7 +242,7 @@ impl Memory {
                 .entry(node.clone())
                 .or_insert_with(|| NodeState::new(TrackedNode::pending(Timestamp::UNIX_EPOCH)));
             state.touched = true;
-            if state.phase() == NodePhase::Pending {
+            if state.phase() == NodePhase::Pending || state.phase().in_flight() {
                 state.unconfirmed = Some(Unconfirmed::Owned);
             }
         }

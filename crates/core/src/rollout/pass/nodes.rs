@@ -29,17 +29,10 @@ impl Pass<'_, '_> {
             if state.is_some_and(|s| s.phase() != NodePhase::Pending || s.call.is_some()) {
                 continue;
             }
-            if let Some(s) = state
-                && s.unconfirmed == Some(Unconfirmed::Unknown)
-            {
-                // Its cordon's answer was lost: read the node before anything else.
-                if s.retry.due(self.now) {
-                    self.send_call(node, CallKind::Check, None);
-                } else {
-                    self.plan.wake(s.retry.at);
-                }
+            if state.is_some() && !self.confirmed(view, node) {
                 continue;
             }
+            let state = self.mem.nodes.get(node);
             let record = state.map_or_else(
                 || TrackedNode::pending(self.now).record,
                 |s| s.tracked.record.clone(),
@@ -114,9 +107,16 @@ impl Pass<'_, '_> {
                 self.plan.wake(state.retry.at);
                 return;
             }
-            if state.disown {
+            if !self.confirmed(view, node) {
+                return;
+            }
+            let Some(state) = self.mem.nodes.get(node) else {
+                return;
+            };
+            if let Some(lost) = &state.disown {
                 // Before anything else: a later cordon is not ours to undo.
-                self.send_call(node, CallKind::Disown, None);
+                let cordon = lost.id.clone();
+                self.send_call(node, CallKind::Disown { cordon }, None);
                 return;
             }
             let record = state.tracked.record.clone();
@@ -149,6 +149,41 @@ impl Pass<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Whether the term knows whose the node is, so that it may step it: not while a
+    /// cordon's answer was lost (it may have applied), nor while the watch does not show
+    /// the annotation the term's fresh read found (the watch lags: its copy would say
+    /// the node is not ours). Until then the node is read afresh (its retry permitting):
+    /// the answer settles it (see `outcomes`).
+    fn confirmed(&mut self, view: &View, node: &str) -> bool {
+        let n = self.watched(view, node);
+        let name = self.snap.rollout.name;
+        let now = self.now;
+        let Some(state) = self.mem.nodes.get_mut(node) else {
+            return true;
+        };
+        match state.unconfirmed {
+            None => return true,
+            Some(Unconfirmed::Owned)
+                if n.as_ref()
+                    .is_none_or(|n| crate::rollout::ownership::owner(n) == Some(name)) =>
+            {
+                state.unconfirmed = None;
+                return true;
+            }
+            Some(_) => {}
+        }
+        if state.call.is_some() {
+            return false;
+        }
+        if !state.retry.due(now) {
+            self.plan.wake(state.retry.at);
+            return false;
+        }
+        let watched = n.and_then(|n| n.metadata.resource_version.clone());
+        self.send_call(node, CallKind::Check { watched }, None);
+        false
     }
 
     /// Whether this pass may cordon a node: only with the finalizer that guarantees its

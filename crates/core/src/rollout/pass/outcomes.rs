@@ -7,7 +7,7 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::Pass;
 use super::effects::{About, CallDone, CallError, CallKind, DrainOutcome, GateEvent, Outcome};
-use super::memory::{Expectation, Unconfirmed, Wrote, backoff};
+use super::memory::{Expectation, LostCordon, Unconfirmed, Wrote, backoff};
 use crate::api_errors::ApiFailure;
 use crate::api_errors::Fault;
 use crate::rollout::node_machine::{self, DrainProgress, GateProgress, NodePhase};
@@ -130,12 +130,28 @@ impl Pass<'_, '_> {
                     CallDone::NotOwned | CallDone::Owned { .. } => Vec::new(),
                 };
                 match kind {
-                    CallKind::Check => {
-                        // The answer to a lost cordon's question: did it apply?
-                        if matches!(done, CallDone::Owned { .. }) {
-                            state.unconfirmed = Some(Unconfirmed::Owned);
+                    CallKind::Check { watched } => {
+                        // Is the node ours? The fresh read says; while the watch shows
+                        // the copy it showed when the read was decided (or an older
+                        // one), the read's answer stands over it.
+                        state.unconfirmed = None;
+                        if let CallDone::Owned {
+                            was_unschedulable,
+                            unschedulable,
+                            version,
+                        } = done
+                        {
+                            state.touched = true;
+                            if watched.as_ref() != Some(&version) {
+                                state.expect = Some(Expectation {
+                                    over: watched.iter().cloned().collect(),
+                                    wrote: Wrote::Read {
+                                        was_unschedulable,
+                                        unschedulable,
+                                    },
+                                });
+                            }
                         } else {
-                            state.unconfirmed = None;
                             state.touched = false;
                         }
                     }
@@ -184,10 +200,12 @@ impl Pass<'_, '_> {
                             });
                         }
                     }
-                    CallKind::Disown => {
-                        state.disown = false;
-                        state.tracked.record.was_unschedulable = Some(true);
-                        if !over.is_empty() {
+                    CallKind::Disown { .. } => {
+                        // NotOwned: that cordon is gone (a later one of ours replaced
+                        // it, or the node was released).
+                        state.disown = None;
+                        if matches!(done, CallDone::Applied { .. }) {
+                            state.tracked.record.was_unschedulable = Some(true);
                             state.expect = Some(Expectation {
                                 over,
                                 wrote: Wrote::Disown,
@@ -236,6 +254,20 @@ impl Pass<'_, '_> {
     ) {
         let now = self.now;
         let name = self.snap.rollout.name.to_owned();
+        // Whether the node carries our cordon from before this call (a node going
+        // again, or resumed): a failed call does not take it away.
+        let ours_before = self.snap.nodes.get(node).is_some_and(|n| {
+            super::facts::node_view(&name, n, self.mem.nodes.get(node))
+                .ours
+                .is_some()
+        });
+        // The cordon the watch shows: the one lost if the node turns out schedulable.
+        let cordon = self
+            .snap
+            .nodes
+            .get(node)
+            .and_then(|n| crate::rollout::ownership::cordon_id(n))
+            .map(str::to_owned);
         let Some(state) = self.mem.nodes.get_mut(node) else {
             return;
         };
@@ -261,7 +293,11 @@ impl Pass<'_, '_> {
                 // The next pass sees why (an uncordon: cordon and drain again; a deleted
                 // node: skipped). Our cordon is gone: a later one is not ours.
                 if e == CallError::Schedulable {
-                    state.disown = true;
+                    state.disown = Some(LostCordon { id: cordon });
+                } else {
+                    // Nothing of ours is left on a deleted node.
+                    state.disown = None;
+                    state.touched = false;
                 }
                 state.retry.failed(now, e.to_string(), None);
                 self.plan.wake(state.retry.at);
@@ -274,7 +310,7 @@ impl Pass<'_, '_> {
                         state.unconfirmed = Some(Unconfirmed::Unknown);
                     } else {
                         // The API server answered: not applied.
-                        state.touched = false;
+                        state.touched = ours_before;
                     }
                 }
                 if let Fault::Refused(why) = &fault
@@ -337,6 +373,8 @@ fn machine_call(kind: &CallKind) -> Option<node_machine::Call> {
         CallKind::Release { uncordon } => node_machine::Call::Release {
             uncordon: *uncordon,
         },
-        CallKind::WaitingTaint { .. } | CallKind::Check | CallKind::Disown => return None,
+        CallKind::WaitingTaint { .. } | CallKind::Check { .. } | CallKind::Disown { .. } => {
+            return None;
+        }
     })
 }

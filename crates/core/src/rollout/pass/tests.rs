@@ -2,7 +2,9 @@
 //! The simulation (`crate::sim`) drives the same function through whole rollouts with
 //! faults; these pin single decisions.
 
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::rollout::node_machine::NodePhase;
 
 use super::*;
 use crate::sim::fixture::Fixture;
@@ -185,5 +187,263 @@ fn a_release_that_keeps_failing_is_retried_with_backoff_never_given_up() {
     assert_eq!(
         f.memory.phase("a1"),
         crate::rollout::node_machine::NodePhase::Verified
+    );
+}
+
+fn cordon_order(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Call(c) if matches!(c.kind, CallKind::Cordon { .. }) => Some(c.node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn phase_of(plan: &Plan) -> Option<crate::rollout::status::RolloutPhase> {
+    plan.standing.as_ref().map(|s| s.phase)
+}
+
+fn passes(_: &str, _: &str) -> Result<String, String> {
+    Ok(String::new())
+}
+
+#[test]
+fn a_manual_wave_starts_only_once_approved_and_the_next_waits_again() {
+    use crate::rollout::status::RolloutPhase;
+    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.spec.waves.approval = crate::api::rollout::Approval::Manual;
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty());
+    assert_eq!(phase_of(&plan), Some(RolloutPhase::AwaitingApproval));
+    assert_eq!(f.memory.awaiting_approval.as_deref(), Some("a"));
+
+    f.spec.approved_waves = vec!["a".into()];
+    let effects = f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done);
+    assert_eq!(cordon_order(&effects), ["a1"], "only the approved wave");
+    assert_eq!(f.ztunnel_on("a1"), ["new"]);
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty(), "wave b waits for its approval");
+    assert_eq!(phase_of(&plan), Some(RolloutPhase::AwaitingApproval));
+    assert_eq!(f.memory.awaiting_approval.as_deref(), Some("b"));
+}
+
+#[test]
+fn nodes_start_only_inside_a_window_and_one_in_flight_finishes_after_it_closes() {
+    use crate::rollout::status::RolloutPhase;
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a")]);
+    f.finalizer = true;
+    // 2026-12-01 (now, 10:00 UTC) is a Tuesday: the window opens at 22:00.
+    f.spec.maintenance_windows = vec![crate::api::rollout::MaintenanceWindowSpec {
+        days: vec!["Tue".into()],
+        start: "22:00".into(),
+        end: "22:01".into(),
+        time_zone: "UTC".into(),
+    }];
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty());
+    assert_eq!(phase_of(&plan), Some(RolloutPhase::OutsideWindow));
+    let opens: Timestamp = "2026-12-01T22:00:00Z".parse().expect("time");
+    assert_eq!(plan.wake_at, Some(opens), "wakes when the window opens");
+
+    f.now = opens;
+    let mut effects = f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Cordoned);
+    // The window closes while a1 is in flight: it finishes; a2 does not start.
+    f.now = opens + SignedDuration::from_secs(120);
+    effects.extend(f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done));
+    assert_eq!(f.memory.phase("a1"), NodePhase::Done);
+    assert_eq!(cordon_order(&effects), ["a1"]);
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty());
+    assert_eq!(phase_of(&plan), Some(RolloutPhase::OutsideWindow));
+}
+
+#[test]
+fn failures_within_max_failed_nodes_are_tolerated_and_the_next_one_pauses_the_rollout() {
+    use crate::rollout::status::RolloutPhase;
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("a3", "a")]);
+    f.finalizer = true;
+    f.spec.health.max_failed_nodes = 1;
+    f.spec.health.uncordon_failed_nodes = true;
+    let fails = |node: &str, _: &str| {
+        if node == "a3" {
+            Ok(String::new())
+        } else {
+            Err("connections failed".to_owned())
+        }
+    };
+    f.drive(200, fails, |f| f.memory.phase("a2") == NodePhase::Failed);
+    assert_eq!(f.memory.phase("a1"), NodePhase::Failed);
+    assert_eq!(f.memory.phase("a2"), NodePhase::Failed);
+    let plan = f.pass();
+    assert_eq!(phase_of(&plan), Some(RolloutPhase::Paused), "{plan:?}");
+    assert!(cordons(&plan).is_empty(), "a3 does not start");
+    assert_eq!(f.memory.phase("a3"), NodePhase::Pending);
+    // uncordonFailedNodes: the failed nodes are released.
+    assert!(!f.c.nodes["a1"].unschedulable && !f.c.nodes["a2"].unschedulable);
+}
+
+#[test]
+fn a_rollback_restores_the_previous_revision_on_updated_nodes_waves_in_reverse() {
+    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b"), ("c1", "c")]);
+    f.finalizer = true;
+    f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
+    // a1 and b1 update; c1 fails its gates (only on the new revision).
+    let effects = f.drive(
+        400,
+        |node, revision| {
+            if node == "c1" && revision == "new" {
+                Err("connections failed".to_owned())
+            } else {
+                Ok(String::new())
+            }
+        },
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "RolledBack")
+        },
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::UndoDaemonSet { .. })),
+        "the DaemonSet is undone"
+    );
+    assert_eq!(
+        cordon_order(&effects),
+        ["a1", "b1", "c1", "c1", "b1", "a1"],
+        "the rollback goes back through the waves in reverse"
+    );
+    for node in ["a1", "b1", "c1"] {
+        assert_eq!(f.ztunnel_on(node), ["old"], "{node}");
+        assert!(!f.c.nodes[node].unschedulable, "{node} uncordoned");
+    }
+    let status = f.status.clone().expect("a status");
+    assert_eq!(status.rollback.map(|r| r.to), Some("old".to_owned()));
+    assert!(f.pass().finished, "final");
+}
+
+#[test]
+fn a_new_daemonset_revision_mid_rollout_sends_done_nodes_round_again() {
+    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done);
+    assert_eq!(f.ztunnel_on("a1"), ["new"]);
+    // b1 is on its way when the DaemonSet moves on.
+    f.drive(60, passes, |f| f.memory.phase("b1") == NodePhase::Drained);
+    f.new_revision("newer");
+    let mut effects = f.drive(1, passes, |_| false);
+    assert_eq!(f.memory.phase("a1"), NodePhase::Pending);
+    effects.extend(f.drive(200, passes, |f| {
+        f.memory.phase("a1") == NodePhase::Done && f.memory.phase("b1") == NodePhase::Done
+    }));
+    assert_eq!(f.ztunnel_on("a1"), ["newer"]);
+    assert_eq!(f.ztunnel_on("b1"), ["newer"]);
+    assert_eq!(
+        cordon_order(&effects),
+        ["a1"],
+        "b1 was retargeted in flight (it never left its cordon), a1 went again"
+    );
+}
+
+#[test]
+fn a_new_term_whose_watch_lags_reads_a_node_it_owns_before_stepping_it() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a")]);
+    f.finalizer = true;
+    let before = f.node_object("a1");
+    f.start_node_at("a1", NodePhase::Cordoned);
+    // The last leader's status and a fresh read of the owned nodes start the term; the
+    // watch still shows a1 before the cordon.
+    let status = crate::api::rollout::ZtunnelRolloutStatus {
+        phase: Some("Progressing".into()),
+        target_revision: Some("new".into()),
+        nodes: vec![crate::api::rollout::NodeStatus {
+            name: "a1".into(),
+            phase: NodePhase::Cordoned,
+            since: f.now.to_string(),
+            started: Some(f.now.to_string()),
+            was_unschedulable: Some(false),
+            message: String::new(),
+        }],
+        ..Default::default()
+    };
+    f.memory = Memory::resume(Some(&status), true, &["a1".to_owned()]);
+    f.lagging.insert("a1".into(), before.clone());
+    let plan = f.pass();
+    assert!(
+        plan.transitions.is_empty(),
+        "a1 does not start over: {:?}",
+        plan.transitions
+    );
+    let read = calls(&plan)
+        .into_iter()
+        .find(|(n, k)| n == "a1" && matches!(k, CallKind::Check { .. }));
+    assert!(read.is_some(), "a1 is read afresh: {plan:?}");
+    assert!(cordons(&plan).is_empty(), "a1 uses the budget meanwhile");
+    // The read finds the annotation: a1 carries on although the watch still lags.
+    let outcomes = f.run_calls(&plan, |c| matches!(c.kind, CallKind::Check { .. }));
+    let plan = f.pass_with(outcomes);
+    assert!(
+        plan.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Drain { node, .. } if node == "a1")),
+        "{plan:?}"
+    );
+    assert_eq!(f.memory.phase("a1"), NodePhase::Cordoned);
+    assert!(cordons(&plan).is_empty());
+}
+
+#[test]
+fn an_uncordon_seen_late_disowns_only_the_cordon_it_lifted() {
+    let mut f = Fixture::new(&[("a1", "a")]);
+    f.finalizer = true;
+    f.start_node_at("a1", NodePhase::Drained);
+    // Someone uncordoned a1: the rollout gives up that cordon (by its id)...
+    f.c.set_unschedulable("a1", false, crate::sim::cluster::Actor::Operator);
+    let lifted = f.node_object("a1");
+    let plan = f.pass();
+    let disown = calls(&plan)
+        .into_iter()
+        .find_map(|(n, k)| match k {
+            CallKind::Disown { cordon } if n == "a1" => Some(cordon),
+            _ => None,
+        })
+        .expect("a disown");
+    assert_eq!(
+        disown.as_deref(),
+        crate::rollout::ownership::cordon_id(&lifted)
+    );
+    // ...but by the time it runs, the rollout has cordoned a1 again (a later cordon):
+    // that one stays the rollout's, to be lifted at the end.
+    let recordon = crate::rollout::pass::NodeCall {
+        node: "a1".into(),
+        kind: CallKind::Cordon {
+            was_unschedulable: false,
+            drain_check: None,
+        },
+        observed: Some(std::sync::Arc::new(lifted)),
+    };
+    let (cordoned, _) =
+        crate::sim::api::node_call(&mut f.c, "r1", &recordon, crate::sim::api::ApiFault::None);
+    assert!(cordoned.is_ok());
+    let outcomes = f.run_calls(&plan, |c| matches!(c.kind, CallKind::Disown { .. }));
+    assert!(
+        matches!(
+            &outcomes[..],
+            [Outcome::Call {
+                result: Ok(CallDone::NotOwned),
+                ..
+            }]
+        ),
+        "{outcomes:?}"
+    );
+    let n = f.node_object("a1");
+    assert_eq!(
+        crate::rollout::ownership::recorded_was_unschedulable(&n, "r1"),
+        Some(false),
+        "the later cordon is still the rollout's"
     );
 }
