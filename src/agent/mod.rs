@@ -113,6 +113,34 @@ pub async fn run(
     // so the two loops must not wait for the same stores at once.
     let migrations_task = AbortOnDrop(tokio::spawn(migrations.run(config.resync)));
 
+    lead(
+        &mut reconciler,
+        &mut leadership,
+        &observed,
+        &metrics,
+        &config,
+        shutdown.as_mut(),
+    )
+    .await;
+    if leadership.is_leader() {
+        reconciler.flush().await;
+    }
+    drop(reconciler);
+    drop(migrations_task);
+    finish(client, &config, lease_task, server, events_task).await
+}
+
+/// The rollouts' loop, until `shutdown`: waits for the lease, then runs passes — one at
+/// most every `MIN_PASS_INTERVAL`, and again when a watch changes, a pass's wake-up
+/// time comes, or the lease is due for a look.
+async fn lead(
+    reconciler: &mut Rollouts,
+    leadership: &mut crate::leader::Leadership,
+    observed: &Observed,
+    metrics: &Metrics,
+    config: &AgentConfig,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
     let mut leading = false;
     let mut last_pass = Instant::now();
     loop {
@@ -123,7 +151,7 @@ pub async fn run(
             info!(lease = %format!("{}/{}", config.leader.namespace, config.leader.lease_name), "waiting for the lease");
             tokio::select! {
                 _ = leadership.acquired() => {}
-                _ = &mut shutdown => break,
+                _ = shutdown.as_mut() => break,
             }
         }
         if !leading {
@@ -155,15 +183,9 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => {}
             // Leadership can lapse without any event: look again before it would.
             _ = tokio::time::sleep(config.leader.renew_every()) => {}
-            _ = &mut shutdown => break,
+            _ = shutdown.as_mut() => break,
         }
     }
-    if leadership.is_leader() {
-        reconciler.flush().await;
-    }
-    drop(reconciler);
-    drop(migrations_task);
-    finish(client, &config, lease_task, server, events_task).await
 }
 
 /// Aborts the task when dropped: the sidecar migrations stop with the agent.

@@ -376,42 +376,20 @@ impl Observed {
             trim_rollout,
             vec![changed.clone()],
         );
-        let (deployments, t7) = spawn(
-            Api::<Deployment>::all(client.clone()),
-            watch_cache::config(),
-            trim_deployment,
-            vec![sidecar_changed.clone()],
-        );
         let (pdbs, pdbs_changed, t8) = watch_cache::spawn_counted(
             Api::<PodDisruptionBudget>::all(client.clone()),
             watch_cache::config(),
             trim_pdb,
             || {},
         );
-        let (namespaces, t9) = spawn(
-            Api::<Namespace>::all(client.clone()),
-            watch_cache::config(),
-            trim_namespace,
-            vec![sidecar_changed.clone()],
-        );
-        let (stateful_sets, t11) = spawn(
-            Api::<StatefulSet>::all(client.clone()),
-            watch_cache::config(),
-            trim_stateful_set,
-            vec![sidecar_changed.clone()],
-        );
-        let (migrations, t12) = spawn(
-            Api::<SidecarMigration>::all(client.clone()),
-            rollout_config_for_migrations,
-            trim_migration,
-            vec![sidecar_changed.clone()],
-        );
-        let (webhooks, t13) = spawn(
-            Api::<MutatingWebhookConfiguration>::all(client.clone()),
-            watch_cache::config(),
-            trim_webhooks,
-            vec![sidecar_changed.clone()],
-        );
+        let SidecarStores {
+            deployments,
+            stateful_sets,
+            namespaces,
+            migrations,
+            webhooks,
+            tasks: sidecar_tasks,
+        } = SidecarStores::start(client, rollout_config_for_migrations, &sidecar_changed);
         let gateways = Arc::new(OnceLock::new());
         let t10 = spawn_gateways(client, gateways.clone());
         Self {
@@ -433,7 +411,10 @@ impl Observed {
             gateways,
             changed,
             sidecar_changed,
-            tasks: vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13],
+            tasks: [t1, t2, t3, t4, t5, t6, t8, t10]
+                .into_iter()
+                .chain(sidecar_tasks)
+                .collect(),
         }
     }
 
@@ -458,5 +439,58 @@ impl Observed {
         let _ = self.stateful_sets.wait_until_ready().await;
         let _ = self.migrations.wait_until_ready().await;
         let _ = self.webhooks.wait_until_ready().await;
+    }
+}
+
+/// The watches only sidecar migrations read (they wake `changed`).
+struct SidecarStores {
+    deployments: Store<Deployment>,
+    stateful_sets: Store<StatefulSet>,
+    namespaces: Store<Namespace>,
+    migrations: Store<SidecarMigration>,
+    webhooks: Store<MutatingWebhookConfiguration>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SidecarStores {
+    fn start(client: &Client, migration_config: watcher::Config, changed: &Arc<Notify>) -> Self {
+        let (deployments, t7) = spawn(
+            Api::<Deployment>::all(client.clone()),
+            watch_cache::config(),
+            trim_deployment,
+            vec![changed.clone()],
+        );
+        let (namespaces, t9) = spawn(
+            Api::<Namespace>::all(client.clone()),
+            watch_cache::config(),
+            trim_namespace,
+            vec![changed.clone()],
+        );
+        let (stateful_sets, t11) = spawn(
+            Api::<StatefulSet>::all(client.clone()),
+            watch_cache::config(),
+            trim_stateful_set,
+            vec![changed.clone()],
+        );
+        let (migrations, t12) = spawn(
+            Api::<SidecarMigration>::all(client.clone()),
+            migration_config,
+            trim_migration,
+            vec![changed.clone()],
+        );
+        let (webhooks, t13) = spawn(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            watch_cache::config(),
+            trim_webhooks,
+            vec![changed.clone()],
+        );
+        SidecarStores {
+            deployments,
+            stateful_sets,
+            namespaces,
+            migrations,
+            webhooks,
+            tasks: vec![t7, t9, t11, t12, t13],
+        }
     }
 }

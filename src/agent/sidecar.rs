@@ -23,7 +23,7 @@ use ztunnel_rollout_core::labels::{INJECTION_LABEL, REVISION_LABEL};
 use ztunnel_rollout_core::sidecar::migration::{NamespaceView, injection_labels};
 use ztunnel_rollout_core::sidecar::namespace_machine::{NamespaceFacts, PodRevision};
 use ztunnel_rollout_core::sidecar::pass::{
-    Effect, Lookups, Memory, Notice, Outcome, Plan, Snapshot, decide,
+    Counted, Effect, Lookups, Memory, Notice, Outcome, Plan, Snapshot, decide,
 };
 use ztunnel_rollout_core::sidecar::workloads::{Workload, WorkloadKind, restart_patch};
 
@@ -209,25 +209,30 @@ impl SidecarMigrations {
         wake
     }
 
-    fn execute(&mut self, m: &SidecarMigration, uid: &str, plan: Plan) {
-        let name = m.name_any();
-        for result in &plan.counted.namespaces {
+    /// The pass's counted results, as metrics.
+    fn count(&self, name: &str, counted: &Counted) {
+        for result in &counted.namespaces {
             self.metrics
                 .sidecar_namespaces
                 .get_or_create(&NamespaceResultLabels {
-                    migration: name.clone(),
+                    migration: name.to_owned(),
                     result: (*result).to_owned(),
                 })
                 .inc();
         }
-        if plan.counted.restarts > 0 {
+        if counted.restarts > 0 {
             self.metrics
                 .sidecar_workload_restarts
                 .get_or_create(&MigrationLabels {
-                    migration: name.clone(),
+                    migration: name.to_owned(),
                 })
-                .inc_by(plan.counted.restarts);
+                .inc_by(counted.restarts);
         }
+    }
+
+    fn execute(&mut self, m: &SidecarMigration, uid: &str, plan: Plan) {
+        let name = m.name_any();
+        self.count(&name, &plan.counted);
         let reference = m.object_ref(&());
         let key = |object: &str, kind: TaskKind| TaskKey {
             owner: uid.to_owned(),

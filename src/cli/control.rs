@@ -16,6 +16,7 @@ use super::GlobalArgs;
 use crate::api::ZtunnelRollout;
 use crate::api::ztunnel_rollout::{DaemonSetRef, ZtunnelRolloutSpec};
 use ztunnel_rollout_core::label_selector::Selector;
+use ztunnel_rollout_core::rollout::overlap::{Overlap, overlap};
 use ztunnel_rollout_core::rollout::planner::{NodeObservation, Wave, plan_waves};
 use ztunnel_rollout_core::rollout::settings::settings;
 
@@ -239,6 +240,7 @@ pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<
             args.selector
         );
     }
+    let waits_for = overlapping_rollouts(&client, &rollout.spec, &args.selector).await?;
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&rollout)?);
         return Ok(ExitCode::SUCCESS);
@@ -252,5 +254,54 @@ pub async fn trigger(args: &TriggerArgs, global: &GlobalArgs) -> anyhow::Result<
         args.selector,
         nodes.len()
     );
+    for other in waits_for {
+        println!(
+            "it waits until ztunnelrollout {other} (the same DaemonSet) is finished: one rollout of a DaemonSet at a time"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a selector that covers nodes of an active rollout (two rollouts on one node
+/// would each count the other's cordons as someone else's); returns the active rollouts
+/// of the same DaemonSet the new one will wait for.
+async fn overlapping_rollouts(
+    client: &Client,
+    spec: &ZtunnelRolloutSpec,
+    selector: &str,
+) -> anyhow::Result<Vec<String>> {
+    let s = settings(spec)?;
+    let nodes: Vec<(String, Node)> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing nodes")?
+        .into_iter()
+        .filter(|n| s.nodes.matches(n.labels()))
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let rollouts: Vec<std::sync::Arc<ZtunnelRollout>> = Api::<ZtunnelRollout>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing ztunnelrollouts")?
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect();
+    let mut waits_for = Vec::new();
+    for (_, other) in crate::agent::snapshot::others(&rollouts) {
+        if !other.active {
+            continue;
+        }
+        match overlap(&other, &spec.daemon_set, nodes.iter().map(|(n, o)| (n, o))) {
+            Some(Overlap::Nodes(shared)) => bail!(
+                "--selector {selector:?} covers nodes of the active ztunnelrollout {} ({}): nothing created; wait until it is finished (ztunnel-rollout status {}) or abort it (ztunnel-rollout abort {})",
+                other.name,
+                shared.join(", "),
+                other.name,
+                other.name
+            ),
+            Some(Overlap::SameDaemonSet) => waits_for.push(other.name),
+            None => {}
+        }
+    }
+    Ok(waits_for)
 }

@@ -288,62 +288,27 @@ impl Drainer {
         let plan = filter::plan(&pods, &opts.filter, Timestamp::now());
 
         if opts.dry_run || plan.has_refusals() {
-            let pods = plan
-                .pods
-                .iter()
-                .map(|p| match &p.disposition {
-                    Disposition::Refuse(r) => result_for(p, Outcome::Refused, Some(r.clone())),
-                    Disposition::Skip(r) => result_for(p, Outcome::Skipped, Some(r.clone())),
-                    Disposition::Evict { .. } | Disposition::AwaitTermination
-                        if plan.has_refusals() =>
-                    {
-                        result_for(
-                            p,
-                            Outcome::NotGone,
-                            Some("not evicted: the drain was refused".to_owned()),
-                        )
-                    }
-                    Disposition::Evict { note } => {
-                        let blocked = views
-                            .current(p)
-                            .map(|pod| views.covering_pdbs(&pod))
-                            .unwrap_or_default();
-                        let refs: Vec<&PodDisruptionBudget> = blocked.iter().collect();
-                        let reason = if !budget::allows_disruption(&refs) {
-                            Some(
-                                refs.iter()
-                                    .map(|b| budget::describe(b))
-                                    .collect::<Vec<_>>()
-                                    .join("; "),
-                            )
-                        } else {
-                            note.clone()
-                        };
-                        result_for(p, Outcome::WouldEvict, reason)
-                    }
-                    Disposition::AwaitTermination => result_for(
-                        p,
-                        Outcome::WouldEvict,
-                        Some("already terminating".to_owned()),
-                    ),
-                })
-                .collect();
-            let refused = plan.has_refusals();
-            if refused {
-                warn!(
-                    node,
-                    "drain refused: pods the options do not allow to evict"
-                );
-            }
-            return Ok(DrainReport {
-                node: node.to_owned(),
-                dry_run: opts.dry_run,
-                complete: !refused,
-                elapsed_ms: since(start),
-                pods,
-            });
+            return Ok(what_it_would_do(node, opts, &plan, &views, start));
         }
 
+        let report = self
+            .evict_all(node, opts, &plan, views, start, deadline)
+            .await;
+        debug!(node, complete = report.complete, "{}", report.summary());
+        Ok(report)
+    }
+
+    /// Evicts (or waits out) every pod of `plan`, `opts.concurrency` at a time, each
+    /// until its eviction is accepted and the pod is gone or the deadline passes.
+    async fn evict_all(
+        &self,
+        node: &str,
+        opts: &DrainOptions,
+        plan: &filter::DrainPlan,
+        views: Arc<Views>,
+        start: Instant,
+        deadline: Instant,
+    ) -> DrainReport {
         let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
         let mut tasks = Vec::new();
         for p in plan.pods.iter().cloned() {
@@ -388,15 +353,13 @@ impl Drainer {
             && results
                 .iter()
                 .all(|r| matches!(r.outcome, Outcome::Evicted | Outcome::Skipped));
-        let report = DrainReport {
+        DrainReport {
             node: node.to_owned(),
             dry_run: false,
             complete,
             elapsed_ms: since(start),
             pods: results,
-        };
-        debug!(node, complete, "{}", report.summary());
-        Ok(report)
+        }
     }
 }
 
@@ -458,6 +421,48 @@ impl PodDrain {
 
     /// Ok once the eviction is accepted (or the pod is gone); Err with the final result
     /// when it failed for good or the deadline came.
+    /// A PodDisruptionBudget refused the eviction (429): noted, and the pod waits for
+    /// the budget to change (or `delay`).
+    async fn blocked_by_budget(
+        &self,
+        p: &PlannedPod,
+        result: &mut PodResult,
+        message: String,
+        delay: Duration,
+    ) {
+        result.refused_by_budget += 1;
+        result.api_trouble = false;
+        if result.refused_by_budget == 1 {
+            info!(pod = %format!("{}/{}", p.namespace, p.name), reason = %message, "waiting for a PodDisruptionBudget");
+        }
+        result.reason = Some(message);
+        debug!(pod = %p.name, ?delay, "eviction refused by a PodDisruptionBudget");
+        self.wait_for_budget(p, delay).await;
+    }
+
+    /// The Eviction API refuses pods covered by several PDBs (500): the pod fails, naming
+    /// them.
+    fn several_budgets(&self, p: &PlannedPod, result: &PodResult) -> PodResult {
+        let names = self
+            .views
+            .current(p)
+            .map(|pod| {
+                self.views
+                    .covering_pdbs(&pod)
+                    .iter()
+                    .map(budget::pdb_name)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let mut failed = result.clone();
+        failed.outcome = Outcome::Failed;
+        failed.reason = Some(format!(
+            "covered by several PodDisruptionBudgets ({}); the Eviction API refuses such pods — fix the PDBs",
+            names.join(", ")
+        ));
+        failed
+    }
+
     async fn evict_until_accepted(
         &self,
         p: &PlannedPod,
@@ -496,36 +501,10 @@ impl PodDrain {
                     retry_after,
                     message,
                 } => {
-                    result.refused_by_budget += 1;
-                    result.api_trouble = false;
-                    if result.refused_by_budget == 1 {
-                        info!(pod = %format!("{}/{}", p.namespace, p.name), reason = %message, "waiting for a PodDisruptionBudget");
-                    }
-                    result.reason = Some(message);
                     let delay = next.max(retry_after.unwrap_or_default());
-                    debug!(pod = %p.name, ?delay, "eviction refused by a PodDisruptionBudget");
-                    self.wait_for_budget(p, delay).await;
+                    self.blocked_by_budget(p, result, message, delay).await;
                 }
-                Verdict::SeveralBudgets => {
-                    let names = self
-                        .views
-                        .current(p)
-                        .map(|pod| {
-                            self.views
-                                .covering_pdbs(&pod)
-                                .iter()
-                                .map(budget::pdb_name)
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default();
-                    let mut failed = result.clone();
-                    failed.outcome = Outcome::Failed;
-                    failed.reason = Some(format!(
-                        "covered by several PodDisruptionBudgets ({}); the Eviction API refuses such pods — fix the PDBs",
-                        names.join(", ")
-                    ));
-                    return Err(failed);
-                }
+                Verdict::SeveralBudgets => return Err(self.several_budgets(p, result)),
                 Verdict::Throttled { retry_after } => {
                     // The API server sheds load: not the budget, and not a failure.
                     result.api_trouble = true;
@@ -651,5 +630,68 @@ impl PodDrain {
             blocking.join("; ")
         });
         out
+    }
+}
+
+/// The report of a dry run, or of a drain refused before anything was evicted: what
+/// each pod would see, with the PDBs that block an eviction now.
+fn what_it_would_do(
+    node: &str,
+    opts: &DrainOptions,
+    plan: &filter::DrainPlan,
+    views: &Views,
+    start: Instant,
+) -> DrainReport {
+    let pods = plan
+        .pods
+        .iter()
+        .map(|p| match &p.disposition {
+            Disposition::Refuse(r) => result_for(p, Outcome::Refused, Some(r.clone())),
+            Disposition::Skip(r) => result_for(p, Outcome::Skipped, Some(r.clone())),
+            Disposition::Evict { .. } | Disposition::AwaitTermination if plan.has_refusals() => {
+                result_for(
+                    p,
+                    Outcome::NotGone,
+                    Some("not evicted: the drain was refused".to_owned()),
+                )
+            }
+            Disposition::Evict { note } => {
+                let blocked = views
+                    .current(p)
+                    .map(|pod| views.covering_pdbs(&pod))
+                    .unwrap_or_default();
+                let refs: Vec<&PodDisruptionBudget> = blocked.iter().collect();
+                let reason = if !budget::allows_disruption(&refs) {
+                    Some(
+                        refs.iter()
+                            .map(|b| budget::describe(b))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                } else {
+                    note.clone()
+                };
+                result_for(p, Outcome::WouldEvict, reason)
+            }
+            Disposition::AwaitTermination => result_for(
+                p,
+                Outcome::WouldEvict,
+                Some("already terminating".to_owned()),
+            ),
+        })
+        .collect();
+    let refused = plan.has_refusals();
+    if refused {
+        warn!(
+            node,
+            "drain refused: pods the options do not allow to evict"
+        );
+    }
+    DrainReport {
+        node: node.to_owned(),
+        dry_run: opts.dry_run,
+        complete: !refused,
+        elapsed_ms: since(start),
+        pods,
     }
 }

@@ -39,9 +39,12 @@ impl Pass<'_, '_> {
             );
             let facts = self.facts(view, node, Some(n));
             let step = node_machine::next_step(&record, &facts, &view.target, self.now);
-            // Ours already (a crash after our cordon): carry on. (A cordon sent but not
-            // confirmed is the planner's to start again: it counts against the budget.)
-            let resume = matches!(facts.owner, node_machine::Owner::Us { .. });
+            // Ours already and still cordoned (a crash after our cordon): carry on
+            // without the budget — it is unavailable already. Ours but uncordoned since
+            // is the planner's to start again, within the budget. (So is a cordon sent
+            // but not confirmed: it counts against the budget meanwhile.)
+            let resume =
+                matches!(facts.owner, node_machine::Owner::Us { .. }) && facts.unschedulable;
             match &step {
                 Step::Now { .. } => apply.push((node.clone(), step)),
                 Step::Call { .. } if resume => apply.push((node.clone(), step)),

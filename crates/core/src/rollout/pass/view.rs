@@ -171,30 +171,12 @@ impl Pass<'_, '_> {
             .iter()
             .filter(|o| o.active && (o.created, o.name.as_str()) < me)
             .find_map(|o| {
-                if o.daemon_set == spec.daemon_set {
-                    return Some(format!(
-                        "{} (the same DaemonSet {}/{})",
-                        o.name, spec.daemon_set.namespace, spec.daemon_set.name
-                    ));
-                }
-                let shared: Vec<&String> = view
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| o.nodes.as_ref().is_some_and(|s| s.matches(n.labels())))
-                    .map(|(name, _)| name)
-                    .take(3)
-                    .collect();
-                (!shared.is_empty()).then(|| {
-                    format!(
-                        "{} (nodes {})",
-                        o.name,
-                        shared
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
+                crate::rollout::overlap::overlap(
+                    o,
+                    &spec.daemon_set,
+                    view.nodes.iter().map(|(n, o)| (n, o.as_ref())),
+                )
+                .map(|how| format!("{} ({})", o.name, how.describe(&spec.daemon_set)))
             })?;
         // Nodes it already started (before the other one appeared) finish their sequence.
         if self.mem.nodes.values().any(|s| s.phase().in_flight()) {
