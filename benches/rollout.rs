@@ -688,6 +688,37 @@ async fn main() {
     }
     let verbs: Vec<String> = requests.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     println!("\nrequests by verb: {}", verbs.join(", "));
+    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+        // The machine-readable record (e2e/bench.sh keeps one per scenario under
+        // benches/results/): the numbers, and every row of the table as printed.
+        let mut numbers = serde_json::json!({
+            "nodes": p.nodes,
+            "application_pods": pods,
+            "total_seconds": total,
+            "critical_path_seconds": bound,
+            "ratio": total / bound,
+            "api_requests": all,
+            "evictions": evictions,
+        });
+        if let Some(agent) = agents.last() {
+            let pid = agent.child.id();
+            numbers["agent_peak_rss_mib"] = serde_json::json!(peak_rss_kib(pid) as f64 / 1024.0);
+            numbers["agent_cpu_seconds"] = serde_json::json!(cpu_seconds(pid));
+        }
+        let record = serde_json::json!({
+            "date": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "settings": std::env::vars()
+                .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_RESULTS")
+                .collect::<BTreeMap<_, _>>(),
+            "numbers": numbers,
+            "table": table.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+            "requests_by_verb": requests,
+        });
+        let text = serde_json::to_string_pretty(&record).expect("results");
+        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        eprintln!("results written to {path}");
+    }
     drop(agents);
     drop(cluster);
 }

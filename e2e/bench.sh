@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every rollout benchmark scenario of BENCHMARKS.md, one local cluster each, one table
-# each (markdown, on stdout; progress on stderr):
+# each (markdown, on stdout; progress on stderr) and one record each
+# (benches/results/SCENARIO.json, committed: the figures BENCHMARKS.md quotes):
 #
 #   e2e/bench.sh [SCENARIO...]      # default: overhead runbook-20 agent-20-serial agent-20-budget failover-200
 #   e2e/bench.sh scale-1000-light   # 1,000 nodes / 2,000 pods (~10 min)
@@ -32,10 +33,12 @@ scenario() {
 
 [ "$#" -gt 0 ] || set -- overhead runbook-20 agent-20-serial agent-20-budget failover-200
 for s in "$@"; do scenario "$s" >/dev/null; done  # refuse unknown names before running any
+mkdir -p "$root/benches/results"
 echo "# Rollout benchmarks, $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 for s in "$@"; do
   echo >&2 "== $s: $(scenario "$s")"
   echo
   echo "## $s"
-  env $(scenario "$s") cargo bench --quiet --bench rollout | sed -n '/^| figure/,$p'
+  env $(scenario "$s") BENCH_RESULTS="$root/benches/results/$s.json" \
+    cargo bench --quiet --bench rollout | sed -n '/^| figure/,$p'
 done

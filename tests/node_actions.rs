@@ -391,3 +391,30 @@ async fn an_uncordon_disowns_only_the_cordon_it_lifted_never_a_later_one() {
     assert_eq!(cordon_id(&released), None, "the release removes the id");
     task.abort();
 }
+
+#[tokio::test]
+async fn a_cordon_someone_set_again_after_the_rollout_is_theirs_and_stays() {
+    let env = TestEnv::new("recordoned", 1).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let name = env.nodes[0].clone();
+    record_and_cordon(&actions, &env, &name, false).await;
+    // An operator uncordons and cordons it again while no agent looks: our annotation
+    // still says the rollout cordoned a schedulable node, the managedFields say who
+    // set the cordon now.
+    set_unschedulable(&env.client, &name, false).await;
+    set_unschedulable(&env.client, &name, true).await;
+    let done = release(&actions, &name, None).await;
+    assert!(
+        matches!(&done, CallDone::LeftCordoned { by, .. } if !by.is_empty()),
+        "{done:?}"
+    );
+    let after = node(&env, &name).await;
+    assert!(unschedulable(&after), "the operator's cordon stays");
+    assert_eq!(
+        ztunnel_rollout_core::rollout::ownership::owner(&after),
+        None,
+        "our annotations are gone"
+    );
+    task.abort();
+}

@@ -11,8 +11,8 @@ use ztunnel_rollout_core::labels::{
     CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION,
 };
 use ztunnel_rollout_core::rollout::ownership::{
-    cordon_id, owner, recorded_was_unschedulable, taints_of, with_waiting_taint,
-    without_waiting_taint,
+    FIELD_MANAGER, cordon_id, cordoned_again_by_someone_else, owner, recorded_was_unschedulable,
+    taints_of, with_waiting_taint, without_waiting_taint,
 };
 use ztunnel_rollout_core::rollout::pass::{CallDone, CallError};
 
@@ -158,6 +158,9 @@ impl NodeActions {
             match self.release_as_read(rollout, observed, uncordon).await {
                 Err(ActionError::Conflict { .. }) => {}
                 Ok(CallDone::Applied { .. }) => return Ok(CallDone::Applied { over }),
+                Ok(CallDone::LeftCordoned { by, .. }) => {
+                    return Ok(CallDone::LeftCordoned { over, by });
+                }
                 done => return done,
             }
         }
@@ -165,6 +168,7 @@ impl NodeActions {
         over.extend(version(&current));
         match self.release_as_read(rollout, &current, uncordon).await? {
             CallDone::Applied { .. } => Ok(CallDone::Applied { over }),
+            CallDone::LeftCordoned { by, .. } => Ok(CallDone::LeftCordoned { over, by }),
             other => Ok(other),
         }
     }
@@ -199,13 +203,16 @@ impl NodeActions {
                 },
             },
         });
-        if uncordon && !was_unschedulable {
+        let foreign = cordoned_again_by_someone_else(read).map(str::to_owned);
+        if uncordon && !was_unschedulable && foreign.is_none() {
             patch["spec"] = json!({ "unschedulable": false });
         }
         self.leadership.check()?;
         self.patch_node(&node, "releasing", &patch).await?;
-        Ok(CallDone::Applied {
-            over: version(read),
+        let over = version(read);
+        Ok(match foreign {
+            Some(by) if uncordon && !was_unschedulable => CallDone::LeftCordoned { over, by },
+            _ => CallDone::Applied { over },
         })
     }
 
@@ -301,7 +308,7 @@ impl NodeActions {
     ) -> Result<(), ActionError> {
         match self
             .nodes()
-            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(node, &field_manager(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => Ok(()),
@@ -363,5 +370,14 @@ impl NodeActions {
                 source,
             }),
         }
+    }
+}
+
+/// Node writes as [`FIELD_MANAGER`]: the node's managedFields then tell whether
+/// someone else set `spec.unschedulable` since the rollout did.
+fn field_manager() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
     }
 }

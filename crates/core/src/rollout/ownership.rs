@@ -87,6 +87,40 @@ pub fn recorded_was_unschedulable(node: &Node, rollout: &str) -> Option<bool> {
         .map(|v| v == "true")
 }
 
+/// The field manager the agent writes nodes as: the node's managedFields then say who
+/// set `spec.unschedulable` last.
+pub const FIELD_MANAGER: &str = "ztunnel-rollout";
+
+/// Who set the node's `spec.unschedulable` last, by its managedFields (the newest entry
+/// that owns the field), if they say.
+pub fn unschedulable_set_by(node: &Node) -> Option<&str> {
+    node.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|m| {
+            m.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:spec")
+                    .is_some_and(|spec| spec.get("f:unschedulable").is_some())
+            })
+        })
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.as_deref())
+}
+
+/// Someone other than the agent cordoned the node since the rollout did (its
+/// managedFields say so): the cordon it carries now is theirs to lift, even if our
+/// annotation says the rollout cordoned it (an uncordon and a cordon again, unseen
+/// between two leaders).
+pub fn cordoned_again_by_someone_else(node: &Node) -> Option<&str> {
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    unschedulable_set_by(node).filter(|m| unschedulable && *m != FIELD_MANAGER)
+}
+
 /// Which cordon of its owner the node carries (absent on nodes cordoned by older
 /// versions of the agent).
 pub fn cordon_id(node: &Node) -> Option<&str> {

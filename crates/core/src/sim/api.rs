@@ -216,7 +216,28 @@ pub fn node_call(
                 Some(_) => {
                     let was = super::cluster::was_unschedulable(&c.nodes[name]).unwrap_or(true);
                     let cordoned_by = c.nodes[name].cordoned_by.clone();
-                    let uncordoned = *uncordon && !was && c.nodes[name].unschedulable;
+                    // managedFields: someone else set unschedulable since our cordon.
+                    let foreign = c.nodes[name].unschedulable
+                        && cordoned_by != Some(Actor::Rollout(rollout.to_owned()));
+                    let uncordoned = *uncordon && !was && !foreign && c.nodes[name].unschedulable;
+                    if *uncordon && !was && foreign {
+                        c.touch(name);
+                        let n = c.nodes.get_mut(name).expect("node");
+                        n.annotations.remove(OWNER_ANNOTATION);
+                        n.annotations.remove(WAS_UNSCHEDULABLE_ANNOTATION);
+                        n.annotations.remove(CORDON_ID_ANNOTATION);
+                        return (
+                            Ok(CallDone::LeftCordoned {
+                                over,
+                                by: format!("{:?}", cordoned_by),
+                            }),
+                            Applied::Released {
+                                node: name.to_owned(),
+                                uncordoned: false,
+                                cordoned_by,
+                            },
+                        );
+                    }
                     if *uncordon && !was {
                         c.set_unschedulable(name, false, Actor::Rollout(rollout.to_owned()));
                     } else {

@@ -196,6 +196,9 @@ pub enum CallDone {
     /// A release found no annotation of this rollout: nothing to release. (A check:
     /// the cordon did not apply.)
     NotOwned,
+    /// A release removed the rollout's annotations but left the node cordoned: `by`
+    /// cordoned it again since the rollout did, so the cordon is theirs.
+    LeftCordoned { over: Vec<String>, by: String },
     /// A check found the rollout's annotation (at resourceVersion `version`, on a node
     /// `unschedulable` or not): the cordon applied.
     Owned {

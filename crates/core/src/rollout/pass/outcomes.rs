@@ -126,7 +126,9 @@ impl Pass<'_, '_> {
             Ok(done) => {
                 state.retry.clear();
                 let over = match &done {
-                    CallDone::Applied { over } => over.clone(),
+                    CallDone::Applied { over } | CallDone::LeftCordoned { over, .. } => {
+                        over.clone()
+                    }
                     CallDone::NotOwned | CallDone::Owned { .. } => Vec::new(),
                 };
                 match kind {
@@ -188,6 +190,14 @@ impl Pass<'_, '_> {
                             state.expect = Some(Expectation {
                                 over,
                                 wrote: Wrote::Release { uncordoned },
+                            });
+                        }
+                        if let CallDone::LeftCordoned { by, .. } = &done {
+                            then = then.map(|(phase, _)| {
+                                (
+                                    phase,
+                                    format!("left cordoned: {by} cordoned it again after the rollout did; the cordon is theirs to lift"),
+                                )
                             });
                         }
                         if matches!(done, CallDone::NotOwned) {
