@@ -64,7 +64,7 @@ cat <<'ROLLOUT' | kubectl apply -f -
     "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
     "nodeSelector": { "matchLabels": { "local-cluster.ztunnel-rollout.dev/node-set": "demo" } },
     "waves": { "groupBy": "topology.kubernetes.io/zone", "maxUnavailable": 2 },
-    "health": { "soak": "1s", "interval": "500ms" }
+    "health": { "soak": "1s", "interval": "1s" }
   }
 }
 ROLLOUT

@@ -76,3 +76,29 @@ pub fn api_failure(e: &kube::Error) -> ApiFailure {
         other => ApiFailure::Transport(other.to_string()),
     }
 }
+
+/// An API server's answer as one readable line: its message, HTTP code and reason (the
+/// `Display` of `kube::Error::Api` carries a `Debug` dump of the whole response).
+pub fn describe_status(s: &kube::core::Status) -> String {
+    format!("{} (HTTP {} {})", s.message, s.code, s.reason)
+}
+
+/// `e` as one readable line.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => describe_status(s),
+        other => other.to_string(),
+    }
+}
+
+/// A watch's error as one readable line.
+pub fn describe_watch_error(e: &kube::runtime::watcher::Error) -> String {
+    use kube::runtime::watcher::Error;
+    match e {
+        Error::InitialListFailed(e) => format!("listing failed: {}", describe(e)),
+        Error::WatchStartFailed(e) => format!("starting the watch failed: {}", describe(e)),
+        Error::WatchError(s) => format!("the watch ended: {}", describe_status(s)),
+        Error::WatchFailed(e) => format!("the watch failed: {}", describe(e)),
+        other => other.to_string(),
+    }
+}

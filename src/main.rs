@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 use ztunnel_rollout::cli::{
-    Cli, Command, agent, completion, control, drain, plan, preflight, sidecar, status,
+    Cli, Command, agent, completion, control, drain, errors, plan, preflight, sidecar, status,
 };
 
 #[tokio::main]
@@ -22,7 +22,20 @@ async fn main() -> ExitCode {
         .init();
     let cli = parse_cli();
     let result = match &cli.command {
+        // Long-running, or nothing to ask the API server: as they are.
         Command::Agent(args) => agent::run(args, &cli.global).await,
+        Command::Completion(args) => completion(args),
+        // The others run again (bounded) when the API server asks to retry.
+        _ => errors::retrying(|| run(&cli)).await,
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {}", errors::describe(&e));
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
         Command::Drain(args) => drain::run(args, &cli.global).await,
         Command::Preflight(args) => preflight::run(args, &cli.global).await,
         Command::Plan(args) => plan::run(args, &cli.global).await,
@@ -33,22 +46,9 @@ async fn main() -> ExitCode {
         Command::Approve(args) => control::approve(args, &cli.global).await,
         Command::Trigger(args) => control::trigger(args, &cli.global).await,
         Command::Sidecar(args) => sidecar::run(args, &cli.global).await,
+        Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Completion(args) => completion(args),
-    };
-    result.unwrap_or_else(|e| {
-        // Many errors repeat their source in their own message; say each thing once.
-        let mut message = String::new();
-        for cause in e.chain().map(|c| c.to_string()) {
-            if !message.contains(&cause) {
-                if !message.is_empty() {
-                    message.push_str(": ");
-                }
-                message.push_str(&cause);
-            }
-        }
-        eprintln!("error: {message}");
-        ExitCode::FAILURE
-    })
+    }
 }
 
 /// Parses the command line; installed as `kubectl-ztunnel_rollout`, the binary is the

@@ -60,7 +60,10 @@ pub fn spawn<K: Watched>(
         );
         while let Some(event) = events.next().await {
             if let Err(e) = event {
-                warn!(error = %e, "watch error; the watcher retries with backoff");
+                warn!(
+                    error = %crate::kube_client::describe_watch_error(&e),
+                    "watch error; the watcher retries with backoff"
+                );
             }
             on_event();
         }

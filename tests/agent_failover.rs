@@ -3,34 +3,26 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::SignedDuration;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, TEST_LABEL};
+use support::history::NodeHistory;
 use support::{TestEnv, daemonset_ready, deployment_available};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_testbed::control_plane::{
     ControlPlaneOptions, RunningControlPlane, client_for,
 };
 use ztunnel_rollout_testbed::fixtures::{self, Budget, ZONE_LABEL};
 
 /// Nodes the agent logged entering `phase`.
-fn nodes_logged(log: &str, phase: NodePhase) -> BTreeSet<String> {
-    let marker = format!("phase=\"{}\"", phase.as_str());
-    log.lines()
-        .filter(|l| l.contains(&marker))
-        .filter_map(|l| l.rsplit("node=").next())
-        .map(|n| n.trim().to_owned())
-        .collect()
-}
-
 async fn assert_finished(client: &Client, ns: &str, selector: &ListParams, target: &str) {
     agent_support::assert_nodes_released(client, selector, None).await;
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
@@ -78,6 +70,7 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
         .wait_for_log("waiting for the lease", Duration::from_secs(60))
         .await;
 
+    let history = NodeHistory::start(&env);
     let name = format!("{}-failover", env.namespace);
     let rollout = agent_support::rollout(
         &env,
@@ -93,15 +86,39 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
         .wait_for_log("eviction accepted", Duration::from_secs(60))
         .await;
     first.kill();
-    let killed = Instant::now();
-    second
-        .wait_for_log("leading", Duration::from_secs(30))
-        .await;
-    let took_over = killed.elapsed();
-    eprintln!("the standby took over {took_over:?} after the SIGKILL");
+    // The lease as the killed leader left it, then the standby's take-over, both read
+    // from the Lease object: the standby took it only once it had expired.
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "ztunnel-rollout");
+    let left = leases.get(&lease).await.expect("lease").spec.expect("spec");
+    assert_eq!(left.holder_identity.as_deref(), Some("replica-1"));
+    let taken = support::wait_within(
+        &leases,
+        &lease,
+        "replica-2 holds the lease",
+        Duration::from_secs(60),
+        |l: Option<&Lease>| {
+            l.and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some("replica-2")
+        },
+    )
+    .await
+    .and_then(|l| l.spec)
+    .expect("lease");
+    let renewed = left.renew_time.expect("renewTime").0;
+    let duration = SignedDuration::from_secs(left.lease_duration_seconds.expect("duration").into());
+    let acquired = taken.acquire_time.expect("acquireTime").0;
     assert!(
-        took_over <= Duration::from_secs(15 + 5),
-        "take-over took {took_over:?}, more than the lease duration + 5 s"
+        acquired >= renewed.checked_add(duration).expect("time"),
+        "replica-2 took the lease at {acquired}, before replica-1's (renewed {renewed}, {duration}) expired"
+    );
+    assert_eq!(
+        taken.lease_transitions.unwrap_or(0),
+        left.lease_transitions.unwrap_or(0) + 1
+    );
+    eprintln!(
+        "the standby took the lease {} after replica-1's last renewal",
+        acquired.duration_since(renewed)
     );
 
     agent_support::wait_for_phase(
@@ -119,22 +136,18 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_the_rollout_complet
         &target,
     )
     .await;
-    // No node handled by both: what the first finished, the second never cordoned.
-    let done_by_first = nodes_logged(&first.log_text(), NodePhase::Done);
-    let cordoned_by_second = nodes_logged(&second.log_text(), NodePhase::Cordoned);
-    assert!(
-        done_by_first.is_disjoint(&cordoned_by_second),
-        "nodes handled twice: {:?}",
-        done_by_first
-            .intersection(&cordoned_by_second)
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        !cordoned_by_second.is_empty()
-            || !nodes_logged(&second.log_text(), NodePhase::Drained).is_empty(),
-        "the standby resumed the rollout:\n{}",
-        second.log_text()
-    );
+    // No node handled twice: from a watch of the nodes started before the rollout, each
+    // went from schedulable to cordoned exactly once (a node the first agent finished
+    // and the second started again would have been cordoned twice).
+    for node in &env.nodes {
+        assert_eq!(
+            history.cordons(node),
+            1,
+            "{node} was cordoned {} times: {:?}",
+            history.cordons(node),
+            history.seen.lock().expect("lock").states.get(node)
+        );
+    }
 }
 
 #[tokio::test]

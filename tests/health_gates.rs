@@ -1,22 +1,28 @@
 //! The health gates on the local control plane: PromQL checks against a real Prometheus
-//! scraping simulated ztunnel endpoints, failing closed on errors, and the ztunnel
-//! metrics reader against a real endpoint.
+//! scraping simulated ztunnel endpoints, failing closed on errors; their bounds (one
+//! agent-wide limit on requests in flight, rounds cut at the gate's deadline, capped
+//! answers, the API server refusing intervals under 1s and query timeouts over 30s);
+//! and the ztunnel metrics reader and the gates' HTTP client against real endpoints.
 
 mod support;
 
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use support::TestEnv;
 use support::agent::{self as agent_support, Agent, node_status};
 use support::prometheus::{Prometheus, ZtunnelMetricsServer};
 use ztunnel_rollout::api::ZtunnelRollout;
-use ztunnel_rollout::health::http_client::HttpClient;
+use ztunnel_rollout::health::http_client::{
+    Bounds, FETCHES_AT_ONCE, FetchError, HttpClient, MAX_BODY,
+};
 use ztunnel_rollout::health::ztunnel_metrics;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 
 const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
+/// A Prometheus answer of one number, 0.
+const ZERO: &str = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0"]}}"#;
 
 fn agent(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
     agent_support::start_as_service_account(env, dir.path(), "agent-a")
@@ -64,7 +70,7 @@ async fn the_promql_gate_passes_healthy_nodes_and_pauses_on_a_raised_failure_rat
             &env,
             &name,
             serde_json::json!({ "health": {
-                "interval": "500ms",
+                "interval": "1s",
                 "soak": "2s",
                 "waypoints": { "disabled": true },
                 "prometheus": {
@@ -187,7 +193,7 @@ fn one_node_rollout(
         serde_json::json!({
             "nodeSelector": { "matchLabels": { "kubernetes.io/hostname": node } },
             "health": {
-                "interval": "500ms",
+                "interval": "1s",
                 "waypoints": { "disabled": true },
                 "prometheus": {
                     "url": url,
@@ -335,4 +341,182 @@ async fn the_ztunnel_metrics_reader_reads_a_real_endpoint_and_refuses_broken_one
     .await
     .unwrap_err();
     assert!(err.contains("unreachable"), "{err}");
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_gate_settings_outside_their_bounds() {
+    let env = TestEnv::new("gate-bounds-schema", 0).await;
+    agent_support::install(&env.client).await;
+    let api = Api::<ZtunnelRollout>::all(env.client.clone());
+    let cases = [
+        (
+            "interval",
+            serde_json::json!({ "interval": "1ms", "waypoints": { "disabled": true } }),
+            "interval must be at least 1s",
+        ),
+        (
+            "querytimeout",
+            serde_json::json!({
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": "http://127.0.0.1:9",
+                    "queryTimeout": "5m",
+                    "queries": [{ "name": "q", "query": "up", "max": 1.0 }]
+                }
+            }),
+            "queryTimeout must be at most 30s",
+        ),
+    ];
+    for (case, health, expected) in cases {
+        let name = format!("{}-{case}", env.namespace);
+        let r = agent_support::rollout(&env, &name, serde_json::json!({ "health": health }));
+        let err = api
+            .create(&PostParams::default(), &r)
+            .await
+            .expect_err(case);
+        let kube::Error::Api(status) = err else {
+            panic!("{case}: not an API refusal: {err}");
+        };
+        assert_eq!(status.code, 422, "{case}: {status:?}");
+        assert!(
+            status.message.contains(expected),
+            "{case}: {}",
+            status.message
+        );
+        assert!(
+            api.get_opt(&name).await.expect("get").is_none(),
+            "{case}: nothing was stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_gates_http_client_holds_its_slots_deadline_and_size_cap() {
+    let server = ZtunnelMetricsServer::start(&[]).await;
+    let url = |key: &str| format!("http://{}/metrics/{key}/", server.address);
+    // Slots: 3 × FETCHES_AT_ONCE slow answers through one client; the endpoint never
+    // sees more than FETCHES_AT_ONCE at once, and every one is answered.
+    server.set_body("slow", "ok");
+    server.set_delay("slow", Duration::from_millis(300));
+    let client = HttpClient::new();
+    let slow = url("slow");
+    let fetches = (0..3 * FETCHES_AT_ONCE).map(|_| client.get(&slow, Duration::from_secs(10)));
+    let answers = futures::future::join_all(fetches).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|b| &b[..] == b"ok"))
+    );
+    assert_eq!(
+        server.peak_in_flight(),
+        FETCHES_AT_ONCE,
+        "the limit was reached, not passed"
+    );
+
+    // Deadline: a request given a 10 s timeout ends at its earlier deadline, and one
+    // waiting for the slot it holds ends at its own (earlier) deadline, without being
+    // sent.
+    server.set_delay("slow", Duration::from_secs(30));
+    let one = HttpClient::with_slots(1);
+    let at = |ms| Bounds {
+        timeout: Duration::from_secs(10),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_millis(ms)),
+    };
+    let (first, second) = futures::join!(one.get(&slow, at(1000)), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        one.get(&slow, at(300)).await
+    });
+    assert!(
+        matches!(first, Err(FetchError::Deadline { .. })),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(FetchError::NoSlot { slots: 1, .. })),
+        "{second:?}"
+    );
+
+    // Size: an answer over MAX_BODY fails, announced or not.
+    let big = "x".repeat(MAX_BODY + 1);
+    server.set_body("big", &big);
+    server.set_body_without_length("hidden", &big);
+    for key in ["big", "hidden"] {
+        let err = client
+            .get(&url(key), Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge { .. }), "{key}: {err:?}");
+        assert!(
+            err.to_string().contains("larger than 4 MiB"),
+            "{key}: {err}"
+        );
+    }
+    // At the cap it is read whole.
+    server.set_body_without_length("fits", &"y".repeat(MAX_BODY));
+    let body = client
+        .get(&url("fits"), Duration::from_secs(10))
+        .await
+        .expect("fits");
+    assert_eq!(body.len(), MAX_BODY);
+}
+
+#[tokio::test]
+async fn a_slow_prometheus_cannot_stretch_the_gate_past_its_timeout() {
+    let env = TestEnv::new("gate-slow", 1).await;
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    // Each answer takes longer than the largest queryTimeout.
+    let server = ZtunnelMetricsServer::start(&[]).await;
+    server.set_body("slow", ZERO);
+    server.set_delay("slow", Duration::from_secs(120));
+    let node = env.nodes[0].clone();
+    let name = env.namespace.clone();
+    // A round's queries would take 30 s each; the gate's deadline comes at 3 s.
+    let r = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "nodeSelector": { "matchLabels": { "kubernetes.io/hostname": node } },
+            "health": {
+                "interval": "1s",
+                "timeout": "3s",
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": format!("http://{}/metrics/slow", server.address),
+                    "queryTimeout": "30s",
+                    "queries": [
+                        { "name": "a", "query": "up", "max": 1.0 },
+                        { "name": "b", "query": "up", "max": 1.0 }
+                    ]
+                }
+            }
+        }),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir);
+    agent_support::create(&env.client, &r).await;
+    let paused = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Paused",
+        Duration::from_secs(90),
+        &[&agent],
+    )
+    .await;
+    let n = node_status(&paused, &node).expect("node status");
+    assert_eq!(n.phase, NodePhase::Failed, "{n:?}");
+    // Cut at the gate's deadline, not after the 30 s queryTimeout.
+    assert!(
+        n.message
+            .contains("no answer by the health gate's deadline"),
+        "{}",
+        n.message
+    );
+    assert!(!n.message.contains("no answer within"), "{}", n.message);
+    // Both queries were sent in the same round, side by side.
+    assert_eq!(server.peak_in_flight(), 2);
 }

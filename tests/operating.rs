@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL, node_status};
 use support::{TestEnv, cli};
@@ -99,7 +99,31 @@ async fn manual_approval_holds_each_wave_until_approved_also_across_an_agent_res
     // A new agent process reads the approvals from the object: wave b still waits.
     agent.kill();
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-b");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Once agent-b leads (the Lease says so) and has acted on this rollout (it observed
+    // a spec change made after it took the lease), wave b must still be waiting.
+    until_lease_held(&env, "agent-b").await;
+    let changed = api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "drain": { "timeout": "9m" } } })),
+        )
+        .await
+        .expect("change the spec");
+    let generation = changed.metadata.generation;
+    support::wait_within(
+        &api,
+        &name,
+        "agent-b observed the new generation",
+        Duration::from_secs(60),
+        |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+                s.observed_generation.is_some() && s.observed_generation == generation
+            })
+        },
+    )
+    .await
+    .expect("rollout");
     let r = phase(&env.client, &name, "AwaitingApproval", &agent).await;
     assert_eq!(
         r.status
@@ -169,7 +193,7 @@ async fn pausing_mid_wave_lets_nodes_in_flight_finish_and_resuming_completes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = ready(&env, &dir).await;
     let name = format!("{}-pz", env.namespace);
-    let spec = serde_json::json!({ "health": { "soak": "2s", "interval": "500ms" } });
+    let spec = serde_json::json!({ "health": { "soak": "2s", "interval": "1s" } });
     agent_support::create(&env.client, &agent_support::rollout(&env, &name, spec)).await;
     let api: Api<ZtunnelRollout> = Api::all(env.client.clone());
     support::wait_within(
@@ -493,4 +517,25 @@ async fn the_cli_is_a_kubectl_plugin_and_kubectl_get_shows_the_progress() {
         script.contains("complete -F") && script.contains("approve"),
         "a bash completion script"
     );
+}
+
+/// Waits until the agents' Lease (tests/support/agent.rs: `<namespace>-lease`, in the
+/// agent's namespace) is held by `identity`.
+async fn until_lease_held(env: &TestEnv, identity: &str) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "ztunnel-rollout");
+    let name = format!("{}-lease", env.namespace);
+    support::wait_within(
+        &leases,
+        &name,
+        &format!("{identity} holds the lease"),
+        Duration::from_secs(60),
+        |l: Option<&Lease>| {
+            l.and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(identity)
+        },
+    )
+    .await
+    .expect("lease");
 }

@@ -43,6 +43,7 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
     assert_ne!(old, new);
 
     let (pods_seen, pod_sampler) = sample_available(&env);
+    let history = support::history::NodeHistory::start(&env);
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
     let name = format!("{}-rb", env.namespace);
@@ -143,21 +144,15 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
         ("True", "RolledBack")
     );
 
-    // Waves in reverse: a rolled-back node of wave b was cordoned before those of wave a.
-    let started = |node: &str| {
-        status
-            .nodes
-            .iter()
-            .find(|n| n.name == node)
-            .and_then(|n| n.started.clone())
-    };
+    // Waves in reverse: a rolled-back node of wave b was cordoned (its last cordon, by
+    // the API server's order of changes) before those of wave a.
     if updated.contains(&env.nodes[4]) {
-        let b = started(&env.nodes[4]).expect("wave b node started");
+        let b = history
+            .last_taken(&env.nodes[4])
+            .expect("wave b node cordoned");
         for a in [&env.nodes[0], &env.nodes[3]] {
-            assert!(
-                b <= started(a).expect("wave a node started"),
-                "wave b before wave a"
-            );
+            let a_taken = history.last_taken(a).expect("wave a node cordoned");
+            assert!(b < a_taken, "wave b before wave a ({b} vs {a_taken})");
         }
     }
 

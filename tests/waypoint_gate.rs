@@ -117,7 +117,7 @@ async fn start(env: &TestEnv, dir: &tempfile::TempDir) -> Agent {
 
 fn rollout(env: &TestEnv, name: &str, waypoint: &str, health: serde_json::Value) -> ZtunnelRollout {
     let mut health = health;
-    health["interval"] = "200ms".into();
+    health["interval"] = "1s".into();
     health["waypoints"] = serde_json::json!({
         "selector": { "matchLabels": { GATEWAY_NAME_LABEL: waypoint } }
     });

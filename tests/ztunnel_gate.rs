@@ -66,7 +66,7 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
         &env,
         &name,
         serde_json::json!({ "health": {
-            "interval": "300ms",
+            "interval": "1s",
             "timeout": "5s",
             "waypoints": { "disabled": true },
             "ztunnelMetrics": { "maxFailedConnectionsPerSecond": 0.5, "maxClosedPerOpened": 1.5 }

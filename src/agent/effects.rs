@@ -9,7 +9,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 use ztunnel_rollout_core::drain::budget::permanent_blockers;
 use ztunnel_rollout_core::rollout::pass::{
     About, CallError, CallKind, DrainOutcome, Effect, NodeCall, Notice, Outcome, Plan,
@@ -287,7 +287,10 @@ impl EffectRunner {
                     .map_err(|e| e.call_error()),
             };
             let result = match result {
-                Ok(done) => Ok(done),
+                Ok(done) => {
+                    debug!(?done, "{} done", call.kind.verb());
+                    Ok(done)
+                }
                 Err(Some(e)) => {
                     warn!(error = %e, "{} failed", call.kind.verb());
                     Err(e)

@@ -2,6 +2,7 @@
 //! runs while this replica leads (here), the watches ([`observe`]) and the snapshots
 //! built from them ([`snapshot`]), the rollouts' passes ([`rollouts`]) whose effects
 //! ([`effects`]) run as tasks of one [`executor`] — node calls ([`node_actions`]),
+//! the sweep of nodes whose rollout is gone ([`orphans`]),
 //! drains, health gates ([`verify`]), calls on the rollout object ([`rollout_object`],
 //! [`rollback`]) —, the sidecar migrations' loop ([`sidecar`]), Events ([`events`]) and
 //! the health/metrics endpoint, with a graceful shutdown that records the current step
@@ -12,6 +13,7 @@ pub mod events;
 pub mod executor;
 pub mod node_actions;
 pub mod observe;
+pub mod orphans;
 pub mod pod_index;
 pub mod rollback;
 pub mod rollout_object;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Client, Resource, ResourceExt};
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use ztunnel_rollout_core::labels::FINALIZER;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_core::rollout::pass::{
@@ -22,6 +22,7 @@ use super::effects::EffectRunner;
 use super::events::EventSink;
 use super::executor::Executor;
 use super::observe::Observed;
+use super::orphans::OrphanSweep;
 use super::snapshot::{CacheLookups, Source, created, others};
 use crate::api::ZtunnelRollout;
 use crate::leader::{Leadership, NotLeader};
@@ -45,8 +46,10 @@ pub enum PassError {
 struct Term {
     memory: Memory,
     /// The rollout was finished and cleaned at this resourceVersion: passes skip it
-    /// until the object changes.
+    /// until the object changes, or until `wake` (its retention's end).
     finished_at_version: Option<String>,
+    /// When the last pass asked to look again.
+    wake: Option<Instant>,
 }
 
 pub struct Rollouts {
@@ -62,6 +65,7 @@ pub struct Rollouts {
     names: HashMap<String, String>,
     /// The lease was handed over for this node (the agent's own) during an earlier term.
     handed_over_for: Option<String>,
+    orphans: OrphanSweep,
 }
 
 /// How long a replica that handed the lease over waits before it competes for it again.
@@ -77,6 +81,14 @@ impl Rollouts {
         settings: RolloutSettings,
     ) -> Self {
         let executor = Executor::new(super::effects::CALLS_AT_ONCE, observed.changed.clone());
+        let orphans = OrphanSweep::new(
+            client.clone(),
+            Arc::new(super::node_actions::NodeActions::new(
+                client.clone(),
+                leadership.clone(),
+            )),
+            events.clone(),
+        );
         Self {
             effects: EffectRunner::new(
                 client.clone(),
@@ -94,6 +106,7 @@ impl Rollouts {
             terms: HashMap::new(),
             names: HashMap::new(),
             handed_over_for: None,
+            orphans,
         }
     }
 
@@ -102,6 +115,7 @@ impl Rollouts {
     pub fn reset(&mut self) {
         self.executor.cancel_all();
         self.terms.clear();
+        self.orphans.reset();
     }
 
     /// One pass over every rollout. Returns when the loop must run again at the latest
@@ -126,11 +140,17 @@ impl Rollouts {
                 .await?;
             wake = earliest(wake, next);
         }
+        let sweep = self
+            .orphans
+            .maybe_sweep(&self.source.observed, &rollouts, &mut self.executor);
+        wake = earliest(wake, Some(sweep));
         if let Some(node) = self.effects.take_step_down() {
             info!(
                 node,
                 "this replica runs on the node drained next: handing the lease over"
             );
+            // The next leader resumes from the status: write what is held back first.
+            self.flush().await;
             self.handed_over_for = Some(node);
             self.leadership.hand_over(HAND_OVER_HOLD_OFF);
         }
@@ -168,8 +188,9 @@ impl Rollouts {
             && outcomes.is_empty()
             && term.finished_at_version.is_some()
             && term.finished_at_version == r.resource_version()
+            && term.wake.is_none_or(|at| at > Instant::now())
         {
-            return Ok(None); // Finished and unchanged: costs nothing.
+            return Ok(term.wake); // Finished and unchanged: costs nothing until then.
         }
         if !self.terms.contains_key(uid) {
             let term = self.start_term(r, &name).await;
@@ -227,6 +248,18 @@ impl Rollouts {
             Timestamp::now(),
         );
         term.finished_at_version = plan.finished.then(|| r.resource_version()).flatten();
+        term.wake = plan.wake_at.map(wake_at);
+        if tracing::enabled!(tracing::Level::DEBUG) && !plan.effects.is_empty() {
+            let effects: Vec<String> = plan
+                .effects
+                .iter()
+                .map(|e| match e {
+                    Effect::Call(c) => format!("{} {}", c.kind.verb(), c.node),
+                    other => format!("{other:?}").chars().take(60).collect(),
+                })
+                .collect();
+            debug!(standing = ?plan.standing.as_ref().map(|s| &s.reason), deleting = r.metadata.deletion_timestamp.is_some(), "pass: {}", effects.join("; "));
+        }
         self.record_metrics(&name, &plan);
         let reference = r.object_ref(&());
         let wake = plan.wake_at.map(wake_at);
@@ -260,6 +293,7 @@ impl Rollouts {
                 &owned,
             ),
             finished_at_version: None,
+            wake: None,
         }
     }
 

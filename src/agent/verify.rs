@@ -1,12 +1,20 @@
 //! Runs one node's health gates as a task: every `interval` it measures (waypoints from
 //! the watch caches, the node's ztunnel metrics endpoint, the Prometheus queries), asks
 //! the pure verdict (`crate::health::gates`) and reports progress and the final verdict
-//! to the reconcile loop. Every wait is bounded by the gate's timeout.
+//! to the reconcile loop.
+//!
+//! Bounded, so that a gate ends when its `timeout` says and the agent's memory does not
+//! depend on the endpoints: a round's scrape and queries run concurrently, each within
+//! its own (capped) timeout, and all of them end by the gate's deadline
+//! (`health::rounds`); at the deadline the last round is judged. Requests take one of
+//! the agent-wide slots of the shared HTTP client (`health::http_client`), whose answers
+//! are capped in size and read once. Only the scrapes of the soak window are kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -19,15 +27,35 @@ use crate::health::gates::{
     CheckResult, GateVerdict, QueryAnswer, Waypoint, ZtunnelScrape, enrolled_in_ambient,
     prometheus_check, verdict, waypoint_check, ztunnel_checks,
 };
-use crate::health::http_client::HttpClient;
+use crate::health::http_client::{Bounds, HttpClient};
+use crate::health::rounds::{Round, next_round, trim_to_window, verdict_at_deadline};
 use crate::health::{prometheus, ztunnel_metrics};
 use ztunnel_rollout_core::label_selector::Selector;
 use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, REVISION_HASH_LABEL};
 
-/// Shared by every gate task.
+/// Shared by every gate task: one HTTP client, so one limit on the requests in flight
+/// across the agent.
 pub struct Gates {
     pub observed: Arc<Observed>,
     pub http: HttpClient,
+}
+
+/// What a node's gate task keeps between rounds.
+#[derive(Default)]
+struct Memory {
+    healthy_since: Option<Timestamp>,
+    /// The scrapes of the soak window, oldest first.
+    scrapes: Vec<ZtunnelScrape>,
+    /// Each `maxIncrease` query's value just before the node was touched.
+    baselines: HashMap<String, QueryAnswer>,
+    /// The last round's results, judged when the deadline comes.
+    last: Option<Vec<CheckResult>>,
+}
+
+/// `deadline` on the tokio clock.
+fn instant_at(deadline: Timestamp) -> tokio::time::Instant {
+    let left = Duration::try_from(deadline.duration_since(Timestamp::now())).unwrap_or_default();
+    tokio::time::Instant::now() + left
 }
 
 impl Gates {
@@ -38,21 +66,35 @@ impl Gates {
             node: req.node.clone(),
             event,
         };
-        let mut healthy_since = None;
-        let mut scrapes: Vec<ZtunnelScrape> = Vec::new();
-        let mut baselines: HashMap<String, QueryAnswer> = HashMap::new();
+        let s = &req.settings;
+        let mut memory = Memory::default();
         let mut last_why = String::new();
         loop {
             let now = Timestamp::now();
-            let results = self.round(&req, now, &mut scrapes, &mut baselines).await;
-            let now = Timestamp::now();
-            match verdict(
-                &results,
+            let round = next_round(
                 req.ready_since,
-                &mut healthy_since,
+                memory.healthy_since,
                 now,
-                &req.settings,
-            ) {
+                s,
+                memory.last.is_some(),
+            );
+            let verdict = match (round, memory.last.take()) {
+                (Round::Measure { deadline }, _) => {
+                    let results = self.round(&req, now, deadline, &mut memory).await;
+                    let now = Timestamp::now();
+                    let v = verdict(&results, req.ready_since, &mut memory.healthy_since, now, s);
+                    memory.last = Some(results);
+                    v
+                }
+                (Round::JudgeLast, last) => verdict_at_deadline(
+                    &last.unwrap_or_default(),
+                    req.ready_since,
+                    &mut memory.healthy_since,
+                    now,
+                    s,
+                ),
+            };
+            match verdict {
                 GateVerdict::Passed(note) => return Some(event(GateEvent::Done(Ok(note)))),
                 GateVerdict::Failed(why) => return Some(event(GateEvent::Done(Err(why)))),
                 GateVerdict::Waiting { until, why } => {
@@ -60,75 +102,100 @@ impl Gates {
                         sink.send(event(GateEvent::Waiting(why.clone())));
                         last_why = why;
                     }
+                    let now = Timestamp::now();
                     let left = Duration::try_from(until.duration_since(now)).unwrap_or_default();
-                    tokio::time::sleep(left.min(req.settings.interval)).await;
+                    tokio::time::sleep(left.min(s.interval)).await;
                 }
             }
         }
     }
 
-    /// Measures every configured check once.
+    /// Measures every configured check once; the scrape and the queries run at once,
+    /// and all of them end by `deadline`.
     async fn round(
         &self,
         req: &GateRequest,
         now: Timestamp,
-        scrapes: &mut Vec<ZtunnelScrape>,
-        baselines: &mut HashMap<String, QueryAnswer>,
+        deadline: Timestamp,
+        memory: &mut Memory,
     ) -> Vec<CheckResult> {
         let s = &req.settings;
+        let until = instant_at(deadline);
         let mut results = Vec::new();
         if let Some(selector) = &s.waypoint_selector {
             results.push(waypoint_check(&waypoints(&self.observed, selector)));
         }
-        if let Some(m) = &s.ztunnel_metrics {
-            let at = now.duration_since(req.ready_since).as_secs_f64();
-            let latest = match self.ztunnel_endpoint(req) {
+        let at = now.duration_since(req.ready_since).as_secs_f64();
+        let scrape = async {
+            let m = s.ztunnel_metrics.as_ref()?;
+            let bounds = Bounds {
+                timeout: s.scrape_timeout(),
+                deadline: Some(until),
+            };
+            Some(match self.ztunnel_endpoint(req) {
                 None => Err(format!(
                     "no Ready ztunnel pod with an IP on node {} on revision {}",
                     req.node, req.target_hash
                 )),
                 Some((pod, ip)) => {
-                    let timeout = s
-                        .interval
-                        .clamp(Duration::from_secs(1), Duration::from_secs(10));
-                    ztunnel_metrics::scrape(&self.http, &pod, &ip, m.port, at, timeout).await
+                    ztunnel_metrics::scrape(&self.http, &pod, &ip, m.port, at, bounds).await
                 }
+            })
+        };
+        let baselines = &memory.baselines;
+        let queries = async {
+            let Some(p) = &s.prometheus else {
+                return Vec::new();
             };
+            let bounds = Bounds {
+                timeout: s.query_timeout(),
+                deadline: Some(until),
+            };
+            let before = req
+                .touched_at
+                .unwrap_or(req.ready_since)
+                .checked_sub(SignedDuration::from_secs(1))
+                .ok();
+            join_all(p.queries.iter().map(|q| async move {
+                let text = q.for_node(&req.node);
+                let baseline = async {
+                    if !q.needs_baseline() || baselines.contains_key(&q.name) {
+                        return None;
+                    }
+                    Some(prometheus::query(&self.http, &p.url, &text, before, bounds).await)
+                };
+                let now = prometheus::query(&self.http, &p.url, &text, None, bounds);
+                let (baseline, now) = futures::join!(baseline, now);
+                (q, baseline, now)
+            }))
+            .await
+        };
+        let (latest, answers) = futures::join!(scrape, queries);
+        if let (Some(m), Some(latest)) = (&s.ztunnel_metrics, latest) {
             if let Ok(scrape) = &latest {
-                scrapes.push(scrape.clone());
+                memory.scrapes.push(scrape.clone());
+                trim_to_window(&mut memory.scrapes, at, s.soak);
             }
             let ambient = ambient_pods(&self.observed, &req.node, &req.ds_uid);
             results.extend(ztunnel_checks(
                 latest.as_ref().map_err(String::as_str),
-                scrapes,
+                &memory.scrapes,
                 ambient,
                 m,
                 s,
             ));
         }
-        if let Some(p) = &s.prometheus {
-            for q in &p.queries {
-                let text = q.for_node(&req.node);
-                if q.needs_baseline() && !baselines.contains_key(&q.name) {
-                    let before = req
-                        .touched_at
-                        .unwrap_or(req.ready_since)
-                        .checked_sub(SignedDuration::from_secs(1))
-                        .ok();
-                    let answer =
-                        prometheus::query(&self.http, &p.url, &text, before, p.query_timeout).await;
-                    baselines.insert(q.name.clone(), answer);
-                }
-                let answer =
-                    prometheus::query(&self.http, &p.url, &text, None, p.query_timeout).await;
-                results.push(prometheus_check(
-                    q,
-                    &req.node,
-                    &answer,
-                    baselines.get(&q.name),
-                    s,
-                ));
+        for (q, baseline, answer) in answers {
+            if let Some(b) = baseline {
+                memory.baselines.insert(q.name.clone(), b);
             }
+            results.push(prometheus_check(
+                q,
+                &req.node,
+                &answer,
+                memory.baselines.get(&q.name),
+                s,
+            ));
         }
         results
     }

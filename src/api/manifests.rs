@@ -74,7 +74,8 @@ pub fn cluster_role() -> Value {
             rule("admissionregistration.k8s.io", &["mutatingwebhookconfigurations"], &["list", "watch"]),
             rule("policy", &["poddisruptionbudgets"], &["list", "watch"]),
             rule("gateway.networking.k8s.io", &["gateways"], &["list", "watch"]),
-            rule("ztunnel-rollout.dev", &["ztunnelrollouts"], &["get", "list", "watch", "patch"]),
+            // delete: a finished rollout after its ttlSecondsAfterFinished.
+            rule("ztunnel-rollout.dev", &["ztunnelrollouts"], &["get", "list", "watch", "patch", "delete"]),
             rule("ztunnel-rollout.dev", &["ztunnelrollouts/status"], &["patch"]),
             rule("ztunnel-rollout.dev", &["sidecarmigrations"], &["get", "list", "watch"]),
             rule("ztunnel-rollout.dev", &["sidecarmigrations/status"], &["patch"]),

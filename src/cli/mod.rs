@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod control;
 pub mod drain;
+pub mod errors;
 pub mod plan;
 pub mod preflight;
 pub mod sidecar;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
@@ -68,14 +69,26 @@ pub async fn run(args: &PlanArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         .await
         .context("listing PodDisruptionBudgets")?
         .items;
+    let ds_ref = &rollout.spec.daemon_set;
+    let ztunnel = Api::<DaemonSet>::namespaced(client.clone(), &ds_ref.namespace)
+        .get_opt(&ds_ref.name)
+        .await
+        .with_context(|| format!("reading DaemonSet {}/{}", ds_ref.namespace, ds_ref.name))?;
+    if ztunnel.is_none() {
+        eprintln!(
+            "warning: DaemonSet {}/{} not found: the rollout would be Blocked until it exists",
+            ds_ref.namespace, ds_ref.name
+        );
+    }
     let plan = preview(
         &s,
         &nodes,
         &pods,
         &pdbs,
+        ztunnel.as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     );
-    if plan.waves.is_empty() {
+    if plan.waves.is_empty() && plan.skipped.is_empty() {
         bail!("the rollout's nodeSelector matches no node");
     }
     match global.output {

@@ -273,7 +273,8 @@ impl Drainer {
 
     /// Drains `node` (which the caller has cordoned). Refusals end the drain before any
     /// eviction. The report is `complete` only when every pod to drain is gone.
-    #[tracing::instrument(name = "drain", skip(self, opts))]
+    // The caller's span names the node (the agent's node span; the CLI drains one node).
+    #[tracing::instrument(name = "drain", skip_all)]
     pub async fn drain(&self, node: &str, opts: &DrainOptions) -> Result<DrainReport, DrainError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
@@ -294,7 +295,7 @@ impl Drainer {
         let report = self
             .evict_all(node, opts, &plan, views, start, deadline)
             .await;
-        debug!(node, complete = report.complete, "{}", report.summary());
+        debug!(complete = report.complete, "{}", report.summary());
         Ok(report)
     }
 
@@ -682,10 +683,7 @@ fn what_it_would_do(
         .collect();
     let refused = plan.has_refusals();
     if refused {
-        warn!(
-            node,
-            "drain refused: pods the options do not allow to evict"
-        );
+        warn!("drain refused: pods the options do not allow to evict");
     }
     DrainReport {
         node: node.to_owned(),

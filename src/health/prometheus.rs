@@ -1,11 +1,10 @@
-//! PromQL instant queries against a Prometheus HTTP API (`/api/v1/query`).
-
-use std::time::Duration;
+//! PromQL instant queries against a Prometheus HTTP API (`/api/v1/query`). The answer is
+//! read once, while the request's slot is held (see [`super::http_client`]).
 
 use k8s_openapi::jiff::Timestamp;
 
 use super::gates::{QueryAnswer, parse_query_answer};
-use super::http_client::HttpClient;
+use super::http_client::{Bounds, FetchError, HttpClient};
 
 /// Evaluates `query` at `at` (now when `None`): a number, no data, or an error naming the
 /// server and what went wrong.
@@ -14,7 +13,7 @@ pub async fn query(
     base_url: &str,
     query: &str,
     at: Option<Timestamp>,
-    timeout: Duration,
+    bounds: impl Into<Bounds>,
 ) -> QueryAnswer {
     let params = {
         let mut params = form_urlencoded::Serializer::new(String::new());
@@ -28,19 +27,18 @@ pub async fn query(
         params.finish()
     };
     let url = format!("{base_url}/api/v1/query?{params}");
-    match client.get(&url, timeout).await {
-        Ok(body) => parse_query_answer(&body),
-        Err(e) => match &e {
+    match client.fetch(&url, bounds, parse_query_answer).await {
+        Ok(answer) => answer,
+        Err(e) => {
             // Prometheus answers a bad query with 400 and its JSON error: show that.
-            super::http_client::FetchError::Status { body, status, .. }
-                if (400..500).contains(status) =>
+            if let FetchError::Status { body, status, .. } = &e
+                && (400..500).contains(status)
+                && let Err(refusal) = parse_query_answer(body.as_bytes())
+                && refusal.starts_with("Prometheus refused")
             {
-                match parse_query_answer(body.as_bytes()) {
-                    Err(refusal) if refusal.starts_with("Prometheus refused") => Err(refusal),
-                    _ => Err(format!("Prometheus {e}")),
-                }
+                return Err(refusal);
             }
-            _ => Err(format!("Prometheus {e}")),
-        },
+            Err(format!("Prometheus {e}"))
+        }
     }
 }

@@ -1,19 +1,25 @@
 //! Scrapes a ztunnel pod's metrics endpoint (Prometheus text format) for the gauges and
-//! counters the ztunnel gate reads.
+//! counters the ztunnel gate reads. The exposition is read in one pass, while the
+//! request's slot is held (see [`super::http_client`]), keeping only the few sums the
+//! gate needs: its size is capped, and nothing of it outlives the scrape.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use prometheus_parse::{LineInfo, Scrape, Value};
+use prometheus_parse::LineInfo;
 
 use super::gates::ZtunnelScrape;
-use super::http_client::HttpClient;
+use super::http_client::{Bounds, HttpClient};
 
 pub const PENDING_PROXIES: &str = "workload_manager_pending_proxy_count";
 pub const ACTIVE_PROXIES: &str = "workload_manager_active_proxy_count";
 pub const FAILED_CONNECTIONS: &str = "istio_tcp_connections_failed_total";
 pub const OPENED_CONNECTIONS: &str = "istio_tcp_connections_opened_total";
 pub const CLOSED_CONNECTIONS: &str = "istio_tcp_connections_closed_total";
+
+/// Distinct `response_flags` kept per scrape (ztunnel has a handful); failures with
+/// further flags are summed under [`OTHER_FLAGS`], so a scrape's size stays bounded.
+pub const MAX_FLAGS: usize = 32;
+pub const OTHER_FLAGS: &str = "(other flags)";
 
 /// Fetches `http://IP:PORT/metrics` and reads it.
 pub async fn scrape(
@@ -22,7 +28,7 @@ pub async fn scrape(
     ip: &str,
     port: u16,
     at: f64,
-    timeout: Duration,
+    bounds: impl Into<Bounds>,
 ) -> Result<ZtunnelScrape, String> {
     let host = if ip.contains(':') {
         format!("[{ip}]")
@@ -30,67 +36,106 @@ pub async fn scrape(
         ip.to_owned()
     };
     let url = format!("http://{host}:{port}/metrics");
-    let body = client
-        .get(&url, timeout)
+    client
+        .fetch(&url, bounds, |body| match std::str::from_utf8(body) {
+            Ok(text) => {
+                read(text, at).map_err(|e| format!("ztunnel pod {pod} metrics at {url}: {e}"))
+            }
+            Err(_) => Err(format!(
+                "ztunnel pod {pod} metrics at {url} are not UTF-8 text"
+            )),
+        })
         .await
-        .map_err(|e| format!("ztunnel pod {pod} metrics {e}"))?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| format!("ztunnel pod {pod} metrics at {url} are not UTF-8 text"))?;
-    read(text, at).map_err(|e| format!("ztunnel pod {pod} metrics at {url}: {e}"))
+        .map_err(|e| format!("ztunnel pod {pod} metrics {e}"))?
 }
 
-/// Reads the ztunnel gate's metrics from an exposition; any line that is not in the
-/// text format makes the whole answer malformed (never a silent partial read).
+/// Reads the ztunnel gate's metrics from an exposition, summed over their series; any
+/// line that is not in the text format makes the whole answer malformed (never a silent
+/// partial read).
 pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
+    let mut out = ZtunnelScrape {
+        at,
+        pending_proxies: None,
+        active_proxies: None,
+        failed_connections: None,
+        failed_by_flags: BTreeMap::new(),
+        opened_connections: None,
+        closed_connections: None,
+    };
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let valid = match LineInfo::parse(trimmed) {
-            LineInfo::Sample {
-                value, timestamp, ..
-            } => value.parse::<f64>().is_ok() && timestamp.is_none_or(|t| t.parse::<i64>().is_ok()),
-            _ => false,
-        };
-        if !valid {
-            return Err(format!(
+        let malformed = || {
+            format!(
                 "malformed: line {} is not in the Prometheus text format: {:?}",
                 i + 1,
                 trimmed.chars().take(80).collect::<String>()
-            ));
+            )
+        };
+        let LineInfo::Sample {
+            metric_name,
+            labels,
+            value,
+            timestamp,
+        } = LineInfo::parse(trimmed)
+        else {
+            return Err(malformed());
+        };
+        let value: f64 = value.parse().map_err(|_| malformed())?;
+        if timestamp.is_some_and(|t| t.parse::<i64>().is_err()) {
+            return Err(malformed());
+        }
+        let sum = match metric_name {
+            PENDING_PROXIES => &mut out.pending_proxies,
+            ACTIVE_PROXIES => &mut out.active_proxies,
+            FAILED_CONNECTIONS => &mut out.failed_connections,
+            OPENED_CONNECTIONS => &mut out.opened_connections,
+            CLOSED_CONNECTIONS => &mut out.closed_connections,
+            _ => continue,
+        };
+        *sum = Some(sum.unwrap_or(0.0) + value);
+        if metric_name == FAILED_CONNECTIONS {
+            let flags = labels
+                .and_then(|l| label_value(l, "response_flags"))
+                .unwrap_or_else(|| "-".to_owned());
+            let key = if out.failed_by_flags.len() < MAX_FLAGS
+                || out.failed_by_flags.contains_key(&flags)
+            {
+                flags
+            } else {
+                OTHER_FLAGS.to_owned()
+            };
+            *out.failed_by_flags.entry(key).or_default() += value;
         }
     }
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .map_err(|e| format!("malformed: {e}"))?;
-    let values = |name: &'static str| {
-        scrape
-            .samples
-            .iter()
-            .filter(move |s| s.metric == name)
-            .filter_map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some((s, v)),
-                _ => None,
-            })
-    };
-    let sum = |name: &'static str| -> Option<f64> {
-        let all: Vec<f64> = values(name).map(|(_, v)| v).collect();
-        (!all.is_empty()).then(|| all.iter().sum())
-    };
-    let mut failed_by_flags: BTreeMap<String, f64> = BTreeMap::new();
-    for (s, v) in values(FAILED_CONNECTIONS) {
-        let flags = s.labels.get("response_flags").unwrap_or("-").to_owned();
-        *failed_by_flags.entry(flags).or_default() += v;
+    Ok(out)
+}
+
+/// The value of label `name` in a sample's `a="x",b="y"`, unescaped (`\\`, `\"`, `\n`).
+fn label_value(labels: &str, name: &str) -> Option<String> {
+    let mut rest = labels;
+    loop {
+        rest = rest.trim_start_matches([',', ' ']);
+        let (key, after) = rest.split_once('=')?;
+        let mut chars = after.trim_start().strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        if key.trim() == name {
+            return Some(value);
+        }
+        rest = &after.trim_start()[1 + end + 1..];
     }
-    Ok(ZtunnelScrape {
-        at,
-        pending_proxies: sum(PENDING_PROXIES),
-        active_proxies: sum(ACTIVE_PROXIES),
-        failed_connections: sum(FAILED_CONNECTIONS),
-        failed_by_flags,
-        opened_connections: sum(OPENED_CONNECTIONS),
-        closed_connections: sum(CLOSED_CONNECTIONS),
-    })
 }
 
 #[cfg(test)]
@@ -120,6 +165,35 @@ istio_tcp_connections_failed_total{reporter=\"source\",response_flags=\"-\"} 1
         assert_eq!(s.opened_connections, None);
         let empty = read("# nothing yet\n", 1.0).unwrap();
         assert_eq!(empty.active_proxies, None);
+    }
+
+    #[test]
+    fn response_flags_are_read_from_quoted_labels_and_bounded_in_number() {
+        let text = "\
+istio_tcp_connections_failed_total{response_flags=\"DC,UF\",reporter=\"a\"} 2
+istio_tcp_connections_failed_total{reporter=\"say \\\"hi\\\", then=go\",response_flags=\"CONNECT\"} 3
+istio_tcp_connections_failed_total 1
+";
+        let s = read(text, 0.0).unwrap();
+        assert_eq!(
+            s.failed_by_flags,
+            BTreeMap::from([
+                ("DC,UF".to_owned(), 2.0),
+                ("CONNECT".to_owned(), 3.0),
+                ("-".to_owned(), 1.0)
+            ])
+        );
+        let many: String = (0..100)
+            .map(|i| format!("{FAILED_CONNECTIONS}{{response_flags=\"F{i:03}\"}} 1\n"))
+            .collect();
+        let s = read(&many, 0.0).unwrap();
+        assert_eq!(s.failed_connections, Some(100.0));
+        assert_eq!(s.failed_by_flags.len(), MAX_FLAGS + 1);
+        assert_eq!(s.failed_by_flags.get(OTHER_FLAGS), Some(&68.0));
+        assert_eq!(s.failed_by_flags.get("F000"), Some(&1.0));
+        assert_eq!(label_value("a=\"x\\ny\"", "a").as_deref(), Some("x\ny"));
+        assert_eq!(label_value("a=\"x\"", "b"), None);
+        assert_eq!(label_value("a=x", "a"), None, "unquoted");
     }
 
     #[test]

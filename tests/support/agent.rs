@@ -208,8 +208,25 @@ pub fn node_status<'a>(
     r.status.as_ref()?.nodes.iter().find(|n| n.name == node)
 }
 
+/// Starts an agent for `env` as the manifests' ServiceAccount, told (as the downward
+/// API would) that it runs on `node`.
+pub fn start_as_service_account_on(env: &TestEnv, dir: &Path, identity: &str, node: &str) -> Agent {
+    let kubeconfig = service_account_kubeconfig(dir);
+    spawn(
+        &env.namespace,
+        &kubeconfig,
+        &format!("{}-lease", env.namespace),
+        identity,
+        &[("NODE_NAME", node)],
+    )
+}
+
 /// Starts `ztunnel-rollout agent` for the rollouts labelled `TEST_LABEL=tag`.
 pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
+    spawn(tag, kubeconfig, lease, identity, &[])
+}
+
+fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str, &str)]) -> Agent {
     use std::os::unix::process::CommandExt;
     let log =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-{tag}-{identity}.log"));
@@ -220,7 +237,11 @@ pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -
         .args(["--lease-name", lease, "--identity", identity])
         .args(["--metrics-address", &metrics])
         .args(["--rollout-selector", &format!("{TEST_LABEL}={tag}")])
-        .env("RUST_LOG", "warn,ztunnel_rollout=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn,ztunnel_rollout=info".into()),
+        )
+        .envs(env.iter().copied())
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod audit;
+pub mod fault_proxy;
+pub mod history;
 pub mod injector;
 pub mod prometheus;
 
@@ -530,10 +532,20 @@ pub async fn wait_for_event(
 pub async fn upgrade_ztunnel(
     client: &Client,
     namespace: &str,
+    ztunnel: fixtures::ZtunnelFixture,
+) -> String {
+    upgrade_ztunnel_to(client, namespace, ztunnel, "1.28.1").await
+}
+
+/// Moves the ztunnel DaemonSet to `version` (see [`upgrade_ztunnel`]).
+pub async fn upgrade_ztunnel_to(
+    client: &Client,
+    namespace: &str,
     mut ztunnel: fixtures::ZtunnelFixture,
+    version: &str,
 ) -> String {
     use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
-    ztunnel.version = "1.28.1".into();
+    ztunnel.version = version.into();
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await

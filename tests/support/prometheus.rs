@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,31 @@ struct Series {
     last: Option<Instant>,
     /// Served instead of the metrics (to simulate a broken endpoint).
     body_override: Option<String>,
+    /// How long each answer takes (a slow endpoint).
+    delay: Duration,
+    /// Answer without a Content-Length (the body ends when the connection does).
+    hide_length: bool,
 }
 
 type SharedSeries = Arc<Mutex<HashMap<String, Series>>>;
+
+/// Requests being answered now, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InFlight {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Simulated ztunnel metrics endpoints, with counters growing at the rates the test sets:
 /// either one listener on 127.0.0.1 serving `/metrics/<node>` (any path below
@@ -36,6 +59,7 @@ type SharedSeries = Arc<Mutex<HashMap<String, Series>>>;
 pub struct ZtunnelMetricsServer {
     pub address: SocketAddr,
     series: SharedSeries,
+    in_flight: Arc<InFlight>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -80,12 +104,17 @@ fn render(node: &str, s: &mut Series) -> String {
 }
 
 /// Answers each connection with the metrics of `fixed`, or of the node the path names.
-async fn accept(listener: TcpListener, fixed: Option<String>, series: SharedSeries) {
+async fn accept(
+    listener: TcpListener,
+    fixed: Option<String>,
+    series: SharedSeries,
+    in_flight: Arc<InFlight>,
+) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             return;
         };
-        let (series, fixed) = (series.clone(), fixed.clone());
+        let (series, fixed, in_flight) = (series.clone(), fixed.clone(), in_flight.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = conn.read(&mut buf).await.unwrap_or(0);
@@ -100,20 +129,30 @@ async fn accept(listener: TcpListener, fixed: Option<String>, series: SharedSeri
                     .unwrap_or("<no key>")
                     .to_owned()
             });
-            let body = {
+            let answer = {
                 let mut all = series.lock().expect("lock");
-                all.get_mut(&key).map(|s| render(&key, s))
+                all.get_mut(&key)
+                    .map(|s| (render(&key, s), s.delay, s.hide_length))
             };
-            let response = match body {
-                Some(b) => format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-                    b.len()
-                ),
+            in_flight.enter();
+            let response = match answer {
+                Some((b, delay, hide_length)) => {
+                    tokio::time::sleep(delay).await;
+                    let length = if hide_length {
+                        String::new()
+                    } else {
+                        format!("Content-Length: {}\r\n", b.len())
+                    };
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n{length}Connection: close\r\n\r\n{b}"
+                    )
+                }
                 None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     .into(),
             };
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
+            in_flight.leave();
         });
     }
 }
@@ -134,7 +173,12 @@ impl ZtunnelMetricsServer {
             listeners.push((l, Some(node.clone())));
         }
         let nodes: Vec<String> = addresses.iter().map(|(_, n)| n.clone()).collect();
-        Self::serve(listeners, addresses[0].0, &nodes)
+        // The first listener's address as bound (its port, when asked for port 0).
+        let address = listeners
+            .first()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .expect("at least one address");
+        Self::serve(listeners, address, &nodes)
     }
 
     fn serve(
@@ -148,13 +192,15 @@ impl ZtunnelMetricsServer {
                 .map(|n| (n.clone(), Series::default()))
                 .collect(),
         ));
+        let in_flight = Arc::new(InFlight::default());
         let tasks = listeners
             .into_iter()
-            .map(|(l, fixed)| tokio::spawn(accept(l, fixed, series.clone())))
+            .map(|(l, fixed)| tokio::spawn(accept(l, fixed, series.clone(), in_flight.clone())))
             .collect();
         Self {
             address,
             series,
+            in_flight,
             tasks,
         }
     }
@@ -178,6 +224,25 @@ impl ZtunnelMetricsServer {
     pub fn set_body(&self, node: &str, body: &str) {
         let mut all = self.series.lock().expect("lock");
         all.entry(node.to_owned()).or_default().body_override = Some(body.to_owned());
+    }
+
+    /// Serves `body` without announcing its length: a reader learns it only by reading.
+    pub fn set_body_without_length(&self, node: &str, body: &str) {
+        let mut all = self.series.lock().expect("lock");
+        let s = all.entry(node.to_owned()).or_default();
+        s.body_override = Some(body.to_owned());
+        s.hide_length = true;
+    }
+
+    /// Each answer for `node` (or key) from now on takes `delay`.
+    pub fn set_delay(&self, node: &str, delay: Duration) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().delay = delay;
+    }
+
+    /// The most requests that were being answered at once, over every key.
+    pub fn peak_in_flight(&self) -> usize {
+        self.in_flight.peak.load(Ordering::SeqCst)
     }
 }
 

@@ -166,7 +166,7 @@ impl Selector {
             .map(|(k, v)| Requirement::In(k.clone(), BTreeSet::from([v.clone()])))
             .collect();
         let invalid = |reason: String| SelectorError::Invalid {
-            selector: format!("{ls:?}"),
+            selector: written(ls),
             reason,
         };
         for (k, v) in ls.match_labels.iter().flatten() {
@@ -238,6 +238,27 @@ impl Selector {
     }
 }
 
+/// A `LabelSelector` as kubectl writes it: `app=web,tier in (a,b),!legacy`.
+pub fn written(ls: &LabelSelector) -> String {
+    let mut parts: Vec<String> = ls
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in ls.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => format!("{} {other} ({values})", e.key),
+        });
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +314,21 @@ mod tests {
             let err = Selector::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_invalid_api_selector_is_named_as_written() {
+        let ls = LabelSelector {
+            match_labels: Some(labels(&[("bad key!", "x")])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
+        };
+        let err = Selector::from_label_selector(&ls).unwrap_err().to_string();
+        assert!(err.contains("\"bad key!=x,tier in (a,b)\""), "{err}");
+        assert!(!err.contains("LabelSelector {"), "{err}");
     }
 
     #[test]

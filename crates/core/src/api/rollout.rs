@@ -95,9 +95,13 @@ pub struct HealthSpec {
     #[serde(default = "default_soak")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub soak: String,
-    /// How often the gates are evaluated while a node soaks.
+    /// How often the gates are evaluated while a node soaks; at least 1s (each round
+    /// scrapes and queries for every node being verified).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"),
+        extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('1s')", "message": "interval must be at least 1s"}])
+    )]
     pub interval: String,
     /// A node whose gates have not all passed this long after its ztunnel pod became
     /// Ready fails (e.g. a waypoint that never becomes Ready again).
@@ -226,9 +230,13 @@ pub struct PrometheusSpec {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.startsWith('http://') || self.startsWith('https://')", "message": "url must start with http:// or https://"}]))]
     pub url: String,
-    /// Deadline for one query.
+    /// Deadline for one query; at most 30s. A round of queries also ends at the gate's
+    /// deadline (`timeout`).
     #[serde(default = "default_query_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"),
+        extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('30s')", "message": "queryTimeout must be at most 30s"}])
+    )]
     pub query_timeout: String,
     #[schemars(length(min = 1, max = 32))]
     pub queries: Vec<PrometheusQuery>,
@@ -503,5 +511,30 @@ mod tests {
         // etcd's default request limit is 1.5 MiB; keep well below it even when every
         // node carries a long message.
         assert!(bytes < 512 * 1024, "status of 1,000 nodes is {bytes} bytes");
+    }
+
+    /// The API server's rules on the gate's durations say what the agent enforces.
+    #[test]
+    fn the_schema_bounds_the_gates_durations_as_the_agent_does() {
+        use crate::duration::format_duration;
+        use crate::health::rounds::{MAX_QUERY_TIMEOUT, MIN_INTERVAL};
+        let schema = serde_json::to_value(schemars::schema_for!(RolloutSpec)).unwrap();
+        let rule = |def: &str, field: &str| {
+            schema["$defs"][def]["properties"][field]["x-kubernetes-validations"][0].clone()
+        };
+        assert_eq!(
+            rule("HealthSpec", "interval"),
+            serde_json::json!({
+                "rule": format!("duration(self) >= duration('{}')", format_duration(MIN_INTERVAL)),
+                "message": format!("interval must be at least {}", format_duration(MIN_INTERVAL)),
+            })
+        );
+        assert_eq!(
+            rule("PrometheusSpec", "queryTimeout"),
+            serde_json::json!({
+                "rule": format!("duration(self) <= duration('{}')", format_duration(MAX_QUERY_TIMEOUT)),
+                "message": format!("queryTimeout must be at most {}", format_duration(MAX_QUERY_TIMEOUT)),
+            })
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The health gates' decisions: each check's outcome from what was measured, and the
 //! node's verdict from the outcomes, the soak and the deadline. Pure, with injected time;
-//! the agent's `verify` shell measures and feeds them.
+//! the agent's `verify` shell measures and feeds them, within the bounds of
+//! [`super::rounds`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use std::collections::BTreeMap;
 
+pub use super::query_answer::parse_query_answer;
 use super::verdicts::{Sample, Threshold, check, increase, rate};
 
 /// What a check needs from the gate settings (`spec.health`).
@@ -432,58 +434,6 @@ pub fn prometheus_check(
     CheckResult::new(name, outcome)
 }
 
-/// Reads one number from a Prometheus `/api/v1/query` answer: a vector of one sample or
-/// a scalar. An empty vector (or NaN) is no data; several series are an error.
-pub fn parse_query_answer(body: &[u8]) -> QueryAnswer {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the answer is not Prometheus API JSON: {e}"))?;
-    if v["status"] != "success" {
-        return Err(format!(
-            "Prometheus refused the query: {} ({})",
-            v["error"].as_str().unwrap_or("no error message"),
-            v["errorType"].as_str().unwrap_or("unknown error type")
-        ));
-    }
-    let data = &v["data"];
-    let point = match data["resultType"].as_str() {
-        Some("vector") => {
-            let series = data["result"]
-                .as_array()
-                .ok_or("the answer's data.result is not a list")?;
-            match series.as_slice() {
-                [] => return Ok(None),
-                [one] => &one["value"],
-                many => {
-                    let labels: BTreeSet<String> = many
-                        .iter()
-                        .map(|s| s["metric"].to_string())
-                        .take(3)
-                        .collect();
-                    return Err(format!(
-                        "the query returned {} series ({}, …); it must return one number: aggregate it (sum, max)",
-                        many.len(),
-                        labels.into_iter().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-            }
-        }
-        Some("scalar") => &data["result"],
-        other => {
-            return Err(format!(
-                "the query returned a {}; it must return an instant vector or a scalar",
-                other.unwrap_or("result without a type")
-            ));
-        }
-    };
-    let text = point[1]
-        .as_str()
-        .ok_or("a sample is not a [time, \"value\"] pair")?;
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("a sample value {text:?} is not a number"))?;
-    Ok((!value.is_nan()).then_some(value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,41 +765,6 @@ mod tests {
         assert_eq!(
             prometheus_check(&q, "n", &Err("connection refused".into()), None, &lenient).outcome,
             Outcome::Failed("connection refused".into())
-        );
-    }
-
-    #[test]
-    fn query_answers_are_read_strictly() {
-        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"0.25"]}]}}"#;
-        assert_eq!(parse_query_answer(vector), Ok(Some(0.25)));
-        let scalar = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"3"]}}"#;
-        assert_eq!(parse_query_answer(scalar), Ok(Some(3.0)));
-        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
-        assert_eq!(parse_query_answer(empty), Ok(None));
-        let nan = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#;
-        assert_eq!(parse_query_answer(nan), Ok(None));
-        let two = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"node":"a"},"value":[1,"1"]},{"metric":{"node":"b"},"value":[1,"2"]}]}}"#;
-        assert!(
-            parse_query_answer(two)
-                .unwrap_err()
-                .contains("returned 2 series")
-        );
-        let refused =
-            br#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
-        assert_eq!(
-            parse_query_answer(refused),
-            Err("Prometheus refused the query: parse error at char 5 (bad_data)".into())
-        );
-        assert!(
-            parse_query_answer(b"<html>")
-                .unwrap_err()
-                .contains("not Prometheus API JSON")
-        );
-        let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(
-            parse_query_answer(matrix)
-                .unwrap_err()
-                .contains("returned a matrix")
         );
     }
 }

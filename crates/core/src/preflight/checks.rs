@@ -95,6 +95,66 @@ fn is_zero(v: Option<&IntOrString>) -> bool {
         || matches!(v, Some(IntOrString::String(s)) if s == "0%" || s == "0")
 }
 
+/// How many nodes a finding names before it counts the rest.
+const NAMED_NODES: usize = 5;
+
+fn placement_findings(
+    ds: &DaemonSet,
+    nodes: &[Node],
+    ztunnel_pods: &[&Pod],
+    ztunnel_key: &str,
+) -> Vec<Finding> {
+    use crate::rollout::node_machine::Placement;
+    let template = ds.spec.as_ref().and_then(|sp| sp.template.spec.as_ref());
+    let mut out = Vec::new();
+    let mut excluded = Vec::new();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        match crate::rollout::placement::placement(template, n) {
+            Placement::Excluded(why) => excluded.push(format!("{name} ({why})")),
+            Placement::Runs => {
+                let has_pod = ztunnel_pods.iter().any(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().and_then(|sp| sp.node_name.as_deref())
+                            == Some(name.as_str())
+                });
+                if !has_pod {
+                    out.push(finding(
+                        Severity::Error,
+                        "ztunnel-pod-missing",
+                        key("Node", None, Some(&name)),
+                        format!(
+                            "node {name} should run ztunnel but has no ztunnel pod: a rollout does not cordon it; it waits up to ztunnelReadyTimeout, then fails the node (check the DaemonSet's events: quota, scheduling)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if !excluded.is_empty() {
+        let more = excluded.len().saturating_sub(NAMED_NODES);
+        let mut named = excluded
+            .iter()
+            .take(NAMED_NODES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            named.push_str(&format!(" and {more} more"));
+        }
+        out.push(finding(
+            Severity::Info,
+            "ztunnel-not-on-node",
+            ztunnel_key.to_owned(),
+            format!(
+                "the DaemonSet does not run on {} node(s); a rollout skips them and never touches them: {named}",
+                excluded.len()
+            ),
+        ));
+    }
+    out
+}
+
 /// Every finding, errors first.
 pub fn run(s: &Snapshot) -> Vec<Finding> {
     use Severity::*;
@@ -148,6 +208,17 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
                 format!("ztunnel pod on node {node} is not Ready"),
             ));
         }
+    }
+
+    // Nodes the DaemonSet does not run on (skipped by a rollout), and nodes it should
+    // run on that have no ztunnel pod (a rollout waits on them, never cordons them).
+    if let Some(ds) = &s.ztunnel {
+        out.extend(placement_findings(
+            ds,
+            &s.nodes,
+            &ztunnel_pods,
+            &ztunnel_key,
+        ));
     }
 
     // Version skew between ztunnel and istiod.
@@ -458,6 +529,66 @@ mod tests {
     }
 
     #[test]
+    fn nodes_ztunnel_skips_are_noted_and_a_node_missing_its_pod_is_an_error() {
+        let mut s = healthy();
+        let mut ds = ZtunnelFixture::new("istio-system", "1.28.0");
+        ds.node_selector = labels(&[("kubernetes.io/os", "linux")]);
+        let mut ds = ds.daemonset();
+        ds.metadata.uid = Some("ds".into());
+        s.ztunnel = Some(ds);
+        let node = |name: &str, os: &str| Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels(&[("kubernetes.io/os", os)])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.nodes = vec![
+            node("linux-1", "linux"),
+            node("linux-2", "linux"),
+            node("win-1", "windows"),
+        ];
+        let mut z = pod("istio-system", "ztunnel-1", "ztunnel", true);
+        z.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "DaemonSet".into(),
+            uid: "ds".into(),
+            ..Default::default()
+        }]);
+        z.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("linux-1".into()),
+            ..Default::default()
+        });
+        s.pods.push(z);
+        let found: Vec<Finding> = run(&s)
+            .into_iter()
+            .filter(|f| f.check.starts_with("ztunnel"))
+            .collect();
+        let ids: Vec<(Severity, &str, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.check, f.object.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (Severity::Error, "ztunnel-pod-missing", "Node/linux-2"),
+                (
+                    Severity::Info,
+                    "ztunnel-not-on-node",
+                    "DaemonSet/istio-system/ztunnel"
+                ),
+            ]
+        );
+        assert!(
+            found[1]
+                .message
+                .contains("win-1 (its nodeSelector kubernetes.io/os=linux does not match)"),
+            "{}",
+            found[1].message
+        );
+    }
+
+    #[test]
     fn budgets_that_block_or_overlap_are_reported() {
         let mut s = healthy();
         s.pdbs = vec![
@@ -547,6 +678,8 @@ mod tests {
         assert_eq!(
             checks(&s),
             vec![
+                // n1 has no ztunnel pod in this snapshot.
+                (Severity::Error, "ztunnel-pod-missing"),
                 (Severity::Warning, "namespace-two-injection-labels"),
                 (Severity::Warning, "node-not-ready"),
                 (Severity::Warning, "single-replica"),

@@ -337,6 +337,13 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
     if !facts.exists {
         return now(Skipped, "the node was deleted");
     }
+    if record.phase == Verified && !owned(facts) {
+        // Verified, then released by a leader whose last status write did not land.
+        return now(
+            Done,
+            "verified, then released before the leader changed (no annotation of this rollout is left on the node)",
+        );
+    }
     if record.phase.in_flight() && !owned(facts) {
         // Our annotation is gone: the rollout released the node before a restart lost
         // that step (a stale status), or someone removed the annotation. Either way it

@@ -121,6 +121,25 @@ pub fn cordoned_again_by_someone_else(node: &Node) -> Option<&str> {
     unschedulable_set_by(node).filter(|m| unschedulable && *m != FIELD_MANAGER)
 }
 
+/// Nodes carrying the ownership annotation of a rollout not among `known`, by that
+/// rollout's name: candidates for the orphan sweep (a rollout removed without its
+/// finalizer leaves its nodes so). `known` is what this agent watches; a candidate's
+/// rollout is released only once a read finds it gone (it may be another agent's).
+pub fn unknown_owners<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    known: &std::collections::HashSet<String>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for n in nodes {
+        if let Some(o) = owner(n).filter(|o| !known.contains(*o)) {
+            out.entry(o.to_owned())
+                .or_default()
+                .push(n.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    out
+}
+
 /// Which cordon of its owner the node carries (absent on nodes cordoned by older
 /// versions of the agent).
 pub fn cordon_id(node: &Node) -> Option<&str> {

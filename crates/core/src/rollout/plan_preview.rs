@@ -1,11 +1,14 @@
 //! What a rollout would do, computed without changing anything: its waves, the nodes in
 //! the order they would start, what each node's drain would evict, and what would block
 //! it (a PDB allowing no disruption, a pod under several PDBs, a single-replica workload,
-//! a pod the drain refuses). Pure: the CLI feeds it the cluster's objects.
+//! a pod the drain refuses, a node whose ztunnel pod is missing or not Ready), and the
+//! nodes it would skip because the ztunnel DaemonSet does not run on them. Pure: the CLI
+//! feeds it the cluster's objects.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::object::ObjectMetaExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -38,11 +41,47 @@ pub struct PlannedWave {
     pub nodes: Vec<PlannedNode>,
 }
 
+/// A selected node the rollout skips: the ztunnel DaemonSet does not run on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedNode {
+    pub name: String,
+    pub why: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub waves: Vec<PlannedWave>,
     pub blockers: usize,
+    pub skipped: Vec<SkippedNode>,
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Why a node the DaemonSet runs on would wait instead of starting: no live ztunnel pod
+/// on it, or one that is not Ready.
+fn ztunnel_blocker(node: &str, pods: &[&Pod], ds: &DaemonSet) -> Option<String> {
+    let uid = ds.metadata.uid.as_deref();
+    let live = pods.iter().find(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.owner_references()
+                .iter()
+                .any(|o| o.kind == "DaemonSet" && Some(o.uid.as_str()) == uid)
+    });
+    let why = match live {
+        None => format!("no ztunnel pod on {node}"),
+        Some(p) if !pod_ready(p) => format!("ztunnel pod {} is not Ready", key(p)),
+        Some(_) => return None,
+    };
+    Some(format!(
+        "{why}: the rollout does not cordon it; it waits up to ztunnelReadyTimeout, then fails the node"
+    ))
 }
 
 fn key(p: &Pod) -> String {
@@ -64,12 +103,14 @@ fn owner(p: &Pod) -> Option<String> {
         })
 }
 
-/// The plan for `settings` over `nodes`, their `pods` and the cluster's `pdbs`.
+/// The plan for `settings` over `nodes`, their `pods`, the cluster's `pdbs` and the
+/// ztunnel DaemonSet (`None`: not found; no node is skipped then).
 pub fn preview(
     settings: &RolloutSettings,
     nodes: &[Node],
     pods: &[Pod],
     pdbs: &[PodDisruptionBudget],
+    ztunnel: Option<&DaemonSet>,
     now: Timestamp,
 ) -> Plan {
     let selected: Vec<&Node> = nodes
@@ -88,18 +129,35 @@ pub fn preview(
     }
     let mut planned: HashMap<String, PlannedNode> = HashMap::new();
     let mut observations = Vec::new();
+    let mut skipped = Vec::new();
+    let template = ztunnel
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.template.spec.as_ref());
     for n in &selected {
         let name = n.name_any();
+        if ztunnel.is_some()
+            && let crate::rollout::node_machine::Placement::Excluded(why) =
+                super::placement::placement(template, n)
+        {
+            skipped.push(SkippedNode {
+                name,
+                why: format!("the ztunnel DaemonSet does not run on it: {why}"),
+            });
+            continue;
+        }
         let mut node = PlannedNode {
             name: name.clone(),
             evicts: Vec::new(),
             leaves: Vec::new(),
             blockers: Vec::new(),
         };
-        let mut pods: Vec<&&Pod> = on_node
-            .get(&name)
-            .map(|v| v.iter().collect())
-            .unwrap_or_default();
+        let here: &[&Pod] = on_node.get(&name).map(Vec::as_slice).unwrap_or_default();
+        if let Some(ds) = ztunnel
+            && let Some(blocker) = ztunnel_blocker(&name, here, ds)
+        {
+            node.blockers.push(blocker);
+        }
+        let mut pods: Vec<&&Pod> = here.iter().collect();
         pods.sort_by_key(|p| key(p));
         for p in pods {
             match classify(p, &settings.drain.filter, now) {
@@ -173,7 +231,11 @@ pub fn preview(
         .flat_map(|w| w.nodes.iter())
         .map(|n| n.blockers.len())
         .sum();
-    Plan { waves, blockers }
+    Plan {
+        waves,
+        blockers,
+        skipped,
+    }
 }
 
 /// The table form.
@@ -202,6 +264,15 @@ pub fn render(plan: &Plan) -> String {
                     n.blockers.join("; ")
                 }
             ));
+        }
+    }
+    if !plan.skipped.is_empty() {
+        out.push_str(&format!(
+            "SKIPPED ({} node(s), never touched)\n",
+            plan.skipped.len()
+        ));
+        for s in &plan.skipped {
+            out.push_str(&format!("  {:<32} {}\n", s.name, s.why));
         }
     }
     out.push_str(&format!("{} blocker(s)\n", plan.blockers));
@@ -283,7 +354,7 @@ mod tests {
             pod("web-2", "a1", "web", "web-rs"),
             pod("web-3", "b1", "web", "web-rs"),
         ];
-        let plan = preview(&rollout_settings(), &nodes, &pods, &[], t());
+        let plan = preview(&rollout_settings(), &nodes, &pods, &[], None, t());
         assert_eq!(plan.waves.len(), 2);
         let a: Vec<(&str, usize)> = plan.waves[0]
             .nodes
@@ -311,7 +382,7 @@ mod tests {
             pdb("cart-a", "cart", 1),
             pdb("cart-b", "cart", 1),
         ];
-        let plan = preview(&rollout_settings(), &nodes, &pods, &pdbs, t());
+        let plan = preview(&rollout_settings(), &nodes, &pods, &pdbs, None, t());
         let blockers = &plan.waves[0].nodes[0].blockers;
         assert!(
             blockers
@@ -330,5 +401,56 @@ mod tests {
             "{blockers:?}"
         );
         assert_eq!(plan.blockers, blockers.len());
+    }
+
+    #[test]
+    fn nodes_ztunnel_does_not_run_on_are_skipped_and_one_missing_its_pod_is_a_blocker() {
+        let mut windows = node("w1", "a");
+        windows
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("kubernetes.io/os".into(), "windows".into());
+        let nodes = [node("a1", "a"), node("a2", "a"), windows];
+        let mut f = fixtures::ZtunnelFixture::new("istio-system", "1.28.0");
+        f.node_selector = Map::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]);
+        let mut ds = f.daemonset();
+        ds.metadata.uid = Some("ds".into());
+        let mut zt = pod("ztunnel-1", "a1", "ztunnel", "x");
+        zt.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "DaemonSet".into(),
+            uid: "ds".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        zt.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let plan = preview(&rollout_settings(), &nodes, &[zt], &[], Some(&ds), t());
+        assert_eq!(
+            plan.skipped,
+            [SkippedNode {
+                name: "w1".into(),
+                why: "the ztunnel DaemonSet does not run on it: its nodeSelector kubernetes.io/os=linux does not match".into()
+            }]
+        );
+        let wave = &plan.waves[0];
+        let names: Vec<&str> = wave.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let a2 = wave.nodes.iter().find(|n| n.name == "a2").expect("a2");
+        assert_eq!(
+            a2.blockers,
+            [
+                "no ztunnel pod on a2: the rollout does not cordon it; it waits up to ztunnelReadyTimeout, then fails the node"
+            ]
+        );
+        let a1 = wave.nodes.iter().find(|n| n.name == "a1").expect("a1");
+        assert!(a1.blockers.is_empty(), "{:?}", a1.blockers);
+        assert!(render(&plan).contains("SKIPPED (1 node(s), never touched)"));
     }
 }

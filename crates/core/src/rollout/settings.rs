@@ -11,10 +11,11 @@ use super::windows::{MaintenanceWindow, overlapping};
 use crate::api::rollout::{Approval, FailurePolicy, HealthSpec, NoDataPolicy, RolloutSpec};
 use crate::drain::DrainOptions;
 use crate::drain::filter::FilterOptions;
-use crate::duration::parse_duration;
+use crate::duration::{format_duration, parse_duration};
 use crate::health::gates::{
     HealthSettings, PrometheusSettings, QueryLimit, QuerySettings, ZtunnelMetricsSettings,
 };
+use crate::health::rounds::{MAX_QUERY_TIMEOUT, MIN_INTERVAL};
 use crate::label_selector::Selector;
 use crate::labels::{WAYPOINT_MANAGED_LABEL, WAYPOINT_MANAGED_VALUE};
 
@@ -173,8 +174,12 @@ fn check_http_url(url: &str) -> Result<(), String> {
 
 fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
     let interval = parse_duration(&spec.interval).map_err(invalid("health.interval"))?;
-    if interval.is_zero() {
-        return Err(invalid("health.interval")("must be more than 0s".into()));
+    if interval < MIN_INTERVAL {
+        return Err(invalid("health.interval")(format!(
+            "{:?} is shorter than {}: each round scrapes and queries for every node being verified",
+            spec.interval,
+            format_duration(MIN_INTERVAL)
+        )));
     }
     let waypoint_selector = if spec.waypoints.disabled {
         None
@@ -224,8 +229,10 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
             }
             Some(PrometheusSettings {
                 url: p.url.trim_end_matches('/').to_owned(),
+                // The schema refuses more; a rollout stored before it said so is clamped.
                 query_timeout: parse_duration(&p.query_timeout)
-                    .map_err(invalid("health.prometheus.queryTimeout"))?,
+                    .map_err(invalid("health.prometheus.queryTimeout"))?
+                    .min(MAX_QUERY_TIMEOUT),
                 queries,
             })
         }
@@ -369,6 +376,53 @@ mod tests {
             e.message.contains("exactly one of max and maxIncrease"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_interval_is_at_least_a_second() {
+        let with = |interval: &str| {
+            let mut s = spec();
+            s.health = serde_json::from_value(serde_json::json!({ "interval": interval })).unwrap();
+            settings(&s)
+        };
+        for short in ["1ms", "999ms", "0.5s", "0s"] {
+            let e = with(short).unwrap_err();
+            assert_eq!(e.field, "health.interval", "{short}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "spec.health.interval: {short:?} is shorter than 1s: each round scrapes and queries for every node being verified"
+                )
+            );
+        }
+        assert_eq!(with("1s").unwrap().health.interval, MIN_INTERVAL);
+        assert_eq!(
+            with("1m30s").unwrap().health.interval,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn a_query_timeout_above_the_cap_is_clamped() {
+        let with = |timeout: &str| {
+            let mut s = spec();
+            s.health = serde_json::from_value(serde_json::json!({ "prometheus": {
+                "url": "http://p:9090",
+                "queryTimeout": timeout,
+                "queries": [{ "name": "q", "query": "up", "max": 1.0 }]
+            }}))
+            .unwrap();
+            settings(&s)
+                .unwrap()
+                .health
+                .prometheus
+                .unwrap()
+                .query_timeout
+        };
+        assert_eq!(with("2s"), Duration::from_secs(2));
+        assert_eq!(with("30s"), MAX_QUERY_TIMEOUT);
+        // Stored before the schema refused it.
+        assert_eq!(with("1h"), MAX_QUERY_TIMEOUT);
     }
 
     #[test]

@@ -59,8 +59,47 @@ pub fn records_from_status(status: Option<&ZtunnelRolloutStatus>) -> BTreeMap<St
         .collect()
 }
 
-/// The persisted form: every node that is not Pending, by name. Times are whole
-/// seconds, which keeps 1,000 nodes far below etcd's object size limit.
+/// A node's message in the status: at most this many bytes.
+pub const MAX_NODE_MESSAGE: usize = 256;
+/// The nodes' messages together: past this many bytes, the next nodes' messages are
+/// left out (the counts, the conditions, the Events and `ztunnel-rollout status` keep
+/// the story).
+pub const NODE_MESSAGES_BUDGET: usize = 64 * 1024;
+/// A condition's message: at most this many bytes.
+pub const MAX_CONDITION_MESSAGE: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary, with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The first `max` of `items`, then how many more: `a, b, c and 7 more`.
+pub fn some_of(items: &[String], max: usize) -> String {
+    let shown = items
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match items.len().saturating_sub(max) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// The persisted form: every node that is not Pending, or that is Pending again with a
+/// reason (sent round again by a new revision or a rollback), by name. Times are whole
+/// seconds; a node done or skipped keeps its phase, when it got there and its message
+/// (not when it started, nor whether it was cordoned before); messages
+/// are bounded one by one and together — 5,000 nodes stay well under etcd's object size
+/// limit.
 pub fn node_statuses<'a>(
     records: impl IntoIterator<Item = (&'a String, &'a TrackedNode)>,
 ) -> Vec<NodeStatus> {
@@ -69,16 +108,31 @@ pub fn node_statuses<'a>(
             .unwrap_or(t)
             .to_string()
     };
+    let mut budget = NODE_MESSAGES_BUDGET;
     records
         .into_iter()
-        .filter(|(_, t)| t.record.phase != NodePhase::Pending)
-        .map(|(name, t)| NodeStatus {
-            name: name.clone(),
-            phase: t.record.phase,
-            since: fmt(t.record.since),
-            started: t.started.map(fmt),
-            was_unschedulable: t.record.was_unschedulable,
-            message: t.message.clone(),
+        .filter(|(_, t)| t.record.phase != NodePhase::Pending || !t.message.is_empty())
+        .map(|(name, t)| {
+            let phase = t.record.phase;
+            let finished = matches!(phase, NodePhase::Done | NodePhase::Skipped);
+            let message = if budget >= MAX_NODE_MESSAGE {
+                truncate(&t.message, MAX_NODE_MESSAGE)
+            } else {
+                String::new()
+            };
+            budget = budget.saturating_sub(message.len());
+            NodeStatus {
+                name: name.clone(),
+                phase,
+                since: fmt(t.record.since),
+                started: if finished { None } else { t.started.map(fmt) },
+                was_unschedulable: if finished {
+                    None
+                } else {
+                    t.record.was_unschedulable
+                },
+                message,
+            }
         })
         .collect()
 }
@@ -259,7 +313,7 @@ pub fn condition(
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
-        message: message.to_owned(),
+        message: truncate(message, MAX_CONDITION_MESSAGE),
         last_transition_time: since,
         observed_generation: Some(generation),
     }
@@ -286,23 +340,37 @@ mod tests {
     }
 
     #[test]
-    fn records_survive_a_round_trip_through_the_status_except_pending_ones() {
+    fn records_survive_a_round_trip_through_the_status_except_untouched_pending_ones() {
+        let mut again = tracked(NodePhase::Pending);
+        again.message = "the rollback: goes through the sequence again".into();
         let records = BTreeMap::from([
             ("a".to_owned(), tracked(NodePhase::Drained)),
-            ("b".to_owned(), tracked(NodePhase::Pending)),
+            ("b".to_owned(), TrackedNode::pending(t("00:10"))),
             ("c".to_owned(), tracked(NodePhase::Done)),
+            ("d".to_owned(), again),
         ]);
         let status = ZtunnelRolloutStatus {
             nodes: node_statuses(&records),
             ..Default::default()
         };
-        assert_eq!(status.nodes.len(), 2, "Pending nodes are not persisted");
+        let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "c", "d"],
+            "untouched Pending nodes are not persisted"
+        );
         let back = records_from_status(Some(&status));
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back["d"].record.phase, NodePhase::Pending);
+        assert!(back["d"].message.contains("again"));
         assert_eq!(back["a"].record.phase, NodePhase::Drained);
         assert_eq!(back["a"].record.since, t("01:02"), "whole seconds");
         assert_eq!(back["a"].started, Some(t("00:30")));
-        assert_eq!(back["c"].record.was_unschedulable, Some(false));
+        assert_eq!(back["a"].record.was_unschedulable, Some(false));
+        assert_eq!(
+            back["c"].record.was_unschedulable, None,
+            "a node done keeps only its phase, time and message"
+        );
     }
 
     #[test]
@@ -395,5 +463,63 @@ mod tests {
         );
         assert_eq!(find(&done, COMPLETE).last_transition_time, Time(t("09:00")));
         assert_eq!(find(&done, DEGRADED).last_transition_time, Time(t("00:00")));
+    }
+
+    #[test]
+    fn a_status_of_five_thousand_nodes_in_trouble_stays_well_under_a_mebibyte() {
+        let at: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let long = "drain failed: pods left at the deadline: ".to_owned()
+            + &"shop/web-0123456789 (PDB shop/web allows 0 disruptions); ".repeat(40);
+        // Most nodes done, a thousand failed and a hundred in flight (a budget of 2 %), every
+        // message long, and long node names.
+        let records: BTreeMap<String, TrackedNode> = (0..5_000)
+            .map(|i| {
+                let mut t = TrackedNode::pending(at);
+                t.record.phase = match i % 50 {
+                    0 => NodePhase::Drained,
+                    1..=10 => NodePhase::Failed,
+                    _ => NodePhase::Done,
+                };
+                t.record.was_unschedulable = Some(false);
+                t.started = Some(at);
+                t.message = long.clone();
+                (
+                    format!(
+                        "ip-10-{}-{}-{}.eu-west-1.compute.internal",
+                        i / 65536,
+                        (i / 256) % 256,
+                        i % 256
+                    ),
+                    t,
+                )
+            })
+            .collect();
+        let nodes = node_statuses(&records);
+        let status = ZtunnelRolloutStatus {
+            nodes,
+            ..Default::default()
+        };
+        let bytes = serde_json::to_vec(&status).unwrap().len();
+        assert!(bytes < 640 * 1024, "{bytes} bytes");
+        assert!(
+            status
+                .nodes
+                .iter()
+                .all(|n| n.message.len() <= MAX_NODE_MESSAGE)
+        );
+        assert!(status.nodes[0].message.ends_with('…'));
+        assert!(
+            status.nodes.last().unwrap().message.is_empty(),
+            "past the budget, messages are left out"
+        );
+    }
+
+    #[test]
+    fn long_lists_and_messages_are_cut_with_a_count_or_an_ellipsis() {
+        let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        assert_eq!(some_of(&names, 3), "n0, n1, n2 and 9 more");
+        assert_eq!(some_of(&names[..2], 3), "n0, n1");
+        assert_eq!(truncate("héllo wörld", 8), "héll…", "8 bytes, é is two");
+        assert_eq!(truncate("short", 8), "short");
     }
 }

@@ -27,6 +27,8 @@ pub struct Fixture {
     pub pending: Vec<Outcome>,
     /// Node copies the watch shows instead of the cluster's (a lagging watch).
     pub lagging: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Node>,
+    /// The API server refuses every DaemonSet restore with this error.
+    pub refuse_undo: Option<String>,
 }
 
 impl Fixture {
@@ -55,6 +57,7 @@ impl Fixture {
             config: PassConfig::default(),
             pending: Vec::new(),
             lagging: Default::default(),
+            refuse_undo: None,
         }
     }
 
@@ -189,10 +192,15 @@ impl Fixture {
                     result: Ok(()),
                 }
             }
-            Effect::UndoDaemonSet { revision, .. } => {
-                self.c.restore_revision(revision);
-                Outcome::Undo { result: Ok(()) }
-            }
+            Effect::UndoDaemonSet { revision, .. } => match &self.refuse_undo {
+                Some(why) => Outcome::Undo {
+                    result: Err(why.clone()),
+                },
+                None => {
+                    self.c.restore_revision(revision);
+                    Outcome::Undo { result: Ok(()) }
+                }
+            },
             Effect::WriteStatus(status) => {
                 self.status = Some((**status).clone());
                 Outcome::StatusWritten {

@@ -172,6 +172,12 @@ pub fn status_written(t: &mut Trial, rollout: &str, decided_at: u64) {
     let Some(status) = r.status.clone() else {
         return;
     };
+    let c = &status.counts;
+    if c.done + c.skipped + c.failed + c.in_flight > c.total {
+        t.violation(format!(
+            "{rollout}'s counts add up to more than its total: {c:?}"
+        ));
+    }
     let phase = status.phase.clone().unwrap_or_default();
     if !matches!(phase.as_str(), "Complete" | "RolledBack" | "Aborted") {
         return;

@@ -530,3 +530,26 @@ fn a_node_no_longer_carrying_our_annotation_starts_over() {
     let s = next_step(&pending(), &f, &target(), t("00:01"));
     assert_eq!(s.phase_after(NodePhase::Pending), NodePhase::Skipped);
 }
+
+#[test]
+fn a_node_whose_annotation_is_gone_mid_sequence_starts_over_unless_it_was_verified() {
+    // A new leader's status says Drained, but the annotation is gone: start over.
+    let gone = facts(vec![pod("new", true)]);
+    let step = next_step(&record(NodePhase::Drained), &gone, &target(), t("00:10"));
+    assert!(
+        matches!(
+            &step,
+            Step::Now {
+                phase: NodePhase::Pending,
+                ..
+            }
+        ),
+        "{step:?}"
+    );
+    // Verified, then released by the last leader before its status write landed: done.
+    let step = next_step(&record(NodePhase::Verified), &gone, &target(), t("00:10"));
+    assert!(
+        matches!(&step, Step::Now { phase: NodePhase::Done, message } if message.contains("released before the leader changed")),
+        "{step:?}"
+    );
+}

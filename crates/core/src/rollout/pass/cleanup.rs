@@ -107,9 +107,11 @@ impl Pass<'_, '_> {
         ) {
             let due = at + SignedDuration::from_secs(i64::from(ttl));
             if self.now >= due {
-                if !self.mem.delete_sent {
+                if !self.mem.delete_sent && self.mem.delete_retry.due(self.now) {
                     self.mem.delete_sent = true;
                     self.plan.effects.push(Effect::DeleteRollout);
+                } else {
+                    self.plan.wake(self.mem.delete_retry.at);
                 }
             } else {
                 self.plan.wake(Some(due));
@@ -246,6 +248,26 @@ impl Pass<'_, '_> {
             self.plan.effects.push(Effect::Finalizer { add: false });
         } else {
             self.plan.wake(f.retry.at);
+        }
+    }
+
+    /// Nodes that stopped waiting without a cordon (skipped, or failed untouched) lose
+    /// the waiting taint now, not when the rollout ends (it may be paused for long).
+    pub(super) fn remove_done_waiting_taints(&mut self, view: &View) {
+        let name = self.snap.rollout.name;
+        let now = self.now;
+        let done_waiting: Vec<String> = super::derived::along(view.nodes.iter(), &self.mem.nodes)
+            .filter(|(_, n, state)| {
+                state.is_some_and(|s| {
+                    matches!(s.phase(), NodePhase::Skipped | NodePhase::Failed)
+                        && s.call.is_none()
+                        && s.retry.due(now)
+                }) && node_view(name, n, *state).waiting_taint
+            })
+            .map(|(node, _, _)| node.clone())
+            .collect();
+        for node in done_waiting {
+            self.send_call(&node, CallKind::WaitingTaint { waiting: false }, None);
         }
     }
 

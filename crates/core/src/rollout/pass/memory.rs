@@ -39,6 +39,8 @@ pub struct Memory {
     /// When the rollout reached a terminal phase (for its retention).
     pub finished_at: Option<Timestamp>,
     pub delete_sent: bool,
+    /// A failed delete (after the retention) is tried again from then on.
+    pub delete_retry: Retry,
     /// What passes derive from the snapshot, kept while its inputs do not change.
     pub derived: Derived,
 }

@@ -86,8 +86,14 @@ impl Pass<'_, '_> {
                         u.retry.clear();
                     }
                     Err(e) => {
+                        let note = format!(
+                            "restoring the DaemonSet's previous revision failed (attempt {} of {}): {e}",
+                            u.attempts,
+                            super::view::MAX_UNDO_ATTEMPTS
+                        );
                         u.retry.failed(self.now, e, None);
                         self.plan.wake(u.retry.at);
+                        self.notice(About::Rollout, true, "RollbackRestoreFailed", note);
                     }
                 }
             }
@@ -107,11 +113,15 @@ impl Pass<'_, '_> {
                     }
                 }
             }
-            Outcome::Deleted { result } => {
-                if result.is_err() {
+            Outcome::Deleted { result } => match result {
+                Ok(()) => self.mem.delete_retry.clear(),
+                Err(e) => {
                     self.mem.delete_sent = false;
+                    let wait = retry_after(&e.fault());
+                    self.mem.delete_retry.failed(self.now, e.to_string(), wait);
+                    self.plan.wake(self.mem.delete_retry.at);
                 }
-            }
+            },
         }
     }
 
@@ -196,7 +206,7 @@ impl Pass<'_, '_> {
                             then = then.map(|(phase, _)| {
                                 (
                                     phase,
-                                    format!("left cordoned: {by} cordoned it again after the rollout did; the cordon is theirs to lift"),
+                                    format!("left cordoned: field manager {by:?} cordoned it again after the rollout did; the cordon is theirs to lift"),
                                 )
                             });
                         }

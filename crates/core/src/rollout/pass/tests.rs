@@ -447,3 +447,97 @@ fn an_uncordon_seen_late_disowns_only_the_cordon_it_lifted() {
         "the later cordon is still the rollout's"
     );
 }
+
+#[test]
+fn a_node_deleted_mid_drain_is_counted_once_in_the_total() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.drive(10, passes, |f| f.memory.phase("a1") == NodePhase::Cordoned);
+    // The node goes away while its drain runs (an autoscaler, an operator).
+    f.c.nodes.remove("a1");
+    f.drive(200, passes, |f| {
+        phase_of_status(f) == Some("Complete".to_owned())
+    });
+    let status = f.status.as_ref().expect("a status");
+    assert_eq!(status.phase.as_deref(), Some("Complete"), "{status:?}");
+    let c = &status.counts;
+    assert_eq!(
+        (c.total, c.done, c.skipped, c.failed, c.in_flight),
+        (3, 2, 1, 0, 0),
+        "the deleted node stays in the total it is counted in: {c:?}"
+    );
+}
+
+fn phase_of_status(f: &Fixture) -> Option<String> {
+    f.status.as_ref().and_then(|s| s.phase.clone())
+}
+
+#[test]
+fn a_refused_restore_is_sent_a_bounded_number_of_times_each_failure_told() {
+    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
+    f.refuse_undo = Some("admission webhook denied the request".into());
+    let effects = f.drive(
+        1000,
+        |node, revision| {
+            if node == "b1" && revision == "new" {
+                Err("connections failed".to_owned())
+            } else {
+                Ok(String::new())
+            }
+        },
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Paused")
+        },
+    );
+    let sent = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::UndoDaemonSet { .. }))
+        .count();
+    let told: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event(n) if n.reason == "RollbackRestoreFailed" => Some(n.note.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, 5, "bounded");
+    assert_eq!(told.len(), 5, "{told:?}");
+    assert!(
+        told[4].contains("attempt 5 of 5") && told[4].contains("denied"),
+        "{told:?}"
+    );
+    let status = f.status.clone().expect("a status");
+    assert_eq!(status.phase.as_deref(), Some("Paused"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(degraded.contains("after 5 restores"), "{degraded}");
+    // The updated node is released; the failed one stays cordoned for investigation
+    // (uncordonFailedNodes is false), as without the refusal. Further passes send
+    // nothing more.
+    assert!(!f.c.nodes["a1"].unschedulable, "a1 uncordoned");
+    // The failed node waits, still cordoned, to go through the sequence on the restored
+    // revision: the status says so.
+    let b1 = status
+        .nodes
+        .iter()
+        .find(|n| n.name == "b1")
+        .expect("b1 in the status");
+    assert_eq!(b1.phase, NodePhase::Pending, "{b1:?}");
+    assert!(!b1.message.is_empty(), "{b1:?}");
+    eprintln!("{b1:?}");
+    let more = f.drive(100, passes, |_| false);
+    assert!(
+        !more
+            .iter()
+            .any(|e| matches!(e, Effect::UndoDaemonSet { .. }))
+    );
+}

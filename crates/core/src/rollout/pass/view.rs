@@ -24,7 +24,7 @@ use crate::rollout::status::{RolloutPhase, Standing};
 /// A rollback's DaemonSet restore is sent again when the watch has not shown it after
 /// this long, at most `MAX_UNDO_ATTEMPTS` times.
 const UNDO_RESEND: SignedDuration = SignedDuration::from_secs(10);
-const MAX_UNDO_ATTEMPTS: u32 = 5;
+pub(super) const MAX_UNDO_ATTEMPTS: u32 = 5;
 
 /// Everything the later stages read, gathered once.
 pub(super) struct View {
@@ -302,6 +302,13 @@ impl Pass<'_, '_> {
             }
         }
         self.mem.target = Some(hash.clone());
-        self.mem.total = view.nodes.len();
+        // A node the rollout recorded and no longer selects (deleted, relabelled) still
+        // counts: done, skipped and failed never add up to more than the total.
+        self.mem.total = view.nodes.len()
+            + self
+                .mem
+                .records()
+                .filter(|(n, _)| !view.nodes.contains_key(*n))
+                .count();
     }
 }

@@ -11,6 +11,9 @@ use crate::rollout::node_machine::NodePhase;
 use crate::rollout::planner::{self, Decision, NodeProgress};
 use crate::rollout::status::{RolloutPhase, Standing, counts};
 
+/// How many nodes a standing's message names before it counts the rest.
+const LISTED: usize = 10;
+
 fn progress(phase: NodePhase) -> NodeProgress {
     match phase {
         NodePhase::Pending => NodeProgress::Pending,
@@ -59,6 +62,7 @@ impl Pass<'_, '_> {
     /// Stage 10.
     pub(super) fn plan_wave(&mut self, view: &mut View) -> Standing {
         self.refresh_observations(view);
+        self.remove_done_waiting_taints(view);
         if view.nodes.is_empty() {
             return Standing {
                 phase: RolloutPhase::Blocked,
@@ -125,7 +129,7 @@ impl Pass<'_, '_> {
                 self.advance(view, node, true);
             }
         }
-        let c = counts(view.nodes.len(), self.mem.records().map(|(_, t)| t));
+        let c = counts(self.mem.total, self.mem.records().map(|(_, t)| t));
         let in_flight = if c.in_flight > 0 {
             format!(" ({} in flight finish their sequence)", c.in_flight)
         } else {
@@ -206,7 +210,7 @@ impl Pass<'_, '_> {
                 reason: crate::rollout::status::NODE_FAILED.into(),
                 message: format!(
                     "wave {wave} waits: its maxUnavailable budget is used by failed nodes left cordoned for inspection: {}; uncordon them once inspected and the wave goes on, or set spec.health.uncordonFailedNodes, raise spec.waves.maxUnavailable, or abort the rollout",
-                    unavailable.join(", ")
+                    crate::rollout::status::some_of(&unavailable, LISTED)
                 ),
             };
         }
@@ -222,21 +226,23 @@ impl Pass<'_, '_> {
                 reason: "BudgetUsedByUnavailableNodes".into(),
                 message: format!(
                     "wave {wave} waits: its maxUnavailable budget is used by nodes unavailable for other reasons: {}{way_out}",
-                    unavailable.join(", ")
+                    crate::rollout::status::some_of(&unavailable, LISTED)
                 ),
             };
         }
+        // Held by their machine (a ztunnel not Ready, a window), or waiting to retry a
+        // failed call.
         let held: Vec<String> = members()
-            .filter(|o| o.held)
-            .take(5)
-            .map(|o| {
-                let why = self
-                    .mem
-                    .nodes
-                    .get(&o.name)
-                    .map(|s| s.tracked.message.clone())
-                    .unwrap_or_default();
-                format!("{} ({why})", o.name)
+            .filter(|o| o.progress == NodeProgress::Pending)
+            .filter_map(|o| {
+                let state = self.mem.nodes.get(&o.name);
+                let retrying = state.and_then(|s| s.retry.error.as_deref());
+                let why = match (o.held, retrying) {
+                    (_, Some(error)) => format!("retrying: {error}"),
+                    (true, None) => state.map(|s| s.tracked.message.clone()).unwrap_or_default(),
+                    (false, None) => return None,
+                };
+                Some(format!("{} ({why})", o.name))
             })
             .collect();
         Standing {
@@ -244,7 +250,7 @@ impl Pass<'_, '_> {
             reason: "NodesHeld".into(),
             message: format!(
                 "wave {wave} waits for nodes that cannot start yet: {}",
-                held.join(", ")
+                crate::rollout::status::some_of(&held, 5)
             ),
         }
     }
@@ -278,7 +284,7 @@ impl Pass<'_, '_> {
                 ),
             },
             None => {
-                let c = counts(view.nodes.len(), self.mem.records().map(|(_, t)| t));
+                let c = counts(self.mem.total, self.mem.records().map(|(_, t)| t));
                 let except = if c.failed > 0 {
                     format!(
                         " except {} failed (tolerated by maxFailedNodes; released)",
