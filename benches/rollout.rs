@@ -12,7 +12,11 @@
 //! - `BENCH_MODE`: `agent` (default), `runbook` (e2e/runbook-baseline.sh, node by node),
 //!   `failover` (two agents; the leader is SIGKILLed once a third of the nodes are done),
 //! - `BENCH_RESIDENT_PODS` (0): bare pods that stay on as many nodes again outside the
-//!   rollout, for the agent's memory with many pods in the cluster.
+//!   rollout, for the agent's memory with many pods in the cluster,
+//! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
+//!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
+//!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
+//!   PromQL query per node goes to a simulated Prometheus API.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -67,6 +71,8 @@ struct Params {
     /// select: the agent watches every pod and node, so they weigh on its memory
     /// without the cost of moving them (`BENCH_RESIDENT_PODS`).
     resident_pods: usize,
+    /// Health gates on (`BENCH_GATES=1`).
+    gates: bool,
 }
 
 fn params() -> Params {
@@ -86,6 +92,7 @@ fn params() -> Params {
             other => panic!("BENCH_WAVES: {other:?} is not zones or one"),
         },
         resident_pods: number("BENCH_RESIDENT_PODS", "0"),
+        gates: number("BENCH_GATES", "0") == 1,
         mode: match var("BENCH_MODE", "agent").as_str() {
             "agent" => Mode::Agent,
             "runbook" => Mode::Runbook,
@@ -107,6 +114,9 @@ fn budget(p: &Params) -> MaxUnavailable {
 /// Returns the target revision hash and the node names.
 async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     let names = support::node_set(client, "r-", p.nodes, TAG).await;
+    if p.gates {
+        pod_cidrs(client, &names).await;
+    }
     let selector = BTreeMap::from([(NODE_SET_LABEL.to_owned(), TAG.to_owned())]);
     let mut ztunnel = ZtunnelFixture::new(TAG, "1.28.0");
     ztunnel.node_selector = selector.clone();
@@ -187,6 +197,90 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     (hash, names)
 }
 
+/// Node `k` gets pod CIDR 127.(100 + k / 256).(k % 256).0/28: KWOK gives its pods
+/// addresses the bench can serve on. Before any pod exists (the CIDR is set once).
+async fn pod_cidrs(client: &Client, names: &[String]) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(32, |(k, name)| {
+            let nodes = nodes.clone();
+            async move {
+                let cidr = format!("127.{}.{}.0/28", 100 + k / 256, k % 256);
+                nodes
+                    .patch(
+                        name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(
+                            serde_json::json!({ "spec": { "podCIDR": cidr } }),
+                        ),
+                    )
+                    .await
+                    .expect("set the node's pod CIDR");
+            }
+        })
+        .await;
+}
+
+/// What the gates read: ztunnel metrics served on every ztunnel pod's IP, port 15020,
+/// as the pods appear (a watch), and a Prometheus API answering 0 to every query.
+struct GateEndpoints {
+    server: Arc<support::prometheus::ZtunnelMetricsServer>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for GateEndpoints {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl GateEndpoints {
+    async fn start(client: &Client) -> Self {
+        let server = Arc::new(support::prometheus::ZtunnelMetricsServer::start(&[]).await);
+        server.set_body(
+            "prometheus",
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0"]}}"#,
+        );
+        let pods: Api<Pod> = Api::namespaced(client.clone(), TAG);
+        let s = server.clone();
+        let watch = tokio::spawn(async move {
+            let mut bound = std::collections::HashSet::new();
+            let mut listeners = Vec::new();
+            let config = watcher::Config::default().labels("app=ztunnel");
+            let mut stream = std::pin::pin!(watcher(pods, config).applied_objects());
+            while let Some(Ok(p)) = stream.next().await {
+                let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let (Some(ip), Some(node)) = (ip, node) else {
+                    continue;
+                };
+                let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                    continue;
+                };
+                if bound.insert(ip) {
+                    let address = std::net::SocketAddr::new(ip, 15020);
+                    match s.listen(address, &node).await {
+                        Ok(task) => listeners.push(task),
+                        Err(e) => {
+                            eprintln!("cannot serve {node}'s ztunnel metrics on {address}: {e}")
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            server,
+            tasks: vec![watch],
+        }
+    }
+
+    fn prometheus_url(&self) -> String {
+        format!("http://{}/metrics/prometheus", self.server.address)
+    }
+}
+
 /// `p.resident_pods` bare pods bound to `p.nodes` nodes outside the rollout's node set
 /// (no scheduler, no controller), created 32 at a time.
 async fn resident_pods(client: &Client, p: &Params) {
@@ -228,6 +322,34 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The machine's memory, from /proc/meminfo.
+fn memory_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
+}
+
+/// The commit measured, with "-dirty" when the tree had changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head}-dirty"),
+        _ => head,
+    }
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -436,6 +558,11 @@ async fn main() {
     };
     let mut rows: Vec<(String, String)> = Vec::new();
     let (reactions, watchers) = watch_reactions(&client, &target);
+    let gates = if p.gates {
+        Some(GateEndpoints::start(&client).await)
+    } else {
+        None
+    };
 
     let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
@@ -487,7 +614,7 @@ async fn main() {
                 Ok(n) => serde_json::json!(n),
                 Err(_) => serde_json::json!(p.max_unavailable),
             };
-            let rollout: ZtunnelRollout = serde_json::from_value(serde_json::json!({
+            let mut rollout = serde_json::json!({
                 "apiVersion": "ztunnel-rollout.dev/v1alpha1",
                 "kind": "ZtunnelRollout",
                 "metadata": { "name": TAG, "labels": { TEST_LABEL: TAG } },
@@ -496,8 +623,25 @@ async fn main() {
                     "nodeSelector": { "matchLabels": { NODE_SET_LABEL: TAG } },
                     "waves": { "groupBy": group_by, "maxUnavailable": max_unavailable },
                 },
-            }))
-            .expect("rollout");
+            });
+            if let Some(g) = &gates {
+                rollout["spec"]["health"] = serde_json::json!({
+                    "interval": "1s",
+                    "soak": "2s",
+                    "timeout": "2m",
+                    "waypoints": { "disabled": true },
+                    "ztunnelMetrics": { "maxFailedConnectionsPerSecond": 0.5 },
+                    "prometheus": {
+                        "url": g.prometheus_url(),
+                        "queries": [{
+                            "name": "failures",
+                            "query": "sum(rate(istio_tcp_connections_failed_total{node=\"$node\"}[1m]))",
+                            "max": 1.0
+                        }]
+                    }
+                });
+            }
+            let rollout: ZtunnelRollout = serde_json::from_value(rollout).expect("rollout");
             Api::<ZtunnelRollout>::all(client.clone())
                 .create(&PostParams::default(), &rollout)
                 .await
@@ -615,6 +759,10 @@ async fn main() {
                 )
             } else {
                 String::new()
+            } + if p.gates {
+                "; health gates on (ztunnel metrics at each node's new ztunnel, one PromQL query per node, soak 2 s)"
+            } else {
+                ""
             },
         ),
         ("total time".to_owned(), format!("{total:.1} s")),
@@ -708,6 +856,8 @@ async fn main() {
         let record = serde_json::json!({
             "date": k8s_openapi::jiff::Timestamp::now().to_string(),
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "memory_gib": memory_gib(),
+            "commit": commit(),
             "settings": std::env::vars()
                 .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_RESULTS")
                 .collect::<BTreeMap<_, _>>(),

@@ -7,6 +7,7 @@
 #   e2e/bench.sh scale-1000-light   # 1,000 nodes / 2,000 pods (~10 min)
 #   e2e/bench.sh scale-1000         # 1,000 nodes / 20,000 pods (setup alone > 30 min here: see BENCHMARKS.md)
 #   e2e/bench.sh scale-1000-resident  # scale-1000-light plus 18,000 pods that stay on 1,000 other nodes
+#   e2e/bench.sh scale-1000-gates  # scale-1000-light with the health gates on (ztunnel metrics, a PromQL query)
 #
 # Simulated delays are KWOK stages (benches/rollout.rs): application pods exit 1 s after
 # SIGTERM, ztunnel pods exit in 1 s, new ones are created in 0.1 s and Ready in 1 s.
@@ -27,7 +28,8 @@ scenario() {
     scale-1000-light) echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10%" ;;
     scale-1000)      echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
     scale-1000-resident) echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_RESIDENT_PODS=18000" ;;
-    *) echo "unknown scenario $1 (overhead, runbook-20, agent-20-serial, agent-20-budget, failover-200, scale-1000-light, scale-1000, scale-1000-resident)" >&2; return 1 ;;
+    scale-1000-gates) echo "BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_GATES=1" ;;
+    *) echo "unknown scenario $1 (overhead, runbook-20, agent-20-serial, agent-20-budget, failover-200, scale-1000-light, scale-1000, scale-1000-resident, scale-1000-gates)" >&2; return 1 ;;
   esac
 }
 

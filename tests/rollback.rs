@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use support::agent as agent_support;
 use support::{TestEnv, sample_available};
 use ztunnel_rollout::api::ZtunnelRollout;
@@ -168,4 +168,264 @@ async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
         "the blocker was never evicted"
     );
     agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}
+
+/// The `RollbackRestoreFailed` Events about rollout `uid` (events.k8s.io, in `default`
+/// where Events about cluster-scoped objects go), oldest first.
+async fn restore_failures(
+    client: &kube::Client,
+    uid: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    use k8s_openapi::api::events::v1::Event;
+    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("RollbackRestoreFailed")
+                && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid)
+        })
+        .collect();
+    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    events
+}
+
+/// How many occurrences an Event stands for: its series' count, or one.
+fn occurrences(e: &k8s_openapi::api::events::v1::Event) -> i32 {
+    e.series
+        .as_ref()
+        .map(|s| s.count)
+        .or(e.deprecated_count.filter(|c| *c > 0))
+        .unwrap_or(1)
+}
+
+#[tokio::test]
+async fn a_refused_daemonset_restore_is_retried_a_bounded_number_of_times_and_told() {
+    let env = TestEnv::new("rollback-refused", 3).await;
+    agent_support::install(&env.client).await;
+    // Zones a, b, c: nodes 0, 1, 2.
+    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
+    let old = support::ztunnel_hashes(&env)
+        .await
+        .into_values()
+        .next()
+        .expect("a ztunnel pod");
+    support::apply_app(
+        &env,
+        "web",
+        3,
+        &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
+        1.0,
+    )
+    .await;
+    // Wave b fails: a pod on its node whose PDB can never allow a disruption.
+    let blocked = env.nodes[1].clone();
+    support::pin_unevictable_pod(&env, &blocked).await;
+    let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    assert_ne!(old, new);
+
+    // The API server refuses every change of the DaemonSet's pod template from now on:
+    // the rollback's restore of the previous revision is one.
+    let ds_api = Api::<DaemonSet>::namespaced(env.client.clone(), &env.namespace);
+    let policy = support::DenyingPolicy::install(
+        &env.client,
+        &format!("{}-restore", env.namespace),
+        serde_json::json!({
+            "namespaceSelector": {
+                "matchLabels": { "kubernetes.io/metadata.name": env.namespace }
+            },
+            "resourceRules": [{
+                "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                "resources": ["daemonsets"], "resourceNames": ["ztunnel"],
+            }],
+        }),
+        "object.spec.template == oldObject.spec.template",
+    )
+    .await;
+    let probe = serde_json::json!({ "spec": { "template": { "metadata": {
+        "annotations": { "ztunnel-rollout.dev/probe": "refused?" }
+    } } } });
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    policy
+        .wait_enforced(|| async {
+            ds_api
+                .patch("ztunnel", &dry_run, &Patch::Merge(&probe))
+                .await
+                .map(drop)
+        })
+        .await;
+    let probes_denied = policy.denials().await;
+    assert_eq!(
+        probes_denied, 1,
+        "the API server counts {probes_denied} denials after the one denied probe"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let name = format!("{}-rb", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "drain": { "timeout": "3s" },
+            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
+        }),
+    );
+    let created = agent_support::create(&env.client, &rollout).await;
+    let uid = created.metadata.uid.clone().expect("the rollout's uid");
+
+    let paused = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Paused",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let status = paused.status.clone().expect("status");
+    let rb = status
+        .rollback
+        .as_ref()
+        .expect("rollback recorded in the status");
+    assert_eq!(
+        (rb.from.as_str(), rb.to.as_str()),
+        (new.as_str(), old.as_str()),
+        "the rollback recorded in the status: {rb:?}"
+    );
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap_or_else(|| panic!("no Degraded condition: {:?}", status.conditions));
+    assert_eq!(degraded.status, "True", "{degraded:?}");
+    assert!(
+        degraded.message.contains(&format!(
+            "still shows revision {new} after 5 restores to revision {old}"
+        )),
+        "Degraded says: {}",
+        degraded.message
+    );
+
+    // The DaemonSet still has the new template.
+    let ds = ds_api.get("ztunnel").await.expect("ds");
+    let image = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default();
+    assert!(
+        image.ends_with(":1.28.1-distroless"),
+        "the DaemonSet's template changed although every restore was refused: image {image}"
+    );
+    let revisions = Api::<ControllerRevision>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("revisions")
+        .items;
+    let current = ztunnel_rollout_core::rollout::revision::current_revision_hash(&ds, &revisions);
+    assert_eq!(
+        current.as_deref().ok(),
+        Some(new.as_str()),
+        "the DaemonSet's current revision: {current:?}"
+    );
+
+    // Each refused restore is one Warning Event, 5 in all; the Events are sent after the
+    // fact, so wait (bounded) for the fifth.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = restore_failures(&env.client, &uid).await;
+        if events.iter().map(occurrences).sum::<i32>() >= 5 {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than 5 RollbackRestoreFailed Events within 30s: {:?}",
+            events.iter().map(|e| &e.note).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let notes: Vec<String> = events
+        .iter()
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        events.iter().map(occurrences).sum::<i32>(),
+        5,
+        "refused restores told: {notes:?}"
+    );
+    for (i, e) in events.iter().enumerate() {
+        let note = &notes[i];
+        assert_eq!(
+            e.type_.as_deref(),
+            Some("Warning"),
+            "{note}: type {:?}",
+            e.type_
+        );
+        assert!(
+            note.starts_with(&format!(
+                "restoring the DaemonSet's previous revision failed (attempt {} of 5): ",
+                i + 1
+            )) && note.contains(&policy.name),
+            "Event {} of {}: {note}",
+            i + 1,
+            notes.len()
+        );
+    }
+    let last = notes.last().expect("an Event");
+    assert!(last.contains("attempt 5 of 5"), "the last Event: {last}");
+    // The API server refused exactly 5 restores (and the probe).
+    let denied = policy.denials().await.saturating_sub(probes_denied);
+    assert_eq!(denied, 5, "restores the API server refused: {denied}");
+
+    // The wave-a node, updated before the failure, was released; the refused one was
+    // never cordoned.
+    let updated: Vec<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| n.phase == NodePhase::Done)
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(
+        updated.contains(&env.nodes[0].as_str()),
+        "nodes updated before the failure: {updated:?}"
+    );
+    for node in [&env.nodes[0], &blocked] {
+        assert!(
+            !support::is_cordoned(&env.client, node).await,
+            "{node} is cordoned while the rollout is Paused"
+        );
+    }
+
+    // Done with it: the refusal goes, the rollout is aborted, and every node is released.
+    policy.remove().await;
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "abort": true } })),
+        )
+        .await
+        .expect("abort");
+    agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Aborted",
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+    // Paused after the fifth refusal means no sixth restore was sent since.
+    let told = restore_failures(&env.client, &uid)
+        .await
+        .iter()
+        .map(occurrences)
+        .sum::<i32>();
+    assert_eq!(told, 5, "RollbackRestoreFailed Events by the end: {told}");
 }

@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -895,4 +895,225 @@ async fn a_new_leader_finishes_a_migration_without_restarting_a_workload_twice()
         "the new leader started the first namespace over:\n{}",
         standby.log_text()
     );
+}
+
+/// The UIDs of the live pods in `namespace`.
+async fn pod_uids(client: &Client, namespace: &str) -> Vec<String> {
+    let mut uids: Vec<String> = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list pods")
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    uids.sort();
+    uids
+}
+
+/// The `StepFailed` Events about namespace `namespace` for migration `migration`
+/// (events.k8s.io, in `default` where Events about cluster-scoped objects go).
+async fn step_failures(
+    client: &Client,
+    namespace: &str,
+    migration: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    use k8s_openapi::api::events::v1::Event;
+    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            let name = |r: &Option<k8s_openapi::api::core::v1::ObjectReference>| {
+                r.as_ref().and_then(|r| r.name.clone())
+            };
+            e.reason.as_deref() == Some("StepFailed")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Namespace")
+                && name(&e.regarding).as_deref() == Some(namespace)
+                && name(&e.related).as_deref() == Some(migration)
+        })
+        .collect();
+    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    events
+}
+
+#[tokio::test]
+async fn a_refused_relabel_fails_its_namespace_at_the_step_deadline_with_counted_events() {
+    let (mut env, dir, mesh) = setup("scm-refused", 2).await;
+    let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
+    let refused = app_namespace(&mut env, "refused", &rev_label, &mesh.rev_a, &["api"], None).await;
+    let later = app_namespace(&mut env, "later", &rev_label, &mesh.rev_a, &["api"], None).await;
+    let mut before = BTreeMap::new();
+    for ns in [&refused, &later] {
+        before.insert(
+            ns.clone(),
+            (
+                labels_of(&env.client, ns).await,
+                pod_uids(&env.client, ns).await,
+            ),
+        );
+    }
+
+    // The API server refuses any change of the namespace's injection labels.
+    let policy = support::DenyingPolicy::install(
+        &env.client,
+        &format!("{}-relabel", env.namespace),
+        serde_json::json!({
+            "resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                "resources": ["namespaces"], "resourceNames": [refused],
+            }],
+        }),
+        "['istio.io/rev', 'istio-injection'].all(k, \
+         object.metadata.?labels[?k] == oldObject.metadata.?labels[?k])",
+    )
+    .await;
+    let ns_api: Api<Namespace> = Api::all(env.client.clone());
+    let probe = serde_json::json!({ "metadata": { "labels": { "istio.io/rev": mesh.tag } } });
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    policy
+        .wait_enforced(|| async {
+            ns_api
+                .patch(&refused, &dry_run, &Patch::Merge(&probe))
+                .await
+                .map(drop)
+        })
+        .await;
+    let probes_denied = policy.denials().await;
+    assert_eq!(
+        probes_denied, 1,
+        "the API server counts {probes_denied} denials after the one denied probe"
+    );
+
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let name = format!("{}-refused", env.namespace);
+    // The step deadline. The schema takes any duration, but one shorter than a status
+    // write ends the step before its first relabel is sent; 2s leaves room for a few
+    // relabels with backoff (200 ms, doubling) and keeps the test short.
+    create(
+        &env.client,
+        &migration(
+            &env,
+            &name,
+            serde_json::json!({
+                "namespaces": [refused, later], "to": mesh.tag, "rolloutTimeout": "2s",
+            }),
+        ),
+    )
+    .await;
+    let failed = wait_for_migration(
+        &env.client,
+        &name,
+        "Failed",
+        Duration::from_secs(60),
+        &agent,
+    )
+    .await;
+    let attempts = policy.denials().await.saturating_sub(probes_denied);
+
+    let s = namespace_status(&failed, &refused);
+    assert_eq!(s.phase, NamespacePhase::Failed, "{refused}: {s:?}");
+    assert!(
+        s.message == "the namespace's labels did not change within 2s"
+            || (s.message.starts_with("its calls kept failing for ")
+                && s.message.contains(&policy.name)),
+        "why {refused} failed: {:?}",
+        s.message
+    );
+    // Not before the deadline; bounded after it: a failing step is looked at again only
+    // when its next retry is due, and each backoff is about as long as all before it, so
+    // at most about twice the deadline after the step started.
+    let failed_after = time(&Some(s.since.clone())).duration_since(time(&s.step_started));
+    assert!(
+        failed_after >= k8s_openapi::jiff::SignedDuration::from_secs(2)
+            && failed_after <= k8s_openapi::jiff::SignedDuration::from_secs(5),
+        "{refused} failed {failed_after:?} after its step started (deadline 2s): {s:?}"
+    );
+    eprintln!(
+        "{refused} failed {failed_after:?} after its step started, {attempts} relabels refused"
+    );
+    let later_status = namespace_status(&failed, &later);
+    assert_eq!(
+        later_status.phase,
+        NamespacePhase::Pending,
+        "no namespace starts after a failure: {later_status:?}"
+    );
+    let degraded = failed
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .unwrap_or_else(|| panic!("no Degraded condition: {:?}", failed.status));
+    assert!(
+        degraded.status == "True"
+            && degraded
+                .message
+                .contains(&format!("namespace {refused} failed")),
+        "Degraded: {degraded:?}"
+    );
+    support::wait_for_event(&env.client, &refused, "NamespaceFailed", &s.message).await;
+
+    // Retried until the deadline, and told: an Event on the first failure (and every
+    // tenth), so fewer Events than attempts.
+    assert!(
+        attempts >= 2,
+        "relabels the API server refused: {attempts} (a retry expected before the 2s deadline)"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = step_failures(&env.client, &refused, &name).await;
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no StepFailed Event about {refused} within 30s ({attempts} refused relabels)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let notes: Vec<String> = events
+        .iter()
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        (events.len() as u64) < attempts,
+        "{} StepFailed Events for {attempts} refused relabels: {notes:?}",
+        events.len()
+    );
+    assert!(
+        notes[0].starts_with(&format!(
+            "namespace {refused}: relabelling failed 1 time(s), retrying with backoff: "
+        )) && notes[0].contains(&policy.name),
+        "the first StepFailed Event: {}",
+        notes[0]
+    );
+    for e in &events {
+        assert_eq!(e.type_.as_deref(), Some("Warning"), "{:?}", e.note);
+    }
+
+    // Nothing else was applied: labels as before, no workload restarted, the same pods.
+    for ns in [&refused, &later] {
+        let (labels, uids) = &before[ns];
+        assert_eq!(&labels_of(&env.client, ns).await, labels, "labels of {ns}");
+        let d = Api::<Deployment>::namespaced(env.client.clone(), ns)
+            .get("api")
+            .await
+            .expect("deployment");
+        let annotations = d
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .unwrap_or_default();
+        assert!(
+            !annotations.contains_key(RESTARTED_AT_ANNOTATION),
+            "{ns}/api was restarted: {annotations:?}"
+        );
+        assert_eq!(&pod_uids(&env.client, ns).await, uids, "pods of {ns}");
+        assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_a, ns);
+    }
+    policy.remove().await;
 }

@@ -225,13 +225,9 @@ impl EffectRunner {
     ) -> impl std::future::Future<Output = Option<Outcome>> + Send + 'static {
         let actions = self.actions.clone();
         let client = self.client.clone();
-        let pdbs: Vec<PodDisruptionBudget> = self
-            .observed
-            .pdbs
-            .state()
-            .iter()
-            .map(|p| p.as_ref().clone())
-            .collect();
+        // Read when the call runs, not when it is queued: a pass may queue a call for
+        // every node at once.
+        let observed = self.observed.clone();
         let rollout = rollout.to_owned();
         async move {
             let node = call.node.clone();
@@ -244,7 +240,7 @@ impl EffectRunner {
                     Some(n),
                 ) => {
                     let blockers = match drain_check {
-                        Some(filter) => blockers(&client, &node, &pdbs, filter).await,
+                        Some(filter) => blockers(&client, &node, &observed, filter).await,
                         None => Ok(Vec::new()),
                     };
                     match blockers {
@@ -358,14 +354,31 @@ impl EffectRunner {
 async fn blockers(
     client: &Client,
     node: &str,
-    pdbs: &[PodDisruptionBudget],
+    observed: &Observed,
     filter: &crate::drain::filter::FilterOptions,
 ) -> Result<Vec<String>, kube::Error> {
     let pods = Api::<Pod>::all(client.clone())
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await?
         .items;
-    Ok(permanent_blockers(&pods, pdbs, filter, Timestamp::now()))
+    // Only the budgets of the namespaces this node's pods are in.
+    let namespaces: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.metadata.namespace.as_deref())
+        .collect();
+    let pdbs: Vec<PodDisruptionBudget> = observed
+        .pdbs
+        .state()
+        .iter()
+        .filter(|b| {
+            b.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| namespaces.contains(ns))
+        })
+        .map(|b| b.as_ref().clone())
+        .collect();
+    Ok(permanent_blockers(&pods, &pdbs, filter, Timestamp::now()))
 }
 
 fn count_evictions(metrics: &Metrics, report: &crate::drain::DrainReport) {

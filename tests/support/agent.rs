@@ -231,7 +231,16 @@ fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str
     let log =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-{tag}-{identity}.log"));
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"));
+    // AGENT_WRAPPER (e.g. `heaptrack`) runs the agent under a profiler, for investigations.
+    let exe = env!("CARGO_BIN_EXE_ztunnel-rollout");
+    let mut cmd = match std::env::var("AGENT_WRAPPER") {
+        Ok(wrapper) if !wrapper.is_empty() => {
+            let mut c = Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        _ => Command::new(exe),
+    };
     cmd.args(["agent", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--lease-name", lease, "--identity", identity])

@@ -706,3 +706,163 @@ pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// A refusal injected at the API server: a ValidatingAdmissionPolicy and its binding,
+/// both named `name`, denying the writes its `matchConstraints` select unless the CEL
+/// expression `allowed` holds. Policies are cluster-scoped: name them after the test's
+/// namespace and select only the test's own objects. Removed by
+/// [`DenyingPolicy::remove`], or when dropped (also when the test panics).
+pub struct DenyingPolicy {
+    client: Client,
+    pub name: String,
+    /// The API server's count of this policy's denials when it was installed.
+    baseline: u64,
+    removed: bool,
+}
+
+impl DenyingPolicy {
+    pub async fn install(
+        client: &Client,
+        name: &str,
+        match_constraints: serde_json::Value,
+        allowed: &str,
+    ) -> DenyingPolicy {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let baseline = policy_denials(client, name).await;
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": name },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": match_constraints,
+                "validations": [{
+                    "expression": allowed,
+                    "message": format!("refused by the test's policy {name}"),
+                }],
+            },
+        }))
+        .expect("a ValidatingAdmissionPolicy");
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": name },
+            "spec": { "policyName": name, "validationActions": ["Deny"] },
+        }))
+        .expect("a ValidatingAdmissionPolicyBinding");
+        fixtures::apply(&Api::all(client.clone()), &policy)
+            .await
+            .unwrap_or_else(|e| panic!("create ValidatingAdmissionPolicy {name}: {e}"));
+        fixtures::apply(&Api::all(client.clone()), &binding)
+            .await
+            .unwrap_or_else(|e| panic!("create ValidatingAdmissionPolicyBinding {name}: {e}"));
+        DenyingPolicy {
+            client: client.clone(),
+            name: name.to_owned(),
+            baseline,
+            removed: false,
+        }
+    }
+
+    /// The policy takes effect asynchronously: repeats `probe` (a dry-run of the write
+    /// under test; validating admission runs for dry-run requests) until this policy
+    /// denies it, failing the test after [`WAIT`]. Returns the denial's message.
+    pub async fn wait_enforced<F, Fut>(&self, mut probe: F) -> String
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), kube::Error>>,
+    {
+        let marker = format!("ValidatingAdmissionPolicy '{}'", self.name);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = probe().await;
+            if let Err(kube::Error::Api(status)) = &outcome
+                && status.message.contains(&marker)
+            {
+                eprintln!("policy {} enforced after {tries} probe(s)", self.name);
+                return status.message.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "policy {} not enforced within {WAIT:?}: {tries} dry-run probe(s), the last: {outcome:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Requests this policy denied since it was installed (dry-run probes included), as
+    /// the API server counts them (`apiserver_validating_admission_policy_check_total`).
+    pub async fn denials(&self) -> u64 {
+        policy_denials(&self.client, &self.name).await - self.baseline
+    }
+
+    pub async fn remove(mut self) {
+        delete_policy(&self.client, &self.name).await;
+        self.removed = true;
+    }
+}
+
+async fn delete_policy(client: &Client, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let dp = DeleteParams::default();
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    for result in [
+        bindings.delete(name, &dp).await.map(drop),
+        policies.delete(name, &dp).await.map(drop),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("delete the policy {name}: {e}"),
+        }
+    }
+}
+
+/// The API server's count of requests policy `name` denied.
+async fn policy_denials(client: &Client, name: &str) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    let series = format!("policy=\"{name}\"");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_validating_admission_policy_check_total{"))
+        .filter(|l| l.contains(&series) && l.contains("enforcement_action=\"deny\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+impl Drop for DenyingPolicy {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let kubeconfig = cluster().kubeconfig.clone();
+        let name = self.name.clone();
+        // Drop cannot await; remove it on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let client = client_for(&kubeconfig)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                delete_policy(&client, &name).await;
+                Ok::<_, std::io::Error>(())
+            })
+        });
+        let _ = cleanup.join();
+    }
+}

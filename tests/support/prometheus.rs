@@ -205,6 +205,27 @@ impl ZtunnelMetricsServer {
         }
     }
 
+    /// Serves `node`'s metrics on `address` too, from now on (a pod IP known only once
+    /// the pod exists). The listener stops when the returned task is aborted.
+    pub async fn listen(
+        &self,
+        address: SocketAddr,
+        node: &str,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let listener = TcpListener::bind(address).await?;
+        self.series
+            .lock()
+            .expect("lock")
+            .entry(node.to_owned())
+            .or_default();
+        Ok(tokio::spawn(accept(
+            listener,
+            Some(node.to_owned()),
+            self.series.clone(),
+            self.in_flight.clone(),
+        )))
+    }
+
     pub fn url(&self, node: &str) -> String {
         format!("http://{}/metrics/{node}", self.address)
     }

@@ -476,14 +476,15 @@ impl Pass<'_, '_> {
             return;
         }
         if let Some((retry, since)) = self.mem.retries.get(&name) {
-            // A step whose calls keep failing ends by the rollout timeout.
-            let failing_for = self.now.duration_since(*since);
-            if failing_for
-                >= SignedDuration::try_from(forward.rollout_timeout).unwrap_or(SignedDuration::MAX)
-            {
+            // A step whose calls keep failing ends at the rollout timeout: the loop wakes
+            // then, even when the next retry would come later.
+            let timeout =
+                SignedDuration::try_from(forward.rollout_timeout).unwrap_or(SignedDuration::MAX);
+            let deadline = since.checked_add(timeout).ok();
+            if deadline.is_none_or(|d| self.now >= d) {
                 let why = format!(
-                    "its calls kept failing for {}s: {}",
-                    failing_for.as_secs(),
+                    "its calls kept failing for {} (rolloutTimeout): {}",
+                    crate::duration::format_duration(forward.rollout_timeout),
                     retry.error.clone().unwrap_or_default()
                 );
                 self.mem.retries.remove(&name);
@@ -492,6 +493,7 @@ impl Pass<'_, '_> {
             }
             if !retry.due(self.now) {
                 self.plan.wake(retry.at);
+                self.plan.wake(deadline);
                 return;
             }
         }
@@ -865,6 +867,8 @@ mod tests {
             events >= 1 && events < relabels,
             "an Event on the first failure and every tenth: {events} for {relabels}"
         );
-        assert!(now <= t(120), "bounded by the rollout timeout: {now}");
+        // The first call failed at 2 s: the namespace fails at 2 s + rolloutTimeout (60 s),
+        // not at the next retry after it.
+        assert!(now <= t(63), "at the rollout timeout: {now}");
     }
 }
