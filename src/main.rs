@@ -20,11 +20,15 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,kube_client=off,ztunnel_rollout=info".into()),
         )
         .init();
-    let cli = parse_cli();
+    let mut cli = parse_cli();
+    // Named once: a command run again must not create a second object.
+    default_names(&mut cli);
     let result = match &cli.command {
         // Long-running, or nothing to ask the API server: as they are.
         Command::Agent(args) => agent::run(args, &cli.global).await,
         Command::Completion(args) => completion(args),
+        // A drain run again would report on its second run only.
+        Command::Drain(args) => drain::run(args, &cli.global).await,
         // The others run again (bounded) when the API server asks to retry.
         _ => errors::retrying(|| run(&cli)).await,
     };
@@ -53,6 +57,32 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 /// Parses the command line; installed as `kubectl-ztunnel_rollout`, the binary is the
 /// kubectl plugin `kubectl ztunnel-rollout` and says so in its help.
+/// Fills in the names `trigger` and `sidecar move` would make up from the time.
+fn default_names(cli: &mut Cli) {
+    let stamp = || {
+        k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y%m%d-%H%M%S")
+            .to_string()
+    };
+    match &mut cli.command {
+        Command::Trigger(args) if args.name.is_none() => {
+            args.name = Some(format!("trigger-{}", stamp()));
+        }
+        Command::Sidecar(s) => {
+            if let sidecar::SidecarCommand::Move(args) = &mut s.command
+                && args.name.is_none()
+            {
+                args.name = Some(format!(
+                    "{}-{}",
+                    args.to.to_lowercase().replace(['_', '.'], "-"),
+                    stamp()
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn parse_cli() -> Cli {
     let invoked = std::env::args_os()
         .next()

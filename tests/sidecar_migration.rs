@@ -1025,13 +1025,13 @@ async fn a_refused_relabel_fails_its_namespace_at_the_step_deadline_with_counted
         "why {refused} failed: {:?}",
         s.message
     );
-    // Not before the deadline; bounded after it: a failing step is looked at again only
-    // when its next retry is due, and each backoff is about as long as all before it, so
-    // at most about twice the deadline after the step started.
+    // Not before the deadline, and at it: the loop wakes at the deadline of a failing
+    // step rather than at its next retry (the first relabel is sent right after the step
+    // starts; statuses keep whole seconds).
     let failed_after = time(&Some(s.since.clone())).duration_since(time(&s.step_started));
     assert!(
         failed_after >= k8s_openapi::jiff::SignedDuration::from_secs(2)
-            && failed_after <= k8s_openapi::jiff::SignedDuration::from_secs(5),
+            && failed_after <= k8s_openapi::jiff::SignedDuration::from_secs(4),
         "{refused} failed {failed_after:?} after its step started (deadline 2s): {s:?}"
     );
     eprintln!(

@@ -12,7 +12,7 @@ use kube::{Api, Client};
 use tracing::{Instrument, debug, info_span, warn};
 use ztunnel_rollout_core::drain::budget::permanent_blockers;
 use ztunnel_rollout_core::rollout::pass::{
-    About, CallError, CallKind, DrainOutcome, Effect, NodeCall, Notice, Outcome, Plan,
+    About, CallError, CallKind, DrainOutcome, Effect, NodeCall, Notice, Outcome, Plan, UndoFailure,
 };
 
 use super::events::EventSink;
@@ -172,7 +172,10 @@ impl EffectRunner {
                     Err(e) => {
                         warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
                         Some(Outcome::Undo {
-                            result: Err(e.to_string()),
+                            result: Err(UndoFailure {
+                                message: e.to_string(),
+                                transient: e.is_transient(),
+                            }),
                         })
                     }
                 }

@@ -173,6 +173,19 @@ impl NodeActions {
         }
     }
 
+    /// Releases `node` only as it was in `read` (a copy taken before the caller's own
+    /// checks): a patch conditional on that version, no fresh read. A node changed since
+    /// (another rollout of the same name cordoned it meanwhile) is a Conflict.
+    pub async fn release_exactly(
+        &self,
+        rollout: &str,
+        read: &Node,
+        uncordon: bool,
+    ) -> Result<CallDone, ActionError> {
+        self.leadership.check()?;
+        self.release_as_read(rollout, read, uncordon).await
+    }
+
     /// `release` conditional on the node being as `read`.
     async fn release_as_read(
         &self,

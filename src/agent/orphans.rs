@@ -5,16 +5,26 @@
 //! one afresh (it may be another agent's), and releases the nodes of those that are
 //! gone: annotations removed, uncordoned where the annotation says the rollout cordoned a
 //! schedulable node (and nobody cordoned it again since), with an Event on the node.
+//!
+//! Careful, because a wrong release uncordons a node mid-sequence: "gone" is only the API
+//! server's own NotFound for that very ztunnelrollout (a 404 from a proxy, or for a
+//! resource version the server does not serve, is not); and each node is released as the
+//! watch showed it before the rollout was read, so a node a re-created rollout of the same
+//! name cordoned meanwhile is a Conflict, left for the next sweep (which finds the
+//! rollout).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::{info, info_span, warn};
-use ztunnel_rollout_core::rollout::ownership::unknown_owners;
+use ztunnel_rollout_core::rollout::ownership::{
+    owner as ownership_owner, unknown_owners, waiting_taint_owner,
+};
 use ztunnel_rollout_core::rollout::pass::{CallDone, Outcome};
 
 use super::effects::core_reference;
@@ -67,8 +77,14 @@ impl OrphanSweep {
         }
         self.last = Some(now);
         let known: HashSet<String> = rollouts.iter().map(|r| r.name_any()).collect();
-        let nodes = observed.nodes.state();
-        for (owner, nodes) in unknown_owners(nodes.iter().map(|n| n.as_ref()), &known) {
+        let watched = observed.nodes.state();
+        for (owner, names) in unknown_owners(watched.iter().map(|n| n.as_ref()), &known) {
+            // The copies as the watch shows them now, before the rollout is read.
+            let nodes: Vec<Arc<Node>> = watched
+                .iter()
+                .filter(|n| n.metadata.name.as_ref().is_some_and(|m| names.contains(m)))
+                .cloned()
+                .collect();
             let key = TaskKey {
                 owner: OWNER.to_owned(),
                 object: owner.clone(),
@@ -92,28 +108,57 @@ impl OrphanSweep {
     }
 }
 
-/// Releases `nodes` if rollout `owner` no longer exists (read afresh).
+/// Whether `e` is the API server saying that ztunnelrollout `name` does not exist.
+fn rollout_not_found(e: &kube::Error, name: &str) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            s.code == 404
+                && s.reason == "NotFound"
+                && s.details.as_ref().is_some_and(|d| {
+                    d.group == "ztunnel-rollout.dev"
+                        && d.kind == "ztunnelrollouts"
+                        && d.name == name
+                })
+        }
+        _ => false,
+    }
+}
+
+/// Releases `nodes` (as watched before this read) if rollout `owner` no longer exists.
 async fn release_if_gone(
     client: &Client,
     actions: &NodeActions,
     events: &EventSink,
     owner: &str,
-    nodes: &[String],
+    nodes: &[Arc<Node>],
 ) {
-    match Api::<ZtunnelRollout>::all(client.clone())
-        .get_opt(owner)
-        .await
-    {
-        Ok(Some(_)) => return, // Another agent's (a rollout selector this one does not watch).
-        Ok(None) => {}
+    match Api::<ZtunnelRollout>::all(client.clone()).get(owner).await {
+        Ok(_) => return, // Another agent's (a rollout selector this one does not watch).
+        Err(e) if rollout_not_found(&e, owner) => {}
         Err(e) => {
-            warn!(error = %e, "could not read the rollout that owns nodes; trying again at the next sweep");
+            warn!(error = %e, "could not tell whether the rollout that owns nodes exists; trying again at the next sweep");
             return;
         }
     }
-    for node in nodes {
+    for watched in nodes {
+        let node = watched.name_any();
+        let node = node.as_str();
+        if waiting_taint_owner(watched) == Some(owner) && ownership_owner(watched) != Some(owner) {
+            // Only its waiting taint is left: removed, conditional on this copy.
+            match actions.set_waiting_taint(owner, watched, false).await {
+                Ok(_) => info!(
+                    node,
+                    "removed the waiting taint of rollout {owner}, which no longer exists"
+                ),
+                Err(ActionError::NotLeader(_)) => return,
+                Err(e) => {
+                    warn!(node, error = %e, "could not remove an orphaned waiting taint; trying again at the next sweep")
+                }
+            }
+            continue;
+        }
         // One try a sweep: a Conflict (the node changed) is tried at the next one.
-        let note = match actions.release(owner, node, true, None).await {
+        let note = match actions.release_exactly(owner, watched, true).await {
             Ok(CallDone::Applied { .. }) => format!(
                 "released: it was owned by rollout {owner}, which no longer exists; uncordoned unless it was cordoned before that rollout"
             ),

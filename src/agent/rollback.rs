@@ -22,6 +22,18 @@ pub enum UndoError {
     },
 }
 
+impl UndoError {
+    /// An API blip (connection, 5xx, throttling), not a refusal of the restore.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UndoError::Kube { source, .. } => crate::kube_client::api_failure(source)
+                .fault()
+                .is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Patches DaemonSet `namespace/name` with ControllerRevision `revision`'s template.
 pub async fn undo(
     client: &Client,

@@ -73,7 +73,9 @@ fn advice(code: u16) -> &'static str {
         401 => "check the kubeconfig's credentials",
         403 => "the user lacks a permission (see manifests/ for the agent's, kubectl auth can-i)",
         404 => "check the name and the namespace",
-        409 => "the object changed meanwhile; run the command again",
+        409 => {
+            "it already exists, or changed meanwhile: check it with kubectl get, then run the command again if needed"
+        }
         422 => "the API server refused the value; see the message",
         429 | 503 => "the API server is busy or starting; run the command again in a moment",
         500..=599 => {

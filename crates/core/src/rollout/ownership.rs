@@ -121,20 +121,26 @@ pub fn cordoned_again_by_someone_else(node: &Node) -> Option<&str> {
     unschedulable_set_by(node).filter(|m| unschedulable && *m != FIELD_MANAGER)
 }
 
-/// Nodes carrying the ownership annotation of a rollout not among `known`, by that
-/// rollout's name: candidates for the orphan sweep (a rollout removed without its
-/// finalizer leaves its nodes so). `known` is what this agent watches; a candidate's
-/// rollout is released only once a read finds it gone (it may be another agent's).
+/// Nodes carrying the ownership annotation or the waiting taint of a rollout not among
+/// `known`, by that rollout's name: candidates for the orphan sweep (a rollout removed
+/// without its finalizer leaves its nodes so). `known` is what this agent watches; a
+/// candidate's rollout is released only once a read finds it gone (it may be another
+/// agent's).
 pub fn unknown_owners<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
     known: &std::collections::HashSet<String>,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for n in nodes {
-        if let Some(o) = owner(n).filter(|o| !known.contains(*o)) {
-            out.entry(o.to_owned())
-                .or_default()
-                .push(n.metadata.name.clone().unwrap_or_default());
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let mut of: Vec<&str> = [owner(n), waiting_taint_owner(n)]
+            .into_iter()
+            .flatten()
+            .filter(|o| !known.contains(*o))
+            .collect();
+        of.dedup();
+        for o in of {
+            out.entry(o.to_owned()).or_default().push(name.clone());
         }
     }
     out
@@ -169,6 +175,27 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn owners_and_waiting_taints_of_unknown_rollouts_are_sweep_candidates() {
+        let named = |name: &str, mut n: Node| {
+            n.metadata.name = Some(name.into());
+            n
+        };
+        let owned = named("n1", node(&[(OWNER_ANNOTATION, "gone")]));
+        let mut tainted = named("n2", node(&[]));
+        tainted.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: with_waiting_taint(&[], "gone"),
+            ..Default::default()
+        });
+        let mut both = named("n3", node(&[(OWNER_ANNOTATION, "gone")]));
+        both.spec.clone_from(&tainted.spec);
+        let known_owner = named("n4", node(&[(OWNER_ANNOTATION, "live")]));
+        let known = std::collections::HashSet::from(["live".to_owned()]);
+        let found = unknown_owners([&owned, &tainted, &both, &known_owner], &known);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found["gone"], ["n1", "n2", "n3"], "n3 once");
     }
 
     #[test]

@@ -108,19 +108,34 @@ pub fn node_statuses<'a>(
             .unwrap_or(t)
             .to_string()
     };
-    let mut budget = NODE_MESSAGES_BUDGET;
-    records
+    let kept: Vec<(&String, &TrackedNode)> = records
         .into_iter()
         .filter(|(_, t)| t.record.phase != NodePhase::Pending || !t.message.is_empty())
-        .map(|(name, t)| {
+        .collect();
+    // The message budget goes to failed nodes first, then to those in flight, then to
+    // the rest: with many nodes in trouble, the ones an operator must look at keep theirs.
+    let rank = |t: &TrackedNode| match t.record.phase {
+        NodePhase::Failed => 0,
+        NodePhase::Done | NodePhase::Skipped | NodePhase::Pending => 2,
+        _ => 1,
+    };
+    let mut order: Vec<usize> = (0..kept.len()).collect();
+    order.sort_by_key(|&i| rank(kept[i].1));
+    let mut messages = vec![String::new(); kept.len()];
+    let mut budget = NODE_MESSAGES_BUDGET;
+    for i in order {
+        if budget < MAX_NODE_MESSAGE {
+            break;
+        }
+        let message = truncate(&kept[i].1.message, MAX_NODE_MESSAGE);
+        budget = budget.saturating_sub(message.len());
+        messages[i] = message;
+    }
+    kept.into_iter()
+        .zip(messages)
+        .map(|((name, t), message)| {
             let phase = t.record.phase;
             let finished = matches!(phase, NodePhase::Done | NodePhase::Skipped);
-            let message = if budget >= MAX_NODE_MESSAGE {
-                truncate(&t.message, MAX_NODE_MESSAGE)
-            } else {
-                String::new()
-            };
-            budget = budget.saturating_sub(message.len());
             NodeStatus {
                 name: name.clone(),
                 phase,
@@ -374,6 +389,38 @@ mod tests {
     }
 
     #[test]
+    fn failed_nodes_keep_their_messages_when_the_budget_runs_out() {
+        let long = "x".repeat(1000);
+        let mut records = BTreeMap::new();
+        for i in 0..1000 {
+            let mut t = tracked(NodePhase::Done);
+            t.message = long.clone();
+            records.insert(format!("a-{i:04}"), t);
+        }
+        for i in 0..5 {
+            let mut t = tracked(NodePhase::Failed);
+            t.message = format!("z-{i} failed: {long}");
+            records.insert(format!("z-{i}"), t);
+        }
+        let nodes = node_statuses(&records);
+        let failed: Vec<&NodeStatus> = nodes
+            .iter()
+            .filter(|n| n.phase == NodePhase::Failed)
+            .collect();
+        assert_eq!(failed.len(), 5);
+        assert!(
+            failed.iter().all(|n| n.message.contains("failed")),
+            "{failed:?}"
+        );
+        let total: usize = nodes.iter().map(|n| n.message.len()).sum();
+        assert!(total <= NODE_MESSAGES_BUDGET, "{total}");
+        assert!(
+            nodes.iter().any(|n| n.message.is_empty()),
+            "the budget ran out"
+        );
+    }
+
+    #[test]
     fn counts_put_every_phase_in_one_bucket() {
         let records = [
             tracked(NodePhase::Pending),
@@ -507,10 +554,19 @@ mod tests {
                 .iter()
                 .all(|n| n.message.len() <= MAX_NODE_MESSAGE)
         );
-        assert!(status.nodes[0].message.ends_with('…'));
+        let first_failed = status
+            .nodes
+            .iter()
+            .find(|n| n.phase == NodePhase::Failed)
+            .unwrap();
+        assert!(first_failed.message.ends_with('…'), "failed nodes first");
         assert!(
-            status.nodes.last().unwrap().message.is_empty(),
-            "past the budget, messages are left out"
+            status
+                .nodes
+                .iter()
+                .filter(|n| n.phase == NodePhase::Done)
+                .all(|n| n.message.is_empty()),
+            "past the budget, messages are left out, done nodes' first"
         );
     }
 

@@ -481,7 +481,7 @@ impl Pass<'_, '_> {
             let timeout =
                 SignedDuration::try_from(forward.rollout_timeout).unwrap_or(SignedDuration::MAX);
             let deadline = since.checked_add(timeout).ok();
-            if deadline.is_none_or(|d| self.now >= d) {
+            if deadline.is_some_and(|d| self.now >= d) {
                 let why = format!(
                     "its calls kept failing for {} (rolloutTimeout): {}",
                     crate::duration::format_duration(forward.rollout_timeout),

@@ -29,6 +29,8 @@ pub struct Fixture {
     pub lagging: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Node>,
     /// The API server refuses every DaemonSet restore with this error.
     pub refuse_undo: Option<String>,
+    /// ... as an API blip (a 503) rather than a refusal.
+    pub undo_blips: bool,
 }
 
 impl Fixture {
@@ -58,6 +60,7 @@ impl Fixture {
             pending: Vec::new(),
             lagging: Default::default(),
             refuse_undo: None,
+            undo_blips: false,
         }
     }
 
@@ -194,7 +197,10 @@ impl Fixture {
             }
             Effect::UndoDaemonSet { revision, .. } => match &self.refuse_undo {
                 Some(why) => Outcome::Undo {
-                    result: Err(why.clone()),
+                    result: Err(crate::rollout::pass::UndoFailure {
+                        message: why.clone(),
+                        transient: self.undo_blips,
+                    }),
                 },
                 None => {
                     self.c.restore_revision(revision);

@@ -649,7 +649,12 @@ impl Trial {
                     self.note(|| format!("{}: DaemonSet restored to {hash}", q.rollout));
                 }
                 Some(Outcome::Undo {
-                    result: failure.map_or(Ok(()), |f| Err(f.to_string())),
+                    result: failure.map_or(Ok(()), |f| {
+                        Err(crate::rollout::pass::UndoFailure {
+                            message: f.to_string(),
+                            transient: f.fault().is_transient(),
+                        })
+                    }),
                 })
             }
             Effect::WriteStatus(status) => {

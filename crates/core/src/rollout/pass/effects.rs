@@ -177,7 +177,7 @@ pub enum Outcome {
         result: Result<(), ApiFailure>,
     },
     Undo {
-        result: Result<(), String>,
+        result: Result<(), UndoFailure>,
     },
     StatusWritten {
         status: Box<ZtunnelRolloutStatus>,
@@ -252,4 +252,19 @@ pub enum GateEvent {
     Waiting(String),
     /// The verdict: what was seen, or the failed check with its value and threshold.
     Done(Result<String, String>),
+}
+
+/// Why a DaemonSet restore failed: a refusal (admission, validation, permissions) counts
+/// against the rollback's bound on restores; an API blip (connection, 5xx, throttling)
+/// is retried with its own, larger bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndoFailure {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl std::fmt::Display for UndoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }

@@ -195,7 +195,10 @@ pub fn backoff(failures: u32) -> SignedDuration {
 pub struct Undo {
     pub sent_at: Option<Timestamp>,
     pub in_flight: bool,
+    /// Restores sent that were refused or did not show (an API blip does not count).
     pub attempts: u32,
+    /// Restores that met an API blip.
+    pub blips: u32,
     pub retry: Retry,
 }
 

@@ -41,7 +41,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub use effects::{
     About, CallDone, CallError, CallKind, DrainOutcome, Effect, GateEvent, GateRequest, NodeCall,
-    Notice, Outcome, Transition,
+    Notice, Outcome, Transition, UndoFailure,
 };
 pub use memory::Memory;
 pub use record::held_back_status;

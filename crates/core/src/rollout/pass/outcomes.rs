@@ -86,12 +86,23 @@ impl Pass<'_, '_> {
                         u.retry.clear();
                     }
                     Err(e) => {
-                        let note = format!(
-                            "restoring the DaemonSet's previous revision failed (attempt {} of {}): {e}",
-                            u.attempts,
-                            super::view::MAX_UNDO_ATTEMPTS
-                        );
-                        u.retry.failed(self.now, e, None);
+                        let note = if e.transient {
+                            // Not the restore's fault: sent again, not counted.
+                            u.attempts = u.attempts.saturating_sub(1);
+                            u.blips += 1;
+                            format!(
+                                "restoring the DaemonSet's previous revision met an API error (not counted; {} of at most {}): {e}",
+                                u.blips,
+                                super::view::MAX_UNDO_BLIPS
+                            )
+                        } else {
+                            format!(
+                                "restoring the DaemonSet's previous revision failed (attempt {} of {}): {e}",
+                                u.attempts,
+                                super::view::MAX_UNDO_ATTEMPTS
+                            )
+                        };
+                        u.retry.failed(self.now, e.message, None);
                         self.plan.wake(u.retry.at);
                         self.notice(About::Rollout, true, "RollbackRestoreFailed", note);
                     }

@@ -541,3 +541,43 @@ fn a_refused_restore_is_sent_a_bounded_number_of_times_each_failure_told() {
             .any(|e| matches!(e, Effect::UndoDaemonSet { .. }))
     );
 }
+
+#[test]
+fn api_blips_on_the_restore_are_not_counted_as_refusals_but_are_bounded_too() {
+    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
+    f.refuse_undo = Some("connection reset".into());
+    f.undo_blips = true;
+    let effects = f.drive(
+        5000,
+        |node, revision| {
+            if node == "b1" && revision == "new" {
+                Err("connections failed".to_owned())
+            } else {
+                Ok(String::new())
+            }
+        },
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Paused")
+        },
+    );
+    let sent = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::UndoDaemonSet { .. }))
+        .count();
+    assert_eq!(sent, 30, "more than the 5 refusals allowed, and bounded");
+    let status = f.status.clone().expect("a status");
+    assert_eq!(status.phase.as_deref(), Some("Paused"));
+    let told = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event(n) if n.reason == "RollbackRestoreFailed" => Some(n.note.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(told.iter().all(|n| n.contains("not counted")), "{told:?}");
+}

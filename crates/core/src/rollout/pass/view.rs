@@ -25,6 +25,9 @@ use crate::rollout::status::{RolloutPhase, Standing};
 /// this long, at most `MAX_UNDO_ATTEMPTS` times.
 const UNDO_RESEND: SignedDuration = SignedDuration::from_secs(10);
 pub(super) const MAX_UNDO_ATTEMPTS: u32 = 5;
+/// Restores that met an API blip (connection, 5xx, throttling), retried with backoff
+/// (capped at 30 s: about a quarter of an hour) before the rollback gives up.
+pub(super) const MAX_UNDO_BLIPS: u32 = 30;
 
 /// Everything the later stages read, gathered once.
 pub(super) struct View {
@@ -204,13 +207,21 @@ impl Pass<'_, '_> {
         let due = !undo.in_flight
             && undo.retry.due(now)
             && undo.sent_at.is_none_or(|at| now >= at + UNDO_RESEND);
-        if due && undo.attempts >= MAX_UNDO_ATTEMPTS {
+        if due && (undo.attempts >= MAX_UNDO_ATTEMPTS || undo.blips >= MAX_UNDO_BLIPS) {
+            let why = match &undo.retry.error {
+                Some(refused) => format!("the last one failed: {refused}"),
+                None => "is something, e.g. a GitOps controller, setting it back?".to_owned(),
+            };
             return Some(Standing {
                 phase: RolloutPhase::Paused,
                 reason: crate::rollout::status::NODE_FAILED.into(),
                 message: format!(
-                    "rolling back: DaemonSet {}/{} still shows revision {} after {} restores to revision {} (is something, e.g. a GitOps controller, setting it back?); fix the DaemonSet, or abort the rollout",
-                    view.ds_namespace, view.ds_name, rollback.from, undo.attempts, rollback.to
+                    "rolling back: DaemonSet {}/{} still shows revision {} after {} restores to revision {} ({why}); the nodes the rollout cordoned stay cordoned: fix the DaemonSet, or abort the rollout (which releases them)",
+                    view.ds_namespace,
+                    view.ds_name,
+                    rollback.from,
+                    undo.attempts + undo.blips,
+                    rollback.to
                 ),
             });
         }
@@ -302,13 +313,17 @@ impl Pass<'_, '_> {
             }
         }
         self.mem.target = Some(hash.clone());
-        // A node the rollout recorded and no longer selects (deleted, relabelled) still
-        // counts: done, skipped and failed never add up to more than the total.
+        // A node the rollout got somewhere with and no longer selects (deleted,
+        // relabelled) still counts: done, skipped and failed never add up to more than
+        // the total. One it never started does not.
         self.mem.total = view.nodes.len()
             + self
                 .mem
                 .records()
-                .filter(|(n, _)| !view.nodes.contains_key(*n))
+                .filter(|(n, t)| {
+                    !view.nodes.contains_key(*n)
+                        && t.record.phase != node_machine::NodePhase::Pending
+                })
                 .count();
     }
 }
