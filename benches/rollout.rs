@@ -334,7 +334,7 @@ fn memory_gib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
 }
 
-/// The commit measured, with "-dirty" when the tree had changes (besides the results).
+/// The commit measured, with "-dirty" when its code had changes (not the results or docs).
 fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -346,7 +346,8 @@ fn commit() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    // The result files themselves do not count as changes to what was measured.
+    // The result files and the documentation do not count as changes to what was
+    // measured.
     match git(&[
         "status",
         "--porcelain",
@@ -354,6 +355,7 @@ fn commit() -> String {
         "--",
         ".",
         ":!benches/results",
+        ":!*.md",
     ]) {
         Some(changes) if !changes.is_empty() => format!("{head}-dirty"),
         _ => head,

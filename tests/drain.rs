@@ -375,10 +375,19 @@ async fn unmanaged_and_emptydir_pods_are_refused_before_anything_is_evicted() {
         .output()
         .expect("run ztunnel-rollout drain");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stdout}");
     assert!(
         stdout.contains("bare") && stdout.contains("--force"),
         "{stdout}"
+    );
+    // Its log says what happened once: no watch error at the end, the node named once a
+    // line.
+    assert!(!stderr.contains("watch error"), "{stderr}");
+    assert!(stderr.contains("drain refused"), "{stderr}");
+    assert!(
+        stderr.lines().all(|l| l.matches("node=").count() <= 1),
+        "{stderr}"
     );
     assert!(
         stdout.contains("scratch") && stdout.contains("--delete-emptydir-data"),
