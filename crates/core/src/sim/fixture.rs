@@ -31,6 +31,8 @@ pub struct Fixture {
     pub refuse_undo: Option<String>,
     /// ... as an API blip (a 503) rather than a refusal.
     pub undo_blips: bool,
+    /// Wall time spent in `decide` itself, and how many passes.
+    pub decided: (std::time::Duration, u32),
 }
 
 impl Fixture {
@@ -61,6 +63,7 @@ impl Fixture {
             lagging: Default::default(),
             refuse_undo: None,
             undo_blips: false,
+            decided: Default::default(),
         }
     }
 
@@ -104,13 +107,17 @@ impl Fixture {
             lookups: &NoLookups,
             agent_node: None,
         };
-        decide(
+        let started = std::time::Instant::now();
+        let plan = decide(
             &snapshot,
             &self.config,
             &mut self.memory,
             outcomes,
             self.now,
-        )
+        );
+        self.decided.0 += started.elapsed();
+        self.decided.1 += 1;
+        plan
     }
 
     /// Runs the calls of `plan` that `which` picks on the cluster (no faults) and
