@@ -271,22 +271,7 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
         assert_eq!(reason, "NodeFailed", "{case}");
         assert!(message.contains(expected), "{case}: {message}");
         // Done with it: an abort releases the failed node and ends the rollout.
-        Api::<ZtunnelRollout>::all(env.client.clone())
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": { "abort": true } })),
-            )
-            .await
-            .expect("abort");
-        agent_support::wait_for_phase(
-            &env.client,
-            &name,
-            "Aborted",
-            Duration::from_secs(60),
-            &[&agent],
-        )
-        .await;
+        agent_support::abort(&env.client, &name, &agent).await;
         assert!(
             !support::is_cordoned(&env.client, node).await,
             "{case}: the abort released the failed node"

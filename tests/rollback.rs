@@ -16,31 +16,38 @@ use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_testbed::fixtures::{Budget, UpdateStrategy};
 
-#[tokio::test]
-async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
-    let env = TestEnv::new("rollback", 6).await;
-    agent_support::install(&env.client).await;
-    // Zones a, b, c: nodes 0 and 3, 1 and 4, 2 and 5.
-    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
-    let old = support::ztunnel_hashes(&env)
+/// ztunnel (OnDelete) on `env`'s nodes, `replicas` of app `web` under a PDB, and a pod
+/// on a wave-b node (node 1) whose PDB can never allow a disruption: that node fails,
+/// found before it is cordoned. Then ztunnel moves to a new revision. Returns the old
+/// and new revision hashes and the node that will fail.
+async fn wave_b_will_fail(env: &TestEnv, replicas: i32) -> (String, String, String) {
+    let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
+    let old = support::ztunnel_hashes(env)
         .await
         .into_values()
         .next()
         .expect("a ztunnel pod");
     support::apply_app(
-        &env,
+        env,
         "web",
-        6,
+        replicas,
         &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
         1.0,
     )
     .await;
-    // A pod on a wave-b node whose PDB can never allow a disruption: that node fails,
-    // found before it is cordoned.
     let blocked = env.nodes[1].clone();
-    support::pin_unevictable_pod(&env, &blocked).await;
+    support::pin_unevictable_pod(env, &blocked).await;
     let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
     assert_ne!(old, new);
+    (old, new, blocked)
+}
+
+#[tokio::test]
+async fn a_failure_in_wave_two_rolls_every_updated_node_back_within_the_pdbs() {
+    let env = TestEnv::new("rollback", 6).await;
+    agent_support::install(&env.client).await;
+    // Zones a, b, c: nodes 0 and 3, 1 and 4, 2 and 5.
+    let (old, new, blocked) = wave_b_will_fail(&env, 6).await;
 
     let (pods_seen, pod_sampler) = sample_available(&env);
     let history = support::history::NodeHistory::start(&env);
@@ -176,20 +183,10 @@ async fn restore_failures(
     client: &kube::Client,
     uid: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    use k8s_openapi::api::events::v1::Event;
-    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .expect("list Events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some("RollbackRestoreFailed")
-                && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid)
-        })
-        .collect();
-    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    events
+    support::events_with_reason(client, "RollbackRestoreFailed", |e| {
+        e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid)
+    })
+    .await
 }
 
 /// How many occurrences an Event stands for: its series' count, or one.
@@ -206,25 +203,7 @@ async fn a_refused_daemonset_restore_is_retried_a_bounded_number_of_times_and_to
     let env = TestEnv::new("rollback-refused", 3).await;
     agent_support::install(&env.client).await;
     // Zones a, b, c: nodes 0, 1, 2.
-    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
-    let old = support::ztunnel_hashes(&env)
-        .await
-        .into_values()
-        .next()
-        .expect("a ztunnel pod");
-    support::apply_app(
-        &env,
-        "web",
-        3,
-        &[("web", Budget::MaxUnavailable(IntOrString::Int(1)))],
-        1.0,
-    )
-    .await;
-    // Wave b fails: a pod on its node whose PDB can never allow a disruption.
-    let blocked = env.nodes[1].clone();
-    support::pin_unevictable_pod(&env, &blocked).await;
-    let new = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
-    assert_ne!(old, new);
+    let (old, new, blocked) = wave_b_will_fail(&env, 3).await;
 
     // The API server refuses every change of the DaemonSet's pod template from now on:
     // the rollback's restore of the previous revision is one.
@@ -404,22 +383,7 @@ async fn a_refused_daemonset_restore_is_retried_a_bounded_number_of_times_and_to
 
     // Done with it: the refusal goes, the rollout is aborted, and every node is released.
     policy.remove().await;
-    Api::<ZtunnelRollout>::all(env.client.clone())
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "abort": true } })),
-        )
-        .await
-        .expect("abort");
-    agent_support::wait_for_phase(
-        &env.client,
-        &name,
-        "Aborted",
-        Duration::from_secs(60),
-        &[&agent],
-    )
-    .await;
+    agent_support::abort(&env.client, &name, &agent).await;
     agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
     // Paused after the fifth refusal means no sixth restore was sent since.
     let told = restore_failures(&env.client, &uid)

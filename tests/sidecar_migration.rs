@@ -918,25 +918,15 @@ async fn step_failures(
     namespace: &str,
     migration: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    use k8s_openapi::api::events::v1::Event;
-    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .expect("list Events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            let name = |r: &Option<k8s_openapi::api::core::v1::ObjectReference>| {
-                r.as_ref().and_then(|r| r.name.clone())
-            };
-            e.reason.as_deref() == Some("StepFailed")
-                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Namespace")
-                && name(&e.regarding).as_deref() == Some(namespace)
-                && name(&e.related).as_deref() == Some(migration)
-        })
-        .collect();
-    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    events
+    let name = |r: &Option<k8s_openapi::api::core::v1::ObjectReference>| {
+        r.as_ref().and_then(|r| r.name.clone())
+    };
+    support::events_with_reason(client, "StepFailed", |e| {
+        e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Namespace")
+            && name(&e.regarding).as_deref() == Some(namespace)
+            && name(&e.related).as_deref() == Some(migration)
+    })
+    .await
 }
 
 #[tokio::test]

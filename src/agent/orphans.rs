@@ -13,7 +13,7 @@
 //! name cordoned meanwhile is a Conflict, left for the next sweep (which finds the
 //! rollout).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,12 +78,15 @@ impl OrphanSweep {
         self.last = Some(now);
         let known: HashSet<String> = rollouts.iter().map(|r| r.name_any()).collect();
         let watched = observed.nodes.state();
+        let by_name: HashMap<&str, &Arc<Node>> = watched
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+            .collect();
         for (owner, names) in unknown_owners(watched.iter().map(|n| n.as_ref()), &known) {
             // The copies as the watch shows them now, before the rollout is read.
-            let nodes: Vec<Arc<Node>> = watched
+            let nodes: Vec<Arc<Node>> = names
                 .iter()
-                .filter(|n| n.metadata.name.as_ref().is_some_and(|m| names.contains(m)))
-                .cloned()
+                .filter_map(|n| by_name.get(n.as_str()).map(|n| Arc::clone(n)))
                 .collect();
             let key = TaskKey {
                 owner: OWNER.to_owned(),

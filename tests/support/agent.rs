@@ -370,3 +370,16 @@ pub async fn assert_nodes_released(
         );
     }
 }
+
+/// Sets `spec.abort` on rollout `name` and waits until it is `Aborted`.
+pub async fn abort(client: &Client, name: &str, agent: &Agent) -> ZtunnelRollout {
+    Api::<ZtunnelRollout>::all(client.clone())
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "spec": { "abort": true } })),
+        )
+        .await
+        .expect("abort");
+    wait_for_phase(client, name, "Aborted", Duration::from_secs(60), &[agent]).await
+}

@@ -866,3 +866,23 @@ impl Drop for DenyingPolicy {
         let _ = cleanup.join();
     }
 }
+
+/// The events.k8s.io Events with `reason` that `keep` picks, oldest first, from
+/// `default`, where Events about cluster-scoped objects go.
+pub async fn events_with_reason(
+    client: &Client,
+    reason: &str,
+    keep: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    use k8s_openapi::api::events::v1::Event;
+    let mut events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason) && keep(e))
+        .collect();
+    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    events
+}

@@ -435,14 +435,15 @@ pub fn prometheus_check(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
-    fn settings() -> HealthSettings {
+    /// Gates with the default timings and no check configured.
+    pub(crate) fn settings() -> HealthSettings {
         HealthSettings {
             soak: Duration::from_secs(30),
             interval: Duration::from_secs(5),

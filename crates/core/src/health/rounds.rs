@@ -149,14 +149,6 @@ mod tests {
 
     fn settings() -> HealthSettings {
         HealthSettings {
-            soak: Duration::from_secs(30),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(120),
-            rollback: false,
-            max_failed_nodes: 0,
-            uncordon_failed_nodes: false,
-            pass_without_data: false,
-            waypoint_selector: None,
             ztunnel_metrics: Some(ZtunnelMetricsSettings {
                 port: 15020,
                 check_proxies: true,
@@ -172,6 +164,7 @@ mod tests {
                     limit: QueryLimit::Max(1.0),
                 }],
             }),
+            ..crate::health::gates::tests::settings()
         }
     }
 

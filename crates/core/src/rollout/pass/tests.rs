@@ -474,37 +474,10 @@ fn phase_of_status(f: &Fixture) -> Option<String> {
 
 #[test]
 fn a_refused_restore_is_sent_a_bounded_number_of_times_each_failure_told() {
-    let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
-    f.finalizer = true;
-    f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
-    f.refuse_undo = Some("admission webhook denied the request".into());
-    let effects = f.drive(
-        1000,
-        |node, revision| {
-            if node == "b1" && revision == "new" {
-                Err("connections failed".to_owned())
-            } else {
-                Ok(String::new())
-            }
-        },
-        |f| {
-            f.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|p| p == "Paused")
-        },
-    );
-    let sent = effects
-        .iter()
-        .filter(|e| matches!(e, Effect::UndoDaemonSet { .. }))
-        .count();
-    let told: Vec<&str> = effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Event(n) if n.reason == "RollbackRestoreFailed" => Some(n.note.as_str()),
-            _ => None,
-        })
-        .collect();
+    let (mut f, effects) =
+        roll_back_while_restores_fail("admission webhook denied the request", false);
+    let sent = count_undos(&effects);
+    let told = restore_failures(&effects);
     assert_eq!(sent, 5, "bounded");
     assert_eq!(told.len(), 5, "{told:?}");
     assert!(
@@ -533,22 +506,30 @@ fn a_refused_restore_is_sent_a_bounded_number_of_times_each_failure_told() {
         .expect("b1 in the status");
     assert_eq!(b1.phase, NodePhase::Pending, "{b1:?}");
     assert!(!b1.message.is_empty(), "{b1:?}");
-    eprintln!("{b1:?}");
     let more = f.drive(100, passes, |_| false);
-    assert!(
-        !more
-            .iter()
-            .any(|e| matches!(e, Effect::UndoDaemonSet { .. }))
-    );
+    assert_eq!(count_undos(&more), 0);
 }
 
 #[test]
 fn api_blips_on_the_restore_are_not_counted_as_refusals_but_are_bounded_too() {
+    let (f, effects) = roll_back_while_restores_fail("connection reset", true);
+    let sent = count_undos(&effects);
+    assert_eq!(sent, 30, "more than the 5 refusals allowed, and bounded");
+    let status = f.status.clone().expect("a status");
+    assert_eq!(status.phase.as_deref(), Some("Paused"));
+    let told = restore_failures(&effects);
+    assert!(told.iter().all(|n| n.contains("not counted")), "{told:?}");
+}
+
+/// b1 fails its gates on the new revision with `onFailure: Rollback`, and the API server
+/// answers every DaemonSet restore with `error` (an API blip when `blip`); driven until
+/// the rollout is Paused. Returns the fixture and every effect decided.
+fn roll_back_while_restores_fail(error: &str, blip: bool) -> (Fixture, Vec<Effect>) {
     let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
     f.finalizer = true;
     f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
-    f.refuse_undo = Some("connection reset".into());
-    f.undo_blips = true;
+    f.refuse_undo = Some(error.into());
+    f.undo_blips = blip;
     let effects = f.drive(
         5000,
         |node, revision| {
@@ -558,26 +539,25 @@ fn api_blips_on_the_restore_are_not_counted_as_refusals_but_are_bounded_too() {
                 Ok(String::new())
             }
         },
-        |f| {
-            f.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|p| p == "Paused")
-        },
+        |f| phase_of_status(f).as_deref() == Some("Paused"),
     );
-    let sent = effects
+    (f, effects)
+}
+
+fn count_undos(effects: &[Effect]) -> usize {
+    effects
         .iter()
         .filter(|e| matches!(e, Effect::UndoDaemonSet { .. }))
-        .count();
-    assert_eq!(sent, 30, "more than the 5 refusals allowed, and bounded");
-    let status = f.status.clone().expect("a status");
-    assert_eq!(status.phase.as_deref(), Some("Paused"));
-    let told = effects
+        .count()
+}
+
+/// The notes of the `RollbackRestoreFailed` Events among `effects`.
+fn restore_failures(effects: &[Effect]) -> Vec<&str> {
+    effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Event(n) if n.reason == "RollbackRestoreFailed" => Some(n.note.clone()),
+            Effect::Event(n) if n.reason == "RollbackRestoreFailed" => Some(n.note.as_str()),
             _ => None,
         })
-        .collect::<Vec<_>>();
-    assert!(told.iter().all(|n| n.contains("not counted")), "{told:?}");
+        .collect()
 }
