@@ -118,12 +118,28 @@ struct Views {
     pdbs: Store<PodDisruptionBudget>,
     pdbs_changed: watch::Receiver<u64>,
     budget_claims: std::sync::Mutex<budget::DisruptionClaims>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+impl Views {
+    /// Ends the watches and waits until they are gone, so none reports its connection
+    /// closing as a watch error while the process exits after a drain.
+    async fn stop(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            // Cancelled is the expected result; a watch task has nothing else to report.
+            let _ = t.await;
+        }
+    }
+}
+
+/// The fallback of a drain that ended early with an error: the watches end on their own.
 impl Drop for Views {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             t.abort();
         }
     }
@@ -165,7 +181,7 @@ impl Views {
             pdbs,
             pdbs_changed,
             budget_claims: std::sync::Mutex::new(budget::DisruptionClaims::default()),
-            tasks,
+            tasks: std::sync::Mutex::new(tasks),
         };
         let ready = async {
             let _ = views.pods.wait_until_ready().await;
@@ -289,12 +305,15 @@ impl Drainer {
         let plan = filter::plan(&pods, &opts.filter, Timestamp::now());
 
         if opts.dry_run || plan.has_refusals() {
-            return Ok(what_it_would_do(node, opts, &plan, &views, start));
+            let report = what_it_would_do(node, opts, &plan, &views, start);
+            views.stop().await;
+            return Ok(report);
         }
 
         let report = self
-            .evict_all(node, opts, &plan, views, start, deadline)
+            .evict_all(node, opts, &plan, Arc::clone(&views), start, deadline)
             .await;
+        views.stop().await;
         debug!(complete = report.complete, "{}", report.summary());
         Ok(report)
     }
