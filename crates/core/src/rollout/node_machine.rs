@@ -89,13 +89,14 @@ pub enum GateProgress {
 
 /// What the shell observes now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
+pub struct NodeFacts<'a> {
     pub exists: bool,
     /// Cordoned, as watched (or as our own last write says while the watch lags).
     pub unschedulable: bool,
     pub owner: Owner,
-    /// The node's ztunnel pods (usually one; two while one terminates).
-    pub ztunnel_pods: Vec<ZtunnelPod>,
+    /// The node's ztunnel pods (usually one; two while one terminates): borrowed from
+    /// the snapshot unless the pass knows better.
+    pub ztunnel_pods: std::borrow::Cow<'a, [ZtunnelPod]>,
     pub placement: Placement,
     pub drain: DrainProgress,
     pub verification: GateProgress,
@@ -105,14 +106,14 @@ pub struct NodeFacts {
     pub waiting_for_ztunnel_since: Option<Timestamp>,
 }
 
-impl NodeFacts {
+impl NodeFacts<'_> {
     /// A Ready, schedulable node nobody owns, running `pods`.
     pub fn new(pods: Vec<ZtunnelPod>) -> Self {
         Self {
             exists: true,
             unschedulable: false,
             owner: Owner::Nobody,
-            ztunnel_pods: pods,
+            ztunnel_pods: pods.into(),
             placement: Placement::Runs,
             drain: DrainProgress::NotStarted,
             verification: GateProgress::NotStarted,

@@ -26,7 +26,9 @@ pub fn placement(template: Option<&PodSpec>, node: &Node) -> Placement {
     let Some(spec) = template else {
         return Placement::Runs;
     };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    static NO_LABELS: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let name = node.metadata.name.as_deref().unwrap_or_default();
     for (key, value) in spec.node_selector.iter().flatten() {
         if labels.get(key) != Some(value) {

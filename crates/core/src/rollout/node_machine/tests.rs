@@ -25,12 +25,12 @@ fn pod(hash: &str, ready: bool) -> ZtunnelPod {
     }
 }
 
-fn facts(pods: Vec<ZtunnelPod>) -> NodeFacts {
+fn facts(pods: Vec<ZtunnelPod>) -> NodeFacts<'static> {
     NodeFacts::new(pods)
 }
 
 /// Facts of a node this rollout cordoned (it was schedulable before).
-fn ours(pods: Vec<ZtunnelPod>) -> NodeFacts {
+fn ours(pods: Vec<ZtunnelPod>) -> NodeFacts<'static> {
     NodeFacts {
         unschedulable: true,
         owner: Owner::Us {
@@ -71,7 +71,9 @@ fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>,
                         facts.unschedulable = true;
                         rec.was_unschedulable = Some(*was_unschedulable);
                     }
-                    Call::DeleteZtunnelPod { .. } => facts.ztunnel_pods = vec![pod("new", true)],
+                    Call::DeleteZtunnelPod { .. } => {
+                        facts.ztunnel_pods = vec![pod("new", true)].into()
+                    }
                     Call::Release { uncordon } => {
                         facts.owner = Owner::Nobody;
                         if *uncordon {

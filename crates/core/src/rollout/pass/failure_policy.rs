@@ -63,7 +63,7 @@ impl Pass<'_, '_> {
         let failed_hash = view.target.revision_hash.clone();
         for node in failed {
             let n = self.watched(view, &node);
-            let facts = self.facts(view, &node, n.as_ref());
+            let facts = self.facts(view, &node, n.as_ref(), None);
             let record = self.mem.nodes[&node].tracked.record.clone();
             if let Some(step) = node_machine::roll_back(&record, &facts, &failed_hash) {
                 self.apply_step(&node, step);

@@ -179,7 +179,7 @@ impl Pass<'_, '_> {
         // 11.
         self.count_phases(&view);
         self.mem.derived.keep_observations(
-            &view.nodes,
+            view.layout,
             self.snap.pod_counts,
             &view.settings.waves.group_by,
             std::mem::take(&mut view.observations),

@@ -24,7 +24,7 @@ impl Pass<'_, '_> {
     /// resume those a crash left cordoned by us, and hold those that cannot start now.
     fn scan_pending(&mut self, view: &View) {
         let mut apply = Vec::new();
-        for (node, n) in view.nodes.iter() {
+        for ((node, n), marks) in view.nodes.iter().zip(view.marks.iter()) {
             let state = self.mem.nodes.get(node);
             if state.is_some_and(|s| s.phase() != NodePhase::Pending || s.call.is_some()) {
                 continue;
@@ -37,7 +37,7 @@ impl Pass<'_, '_> {
                 || TrackedNode::pending(self.now).record,
                 |s| s.tracked.record.clone(),
             );
-            let facts = self.facts(view, node, Some(n));
+            let facts = self.facts(view, node, Some(n), Some(*marks));
             let step = node_machine::next_step(&record, &facts, &view.target, self.now);
             // Ours already and still cordoned (a crash after our cordon): carry on
             // without the budget — it is unavailable already. Ours but uncordoned since
@@ -124,7 +124,7 @@ impl Pass<'_, '_> {
             }
             let record = state.tracked.record.clone();
             let n = self.watched(view, node);
-            let facts = self.facts(view, node, n.as_ref());
+            let facts = self.facts(view, node, n.as_ref(), None);
             let step = node_machine::next_step(&record, &facts, &view.target, self.now);
             match step {
                 Step::Now { .. } => {

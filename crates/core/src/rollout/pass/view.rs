@@ -43,6 +43,11 @@ pub(super) struct View {
     /// The rollout's nodes: the selected ones and those it started outside the
     /// selection.
     pub nodes: Arc<NodeMap>,
+    /// The layout version of `nodes` (what is derived from them is kept while it is
+    /// the same).
+    pub layout: u64,
+    /// The marks of `nodes`, in their order.
+    pub marks: Arc<Vec<super::facts::Marks>>,
     pub placement: Arc<HashMap<String, Placement>>,
     pub waves: Arc<Waves>,
     /// What the planner sees of `nodes` (in the same order).
@@ -107,18 +112,21 @@ impl Pass<'_, '_> {
             .mem
             .derived
             .nodes(&selected, snap.nodes, started_elsewhere);
+        let layout = self.mem.derived.layout(&nodes);
+        let marks = self.mem.derived.marks(&nodes, snap.rollout.name);
         let template = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        let placement =
-            self.mem
-                .derived
-                .placement(&nodes, &ds_uid, ds.metadata.generation.unwrap_or(0), |n| {
-                    placement(template, n)
-                });
+        let placement = self.mem.derived.placement(
+            &nodes,
+            layout,
+            &ds_uid,
+            ds.metadata.generation.unwrap_or(0),
+            |n| placement(template, n),
+        );
         let group_by = &policy.group_by;
         let observations = self
             .mem
             .derived
-            .take_observations(&nodes, snap.pod_counts, group_by)
+            .take_observations(layout, snap.pod_counts, group_by)
             .unwrap_or_else(|| {
                 nodes
                     .iter()
@@ -133,7 +141,7 @@ impl Pass<'_, '_> {
                     })
                     .collect()
             });
-        let waves = self.mem.derived.waves(&nodes, &policy, || {
+        let waves = self.mem.derived.waves(layout, &policy, || {
             let waves = planner::plan_waves(&observations, &policy);
             let wave_of = waves
                 .iter()
@@ -156,6 +164,8 @@ impl Pass<'_, '_> {
             ds_uid,
             rolling_update,
             nodes,
+            layout,
+            marks,
             placement,
             waves,
             observations,

@@ -4,7 +4,7 @@
 
 use super::derived::along;
 use super::effects::About;
-use super::facts::node_view;
+use super::facts::overlay;
 use super::{Pass, View};
 use crate::rollout::hold::{Hold, hold};
 use crate::rollout::node_machine::NodePhase;
@@ -26,12 +26,12 @@ fn progress(phase: NodePhase) -> NodeProgress {
 impl Pass<'_, '_> {
     /// Brings the planner's observations up to date with what the pass's steps changed.
     fn refresh_observations(&mut self, view: &mut View) {
-        let name = self.snap.rollout.name;
         let agent_node = self.snap.agent_node;
-        for (o, (node, n, state)) in view
+        for ((o, (node, n, state)), marks) in view
             .observations
             .iter_mut()
             .zip(along(view.nodes.iter(), &self.mem.nodes))
+            .zip(view.marks.iter())
         {
             let phase = state.map_or(NodePhase::Pending, |s| s.phase());
             // A cordon in flight: the node takes its place in the budget now.
@@ -42,7 +42,7 @@ impl Pass<'_, '_> {
             } else {
                 progress(phase)
             };
-            let v = node_view(name, n, state);
+            let v = overlay(*marks, n, state);
             o.cordoned = v.unschedulable;
             // Ours while the node carries our annotation (or, in its sequence, by the
             // record while the watch lags); a node released and cordoned again since is
