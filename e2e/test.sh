@@ -7,6 +7,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/e2e/build-control-plane.sh"
 "$root/e2e/install-prometheus.sh"
+# tests/image.rs checks and runs the image this writes (target/image/).
+"$root/e2e/build-image.sh"
 # The integration tests start local-cluster (the testbed crate's binary) from their own
 # profile directory; build it even when "$@" selects only some tests.
 cargo build --locked -p ztunnel-rollout-testbed --bin local-cluster

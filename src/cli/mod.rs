@@ -13,10 +13,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--version`: the crate's version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ZTUNNEL_ROLLOUT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "ztunnel-rollout",
-    version,
+    version = VERSION,
     about = "Upgrades Istio ambient mode's ztunnel node by node without dropping traffic"
 )]
 pub struct Cli {
