@@ -708,3 +708,117 @@ async fn the_grace_period_option_reaches_the_evicted_pods() {
         "terminated in {terminating_ms} ms: the 1 s grace period was not applied"
     );
 }
+
+/// A drain cancelled mid-way (the agent aborts its task on an abort or an operator's
+/// uncordon) sends no eviction after that, even once the budget would allow one. Counted
+/// at a proxy in front of the API server; the pod is judged from the API server.
+#[tokio::test]
+async fn a_cancelled_drain_sends_no_eviction_after_it_is_cancelled() {
+    use http::Method;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use support::fault_proxy::{Fault, FaultProxy, Rule};
+
+    let env = TestEnv::new("drain-cancel", 2).await;
+    support::agent::install(&env.client).await;
+    let (target, _) = two_nodes_with(&env, || async {
+        support::apply_app(
+            &env,
+            "solo",
+            1,
+            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    let pod = pods_on(&env, &target).await.remove(0);
+    cordon(&env.client, &target).await.expect("cordon");
+
+    // The drain's requests go through a proxy that counts its evictions (a zero delay
+    // changes nothing).
+    let proxy = FaultProxy::start().await;
+    let evictions = proxy.add(Rule::new(
+        Method::POST,
+        "/eviction",
+        Fault::Delay(Duration::ZERO),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client =
+        ztunnel_rollout::kube_client::client(Some(&proxy.agent_kubeconfig(dir.path())), None)
+            .await
+            .expect("a client through the proxy");
+    let mut opts = DrainOptions {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    opts.retry.min_delay = Duration::from_millis(100);
+    opts.retry.max_delay = Duration::from_millis(200);
+    let node = target.clone();
+    let running = tokio::spawn(async move { Drainer::new(client).drain(&node, &opts).await });
+    // Refused by the budget and sent again: the pod's task is in its retry loop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while proxy.seen(evictions) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no eviction retried within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let sent = proxy.seen(evictions);
+
+    // The budget now allows the eviction.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    pdbs.patch(
+        "solo",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "spec": { "minAvailable": 0 } })),
+    )
+    .await
+    .expect("relax the PDB");
+    wait_for(
+        &pdbs,
+        "solo",
+        "the PDB allows a disruption",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.disruptions_allowed.unwrap_or(0) >= 1)
+        },
+    )
+    .await;
+
+    // For 15 times the longest retry delay, the pod stays: nothing evicts it.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let deleted = |p: Option<&Pod>| p.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    let gone = tokio::time::timeout(
+        Duration::from_secs(3),
+        kube::runtime::wait::await_condition(pods.clone(), &pod.name_any(), deleted),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "the pod was evicted after the drain was cancelled"
+    );
+    assert_eq!(
+        proxy.seen(evictions),
+        sent,
+        "evictions sent after the cancel"
+    );
+    let still = pods.get(&pod.name_any()).await.expect("pod");
+    assert_eq!(still.uid(), pod.uid());
+    assert!(!deleted(Some(&still)));
+
+    // Control: a drain now evicts it at once (the window above could have seen it).
+    let report = drain(
+        &env,
+        &target,
+        DrainOptions {
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(report.complete, "{}", report.render_text());
+    assert_eq!(result(&report, "solo")[0].outcome, Outcome::Evicted);
+}

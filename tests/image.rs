@@ -109,12 +109,30 @@ fn unpack(dir: &Path) -> Unpacked {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     let layer = blob(&layout, &layers[0]);
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(layer.as_slice())
+        .read_to_end(&mut tar_bytes)
+        .unwrap();
+    // The config names the uncompressed layer by its digest.
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        serde_json::json!([format!("sha256:{:x}", Sha256::digest(&tar_bytes))])
+    );
     let mut entries: Vec<String> = Vec::new();
-    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(layer.as_slice()));
+    let mut unpacked = tar::Archive::new(tar_bytes.as_slice());
+    unpacked.set_preserve_ownerships(true);
     for entry in unpacked.entries().unwrap() {
         let mut entry = entry.unwrap();
-        assert_eq!(entry.header().uid().unwrap(), 0, "owned by root");
-        entries.push(entry.path().unwrap().display().to_string());
+        let path = entry.path().unwrap().display().to_string();
+        // Root's, but for the user's own home.
+        let owner = if path == "home/nonroot/" {
+            UID as u64
+        } else {
+            0
+        };
+        assert_eq!(entry.header().uid().unwrap(), owner, "{path}");
+        assert_eq!(entry.header().gid().unwrap(), owner, "{path}");
+        entries.push(path);
         entry.unpack_in(&rootfs).unwrap();
     }
     entries.sort();

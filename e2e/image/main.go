@@ -30,10 +30,11 @@ const uid = 65532
 const binaryPath = "usr/local/bin/ztunnel-rollout"
 
 type file struct {
-	name string
-	mode int64
-	data []byte
-	dir  bool
+	name  string
+	mode  int64
+	data  []byte
+	dir   bool
+	owner int // UID and GID; root unless set
 }
 
 func main() {
@@ -74,7 +75,7 @@ func build(binary, caBundle, output, ref, version, revision string) error {
 		{name: "etc/ssl/certs/", dir: true, mode: 0o755},
 		{name: "etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: cas},
 		{name: "home/", dir: true, mode: 0o755},
-		{name: "home/nonroot/", dir: true, mode: 0o700},
+		{name: "home/nonroot/", dir: true, mode: 0o700, owner: uid},
 		{name: "tmp/", dir: true, mode: 0o1777},
 		{name: "usr/", dir: true, mode: 0o755},
 		{name: "usr/local/", dir: true, mode: 0o755},
@@ -147,12 +148,12 @@ func build(binary, caBundle, output, ref, version, revision string) error {
 	return nil
 }
 
-// tarOf is the layer: every entry owned by root, at time zero.
+// tarOf is the layer: every entry at time zero, owned by root but for the user's home.
 func tarOf(files []file) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
-		h := &tar.Header{Name: f.name, Mode: f.mode, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		h := &tar.Header{Name: f.name, Mode: f.mode, Uid: f.owner, Gid: f.owner, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
 		if f.dir {
 			h.Typeflag = tar.TypeDir
 		} else {

@@ -330,7 +330,7 @@ impl Drainer {
         deadline: Instant,
     ) -> DrainReport {
         let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-        let mut tasks = Vec::new();
+        let mut tasks = PodTasks(Vec::new());
         for p in plan.pods.iter().cloned() {
             match &p.disposition {
                 // A plan with refusals returned above; neither kind needs a task.
@@ -340,7 +340,7 @@ impl Drainer {
                     } else {
                         Outcome::Refused
                     };
-                    tasks.push(tokio::spawn(std::future::ready(result_for(
+                    tasks.0.push(tokio::spawn(std::future::ready(result_for(
                         &p,
                         outcome,
                         Some(r.clone()),
@@ -356,14 +356,14 @@ impl Drainer {
                         start,
                         deadline,
                     };
-                    tasks.push(tokio::spawn(
+                    tasks.0.push(tokio::spawn(
                         async move { ctx.run(p).await }.in_current_span(),
                     ));
                 }
             }
         }
         let mut results = Vec::new();
-        for t in tasks {
+        for t in tasks.0.iter_mut() {
             match t.await {
                 Ok(r) => results.push(r),
                 Err(e) => warn!(error = %e, "a pod's drain task ended abnormally"),
@@ -379,6 +379,18 @@ impl Drainer {
             complete,
             elapsed_ms: since(start),
             pods: results,
+        }
+    }
+}
+
+/// The pods' tasks of one drain, aborted when the drain is dropped: a drain the agent
+/// cancels (an abort, an operator's uncordon mid-drain) sends no eviction after that.
+struct PodTasks(Vec<tokio::task::JoinHandle<PodResult>>);
+
+impl Drop for PodTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }

@@ -21,6 +21,21 @@ const DAEMON_TOLERATED: [&str; 7] = [
     "node.kubernetes.io/network-unavailable",
 ];
 
+/// The node's taints that decide whether a daemon pod runs there: NoSchedule and
+/// NoExecute ones, but for those every daemon pod tolerates (a cordon's
+/// `node.kubernetes.io/unschedulable` among them).
+pub fn judged_taints(node: &Node) -> impl Iterator<Item = &Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| {
+            matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !DAEMON_TOLERATED.contains(&t.key.as_str())
+        })
+}
+
 /// Whether the pods of a DaemonSet with pod `template` run on `node`, and if not, why.
 pub fn placement(template: Option<&PodSpec>, node: &Node) -> Placement {
     let Some(spec) = template else {
@@ -59,18 +74,8 @@ pub fn placement(template: Option<&PodSpec>, node: &Node) -> Placement {
     {
         return Placement::Excluded("its required node affinity does not match".into());
     }
-    let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    for taint in taints {
-        if !matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-            || DAEMON_TOLERATED.contains(&taint.key.as_str())
-        {
-            continue;
-        }
+    for taint in judged_taints(node) {
         if !tolerations.iter().any(|t| tolerates(t, taint)) {
             return Placement::Excluded(format!(
                 "it does not tolerate the taint {}{}:{}",

@@ -4,11 +4,12 @@
 //! of it on every pass was half of the agent's CPU (BENCHMARKS.md).
 //!
 //! The shell gives a new node map after any node event, and during a rollout that is
-//! nearly every pass: cordons, releases, annotations. Those do not change what the
-//! placement, the waves and the observations are derived from (which nodes, their
-//! labels, taints and readiness: their layout), so those are keyed by a layout
-//! version that moves only when the layout does; a new map whose layout is the same is
-//! checked in one walk, without a lookup.
+//! nearly every pass: cordons (with the `node.kubernetes.io/unschedulable` taint the
+//! node controller adds), releases, annotations, waiting taints. Those do not change
+//! what the placement, the waves and the observations are derived from (which nodes,
+//! their labels, the taints placement judges, readiness: their layout), so those are
+//! keyed by a layout version that moves only when the layout does; a new map whose
+//! layout is the same is checked in one walk, without a lookup.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,8 +77,8 @@ type ObservationsKey = (u64, Same<HashMap<String, usize>>, String);
 type PlacementKey = (u64, String, i64);
 
 /// Whether `a` and `b` name the same nodes in the same order, each with the same
-/// labels, taints and readiness: what the selection, the placement, the waves and the
-/// planner's observations read of a node.
+/// labels, judged taints (`placement::judged_taints`) and readiness: what the
+/// selection, the placement, the waves and the planner's observations read of a node.
 pub fn same_layout(a: &NodeMap, b: &NodeMap) -> bool {
     a.len() == b.len()
         && a.iter().zip(b.iter()).all(|((ka, na), (kb, nb))| {
@@ -85,13 +86,10 @@ pub fn same_layout(a: &NodeMap, b: &NodeMap) -> bool {
         })
 }
 
-fn taints(n: &Node) -> Option<&Vec<k8s_openapi::api::core::v1::Taint>> {
-    n.spec.as_ref().and_then(|s| s.taints.as_ref())
-}
-
 fn same_node_layout(a: &Node, b: &Node) -> bool {
+    use crate::rollout::placement::judged_taints;
     a.metadata.labels == b.metadata.labels
-        && taints(a) == taints(b)
+        && judged_taints(a).eq(judged_taints(b))
         && node_ready(a) == node_ready(b)
 }
 
@@ -446,11 +444,30 @@ mod tests {
         };
         d.placement(&all, v, "ds", 1, place);
         let cordoned = with(&all, "a", |n| {
-            n.spec.get_or_insert_default().unschedulable = Some(true);
+            let spec = n.spec.get_or_insert_default();
+            spec.unschedulable = Some(true);
+            // As the node controller does on a cordon; and a waiting taint.
+            spec.taints = Some(vec![
+                k8s_openapi::api::core::v1::Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                },
+                k8s_openapi::api::core::v1::Taint {
+                    key: crate::labels::WAITING_TAINT.into(),
+                    value: Some("r".into()),
+                    effect: "PreferNoSchedule".into(),
+                    ..Default::default()
+                },
+            ]);
             n.metadata.annotations = Some(BTreeMap::from([("x".into(), "y".into())]));
             n.metadata.resource_version = Some("2".into());
         });
-        assert_eq!(d.layout(&cordoned), v, "a cordon and an annotation");
+        assert_eq!(
+            d.layout(&cordoned),
+            v,
+            "a cordon (with its taint), a waiting taint and an annotation"
+        );
         let before = d.marks(&all, "r");
         let after = d.marks(&cordoned, "r");
         assert!(
