@@ -55,6 +55,23 @@ async fn drain(env: &TestEnv, node: &str, opts: DrainOptions) -> DrainReport {
         .expect("drain")
 }
 
+/// One pod ("solo") on the first of the env's two nodes, under a PDB that allows no
+/// disruption; returns that node.
+async fn solo_under_a_full_budget(env: &TestEnv) -> String {
+    let (target, _) = two_nodes_with(env, || async {
+        support::apply_app(
+            env,
+            "solo",
+            1,
+            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
+            1.0,
+        )
+        .await;
+    })
+    .await;
+    target
+}
+
 fn result<'a>(
     report: &'a DrainReport,
     name_prefix: &str,
@@ -202,17 +219,7 @@ async fn a_drain_under_pdbs_never_violates_them_and_waits_for_the_originals() {
 #[tokio::test]
 async fn a_budget_that_allows_nothing_ends_the_drain_at_its_deadline() {
     let env = TestEnv::new("drain-stuck", 2).await;
-    let (target, _) = two_nodes_with(&env, || async {
-        support::apply_app(
-            &env,
-            "solo",
-            1,
-            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
-            1.0,
-        )
-        .await;
-    })
-    .await;
+    let target = solo_under_a_full_budget(&env).await;
     let pod = pods_on(&env, &target).await.remove(0);
     cordon(&env.client, &target).await.expect("cordon");
     let report = drain(
@@ -626,17 +633,7 @@ async fn pods_stuck_terminating_are_skipped_after_the_skip_wait_timeout_only() {
 #[tokio::test]
 async fn the_cli_reports_as_json_and_exits_non_zero_when_not_drained() {
     let env = TestEnv::new("drain-cli", 2).await;
-    let (target, _) = two_nodes_with(&env, || async {
-        support::apply_app(
-            &env,
-            "solo",
-            1,
-            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
-            1.0,
-        )
-        .await;
-    })
-    .await;
+    let target = solo_under_a_full_budget(&env).await;
     let kubeconfig = support::cluster().kubeconfig.clone();
     let run = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
@@ -720,17 +717,7 @@ async fn a_cancelled_drain_sends_no_eviction_after_it_is_cancelled() {
 
     let env = TestEnv::new("drain-cancel", 2).await;
     support::agent::install(&env.client).await;
-    let (target, _) = two_nodes_with(&env, || async {
-        support::apply_app(
-            &env,
-            "solo",
-            1,
-            &[("solo", Budget::MinAvailable(IntOrString::Int(1)))],
-            1.0,
-        )
-        .await;
-    })
-    .await;
+    let target = solo_under_a_full_budget(&env).await;
     let pod = pods_on(&env, &target).await.remove(0);
     cordon(&env.client, &target).await.expect("cordon");
 

@@ -373,12 +373,13 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
     let lease = format!("{}-lease", env.namespace);
     // The image's entrypoint with the Deployment's command (`agent`) and flags.
     let child = in_image(&rootfs, "/usr/local/bin/ztunnel-rollout")
-        .args(["agent", "--lease-name", &lease, "--identity", identity])
-        .args(["--metrics-address", &metrics])
-        .args([
-            "--rollout-selector",
-            &format!("{}={}", agent_support::TEST_LABEL, env.namespace),
-        ])
+        .arg("agent")
+        .args(agent_support::flags(
+            &env.namespace,
+            &lease,
+            identity,
+            &metrics,
+        ))
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", &port)
         .env("RUST_LOG", "warn,ztunnel_rollout=info")

@@ -226,6 +226,23 @@ pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -
     spawn(tag, kubeconfig, lease, identity, &[])
 }
 
+/// The agent's flags for the rollouts labelled `TEST_LABEL=tag`, on `lease`, as
+/// `identity`, serving metrics at `metrics`.
+pub fn flags(tag: &str, lease: &str, identity: &str, metrics: &str) -> Vec<String> {
+    [
+        "--lease-name",
+        lease,
+        "--identity",
+        identity,
+        "--metrics-address",
+        metrics,
+        "--rollout-selector",
+        &format!("{TEST_LABEL}={tag}"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str, &str)]) -> Agent {
     use std::os::unix::process::CommandExt;
     let log =
@@ -243,9 +260,7 @@ fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str
     };
     cmd.args(["agent", "--kubeconfig"])
         .arg(kubeconfig)
-        .args(["--lease-name", lease, "--identity", identity])
-        .args(["--metrics-address", &metrics])
-        .args(["--rollout-selector", &format!("{TEST_LABEL}={tag}")])
+        .args(flags(tag, lease, identity, &metrics))
         .env(
             "RUST_LOG",
             std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn,ztunnel_rollout=info".into()),
