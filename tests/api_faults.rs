@@ -4,11 +4,14 @@
 //! the rollout's status, watching, releasing nodes — resets connections, answers 503s and
 //! throttling 429s, delays requests, and drops the answers to writes it let through. The
 //! rollout must still complete with no node failed. The outcome is read from the API
-//! server by the test's own client (never through the proxy), and the proxy's counts
-//! show that every fault was actually injected.
+//! server by the test's own client (never through the proxy), over the whole run (no
+//! ztunnel pod deleted while its node was not cordoned by the rollout, by the API
+//! server's order of changes), and the proxy's counts show that every fault was actually
+//! injected.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -18,6 +21,7 @@ use kube::runtime::wait::await_condition;
 use support::TestEnv;
 use support::agent::{self as agent_support, Agent};
 use support::fault_proxy::{Fault, FaultKind, FaultProxy, Rule};
+use support::history::{self, NodeHistory, PodDeletions};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_testbed::fixtures::{Budget, UpdateStrategy, ZONE_LABEL};
@@ -241,6 +245,10 @@ async fn api_errors_at_every_step_fail_no_node() {
         "agent-faults",
     );
     let name = format!("{}-faults", env.namespace);
+    // Over the whole run, from the API server (directly, not through the proxy): every
+    // change of the nodes, and every ztunnel pod marked for deletion.
+    let history = NodeHistory::start(&env);
+    let deletions = PodDeletions::start(&env, "app=ztunnel");
     let started = Instant::now();
     agent_support::create(
         &env.client,
@@ -272,6 +280,20 @@ async fn api_errors_at_every_step_fail_no_node() {
     agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
     let hashes = support::ztunnel_hashes(&env).await;
     assert_eq!(hashes.len(), 6, "{hashes:?}");
+    // Each old ztunnel pod was deleted once, each while its node was cordoned by the
+    // rollout, whatever the API did meanwhile.
+    let deleted = deletions.seen.lock().expect("lock").clone();
+    let on: BTreeSet<&str> = deleted.iter().map(|(_, _, node)| node.as_str()).collect();
+    assert_eq!(
+        (deleted.len(), on.len()),
+        (6, 6),
+        "one ztunnel deletion per node: {deleted:?}"
+    );
+    let wrong = history::deleted_off_a_cordon(&history, &deletions, &name);
+    assert!(
+        wrong.is_empty(),
+        "ztunnel pods deleted while their node was not cordoned by the rollout: {wrong:?}"
+    );
     assert!(
         hashes.values().all(|h| *h == target),
         "every ztunnel pod on {target}: {hashes:?}"

@@ -430,63 +430,6 @@ async fn aborts_and_deletes_at_any_moment_never_leave_a_node_cordoned() {
     }
 }
 
-#[tokio::test]
-async fn nodes_owned_by_a_rollout_that_no_longer_exists_are_released() {
-    let env = TestEnv::new("untidy-orphan", 2).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    agent_support::install(&env.client).await;
-    let ghost = format!("{}-gone", env.namespace);
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    // As a rollout removed without its finalizer would leave them (written as the agent
-    // writes nodes): one node it cordoned (schedulable before), one that was cordoned
-    // before it came.
-    let as_the_agent = PatchParams {
-        field_manager: Some(ztunnel_rollout_core::rollout::ownership::FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    for (node, was) in [(&env.nodes[0], "false"), (&env.nodes[1], "true")] {
-        nodes
-            .patch(
-                node,
-                &as_the_agent,
-                &Patch::Merge(serde_json::json!({
-                    "metadata": { "annotations": {
-                        ztunnel_rollout_core::labels::OWNER_ANNOTATION: ghost,
-                        ztunnel_rollout_core::labels::WAS_UNSCHEDULABLE_ANNOTATION: was,
-                    } },
-                    "spec": { "unschedulable": true },
-                })),
-            )
-            .await
-            .expect("annotate");
-    }
-    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
-    let free = |n: Option<&Node>| {
-        n.is_some_and(|n| {
-            !n.annotations()
-                .contains_key(ztunnel_rollout_core::labels::OWNER_ANNOTATION)
-        })
-    };
-    for node in &env.nodes {
-        tokio::time::timeout(
-            WITHIN,
-            kube::runtime::wait::await_condition(nodes.clone(), node, free),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{node} still owned by {ghost}\n{}", agent.log_text()))
-        .expect("watch");
-    }
-    assert!(
-        !support::is_cordoned(&env.client, &env.nodes[0]).await,
-        "uncordoned"
-    );
-    assert!(
-        support::is_cordoned(&env.client, &env.nodes[1]).await,
-        "cordoned before the rollout: stays cordoned"
-    );
-    support::wait_for_event(&env.client, &env.nodes[0], "ReleasedOrphan", &ghost).await;
-}
-
 /// Lets the drain held by `support::hold_drain_on` finish: its spare replica comes up
 /// on `node`, so the PDB allows one disruption.
 async fn let_the_drain_go(env: &TestEnv, node: &str) {
@@ -560,15 +503,11 @@ async fn a_node_uncordoned_mid_sequence_is_cordoned_and_drained_again_before_ztu
     // Every ztunnel pod was deleted while its node was cordoned by the rollout.
     let deleted = deletions.seen.lock().expect("lock").clone();
     assert_eq!(deleted.len(), 2, "{deleted:?}");
-    for (rv, pod, on) in &deleted {
-        let state = history.state_before(on, *rv);
-        assert!(
-            state
-                .as_ref()
-                .is_some_and(|s| s.unschedulable && s.owner.as_deref() == Some(name.as_str())),
-            "ztunnel pod {pod} deleted while {on} was {state:?}"
-        );
-    }
+    let wrong = support::history::deleted_off_a_cordon(&history, &deletions, &name);
+    assert!(
+        wrong.is_empty(),
+        "ztunnel pods deleted off the rollout's cordon: {wrong:?}"
+    );
     // The node went cordoned → schedulable → cordoned again under the rollout.
     let states = history
         .seen

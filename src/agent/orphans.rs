@@ -1,9 +1,9 @@
 //! The orphan sweep: a rollout removed without its finalizer (`kubectl patch` of the
 //! finalizers, a namespace or CRD deleted with `--force`) leaves the nodes it owned
-//! cordoned and annotated for a rollout that no longer exists. Every
-//! [`SWEEP_INTERVAL`], the leader lists the owners its watches do not know, reads each
-//! one afresh (it may be another agent's), and releases the nodes of those that are
-//! gone: annotations removed, uncordoned where the annotation says the rollout cordoned a
+//! cordoned and annotated for a rollout that no longer exists. At the first pass of each
+//! term and then every `--orphan-sweep-interval` (30 s), the leader lists the owners its
+//! watches do not know, reads each one afresh (it may be another agent's), and releases
+//! the nodes of those that are gone: annotations removed, uncordoned where the annotation says the rollout cordoned a
 //! schedulable node (and nobody cordoned it again since), with an Event on the node.
 //!
 //! Careful, because a wrong release uncordons a node mid-sequence: "gone" is only the API
@@ -34,9 +34,6 @@ use super::node_actions::{ActionError, NodeActions};
 use super::observe::Observed;
 use crate::api::ZtunnelRollout;
 
-/// How often the leader looks for orphaned nodes.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
 /// The executor's owner key of the sweep's tasks.
 const OWNER: &str = "orphan-sweep";
 
@@ -44,15 +41,22 @@ pub struct OrphanSweep {
     client: Client,
     actions: Arc<NodeActions>,
     events: EventSink,
+    interval: Duration,
     last: Option<Instant>,
 }
 
 impl OrphanSweep {
-    pub fn new(client: Client, actions: Arc<NodeActions>, events: EventSink) -> Self {
+    pub fn new(
+        client: Client,
+        actions: Arc<NodeActions>,
+        events: EventSink,
+        interval: Duration,
+    ) -> Self {
         Self {
             client,
             actions,
             events,
+            interval,
             last: None,
         }
     }
@@ -71,9 +75,9 @@ impl OrphanSweep {
     ) -> Instant {
         let now = Instant::now();
         if let Some(last) = self.last
-            && now < last + SWEEP_INTERVAL
+            && now < last + self.interval
         {
-            return last + SWEEP_INTERVAL;
+            return last + self.interval;
         }
         self.last = Some(now);
         let known: HashSet<String> = rollouts.iter().map(|r| r.name_any()).collect();
@@ -107,7 +111,7 @@ impl OrphanSweep {
                 None
             });
         }
-        now + SWEEP_INTERVAL
+        now + self.interval
     }
 }
 

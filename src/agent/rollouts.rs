@@ -33,6 +33,8 @@ pub struct RolloutSettings {
     pub config: PassConfig,
     /// The node this replica runs on (the downward API's `NODE_NAME`).
     pub agent_node: Option<String>,
+    /// How often the leader sweeps for nodes of rollouts that no longer exist.
+    pub orphan_sweep_interval: std::time::Duration,
 }
 
 /// Why a pass stopped early.
@@ -88,6 +90,7 @@ impl Rollouts {
                 leadership.clone(),
             )),
             events.clone(),
+            settings.orphan_sweep_interval,
         );
         Self {
             effects: EffectRunner::new(

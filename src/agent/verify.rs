@@ -24,7 +24,7 @@ use super::executor::Sink;
 
 use super::observe::Observed;
 use crate::health::gates::{
-    CheckResult, GateVerdict, QueryAnswer, Waypoint, ZtunnelScrape, enrolled_in_ambient,
+    Baselines, CheckResult, GateVerdict, Waypoint, ZtunnelScrape, enrolled_in_ambient,
     prometheus_check, verdict, waypoint_check, ztunnel_checks,
 };
 use crate::health::http_client::{Bounds, HttpClient};
@@ -47,7 +47,7 @@ struct Memory {
     /// The scrapes of the soak window, oldest first.
     scrapes: Vec<ZtunnelScrape>,
     /// Each `maxIncrease` query's value just before the node was touched.
-    baselines: HashMap<String, QueryAnswer>,
+    baselines: Baselines,
     /// The last round's results, judged when the deadline comes.
     last: Option<Vec<CheckResult>>,
 }
@@ -159,7 +159,7 @@ impl Gates {
             join_all(p.queries.iter().map(|q| async move {
                 let text = q.for_node(&req.node);
                 let baseline = async {
-                    if !q.needs_baseline() || baselines.contains_key(&q.name) {
+                    if !baselines.needed(q) {
                         return None;
                     }
                     Some(prometheus::query(&self.http, &p.url, &text, before, bounds).await)
@@ -185,15 +185,13 @@ impl Gates {
                 s,
             ));
         }
-        for (q, baseline, answer) in answers {
-            if let Some(b) = baseline {
-                memory.baselines.insert(q.name.clone(), b);
-            }
+        for (q, fresh, answer) in answers {
+            let baseline = memory.baselines.for_round(q, fresh);
             results.push(prometheus_check(
                 q,
                 &req.node,
                 &answer,
-                memory.baselines.get(&q.name),
+                baseline.as_ref(),
                 s,
             ));
         }

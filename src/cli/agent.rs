@@ -48,6 +48,10 @@ pub struct AgentArgs {
     /// At most one status write per rollout in this interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_STATUS_INTERVAL")]
     pub status_interval: Duration,
+    /// How often the leader looks for nodes left cordoned by a rollout that no longer
+    /// exists (removed without its finalizer) and releases them.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_ORPHAN_SWEEP_INTERVAL")]
+    pub orphan_sweep_interval: Duration,
 }
 
 pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -55,6 +59,12 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
         anyhow::bail!(
             "--lease-duration {:?} is too short: at least 3s",
             args.lease_duration
+        );
+    }
+    if args.orphan_sweep_interval < Duration::from_secs(1) {
+        anyhow::bail!(
+            "--orphan-sweep-interval {:?} is too short: at least 1s",
+            args.orphan_sweep_interval
         );
     }
     let client =
@@ -74,6 +84,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
                 ..Default::default()
             },
             agent_node: args.node_name.clone(),
+            orphan_sweep_interval: args.orphan_sweep_interval,
         },
         resync: Duration::from_secs(30),
         rollout_selector: args.rollout_selector.clone(),

@@ -221,6 +221,23 @@ pub fn start_as_service_account_on(env: &TestEnv, dir: &Path, identity: &str, no
     )
 }
 
+/// Starts an agent for `env` through `kubeconfig`, on the env's own lease, with extra
+/// environment variables (flags by their `ZTUNNEL_ROLLOUT_*` names).
+pub fn start_with_env(
+    env: &TestEnv,
+    kubeconfig: &Path,
+    identity: &str,
+    vars: &[(&str, &str)],
+) -> Agent {
+    spawn(
+        &env.namespace,
+        kubeconfig,
+        &format!("{}-lease", env.namespace),
+        identity,
+        vars,
+    )
+}
+
 /// Starts `ztunnel-rollout agent` for the rollouts labelled `TEST_LABEL=tag`.
 pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -> Agent {
     spawn(tag, kubeconfig, lease, identity, &[])

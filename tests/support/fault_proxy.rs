@@ -68,6 +68,11 @@ pub enum Fault {
     /// aborts the connection instead of passing the answer on: the write is applied, the
     /// client never learns it was. An error answer is passed on and does not count.
     DropAnswer,
+    /// Answers 404 with the plain-text page Go's HTTP servers write for a path they do
+    /// not serve (`404 page not found`): what a proxy, or an API server that does not
+    /// serve the resource's group or version, says. Not a Kubernetes Status naming the
+    /// object. Nothing reaches the API server.
+    NotFoundPage,
 }
 
 /// A [`Fault`] without its parameters, to count injections by.
@@ -78,6 +83,7 @@ pub enum FaultKind {
     Unavailable,
     Throttle,
     DropAnswer,
+    NotFoundPage,
 }
 
 impl Fault {
@@ -88,6 +94,7 @@ impl Fault {
             Fault::Unavailable => FaultKind::Unavailable,
             Fault::Throttle => FaultKind::Throttle,
             Fault::DropAnswer => FaultKind::DropAnswer,
+            Fault::NotFoundPage => FaultKind::NotFoundPage,
         }
     }
 }
@@ -219,6 +226,8 @@ struct Faults {
     rules: Vec<RuleState>,
     injections: Vec<Injection>,
     forwarded: u64,
+    /// Woken after every request a rule matched.
+    matched: Arc<tokio::sync::Notify>,
 }
 
 impl Faults {
@@ -365,6 +374,24 @@ impl FaultProxy {
     /// The requests rule `rule` matched so far.
     pub fn seen(&self, rule: usize) -> u32 {
         lock(&self.faults).rules.get(rule).map_or(0, |s| s.seen)
+    }
+
+    /// Waits until rule `rule` has matched `n` requests; after `within`, says how many
+    /// it matched.
+    pub async fn wait_seen(&self, rule: usize, n: u32, within: Duration) -> Result<(), u32> {
+        let matched = lock(&self.faults).matched.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = matched.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.seen(rule) >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.seen(rule));
+            }
+        }
     }
 
     /// Every injection so far, in order.
@@ -702,7 +729,12 @@ async fn handle(
         .uri()
         .path_and_query()
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
-    let decided = lock(&faults).decide(&method, &path, request.uri().query().unwrap_or(""));
+    let (decided, matched) = {
+        let mut faults = lock(&faults);
+        let decided = faults.decide(&method, &path, request.uri().query().unwrap_or(""));
+        (decided, faults.matched.clone())
+    };
+    matched.notify_waiters();
     if let Some((rule, fault)) = &decided
         && *fault != Fault::DropAnswer
     {
@@ -722,6 +754,17 @@ async fn handle(
                     "TooManyRequests",
                     "Too many requests, please try again later.",
                 ));
+            }
+            Fault::NotFoundPage => {
+                return Ok(Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(
+                        Full::new(Bytes::from_static(b"404 page not found\n"))
+                            .map_err(|never: Infallible| match never {})
+                            .boxed_unsync(),
+                    )
+                    .expect("a 404 page"));
             }
             Fault::Delay(d) => tokio::time::sleep(*d).await,
             Fault::DropAnswer => {}

@@ -192,6 +192,27 @@ impl NodeHistory {
     }
 }
 
+/// The pods of `deletions` marked for deletion while their node was not cordoned by
+/// rollout `owner` (by the API server's order of the node's and the pod's changes), with
+/// the node's state then: what must never happen to a ztunnel pod.
+pub fn deleted_off_a_cordon(
+    history: &NodeHistory,
+    deletions: &PodDeletions,
+    owner: &str,
+) -> Vec<(String, String, Option<NodeState>)> {
+    let deleted = deletions.seen.lock().expect("lock").clone();
+    deleted
+        .into_iter()
+        .filter_map(|(rv, pod, node)| {
+            let state = history.state_before(&node, rv);
+            let cordoned = state
+                .as_ref()
+                .is_some_and(|s| s.unschedulable && s.owner.as_deref() == Some(owner));
+            (!cordoned).then_some((pod, node, state))
+        })
+        .collect()
+}
+
 /// The revisions at which pods of `env`'s namespace matching a label selector were
 /// marked for deletion (deleted or evicted), by pod name, with their node.
 pub struct PodDeletions {

@@ -402,6 +402,37 @@ pub fn ztunnel_checks(
 /// The answer to one PromQL query: a number, no data, or an error.
 pub type QueryAnswer = Result<Option<f64>, String>;
 
+/// The `maxIncrease` baselines of one node's gate: each query's value just before the
+/// node was touched. Only a successful read is kept. A failed read (Prometheus briefly
+/// unreachable) fails that round's check and is read again at the next round, instead of
+/// failing every round until the gate's timeout.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Baselines(BTreeMap<String, Option<f64>>);
+
+impl Baselines {
+    /// Whether this round must read `q`'s baseline.
+    pub fn needed(&self, q: &QuerySettings) -> bool {
+        q.needs_baseline() && !self.0.contains_key(&q.name)
+    }
+
+    /// The baseline to judge this round's answer to `q` by: the read of this round
+    /// (`fresh`, kept if it succeeded), else the one kept earlier.
+    pub fn for_round(
+        &mut self,
+        q: &QuerySettings,
+        fresh: Option<QueryAnswer>,
+    ) -> Option<QueryAnswer> {
+        match fresh {
+            Some(Ok(value)) => {
+                self.0.insert(q.name.clone(), value);
+                Some(Ok(value))
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None => self.0.get(&q.name).map(|v| Ok(*v)),
+        }
+    }
+}
+
 /// A query's outcome from its answer now and, for `maxIncrease`, its baseline.
 pub fn prometheus_check(
     q: &QuerySettings,
@@ -744,6 +775,43 @@ pub(crate) mod tests {
             prometheus_check(&q, "n1", &Ok(Some(0.25)), Some(&Ok(Some(0.2))), &s).outcome,
             Outcome::Healthy(_)
         ));
+    }
+
+    #[test]
+    fn a_failed_baseline_read_fails_its_round_only_and_is_read_again() {
+        let s = settings();
+        let q = query(QueryLimit::MaxIncrease(0.1));
+        let mut baselines = Baselines::default();
+        assert!(baselines.needed(&q));
+        assert!(!baselines.needed(&query(QueryLimit::Max(1.0))));
+        // Round 1: Prometheus did not answer the baseline read.
+        let b = baselines.for_round(&q, Some(Err("connection refused".into())));
+        assert_eq!(
+            prometheus_check(&q, "n1", &Ok(Some(0.25)), b.as_ref(), &s).outcome,
+            Outcome::Failed("baseline: connection refused".into())
+        );
+        // Round 2 reads it again, and keeps it.
+        assert!(baselines.needed(&q));
+        let b = baselines.for_round(&q, Some(Ok(Some(0.2))));
+        assert!(matches!(
+            prometheus_check(&q, "n1", &Ok(Some(0.25)), b.as_ref(), &s).outcome,
+            Outcome::Healthy(_)
+        ));
+        // Round 3 judges by the kept one without reading it.
+        assert!(!baselines.needed(&q));
+        let b = baselines.for_round(&q, None);
+        assert_eq!(b, Some(Ok(Some(0.2))));
+        assert!(matches!(
+            prometheus_check(&q, "n1", &Ok(Some(0.35)), b.as_ref(), &s).outcome,
+            Outcome::Failed(ref why) if why.contains("above its baseline 0.200")
+        ));
+        // No data before the node was touched is a baseline too (of zero), kept.
+        let other = QuerySettings {
+            name: "other".into(),
+            ..q.clone()
+        };
+        assert_eq!(baselines.for_round(&other, Some(Ok(None))), Some(Ok(None)));
+        assert!(!baselines.needed(&other));
     }
 
     #[test]
