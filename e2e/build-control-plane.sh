@@ -14,7 +14,7 @@ source "$versions_file"
 
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 stamp="$bin_dir/.pins"
-want=$(grep -v '^#' "$versions_file" | sed '/^$/d'; echo "builder=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)")
+want=$(grep -E '^(KUBERNETES_VERSION|KUBERNETES_STAGING_VERSION|ETCD_VERSION|KWOK_VERSION)=' "$versions_file"; echo "builder=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)")
 
 all_present() {
   for c in "${components[@]}"; do [[ -x "$bin_dir/$c" ]] || return 1; done

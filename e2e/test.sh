@@ -9,6 +9,8 @@ cd "$root"
 "$root/e2e/install-prometheus.sh"
 # tests/image.rs checks and runs the image this writes (target/image/).
 "$root/e2e/build-image.sh"
+# tests/chart.rs runs real Helm.
+"$root/e2e/build-helm.sh"
 # The integration tests start local-cluster (the testbed crate's binary) from their own
 # profile directory; build it even when "$@" selects only some tests.
 cargo build --locked -p ztunnel-rollout-testbed --bin local-cluster

@@ -396,6 +396,14 @@ async fn a_node_relabelled_out_of_the_selection_mid_way_is_finished_not_abandone
 async fn the_manifests_apply_with_kubectl_kustomize() {
     let env = TestEnv::new("agent-kustomize", 0).await;
     agent_support::install(&env.client).await;
+    // Istio is installed: its namespace holds the ztunnel DaemonSet the agent's Role
+    // is for.
+    ztunnel_rollout_testbed::fixtures::apply(
+        &kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone()),
+        &ztunnel_rollout_testbed::fixtures::namespace("istio-system", Default::default()),
+    )
+    .await
+    .expect("the istio-system namespace");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(root.join("e2e/bin/kubectl"))
         .arg("--kubeconfig")
@@ -414,6 +422,9 @@ async fn the_manifests_apply_with_kubectl_kustomize() {
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/ztunnelrollouts.ztunnel-rollout.dev",
         "clusterrole.rbac.authorization.k8s.io/ztunnel-rollout",
+        "clusterrole.rbac.authorization.k8s.io/ztunnel-rollout-viewer",
+        "clusterrole.rbac.authorization.k8s.io/ztunnel-rollout-operator",
+        "role.rbac.authorization.k8s.io/ztunnel-rollout-ztunnel",
         "deployment.apps/ztunnel-rollout",
         "poddisruptionbudget.policy/ztunnel-rollout",
         "service/ztunnel-rollout-metrics",

@@ -8,8 +8,11 @@ fn manifests_match_the_code() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let update = std::env::var_os("UPDATE_MANIFESTS").is_some();
     for (name, want) in ztunnel_rollout::api::manifests::generated() {
-        let path = dir.join(name);
+        let path = dir.join(&name);
         if update {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create the manifest's directory");
+            }
             std::fs::write(&path, &want).expect("write manifest");
             continue;
         }

@@ -2,7 +2,12 @@
 //! manifests/` installs to run the agent in a cluster. CI fails when the files differ.
 //!
 //! The RBAC rules are exactly the requests the agent makes (the agent's integration
-//! tests run it under them): no wildcards, no Secrets.
+//! tests run it under them): no wildcards, no Secrets. Writes that could run code are
+//! narrowed: deleting pods and patching the DaemonSet only in the ztunnel DaemonSet's
+//! namespace, the patch only of that DaemonSet by name ([`ztunnel_role`]); the writes of
+//! sidecar migrations (namespaces, workload restarts) are a separate ClusterRole to opt
+//! into ([`sidecar_migration_role`]). [`super::chart`] builds the Helm chart from the
+//! same functions.
 
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
@@ -16,6 +21,24 @@ pub const IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 const METRICS_PORT: u16 = 8080;
+/// The oldest Kubernetes the CRDs' validation rules (CEL, with `reason`) work on.
+pub const MIN_KUBERNETES: &str = "1.30.0-0";
+
+/// The ztunnel DaemonSet the agent may patch and whose namespace's pods it may delete.
+pub struct Ztunnel {
+    pub namespace: String,
+    pub daemon_set: String,
+}
+
+impl Default for Ztunnel {
+    /// Istio's defaults.
+    fn default() -> Self {
+        Self {
+            namespace: "istio-system".to_owned(),
+            daemon_set: "ztunnel".to_owned(),
+        }
+    }
+}
 
 /// The ZtunnelRollout CRD.
 pub fn crd() -> Value {
@@ -53,8 +76,8 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> Value {
     json!({ "apiGroups": [group], "resources": resources, "verbs": verbs })
 }
 
-/// Cluster-wide permissions: nodes, pods (drain, ztunnel replacement), DaemonSets and
-/// their revisions, PDBs, and the rollouts.
+/// Cluster-wide permissions: nodes, pods (drain), DaemonSets and their revisions, PDBs,
+/// what the gates and sidecar migrations read, and the rollouts.
 pub fn cluster_role() -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -62,15 +85,12 @@ pub fn cluster_role() -> Value {
         "metadata": { "name": NAME },
         "rules": [
             rule("", &["nodes"], &["get", "list", "watch", "patch"]),
-            rule("", &["pods"], &["list", "watch", "delete"]),
+            rule("", &["pods"], &["list", "watch"]),
             rule("", &["pods/eviction"], &["create"]),
-            // patch: sidecar migrations relabel namespaces.
-            rule("", &["namespaces"], &["list", "watch", "patch"]),
-            // patch: the failure policy's rollback restores the previous revision.
-            rule("apps", &["daemonsets"], &["list", "watch", "patch"]),
+            rule("", &["namespaces"], &["list", "watch"]),
+            rule("apps", &["daemonsets"], &["list", "watch"]),
             rule("apps", &["controllerrevisions"], &["get", "list", "watch"]),
-            // patch: sidecar migrations restart workloads.
-            rule("apps", &["deployments", "statefulsets"], &["list", "watch", "patch"]),
+            rule("apps", &["deployments", "statefulsets"], &["list", "watch"]),
             rule("admissionregistration.k8s.io", &["mutatingwebhookconfigurations"], &["list", "watch"]),
             rule("policy", &["poddisruptionbudgets"], &["list", "watch"]),
             rule("gateway.networking.k8s.io", &["gateways"], &["list", "watch"]),
@@ -79,6 +99,82 @@ pub fn cluster_role() -> Value {
             rule("ztunnel-rollout.dev", &["ztunnelrollouts/status"], &["patch"]),
             rule("ztunnel-rollout.dev", &["sidecarmigrations"], &["get", "list", "watch"]),
             rule("ztunnel-rollout.dev", &["sidecarmigrations/status"], &["patch"]),
+        ],
+    })
+}
+
+/// In the ztunnel DaemonSet's namespace: delete its pods (the replacement), and patch
+/// that DaemonSet alone (the failure policy's rollback restores the previous revision).
+pub fn ztunnel_role(z: &Ztunnel) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": { "name": format!("{NAME}-ztunnel"), "namespace": z.namespace },
+        "rules": [
+            rule("", &["pods"], &["delete"]),
+            {
+                "apiGroups": ["apps"],
+                "resources": ["daemonsets"],
+                "resourceNames": [z.daemon_set],
+                "verbs": ["patch"],
+            },
+        ],
+    })
+}
+
+/// Opt-in: what sidecar migrations write — namespace labels, and restarts of
+/// Deployments and StatefulSets in the namespaces they move.
+pub fn sidecar_migration_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": { "name": format!("{NAME}-sidecar-migrations") },
+        "rules": [
+            rule("", &["namespaces"], &["patch"]),
+            rule("apps", &["deployments", "statefulsets"], &["patch"]),
+        ],
+    })
+}
+
+/// For people who watch rollouts: read them and the migrations (aggregated to `view`).
+pub fn viewer_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": format!("{NAME}-viewer"),
+            "labels": { "rbac.authorization.k8s.io/aggregate-to-view": "true" },
+        },
+        "rules": [rule(
+            "ztunnel-rollout.dev",
+            &["ztunnelrollouts", "ztunnelrollouts/status", "sidecarmigrations", "sidecarmigrations/status"],
+            &["get", "list", "watch"],
+        )],
+    })
+}
+
+/// For people who run rollouts: create them, and patch their spec to pause, resume,
+/// abort or approve (aggregated to `edit`). Creating a rollout or a migration is a
+/// privileged act: the agent then cordons, drains and restarts on its behalf.
+pub fn operator_role() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": format!("{NAME}-operator"),
+            "labels": { "rbac.authorization.k8s.io/aggregate-to-edit": "true" },
+        },
+        "rules": [
+            rule(
+                "ztunnel-rollout.dev",
+                &["ztunnelrollouts", "sidecarmigrations"],
+                &["get", "list", "watch", "create", "patch", "delete"],
+            ),
+            rule(
+                "ztunnel-rollout.dev",
+                &["ztunnelrollouts/status", "sidecarmigrations/status"],
+                &["get"],
+            ),
         ],
     })
 }
@@ -214,46 +310,88 @@ pub fn objects() -> Vec<(&'static str, Value)> {
             ),
         ),
         ("deployment.json", deployment()),
+        ("poddisruptionbudget.json", pod_disruption_budget()),
+        ("service.json", metrics_service()),
+        ("clusterrole-viewer.json", viewer_role()),
+        ("clusterrole-operator.json", operator_role()),
+        ("role-ztunnel.json", ztunnel_role(&Ztunnel::default())),
         (
-            "poddisruptionbudget.json",
-            json!({
-                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                "metadata": { "name": NAME, "namespace": NAMESPACE },
-                "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels() } },
-            }),
-        ),
-        (
-            "service.json",
-            json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": { "name": format!("{NAME}-metrics"), "namespace": NAMESPACE, "labels": labels() },
-                "spec": {
-                    "selector": labels(),
-                    "ports": [{ "name": "metrics", "port": METRICS_PORT, "targetPort": "metrics" }],
-                },
-            }),
+            "rolebinding-ztunnel.json",
+            binding(
+                "RoleBinding",
+                Some(&Ztunnel::default().namespace),
+                "Role",
+                &format!("{NAME}-ztunnel"),
+            ),
         ),
     ]
 }
 
+/// Opt-in objects: generated next to the others, not in `kustomization.yaml`.
+pub fn optional_objects() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "optional/clusterrole-sidecar-migrations.json",
+            sidecar_migration_role(),
+        ),
+        (
+            "optional/clusterrolebinding-sidecar-migrations.json",
+            binding(
+                "ClusterRoleBinding",
+                None,
+                "ClusterRole",
+                &format!("{NAME}-sidecar-migrations"),
+            ),
+        ),
+    ]
+}
+
+pub fn pod_disruption_budget() -> Value {
+    json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": { "name": NAME, "namespace": NAMESPACE },
+        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels() } },
+    })
+}
+
+pub fn metrics_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": format!("{NAME}-metrics"), "namespace": NAMESPACE, "labels": labels() },
+        "spec": {
+            "selector": labels(),
+            "ports": [{ "name": "metrics", "port": METRICS_PORT, "targetPort": "metrics" }],
+        },
+    })
+}
+
 /// (path under `manifests/`, contents) of every generated file.
-pub fn generated() -> Vec<(&'static str, String)> {
+pub fn generated() -> Vec<(String, String)> {
     let objects = objects();
     let mut kustomization = String::from(
         "# Generated by `UPDATE_MANIFESTS=1 cargo test --test manifests`; do not edit.\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
     );
-    let mut files: Vec<(&'static str, String)> = objects
+    let mut files: Vec<(String, String)> = objects
         .into_iter()
         .map(|(name, v)| {
             kustomization.push_str(&format!("  - {name}\n"));
             (
-                name,
+                name.to_owned(),
                 format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
             )
         })
         .collect();
-    files.push(("kustomization.yaml", kustomization));
+    files.push(("kustomization.yaml".to_owned(), kustomization));
+    for (name, v) in optional_objects() {
+        files.push((
+            name.to_owned(),
+            format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        ));
+    }
+    for (name, text) in super::chart::files() {
+        files.push((format!("chart/{name}"), text));
+    }
     files
 }
 
@@ -263,7 +401,15 @@ mod tests {
 
     #[test]
     fn rbac_has_no_wildcards_and_no_secrets() {
-        for role in [cluster_role(), lease_role(), events_role()] {
+        for role in [
+            cluster_role(),
+            lease_role(),
+            events_role(),
+            ztunnel_role(&Ztunnel::default()),
+            sidecar_migration_role(),
+            viewer_role(),
+            operator_role(),
+        ] {
             for rule in role["rules"].as_array().unwrap() {
                 for key in ["apiGroups", "resources", "verbs"] {
                     for v in rule[key].as_array().unwrap() {

@@ -1,5 +1,6 @@
 //! The agent's custom resources and the manifests generated from them.
 
+pub mod chart;
 pub mod manifests;
 pub mod sidecar_migration;
 pub mod ztunnel_rollout;

@@ -24,6 +24,7 @@ pub const TEST_LABEL: &str = "ztunnel-rollout.dev/test";
 fn object<T: serde::de::DeserializeOwned>(file: &str) -> T {
     let (_, v) = manifests::objects()
         .into_iter()
+        .chain(manifests::optional_objects())
         .find(|(f, _)| *f == file)
         .unwrap_or_else(|| panic!("no {file} in manifests::objects()"));
     serde_json::from_value(v).unwrap_or_else(|e| panic!("{file}: {e}"))
@@ -69,6 +70,19 @@ pub async fn install(client: &Client) {
     )
     .await
     .expect("apply cluster role binding");
+    // The sidecar migrations' opt-in ClusterRole: the suite tests them.
+    fixtures::apply(
+        &Api::<ClusterRole>::all(client.clone()),
+        &object("optional/clusterrole-sidecar-migrations.json"),
+    )
+    .await
+    .expect("apply the sidecar migrations' cluster role");
+    fixtures::apply(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        &object("optional/clusterrolebinding-sidecar-migrations.json"),
+    )
+    .await
+    .expect("apply the sidecar migrations' cluster role binding");
     for (role, binding) in [
         ("role-lease.json", "rolebinding-lease.json"),
         ("role-events.json", "rolebinding-events.json"),
@@ -89,17 +103,23 @@ pub async fn install(client: &Client) {
 
 /// A copy of the cluster's admin kubeconfig that acts as the agent's ServiceAccount.
 pub fn service_account_kubeconfig(dir: &Path) -> PathBuf {
+    kubeconfig_as(dir, NAMESPACE, NAME)
+}
+
+/// A copy of the cluster's admin kubeconfig (in `dir`) that acts as ServiceAccount
+/// `namespace/name`, with the groups the API server gives a ServiceAccount.
+pub fn kubeconfig_as(dir: &Path, namespace: &str, name: &str) -> PathBuf {
     let admin = std::fs::read_to_string(&cluster().kubeconfig).expect("read kubeconfig");
     let mut doc: serde_json::Value = serde_json::from_str(&admin).expect("JSON kubeconfig");
     for user in doc["users"].as_array_mut().expect("users") {
-        user["user"]["as"] = json!(format!("system:serviceaccount:{NAMESPACE}:{NAME}"));
+        user["user"]["as"] = json!(format!("system:serviceaccount:{namespace}:{name}"));
         user["user"]["as-groups"] = json!([
             "system:serviceaccounts",
-            format!("system:serviceaccounts:{NAMESPACE}"),
+            format!("system:serviceaccounts:{namespace}"),
             "system:authenticated"
         ]);
     }
-    let path = dir.join("agent.kubeconfig");
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
     std::fs::write(&path, doc.to_string()).expect("write kubeconfig");
     path
 }

@@ -122,6 +122,37 @@ fn unique_suffix() -> String {
     format!("{}-{}", std::process::id() % 100_000, *n)
 }
 
+/// The agent's Role for the ztunnel DaemonSet (`manifests::ztunnel_role`) in
+/// `namespace`, where this test's ztunnel DaemonSet lives, bound to the agent's
+/// ServiceAccount: as `manifests/` grants it in `istio-system`.
+async fn grant_ztunnel_role(client: &Client, namespace: &str) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use ztunnel_rollout::api::manifests::{self, NAME, NAMESPACE, Ztunnel};
+    let z = Ztunnel {
+        namespace: namespace.to_owned(),
+        ..Ztunnel::default()
+    };
+    let role: Role = serde_json::from_value(manifests::ztunnel_role(&z)).expect("the ztunnel Role");
+    let role_name = role.metadata.name.clone().unwrap_or_default();
+    fixtures::apply(&Api::<Role>::namespaced(client.clone(), namespace), &role)
+        .await
+        .expect("apply the agent's ztunnel Role");
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": { "name": role_name, "namespace": namespace },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name },
+        "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }],
+    }))
+    .expect("the ztunnel RoleBinding");
+    fixtures::apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), namespace),
+        &binding,
+    )
+    .await
+    .expect("apply the agent's ztunnel RoleBinding");
+}
+
 /// One test's slice of the cluster: a namespace and nodes labelled with a node set of
 /// their own. Removed when dropped, also when the test panics.
 pub struct TestEnv {
@@ -144,6 +175,7 @@ impl TestEnv {
         fixtures::apply(&ns_api, &fixtures::namespace(&id, BTreeMap::new()))
             .await
             .expect("create the test namespace");
+        grant_ztunnel_role(&client, &id).await;
         let mut env = TestEnv {
             client,
             namespace: id.clone(),
