@@ -49,8 +49,8 @@ echo "== installing the CRDs and the agent's namespace"
 kubectl apply -f manifests/crd-ztunnelrollouts.json -f manifests/crd-sidecarmigrations.json -f manifests/namespace.json
 kubectl wait --for=condition=Established crd/ztunnelrollouts.ztunnel-rollout.dev crd/sidecarmigrations.ztunnel-rollout.dev --timeout=60s
 echo
-echo "== upgrading the ztunnel DaemonSet to 1.28.1 (OnDelete: no pod changes by itself)"
-kubectl -n istio-system set image daemonset/ztunnel istio-proxy=docker.io/istio/ztunnel:1.28.1-distroless
+echo "== upgrading the ztunnel DaemonSet to 1.28.1: image and version label, as Istio's chart does (OnDelete: no pod changes by itself)"
+kubectl -n istio-system patch daemonset ztunnel --type strategic -p '{"spec":{"template":{"metadata":{"labels":{"app.kubernetes.io/version":"1.28.1"}},"spec":{"containers":[{"name":"istio-proxy","image":"docker.io/istio/ztunnel:1.28.1-distroless"}]}}}}'
 echo
 echo "== starting the agent (leader election on ztunnel-rollout/ztunnel-rollout)"
 "$root/target/debug/ztunnel-rollout" --kubeconfig "$kubeconfig" agent --metrics-address 127.0.0.1:0 --identity demo-agent &
