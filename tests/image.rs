@@ -144,7 +144,9 @@ fn unpack(dir: &Path) -> Unpacked {
 }
 
 /// A command that runs `program` chrooted into `rootfs` as UID/GID 65532 (and dies with
-/// the test process), with an empty environment.
+/// the test process), with an empty environment, the root filesystem read-only (a bind
+/// mount of `rootfs`, read-only, in a mount namespace of its own), as the chart's
+/// `readOnlyRootFilesystem: true` runs it.
 fn in_image(rootfs: &Path, program: &str) -> Command {
     let root = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()).unwrap();
     let mut cmd = Command::new(program);
@@ -159,6 +161,29 @@ fn in_image(rootfs: &Path, program: &str) -> Command {
                     Err(std::io::Error::last_os_error())
                 }
             };
+            ok(libc::unshare(libc::CLONE_NEWNS))?;
+            let none = std::ptr::null::<libc::c_char>();
+            ok(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            ok(libc::mount(
+                root.as_ptr(),
+                root.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            ok(libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            ))?;
             ok(libc::chroot(root.as_ptr()))?;
             ok(libc::chdir(c"/".as_ptr()))?;
             ok(libc::setgroups(0, std::ptr::null()))?;
@@ -388,6 +413,20 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start the image's agent");
+    // Its root filesystem is read-only (its own mount namespace, seen from here).
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
+        .expect("the agent's mounts");
+    let root_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no root mount in\n{mounts}"));
+    assert!(
+        root_mount
+            .split(' ')
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        "the image's root is writable: {root_mount}"
+    );
     let agent = Agent {
         child,
         identity: identity.to_owned(),
