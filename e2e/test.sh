@@ -14,4 +14,14 @@ cd "$root"
 # The integration tests start local-cluster (the testbed crate's binary) from their own
 # profile directory; build it even when "$@" selects only some tests.
 cargo build --locked -p ztunnel-rollout-testbed --bin local-cluster
-exec cargo test --locked "$@"
+# Every test binary's cluster writes its API server's audit log there; after a full run
+# (no arguments), rbac-audit checks the agent's requests in them against manifests/'s
+# RBAC: every rule used, every request granted.
+audit_dir="${CARGO_TARGET_DIR:-$root/target}/tmp/rbac-audit"
+if [ $# -eq 0 ]; then rm -rf "$audit_dir"; fi
+status=0
+cargo test --locked "$@" || status=$?
+if [ $# -eq 0 ]; then
+  cargo run --locked -q -p ztunnel-rollout-testbed --bin rbac-audit -- "$audit_dir" || status=1
+fi
+exit "$status"

@@ -158,6 +158,7 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
         pod_timings: Default::default(),
         start_timeout: Duration::from_secs(120),
         audit_log: false,
+        audit_log_path: None,
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));

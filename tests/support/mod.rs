@@ -49,6 +49,20 @@ pub fn start_supervisor(tag: &str, extra_args: &[&str]) -> Result<Supervisor, St
     supervisor::start(&local_cluster_binary()?, &log_dir, tag, extra_args)
 }
 
+/// `target/tmp/rbac-audit/<test binary>.log`.
+fn rbac_audit_log() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let stem = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .ok_or("no test binary name")?;
+    // `name-<hash>`: the name alone, so a rebuilt binary overwrites its last log.
+    let name = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
+    Ok(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(ztunnel_rollout_testbed::rbac_audit::DIR)
+        .join(format!("{name}.log")))
+}
+
 /// `local-cluster` is the testbed crate's binary: cargo builds it into the same profile
 /// directory as this test when the workspace's tests are built (`cargo test`,
 /// `e2e/test.sh`).
@@ -77,7 +91,13 @@ fn start_shared() -> Result<SharedCluster, String> {
             _supervisor: None,
         });
     }
-    let s = start_supervisor("shared", &[])?;
+    // Every request of this binary's tests, for the RBAC audit (`e2e/test.sh` runs
+    // `rbac-audit` over them after the suite): one file per test binary.
+    let audit_log = rbac_audit_log()?;
+    let s = start_supervisor(
+        "shared",
+        &["--audit-log-path", &audit_log.to_string_lossy()],
+    )?;
     let kubeconfig = s.ready["kubeconfig"]
         .as_str()
         .ok_or("no kubeconfig in ready line")?

@@ -58,6 +58,9 @@ pub struct ControlPlaneOptions {
     /// Write the API server's audit log (every request, metadata only) to
     /// `<state_dir>/audit.log`, to count requests by client.
     pub audit_log: bool,
+    /// Write it here instead (implies `audit_log`): a file that outlives the state
+    /// directory, e.g. for `rbac-audit`.
+    pub audit_log_path: Option<PathBuf>,
 }
 
 struct Component {
@@ -229,7 +232,14 @@ impl RunningControlPlane {
         )?);
 
         let mut apiserver = apiserver_args(&pki, &etcd_url, apiserver_port);
-        if opts.audit_log {
+        if opts.audit_log || opts.audit_log_path.is_some() {
+            let audit_log = opts
+                .audit_log_path
+                .clone()
+                .unwrap_or_else(|| state_dir.join("audit.log"));
+            if let Some(dir) = audit_log.parent() {
+                std::fs::create_dir_all(dir).map_err(io("creating the audit log's directory"))?;
+            }
             let policy = state_dir.join("audit-policy.json");
             let doc = serde_json::json!({
                 "apiVersion": "audit.k8s.io/v1",
@@ -239,10 +249,7 @@ impl RunningControlPlane {
             });
             std::fs::write(&policy, doc.to_string()).map_err(io("writing the audit policy"))?;
             apiserver.push(format!("--audit-policy-file={}", policy.display()));
-            apiserver.push(format!(
-                "--audit-log-path={}",
-                state_dir.join("audit.log").display()
-            ));
+            apiserver.push(format!("--audit-log-path={}", audit_log.display()));
             // The default (0) means rotation at 100 MB, which a 1,000-node benchmark
             // passes; request counting reads one file.
             apiserver.push("--audit-log-maxsize=100000".into());

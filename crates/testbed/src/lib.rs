@@ -9,4 +9,5 @@ pub mod fixtures;
 pub mod kubeconfig;
 pub mod kwok_stages;
 pub mod pki;
+pub mod rbac_audit;
 pub mod supervisor;

@@ -60,6 +60,9 @@ struct CommonArgs {
     /// Write the API server's audit log to <state dir>/audit.log (request counts by client).
     #[arg(long, env = "LOCAL_CLUSTER_AUDIT_LOG")]
     audit_log: bool,
+    /// Write the audit log to this file instead (kept after the cluster stops).
+    #[arg(long, env = "LOCAL_CLUSTER_AUDIT_LOG_PATH")]
+    audit_log_path: Option<PathBuf>,
     /// Seconds to wait for the control plane to become ready.
     #[arg(
         long,
@@ -102,6 +105,7 @@ impl CommonArgs {
             },
             start_timeout: Duration::from_secs(self.start_timeout_seconds),
             audit_log: self.audit_log,
+            audit_log_path: self.audit_log_path.clone(),
         })
     }
 }
