@@ -278,6 +278,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         "image.repository=registry.test/ztunnel-rollout",
         // Its pods stay Pending: the agent under test runs as a process, below.
         "nodeSelector.nowhere=yes-please",
+        "sidecarMigrations.enabled=true",
     ];
 
     // Every object of the chart, every toggle that needs no other CRDs, through the API
@@ -292,7 +293,6 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
                 "networkPolicy.enabled=true",
                 "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
                 "grafanaDashboard.enabled=true",
-                "sidecarMigrations.enabled=true",
             ],
         ]
         .concat(),
@@ -345,6 +345,50 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         .find(|r| r.resources.as_deref() == Some(&["daemonsets".to_owned()][..]))
         .expect("a DaemonSet rule");
     assert_eq!(ds_rule.resource_names, Some(vec!["ztunnel".to_owned()]));
+
+    // Sidecar migrations may relabel namespaces, but never kube-system's or Istio's
+    // (here: the ztunnel DaemonSet's): the chart's admission policy refuses the agent.
+    let apps = env.create_namespace("apps", &[]).await;
+    let sa_dir = tempfile::tempdir().expect("tempdir");
+    let as_agent = ztunnel_rollout_testbed::control_plane::client_for(
+        &agent_support::kubeconfig_as(sa_dir.path(), &release_ns, "zr"),
+    )
+    .await
+    .expect("a client as the release's ServiceAccount");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(as_agent);
+    let relabel = |dry_run: bool| kube::api::PatchParams {
+        dry_run,
+        ..Default::default()
+    };
+    let label = kube::api::Patch::Merge(serde_json::json!({
+        "metadata": { "labels": { "istio.io/rev": "canary" } }
+    }));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let refusal = loop {
+        match namespaces
+            .patch("kube-system", &relabel(true), &label)
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("denylist") => break s,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the denylist was not enforced within {WITHIN:?}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refusal.code, 403, "{refusal:?}");
+    match namespaces
+        .patch(&env.namespace, &relabel(false), &label)
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(&env.namespace) => {}
+        other => panic!("the ztunnel namespace was relabelled: {other:?}"),
+    }
+    namespaces
+        .patch(&apps, &relabel(false), &label)
+        .await
+        .expect("an application namespace may be relabelled");
 
     // The upgrade to this chart: the CRD follows, and so do the values.
     helm_ok(

@@ -224,6 +224,13 @@ fn sidecar_rbac() -> String {
         &suffixed("sidecar-migrations"),
         None,
     );
+    let (mut policy, mut policy_binding) = manifests::sidecar_migration_policy(
+        &format!("system:serviceaccount:{}:{}", namespace(), name()),
+        &interp("include \"ztunnel-rollout.deniedNamespaces\" ."),
+    );
+    policy["metadata"] = metadata(&suffixed("sidecar-migrations"), None);
+    policy_binding["metadata"] = metadata(&suffixed("sidecar-migrations"), None);
+    policy_binding["spec"]["policyName"] = json!(suffixed("sidecar-migrations"));
     documents(
         Some(".Values.sidecarMigrations.enabled"),
         &[
@@ -234,6 +241,8 @@ fn sidecar_rbac() -> String {
                 None,
                 "ClusterRole",
             ),
+            policy,
+            policy_binding,
         ],
     )
 }
@@ -364,6 +373,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end }}
 
+{{- define "ztunnel-rollout.deniedNamespaces" -}}
+[{{- range $i, $n := concat .Values.sidecarMigrations.deniedNamespaces (list .Values.ztunnel.namespace) | uniq }}{{ if $i }}, {{ end }}'{{ $n }}'{{- end }}]
+{{- end }}
+
 {{- define "ztunnel-rollout.ports" -}}
 {{- range . }}
 - protocol: TCP
@@ -441,6 +454,9 @@ sidecarMigrations:
   # The permissions sidecar migrations need (patch namespaces, restart Deployments and
   # StatefulSets anywhere): off unless you use SidecarMigrations.
   enabled: false
+  # Never changed by a migration (an admission policy refuses the agent's writes there),
+  # with the ztunnel namespace (Istio's) always added.
+  deniedNamespaces: [kube-system]
 
 metrics:
   port: 8080
@@ -536,7 +552,10 @@ fn schema() -> Value {
         })),
         "crds": object_schema(json!({ "install": { "type": "boolean" }, "keep": { "type": "boolean" } })),
         "rbac": object_schema(json!({ "userRoles": { "type": "boolean" } })),
-        "sidecarMigrations": object_schema(json!({ "enabled": { "type": "boolean" } })),
+        "sidecarMigrations": object_schema(json!({
+            "enabled": { "type": "boolean" },
+            "deniedNamespaces": { "type": "array", "items": { "type": "string", "pattern": name_re } },
+        })),
         "metrics": object_schema(json!({
             "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
             "service": object_schema(json!({ "enabled": { "type": "boolean" } })),

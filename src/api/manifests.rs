@@ -136,6 +136,56 @@ pub fn sidecar_migration_role() -> Value {
     })
 }
 
+/// The namespaces sidecar migrations may never change, whoever asks: the system's and
+/// Istio's own.
+pub const SIDECAR_DENIED_NAMESPACES: [&str; 2] = ["kube-system", "istio-system"];
+
+/// With the sidecar migrations' ClusterRole: a ValidatingAdmissionPolicy (and its
+/// binding) that refuses the agent's writes to the denied namespaces and to the
+/// workloads in them, which RBAC alone cannot except. `user` is the agent's
+/// ServiceAccount user name, `denied` a CEL list of namespace names.
+pub fn sidecar_migration_policy(user: &str, denied: &str) -> (Value, Value) {
+    let name = format!("{NAME}-sidecar-migrations");
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": { "name": name },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [
+                { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"], "operations": ["UPDATE"] },
+                { "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets"], "operations": ["UPDATE"] },
+            ] },
+            "matchConditions": [{
+                "name": "by-the-agent",
+                "expression": format!("request.userInfo.username == '{user}'"),
+            }],
+            "variables": [{
+                "name": "target",
+                "expression": "request.resource.resource == 'namespaces' ? request.name : request.namespace",
+            }],
+            "validations": [{
+                "expression": format!("!(variables.target in {denied})"),
+                "messageExpression": "'ztunnel-rollout may not change namespace ' + variables.target + ' or its workloads: it is on the sidecar migrations denylist'",
+                "reason": "Forbidden",
+            }],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": { "name": name },
+        "spec": { "policyName": name, "validationActions": ["Deny"] },
+    });
+    (policy, binding)
+}
+
+/// `['a', 'b']`: a CEL list of strings.
+fn cel_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 /// For people who watch rollouts: read them and the migrations (aggregated to `view`).
 pub fn viewer_role() -> Value {
     json!({
@@ -209,7 +259,7 @@ pub fn events_role() -> Value {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": { "name": format!("{NAME}-events"), "namespace": "default" },
-        "rules": [rule("events.k8s.io", &["events"], &["create", "patch"])],
+        "rules": [rule("events.k8s.io", &["events"], &["create"])],
     })
 }
 
@@ -329,7 +379,19 @@ pub fn objects() -> Vec<(&'static str, Value)> {
 
 /// Opt-in objects: generated next to the others, not in `kustomization.yaml`.
 pub fn optional_objects() -> Vec<(&'static str, Value)> {
+    let (policy, policy_binding) = sidecar_migration_policy(
+        &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
+        &cel_list(&SIDECAR_DENIED_NAMESPACES),
+    );
     vec![
+        (
+            "optional/validatingadmissionpolicy-sidecar-migrations.json",
+            policy,
+        ),
+        (
+            "optional/validatingadmissionpolicybinding-sidecar-migrations.json",
+            policy_binding,
+        ),
         (
             "optional/clusterrole-sidecar-migrations.json",
             sidecar_migration_role(),

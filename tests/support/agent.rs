@@ -83,6 +83,23 @@ pub async fn install(client: &Client) {
     )
     .await
     .expect("apply the sidecar migrations' cluster role binding");
+    {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        fixtures::apply(
+            &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+            &object("optional/validatingadmissionpolicy-sidecar-migrations.json"),
+        )
+        .await
+        .expect("apply the sidecar migrations' admission policy");
+        fixtures::apply(
+            &Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+            &object("optional/validatingadmissionpolicybinding-sidecar-migrations.json"),
+        )
+        .await
+        .expect("apply the sidecar migrations' admission policy binding");
+    }
     for (role, binding) in [
         ("role-lease.json", "rolebinding-lease.json"),
         ("role-events.json", "rolebinding-events.json"),

@@ -23,6 +23,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end }}
 
+{{- define "ztunnel-rollout.deniedNamespaces" -}}
+[{{- range $i, $n := concat .Values.sidecarMigrations.deniedNamespaces (list .Values.ztunnel.namespace) | uniq }}{{ if $i }}, {{ end }}'{{ $n }}'{{- end }}]
+{{- end }}
+
 {{- define "ztunnel-rollout.ports" -}}
 {{- range . }}
 - protocol: TCP
