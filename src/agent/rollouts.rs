@@ -15,8 +15,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use ztunnel_rollout_core::labels::FINALIZER;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_core::rollout::pass::{
-    Effect, Memory, Outcome, PassConfig, Plan, RolloutView, Snapshot, decide, held_back_status,
+    CallError, CallKind, Effect, Memory, Outcome, PassConfig, Plan, RolloutView, Snapshot, decide,
+    held_back_status,
 };
+use ztunnel_rollout_core::rollout::status::RolloutPhase;
 
 use super::effects::EffectRunner;
 use super::events::EventSink;
@@ -26,7 +28,7 @@ use super::orphans::OrphanSweep;
 use super::snapshot::{CacheLookups, Source, created, others};
 use crate::api::ZtunnelRollout;
 use crate::leader::{Leadership, NotLeader};
-use crate::metrics::{Metrics, PhaseLabels, RolloutLabels, VerdictLabels};
+use crate::metrics::{Metrics, PhaseLabels, RolloutLabels, StepLabels, VerdictLabels};
 
 #[derive(Debug, Clone)]
 pub struct RolloutSettings {
@@ -50,6 +52,8 @@ struct Term {
     /// The rollout was finished and cleaned at this resourceVersion: passes skip it
     /// until the object changes, or until `wake` (its retention's end).
     finished_at_version: Option<String>,
+    /// When each node in flight entered its phase, as this term saw it (step durations).
+    entered: HashMap<String, Timestamp>,
     /// When the last pass asked to look again.
     wake: Option<Instant>,
 }
@@ -198,7 +202,9 @@ impl Rollouts {
         if !self.terms.contains_key(uid) {
             let term = self.start_term(r, &name).await;
             self.terms.insert(uid.to_owned(), term);
+            self.start_series(&name);
         }
+        self.count_release_failures(&name, &outcomes);
         let spec = &r.spec;
         let ds = self
             .source
@@ -252,6 +258,8 @@ impl Rollouts {
         );
         term.finished_at_version = plan.finished.then(|| r.resource_version()).flatten();
         term.wake = plan.wake_at.map(wake_at);
+        let oldest_cordon = oldest_cordon(&term.memory);
+        let steps = step_durations(&mut term.entered, &plan.transitions);
         if tracing::enabled!(tracing::Level::DEBUG) && !plan.effects.is_empty() {
             let effects: Vec<String> = plan
                 .effects
@@ -263,7 +271,7 @@ impl Rollouts {
                 .collect();
             debug!(standing = ?plan.standing.as_ref().map(|s| &s.reason), deleting = r.metadata.deletion_timestamp.is_some(), "pass: {}", effects.join("; "));
         }
-        self.record_metrics(&name, &plan);
+        self.record_metrics(&name, &plan, oldest_cordon, &steps);
         let reference = r.object_ref(&());
         let wake = plan.wake_at.map(wake_at);
         self.effects
@@ -296,14 +304,58 @@ impl Rollouts {
                 &owned,
             ),
             finished_at_version: None,
+            entered: HashMap::new(),
             wake: None,
         }
     }
 
-    fn record_metrics(&self, rollout: &str, plan: &Plan) {
+    fn record_metrics(
+        &self,
+        rollout: &str,
+        plan: &Plan,
+        oldest_cordon: Option<Timestamp>,
+        steps: &[(NodePhase, f64)],
+    ) {
         let labels = RolloutLabels {
             rollout: rollout.to_owned(),
         };
+        for (step, secs) in steps {
+            self.metrics
+                .step_duration_seconds
+                .get_or_create(&StepLabels {
+                    rollout: rollout.to_owned(),
+                    step: step.as_str().to_owned(),
+                })
+                .observe(*secs);
+        }
+        if let Some(at) = plan.transitions.iter().map(|t| t.at).max() {
+            self.metrics
+                .last_progress
+                .get_or_create(&labels)
+                .set(unix_seconds(at));
+        }
+        match oldest_cordon {
+            Some(at) => {
+                self.metrics
+                    .oldest_cordon
+                    .get_or_create(&labels)
+                    .set(unix_seconds(at));
+            }
+            None => {
+                self.metrics.oldest_cordon.remove(&labels);
+            }
+        }
+        if let Some(standing) = &plan.standing {
+            for phase in RolloutPhase::ALL {
+                self.metrics
+                    .rollout_phase
+                    .get_or_create(&PhaseLabels {
+                        rollout: rollout.to_owned(),
+                        phase: phase.as_str().to_owned(),
+                    })
+                    .set(i64::from(phase == standing.phase));
+            }
+        }
         for t in &plan.transitions {
             match t.to {
                 NodePhase::Done => {
@@ -341,6 +393,63 @@ impl Rollouts {
                     })
                     .set(*count);
             }
+        }
+    }
+
+    /// A new term's series: the stall clock starts afresh (the term knows nothing older),
+    /// and the counters and histograms exist at 0, so that `increase()` and `rate()` see
+    /// their first event.
+    fn start_series(&self, rollout: &str) {
+        let labels = RolloutLabels {
+            rollout: rollout.to_owned(),
+        };
+        self.metrics
+            .last_progress
+            .get_or_create(&labels)
+            .set(unix_seconds(Timestamp::now()));
+        self.metrics
+            .release_failures
+            .get_or_create(&labels)
+            .inc_by(0);
+        self.metrics.node_failures.get_or_create(&labels).inc_by(0);
+        drop(self.metrics.node_duration_seconds.get_or_create(&labels));
+        for step in NodePhase::ALL.into_iter().filter(|p| p.in_flight()) {
+            drop(
+                self.metrics
+                    .step_duration_seconds
+                    .get_or_create(&StepLabels {
+                        rollout: rollout.to_owned(),
+                        step: step.as_str().to_owned(),
+                    }),
+            );
+        }
+        for result in ["passed", "failed"] {
+            self.metrics
+                .verifications
+                .get_or_create(&VerdictLabels {
+                    rollout: rollout.to_owned(),
+                    result: result.to_owned(),
+                })
+                .inc_by(0);
+        }
+    }
+
+    /// Counts the release (uncordon) calls that came back failed: each is retried.
+    fn count_release_failures(&self, rollout: &str, outcomes: &[Outcome]) {
+        let failed = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(o, Outcome::Call { call, result: Err(CallError::Api(_)) }
+                    if matches!(call.kind, CallKind::Release { .. }))
+            })
+            .count();
+        if failed > 0 {
+            self.metrics
+                .release_failures
+                .get_or_create(&RolloutLabels {
+                    rollout: rollout.to_owned(),
+                })
+                .inc_by(u64::try_from(failed).unwrap_or(u64::MAX));
         }
     }
 
@@ -421,4 +530,108 @@ pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
 pub(super) fn wake_at(t: Timestamp) -> Instant {
     let d = std::time::Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
     Instant::now() + d + std::time::Duration::from_millis(10)
+}
+
+/// When the rollout cordoned the longest-held node a cordon of it may still be on.
+fn oldest_cordon(memory: &Memory) -> Option<Timestamp> {
+    memory
+        .nodes
+        .values()
+        .filter(|n| n.touched)
+        .filter_map(|n| n.tracked.started)
+        .min()
+}
+
+/// The time each transition's node spent in the phase it left, for the phases of a
+/// node's sequence (from its cordon to its release); `entered` follows the nodes in
+/// flight. A step this term did not see start (a new leader's first) is not measured,
+/// except the drain, whose start is the cordon's.
+fn step_durations(
+    entered: &mut HashMap<String, Timestamp>,
+    transitions: &[ztunnel_rollout_core::rollout::pass::Transition],
+) -> Vec<(NodePhase, f64)> {
+    let mut steps = Vec::new();
+    for t in transitions {
+        let since = entered
+            .remove(&t.node)
+            .or_else(|| t.started.filter(|_| t.from == NodePhase::Cordoned));
+        if let Some(since) = since
+            && t.from.in_flight()
+        {
+            steps.push((t.from, t.at.duration_since(since).as_secs_f64().max(0.0)));
+        }
+        if t.to.in_flight() {
+            entered.insert(t.node.clone(), t.at);
+        }
+    }
+    steps
+}
+
+/// `at` as Unix seconds, for timestamp gauges.
+fn unix_seconds(at: Timestamp) -> f64 {
+    at.as_millisecond() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztunnel_rollout_core::rollout::pass::Transition;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("a timestamp")
+    }
+
+    fn transition(node: &str, from: NodePhase, to: NodePhase, secs: i64) -> Transition {
+        Transition {
+            node: node.to_owned(),
+            from,
+            to,
+            message: String::new(),
+            started: Some(at(0)),
+            at: at(secs),
+        }
+    }
+
+    #[test]
+    fn each_step_lasts_from_entering_its_phase_to_leaving_it() {
+        use NodePhase::*;
+        let mut entered = HashMap::new();
+        let steps = step_durations(
+            &mut entered,
+            &[
+                transition("n1", Pending, Cordoned, 0),
+                transition("n1", Cordoned, Drained, 30),
+                transition("n2", Pending, Cordoned, 31),
+            ],
+        );
+        assert_eq!(steps, vec![(Cordoned, 30.0)]);
+        let steps = step_durations(
+            &mut entered,
+            &[
+                transition("n1", Drained, ZtunnelReplaced, 32),
+                transition("n1", ZtunnelReplaced, ZtunnelReady, 40),
+                transition("n1", ZtunnelReady, Failed, 45),
+            ],
+        );
+        assert_eq!(
+            steps,
+            vec![(Drained, 2.0), (ZtunnelReplaced, 8.0), (ZtunnelReady, 5.0)]
+        );
+        assert_eq!(entered.keys().collect::<Vec<_>>(), vec!["n2"], "n1 is done");
+    }
+
+    #[test]
+    fn a_new_term_measures_only_the_steps_it_saw_start_and_the_drain_from_the_cordon() {
+        use NodePhase::*;
+        let mut entered = HashMap::new();
+        let steps = step_durations(
+            &mut entered,
+            &[
+                transition("n1", Cordoned, Drained, 20),
+                transition("n2", ZtunnelReady, Verified, 25),
+            ],
+        );
+        assert_eq!(steps, vec![(Cordoned, 20.0)]);
+        assert_eq!(entered.len(), 2);
+    }
 }

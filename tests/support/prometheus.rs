@@ -285,10 +285,28 @@ fn free_port() -> u16 {
     ztunnel_rollout_testbed::control_plane::free_port().expect("a free port")
 }
 
+/// What Prometheus scrapes and evaluates besides the simulated ztunnels.
+#[derive(Default)]
+pub struct AgentScrape<'a> {
+    /// The agent's metrics address (`host:port`), scraped as job `ztunnel-rollout`.
+    pub agent_metrics: Option<&'a str>,
+    /// Rule files Prometheus loads (evaluated every second).
+    pub rule_files: &'a [std::path::PathBuf],
+}
+
 impl Prometheus {
     /// Starts Prometheus scraping every node's endpoint on `server` each second (job
     /// `ztunnel`, label `node`). Panics with how to install it when it is missing.
     pub async fn start(server: Option<&ZtunnelMetricsServer>, nodes: &[String]) -> Prometheus {
+        Self::start_with(server, nodes, &AgentScrape::default()).await
+    }
+
+    /// [`Prometheus::start`], also scraping the agent and loading rule files.
+    pub async fn start_with(
+        server: Option<&ZtunnelMetricsServer>,
+        nodes: &[String],
+        agent: &AgentScrape<'_>,
+    ) -> Prometheus {
         let binary = std::env::var("PROMETHEUS_BINARY").unwrap_or_else(|_| "prometheus".into());
         if Command::new(&binary).arg("--version").output().is_err() {
             panic!(
@@ -308,6 +326,17 @@ impl Prometheus {
                     "      - targets: ['{}']\n        labels: {{node: '{node}', __metrics_path__: '/metrics/{node}'}}\n",
                     server.address
                 ));
+            }
+        }
+        if let Some(address) = agent.agent_metrics {
+            config.push_str(&format!(
+                "  - job_name: ztunnel-rollout\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{address}']\n"
+            ));
+        }
+        if !agent.rule_files.is_empty() {
+            config.push_str("rule_files:\n");
+            for file in agent.rule_files {
+                config.push_str(&format!("  - '{}'\n", file.display()));
             }
         }
         let config_path = data.path().join("prometheus.yml");
@@ -357,6 +386,47 @@ impl Prometheus {
             Duration::from_secs(5),
         )
         .await
+    }
+
+    /// GETs `path_and_query` of the HTTP API and returns its `data`, failing the test on
+    /// an error or an answer that is not `"status": "success"`.
+    pub async fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let url = format!("{}{path_and_query}", self.url);
+        let body = ztunnel_rollout::health::http_client::HttpClient::new()
+            .get(&url, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(answer["status"], "success", "GET {url}: {answer}");
+        answer["data"].clone()
+    }
+
+    /// Evaluates `query` now and returns its instant vector's samples (labels, value).
+    pub async fn vector(&self, query: &str) -> Vec<(serde_json::Value, f64)> {
+        let params = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", query)
+            .finish();
+        let data = self.api(&format!("/api/v1/query?{params}")).await;
+        assert_eq!(data["resultType"], "vector", "{query}: {data}");
+        data["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{query}: no result in {data}"))
+            .iter()
+            .map(|sample| {
+                let value = sample["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("{query}: a sample without a value: {sample}"));
+                (sample["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// The alerts Prometheus holds now (pending and firing), from `/api/v1/alerts`.
+    pub async fn alerts(&self) -> Vec<serde_json::Value> {
+        let data = self.api("/api/v1/alerts").await;
+        data["alerts"].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits until `query` returns at least `value` (e.g. every target scraped twice).

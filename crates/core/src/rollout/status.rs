@@ -192,6 +192,20 @@ pub enum RolloutPhase {
 }
 
 impl RolloutPhase {
+    pub const ALL: [RolloutPhase; 11] = [
+        RolloutPhase::Pending,
+        RolloutPhase::Progressing,
+        RolloutPhase::Paused,
+        RolloutPhase::Blocked,
+        RolloutPhase::Complete,
+        RolloutPhase::Aborted,
+        RolloutPhase::RollingBack,
+        RolloutPhase::RolledBack,
+        RolloutPhase::AwaitingApproval,
+        RolloutPhase::OutsideWindow,
+        RolloutPhase::Aborting,
+    ];
+
     /// Complete, RolledBack and Aborted are final.
     pub fn is_terminal(self) -> bool {
         matches!(
