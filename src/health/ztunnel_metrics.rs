@@ -67,11 +67,11 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
+        // The line is not quoted: nothing of an answer reaches status or Events.
         let malformed = || {
             format!(
-                "malformed: line {} is not in the Prometheus text format: {:?}",
-                i + 1,
-                trimmed.chars().take(80).collect::<String>()
+                "malformed: line {} is not in the Prometheus text format",
+                i + 1
             )
         };
         let LineInfo::Sample {
@@ -100,8 +100,15 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
             let flags = labels
                 .and_then(|l| label_value(l, "response_flags"))
                 .unwrap_or_else(|| "-".to_owned());
-            let key = if out.failed_by_flags.len() < MAX_FLAGS
-                || out.failed_by_flags.contains_key(&flags)
+            // Flags are short tokens (`UF`, `DC,UF`); anything else is not repeated.
+            let token = !flags.is_empty()
+                && flags.len() <= 32
+                && flags
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | '-'));
+            let key = if token
+                && (out.failed_by_flags.len() < MAX_FLAGS
+                    || out.failed_by_flags.contains_key(&flags))
             {
                 flags
             } else {
