@@ -204,12 +204,24 @@ istio_tcp_connections_failed_total 1
     }
 
     #[test]
-    fn a_malformed_exposition_is_an_error_naming_the_line() {
+    fn a_malformed_exposition_is_an_error_naming_the_line_not_quoting_it() {
         let e = read(
             "workload_manager_active_proxy_count 3\n<html>oops</html>\n",
             0.0,
         )
         .unwrap_err();
-        assert!(e.contains("line 2") && e.contains("<html>"), "{e}");
+        assert!(e.contains("line 2") && !e.contains("oops"), "{e}");
+    }
+
+    #[test]
+    fn response_flags_other_than_short_tokens_are_not_repeated() {
+        let text = format!(
+            "{FAILED_CONNECTIONS}{{response_flags=\"<script>secret text</script>\"}} 2\n{FAILED_CONNECTIONS}{{response_flags=\"UF\"}} 1\n"
+        );
+        let s = read(&text, 0.0).unwrap();
+        assert_eq!(
+            s.failed_by_flags,
+            BTreeMap::from([(OTHER_FLAGS.to_owned(), 2.0), ("UF".to_owned(), 1.0)])
+        );
     }
 }
