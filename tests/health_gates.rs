@@ -207,7 +207,7 @@ fn one_node_rollout(
 
 #[tokio::test]
 async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_closed() {
-    let env = TestEnv::new("gate-errors", 3).await;
+    let env = TestEnv::new("gate-errors", 5).await;
     agent_support::install(&env.client).await;
     let ztunnel = support::apply_ztunnel(
         &env,
@@ -222,6 +222,19 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("address").port()
     };
+    // Answers whose text must not reach the rollout's status or Events.
+    let error_page = answer_always(
+        "500 Internal Server Error",
+        &format!(r#"{{"status":"error","errorType":"{SECRET}","error":"{SECRET}"}}"#),
+    )
+    .await;
+    let garbage = answer_always(
+        "200 OK",
+        &format!(
+            r#"{{"status":"success","data":{{"resultType":"scalar","result":[1,"{SECRET}"]}}}}"#
+        ),
+    )
+    .await;
     let cases = [
         (
             "unreachable",
@@ -241,6 +254,8 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
             "no_such_metric_total",
             "returned no data (failing closed: noData is Fail)",
         ),
+        ("errorbody", error_page, "up", "HTTP 500"),
+        ("garbage", garbage, "up", "malformed answer"),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&env, &dir);
@@ -271,10 +286,158 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
         assert_eq!(reason, "NodeFailed", "{case}");
         assert!(message.contains(expected), "{case}: {message}");
         // Done with it: an abort releases the failed node and ends the rollout.
+        assert!(
+            !format!("{:?}", paused.status).contains(SECRET),
+            "{case}: {:?}",
+            paused.status
+        );
         agent_support::abort(&env.client, &name, &agent).await;
         assert!(
             !support::is_cordoned(&env.client, node).await,
             "{case}: the abort released the failed node"
+        );
+    }
+    // Nothing of the answers' text in any Event (the failures were told: NodeFailed).
+    let events = Api::<k8s_openapi::api::core::v1::Event>::all(env.client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list Events");
+    let ours: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| {
+            let involved = e.involved_object.name.as_deref().unwrap_or_default();
+            involved.starts_with(&env.namespace) || env.nodes.iter().any(|n| n == involved)
+        })
+        .collect();
+    assert!(
+        ours.iter()
+            .any(|e| e.reason.as_deref() == Some("NodeFailed")),
+        "no NodeFailed Event: {ours:?}"
+    );
+    for e in ours {
+        assert!(
+            !format!("{e:?}").contains(SECRET),
+            "an Event repeats an answer's text: {e:?}"
+        );
+    }
+}
+
+/// Text that a health check's answer carries and nothing may repeat.
+const SECRET: &str = "s3cr3t-answer-text";
+
+/// A server on loopback answering every request with `status` and `body` (JSON); its URL.
+async fn answer_always(status: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A rollout whose Prometheus URL the agent does not allow (another host than the
+/// allowed prefix's, a cloud metadata address) is Blocked naming the URL, the allowed
+/// prefixes and the flag, and no node is cordoned; another agent allowing the URL runs
+/// it.
+#[tokio::test]
+async fn a_prometheus_url_the_agent_does_not_allow_blocks_the_rollout_before_any_node() {
+    let env = TestEnv::new("gate-url", 2).await;
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir);
+    let cases = [
+        (
+            "otherhost",
+            "http://localhost:9090".to_owned(),
+            "only URLs under",
+        ),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data".to_owned(),
+            "always refused",
+        ),
+    ];
+    for ((case, url, expected), node) in cases.iter().zip(&env.nodes) {
+        let name = format!("{}-{case}", env.namespace);
+        agent_support::create(
+            &env.client,
+            &one_node_rollout(&env, &name, node, url, "vector(0)"),
+        )
+        .await;
+        let blocked = agent_support::wait_for_phase(
+            &env.client,
+            &name,
+            "Blocked",
+            Duration::from_secs(60),
+            &[&agent],
+        )
+        .await;
+        let (_, reason, message) = condition(&blocked, "Degraded");
+        assert_eq!(reason, "PrometheusURLNotAllowed", "{case}: {message}");
+        assert!(
+            message.contains(url.as_str())
+                && message.contains(expected)
+                && message.contains("--allowed-prometheus-url-prefix"),
+            "{case}: {message}"
+        );
+        if *case == "otherhost" {
+            assert!(
+                message.contains(agent_support::ALLOWED_PROMETHEUS),
+                "{case}: names the allowed prefixes: {message}"
+            );
+        }
+        assert!(
+            !support::is_cordoned(&env.client, node).await,
+            "{case}: {node} was cordoned"
+        );
+        let n = Api::<k8s_openapi::api::core::v1::Node>::all(env.client.clone())
+            .get(node)
+            .await
+            .expect("node");
+        assert!(
+            !n.metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key(ztunnel_rollout_core::labels::OWNER_ANNOTATION),
+            "{case}: {node} is owned"
+        );
+        assert!(
+            blocked
+                .status
+                .as_ref()
+                .is_none_or(|s| s.nodes.iter().all(|n| n.phase == NodePhase::Pending)),
+            "{case}: {:?}",
+            blocked.status
         );
     }
 }

@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::health_server::{self, HealthServerError, Readiness};
+use crate::health_server::{self, HealthServerError, Liveness, Readiness};
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use events::EventSink;
@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// Only rollouts matching this label selector.
     pub rollout_selector: Option<String>,
+    /// `/livez` fails once the loop has not turned for this long (see [`lead`]).
+    pub liveness_bound: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +74,12 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
+    let liveness = Liveness::new(config.liveness_bound);
     let (address, serve) = health_server::bind(
         config.metrics_address,
         Arc::new(registry),
         readiness.clone(),
+        liveness.clone(),
     )
     .await?;
     info!(%address, "serving /metrics, /livez and /readyz");
@@ -101,12 +105,19 @@ pub async fn run(
     );
 
     let mut shutdown = std::pin::pin!(shutdown);
-    tokio::select! {
-        _ = observed.synced() => {}
-        _ = &mut shutdown => {
-            drop(reconciler);
-            drop(migrations);
-            return finish(client, &config, lease_task, server, events_task).await;
+    // Waiting for the watches is a turn of the loop too: the watchers retry on their own
+    // (readiness says whether they synced), liveness only that this task still runs.
+    let mut synced = std::pin::pin!(observed.synced());
+    loop {
+        liveness.tick();
+        tokio::select! {
+            _ = &mut synced => break,
+            _ = tokio::time::sleep(tick_every(config.liveness_bound)) => {}
+            _ = &mut shutdown => {
+                drop(reconciler);
+                drop(migrations);
+                return finish(client, &config, lease_task, server, events_task).await;
+            }
         }
     }
     readiness.set(true);
@@ -121,6 +132,7 @@ pub async fn run(
         &observed,
         &metrics,
         &config,
+        &liveness,
         shutdown.as_mut(),
     )
     .await;
@@ -132,28 +144,43 @@ pub async fn run(
     finish(client, &config, lease_task, server, events_task).await
 }
 
+/// How often a waiting loop ticks [`Liveness`]: well inside its bound.
+fn tick_every(bound: Duration) -> Duration {
+    bound / 4
+}
+
 /// The rollouts' loop, until `shutdown`: waits for the lease, then runs passes — one at
 /// most every `MIN_PASS_INTERVAL`, and again when a watch changes, a pass's wake-up
 /// time comes, or the lease is due for a look.
+///
+/// Every turn ticks `liveness`, and so does the wait for the lease (at `tick_every`): a
+/// replica that does not lead stays live, a pass that never returns stops the ticks.
 async fn lead(
     reconciler: &mut Rollouts,
     leadership: &mut crate::leader::Leadership,
     observed: &Observed,
     metrics: &Metrics,
     config: &AgentConfig,
+    liveness: &Liveness,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) {
     let mut leading = false;
     let mut last_pass = Instant::now();
+    let tick = tick_every(liveness.bound());
     loop {
+        liveness.tick();
         if !leadership.is_leader() {
             metrics.is_leader.set(0);
             reconciler.reset();
             leading = false;
             info!(lease = %format!("{}/{}", config.leader.namespace, config.leader.lease_name), "waiting for the lease");
-            tokio::select! {
-                _ = leadership.acquired() => {}
-                _ = shutdown.as_mut() => break,
+            let mut acquired = std::pin::pin!(leadership.acquired());
+            loop {
+                tokio::select! {
+                    _ = &mut acquired => break,
+                    _ = tokio::time::sleep(tick) => liveness.tick(),
+                    _ = shutdown.as_mut() => return,
+                }
             }
         }
         if !leading {
@@ -185,6 +212,8 @@ async fn lead(
             _ = tokio::time::sleep_until(deadline) => {}
             // Leadership can lapse without any event: look again before it would.
             _ = tokio::time::sleep(config.leader.renew_every()) => {}
+            // An idle loop turns too, or it would not be live.
+            _ = tokio::time::sleep(tick) => {}
             _ = shutdown.as_mut() => break,
         }
     }

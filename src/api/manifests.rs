@@ -304,7 +304,9 @@ pub fn deployment() -> Value {
                             { "name": "ZTUNNEL_ROLLOUT_METRICS_ADDRESS", "value": format!("0.0.0.0:{METRICS_PORT}") },
                         ],
                         "ports": [{ "name": "metrics", "containerPort": METRICS_PORT }],
-                        "livenessProbe": { "httpGet": { "path": "/livez", "port": "metrics" } },
+                        // /livez fails once the loop has not turned for --liveness-timeout
+                        // (5m); three misses 10s apart restart the agent.
+                        "livenessProbe": { "httpGet": { "path": "/livez", "port": "metrics" }, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3 },
                         "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
                         "resources": {
                             "requests": { "cpu": "50m", "memory": "64Mi" },

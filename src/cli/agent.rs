@@ -52,6 +52,22 @@ pub struct AgentArgs {
     /// exists (removed without its finalizer) and releases them.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_ORPHAN_SWEEP_INTERVAL")]
     pub orphan_sweep_interval: Duration,
+    /// `/livez` fails (503) once the agent's loop has not turned for this long: a pass
+    /// stuck on a call that never answers. Passes take milliseconds; the loop also turns
+    /// while it waits for the lease or for events, so only a stuck replica fails.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "ZTUNNEL_ROLLOUT_LIVENESS_TIMEOUT")]
+    pub liveness_timeout: Duration,
+    /// A URL prefix health gates' Prometheus URLs may use (repeat the flag, or separate
+    /// with commas in the variable), e.g. `http://prometheus.monitoring:9090`. None by
+    /// default: a rollout with Prometheus queries is Blocked until its URL is allowed.
+    /// Link-local and cloud metadata addresses and non-http(s) URLs are refused always.
+    #[arg(
+        long = "allowed-prometheus-url-prefix",
+        env = "ZTUNNEL_ROLLOUT_ALLOWED_PROMETHEUS_URL_PREFIXES",
+        value_delimiter = ',',
+        value_parser = parse_url_prefix
+    )]
+    pub allowed_prometheus_url_prefixes: Vec<String>,
 }
 
 pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -65,6 +81,12 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
         anyhow::bail!(
             "--orphan-sweep-interval {:?} is too short: at least 1s",
             args.orphan_sweep_interval
+        );
+    }
+    if args.liveness_timeout < Duration::from_secs(1) {
+        anyhow::bail!(
+            "--liveness-timeout {:?} is too short: at least 1s",
+            args.liveness_timeout
         );
     }
     let client =
@@ -81,6 +103,10 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
             config: PassConfig {
                 status_interval: k8s_openapi::jiff::SignedDuration::try_from(args.status_interval)
                     .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(1)),
+                allowed_prometheus_url_prefixes: args
+                    .allowed_prometheus_url_prefixes
+                    .clone()
+                    .into(),
                 ..Default::default()
             },
             agent_node: args.node_name.clone(),
@@ -88,6 +114,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
         },
         resync: Duration::from_secs(30),
         rollout_selector: args.rollout_selector.clone(),
+        liveness_bound: args.liveness_timeout,
     };
     agent::run(client, config, shutdown_signal())
         .await
@@ -99,6 +126,10 @@ fn parse_selector(text: &str) -> Result<String, String> {
     ztunnel_rollout_core::label_selector::Selector::parse(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
+}
+
+fn parse_url_prefix(text: &str) -> Result<String, String> {
+    ztunnel_rollout_core::health::url_policy::check_target(text).map(|()| text.to_owned())
 }
 
 /// Ctrl-C or SIGTERM (what the kubelet sends).

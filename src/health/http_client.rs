@@ -11,7 +11,11 @@
 //!   workloads serves a few hundred KiB), and it is read while the slot is held
 //!   ([`HttpClient::fetch`]), so the memory of answers is at most slots × the cap.
 //!
-//! Errors say which URL failed and how.
+//! Errors say which URL failed and how, in a few words of a fixed set — the HTTP status,
+//! timeout, connection refused, TLS, too large, … — never with text of the answer: they
+//! reach the rollout's status and Events, and the server at the URL is not trusted to
+//! say only harmless things. (The transport's own error chain goes to the agent's log,
+//! at debug.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::debug;
 use ztunnel_rollout_core::duration::format_duration;
 
 /// Answers larger than this fail the check: 4 MiB, ten times what a ztunnel proxying a
@@ -48,18 +53,23 @@ pub enum FetchError {
     )]
     NoSlot { url: String, slots: usize },
     #[error("{url}: unreachable: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("{url}: HTTP {status}: {body}")]
+    Unreachable { url: String, reason: &'static str },
+    /// A non-2xx answer. `excerpt` (its first [`EXCERPT`] bytes) is for classifying the
+    /// answer (e.g. Prometheus's error type), never shown.
+    #[error("{url}: HTTP {status}")]
     Status {
         url: String,
         status: u16,
-        body: String,
+        excerpt: Vec<u8>,
     },
     #[error("{url}: the answer is larger than {} MiB, the limit on a health-check answer", .limit / (1024 * 1024))]
     TooLarge { url: String, limit: usize },
     #[error("{url}: reading the answer failed: {reason}")]
-    Body { url: String, reason: String },
+    Body { url: String, reason: &'static str },
 }
+
+/// How much of a non-2xx answer is kept to classify it.
+pub const EXCERPT: usize = 4096;
 
 /// How long one fetch may take: `timeout` once it has a slot, and all of it by
 /// `deadline`, if any.
@@ -134,9 +144,9 @@ impl HttpClient {
                 })?,
             }
             // The semaphore is never closed.
-            .map_err(|e| FetchError::Body {
+            .map_err(|_| FetchError::Body {
                 url: url.to_owned(),
-                reason: e.to_string(),
+                reason: "no slot",
             })?;
         let own = Instant::now() + bounds.timeout;
         let (until, cut) = match bounds.deadline {
@@ -166,14 +176,14 @@ impl HttpClient {
             url: url.to_owned(),
             limit: MAX_BODY,
         };
-        let response = self
-            .client
-            .get(uri)
-            .await
-            .map_err(|e| FetchError::Unreachable {
+        let response = self.client.get(uri).await.map_err(|e| {
+            let reason = classify(&e, "connection failed");
+            debug!(url, error = %error_chain(&e), reason, "health check request failed");
+            FetchError::Unreachable {
                 url: url.to_owned(),
-                reason: error_chain(&e),
-            })?;
+                reason,
+            }
+        })?;
         let status = response.status();
         let announced = response
             .headers()
@@ -185,9 +195,13 @@ impl HttpClient {
         let mut body = response.into_body();
         let mut out = Vec::with_capacity(announced.unwrap_or(0));
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FetchError::Body {
-                url: url.to_owned(),
-                reason: error_chain(&e),
+            let frame = frame.map_err(|e| {
+                let reason = classify(&e, "the answer was cut off");
+                debug!(url, error = %error_chain(&e), reason, "health check answer failed");
+                FetchError::Body {
+                    url: url.to_owned(),
+                    reason,
+                }
             })?;
             if let Ok(data) = frame.into_data() {
                 if out.len() + data.len() > MAX_BODY {
@@ -197,13 +211,11 @@ impl HttpClient {
             }
         }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&out[..out.len().min(300)])
-                .trim()
-                .to_owned();
+            out.truncate(EXCERPT);
             return Err(FetchError::Status {
                 url: url.to_owned(),
                 status: status.as_u16(),
-                body: text,
+                excerpt: out,
             });
         }
         Ok(out)
@@ -244,6 +256,47 @@ fn connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
         }
     };
     builder.https_or_http().enable_http1().build()
+}
+
+/// A few words for what failed, from the error's chain: its I/O error's kind, TLS, DNS;
+/// `otherwise` when none says.
+fn classify(e: &(dyn std::error::Error + 'static), otherwise: &'static str) -> &'static str {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return "TLS failed";
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return "TLS failed";
+            }
+            use std::io::ErrorKind;
+            match io.kind() {
+                ErrorKind::ConnectionRefused => return "connection refused",
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                    return "connection reset";
+                }
+                ErrorKind::TimedOut => return "timeout",
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    return "host unreachable";
+                }
+                ErrorKind::UnexpectedEof => return "the answer was cut off",
+                _ => {}
+            }
+        }
+        source = s.source();
+    }
+    let text = error_chain(e).to_ascii_lowercase();
+    if text.contains("dns error") || text.contains("failed to lookup") {
+        "DNS lookup failed"
+    } else if text.contains("tls") || text.contains("certificate") {
+        "TLS failed"
+    } else {
+        otherwise
+    }
 }
 
 /// "client error (Connect): tcp connect error: Connection refused (os error 111)".

@@ -5,6 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::gates::{QueryAnswer, parse_query_answer};
 use super::http_client::{Bounds, FetchError, HttpClient};
+use ztunnel_rollout_core::health::query_answer::{error_type, refusal};
 
 /// Evaluates `query` at `at` (now when `None`): a number, no data, or an error naming the
 /// server and what went wrong.
@@ -30,13 +31,14 @@ pub async fn query(
     match client.fetch(&url, bounds, parse_query_answer).await {
         Ok(answer) => answer,
         Err(e) => {
-            // Prometheus answers a bad query with 400 and its JSON error: show that.
-            if let FetchError::Status { body, status, .. } = &e
-                && (400..500).contains(status)
-                && let Err(refusal) = parse_query_answer(body.as_bytes())
-                && refusal.starts_with("Prometheus refused")
+            // Prometheus answers a bad query with 4xx and a JSON error: say its error
+            // type (never its message: nothing of an answer is repeated).
+            if let FetchError::Status {
+                excerpt, status, ..
+            } = &e
+                && let Some(kind) = error_type(excerpt)
             {
-                return Err(refusal);
+                return Err(refusal(Some(&kind), Some(*status)));
             }
             Err(format!("Prometheus {e}"))
         }

@@ -67,11 +67,11 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
+        // The line is not quoted: nothing of an answer reaches status or Events.
         let malformed = || {
             format!(
-                "malformed: line {} is not in the Prometheus text format: {:?}",
-                i + 1,
-                trimmed.chars().take(80).collect::<String>()
+                "malformed: line {} is not in the Prometheus text format",
+                i + 1
             )
         };
         let LineInfo::Sample {
@@ -100,8 +100,15 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
             let flags = labels
                 .and_then(|l| label_value(l, "response_flags"))
                 .unwrap_or_else(|| "-".to_owned());
-            let key = if out.failed_by_flags.len() < MAX_FLAGS
-                || out.failed_by_flags.contains_key(&flags)
+            // Flags are short tokens (`UF`, `DC,UF`); anything else is not repeated.
+            let token = !flags.is_empty()
+                && flags.len() <= 32
+                && flags
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | '-'));
+            let key = if token
+                && (out.failed_by_flags.len() < MAX_FLAGS
+                    || out.failed_by_flags.contains_key(&flags))
             {
                 flags
             } else {
@@ -197,12 +204,24 @@ istio_tcp_connections_failed_total 1
     }
 
     #[test]
-    fn a_malformed_exposition_is_an_error_naming_the_line() {
+    fn a_malformed_exposition_is_an_error_naming_the_line_not_quoting_it() {
         let e = read(
             "workload_manager_active_proxy_count 3\n<html>oops</html>\n",
             0.0,
         )
         .unwrap_err();
-        assert!(e.contains("line 2") && e.contains("<html>"), "{e}");
+        assert!(e.contains("line 2") && !e.contains("oops"), "{e}");
+    }
+
+    #[test]
+    fn response_flags_other_than_short_tokens_are_not_repeated() {
+        let text = format!(
+            "{FAILED_CONNECTIONS}{{response_flags=\"<script>secret text</script>\"}} 2\n{FAILED_CONNECTIONS}{{response_flags=\"UF\"}} 1\n"
+        );
+        let s = read(&text, 0.0).unwrap();
+        assert_eq!(
+            s.failed_by_flags,
+            BTreeMap::from([(OTHER_FLAGS.to_owned(), 2.0), ("UF".to_owned(), 1.0)])
+        );
     }
 }

@@ -280,6 +280,9 @@ pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -
     spawn(tag, kubeconfig, lease, identity, &[])
 }
 
+/// The Prometheus URL prefix the tests' agents allow (any port of 127.0.0.1).
+pub const ALLOWED_PROMETHEUS: &str = "http://127.0.0.1";
+
 /// The agent's flags for the rollouts labelled `TEST_LABEL=tag`, on `lease`, as
 /// `identity`, serving metrics at `metrics`.
 pub fn flags(tag: &str, lease: &str, identity: &str, metrics: &str) -> Vec<String> {
@@ -292,6 +295,9 @@ pub fn flags(tag: &str, lease: &str, identity: &str, metrics: &str) -> Vec<Strin
         metrics,
         "--rollout-selector",
         &format!("{TEST_LABEL}={tag}"),
+        // The tests' Prometheus and endpoints listen on loopback, on any port.
+        "--allowed-prometheus-url-prefix",
+        ALLOWED_PROMETHEUS,
     ]
     .map(str::to_owned)
     .to_vec()

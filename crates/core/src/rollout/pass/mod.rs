@@ -62,6 +62,9 @@ pub struct PassConfig {
     /// The agent may drain the node it runs on without handing the lease over first
     /// (it handed it over once and got it back: no other replica took it).
     pub may_drain_own_node: bool,
+    /// The URL prefixes a rollout's Prometheus URL may use (`health::url_policy`); a
+    /// rollout whose URL is under none is Blocked.
+    pub allowed_prometheus_url_prefixes: std::sync::Arc<[String]>,
 }
 
 impl Default for PassConfig {
@@ -69,6 +72,7 @@ impl Default for PassConfig {
         Self {
             status_interval: SignedDuration::from_secs(1),
             may_drain_own_node: false,
+            allowed_prometheus_url_prefixes: std::sync::Arc::from([]),
         }
     }
 }

@@ -561,3 +561,47 @@ fn restore_failures(effects: &[Effect]) -> Vec<&str> {
         })
         .collect()
 }
+
+#[test]
+fn a_prometheus_url_the_agent_does_not_allow_blocks_the_rollout_before_any_cordon() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a")]);
+    f.finalizer = true;
+    f.spec.health = serde_json::from_value(serde_json::json!({ "prometheus": {
+        "url": "http://169.254.169.254/latest",
+        "queries": [{ "name": "q", "query": "up", "max": 1.0 }],
+    }}))
+    .unwrap();
+    f.config.allowed_prometheus_url_prefixes =
+        std::sync::Arc::from(["http://169.254.169.254".to_owned()]);
+    let plan = f.pass();
+    let standing = plan.standing.clone().expect("standing");
+    assert_eq!(
+        (standing.phase, standing.reason.as_str()),
+        (
+            crate::rollout::status::RolloutPhase::Blocked,
+            "PrometheusURLNotAllowed"
+        )
+    );
+    assert!(
+        standing.message.contains("http://169.254.169.254/latest"),
+        "{}",
+        standing.message
+    );
+    assert!(cordons(&plan).is_empty());
+
+    f.spec.health.prometheus.as_mut().unwrap().url = "http://prometheus.monitoring:9090".into();
+    f.config.allowed_prometheus_url_prefixes = std::sync::Arc::from([]);
+    let plan = f.pass();
+    let standing = plan.standing.clone().expect("standing");
+    assert_eq!(standing.reason, "PrometheusURLNotAllowed");
+    assert!(
+        standing.message.contains(crate::health::url_policy::FLAG),
+        "{}",
+        standing.message
+    );
+    assert!(cordons(&plan).is_empty());
+
+    f.config.allowed_prometheus_url_prefixes =
+        std::sync::Arc::from(["http://prometheus.monitoring:9090/".to_owned()]);
+    assert_eq!(cordons(&f.pass()), ["a1"], "allowed: the rollout goes on");
+}

@@ -72,6 +72,18 @@ impl Pass<'_, '_> {
             .derived
             .settings(spec)
             .map_err(|e| blocked("InvalidSpec", e.to_string()))?;
+        if let Some(prometheus) = &settings.health.prometheus {
+            crate::health::url_policy::check_prometheus_url(
+                &prometheus.url,
+                &self.config.allowed_prometheus_url_prefixes,
+            )
+            .map_err(|e| {
+                blocked(
+                    "PrometheusURLNotAllowed",
+                    format!("spec.health.prometheus.url: {e}"),
+                )
+            })?;
+        }
         let mut policy = settings.waves.clone();
         if self.mem.rollback.is_some() {
             // Waves in reverse; a node failing during the rollback stops it (the rollout
