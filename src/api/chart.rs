@@ -165,6 +165,10 @@ fn deployment() -> Value {
             }
         }
         env.push(json!({ "name": "ZTUNNEL_ROLLOUT_LEASE_NAME", "value": name() }));
+        env.push(json!({
+            "name": "ZTUNNEL_ROLLOUT_ALLOWED_PROMETHEUS_URL_PREFIXES",
+            "value": interp("join \",\" .Values.healthGates.allowedPrometheusUrlPrefixes"),
+        }));
     }
     c["ports"][0]["containerPort"] = raw(".Values.metrics.port");
     c["resources"] = raw(".Values.resources | toJson");
@@ -458,6 +462,11 @@ sidecarMigrations:
   # with the ztunnel namespace (Istio's) always added.
   deniedNamespaces: [kube-system]
 
+healthGates:
+  # The Prometheus URLs rollouts' gates may query, as prefixes (e.g.
+  # http://prometheus.monitoring:9090); a rollout naming any other URL is Blocked.
+  allowedPrometheusUrlPrefixes: []
+
 metrics:
   port: 8080
   service:
@@ -467,6 +476,8 @@ podDisruptionBudget:
   enabled: true
   maxUnavailable: 1
 
+# The alert rules' expressions expect a scrape job named ztunnel-rollout* (a
+# ServiceMonitor of release "ztunnel-rollout" scrapes as job ztunnel-rollout-metrics).
 serviceMonitor:
   enabled: false
   interval: 30s
@@ -556,6 +567,12 @@ fn schema() -> Value {
             "enabled": { "type": "boolean" },
             "deniedNamespaces": { "type": "array", "items": { "type": "string", "pattern": name_re } },
         })),
+        "healthGates": object_schema(json!({
+            "allowedPrometheusUrlPrefixes": {
+                "type": "array",
+                "items": { "type": "string", "pattern": "^https?://[^,]+$" },
+            },
+        })),
         "metrics": object_schema(json!({
             "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
             "service": object_schema(json!({ "enabled": { "type": "boolean" } })),
@@ -626,6 +643,14 @@ pub fn files() -> Vec<(&'static str, String)> {
     );
     vec![
         ("Chart.yaml", chart_yaml()),
+        (
+            "files/ztunnel-rollout.rules.yaml",
+            include_str!("../../manifests/alerts/ztunnel-rollout.rules.yaml").to_owned(),
+        ),
+        (
+            "files/ztunnel-rollout-dashboard.json",
+            include_str!("../../manifests/dashboard/ztunnel-rollout.json").to_owned(),
+        ),
         ("values.yaml", VALUES.to_owned()),
         (
             "values.schema.json",

@@ -308,6 +308,9 @@ pub fn deployment() -> Value {
                         // (5m); three misses 10s apart restart the agent.
                         "livenessProbe": { "httpGet": { "path": "/livez", "port": "metrics" }, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3 },
                         "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
+                        // The initial sync (every watch listed) may take minutes on a
+                        // large cluster: liveness starts once it is done.
+                        "startupProbe": { "httpGet": { "path": "/readyz", "port": "metrics" }, "periodSeconds": 5, "failureThreshold": 60 },
                         "resources": {
                             "requests": { "cpu": "50m", "memory": "64Mi" },
                             "limits": { "memory": "256Mi" },

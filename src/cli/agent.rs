@@ -105,7 +105,10 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
                     .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(1)),
                 allowed_prometheus_url_prefixes: args
                     .allowed_prometheus_url_prefixes
-                    .clone()
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
                     .into(),
                 ..Default::default()
             },
@@ -128,7 +131,12 @@ fn parse_selector(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An allowed URL prefix; empty (an empty environment variable, as the chart sets with
+/// no prefixes) allows nothing and is dropped.
 fn parse_url_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Ok(String::new());
+    }
     ztunnel_rollout_core::health::url_policy::check_target(text).map(|()| text.to_owned())
 }
 
@@ -145,5 +153,38 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn an_empty_prefix_list_allows_nothing_and_a_bad_prefix_is_refused() {
+        // As the chart's empty `healthGates.allowedPrometheusUrlPrefixes` sets it.
+        let cli = Cli::try_parse_from(["agent", "--allowed-prometheus-url-prefix", ""])
+            .expect("an empty list parses");
+        assert_eq!(cli.agent.allowed_prometheus_url_prefixes, [""]);
+        let cli = Cli::try_parse_from([
+            "agent",
+            "--allowed-prometheus-url-prefix",
+            "http://prometheus.monitoring:9090,https://thanos",
+        ])
+        .expect("two prefixes");
+        assert_eq!(cli.agent.allowed_prometheus_url_prefixes.len(), 2);
+        let refused = Cli::try_parse_from([
+            "agent",
+            "--allowed-prometheus-url-prefix",
+            "http://169.254.169.254",
+        ]);
+        assert!(refused.is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus_parse::LineInfo;
+use ztunnel_rollout_core::health::exposition;
 
 use super::gates::ZtunnelScrape;
 use super::http_client::{Bounds, HttpClient};
@@ -51,7 +51,7 @@ pub async fn scrape(
 
 /// Reads the ztunnel gate's metrics from an exposition, summed over their series; any
 /// line that is not in the text format makes the whole answer malformed (never a silent
-/// partial read).
+/// partial read). The grammar is the core's [`exposition`].
 pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
     let mut out = ZtunnelScrape {
         at,
@@ -62,32 +62,15 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
         opened_connections: None,
         closed_connections: None,
     };
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        // The line is not quoted: nothing of an answer reaches status or Events.
-        let malformed = || {
+    for sample in exposition::samples(text) {
+        let sample = sample.map_err(|e| {
+            // The line is not quoted: nothing of an answer reaches status or Events.
             format!(
-                "malformed: line {} is not in the Prometheus text format",
-                i + 1
+                "malformed: line {} is not in the Prometheus text format ({})",
+                e.line, e.reason
             )
-        };
-        let LineInfo::Sample {
-            metric_name,
-            labels,
-            value,
-            timestamp,
-        } = LineInfo::parse(trimmed)
-        else {
-            return Err(malformed());
-        };
-        let value: f64 = value.parse().map_err(|_| malformed())?;
-        if timestamp.is_some_and(|t| t.parse::<i64>().is_err()) {
-            return Err(malformed());
-        }
-        let sum = match metric_name {
+        })?;
+        let sum = match sample.metric {
             PENDING_PROXIES => &mut out.pending_proxies,
             ACTIVE_PROXIES => &mut out.active_proxies,
             FAILED_CONNECTIONS => &mut out.failed_connections,
@@ -95,11 +78,9 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
             CLOSED_CONNECTIONS => &mut out.closed_connections,
             _ => continue,
         };
-        *sum = Some(sum.unwrap_or(0.0) + value);
-        if metric_name == FAILED_CONNECTIONS {
-            let flags = labels
-                .and_then(|l| label_value(l, "response_flags"))
-                .unwrap_or_else(|| "-".to_owned());
+        *sum = Some(sum.unwrap_or(0.0) + sample.value);
+        if sample.metric == FAILED_CONNECTIONS {
+            let flags = sample.label("response_flags").unwrap_or("-");
             // Flags are short tokens (`UF`, `DC,UF`); anything else is not repeated.
             let token = !flags.is_empty()
                 && flags.len() <= 32
@@ -108,41 +89,16 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | '-'));
             let key = if token
                 && (out.failed_by_flags.len() < MAX_FLAGS
-                    || out.failed_by_flags.contains_key(&flags))
+                    || out.failed_by_flags.contains_key(flags))
             {
-                flags
+                flags.to_owned()
             } else {
                 OTHER_FLAGS.to_owned()
             };
-            *out.failed_by_flags.entry(key).or_default() += value;
+            *out.failed_by_flags.entry(key).or_default() += sample.value;
         }
     }
     Ok(out)
-}
-
-/// The value of label `name` in a sample's `a="x",b="y"`, unescaped (`\\`, `\"`, `\n`).
-fn label_value(labels: &str, name: &str) -> Option<String> {
-    let mut rest = labels;
-    loop {
-        rest = rest.trim_start_matches([',', ' ']);
-        let (key, after) = rest.split_once('=')?;
-        let mut chars = after.trim_start().strip_prefix('"')?.char_indices();
-        let mut value = String::new();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        if key.trim() == name {
-            return Some(value);
-        }
-        rest = &after.trim_start()[1 + end + 1..];
-    }
 }
 
 #[cfg(test)]
@@ -198,9 +154,18 @@ istio_tcp_connections_failed_total 1
         assert_eq!(s.failed_by_flags.len(), MAX_FLAGS + 1);
         assert_eq!(s.failed_by_flags.get(OTHER_FLAGS), Some(&68.0));
         assert_eq!(s.failed_by_flags.get("F000"), Some(&1.0));
-        assert_eq!(label_value("a=\"x\\ny\"", "a").as_deref(), Some("x\ny"));
-        assert_eq!(label_value("a=\"x\"", "b"), None);
-        assert_eq!(label_value("a=x", "a"), None, "unquoted");
+        let s = read(
+            &format!("{FAILED_CONNECTIONS}{{response_flags=\"x\\ny\"}} 1\n"),
+            0.0,
+        )
+        .unwrap();
+        assert_eq!(s.failed_by_flags.get("x\ny"), Some(&1.0));
+        let e = read(
+            &format!("{FAILED_CONNECTIONS}{{response_flags=x}} 1\n"),
+            0.0,
+        )
+        .unwrap_err();
+        assert!(e.contains("not quoted"), "unquoted: {e}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Health gates, the decisions: each check's outcome from what was measured and the
 //! node's verdict ([`gates`]), the arithmetic on samples ([`verdicts`]), the bounds on a
 //! node's gate task — its deadline, its rounds, the scrapes it keeps ([`rounds`]) — and
-//! the reading of Prometheus answers ([`query_answer`]), the Prometheus URLs a rollout
-//! may name ([`url_policy`]). The agent crate's `health`
-//! module fetches what they judge.
+//! the reading of Prometheus answers ([`query_answer`]) and of ztunnel's metrics text
+//! ([`exposition`]), the Prometheus URLs a rollout may name ([`url_policy`]). The agent
+//! crate's `health` module fetches what they judge.
 
+pub mod exposition;
 pub mod gates;
 pub mod query_answer;
 pub mod rounds;
