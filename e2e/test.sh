@@ -11,6 +11,7 @@ cd "$root"
 "$root/e2e/build-image.sh"
 # tests/chart.rs runs real Helm.
 "$root/e2e/build-helm.sh"
+"$root/e2e/fetch-monitoring-crds.sh"
 # The integration tests start local-cluster (the testbed crate's binary) from their own
 # profile directory; build it even when "$@" selects only some tests.
 cargo build --locked -p ztunnel-rollout-testbed --bin local-cluster

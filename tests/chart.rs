@@ -281,8 +281,9 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         "sidecarMigrations.enabled=true",
     ];
 
-    // Every object of the chart, every toggle that needs no other CRDs, through the API
-    // server's validation.
+    // Every object of the chart, every toggle, through the API server's validation (the
+    // Prometheus Operator's CRDs first, for the ServiceMonitor and the PrometheusRule).
+    install_monitoring_crds(&env.client).await;
     server_dry_run(
         home.path(),
         &chart,
@@ -293,6 +294,9 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
                 "networkPolicy.enabled=true",
                 "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
                 "grafanaDashboard.enabled=true",
+                "serviceMonitor.enabled=true",
+                "prometheusRule.enabled=true",
+                "healthGates.allowedPrometheusUrlPrefixes={http://prometheus.monitoring:9090}",
             ],
         ]
         .concat(),
@@ -346,6 +350,22 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         .expect("a DaemonSet rule");
     assert_eq!(ds_rule.resource_names, Some(vec!["ztunnel".to_owned()]));
 
+    // The agent may delete the ztunnel DaemonSet's pods (the rollout below does), and no
+    // other pod of its namespace: the chart's admission policy refuses it.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let bystander: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "not-ztunnel", "namespace": env.namespace },
+        "spec": {
+            "nodeSelector": { "nowhere": "yes-please" },
+            "containers": [{ "name": "c", "image": "registry.test/pause:1" }],
+        },
+    }))
+    .expect("a pod");
+    pods.create(&kube::api::PostParams::default(), &bystander)
+        .await
+        .expect("create a pod beside ztunnel");
+
     // Sidecar migrations may relabel namespaces, but never kube-system's or Istio's
     // (here: the ztunnel DaemonSet's): the chart's admission policy refuses the agent.
     let apps = env.create_namespace("apps", &[]).await;
@@ -355,6 +375,27 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
     )
     .await
     .expect("a client as the release's ServiceAccount");
+    let pods_as_agent: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(as_agent.clone(), &env.namespace);
+    let dry_delete = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let refusal = loop {
+        match pods_as_agent.delete("not-ztunnel", &dry_delete).await {
+            Err(kube::Error::Api(s)) if s.message.contains("only the pods of the ztunnel") => {
+                break s;
+            }
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "deleting another pod of the ztunnel namespace was not refused within {WITHIN:?}: {:?}",
+                other.map(|_| ())
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refusal.code, 403, "{refusal:?}");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(as_agent);
     let relabel = |dry_run: bool| kube::api::PatchParams {
         dry_run,
@@ -480,6 +521,45 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
             .is_some(),
         "the rollout is kept"
     );
+}
+
+/// Applies the Prometheus Operator's ServiceMonitor and PrometheusRule CRDs
+/// (`e2e/fetch-monitoring-crds.sh`, which `e2e/test.sh` runs) and waits until they are
+/// established.
+async fn install_monitoring_crds(client: &kube::Client) {
+    let bins = ControlPlaneBinaries::from_env();
+    let dir = bins.dir.join("monitoring-crds");
+    assert!(
+        dir.join("monitoring.coreos.com_servicemonitors.yaml")
+            .exists(),
+        "{} is missing: run ./e2e/fetch-monitoring-crds.sh (./e2e/test.sh does)",
+        dir.display()
+    );
+    let out = Command::new(&bins.kubectl)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&dir)
+        .arg("--kubeconfig")
+        .arg(&support::cluster().kubeconfig)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "applying the monitoring CRDs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        support::wait_for(
+            &crds,
+            name,
+            "CRD established",
+            kube::runtime::wait::conditions::is_crd_established(),
+        )
+        .await;
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

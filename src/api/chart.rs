@@ -188,9 +188,19 @@ fn rbac() -> String {
         &ztunnel_name,
         Some(&ztunnel.namespace),
     );
+    let (mut pod_policy, mut pod_policy_binding) = manifests::ztunnel_pod_policy(
+        &format!("system:serviceaccount:{}:{}", namespace(), name()),
+        &ztunnel.daemon_set,
+    );
+    let pod_policy_name = suffixed("ztunnel-pods");
+    pod_policy["metadata"] = metadata(&pod_policy_name, None);
+    pod_policy_binding["metadata"] = metadata(&pod_policy_name, None);
+    pod_policy_binding["spec"]["policyName"] = json!(pod_policy_name);
     documents(
         None,
         &[
+            pod_policy,
+            pod_policy_binding,
             cluster_role,
             binding("ClusterRoleBinding", &name(), None, "ClusterRole"),
             lease_role,

@@ -122,6 +122,43 @@ pub fn ztunnel_role(z: &Ztunnel) -> Value {
     })
 }
 
+/// RBAC cannot name pods a DaemonSet creates: this ValidatingAdmissionPolicy (and its
+/// binding) lets the agent (`user`) delete only pods the ztunnel DaemonSet
+/// (`daemon_set`) controls; the Role above keeps it to that DaemonSet's namespace.
+/// Evictions (drains) are another request (`pods/eviction`) and are not affected.
+pub fn ztunnel_pod_policy(user: &str, daemon_set: &str) -> (Value, Value) {
+    let name = format!("{NAME}-ztunnel-pods");
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": { "name": name },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [
+                { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["DELETE"] },
+            ] },
+            "matchConditions": [{
+                "name": "by-the-agent",
+                "expression": format!("request.userInfo.username == '{user}'"),
+            }],
+            "validations": [{
+                "expression": format!(
+                    "has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, r.kind == 'DaemonSet' && r.name == '{daemon_set}' && has(r.controller) && r.controller)"
+                ),
+                "messageExpression": "'ztunnel-rollout may delete only the pods of the ztunnel DaemonSet, not ' + oldObject.metadata.name",
+                "reason": "Forbidden",
+            }],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": { "name": name },
+        "spec": { "policyName": name, "validationActions": ["Deny"] },
+    });
+    (policy, binding)
+}
+
 /// Opt-in: what sidecar migrations write — namespace labels, and restarts of
 /// Deployments and StatefulSets in the namespaces they move.
 pub fn sidecar_migration_role() -> Value {
@@ -370,6 +407,22 @@ pub fn objects() -> Vec<(&'static str, Value)> {
         ("clusterrole-viewer.json", viewer_role()),
         ("clusterrole-operator.json", operator_role()),
         ("role-ztunnel.json", ztunnel_role(&Ztunnel::default())),
+        (
+            "validatingadmissionpolicy-ztunnel-pods.json",
+            ztunnel_pod_policy(
+                &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
+                &Ztunnel::default().daemon_set,
+            )
+            .0,
+        ),
+        (
+            "validatingadmissionpolicybinding-ztunnel-pods.json",
+            ztunnel_pod_policy(
+                &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
+                &Ztunnel::default().daemon_set,
+            )
+            .1,
+        ),
         (
             "rolebinding-ztunnel.json",
             binding(

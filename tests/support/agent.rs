@@ -87,18 +87,27 @@ pub async fn install(client: &Client) {
         use k8s_openapi::api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
         };
-        fixtures::apply(
-            &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-            &object("optional/validatingadmissionpolicy-sidecar-migrations.json"),
-        )
-        .await
-        .expect("apply the sidecar migrations' admission policy");
-        fixtures::apply(
-            &Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
-            &object("optional/validatingadmissionpolicybinding-sidecar-migrations.json"),
-        )
-        .await
-        .expect("apply the sidecar migrations' admission policy binding");
+        for what in [
+            "optional/validatingadmissionpolicy-sidecar-migrations.json",
+            "validatingadmissionpolicy-ztunnel-pods.json",
+        ] {
+            fixtures::apply(
+                &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+                &object(what),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {what}: {e}"));
+            let binding = what.replace(
+                "validatingadmissionpolicy-",
+                "validatingadmissionpolicybinding-",
+            );
+            fixtures::apply(
+                &Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+                &object(&binding),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {binding}: {e}"));
+        }
     }
     for (role, binding) in [
         ("role-lease.json", "rolebinding-lease.json"),
