@@ -461,11 +461,17 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
     // namespace, completes a rollout.
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = agent_support::kubeconfig_as(dir.path(), &release_ns, "zr");
+    // With the environment the chart's Deployment gives it: its namespace, and the one
+    // DaemonSet it may replace the pods of.
+    let ztunnel_ds = format!("{}/ztunnel", env.namespace);
     let agent = agent_support::start_with_env(
         &env,
         &kubeconfig,
         "agent-chart",
-        &[("POD_NAMESPACE", release_ns.as_str())],
+        &[
+            ("POD_NAMESPACE", release_ns.as_str()),
+            ("ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET", ztunnel_ds.as_str()),
+        ],
     );
     let name = format!("{}-r", env.namespace);
     agent_support::create(

@@ -25,6 +25,9 @@ use ztunnel_rollout_core::labels::{
 use ztunnel_rollout_core::rollout::ownership::FIELD_MANAGER;
 
 const WITHIN: Duration = Duration::from_secs(90);
+/// How long the proxy holds the sweep's release of node 4 while the test re-creates its
+/// rollout (a few API calls).
+const HOLD: Duration = Duration::from_secs(10);
 
 /// Leaves `node` as a rollout named `owner` would have left it (written as the agent
 /// writes nodes): cordoned over its current resourceVersion, annotated as owned by
@@ -124,7 +127,7 @@ async fn the_sweep_releases_the_nodes_of_gone_rollouts_and_keeps_those_that_may_
         Rule::new(
             http::Method::PATCH,
             &format!("/nodes/{}", env.nodes[4]),
-            Fault::Delay(Duration::from_secs(6)),
+            Fault::Delay(HOLD),
         )
         .times(1),
     );
@@ -156,11 +159,15 @@ async fn the_sweep_releases_the_nodes_of_gone_rollouts_and_keeps_those_that_may_
     }
     create_elsewhere(&env, &again).await;
     leave_owned(&env.client, &env.nodes[4], &again, false).await;
-    assert_eq!(
-        (proxy.seen(held), proxy.fired(held)),
-        (1, 1),
-        "the release was not held while the test re-created the rollout"
+    assert!(
+        proxy.delayed_answers(held).is_empty(),
+        "the held release reached the API server before the test re-created the rollout: raise HOLD ({HOLD:?})"
     );
+    // The release, written over the node as the sweep saw it, is refused.
+    match proxy.wait_delayed_answers(held, 1, WITHIN).await {
+        Ok(answers) => assert_eq!(answers, [409], "the held release was not a Conflict"),
+        Err(n) => panic!("the held release was not answered ({n})"),
+    }
 
     // A sweep reads an owner only when its previous task for that owner has ended: the
     // third read of each proves that two whole sweeps of it are over. (A node released

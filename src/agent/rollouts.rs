@@ -123,6 +123,11 @@ impl Rollouts {
         self.executor.cancel_all();
         self.terms.clear();
         self.orphans.reset();
+        // A replica that does not lead exports no rollout's series: the leader's are the
+        // truth, and a rollout deleted meanwhile would keep stale ones here.
+        for (_, name) in self.names.drain() {
+            self.metrics.forget_rollout(&name);
+        }
     }
 
     /// One pass over every rollout. Returns when the loop must run again at the latest

@@ -163,6 +163,13 @@ fn deployment() -> Value {
             if e["name"] == "ZTUNNEL_ROLLOUT_METRICS_ADDRESS" {
                 e["value"] = json!(format!("0.0.0.0:{}", interp(".Values.metrics.port")));
             }
+            if e["name"] == "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET" {
+                e["value"] = json!(format!(
+                    "{}/{}",
+                    interp(".Values.ztunnel.namespace"),
+                    interp(".Values.ztunnel.daemonSet")
+                ));
+            }
         }
         env.push(json!({ "name": "ZTUNNEL_ROLLOUT_LEASE_NAME", "value": name() }));
         env.push(json!({
@@ -226,9 +233,6 @@ fn user_roles() -> String {
     );
     let mut operator = manifests::operator_role();
     operator["metadata"] = metadata(&suffixed("operator"), None);
-    operator["metadata"]["labels"] = raw(
-        "merge (include \"ztunnel-rollout.labels\" . | fromYaml) (dict \"rbac.authorization.k8s.io/aggregate-to-edit\" \"true\") | toJson",
-    );
     documents(Some(".Values.rbac.userRoles"), &[viewer, operator])
 }
 
@@ -241,6 +245,7 @@ fn sidecar_rbac() -> String {
     let (mut policy, mut policy_binding) = manifests::sidecar_migration_policy(
         &format!("system:serviceaccount:{}:{}", namespace(), name()),
         &interp("include \"ztunnel-rollout.deniedNamespaces\" ."),
+        &ztunnel(),
     );
     policy["metadata"] = metadata(&suffixed("sidecar-migrations"), None);
     policy_binding["metadata"] = metadata(&suffixed("sidecar-migrations"), None);
@@ -290,7 +295,13 @@ fn service_monitor() -> Value {
         "spec": {
             "selector": { "matchLabels": raw("include \"ztunnel-rollout.selectorLabels\" . | fromYaml | toJson") },
             "namespaceSelector": { "matchNames": [namespace()] },
-            "endpoints": [{ "port": "metrics", "path": "/metrics", "interval": raw(".Values.serviceMonitor.interval | toJson") }],
+            // The alert rules select job=~"ztunnel-rollout.*", whatever the release's name.
+            "endpoints": [{
+                "port": "metrics",
+                "path": "/metrics",
+                "interval": raw(".Values.serviceMonitor.interval | toJson"),
+                "relabelings": [{ "targetLabel": "job", "replacement": "ztunnel-rollout" }],
+            }],
         },
     })
 }
@@ -461,12 +472,13 @@ crds:
   keep: true
 
 rbac:
-  # ClusterRoles for people, aggregated to the built-in view and edit roles.
+  # ClusterRoles for people: ztunnel-rollout-viewer (aggregated to the built-in view)
+  # and ztunnel-rollout-operator (bind it by name: creating a rollout is privileged).
   userRoles: true
 
 sidecarMigrations:
-  # The permissions sidecar migrations need (patch namespaces, restart Deployments and
-  # StatefulSets anywhere): off unless you use SidecarMigrations.
+  # The permissions sidecar migrations need (patch namespaces, restart Deployments,
+  # StatefulSets and DaemonSets anywhere): off unless you use SidecarMigrations.
   enabled: false
   # Never changed by a migration (an admission policy refuses the agent's writes there),
   # with the ztunnel namespace (Istio's) always added.
@@ -486,8 +498,7 @@ podDisruptionBudget:
   enabled: true
   maxUnavailable: 1
 
-# The alert rules' expressions expect a scrape job named ztunnel-rollout* (a
-# ServiceMonitor of release "ztunnel-rollout" scrapes as job ztunnel-rollout-metrics).
+# Scrapes as job "ztunnel-rollout", which the alert rules and the dashboard select.
 serviceMonitor:
   enabled: false
   interval: 30s
@@ -569,13 +580,13 @@ fn schema() -> Value {
         "extraArgs": { "type": "array", "items": string() },
         "ztunnel": object_schema(json!({
             "namespace": { "type": "string", "minLength": 1, "pattern": name_re },
-            "daemonSet": { "type": "string", "minLength": 1 },
+            "daemonSet": { "type": "string", "minLength": 1, "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" },
         })),
         "crds": object_schema(json!({ "install": { "type": "boolean" }, "keep": { "type": "boolean" } })),
         "rbac": object_schema(json!({ "userRoles": { "type": "boolean" } })),
         "sidecarMigrations": object_schema(json!({
             "enabled": { "type": "boolean" },
-            "deniedNamespaces": { "type": "array", "items": { "type": "string", "pattern": name_re } },
+            "deniedNamespaces": { "type": "array", "items": { "type": "string", "minLength": 1, "pattern": name_re } },
         })),
         "healthGates": object_schema(json!({
             "allowedPrometheusUrlPrefixes": {

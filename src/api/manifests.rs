@@ -160,7 +160,7 @@ pub fn ztunnel_pod_policy(user: &str, daemon_set: &str) -> (Value, Value) {
 }
 
 /// Opt-in: what sidecar migrations write — namespace labels, and restarts of
-/// Deployments and StatefulSets in the namespaces they move.
+/// Deployments, StatefulSets and DaemonSets in the namespaces they move.
 pub fn sidecar_migration_role() -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -168,7 +168,7 @@ pub fn sidecar_migration_role() -> Value {
         "metadata": { "name": format!("{NAME}-sidecar-migrations") },
         "rules": [
             rule("", &["namespaces"], &["patch"]),
-            rule("apps", &["deployments", "statefulsets"], &["patch"]),
+            rule("apps", &["deployments", "statefulsets", "daemonsets"], &["patch"]),
         ],
     })
 }
@@ -179,9 +179,10 @@ pub const SIDECAR_DENIED_NAMESPACES: [&str; 2] = ["kube-system", "istio-system"]
 
 /// With the sidecar migrations' ClusterRole: a ValidatingAdmissionPolicy (and its
 /// binding) that refuses the agent's writes to the denied namespaces and to the
-/// workloads in them, which RBAC alone cannot except. `user` is the agent's
-/// ServiceAccount user name, `denied` a CEL list of namespace names.
-pub fn sidecar_migration_policy(user: &str, denied: &str) -> (Value, Value) {
+/// workloads in them, which RBAC alone cannot except — but the ztunnel DaemonSet, which
+/// the failure policy's rollback patches. `user` is the agent's ServiceAccount user
+/// name, `denied` a CEL list of namespace names.
+pub fn sidecar_migration_policy(user: &str, denied: &str, ztunnel: &Ztunnel) -> (Value, Value) {
     let name = format!("{NAME}-sidecar-migrations");
     let policy = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -191,7 +192,7 @@ pub fn sidecar_migration_policy(user: &str, denied: &str) -> (Value, Value) {
             "failurePolicy": "Fail",
             "matchConstraints": { "resourceRules": [
                 { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"], "operations": ["UPDATE"] },
-                { "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets"], "operations": ["UPDATE"] },
+                { "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets", "daemonsets"], "operations": ["UPDATE"] },
             ] },
             "matchConditions": [{
                 "name": "by-the-agent",
@@ -202,7 +203,10 @@ pub fn sidecar_migration_policy(user: &str, denied: &str) -> (Value, Value) {
                 "expression": "request.resource.resource == 'namespaces' ? request.name : request.namespace",
             }],
             "validations": [{
-                "expression": format!("!(variables.target in {denied})"),
+                "expression": format!(
+                    "!(variables.target in {denied}) || (request.resource.resource == 'daemonsets' && request.namespace == '{}' && request.name == '{}')",
+                    ztunnel.namespace, ztunnel.daemon_set
+                ),
                 "messageExpression": "'ztunnel-rollout may not change namespace ' + variables.target + ' or its workloads: it is on the sidecar migrations denylist'",
                 "reason": "Forbidden",
             }],
@@ -241,16 +245,14 @@ pub fn viewer_role() -> Value {
 }
 
 /// For people who run rollouts: create them, and patch their spec to pause, resume,
-/// abort or approve (aggregated to `edit`). Creating a rollout or a migration is a
-/// privileged act: the agent then cordons, drains and restarts on its behalf.
+/// abort or approve. Not aggregated to `edit`: creating a rollout or a migration is a
+/// privileged act (the agent then cordons, drains and restarts on its creator's
+/// behalf), to be granted by name.
 pub fn operator_role() -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {
-            "name": format!("{NAME}-operator"),
-            "labels": { "rbac.authorization.k8s.io/aggregate-to-edit": "true" },
-        },
+        "metadata": { "name": format!("{NAME}-operator") },
         "rules": [
             rule(
                 "ztunnel-rollout.dev",
@@ -338,7 +340,11 @@ pub fn deployment() -> Value {
                         "env": [
                             { "name": "POD_NAME", "valueFrom": field("metadata.name") },
                             { "name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace") },
+                            // Its own node goes last, the lease handed over before it drains.
+                            { "name": "NODE_NAME", "valueFrom": field("spec.nodeName") },
                             { "name": "ZTUNNEL_ROLLOUT_METRICS_ADDRESS", "value": format!("0.0.0.0:{METRICS_PORT}") },
+                            // What the ztunnel Role and the pod-delete policy are for.
+                            { "name": "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET", "value": format!("{}/{}", Ztunnel::default().namespace, Ztunnel::default().daemon_set) },
                         ],
                         "ports": [{ "name": "metrics", "containerPort": METRICS_PORT }],
                         // /livez fails once the loop has not turned for --liveness-timeout
@@ -440,6 +446,7 @@ pub fn optional_objects() -> Vec<(&'static str, Value)> {
     let (policy, policy_binding) = sidecar_migration_policy(
         &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
         &cel_list(&SIDECAR_DENIED_NAMESPACES),
+        &Ztunnel::default(),
     );
     vec![
         (

@@ -68,6 +68,11 @@ pub struct AgentArgs {
         value_parser = parse_url_prefix
     )]
     pub allowed_prometheus_url_prefixes: Vec<String>,
+    /// The ztunnel DaemonSet (`NAMESPACE/NAME`) this agent may replace the pods of, as
+    /// its RBAC allows; a rollout naming another is Blocked before any node. Default:
+    /// any (the credentials decide).
+    #[arg(long = "ztunnel-daemonset", env = "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET", value_parser = parse_daemon_set)]
+    pub ztunnel_daemon_set: Option<(String, String)>,
 }
 
 pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -110,6 +115,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
                     .cloned()
                     .collect::<Vec<_>>()
                     .into(),
+                ztunnel_daemon_set: args.ztunnel_daemon_set.clone(),
                 ..Default::default()
             },
             agent_node: args.node_name.clone(),
@@ -129,6 +135,16 @@ fn parse_selector(text: &str) -> Result<String, String> {
     ztunnel_rollout_core::label_selector::Selector::parse(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_daemon_set(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
 }
 
 /// An allowed URL prefix; empty (an empty environment variable, as the chart sets with
@@ -186,5 +202,21 @@ mod tests {
             "http://169.254.169.254",
         ]);
         assert!(refused.is_err());
+    }
+
+    #[test]
+    fn the_ztunnel_daemonset_is_namespace_slash_name() {
+        let cli = Cli::try_parse_from(["agent", "--ztunnel-daemonset", "istio-system/ztunnel"])
+            .expect("parses");
+        assert_eq!(
+            cli.agent.ztunnel_daemon_set,
+            Some(("istio-system".to_owned(), "ztunnel".to_owned()))
+        );
+        for bad in ["ztunnel", "/ztunnel", "istio-system/", "a/b/c"] {
+            assert!(
+                Cli::try_parse_from(["agent", "--ztunnel-daemonset", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

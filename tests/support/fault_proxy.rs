@@ -213,6 +213,8 @@ struct RuleState {
     seen: u32,
     fired: u32,
     stopped: bool,
+    /// The API server's status for each request this rule delayed, once forwarded.
+    delayed_answers: Vec<u16>,
 }
 
 impl RuleState {
@@ -337,6 +339,7 @@ impl FaultProxy {
             seen: 0,
             fired: 0,
             stopped: false,
+            delayed_answers: Vec::new(),
         });
         faults.rules.len() - 1
     }
@@ -390,6 +393,39 @@ impl FaultProxy {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(self.seen(rule));
+            }
+        }
+    }
+
+    /// The API server's statuses for the requests rule `rule` delayed, as they came back.
+    pub fn delayed_answers(&self, rule: usize) -> Vec<u16> {
+        lock(&self.faults)
+            .rules
+            .get(rule)
+            .map(|s| s.delayed_answers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until rule `rule` has delayed and forwarded `n` requests; after `within`,
+    /// says how many it has.
+    pub async fn wait_delayed_answers(
+        &self,
+        rule: usize,
+        n: usize,
+        within: Duration,
+    ) -> Result<Vec<u16>, usize> {
+        let matched = lock(&self.faults).matched.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = matched.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let answers = self.delayed_answers(rule);
+            if answers.len() >= n {
+                return Ok(answers);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(answers.len());
             }
         }
     }
@@ -779,6 +815,16 @@ async fn handle(
             return reset(&abort, "upstream unreachable");
         }
     };
+    if let Some((rule, Fault::Delay(_))) = &decided {
+        let notify = {
+            let mut faults = lock(&faults);
+            if let Some(state) = faults.rules.get_mut(*rule) {
+                state.delayed_answers.push(response.status().as_u16());
+            }
+            faults.matched.clone()
+        };
+        notify.notify_waiters();
+    }
     if let Some((rule, Fault::DropAnswer)) = decided {
         let status = response.status();
         let mut faults = lock(&faults);

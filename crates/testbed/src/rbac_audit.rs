@@ -6,9 +6,11 @@
 //! the agent does, no more. `rbac-audit` (run by `e2e/test.sh` after the suite) prints
 //! the verdict.
 //!
-//! Namespaces are not compared: the tests run each ztunnel DaemonSet in a namespace of
-//! their own, with the agent's ztunnel Role there, where `manifests/` grants it in
-//! `istio-system`.
+//! A Role's grants count only in its namespace ([`Scope`]); the agent's ztunnel Role,
+//! which `manifests/` puts in `istio-system`, is in each test's own namespace in the
+//! tests, so it counts in any namespace (never for a cluster-scoped request). A request
+//! the API server's RBAC refused (audit annotation `authorization.k8s.io/decision:
+//! forbid`) is never granted, whatever the rules say.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -16,14 +18,27 @@ use std::io::BufRead;
 /// The directory under the cargo target's `tmp` that holds the audit logs.
 pub const DIR: &str = "rbac-audit";
 
-/// One permission: API group, resource (`pods/eviction` for a subresource), verb, and
-/// the one resource name it is limited to, if any.
+/// Where a role's grants apply.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// A ClusterRole bound cluster-wide: everywhere.
+    Cluster,
+    /// A Role: requests in this namespace.
+    Namespace(String),
+    /// A Role whose namespace varies (the tests' ztunnel namespaces): any namespaced
+    /// request.
+    AnyNamespace,
+}
+
+/// One permission: API group, resource (`pods/eviction` for a subresource), verb, the
+/// one resource name it is limited to, if any, and where it applies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Grant {
     pub group: String,
     pub resource: String,
     pub verb: String,
     pub name: Option<String>,
+    pub scope: Scope,
 }
 
 impl std::fmt::Display for Grant {
@@ -37,7 +52,11 @@ impl std::fmt::Display for Grant {
         if let Some(n) = &self.name {
             write!(f, " named {n}")?;
         }
-        Ok(())
+        match &self.scope {
+            Scope::Cluster => Ok(()),
+            Scope::Namespace(ns) => write!(f, " in {ns}"),
+            Scope::AnyNamespace => write!(f, " in its namespace"),
+        }
     }
 }
 
@@ -48,6 +67,9 @@ pub struct Request {
     pub resource: String,
     pub verb: String,
     pub name: Option<String>,
+    pub namespace: Option<String>,
+    /// Refused by RBAC.
+    pub forbidden: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +88,13 @@ pub enum AuditError {
     NotARole(String),
 }
 
-/// The grants of a Role or ClusterRole (JSON, as `manifests/` holds them).
-pub fn grants(role: &serde_json::Value, what: &str) -> Result<Vec<Grant>, AuditError> {
+/// The grants of a Role or ClusterRole (JSON, as `manifests/` holds them), applying in
+/// `scope`.
+pub fn grants(
+    role: &serde_json::Value,
+    what: &str,
+    scope: &Scope,
+) -> Result<Vec<Grant>, AuditError> {
     let rules = role["rules"]
         .as_array()
         .ok_or_else(|| AuditError::NotARole(what.to_owned()))?;
@@ -97,6 +124,7 @@ pub fn grants(role: &serde_json::Value, what: &str) -> Result<Vec<Grant>, AuditE
                             resource: resource.clone(),
                             verb: verb.clone(),
                             name: name.clone(),
+                            scope: scope.clone(),
                         });
                     }
                 }
@@ -143,6 +171,8 @@ pub fn requests(log: impl BufRead, user: &str) -> Result<BTreeMap<Request, usize
             resource,
             verb: ev["verb"].as_str().unwrap_or_default().to_owned(),
             name: object["name"].as_str().map(str::to_owned),
+            namespace: object["namespace"].as_str().map(str::to_owned),
+            forbidden: ev["annotations"]["authorization.k8s.io/decision"] == "forbid",
         };
         *out.entry(request).or_insert(0) += 1;
     }
@@ -150,10 +180,16 @@ pub fn requests(log: impl BufRead, user: &str) -> Result<BTreeMap<Request, usize
 }
 
 fn grants_request(g: &Grant, r: &Request) -> bool {
-    g.group == r.group
+    !r.forbidden
+        && g.group == r.group
         && g.resource == r.resource
         && g.verb == r.verb
         && g.name.as_ref().is_none_or(|n| r.name.as_ref() == Some(n))
+        && match &g.scope {
+            Scope::Cluster => true,
+            Scope::Namespace(ns) => r.namespace.as_ref() == Some(ns),
+            Scope::AnyNamespace => r.namespace.is_some(),
+        }
 }
 
 /// What the audit found.
@@ -161,7 +197,7 @@ fn grants_request(g: &Grant, r: &Request) -> bool {
 pub struct Verdict {
     /// Granted, never requested: broader than the agent needs.
     pub unused: Vec<Grant>,
-    /// Requested, not granted (the API server refused them).
+    /// Requested, not granted by the rules, or refused by the API server's RBAC.
     pub ungranted: Vec<(Request, usize)>,
     /// Requests checked.
     pub requests: usize,
@@ -214,8 +250,12 @@ mod tests {
             { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": ["ztunnel"], "verbs": ["patch"] },
             { "apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"] },
         ]});
-        let grants = grants(&role, "role").unwrap();
+        let mut grants = grants(&role, "role", &Scope::Cluster).unwrap();
         assert_eq!(grants.len(), 4);
+        let lease = serde_json::json!({ "rules": [
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"] },
+        ]});
+        grants.extend(super::grants(&lease, "lease", &Scope::Namespace("zr".into())).unwrap());
         let sa = "system:serviceaccount:zr:zr";
         let log = [
             event("1", sa, "get", serde_json::json!({ "resource": "nodes", "name": "n1" })),
@@ -225,24 +265,54 @@ mod tests {
             event("4", sa, "create", serde_json::json!({ "resource": "pods", "subresource": "eviction", "name": "p" })),
             event("5", "someone-else", "delete", serde_json::json!({ "resource": "pods", "name": "p" })),
             event("6", sa, "get", serde_json::json!({})),
+            // A lease in another namespace than the Role's.
+            event("7", sa, "get", serde_json::json!({ "apiGroup": "coordination.k8s.io", "resource": "leases", "namespace": "other", "name": "l" })),
         ]
         .join("\n");
         let requests = requests(log.as_bytes(), sa).unwrap();
-        assert_eq!(requests.values().sum::<usize>(), 4, "{requests:?}");
+        assert_eq!(requests.values().sum::<usize>(), 5, "{requests:?}");
         let verdict = audit(&grants, &requests);
         assert!(!verdict.passed());
-        // The DaemonSet patch went to another name: the named grant is unused, and the
-        // request not granted.
+        // The DaemonSet patch went to another name, the lease read to another
+        // namespace: those grants are unused, and those requests not granted.
         assert_eq!(
             verdict
                 .unused
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
-            ["patch apps/daemonsets named ztunnel"]
+            [
+                "patch apps/daemonsets named ztunnel",
+                "get coordination.k8s.io/leases in zr"
+            ]
         );
+        let refused: Vec<Option<&str>> = verdict
+            .ungranted
+            .iter()
+            .map(|(r, _)| r.name.as_deref())
+            .collect();
+        assert_eq!(refused, [Some("other"), Some("l")]);
+    }
+
+    #[test]
+    fn a_request_rbac_refused_is_never_granted() {
+        let role = serde_json::json!({ "rules": [
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"] },
+        ]});
+        let grants = grants(&role, "role", &Scope::Cluster).unwrap();
+        let mut forbidden: serde_json::Value = serde_json::from_str(&event(
+            "1",
+            "sa",
+            "patch",
+            serde_json::json!({ "resource": "nodes", "name": "n" }),
+        ))
+        .unwrap();
+        forbidden["annotations"] = serde_json::json!({ "authorization.k8s.io/decision": "forbid" });
+        let requests = requests(forbidden.to_string().as_bytes(), "sa").unwrap();
+        let verdict = audit(&grants, &requests);
+        assert_eq!(verdict.unused.len(), 1);
         assert_eq!(verdict.ungranted.len(), 1);
-        assert_eq!(verdict.ungranted[0].0.name.as_deref(), Some("other"));
+        assert!(verdict.ungranted[0].0.forbidden);
     }
 
     #[test]

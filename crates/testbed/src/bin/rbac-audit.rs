@@ -8,16 +8,25 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ztunnel_rollout_testbed::binaries::repository_root;
-use ztunnel_rollout_testbed::rbac_audit::{self, Grant, Request};
+use ztunnel_rollout_testbed::rbac_audit::{self, Grant, Request, Scope};
 
-/// The agent's roles in `manifests/`: everything its ServiceAccount is bound to.
-const ROLES: [&str; 5] = [
-    "clusterrole.json",
-    "role-lease.json",
-    "role-events.json",
-    "role-ztunnel.json",
-    "optional/clusterrole-sidecar-migrations.json",
-];
+/// The agent's roles in `manifests/`: everything its ServiceAccount is bound to, and
+/// where each applies (the ztunnel Role: in each test's own namespace).
+fn roles() -> [(&'static str, Scope); 5] {
+    [
+        ("clusterrole.json", Scope::Cluster),
+        (
+            "role-lease.json",
+            Scope::Namespace("ztunnel-rollout".into()),
+        ),
+        ("role-events.json", Scope::Namespace("default".into())),
+        ("role-ztunnel.json", Scope::AnyNamespace),
+        (
+            "optional/clusterrole-sidecar-migrations.json",
+            Scope::Cluster,
+        ),
+    ]
+}
 
 /// The ServiceAccount `manifests/` binds them to.
 const AGENT: &str = "system:serviceaccount:ztunnel-rollout:ztunnel-rollout";
@@ -29,12 +38,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/tmp").join(rbac_audit::DIR));
     let mut grants: Vec<Grant> = Vec::new();
-    for role in ROLES {
+    let roles = roles();
+    for (role, scope) in &roles {
         let path = root.join("manifests").join(role);
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        grants.extend(rbac_audit::grants(&value, role)?);
+        grants.extend(rbac_audit::grants(&value, role, scope)?);
     }
     let mut requests: std::collections::BTreeMap<Request, usize> = Default::default();
     let mut logs = 0;
@@ -59,7 +69,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         "rbac-audit: {} requests by {AGENT} in {logs} audit logs, against {} grants of {}",
         verdict.requests,
         grants.len(),
-        ROLES.join(", ")
+        roles.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(", ")
     );
     for g in &verdict.unused {
         println!("  never used: {g}");

@@ -65,6 +65,10 @@ pub struct PassConfig {
     /// The URL prefixes a rollout's Prometheus URL may use (`health::url_policy`); a
     /// rollout whose URL is under none is Blocked.
     pub allowed_prometheus_url_prefixes: std::sync::Arc<[String]>,
+    /// The one DaemonSet (namespace, name) whose pods the agent's RBAC lets it delete
+    /// (`--ztunnel-daemonset`, set by the manifests and the chart); a rollout naming
+    /// another is Blocked before any node. `None`: any (the agent's credentials decide).
+    pub ztunnel_daemon_set: Option<(String, String)>,
 }
 
 impl Default for PassConfig {
@@ -73,6 +77,7 @@ impl Default for PassConfig {
             status_interval: SignedDuration::from_secs(1),
             may_drain_own_node: false,
             allowed_prometheus_url_prefixes: std::sync::Arc::from([]),
+            ztunnel_daemon_set: None,
         }
     }
 }

@@ -605,3 +605,31 @@ fn a_prometheus_url_the_agent_does_not_allow_blocks_the_rollout_before_any_cordo
         std::sync::Arc::from(["http://prometheus.monitoring:9090/".to_owned()]);
     assert_eq!(cordons(&f.pass()), ["a1"], "allowed: the rollout goes on");
 }
+
+#[test]
+fn a_daemonset_the_agent_may_not_replace_blocks_the_rollout_before_any_cordon() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a")]);
+    f.finalizer = true;
+    let asked = (
+        f.spec.daemon_set.namespace.clone(),
+        f.spec.daemon_set.name.clone(),
+    );
+    f.config.ztunnel_daemon_set = Some(("istio-system".into(), "other".into()));
+    let plan = f.pass();
+    let standing = plan.standing.clone().expect("standing");
+    assert_eq!(
+        (standing.phase, standing.reason.as_str()),
+        (
+            crate::rollout::status::RolloutPhase::Blocked,
+            "DaemonSetNotAllowed"
+        )
+    );
+    assert!(
+        standing.message.contains("istio-system/other"),
+        "{}",
+        standing.message
+    );
+    assert!(cordons(&plan).is_empty());
+    f.config.ztunnel_daemon_set = Some(asked);
+    assert_eq!(cordons(&f.pass()), ["a1"], "its own: the rollout goes on");
+}

@@ -84,6 +84,18 @@ impl Pass<'_, '_> {
                 )
             })?;
         }
+        if let Some((namespace, name)) = &self.config.ztunnel_daemon_set {
+            let asked = &spec.daemon_set;
+            if (&asked.namespace, &asked.name) != (namespace, name) {
+                return Err(blocked(
+                    "DaemonSetNotAllowed",
+                    format!(
+                        "spec.daemonSet {}/{}: this agent may replace the pods of {namespace}/{name} only (--ztunnel-daemonset; the chart's ztunnel.namespace and ztunnel.daemonSet); nothing is changed",
+                        asked.namespace, asked.name
+                    ),
+                ));
+            }
+        }
         let mut policy = settings.waves.clone();
         if self.mem.rollback.is_some() {
             // Waves in reverse; a node failing during the rollback stops it (the rollout
