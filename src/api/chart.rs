@@ -749,12 +749,9 @@ mod tests {
         for (path, text) in files() {
             assert!(!text.contains("<<<") && !text.contains(">>>"), "{path}");
         }
+        // `}}` closes nested JSON objects; `{{` can only come from text in a string.
         for crd in [manifests::crd(), manifests::sidecar_migration_crd()] {
-            let text = crd.to_string();
-            assert!(
-                !text.contains("{{") && !text.contains("}}"),
-                "a CRD holds template text"
-            );
+            assert!(!crd.to_string().contains("{{"), "a CRD holds template text");
         }
     }
 }
