@@ -127,29 +127,50 @@ pub fn ztunnel_role(z: &Ztunnel) -> Value {
 /// (`daemon_set`) controls; the Role above keeps it to that DaemonSet's namespace.
 /// Evictions (drains) are another request (`pods/eviction`) and are not affected.
 pub fn ztunnel_pod_policy(user: &str, daemon_set: &str) -> (Value, Value) {
-    let name = format!("{NAME}-ztunnel-pods");
-    let policy = json!({
+    agent_policy(
+        &format!("{NAME}-ztunnel-pods"),
+        user,
+        json!([
+            { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["DELETE"] },
+        ]),
+        json!([]),
+        json!({
+            "expression": format!(
+                "has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, r.kind == 'DaemonSet' && r.name == '{daemon_set}' && has(r.controller) && r.controller)"
+            ),
+            "messageExpression": "'ztunnel-rollout may delete only the pods of the ztunnel DaemonSet, not ' + oldObject.metadata.name",
+            "reason": "Forbidden",
+        }),
+    )
+}
+
+/// A ValidatingAdmissionPolicy named `name` for the requests of `user` (the agent's
+/// ServiceAccount) matching `resource_rules`, denying what fails `validation`, and its
+/// binding.
+fn agent_policy(
+    name: &str,
+    user: &str,
+    resource_rules: Value,
+    variables: Value,
+    validation: Value,
+) -> (Value, Value) {
+    let mut policy = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
         "metadata": { "name": name },
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": { "resourceRules": [
-                { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["DELETE"] },
-            ] },
+            "matchConstraints": { "resourceRules": resource_rules },
             "matchConditions": [{
                 "name": "by-the-agent",
                 "expression": format!("request.userInfo.username == '{user}'"),
             }],
-            "validations": [{
-                "expression": format!(
-                    "has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, r.kind == 'DaemonSet' && r.name == '{daemon_set}' && has(r.controller) && r.controller)"
-                ),
-                "messageExpression": "'ztunnel-rollout may delete only the pods of the ztunnel DaemonSet, not ' + oldObject.metadata.name",
-                "reason": "Forbidden",
-            }],
+            "validations": [validation],
         },
     });
+    if variables.as_array().is_some_and(|v| !v.is_empty()) {
+        policy["spec"]["variables"] = variables;
+    }
     let binding = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
@@ -183,42 +204,26 @@ pub const SIDECAR_DENIED_NAMESPACES: [&str; 2] = ["kube-system", "istio-system"]
 /// the failure policy's rollback patches. `user` is the agent's ServiceAccount user
 /// name, `denied` a CEL list of namespace names.
 pub fn sidecar_migration_policy(user: &str, denied: &str, ztunnel: &Ztunnel) -> (Value, Value) {
-    let name = format!("{NAME}-sidecar-migrations");
-    let policy = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": { "name": name },
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": { "resourceRules": [
-                { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"], "operations": ["UPDATE"] },
-                { "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets", "daemonsets"], "operations": ["UPDATE"] },
-            ] },
-            "matchConditions": [{
-                "name": "by-the-agent",
-                "expression": format!("request.userInfo.username == '{user}'"),
-            }],
-            "variables": [{
-                "name": "target",
-                "expression": "request.resource.resource == 'namespaces' ? request.name : request.namespace",
-            }],
-            "validations": [{
-                "expression": format!(
-                    "!(variables.target in {denied}) || (request.resource.resource == 'daemonsets' && request.namespace == '{}' && request.name == '{}')",
-                    ztunnel.namespace, ztunnel.daemon_set
-                ),
-                "messageExpression": "'ztunnel-rollout may not change namespace ' + variables.target + ' or its workloads: it is on the sidecar migrations denylist'",
-                "reason": "Forbidden",
-            }],
-        },
-    });
-    let binding = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": { "name": name },
-        "spec": { "policyName": name, "validationActions": ["Deny"] },
-    });
-    (policy, binding)
+    agent_policy(
+        &format!("{NAME}-sidecar-migrations"),
+        user,
+        json!([
+            { "apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"], "operations": ["UPDATE"] },
+            { "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets", "daemonsets"], "operations": ["UPDATE"] },
+        ]),
+        json!([{
+            "name": "target",
+            "expression": "request.resource.resource == 'namespaces' ? request.name : request.namespace",
+        }]),
+        json!({
+            "expression": format!(
+                "!(variables.target in {denied}) || (request.resource.resource == 'daemonsets' && request.namespace == '{}' && request.name == '{}')",
+                ztunnel.namespace, ztunnel.daemon_set
+            ),
+            "messageExpression": "'ztunnel-rollout may not change namespace ' + variables.target + ' or its workloads: it is on the sidecar migrations denylist'",
+            "reason": "Forbidden",
+        }),
+    )
 }
 
 /// `['a', 'b']`: a CEL list of strings.
@@ -373,6 +378,10 @@ pub fn deployment() -> Value {
 
 /// All Kubernetes objects, in apply order, with their file names.
 pub fn objects() -> Vec<(&'static str, Value)> {
+    let (pod_policy, pod_policy_binding) = ztunnel_pod_policy(
+        &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
+        &Ztunnel::default().daemon_set,
+    );
     vec![
         ("crd-ztunnelrollouts.json", crd()),
         ("crd-sidecarmigrations.json", sidecar_migration_crd()),
@@ -413,21 +422,10 @@ pub fn objects() -> Vec<(&'static str, Value)> {
         ("clusterrole-viewer.json", viewer_role()),
         ("clusterrole-operator.json", operator_role()),
         ("role-ztunnel.json", ztunnel_role(&Ztunnel::default())),
-        (
-            "validatingadmissionpolicy-ztunnel-pods.json",
-            ztunnel_pod_policy(
-                &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
-                &Ztunnel::default().daemon_set,
-            )
-            .0,
-        ),
+        ("validatingadmissionpolicy-ztunnel-pods.json", pod_policy),
         (
             "validatingadmissionpolicybinding-ztunnel-pods.json",
-            ztunnel_pod_policy(
-                &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
-                &Ztunnel::default().daemon_set,
-            )
-            .1,
+            pod_policy_binding,
         ),
         (
             "rolebinding-ztunnel.json",

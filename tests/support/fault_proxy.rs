@@ -382,17 +382,29 @@ impl FaultProxy {
     /// Waits until rule `rule` has matched `n` requests; after `within`, says how many
     /// it matched.
     pub async fn wait_seen(&self, rule: usize, n: u32, within: Duration) -> Result<(), u32> {
+        self.wait_until(within, || {
+            let seen = self.seen(rule);
+            if seen >= n { Ok(()) } else { Err(seen) }
+        })
+        .await
+    }
+
+    /// Waits, woken by every request a rule matches, until `check` is `Ok`; after
+    /// `within`, returns its last `Err`.
+    async fn wait_until<T, E>(
+        &self,
+        within: Duration,
+        check: impl Fn() -> Result<T, E>,
+    ) -> Result<T, E> {
         let matched = lock(&self.faults).matched.clone();
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = matched.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.seen(rule) >= n {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(self.seen(rule));
+            let last = check();
+            if last.is_ok() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return last;
             }
         }
     }
@@ -414,20 +426,15 @@ impl FaultProxy {
         n: usize,
         within: Duration,
     ) -> Result<Vec<u16>, usize> {
-        let matched = lock(&self.faults).matched.clone();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = matched.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        self.wait_until(within, || {
             let answers = self.delayed_answers(rule);
             if answers.len() >= n {
-                return Ok(answers);
+                Ok(answers)
+            } else {
+                Err(answers.len())
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(answers.len());
-            }
-        }
+        })
+        .await
     }
 
     /// Every injection so far, in order.
