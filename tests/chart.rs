@@ -110,6 +110,10 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
         ("replicas=2", "replicas"),
         ("ztunnel.namespace=Istio_System", "namespace"),
         ("serviceMonitor.interval=often", "interval"),
+        (
+            "healthGates.prometheusCredentialSecrets={Not_A_Name}",
+            "prometheusCredentialSecrets",
+        ),
     ] {
         let (ok, stdout, stderr) = helm(home.path(), &["lint", "--strict", chart, "--set", set]);
         assert!(!ok, "--set {set} was accepted:\n{stdout}");
@@ -139,6 +143,8 @@ fn the_chart_renders_the_same_rbac_and_crds_as_the_manifests() {
             &version,
             "--set",
             "sidecarMigrations.enabled=true",
+            "--set",
+            "healthGates.prometheusCredentialSecrets={prometheus-credentials}",
         ],
     );
     let docs = documents(&rendered);
@@ -163,6 +169,13 @@ fn the_chart_renders_the_same_rbac_and_crds_as_the_manifests() {
         "ClusterRole",
         "ztunnel-rollout-sidecar-migrations",
         manifests::sidecar_migration_role(),
+    );
+    same(
+        "Role",
+        "ztunnel-rollout-prometheus-credentials",
+        manifests::prometheus_credentials_role(serde_json::json!([
+            manifests::PROMETHEUS_CREDENTIALS_SECRET
+        ])),
     );
     same(
         "ClusterRole",
@@ -211,12 +224,17 @@ fn the_chart_renders_the_same_rbac_and_crds_as_the_manifests() {
             &version,
         ],
     );
-    assert!(
-        !documents(&defaults)
-            .iter()
-            .any(|d| d["metadata"]["name"] == "ztunnel-rollout-sidecar-migrations"),
-        "the sidecar migrations' permissions are opt-in"
-    );
+    for opt_in in [
+        "ztunnel-rollout-sidecar-migrations",
+        "ztunnel-rollout-prometheus-credentials",
+    ] {
+        assert!(
+            !documents(&defaults)
+                .iter()
+                .any(|d| d["metadata"]["name"] == opt_in),
+            "{opt_in}: opt-in"
+        );
+    }
 }
 
 /// `helm template` with `sets`, applied with a server-side dry run.
@@ -279,6 +297,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         // Its pods stay Pending: the agent under test runs as a process, below.
         "nodeSelector.nowhere=yes-please",
         "sidecarMigrations.enabled=true",
+        "healthGates.prometheusCredentialSecrets={prometheus-credentials}",
     ];
 
     // Every object of the chart, every toggle, through the API server's validation (the

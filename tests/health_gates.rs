@@ -323,6 +323,184 @@ async fn an_unreachable_or_broken_prometheus_or_a_query_without_data_fails_close
     }
 }
 
+/// Prometheus behind mutual TLS and a bearer token, its CA, client certificate and token
+/// in a Secret in the agent's namespace (the one the optional Role names): a rollout
+/// naming them completes, and the server saw the client certificate and the token on
+/// every query; a wrong token, a key the Secret does not have, a CA that did not sign
+/// the server's certificate, and no client certificate each fail the node's gate with
+/// a reason naming what is wrong, and the token is in no status or Event.
+#[tokio::test]
+async fn prometheus_credentials_from_a_secret_authenticate_the_gate_and_failures_name_what_is_wrong()
+ {
+    use k8s_openapi::api::core::v1::Secret;
+    use support::tls_prometheus::{TlsPrometheus, unrelated_ca_pem};
+    use ztunnel_rollout::api::manifests::{NAMESPACE, PROMETHEUS_CREDENTIALS_SECRET};
+    let env = TestEnv::new("gate-credentials", 5).await;
+    agent_support::install(&env.client).await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    const TOKEN: &str = "t0ken-that-must-stay-secret";
+    let prometheus = TlsPrometheus::start(TOKEN).await;
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), NAMESPACE);
+    let put_secret = |token: &str| {
+        serde_json::from_value::<Secret>(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": PROMETHEUS_CREDENTIALS_SECRET, "namespace": NAMESPACE },
+            "stringData": {
+                "ca.crt": prometheus.ca_pem,
+                "tls.crt": prometheus.client_cert_pem,
+                "tls.key": prometheus.client_key_pem,
+                // As `kubectl create secret --from-file` stores it: a trailing newline.
+                "token": format!("{token}\n"),
+                "unrelated-ca.crt": unrelated_ca_pem(),
+            },
+        }))
+        .expect("Secret")
+    };
+    ztunnel_rollout_testbed::fixtures::apply(&secrets, &put_secret(TOKEN))
+        .await
+        .expect("the credentials Secret");
+    let credentials = |tls: serde_json::Value, token_key: &str| {
+        serde_json::json!({
+            "bearerToken": { "name": PROMETHEUS_CREDENTIALS_SECRET, "key": token_key },
+            "tls": tls,
+        })
+    };
+    let full_tls = serde_json::json!({
+        "ca": { "name": PROMETHEUS_CREDENTIALS_SECRET },
+        "clientCertificate": { "name": PROMETHEUS_CREDENTIALS_SECRET },
+    });
+    let rollout = |name: &str, node: &str, auth: serde_json::Value| {
+        let mut r = one_node_rollout(&env, name, node, &prometheus.url, "vector(0)");
+        let p = r.spec.health.prometheus.as_mut().expect("prometheus");
+        let mut v = serde_json::to_value(&*p).expect("json");
+        for (k, val) in auth.as_object().expect("object") {
+            v[k] = val.clone();
+        }
+        *p = serde_json::from_value(v).expect("prometheus spec");
+        r
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&env, &dir);
+
+    // Authenticated: the rollout completes, every query carried the client
+    // certificate and the token.
+    let name = format!("{}-ok", env.namespace);
+    agent_support::create(
+        &env.client,
+        &rollout(&name, &env.nodes[0], credentials(full_tls.clone(), "token")),
+    )
+    .await;
+    agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(90),
+        &[&agent],
+    )
+    .await;
+    let seen = prometheus.seen();
+    assert!(
+        !seen.is_empty()
+            && seen.iter().all(|s| s.authorized
+                && s.client == "ztunnel-rollout"
+                && s.path == "/api/v1/query"),
+        "{seen:?}"
+    );
+    assert!(!support::is_cordoned(&env.client, &env.nodes[0]).await);
+
+    // What fails, and what the node's status must say.
+    let no_client_cert = serde_json::json!({ "ca": { "name": PROMETHEUS_CREDENTIALS_SECRET } });
+    let wrong_ca = serde_json::json!({
+        "ca": { "name": PROMETHEUS_CREDENTIALS_SECRET, "key": "unrelated-ca.crt" },
+        "clientCertificate": { "name": PROMETHEUS_CREDENTIALS_SECRET },
+    });
+    let cases = [
+        (
+            "nokey",
+            credentials(full_tls.clone(), "missing"),
+            format!(
+                "Prometheus credentials: Secret {NAMESPACE}/{PROMETHEUS_CREDENTIALS_SECRET} has no key missing"
+            ),
+        ),
+        (
+            "wrongca",
+            credentials(wrong_ca, "token"),
+            "TLS failed".to_owned(),
+        ),
+        (
+            "noclientcert",
+            credentials(no_client_cert, "token"),
+            "TLS failed".to_owned(),
+        ),
+        (
+            "wrongtoken",
+            credentials(full_tls, "token"),
+            "HTTP 401".to_owned(),
+        ),
+    ];
+    for ((case, auth, expected), node) in cases.into_iter().zip(&env.nodes[1..]) {
+        if case == "wrongtoken" {
+            ztunnel_rollout_testbed::fixtures::apply(&secrets, &put_secret("not-the-token"))
+                .await
+                .expect("the credentials Secret");
+        }
+        let refused_before = prometheus.refused_handshakes();
+        let name = format!("{}-{case}", env.namespace);
+        agent_support::create(&env.client, &rollout(&name, node, auth)).await;
+        let paused = agent_support::wait_for_phase(
+            &env.client,
+            &name,
+            "Paused",
+            Duration::from_secs(90),
+            &[&agent],
+        )
+        .await;
+        let n = node_status(&paused, node).expect("node status");
+        assert_eq!(n.phase, NodePhase::Failed, "{case}: {n:?}");
+        assert!(
+            n.message.contains("verification failed") && n.message.contains(&expected),
+            "{case}: {}",
+            n.message
+        );
+        if case == "wrongca" || case == "noclientcert" {
+            assert!(
+                prometheus.refused_handshakes() > refused_before,
+                "{case}: the server refused no handshake"
+            );
+        }
+        if case == "wrongtoken" {
+            assert!(
+                prometheus.seen().iter().any(|s| !s.authorized),
+                "the server saw no query with the wrong token"
+            );
+        }
+        assert!(
+            !format!("{:?}", paused.status).contains(TOKEN)
+                && !format!("{:?}", paused.status).contains("not-the-token"),
+            "{case}: a token in the status"
+        );
+        agent_support::abort(&env.client, &name, &agent).await;
+        assert!(!support::is_cordoned(&env.client, node).await, "{case}");
+    }
+    let events = Api::<k8s_openapi::api::core::v1::Event>::all(env.client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list Events");
+    for e in &events.items {
+        let text = format!("{e:?}");
+        assert!(
+            !text.contains(TOKEN) && !text.contains("not-the-token"),
+            "an Event carries a token: {e:?}"
+        );
+    }
+}
+
 /// Text that a health check's answer carries and nothing may repeat.
 const SECRET: &str = "s3cr3t-answer-text";
 
@@ -501,6 +679,30 @@ async fn the_api_server_refuses_gate_settings_outside_their_bounds() {
             "interval",
             serde_json::json!({ "interval": "1ms", "waypoints": { "disabled": true } }),
             "interval must be at least 1s",
+        ),
+        (
+            "tokenoverhttp",
+            serde_json::json!({
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": "http://127.0.0.1:9",
+                    "bearerToken": { "name": "prometheus-credentials" },
+                    "queries": [{ "name": "q", "query": "up", "max": 1.0 }]
+                }
+            }),
+            "bearerToken needs an https:// url",
+        ),
+        (
+            "tlsoverhttp",
+            serde_json::json!({
+                "waypoints": { "disabled": true },
+                "prometheus": {
+                    "url": "http://127.0.0.1:9",
+                    "tls": { "ca": { "name": "prometheus-credentials" } },
+                    "queries": [{ "name": "q", "query": "up", "max": 1.0 }]
+                }
+            }),
+            "tls applies to an https:// url only",
         ),
         (
             "querytimeout",

@@ -7,7 +7,40 @@ use std::path::PathBuf;
 fn manifests_match_the_code() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let update = std::env::var_os("UPDATE_MANIFESTS").is_some();
-    for (name, want) in ztunnel_rollout::api::manifests::generated() {
+    let generated = ztunnel_rollout::api::manifests::generated();
+    // Nothing stale either: every file outside the hand-written ones is generated.
+    let names: std::collections::BTreeSet<PathBuf> =
+        generated.iter().map(|(n, _)| PathBuf::from(n)).collect();
+    let mut stale = Vec::new();
+    let mut dirs = vec![dir.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read manifests/") {
+            let path = entry.expect("entry").path();
+            let relative = path
+                .strip_prefix(&dir)
+                .expect("under manifests/")
+                .to_path_buf();
+            let hand_written = ["alerts", "dashboard", "README.md", "image"]
+                .iter()
+                .any(|h| relative.starts_with(h));
+            if path.is_dir() {
+                dirs.push(path);
+            } else if !hand_written && !names.contains(&relative) {
+                stale.push(relative);
+            }
+        }
+    }
+    if update {
+        for path in &stale {
+            std::fs::remove_file(dir.join(path)).expect("remove a stale manifest");
+        }
+    } else {
+        assert!(
+            stale.is_empty(),
+            "manifests/ has files the code no longer generates: {stale:?}; run `UPDATE_MANIFESTS=1 cargo test --test manifests` and commit the result"
+        );
+    }
+    for (name, want) in generated {
         let path = dir.join(&name);
         if update {
             if let Some(parent) = path.parent() {

@@ -62,6 +62,7 @@ impl EffectRunner {
         leadership: Leadership,
         events: EventSink,
         metrics: Arc<Metrics>,
+        namespace: String,
     ) -> Self {
         Self {
             actions: Arc::new(NodeActions::new(client.clone(), leadership.clone())),
@@ -76,6 +77,8 @@ impl EffectRunner {
             gates: Arc::new(Gates {
                 observed: observed.clone(),
                 http: HttpClient::new(),
+                client: client.clone(),
+                namespace,
             }),
             client,
             observed,
@@ -125,7 +128,7 @@ impl EffectRunner {
                     executor.spawn_with(
                         key(&node, TaskKind::Gates),
                         span,
-                        move |sink| async move { gates.run(request, sink).await },
+                        move |sink| async move { gates.run(*request, sink).await },
                     );
                 }
                 Effect::CancelGates { node } => executor.cancel(&key(&node, TaskKind::Gates)),

@@ -37,6 +37,8 @@ pub struct RolloutSettings {
     pub agent_node: Option<String>,
     /// How often the leader sweeps for nodes of rollouts that no longer exist.
     pub orphan_sweep_interval: std::time::Duration,
+    /// The agent's namespace (its Lease's): health gates read Secrets there only.
+    pub namespace: String,
 }
 
 /// Why a pass stopped early.
@@ -103,6 +105,7 @@ impl Rollouts {
                 leadership.clone(),
                 events,
                 metrics.clone(),
+                settings.namespace.clone(),
             ),
             source: Source::new(observed),
             client,

@@ -29,7 +29,7 @@ use crate::health::gates::{
 };
 use crate::health::http_client::{Bounds, HttpClient};
 use crate::health::rounds::{Round, next_round, trim_to_window, verdict_at_deadline};
-use crate::health::{prometheus, ztunnel_metrics};
+use crate::health::{credentials, prometheus, ztunnel_metrics};
 use ztunnel_rollout_core::label_selector::Selector;
 use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, REVISION_HASH_LABEL};
 
@@ -38,6 +38,10 @@ use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, REV
 pub struct Gates {
     pub observed: Arc<Observed>,
     pub http: HttpClient,
+    /// Reads the Prometheus credentials' Secrets.
+    pub client: kube::Client,
+    /// The agent's namespace: the only one it reads Secrets from.
+    pub namespace: String,
 }
 
 /// What a node's gate task keeps between rounds.
@@ -50,6 +54,8 @@ struct Memory {
     baselines: Baselines,
     /// The last round's results, judged when the deadline comes.
     last: Option<Vec<CheckResult>>,
+    /// The client for Prometheus, once its credentials were read.
+    prometheus: Option<HttpClient>,
 }
 
 /// `deadline` on the tokio clock.
@@ -142,7 +148,30 @@ impl Gates {
                 }
             })
         };
+        let http = match (&s.prometheus, &memory.prometheus) {
+            (None, _) => Ok(self.http.clone()),
+            (Some(_), Some(client)) => Ok(client.clone()),
+            (Some(p), None) => {
+                let read = credentials::prometheus_client(
+                    &self.client,
+                    &self.namespace,
+                    &p.credentials,
+                    &self.http,
+                );
+                match tokio::time::timeout_at(until, read).await {
+                    Ok(Ok(client)) => {
+                        memory.prometheus = Some(client.clone());
+                        Ok(client)
+                    }
+                    Ok(Err(e)) => Err(format!("Prometheus credentials: {e}")),
+                    Err(_) => Err(
+                        "Prometheus credentials: not read by the health gate's deadline".to_owned(),
+                    ),
+                }
+            }
+        };
         let baselines = &memory.baselines;
+        let http = &http;
         let queries = async {
             let Some(p) = &s.prometheus else {
                 return Vec::new();
@@ -162,9 +191,17 @@ impl Gates {
                     if !baselines.needed(q) {
                         return None;
                     }
-                    Some(prometheus::query(&self.http, &p.url, &text, before, bounds).await)
+                    Some(match http {
+                        Ok(http) => prometheus::query(http, &p.url, &text, before, bounds).await,
+                        Err(e) => Err(e.clone()),
+                    })
                 };
-                let now = prometheus::query(&self.http, &p.url, &text, None, bounds);
+                let now = async {
+                    match http {
+                        Ok(http) => prometheus::query(http, &p.url, &text, None, bounds).await,
+                        Err(e) => Err(e.clone()),
+                    }
+                };
                 let (baseline, now) = futures::join!(baseline, now);
                 (q, baseline, now)
             }))

@@ -266,6 +266,26 @@ fn sidecar_rbac() -> String {
     )
 }
 
+/// Reading the Secrets named in `healthGates.prometheusCredentialSecrets`, in the
+/// release's namespace: only when some are named.
+fn prometheus_credentials_rbac() -> String {
+    let role_name = suffixed("prometheus-credentials");
+    let role = with_metadata(
+        manifests::prometheus_credentials_role(raw(
+            ".Values.healthGates.prometheusCredentialSecrets | toJson",
+        )),
+        &role_name,
+        Some(&namespace()),
+    );
+    documents(
+        Some(".Values.healthGates.prometheusCredentialSecrets"),
+        &[
+            role,
+            binding("RoleBinding", &role_name, Some(&namespace()), "Role"),
+        ],
+    )
+}
+
 fn service() -> Value {
     let mut s = manifests::metrics_service();
     s["metadata"] = metadata(&suffixed("metrics"), Some(&namespace()));
@@ -488,6 +508,9 @@ healthGates:
   # The Prometheus URLs rollouts' gates may query, as prefixes (e.g.
   # http://prometheus.monitoring:9090); a rollout naming any other URL is Blocked.
   allowedPrometheusUrlPrefixes: []
+  # Secrets in the release's namespace the agent may read (get, by name) for rollouts'
+  # Prometheus credentials (health.prometheus.bearerToken and .tls); none by default.
+  prometheusCredentialSecrets: []
 
 metrics:
   port: 8080
@@ -593,6 +616,11 @@ fn schema() -> Value {
                 "type": "array",
                 "items": { "type": "string", "pattern": "^https?://[^,]+$" },
             },
+            "prometheusCredentialSecrets": {
+                "type": "array",
+                "uniqueItems": true,
+                "items": { "type": "string", "minLength": 1, "maxLength": 253, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" },
+            },
         })),
         "metrics": object_schema(json!({
             "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
@@ -696,6 +724,10 @@ pub fn files() -> Vec<(&'static str, String)> {
         ("templates/rbac.yaml", rbac()),
         ("templates/rbac-users.yaml", user_roles()),
         ("templates/rbac-sidecar-migrations.yaml", sidecar_rbac()),
+        (
+            "templates/rbac-prometheus-credentials.yaml",
+            prometheus_credentials_rbac(),
+        ),
         (
             "templates/deployment.yaml",
             documents(None, &[deployment()]),

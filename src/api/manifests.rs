@@ -297,6 +297,27 @@ pub fn lease_role() -> Value {
     })
 }
 
+/// The Secret `manifests/optional/prometheus-credentials/` lets the agent read for health gates' Prometheus
+/// credentials (the chart takes a list: `healthGates.prometheusCredentialSecrets`).
+pub const PROMETHEUS_CREDENTIALS_SECRET: &str = "prometheus-credentials";
+
+/// Opt-in: reading the named Secrets in the agent's namespace — the Prometheus CA
+/// bundle, client certificate and bearer token health gates may name. Only `get`, only
+/// these names: the agent never lists Secrets, and reads none elsewhere.
+pub fn prometheus_credentials_role(secrets: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": { "name": format!("{NAME}-prometheus-credentials"), "namespace": NAMESPACE },
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": secrets,
+            "verbs": ["get"],
+        }],
+    })
+}
+
 /// Events about cluster-scoped objects (Nodes, rollouts) live in `default`.
 pub fn events_role() -> Value {
     json!({
@@ -448,19 +469,32 @@ pub fn optional_objects() -> Vec<(&'static str, Value)> {
     );
     vec![
         (
-            "optional/validatingadmissionpolicy-sidecar-migrations.json",
+            "optional/sidecar-migrations/validatingadmissionpolicy.json",
             policy,
         ),
         (
-            "optional/validatingadmissionpolicybinding-sidecar-migrations.json",
+            "optional/sidecar-migrations/validatingadmissionpolicybinding.json",
             policy_binding,
         ),
         (
-            "optional/clusterrole-sidecar-migrations.json",
+            "optional/sidecar-migrations/clusterrole.json",
             sidecar_migration_role(),
         ),
         (
-            "optional/clusterrolebinding-sidecar-migrations.json",
+            "optional/prometheus-credentials/role.json",
+            prometheus_credentials_role(json!([PROMETHEUS_CREDENTIALS_SECRET])),
+        ),
+        (
+            "optional/prometheus-credentials/rolebinding.json",
+            binding(
+                "RoleBinding",
+                Some(NAMESPACE),
+                "Role",
+                &format!("{NAME}-prometheus-credentials"),
+            ),
+        ),
+        (
+            "optional/sidecar-migrations/clusterrolebinding.json",
             binding(
                 "ClusterRoleBinding",
                 None,

@@ -120,6 +120,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
             },
             agent_node: args.node_name.clone(),
             orphan_sweep_interval: args.orphan_sweep_interval,
+            namespace: args.lease_namespace.clone(),
         },
         resync: Duration::from_secs(30),
         rollout_selector: args.rollout_selector.clone(),

@@ -94,6 +94,8 @@ pub struct HttpClient {
     /// Shared by the clones: the agent-wide limit.
     slots: Arc<Semaphore>,
     limit: usize,
+    /// Sent with every request (marked sensitive: never logged).
+    authorization: Option<http::HeaderValue>,
 }
 
 impl HttpClient {
@@ -109,6 +111,36 @@ impl HttpClient {
             client: Client::builder(TokioExecutor::new()).build(connector()),
             slots: Arc::new(Semaphore::new(slots)),
             limit: slots,
+            authorization: None,
+        }
+    }
+
+    /// A client for one authenticated endpoint, sharing this one's slots: https only,
+    /// with `tls` (its CA certificates and client certificate) when given, and
+    /// `Authorization: Bearer token` on every request when given.
+    pub fn authenticated(
+        &self,
+        tls: Option<rustls::ClientConfig>,
+        token: Option<http::HeaderValue>,
+    ) -> Self {
+        let client = match tls {
+            Some(config) => Client::builder(TokioExecutor::new()).build(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .enable_http1()
+                    .build(),
+            ),
+            None => self.client.clone(),
+        };
+        Self {
+            client,
+            slots: self.slots.clone(),
+            limit: self.limit,
+            authorization: token.map(|mut t| {
+                t.set_sensitive(true);
+                t
+            }),
         }
     }
 
@@ -176,7 +208,23 @@ impl HttpClient {
             url: url.to_owned(),
             limit: MAX_BODY,
         };
-        let response = self.client.get(uri).await.map_err(|e| {
+        if self.authorization.is_some() && uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Err(FetchError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "a bearer token is sent over https only".to_owned(),
+            });
+        }
+        let mut request = http::Request::get(uri);
+        if let Some(token) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, token.clone());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|_| FetchError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "not a valid request".to_owned(),
+            })?;
+        let response = self.client.request(request).await.map_err(|e| {
             let reason = classify(&e, "connection failed");
             debug!(url, error = %error_chain(&e), reason, "health check request failed");
             FetchError::Unreachable {

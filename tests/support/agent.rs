@@ -73,13 +73,13 @@ pub async fn install(client: &Client) {
     // The sidecar migrations' opt-in ClusterRole: the suite tests them.
     fixtures::apply(
         &Api::<ClusterRole>::all(client.clone()),
-        &object("optional/clusterrole-sidecar-migrations.json"),
+        &object("optional/sidecar-migrations/clusterrole.json"),
     )
     .await
     .expect("apply the sidecar migrations' cluster role");
     fixtures::apply(
         &Api::<ClusterRoleBinding>::all(client.clone()),
-        &object("optional/clusterrolebinding-sidecar-migrations.json"),
+        &object("optional/sidecar-migrations/clusterrolebinding.json"),
     )
     .await
     .expect("apply the sidecar migrations' cluster role binding");
@@ -87,9 +87,15 @@ pub async fn install(client: &Client) {
         use k8s_openapi::api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
         };
-        for what in [
-            "optional/validatingadmissionpolicy-sidecar-migrations.json",
-            "validatingadmissionpolicy-ztunnel-pods.json",
+        for (what, binding) in [
+            (
+                "optional/sidecar-migrations/validatingadmissionpolicy.json",
+                "optional/sidecar-migrations/validatingadmissionpolicybinding.json",
+            ),
+            (
+                "validatingadmissionpolicy-ztunnel-pods.json",
+                "validatingadmissionpolicybinding-ztunnel-pods.json",
+            ),
         ] {
             fixtures::apply(
                 &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
@@ -97,13 +103,9 @@ pub async fn install(client: &Client) {
             )
             .await
             .unwrap_or_else(|e| panic!("apply {what}: {e}"));
-            let binding = what.replace(
-                "validatingadmissionpolicy-",
-                "validatingadmissionpolicybinding-",
-            );
             fixtures::apply(
                 &Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
-                &object(&binding),
+                &object(binding),
             )
             .await
             .unwrap_or_else(|e| panic!("apply {binding}: {e}"));
@@ -112,6 +114,11 @@ pub async fn install(client: &Client) {
     for (role, binding) in [
         ("role-lease.json", "rolebinding-lease.json"),
         ("role-events.json", "rolebinding-events.json"),
+        // Opt-in: the health gates' tests read Prometheus credentials.
+        (
+            "optional/prometheus-credentials/role.json",
+            "optional/prometheus-credentials/rolebinding.json",
+        ),
     ] {
         let role: Role = object(role);
         let ns = role.metadata.namespace.clone().unwrap_or_default();
@@ -291,6 +298,8 @@ pub fn start_tagged(tag: &str, kubeconfig: &Path, lease: &str, identity: &str) -
 
 /// The Prometheus URL prefix the tests' agents allow (any port of 127.0.0.1).
 pub const ALLOWED_PROMETHEUS: &str = "http://127.0.0.1";
+/// The same over https (the credentials test's Prometheus).
+pub const ALLOWED_PROMETHEUS_TLS: &str = "https://127.0.0.1";
 
 /// The agent's flags for the rollouts labelled `TEST_LABEL=tag`, on `lease`, as
 /// `identity`, serving metrics at `metrics`.
@@ -307,6 +316,8 @@ pub fn flags(tag: &str, lease: &str, identity: &str, metrics: &str) -> Vec<Strin
         // The tests' Prometheus and endpoints listen on loopback, on any port.
         "--allowed-prometheus-url-prefix",
         ALLOWED_PROMETHEUS,
+        "--allowed-prometheus-url-prefix",
+        ALLOWED_PROMETHEUS_TLS,
     ]
     .map(str::to_owned)
     .to_vec()

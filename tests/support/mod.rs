@@ -8,6 +8,7 @@ pub mod fault_proxy;
 pub mod history;
 pub mod injector;
 pub mod prometheus;
+pub mod tls_prometheus;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;

@@ -226,10 +226,22 @@ fn default_true() -> bool {
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.bearerToken) || self.url.startsWith('https://')", "message": "bearerToken needs an https:// url: the token would cross the network in clear text"},
+    {"rule": "!has(self.tls) || self.url.startsWith('https://')", "message": "tls applies to an https:// url only"},
+]))]
 pub struct PrometheusSpec {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.startsWith('http://') || self.startsWith('https://')", "message": "url must start with http:// or https://"}]))]
     pub url: String,
+    /// Sent as `Authorization: Bearer …` with every query (https URLs only): a key of a
+    /// Secret in the agent's namespace (default key `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<SecretKeyRef>,
+    /// The CA that signs Prometheus's certificate and a client certificate, from Secrets
+    /// in the agent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
     /// Deadline for one query; at most 30s. A round of queries also ends at the gate's
     /// deadline (`timeout`).
     #[serde(default = "default_query_timeout")]
@@ -240,6 +252,53 @@ pub struct PrometheusSpec {
     pub query_timeout: String,
     #[schemars(length(min = 1, max = 32))]
     pub queries: Vec<PrometheusQuery>,
+}
+
+/// A key of a Secret in the agent's namespace (the agent reads Secrets only there, and
+/// only those its Role names).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// The key in the Secret's data; each field says its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl SecretKeyRef {
+    /// The key, or `default` when none is set.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusTls {
+    /// PEM CA certificates that sign Prometheus's serving certificate (default key
+    /// `ca.crt`); they replace the system's CA certificates for this URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
+    /// A client certificate for mutual TLS: a `kubernetes.io/tls` Secret's `tls.crt`
+    /// and `tls.key` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<SecretRef>,
+}
+
+/// A Secret in the agent's namespace.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
 }
 
 fn default_query_timeout() -> String {

@@ -41,6 +41,8 @@ pub struct ZtunnelMetricsSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrometheusSettings {
     pub url: String,
+    /// What the queries authenticate with (Secrets in the agent's namespace).
+    pub credentials: super::credentials::PrometheusCredentials,
     pub query_timeout: Duration,
     pub queries: Vec<QuerySettings>,
 }

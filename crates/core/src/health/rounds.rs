@@ -157,6 +157,7 @@ mod tests {
             }),
             prometheus: Some(PrometheusSettings {
                 url: "http://p:9090".into(),
+                credentials: Default::default(),
                 query_timeout: Duration::from_secs(10),
                 queries: vec![QuerySettings {
                     name: "q".into(),

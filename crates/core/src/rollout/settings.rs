@@ -227,8 +227,11 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
                     "at least one query is needed".into(),
                 ));
             }
+            let credentials = crate::health::credentials::PrometheusCredentials::from_spec(p)
+                .map_err(|e| invalid("health.prometheus")(e.to_string()))?;
             Some(PrometheusSettings {
                 url: p.url.trim_end_matches('/').to_owned(),
+                credentials,
                 // The schema refuses more; a rollout stored before it said so is clamped.
                 query_timeout: parse_duration(&p.query_timeout)
                     .map_err(invalid("health.prometheus.queryTimeout"))?
@@ -369,6 +372,11 @@ mod tests {
         assert!(e.message.contains("\"a\" is used twice"), "{e}");
         let e = with(serde_json::json!({"prometheus": {"url": "http://", "queries": [q("a")]}}));
         assert_eq!(e.field, "health.prometheus.url");
+        let e = with(serde_json::json!({"prometheus": {
+            "url": "http://p:9090", "queries": [q("a")], "bearerToken": {"name": "t"}
+        }}));
+        assert_eq!(e.field, "health.prometheus");
+        assert!(e.message.contains("https://"), "{e}");
         let both = serde_json::json!({"name": "b", "query": "up", "max": 1.0, "maxIncrease": 1.0});
         let e =
             with(serde_json::json!({"prometheus": {"url": "http://p:9090", "queries": [both]}}));

@@ -12,7 +12,7 @@ use ztunnel_rollout_testbed::rbac_audit::{self, Grant, Request, Scope};
 
 /// The agent's roles in `manifests/`: everything its ServiceAccount is bound to, and
 /// where each applies (the ztunnel Role: in each test's own namespace).
-fn roles() -> [(&'static str, Scope); 5] {
+fn roles() -> [(&'static str, Scope); 6] {
     [
         ("clusterrole.json", Scope::Cluster),
         (
@@ -22,8 +22,12 @@ fn roles() -> [(&'static str, Scope); 5] {
         ("role-events.json", Scope::Namespace("default".into())),
         ("role-ztunnel.json", Scope::AnyNamespace),
         (
-            "optional/clusterrole-sidecar-migrations.json",
+            "optional/sidecar-migrations/clusterrole.json",
             Scope::Cluster,
+        ),
+        (
+            "optional/prometheus-credentials/role.json",
+            Scope::Namespace("ztunnel-rollout".into()),
         ),
     ]
 }

@@ -28,7 +28,7 @@ pub enum Effect {
         node: String,
     },
     /// Run the node's health gates; they report [`Outcome::Gate`].
-    Gates(GateRequest),
+    Gates(Box<GateRequest>),
     CancelGates {
         node: String,
     },

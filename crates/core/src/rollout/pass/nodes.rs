@@ -319,7 +319,7 @@ impl Pass<'_, '_> {
                         ready_since: state.tracked.record.since,
                         touched_at: state.tracked.started,
                     };
-                    self.plan.effects.push(Effect::Gates(request));
+                    self.plan.effects.push(Effect::Gates(Box::new(request)));
                 }
             }
         }
