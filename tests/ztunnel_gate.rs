@@ -105,3 +105,200 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
         failed.message
     );
 }
+
+/// The connections-drained gate on the local control plane, judged from the API server:
+/// on one node an evicted app's connections through the old ztunnel close over 6 s, and
+/// the old ztunnel pod is deleted (as a watch started before the rollout sees it) only
+/// after they all closed; on the other a DaemonSet pod enrolled in ambient mode holds
+/// connections that never close: they are not waited for, a Warning Event names the
+/// workload, and the rollout completes (`Proceed`); a second rollout with
+/// `onOpenConnections: Fail` fails that node without deleting its ztunnel pod.
+#[tokio::test]
+async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_named() {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let env = TestEnv::new("gate-conns", 2).await;
+    agent_support::install(&env.client).await;
+    let (closing, staying) = (env.nodes[0].clone(), env.nodes[1].clone());
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let mut addresses = Vec::new();
+    for (k, node) in [(2u8, &closing), (3u8, &staying)] {
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({ "spec": { "podCIDR": format!("127.88.{k}.0/28") } }),
+                ),
+            )
+            .await
+            .expect("set the node's pod CIDR");
+        addresses.extend(pod_addresses(k).into_iter().map(|a| (a, node.clone())));
+    }
+    let server = ZtunnelMetricsServer::start_at(&addresses).await;
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &env.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "labels": { "istio.io/dataplane-mode": "ambient" } } })),
+        )
+        .await
+        .expect("label the namespace");
+    // A log agent on the second node: a DaemonSet, enrolled by its namespace.
+    let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    let log_agent: DaemonSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": { "name": "log-agent", "namespace": env.namespace },
+        "spec": {
+            "selector": { "matchLabels": { "app": "log-agent" } },
+            "template": {
+                "metadata": { "labels": { "app": "log-agent" } },
+                "spec": {
+                    "nodeSelector": { "kubernetes.io/hostname": staying },
+                    "tolerations": [{ "operator": "Exists" }],
+                    "containers": [{ "name": "agent", "image": "registry.test/log-agent:1" }],
+                },
+            },
+        },
+    }))
+    .expect("DaemonSet");
+    ztunnel_rollout_testbed::fixtures::apply(&ds_api, &log_agent)
+        .await
+        .expect("apply the log agent");
+    support::wait_for(
+        &ds_api,
+        "log-agent",
+        "the log agent Ready",
+        support::daemonset_ready(1),
+    )
+    .await;
+    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let old_pods = support::ztunnel_pods_by_node(&env).await;
+
+    // When the watch first sees the closing node's old ztunnel pod deleted.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let old_uid = old_pods[&closing].clone();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    let mut stream = Box::pin(watcher(pods.clone(), watcher::Config::default()).applied_objects());
+    // The watch is running (its initial list done) before the rollout exists.
+    let _ = stream.next().await;
+    let watch = tokio::spawn(async move {
+        let mut seen_tx = Some(seen_tx);
+        while let Some(Ok(p)) = stream.next().await {
+            if p.metadata.uid.as_deref() == Some(old_uid.as_str())
+                && p.metadata.deletion_timestamp.is_some()
+                && let Some(tx) = seen_tx.take()
+            {
+                let _ = tx.send(std::time::Instant::now());
+            }
+        }
+    });
+    const LIFETIME: Duration = Duration::from_secs(6);
+    let all_closed_at = std::time::Instant::now() + LIFETIME;
+    server.hold_connections(&closing, &env.namespace, "cart", 5, Some(LIFETIME));
+    server.hold_connections(&staying, &env.namespace, "log-agent", 2, None);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let health = |policy: &str| {
+        serde_json::json!({
+            "interval": "1s",
+            "timeout": "30s",
+            "waypoints": { "disabled": true },
+            "ztunnelMetrics": { "checkProxies": false },
+            "connectionDrainTimeout": "60s",
+            "onOpenConnections": policy,
+        })
+    };
+    let name = format!("{}-proceed", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({ "health": health("Proceed") }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let deleted_at = tokio::time::timeout(Duration::from_secs(10), seen_rx)
+        .await
+        .expect("the watch saw the old ztunnel pod deleted")
+        .expect("watch");
+    watch.abort();
+    assert!(
+        deleted_at >= all_closed_at,
+        "the old ztunnel pod was deleted {:?} before its last connection closed",
+        all_closed_at - deleted_at
+    );
+    let note = support::wait_for_event(
+        &env.client,
+        &staying,
+        "OpenConnections",
+        &format!(
+            "2 connection(s) of {}/log-agent (stays on the node)",
+            env.namespace
+        ),
+    )
+    .await;
+    assert!(!note.contains("cart"), "{note}");
+    assert!(
+        support::events_with_reason(&env.client, "OpenConnections", |e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(closing.as_str())
+        })
+        .await
+        .is_empty(),
+        "nothing was left open on {closing}"
+    );
+
+    // Fail: the node fails and keeps its ztunnel pod.
+    let before = support::ztunnel_pods_by_node(&env).await;
+    let name = format!("{}-fail", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "nodeSelector": { "matchLabels": { "kubernetes.io/hostname": staying } },
+            "cycleCurrent": true,
+            "health": health("Fail"),
+        }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let paused = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Paused",
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    let n = agent_support::node_status(&paused, &staying).expect("node status");
+    assert_eq!(n.phase, NodePhase::Failed, "{n:?}");
+    assert!(
+        n.message.contains("log-agent") && n.message.contains("not replaced"),
+        "{}",
+        n.message
+    );
+    assert_eq!(
+        support::ztunnel_pods_by_node(&env).await[&staying],
+        before[&staying],
+        "the ztunnel pod was not replaced"
+    );
+    assert!(support::is_cordoned(&env.client, &staying).await);
+    agent_support::abort(&env.client, &name, &agent).await;
+    assert!(!support::is_cordoned(&env.client, &staying).await);
+}

@@ -132,6 +132,19 @@ impl EffectRunner {
                     );
                 }
                 Effect::CancelGates { node } => executor.cancel(&key(&node, TaskKind::Gates)),
+                Effect::Connections(request) => {
+                    let span = info_span!("node", node = %request.node);
+                    let gates = self.gates.clone();
+                    let node = request.node.clone();
+                    executor.spawn_with(
+                        key(&node, TaskKind::Connections),
+                        span,
+                        move |sink| async move { gates.connections(*request, sink).await },
+                    );
+                }
+                Effect::CancelConnections { node } => {
+                    executor.cancel(&key(&node, TaskKind::Connections))
+                }
                 Effect::StepDown { node } => {
                     if let Ok(mut s) = self.step_down.lock() {
                         *s = Some(node);

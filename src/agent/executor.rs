@@ -18,6 +18,8 @@ pub enum TaskKind {
     /// An API call (node patch, pod delete, namespace relabel, workload restart).
     Call,
     Drain,
+    /// The connections-drained gate.
+    Connections,
     Gates,
     /// Finalizer, status write, DaemonSet restore, delete: calls on the owner itself.
     Owner(OwnerCall),

@@ -8,6 +8,7 @@
 //! the health/metrics endpoint, with a graceful shutdown that records the current step
 //! and hands the lease over.
 
+pub mod connections;
 pub mod effects;
 pub mod events;
 pub mod executor;

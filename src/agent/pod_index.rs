@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::watch_cache;
-use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, INJECT_LABEL};
+use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, INJECT_LABEL, MIRROR_POD_ANNOTATION};
 use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 
 /// What the agent keeps of one pod.
@@ -27,6 +27,12 @@ pub struct PodFacts {
     /// Uid of the controller owning it, and whether that is a DaemonSet.
     pub controller_uid: Option<String>,
     pub daemon: bool,
+    /// The DaemonSet's name, when a DaemonSet owns it (the workload name Istio gives
+    /// its pods).
+    pub daemon_set: Option<String>,
+    /// A static pod (its mirror in the API): the kubelet runs it from a file, no drain
+    /// moves it.
+    pub static_pod: bool,
     /// `istio.io/dataplane-mode` on the pod.
     pub dataplane_mode: Option<String>,
     pub host_network: bool,
@@ -54,6 +60,11 @@ impl PodFacts {
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             controller_uid: controller.map(|o| o.uid.clone()),
             daemon: controller.is_some_and(|o| o.kind == "DaemonSet"),
+            daemon_set: controller
+                .filter(|o| o.kind == "DaemonSet")
+                .map(|o| o.name.clone()),
+            static_pod: p.annotations().contains_key(MIRROR_POD_ANNOTATION)
+                || controller.is_some_and(|o| o.kind == "Node"),
             dataplane_mode: p.labels().get(DATAPLANE_MODE_LABEL).cloned(),
             host_network: p
                 .spec

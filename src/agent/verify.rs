@@ -23,6 +23,7 @@ use ztunnel_rollout_core::rollout::pass::{GateEvent, GateRequest, Outcome};
 use super::executor::Sink;
 
 use super::observe::Observed;
+use super::pod_index::PodFacts;
 use crate::health::gates::{
     Baselines, CheckResult, GateVerdict, Waypoint, ZtunnelScrape, enrolled_in_ambient,
     prometheus_check, verdict, waypoint_check, ztunnel_checks,
@@ -260,6 +261,11 @@ impl Gates {
 /// mode by their own label or their namespace's, not opted out, and not ztunnel itself
 /// (DaemonSet `ds_uid`).
 pub fn ambient_pods(observed: &Observed, node: &str, ds_uid: &str) -> usize {
+    enrolled_pods(observed, node, ds_uid).len()
+}
+
+/// Those pods.
+pub fn enrolled_pods(observed: &Observed, node: &str, ds_uid: &str) -> Vec<PodFacts> {
     let namespaces: HashMap<String, bool> = observed
         .namespaces
         .state()
@@ -274,7 +280,7 @@ pub fn ambient_pods(observed: &Observed, node: &str, ds_uid: &str) -> usize {
     observed
         .all_pods
         .running_on(node, ds_uid)
-        .iter()
+        .into_iter()
         .filter(|p| !p.host_network)
         .filter(|p| {
             enrolled_in_ambient(
@@ -282,7 +288,7 @@ pub fn ambient_pods(observed: &Observed, node: &str, ds_uid: &str) -> usize {
                 namespaces.get(&p.namespace).copied().unwrap_or(false),
             )
         })
-        .count()
+        .collect()
 }
 
 /// The waypoint Deployments `selector` picks, with their Gateways and PDB coverage.

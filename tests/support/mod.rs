@@ -760,6 +760,24 @@ pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The UID of each node's live ztunnel pod (not being deleted).
+pub async fn ztunnel_pods_by_node(env: &TestEnv) -> BTreeMap<String, String> {
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                p.metadata.uid.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// A refusal injected at the API server: a ValidatingAdmissionPolicy and its binding,
 /// both named `name`, denying the writes its `matchConstraints` select unless the CEL
 /// expression `allowed` holds. Policies are cluster-scoped: name them after the test's

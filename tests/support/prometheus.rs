@@ -29,6 +29,32 @@ struct Series {
     delay: Duration,
     /// Answer without a Content-Length (the body ends when the connection does).
     hide_length: bool,
+    /// Connections held open by workloads at this ztunnel's end.
+    open: Vec<OpenSet>,
+}
+
+/// `count` connections of workload `namespace/name`, opened when set, all closed
+/// evenly over `lifetime` (never, when `None`).
+#[derive(Clone)]
+struct OpenSet {
+    namespace: String,
+    name: String,
+    count: u64,
+    since: Instant,
+    lifetime: Option<Duration>,
+}
+
+impl OpenSet {
+    fn closed(&self, now: Instant) -> u64 {
+        match self.lifetime {
+            None => 0,
+            Some(l) if l.is_zero() => self.count,
+            Some(l) => {
+                let part = now.duration_since(self.since).as_secs_f64() / l.as_secs_f64();
+                ((self.count as f64) * part.min(1.0)).floor() as u64
+            }
+        }
+    }
 }
 
 type SharedSeries = Arc<Mutex<HashMap<String, Series>>>;
@@ -77,25 +103,46 @@ fn render(node: &str, s: &mut Series) -> String {
         let secs = now.duration_since(last).as_secs_f64();
         s.failed += s.failed_rate * secs;
         s.opened += 10.0 * secs;
-        s.closed += 9.0 * secs;
+        s.closed += 10.0 * secs;
     }
     s.last = Some(now);
     if let Some(body) = &s.body_override {
         return body.clone();
     }
+    // The connections the test holds open, as ztunnel reports them from the
+    // workload's end (reporter="source").
+    let (mut opened_open, mut closed_open) = (String::new(), String::new());
+    for o in &s.open {
+        let labels = format!(
+            "reporter=\"source\",source_workload=\"{}\",source_workload_namespace=\"{}\",destination_workload=\"upstream\",destination_workload_namespace=\"elsewhere\",response_flags=\"-\"",
+            o.name, o.namespace
+        );
+        opened_open.push_str(&format!(
+            "istio_tcp_connections_opened_total{{{labels}}} {}\n",
+            o.count
+        ));
+        closed_open.push_str(&format!(
+            "istio_tcp_connections_closed_total{{{labels}}} {}\n",
+            o.closed(now)
+        ));
+    }
     format!(
-        "# HELP istio_tcp_connections_opened_total Connections opened.\n\
-         # TYPE istio_tcp_connections_opened_total counter\n\
-         istio_tcp_connections_opened_total{{reporter=\"destination\",node_name=\"{node}\"}} {opened}\n\
-         # TYPE istio_tcp_connections_closed_total counter\n\
-         istio_tcp_connections_closed_total{{reporter=\"destination\",node_name=\"{node}\"}} {closed}\n\
+        "# HELP istio_tcp_connections_opened The total number of TCP connections opened.\n\
+         # TYPE istio_tcp_connections_opened counter\n\
+         istio_tcp_connections_opened_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"-\"}} {opened}\n\
+         {opened_open}\
+         # HELP istio_tcp_connections_closed The total number of TCP connections closed.\n\
+         # TYPE istio_tcp_connections_closed counter\n\
+         istio_tcp_connections_closed_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"-\"}} {closed}\n\
+         {closed_open}\
          # HELP istio_tcp_connections_failed_total Connections failed.\n\
          # TYPE istio_tcp_connections_failed_total counter\n\
          istio_tcp_connections_failed_total{{reporter=\"destination\",response_flags=\"CONNECT\",node_name=\"{node}\"}} {failed}\n\
          # TYPE workload_manager_active_proxy_count gauge\n\
          workload_manager_active_proxy_count {active}\n\
          # TYPE workload_manager_pending_proxy_count gauge\n\
-         workload_manager_pending_proxy_count 0\n",
+         workload_manager_pending_proxy_count 0\n\
+         # EOF\n",
         opened = s.opened.floor(),
         closed = s.closed.floor(),
         failed = s.failed.floor(),
@@ -235,6 +282,26 @@ impl ZtunnelMetricsServer {
         let s = all.entry(node.to_owned()).or_default();
         render(node, s);
         s.failed_rate = per_second;
+    }
+
+    /// From now on `node`'s ztunnel reports `count` connections of workload
+    /// `namespace/name` open, closing evenly over `lifetime` (never when `None`).
+    pub fn hold_connections(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        count: u64,
+        lifetime: Option<Duration>,
+    ) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().open.push(OpenSet {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            count,
+            since: Instant::now(),
+            lifetime,
+        });
     }
 
     pub fn set_active_proxies(&self, node: &str, count: f64) {

@@ -125,9 +125,25 @@ pub struct HealthSpec {
     pub no_data: NoDataPolicy,
     #[serde(default)]
     pub waypoints: WaypointGateSpec,
-    /// Scrape the node's ztunnel metrics endpoint.
+    /// Scrape the node's ztunnel metrics endpoint. With it, the old ztunnel's metrics
+    /// are also read after the drain: its pod is deleted once the connections it
+    /// proxies have closed (see `connectionDrainTimeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ztunnel_metrics: Option<ZtunnelMetricsSpec>,
+    /// After the drain, how long to wait at most for the connections still open through
+    /// the node's old ztunnel (opened minus closed, from its metrics) to close before
+    /// its pod is deleted, which resets them. Connections of pods the drain leaves on
+    /// the node (DaemonSet and static pods) never close: they are not waited for. Only
+    /// with `ztunnelMetrics`; `0s` does not wait.
+    #[serde(default = "default_connection_drain_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub connection_drain_timeout: String,
+    /// Connections still open when ztunnel is to be replaced: `Proceed` (the default:
+    /// replace it; a Warning Event and the node's status name the workloads whose
+    /// connections are reset, with counts) or `Fail` (the node fails; its ztunnel is
+    /// not replaced).
+    #[serde(default)]
+    pub on_open_connections: OpenConnectionsPolicy,
     /// PromQL checks against a Prometheus HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
@@ -145,9 +161,26 @@ impl Default for HealthSpec {
             no_data: NoDataPolicy::default(),
             waypoints: WaypointGateSpec::default(),
             ztunnel_metrics: None,
+            connection_drain_timeout: default_connection_drain_timeout(),
+            on_open_connections: OpenConnectionsPolicy::default(),
             prometheus: None,
         }
     }
+}
+
+fn default_connection_drain_timeout() -> String {
+    "30s".to_owned()
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum OpenConnectionsPolicy {
+    /// Replace ztunnel anyway; the reset connections are named.
+    #[default]
+    Proceed,
+    /// Fail the node without replacing ztunnel.
+    Fail,
 }
 
 fn default_soak() -> String {

@@ -27,7 +27,19 @@ pub struct HealthSettings {
     /// Which Deployments are waypoints; `None`: the waypoint gate is off.
     pub waypoint_selector: Option<crate::label_selector::Selector>,
     pub ztunnel_metrics: Option<ZtunnelMetricsSettings>,
+    /// The connections-drained gate before the old ztunnel is deleted; `None`: off (no
+    /// ztunnel metrics, or a zero timeout).
+    pub connection_drain: Option<ConnectionDrainSettings>,
     pub prometheus: Option<PrometheusSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionDrainSettings {
+    /// ztunnel's metrics port.
+    pub port: u16,
+    pub timeout: Duration,
+    /// What connections still open at the end do.
+    pub policy: crate::api::rollout::OpenConnectionsPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -485,6 +497,7 @@ pub(crate) mod tests {
             max_failed_nodes: 0,
             uncordon_failed_nodes: false,
             pass_without_data: false,
+            connection_drain: None,
             waypoint_selector: None,
             ztunnel_metrics: None,
             prometheus: None,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-pub use crate::api::rollout::NodePhase;
+pub use crate::api::rollout::{NodePhase, OpenConnectionsPolicy};
 
 /// What the rollout recorded about the node (persisted in its status and, for
 /// `was_unschedulable`, in an annotation on the node before it is cordoned).
@@ -87,6 +87,19 @@ pub enum GateProgress {
     Failed(String),
 }
 
+/// Where the connections-drained gate stands: the wait, after the drain, for the
+/// connections through the old ztunnel to close before its pod is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionsProgress {
+    NotStarted,
+    /// Running: why it still waits.
+    Waiting(String),
+    /// Nothing open any more.
+    Closed(String),
+    /// Connections remain that the replacement resets: whose, with counts.
+    Open(String),
+}
+
 /// What the shell observes now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts<'a> {
@@ -100,6 +113,7 @@ pub struct NodeFacts<'a> {
     pub placement: Placement,
     pub drain: DrainProgress,
     pub verification: GateProgress,
+    pub connections: ConnectionsProgress,
     /// Times the rollout cordoned the node again after someone uncordoned it.
     pub recordons: u32,
     /// Since when this pending node has waited for a Ready ztunnel pod, if it has.
@@ -117,6 +131,7 @@ impl NodeFacts<'_> {
             placement: Placement::Runs,
             drain: DrainProgress::NotStarted,
             verification: GateProgress::NotStarted,
+            connections: ConnectionsProgress::NotStarted,
             recordons: 0,
             waiting_for_ztunnel_since: None,
         }
@@ -136,6 +151,9 @@ pub struct Target {
     /// During a rollback: the failed revision. Only nodes running it go through the
     /// sequence; the others are left as they are.
     pub rolling_back_from: Option<String>,
+    /// The connections-drained gate runs before the old ztunnel is deleted, and what
+    /// connections still open at its end do; `None`: it does not run.
+    pub connections_gate: Option<OpenConnectionsPolicy>,
 }
 
 /// The times a node is cordoned again after someone uncordoned it mid-sequence, before
@@ -158,6 +176,8 @@ pub enum Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
     Drain,
+    /// The connections-drained gate.
+    Connections,
     Gates,
 }
 
@@ -239,6 +259,57 @@ fn delete_pod(pod: &ZtunnelPod, verb: &str) -> Step {
         NodePhase::ZtunnelReplaced,
         format!("{verb} ztunnel pod {}", pod.name),
     )
+}
+
+/// Delete `pod` once the connections-drained gate (if it runs) has its verdict: at once
+/// when nothing is open; with what is still open named, or failing the node, as the
+/// policy says.
+fn replace_once_closed(
+    record: &NodeRecord,
+    facts: &NodeFacts,
+    target: &Target,
+    pod: &ZtunnelPod,
+    verb: &str,
+) -> Step {
+    let Some(policy) = target.connections_gate else {
+        return delete_pod(pod, verb);
+    };
+    match &facts.connections {
+        ConnectionsProgress::NotStarted => task(
+            Task::Connections,
+            format!(
+                "waiting for the connections through ztunnel pod {} to close",
+                pod.name
+            ),
+        ),
+        ConnectionsProgress::Waiting(why) => task(
+            Task::Connections,
+            format!("waiting before deleting ztunnel pod {}: {why}", pod.name),
+        ),
+        ConnectionsProgress::Closed(_) => delete_pod(pod, verb),
+        ConnectionsProgress::Open(what) => match policy {
+            OpenConnectionsPolicy::Proceed => call(
+                Call::DeleteZtunnelPod {
+                    name: pod.name.clone(),
+                    uid: pod.uid.clone(),
+                },
+                NodePhase::ZtunnelReplaced,
+                format!(
+                    "{verb} ztunnel pod {}, resetting the connections still open: {what}",
+                    pod.name
+                ),
+            ),
+            OpenConnectionsPolicy::Fail => fail(
+                record,
+                facts,
+                target,
+                format!(
+                    "connections still open through ztunnel pod {}: {what}; not replaced (onOpenConnections: Fail)",
+                    pod.name
+                ),
+            ),
+        },
+    }
 }
 
 fn current<'a>(facts: &'a NodeFacts, target: &Target) -> Option<&'a ZtunnelPod> {
@@ -377,7 +448,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
                 return cordon_again(record, facts);
             }
             if let Some(old) = outdated(facts, target) {
-                return delete_pod(old, "replacing");
+                return replace_once_closed(record, facts, target, old, "replacing");
             }
             // Cycling: replace the pod that predates the drain, never one created since
             // (after a crash between the delete and recording it, that is the new one).
@@ -385,7 +456,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
                 && let Some(pod) = current(facts, target)
                 && pod.created < record.since
             {
-                return delete_pod(pod, "cycling");
+                return replace_once_closed(record, facts, target, pod, "cycling");
             }
             now(ZtunnelReplaced, "waiting for the new ztunnel pod")
         }

@@ -13,7 +13,8 @@ use crate::drain::DrainOptions;
 use crate::drain::filter::FilterOptions;
 use crate::duration::{format_duration, parse_duration};
 use crate::health::gates::{
-    HealthSettings, PrometheusSettings, QueryLimit, QuerySettings, ZtunnelMetricsSettings,
+    ConnectionDrainSettings, HealthSettings, PrometheusSettings, QueryLimit, QuerySettings,
+    ZtunnelMetricsSettings,
 };
 use crate::health::rounds::{MAX_QUERY_TIMEOUT, MIN_INTERVAL};
 use crate::label_selector::Selector;
@@ -249,6 +250,18 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
         uncordon_failed_nodes: spec.uncordon_failed_nodes,
         pass_without_data: spec.no_data == NoDataPolicy::Pass,
         waypoint_selector,
+        connection_drain: {
+            let timeout = parse_duration(&spec.connection_drain_timeout)
+                .map_err(invalid("health.connectionDrainTimeout"))?;
+            spec.ztunnel_metrics
+                .as_ref()
+                .filter(|_| !timeout.is_zero())
+                .map(|z| ConnectionDrainSettings {
+                    port: z.port,
+                    timeout,
+                    policy: spec.on_open_connections,
+                })
+        },
         ztunnel_metrics: spec
             .ztunnel_metrics
             .as_ref()

@@ -9,8 +9,8 @@ use crate::api::rollout::{RolloutSpec, ZtunnelRolloutStatus};
 use crate::labels::{CORDON_ID_ANNOTATION, OWNER_ANNOTATION, WAS_UNSCHEDULABLE_ANNOTATION};
 use crate::rollout::node_machine::NodePhase;
 use crate::rollout::pass::{
-    DrainOutcome, Effect, GateEvent, Memory, NoLookups, OtherRollout, Outcome, PassConfig, Plan,
-    RolloutView, Snapshot, decide,
+    ConnectionsEvent, DrainOutcome, Effect, GateEvent, Memory, NoLookups, OtherRollout, Outcome,
+    PassConfig, Plan, RolloutView, Snapshot, decide,
 };
 use crate::rollout::status::TrackedNode;
 
@@ -33,6 +33,8 @@ pub struct Fixture {
     pub undo_blips: bool,
     /// Wall time spent in `decide` itself, and how many passes.
     pub decided: (std::time::Duration, u32),
+    /// What each node's connections-drained gate reports (default: nothing open).
+    pub connections: std::collections::BTreeMap<String, ConnectionsEvent>,
 }
 
 impl Fixture {
@@ -64,6 +66,7 @@ impl Fixture {
             refuse_undo: None,
             undo_blips: false,
             decided: Default::default(),
+            connections: Default::default(),
         }
     }
 
@@ -190,6 +193,14 @@ impl Fixture {
             Effect::Drain { node, .. } => Outcome::Drain {
                 node: node.clone(),
                 result: DrainOutcome::Drained,
+            },
+            Effect::Connections(request) => Outcome::Connections {
+                node: request.node.clone(),
+                event: self
+                    .connections
+                    .get(&request.node)
+                    .cloned()
+                    .unwrap_or_else(|| ConnectionsEvent::Closed("nothing open".into())),
             },
             Effect::Gates(request) => Outcome::Gate {
                 node: request.node.clone(),

@@ -19,8 +19,8 @@ use super::invariants;
 use super::rng::Rng;
 use crate::api::rollout::RolloutSpec;
 use crate::rollout::pass::{
-    DrainOutcome, Effect, GateEvent, Memory, NoLookups, NodeMap, OtherRollout, Outcome, PassConfig,
-    PodCounts, RolloutView, Snapshot, ZtunnelsByNode, decide,
+    ConnectionsEvent, DrainOutcome, Effect, GateEvent, Memory, NoLookups, NodeMap, OtherRollout,
+    Outcome, PassConfig, PodCounts, RolloutView, Snapshot, ZtunnelsByNode, decide,
 };
 
 const LEASE: SignedDuration = SignedDuration::from_secs(15);
@@ -570,6 +570,16 @@ impl Trial {
                 self.agents[agent].hold_off_until = self.c.step + 150;
                 self.lease = None;
             }
+            // The trials' rollouts read no ztunnel metrics; were one to, its old
+            // ztunnel would have nothing open.
+            Effect::Connections(req) => self.agents[agent].deliver(
+                rollout,
+                Outcome::Connections {
+                    node: req.node,
+                    event: ConnectionsEvent::Closed(String::new()),
+                },
+            ),
+            Effect::CancelConnections { .. } => {}
             other => self.agents[agent].queue.push_back(Queued {
                 rollout: rollout.to_owned(),
                 effect: other,

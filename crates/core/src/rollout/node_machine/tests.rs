@@ -11,6 +11,7 @@ fn target() -> Target {
         ztunnel_ready_timeout: Duration::from_secs(120),
         uncordon_failed: false,
         rolling_back_from: None,
+        connections_gate: None,
     }
 }
 
@@ -89,6 +90,10 @@ fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>,
             Step::Task {
                 task: Task::Gates, ..
             } => facts.verification = GateProgress::Passed(String::new()),
+            Step::Task {
+                task: Task::Connections,
+                ..
+            } => facts.connections = ConnectionsProgress::Closed(String::new()),
             Step::Now { .. } | Step::Wait { .. } => {}
         }
         let phase = s.phase_after(rec.phase);
@@ -553,5 +558,176 @@ fn a_node_whose_annotation_is_gone_mid_sequence_starts_over_unless_it_was_verifi
     assert!(
         matches!(&step, Step::Now { phase: NodePhase::Done, message } if message.contains("released before the leader changed")),
         "{step:?}"
+    );
+}
+
+fn gated(policy: OpenConnectionsPolicy) -> Target {
+    Target {
+        connections_gate: Some(policy),
+        ..target()
+    }
+}
+
+/// The old ztunnel is deleted only once the connections-drained gate has its verdict:
+/// never while it runs, at once when nothing is open.
+#[test]
+fn the_old_ztunnel_waits_for_its_connections_then_is_deleted() {
+    let mut f = ours(vec![pod("old", true)]);
+    let gate = gated(OpenConnectionsPolicy::Proceed);
+    for progress in [
+        ConnectionsProgress::NotStarted,
+        ConnectionsProgress::Waiting("3 connection(s) of shop/cart still closing".into()),
+    ] {
+        f.connections = progress;
+        let s = next_step(&record(NodePhase::Drained), &f, &gate, t("00:10"));
+        assert!(
+            matches!(
+                s,
+                Step::Task {
+                    task: Task::Connections,
+                    ..
+                }
+            ),
+            "{s:?}"
+        );
+    }
+    f.connections = ConnectionsProgress::Closed("nothing open".into());
+    let s = next_step(&record(NodePhase::Drained), &f, &gate, t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::DeleteZtunnelPod { uid, .. },
+                then: NodePhase::ZtunnelReplaced,
+                ..
+            } if uid == "uid-old"
+        ),
+        "{s:?}"
+    );
+    // Without the gate the delete comes at once.
+    f.connections = ConnectionsProgress::NotStarted;
+    let s = next_step(&record(NodePhase::Drained), &f, &target(), t("00:10"));
+    assert!(matches!(s, Step::Call { .. }), "{s:?}");
+}
+
+#[test]
+fn open_connections_are_reset_and_named_or_fail_the_node_as_the_policy_says() {
+    let mut f = ours(vec![pod("old", true)]);
+    f.connections = ConnectionsProgress::Open("2 connection(s) of infra/log-agent".into());
+    let s = next_step(
+        &record(NodePhase::Drained),
+        &f,
+        &gated(OpenConnectionsPolicy::Proceed),
+        t("00:10"),
+    );
+    match &s {
+        Step::Call {
+            call: Call::DeleteZtunnelPod { .. },
+            message,
+            ..
+        } => assert!(
+            message.contains("2 connection(s) of infra/log-agent"),
+            "{message}"
+        ),
+        s => panic!("{s:?}"),
+    }
+    let s = next_step(
+        &record(NodePhase::Drained),
+        &f,
+        &gated(OpenConnectionsPolicy::Fail),
+        t("00:10"),
+    );
+    match &s {
+        Step::Now {
+            phase: NodePhase::Failed,
+            message,
+        } => assert!(
+            message.contains("infra/log-agent") && message.contains("not replaced"),
+            "{message}"
+        ),
+        s => panic!("{s:?}"),
+    }
+    // Failing with uncordonFailedNodes releases the node, still without a delete.
+    let s = next_step(
+        &record(NodePhase::Drained),
+        &f,
+        &Target {
+            uncordon_failed: true,
+            ..gated(OpenConnectionsPolicy::Fail)
+        },
+        t("00:10"),
+    );
+    assert!(
+        matches!(
+            s,
+            Step::Call {
+                call: Call::Release { uncordon: true },
+                then: NodePhase::Failed,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+}
+
+/// Whatever the gate said, a node someone uncordoned during the wait is cordoned (and
+/// drained) again before its ztunnel is deleted.
+#[test]
+fn a_node_uncordoned_during_the_wait_is_cordoned_again_never_replaced_while_schedulable() {
+    for progress in [
+        ConnectionsProgress::Waiting("closing".into()),
+        ConnectionsProgress::Closed(String::new()),
+        ConnectionsProgress::Open("1 connection(s) of a/b".into()),
+    ] {
+        let mut f = ours(vec![pod("old", true)]);
+        f.unschedulable = false;
+        f.connections = progress.clone();
+        let s = next_step(
+            &record(NodePhase::Drained),
+            &f,
+            &gated(OpenConnectionsPolicy::Proceed),
+            t("00:10"),
+        );
+        assert!(
+            matches!(
+                s,
+                Step::Call {
+                    call: Call::Cordon { .. },
+                    then: NodePhase::Cordoned,
+                    ..
+                }
+            ),
+            "{progress:?}: {s:?}"
+        );
+    }
+}
+
+/// Cycling (same revision): the gate runs before the pod that predates the drain goes.
+#[test]
+fn cycling_waits_for_the_connections_too() {
+    let mut f = ours(vec![pod("new", true)]);
+    let target = Target {
+        cycle_current: true,
+        ..gated(OpenConnectionsPolicy::Proceed)
+    };
+    let s = next_step(&record(NodePhase::Drained), &f, &target, t("00:10"));
+    assert!(
+        matches!(
+            s,
+            Step::Task {
+                task: Task::Connections,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    f.connections = ConnectionsProgress::Closed(String::new());
+    let s = next_step(&record(NodePhase::Drained), &f, &target, t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call { call: Call::DeleteZtunnelPod { uid, .. }, .. } if uid == "uid-new"
+        ),
+        "{s:?}"
     );
 }

@@ -27,6 +27,13 @@ pub enum Effect {
     CancelDrain {
         node: String,
     },
+    /// Wait for the connections through the node's old ztunnel to close; reports
+    /// [`Outcome::Connections`].
+    Connections(Box<ConnectionsRequest>),
+    /// Stop it (the node left the phase: uncordoned, retargeted, aborted).
+    CancelConnections {
+        node: String,
+    },
     /// Run the node's health gates; they report [`Outcome::Gate`].
     Gates(Box<GateRequest>),
     CancelGates {
@@ -125,6 +132,29 @@ pub struct GateRequest {
     pub touched_at: Option<Timestamp>,
 }
 
+/// What the connections-drained gate of one node needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionsRequest {
+    pub node: String,
+    /// The ztunnel pod to be deleted (its metrics are read).
+    pub pod: String,
+    pub pod_uid: String,
+    pub ds_uid: String,
+    pub settings: crate::health::gates::ConnectionDrainSettings,
+    /// How often its metrics are read.
+    pub interval: std::time::Duration,
+    /// When the gate started: its timeout counts from then.
+    pub started: Timestamp,
+}
+
+/// What the connections-drained gate reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionsEvent {
+    Waiting(String),
+    Closed(String),
+    Open(String),
+}
+
 /// An Event the shell publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -171,6 +201,10 @@ pub enum Outcome {
     Gate {
         node: String,
         event: GateEvent,
+    },
+    Connections {
+        node: String,
+        event: ConnectionsEvent,
     },
     Finalizer {
         add: bool,

@@ -204,6 +204,10 @@ impl Pass<'_, '_> {
                 crate::rollout::node_machine::GateProgress::NotStarted,
                 |s| s.gates.clone(),
             ),
+            connections: state.map_or(
+                crate::rollout::node_machine::ConnectionsProgress::NotStarted,
+                |s| s.connections.clone(),
+            ),
             recordons: state.map_or(0, |s| s.recordons),
             waiting_for_ztunnel_since: state.and_then(|s| s.waiting_for_ztunnel_since),
         }

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::derived::Derived;
 use crate::api::rollout::{RollbackStatus, ZtunnelRolloutStatus};
-use crate::rollout::node_machine::{DrainProgress, GateProgress, NodePhase};
+use crate::rollout::node_machine::{ConnectionsProgress, DrainProgress, GateProgress, NodePhase};
 use crate::rollout::status::{Standing, TrackedNode, records_from_status};
 
 #[derive(Default)]
@@ -55,6 +55,7 @@ pub struct NodeState {
     pub retry: Retry,
     pub drain: DrainProgress,
     pub gates: GateProgress,
+    pub connections: ConnectionsProgress,
     /// This term's last write to the node, while the watch does not show it yet.
     pub expect: Option<Expectation>,
     /// The ztunnel pod this term deleted, while the watch still shows it running.
@@ -90,6 +91,7 @@ impl NodeState {
             retry: Retry::default(),
             drain: DrainProgress::NotStarted,
             gates: GateProgress::NotStarted,
+            connections: ConnectionsProgress::NotStarted,
             expect: None,
             deleted_pod: None,
             recordons: 0,

@@ -40,8 +40,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub use effects::{
-    About, CallDone, CallError, CallKind, DrainOutcome, Effect, GateEvent, GateRequest, NodeCall,
-    Notice, Outcome, Transition, UndoFailure,
+    About, CallDone, CallError, CallKind, ConnectionsEvent, ConnectionsRequest, DrainOutcome,
+    Effect, GateEvent, GateRequest, NodeCall, Notice, Outcome, Transition, UndoFailure,
 };
 pub use memory::Memory;
 pub use record::held_back_status;

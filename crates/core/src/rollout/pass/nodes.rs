@@ -2,11 +2,13 @@
 //! for the cluster; pending nodes are skipped, resumed (a crash after our cordon) or
 //! held. What a step says is done here: a phase recorded, a call or task started.
 
-use super::effects::{About, CallKind, Effect, GateRequest, NodeCall, Transition};
+use super::effects::{
+    About, CallKind, ConnectionsRequest, Effect, GateRequest, NodeCall, Transition,
+};
 use super::memory::Unconfirmed;
 use super::{Pass, View};
 use crate::rollout::node_machine::{
-    self, Call, DrainProgress, GateProgress, NodePhase, Step, Task,
+    self, Call, ConnectionsProgress, DrainProgress, GateProgress, NodePhase, Step, Task,
 };
 use crate::rollout::status::TrackedNode;
 
@@ -307,6 +309,41 @@ impl Pass<'_, '_> {
                     });
                 }
             }
+            Task::Connections => {
+                let Some(settings) = view.settings.health.connection_drain else {
+                    return;
+                };
+                // The pod the machine is about to delete: the one not on the target
+                // revision, or (cycling) the one that predates the drain.
+                let since = self.mem.nodes.get(node).map(|s| s.tracked.record.since);
+                let pods = self.snap.ztunnels.get(node);
+                let pod = pods.and_then(|pods| {
+                    let live = pods.iter().filter(|p| !p.terminating);
+                    live.clone()
+                        .find(|p| p.revision_hash != view.target.revision_hash)
+                        .or_else(|| live.clone().find(|p| since.is_some_and(|s| p.created < s)))
+                        .cloned()
+                });
+                let Some(pod) = pod else {
+                    return;
+                };
+                let interval = view.settings.health.interval;
+                let state = self.mem.node(node, now);
+                if state.connections == ConnectionsProgress::NotStarted {
+                    state.connections = ConnectionsProgress::Waiting(String::new());
+                    self.plan
+                        .effects
+                        .push(Effect::Connections(Box::new(ConnectionsRequest {
+                            node: node.to_owned(),
+                            pod: pod.name,
+                            pod_uid: pod.uid,
+                            ds_uid: view.ds_uid.clone(),
+                            settings,
+                            interval,
+                            started: now,
+                        })));
+                }
+            }
             Task::Gates => {
                 let state = self.mem.node(node, now);
                 if state.gates == GateProgress::NotStarted {
@@ -337,6 +374,16 @@ impl Pass<'_, '_> {
             return false;
         }
         let from = t.record.phase;
+        if from == NodePhase::Drained
+            && matches!(state.connections, ConnectionsProgress::Waiting(_))
+        {
+            // Leaving the wait before the delete (uncordoned, retargeted): it stops.
+            state.connections = ConnectionsProgress::NotStarted;
+            self.plan.effects.push(Effect::CancelConnections {
+                node: node.to_owned(),
+            });
+        }
+        let state = self.mem.node(node, now);
         if from == NodePhase::ZtunnelReady && matches!(state.gates, GateProgress::Waiting(_)) {
             // Leaving verification (a target change): its gates stop.
             state.gates = GateProgress::NotStarted;
@@ -361,6 +408,9 @@ impl Pass<'_, '_> {
                 state.gates = GateProgress::NotStarted;
             }
             NodePhase::Cordoned => state.drain = DrainProgress::NotStarted,
+            // Each time the node is (again) drained, its old ztunnel's connections are
+            // read afresh.
+            NodePhase::Drained => state.connections = ConnectionsProgress::NotStarted,
             NodePhase::ZtunnelReady => state.gates = GateProgress::NotStarted,
             _ => {}
         }

@@ -6,11 +6,15 @@
 use k8s_openapi::jiff::SignedDuration;
 
 use super::Pass;
-use super::effects::{About, CallDone, CallError, CallKind, DrainOutcome, GateEvent, Outcome};
+use super::effects::{
+    About, CallDone, CallError, CallKind, ConnectionsEvent, DrainOutcome, GateEvent, Outcome,
+};
 use super::memory::{Expectation, LostCordon, Unconfirmed, Wrote, backoff};
 use crate::api_errors::ApiFailure;
 use crate::api_errors::Fault;
-use crate::rollout::node_machine::{self, DrainProgress, GateProgress, NodePhase};
+use crate::rollout::node_machine::{
+    self, ConnectionsProgress, DrainProgress, GateProgress, NodePhase,
+};
 
 /// Failed attempts of one call after which every further failure is announced by an
 /// Event only every this many attempts.
@@ -59,6 +63,39 @@ impl Pass<'_, '_> {
                     }
                     GateEvent::Done(Ok(note)) => state.gates = GateProgress::Passed(note),
                     GateEvent::Done(Err(why)) => state.gates = GateProgress::Failed(why),
+                }
+            }
+            Outcome::Connections { node, event } => {
+                let Some(state) = self.mem.nodes.get_mut(&node) else {
+                    return;
+                };
+                if state.phase() != NodePhase::Drained
+                    || !matches!(state.connections, ConnectionsProgress::Waiting(_))
+                {
+                    return;
+                }
+                let open = match &event {
+                    ConnectionsEvent::Open(what) => Some(what.clone()),
+                    _ => None,
+                };
+                state.connections = match event {
+                    ConnectionsEvent::Waiting(why) => {
+                        state.tracked.message = why.clone();
+                        ConnectionsProgress::Waiting(why)
+                    }
+                    ConnectionsEvent::Closed(note) => ConnectionsProgress::Closed(note),
+                    ConnectionsEvent::Open(what) => ConnectionsProgress::Open(what),
+                };
+                if let Some(what) = open {
+                    let note = format!(
+                        "{}: connections still open through the old ztunnel, reset if it is replaced: {what}",
+                        self.snap.rollout.name
+                    );
+                    self.notice(About::Node(node.clone()), true, "OpenConnections", note);
+                    let note = format!(
+                        "node {node}: connections still open through the old ztunnel, reset if it is replaced: {what}"
+                    );
+                    self.notice(About::RolloutNode(node), true, "OpenConnections", note);
                 }
             }
             Outcome::Finalizer { add, result } => {

@@ -633,3 +633,60 @@ fn a_daemonset_the_agent_may_not_replace_blocks_the_rollout_before_any_cordon() 
     f.config.ztunnel_daemon_set = Some(asked);
     assert_eq!(cordons(&f.pass()), ["a1"], "its own: the rollout goes on");
 }
+
+fn with_ztunnel_metrics(f: &mut Fixture, policy: crate::api::rollout::OpenConnectionsPolicy) {
+    f.spec.health.ztunnel_metrics = Some(
+        serde_json::from_value(serde_json::json!({ "checkProxies": false }))
+            .expect("ztunnelMetrics"),
+    );
+    f.spec.health.on_open_connections = policy;
+}
+
+/// The connections-drained gate runs between the drain and the delete; what it finds
+/// open is reset with a Warning Event naming it (Proceed), or fails the node with its
+/// ztunnel not replaced (Fail).
+#[test]
+fn connections_still_open_are_named_then_reset_or_fail_the_node() {
+    use crate::api::rollout::OpenConnectionsPolicy;
+    let open =
+        ConnectionsEvent::Open("2 connection(s) of infra/log-agent (stays on the node)".into());
+
+    let mut f = Fixture::new(&[("a1", "a")]);
+    f.finalizer = true;
+    with_ztunnel_metrics(&mut f, OpenConnectionsPolicy::Proceed);
+    f.connections.insert("a1".into(), open.clone());
+    let effects = f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done);
+    let gate = effects
+        .iter()
+        .position(
+            |e| matches!(e, Effect::Connections(r) if r.node == "a1" && !r.pod_uid.is_empty()),
+        )
+        .expect("the gate ran");
+    let delete = effects
+        .iter()
+        .position(
+            |e| matches!(e, Effect::Call(c) if matches!(c.kind, CallKind::DeleteZtunnelPod { .. })),
+        )
+        .expect("the delete");
+    assert!(gate < delete, "the gate runs before the delete");
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Event(n)
+            if n.reason == "OpenConnections" && n.warning && n.note.contains("infra/log-agent"))),
+        "a Warning Event names the workload"
+    );
+    assert_eq!(f.ztunnel_on("a1"), ["new"]);
+
+    let mut f = Fixture::new(&[("a1", "a")]);
+    f.finalizer = true;
+    with_ztunnel_metrics(&mut f, OpenConnectionsPolicy::Fail);
+    f.connections.insert("a1".into(), open);
+    f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Failed);
+    assert_eq!(f.memory.phase("a1"), NodePhase::Failed);
+    assert_eq!(f.ztunnel_on("a1"), ["old"], "not replaced");
+    let node = f.node_object("a1");
+    assert_eq!(
+        node.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "left cordoned for inspection (uncordonFailedNodes is off)"
+    );
+}

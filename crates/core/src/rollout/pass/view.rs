@@ -180,6 +180,7 @@ impl Pass<'_, '_> {
                 ztunnel_ready_timeout: settings.ztunnel_ready_timeout,
                 uncordon_failed: settings.health.uncordon_failed_nodes,
                 rolling_back_from: self.mem.rollback.as_ref().map(|r| r.from.clone()),
+                connections_gate: settings.health.connection_drain.map(|c| c.policy),
             },
             policy,
             settings,
