@@ -645,7 +645,7 @@ async fn main() {
                         "url": g.prometheus_url(),
                         "queries": [{
                             "name": "failures",
-                            "query": "sum(rate(istio_tcp_connections_failed_total{node=\"$node\"}[1m]))",
+                            "query": "sum(rate(istio_tcp_connections_closed_total{node=\"$node\",response_flags!=\"-\"}[1m]))",
                             "max": 1.0
                         }]
                     }

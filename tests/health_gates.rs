@@ -20,7 +20,8 @@ use ztunnel_rollout::health::http_client::{
 use ztunnel_rollout::health::ztunnel_metrics;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 
-const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
+const FAILURES: &str =
+    r#"sum(rate(istio_tcp_connections_closed_total{node="$node",response_flags!="-"}[5s]))"#;
 /// A Prometheus answer of one number, 0.
 const ZERO: &str = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0"]}}"#;
 

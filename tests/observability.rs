@@ -22,7 +22,8 @@ use ztunnel_rollout_testbed::fixtures::{Budget, UpdateStrategy};
 const RULES: &str = "manifests/alerts/ztunnel-rollout.rules.yaml";
 const RULE_TESTS: &str = "manifests/alerts/ztunnel-rollout.rules.test.yaml";
 const DASHBOARD: &str = "manifests/dashboard/ztunnel-rollout.json";
-const FAILURES: &str = r#"sum(rate(istio_tcp_connections_failed_total{node="$node"}[5s]))"#;
+const FAILURES: &str =
+    r#"sum(rate(istio_tcp_connections_closed_total{node="$node",response_flags!="-"}[5s]))"#;
 
 fn repo_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)

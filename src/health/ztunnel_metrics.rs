@@ -53,6 +53,11 @@ pub async fn scrape(
 /// line that is not in the text format makes the whole answer malformed (never a silent
 /// partial read). The grammar is the core's [`exposition`].
 pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
+    // ztunnel before 1.29 has no failure counter: a failed connection is one closed
+    // with `response_flags` DENY (refused by policy) or CONNECT (the upstream could
+    // not be reached), on the inbound side.
+    let mut closed_failed = 0.0;
+    let mut closed_failed_by_flags: BTreeMap<String, f64> = BTreeMap::new();
     let mut out = ZtunnelScrape {
         at,
         pending_proxies: None,
@@ -79,31 +84,68 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
             _ => continue,
         };
         *sum = Some(sum.unwrap_or(0.0) + sample.value);
+        let flags = sample.label("response_flags").unwrap_or("-");
+        if sample.metric == CLOSED_CONNECTIONS && flags != "-" {
+            closed_failed += sample.value;
+            let key = flag_key(flags, &closed_failed_by_flags);
+            *closed_failed_by_flags.entry(key).or_default() += sample.value;
+        }
         if sample.metric == FAILED_CONNECTIONS {
-            let flags = sample.label("response_flags").unwrap_or("-");
-            // Flags are short tokens (`UF`, `DC,UF`); anything else is not repeated.
-            let token = !flags.is_empty()
-                && flags.len() <= 32
-                && flags
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | '-'));
-            let key = if token
-                && (out.failed_by_flags.len() < MAX_FLAGS
-                    || out.failed_by_flags.contains_key(flags))
-            {
-                flags.to_owned()
-            } else {
-                OTHER_FLAGS.to_owned()
-            };
+            let key = flag_key(flags, &out.failed_by_flags);
             *out.failed_by_flags.entry(key).or_default() += sample.value;
         }
     }
+    if out.failed_connections.is_none() && out.closed_connections.is_some() {
+        out.failed_connections = Some(closed_failed);
+        out.failed_by_flags = closed_failed_by_flags;
+    }
     Ok(out)
+}
+
+/// The key failures with `flags` are counted under: the flags themselves, if they are
+/// a short token and fewer than [`MAX_FLAGS`] are kept, else [`OTHER_FLAGS`].
+fn flag_key(flags: &str, kept: &BTreeMap<String, f64>) -> String {
+    // Flags are short tokens (`UF`, `DC,UF`); anything else is not repeated.
+    let token = !flags.is_empty()
+        && flags.len() <= 32
+        && flags
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | '-'));
+    if token && (kept.len() < MAX_FLAGS || kept.contains_key(flags)) {
+        flags.to_owned()
+    } else {
+        OTHER_FLAGS.to_owned()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ztunnel 1.24–1.28: no failure counter; failures are the connections closed with
+    /// DENY or CONNECT (HELP/TYPE lines and labels as ztunnel writes them).
+    #[test]
+    fn without_a_failure_counter_failures_are_connections_closed_with_a_failure_flag() {
+        let text = "# HELP istio_tcp_connections_opened The total number of TCP connections opened.\n\
+# TYPE istio_tcp_connections_opened counter\n\
+istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"a\",response_flags=\"-\"} 20\n\
+# HELP istio_tcp_connections_closed The total number of TCP connections closed.\n\
+# TYPE istio_tcp_connections_closed counter\n\
+istio_tcp_connections_closed_total{reporter=\"destination\",source_workload=\"a\",response_flags=\"-\"} 10\n\
+istio_tcp_connections_closed_total{reporter=\"destination\",source_workload=\"a\",response_flags=\"CONNECT\"} 4\n\
+istio_tcp_connections_closed_total{reporter=\"destination\",source_workload=\"b\",response_flags=\"DENY\"} 2\n\
+# EOF\n";
+        let s = read(text, 1.0).expect("reads");
+        assert_eq!(s.failed_connections, Some(6.0));
+        assert_eq!(
+            s.failed_by_flags,
+            BTreeMap::from([("CONNECT".to_owned(), 4.0), ("DENY".to_owned(), 2.0)])
+        );
+        assert_eq!(s.closed_connections, Some(16.0));
+        // No connection counters at all: no data, not zero failures.
+        let s = read("workload_manager_active_proxy_count 0\n", 1.0).expect("reads");
+        assert_eq!(s.failed_connections, None);
+    }
 
     #[test]
     fn the_gate_metrics_are_read_and_summed_over_series() {

@@ -1,6 +1,10 @@
 //! A real Prometheus (Debian's `prometheus` package) for the health-gate tests, started on
 //! loopback with its own configuration and data directory, and simulated ztunnel metrics
-//! endpoints for it (and the agent) to scrape.
+//! endpoints for it (and the agent) to scrape. The endpoints serve the families ztunnel
+//! 1.24–1.28 exports, with its HELP and TYPE lines and labels (`istio/ztunnel`'s
+//! metrics modules): connections opened and closed by workload and reporter (a failure
+//! is a connection closed with `response_flags` CONNECT; there is no failure counter
+//! before 1.29) and the workload manager's proxy gauges.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -129,21 +133,23 @@ fn render(node: &str, s: &mut Series) -> String {
     format!(
         "# HELP istio_tcp_connections_opened The total number of TCP connections opened.\n\
          # TYPE istio_tcp_connections_opened counter\n\
-         istio_tcp_connections_opened_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"-\"}} {opened}\n\
+         istio_tcp_connections_opened_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"-\"}} {opened_all}\n\
          {opened_open}\
          # HELP istio_tcp_connections_closed The total number of TCP connections closed.\n\
          # TYPE istio_tcp_connections_closed counter\n\
          istio_tcp_connections_closed_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"-\"}} {closed}\n\
+         istio_tcp_connections_closed_total{{reporter=\"destination\",source_workload=\"client\",source_workload_namespace=\"sim\",destination_workload=\"{node}\",destination_workload_namespace=\"sim\",response_flags=\"CONNECT\"}} {failed}\n\
          {closed_open}\
-         # HELP istio_tcp_connections_failed_total Connections failed.\n\
-         # TYPE istio_tcp_connections_failed_total counter\n\
-         istio_tcp_connections_failed_total{{reporter=\"destination\",response_flags=\"CONNECT\",node_name=\"{node}\"}} {failed}\n\
+         # HELP workload_manager_active_proxy_count The total number current workloads with active proxies (unstable).\n\
          # TYPE workload_manager_active_proxy_count gauge\n\
          workload_manager_active_proxy_count {active}\n\
+         # HELP workload_manager_pending_proxy_count The total number current workloads with pending proxies (unstable).\n\
          # TYPE workload_manager_pending_proxy_count gauge\n\
          workload_manager_pending_proxy_count 0\n\
          # EOF\n",
-        opened = s.opened.floor(),
+        // ztunnel counts a failed connection as opened, then closed with a failure
+        // flag (before 1.29, which adds istio_tcp_connections_failed_total).
+        opened_all = s.opened.floor() + s.failed.floor(),
         closed = s.closed.floor(),
         failed = s.failed.floor(),
         active = s.active,

@@ -237,7 +237,8 @@ pub struct ZtunnelMetricsSpec {
     /// Proxy counts must match the node's ambient pods (no pending proxies).
     #[serde(default = "default_true")]
     pub check_proxies: bool,
-    /// Most failed connections per second over the soak (`istio_tcp_connections_failed_total`).
+    /// Most failed connections per second over the soak: `istio_tcp_connections_failed_total`
+    /// (ztunnel 1.29+), else connections closed with `response_flags` DENY or CONNECT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_failed_connections_per_second: Option<f64>,

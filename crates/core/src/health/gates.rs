@@ -278,7 +278,10 @@ pub struct ZtunnelScrape {
     pub at: f64,
     pub pending_proxies: Option<f64>,
     pub active_proxies: Option<f64>,
-    /// `istio_tcp_connections_failed_total`, summed over its series.
+    /// Failed connections, summed over the series: `istio_tcp_connections_failed_total`
+    /// (ztunnel 1.29 and later), else the connections closed with a failure flag
+    /// (`response_flags` DENY or CONNECT; ztunnel 1.24–1.28, which counts an inbound
+    /// failure as a connection opened and closed).
     pub failed_connections: Option<f64>,
     /// The same, by `response_flags`.
     pub failed_by_flags: BTreeMap<String, f64>,
@@ -356,10 +359,11 @@ pub fn ztunnel_checks(
         out.push(CheckResult::new("ztunnel proxies", outcome));
     }
     if let Some(max) = metrics.max_failed_connections_per_second {
-        let name = "istio_tcp_connections_failed_total rate (/s)";
+        let name = "failed connections rate (/s)";
         let outcome = if latest.failed_connections.is_none() {
             no_data(
-                "istio_tcp_connections_failed_total missing".into(),
+                "istio_tcp_connections_failed_total and istio_tcp_connections_closed_total missing"
+                    .into(),
                 settings,
             )
         } else {
