@@ -220,6 +220,45 @@ async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_name
         &name,
         serde_json::json!({ "health": health("Proceed") }),
     );
+    // `plan` names the pods that stay, before anything runs.
+    let file = dir.path().join("rollout.json");
+    std::fs::write(&file, serde_json::to_string(&rollout).expect("JSON")).expect("write");
+    let (code, out, err) =
+        support::cli(&["plan", "-f", file.to_str().expect("path"), "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("JSON plan");
+    let resets: Vec<(String, serde_json::Value)> = plan["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .flat_map(|w| w["nodes"].as_array().cloned().unwrap_or_default())
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_owned(),
+                n["connectionsReset"].clone(),
+            )
+        })
+        .collect();
+    for (node, reset) in &resets {
+        if *node == staying {
+            let listed = reset.as_array().expect("a list").clone();
+            assert!(
+                listed.len() == 1
+                    && listed[0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(&format!("{}/log-agent-", env.namespace))
+                    && listed[0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .ends_with("(DaemonSet log-agent)"),
+                "{listed:?}"
+            );
+        } else {
+            assert!(reset.is_null(), "{node}: {reset}");
+        }
+    }
+    assert_eq!(resets.len(), 2, "{plan}");
     Api::<ZtunnelRollout>::all(env.client.clone())
         .create(&PostParams::default(), &rollout)
         .await

@@ -80,11 +80,18 @@ pub async fn run(args: &PlanArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
             ds_ref.namespace, ds_ref.name
         );
     }
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing namespaces")?
+        .items;
+    let ambient = ztunnel_rollout_core::health::connections::ambient_namespaces(&namespaces);
     let plan = preview(
         &s,
         &nodes,
         &pods,
         &pdbs,
+        &ambient,
         ztunnel.as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     );

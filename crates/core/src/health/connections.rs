@@ -104,6 +104,94 @@ pub fn read_open(text: &str) -> Result<OpenConnections, String> {
         .collect())
 }
 
+/// Whether `pod` is one the drain leaves on its node while ztunnel proxies it, so that
+/// replacing ztunnel resets its connections: running or pending (not finishing), not on
+/// the host network, enrolled in ambient mode (its label, else its namespace's:
+/// `namespace_ambient`), and a DaemonSet's pod (not ztunnel's own, `ztunnel_uid`) or a
+/// static pod. `Some(what it is)`, e.g. `DaemonSet log-agent`.
+pub fn reset_on_replace(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    namespace_ambient: bool,
+    ztunnel_uid: Option<&str>,
+) -> Option<String> {
+    let meta = &pod.metadata;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if meta.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    let mode = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::labels::DATAPLANE_MODE_LABEL));
+    if !super::gates::enrolled_in_ambient(mode.map(String::as_str), namespace_ambient) {
+        return None;
+    }
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let mirror = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::labels::MIRROR_POD_ANNOTATION));
+    match controller {
+        Some(o) if o.kind == "DaemonSet" && Some(o.uid.as_str()) != ztunnel_uid => {
+            Some(format!("DaemonSet {}", o.name))
+        }
+        Some(o) if o.kind == "DaemonSet" => None,
+        _ if mirror => Some("static pod".to_owned()),
+        Some(o) if o.kind == "Node" => Some("static pod".to_owned()),
+        _ => None,
+    }
+}
+
+/// The namespaces enrolled in ambient mode (`istio.io/dataplane-mode=ambient`).
+pub fn ambient_namespaces(
+    namespaces: &[k8s_openapi::api::core::v1::Namespace],
+) -> BTreeSet<String> {
+    namespaces
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::labels::DATAPLANE_MODE_LABEL))
+                .is_some_and(|m| m == "ambient")
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
+}
+
+/// By node, the pods [`reset_on_replace`] picks, as `namespace/name (what it is)`,
+/// sorted.
+pub fn resets_by_node(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    ambient: &BTreeSet<String>,
+    ztunnel_uid: Option<&str>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in pods {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        if let Some(what) = reset_on_replace(p, ambient.contains(&ns), ztunnel_uid) {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            out.entry(node)
+                .or_default()
+                .push(format!("{ns}/{name} ({what})"));
+        }
+    }
+    for pods in out.values_mut() {
+        pods.sort();
+    }
+    out
+}
+
 /// What the gate decides.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -298,6 +386,56 @@ istio_tcp_connections_failed_total{reporter="source"} 99
             }
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn enrolled_daemonset_and_static_pods_are_the_ones_a_replacement_resets() {
+        let pod = |v: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(v).unwrap()
+        };
+        let ds = |name: &str, uid: &str| serde_json::json!([{ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": name, "uid": uid, "controller": true }]);
+        let log = pod(
+            serde_json::json!({ "metadata": { "name": "log-1", "ownerReferences": ds("log-agent", "u1") } }),
+        );
+        assert_eq!(
+            reset_on_replace(&log, true, Some("zt")),
+            Some("DaemonSet log-agent".into())
+        );
+        assert_eq!(
+            reset_on_replace(&log, false, Some("zt")),
+            None,
+            "not enrolled"
+        );
+        let opted_in = pod(
+            serde_json::json!({ "metadata": { "name": "log-1", "labels": { "istio.io/dataplane-mode": "ambient" }, "ownerReferences": ds("log-agent", "u1") } }),
+        );
+        assert!(
+            reset_on_replace(&opted_in, false, None).is_some(),
+            "enrolled by its label"
+        );
+        let ztunnel = pod(
+            serde_json::json!({ "metadata": { "name": "zt-1", "ownerReferences": ds("ztunnel", "zt") } }),
+        );
+        assert_eq!(reset_on_replace(&ztunnel, true, Some("zt")), None);
+        let host = pod(
+            serde_json::json!({ "metadata": { "name": "h", "ownerReferences": ds("node-exporter", "u2") }, "spec": { "hostNetwork": true, "containers": [] } }),
+        );
+        assert_eq!(reset_on_replace(&host, true, None), None, "not captured");
+        let mirror = pod(
+            serde_json::json!({ "metadata": { "name": "etcd-n1", "annotations": { "kubernetes.io/config.mirror": "x" } } }),
+        );
+        assert_eq!(
+            reset_on_replace(&mirror, true, None),
+            Some("static pod".into())
+        );
+        let app = pod(
+            serde_json::json!({ "metadata": { "name": "cart-1", "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "cart-x", "uid": "r", "controller": true }] } }),
+        );
+        assert_eq!(
+            reset_on_replace(&app, true, None),
+            None,
+            "the drain moves it"
+        );
     }
 
     #[test]

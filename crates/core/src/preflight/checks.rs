@@ -221,6 +221,33 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         ));
     }
 
+    // Pods the drain leaves that ztunnel proxies: their connections reset.
+    let selected: std::collections::BTreeSet<&str> = s
+        .nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let resets = crate::health::connections::resets_by_node(
+        &s.pods,
+        &crate::health::connections::ambient_namespaces(&s.namespaces),
+        s.ztunnel.as_ref().and_then(|d| d.metadata.uid.as_deref()),
+    );
+    for (node, pods) in resets {
+        if !selected.contains(node.as_str()) {
+            continue;
+        }
+        out.push(finding(
+            Info,
+            "connections-reset-on-replace",
+            key("Node", None, Some(&node)),
+            format!(
+                "the drain leaves {} pod(s) ztunnel proxies on node {node}: their connections reset when ztunnel is replaced (the rollout names them when it does): {}",
+                pods.len(),
+                pods.join(", ")
+            ),
+        ));
+    }
+
     // Version skew between ztunnel and istiod.
     let ztunnel_tag = s
         .ztunnel
@@ -688,6 +715,49 @@ mod tests {
                 (Severity::Warning, "waypoint-unprotected"),
                 (Severity::Info, "node-cordoned"),
             ]
+        );
+    }
+
+    #[test]
+    fn enrolled_pods_the_drain_leaves_are_named_per_selected_node() {
+        let mut s = healthy();
+        s.nodes = vec![ztunnel_rollout_testbed::fixtures::node(
+            "n1",
+            &BTreeMap::new(),
+        )];
+        s.namespaces =
+            vec![serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "infra", "labels": { "istio.io/dataplane-mode": "ambient" } }
+        }))
+        .unwrap()];
+        let on = |node: &str, name: &str, owner: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "namespace": "infra", "ownerReferences": [
+                    { "apiVersion": "apps/v1", "kind": owner, "name": "log-agent", "uid": "u", "controller": true }
+                ] },
+                "spec": { "nodeName": node, "containers": [] },
+            }))
+            .unwrap()
+        };
+        s.pods = vec![
+            on("n1", "log-agent-1", "DaemonSet"),
+            on("n1", "cart-1", "ReplicaSet"),
+            on("n2", "log-agent-2", "DaemonSet"),
+        ];
+        let found: Vec<Finding> = run(&s)
+            .into_iter()
+            .filter(|f| f.check == "connections-reset-on-replace")
+            .collect();
+        assert_eq!(found.len(), 1, "n2 is not selected: {found:?}");
+        assert_eq!(found[0].severity, Severity::Info);
+        assert_eq!(found[0].object, "Node/n1");
+        assert!(
+            found[0]
+                .message
+                .contains("infra/log-agent-1 (DaemonSet log-agent)")
+                && !found[0].message.contains("cart-1"),
+            "{}",
+            found[0].message
         );
     }
 

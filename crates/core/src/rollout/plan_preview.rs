@@ -29,6 +29,10 @@ pub struct PlannedNode {
     pub leaves: Vec<String>,
     /// What would stop or stall its drain.
     pub blockers: Vec<String>,
+    /// Pods ztunnel proxies that the drain leaves on the node (DaemonSet and static
+    /// pods enrolled in ambient mode): replacing ztunnel resets their connections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connections_reset: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,16 +107,23 @@ fn owner(p: &Pod) -> Option<String> {
         })
 }
 
-/// The plan for `settings` over `nodes`, their `pods`, the cluster's `pdbs` and the
-/// ztunnel DaemonSet (`None`: not found; no node is skipped then).
+/// The plan for `settings` over `nodes`, their `pods`, the cluster's `pdbs`, the
+/// namespaces enrolled in ambient mode and the ztunnel DaemonSet (`None`: not found; no
+/// node is skipped then).
 pub fn preview(
     settings: &RolloutSettings,
     nodes: &[Node],
     pods: &[Pod],
     pdbs: &[PodDisruptionBudget],
+    ambient_namespaces: &std::collections::BTreeSet<String>,
     ztunnel: Option<&DaemonSet>,
     now: Timestamp,
 ) -> Plan {
+    let mut resets = crate::health::connections::resets_by_node(
+        pods,
+        ambient_namespaces,
+        ztunnel.and_then(|d| d.metadata.uid.as_deref()),
+    );
     let selected: Vec<&Node> = nodes
         .iter()
         .filter(|n| settings.nodes.matches(n.labels()))
@@ -150,6 +161,7 @@ pub fn preview(
             evicts: Vec::new(),
             leaves: Vec::new(),
             blockers: Vec::new(),
+            connections_reset: resets.remove(&name).unwrap_or_default(),
         };
         let here: &[&Pod] = on_node.get(&name).map(Vec::as_slice).unwrap_or_default();
         if let Some(ds) = ztunnel
@@ -264,6 +276,12 @@ pub fn render(plan: &Plan) -> String {
                     n.blockers.join("; ")
                 }
             ));
+            if !n.connections_reset.is_empty() {
+                out.push_str(&format!(
+                    "       stay on the node, connections reset when ztunnel is replaced: {}\n",
+                    n.connections_reset.join(", ")
+                ));
+            }
         }
     }
     if !plan.skipped.is_empty() {
@@ -354,7 +372,15 @@ mod tests {
             pod("web-2", "a1", "web", "web-rs"),
             pod("web-3", "b1", "web", "web-rs"),
         ];
-        let plan = preview(&rollout_settings(), &nodes, &pods, &[], None, t());
+        let plan = preview(
+            &rollout_settings(),
+            &nodes,
+            &pods,
+            &[],
+            &Default::default(),
+            None,
+            t(),
+        );
         assert_eq!(plan.waves.len(), 2);
         let a: Vec<(&str, usize)> = plan.waves[0]
             .nodes
@@ -365,6 +391,41 @@ mod tests {
         assert_eq!(plan.waves[1].nodes[0].evicts, ["shop/web-3"]);
         assert_eq!(plan.blockers, 0);
         assert!(render(&plan).contains("WAVE a (2 node(s), 1 at a time)"));
+    }
+
+    #[test]
+    fn enrolled_pods_the_drain_leaves_are_listed_with_their_connections_reset() {
+        let nodes = [node("a1", "a")];
+        let log: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "log-1", "namespace": "shop", "ownerReferences": [
+                { "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "log-agent", "uid": "l", "controller": true }
+            ] },
+            "spec": { "nodeName": "a1", "containers": [] },
+        }))
+        .unwrap();
+        let pods = [log, pod("web-1", "a1", "web", "web-rs")];
+        let ambient = std::collections::BTreeSet::from(["shop".to_owned()]);
+        let plan = preview(&rollout_settings(), &nodes, &pods, &[], &ambient, None, t());
+        let n = &plan.waves[0].nodes[0];
+        assert_eq!(n.connections_reset, ["shop/log-1 (DaemonSet log-agent)"]);
+        assert!(
+            render(&plan).contains(
+                "stay on the node, connections reset when ztunnel is replaced: shop/log-1 (DaemonSet log-agent)"
+            ),
+            "{}",
+            render(&plan)
+        );
+        // Not enrolled: nothing to say.
+        let plan = preview(
+            &rollout_settings(),
+            &nodes,
+            &pods,
+            &[],
+            &Default::default(),
+            None,
+            t(),
+        );
+        assert!(plan.waves[0].nodes[0].connections_reset.is_empty());
     }
 
     #[test]
@@ -382,7 +443,15 @@ mod tests {
             pdb("cart-a", "cart", 1),
             pdb("cart-b", "cart", 1),
         ];
-        let plan = preview(&rollout_settings(), &nodes, &pods, &pdbs, None, t());
+        let plan = preview(
+            &rollout_settings(),
+            &nodes,
+            &pods,
+            &pdbs,
+            &Default::default(),
+            None,
+            t(),
+        );
         let blockers = &plan.waves[0].nodes[0].blockers;
         assert!(
             blockers
@@ -431,7 +500,15 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let plan = preview(&rollout_settings(), &nodes, &[zt], &[], Some(&ds), t());
+        let plan = preview(
+            &rollout_settings(),
+            &nodes,
+            &[zt],
+            &[],
+            &Default::default(),
+            Some(&ds),
+            t(),
+        );
         assert_eq!(
             plan.skipped,
             [SkippedNode {
