@@ -682,6 +682,14 @@ async fn the_api_server_refuses_gate_settings_outside_their_bounds() {
             "interval must be at least 1s",
         ),
         (
+            "meshwithoutprometheus",
+            serde_json::json!({
+                "waypoints": { "disabled": true },
+                "meshQueries": [{ "name": "q", "query": "up", "max": 1.0 }]
+            }),
+            "meshQueries need prometheus (its url)",
+        ),
+        (
             "tokenoverhttp",
             serde_json::json!({
                 "waypoints": { "disabled": true },
@@ -870,4 +878,157 @@ async fn a_slow_prometheus_cannot_stretch_the_gate_past_its_timeout() {
     assert!(!n.message.contains("no answer within"), "{}", n.message);
     // Both queries were sent in the same round, side by side.
     assert_eq!(server.peak_in_flight(), 2);
+}
+
+/// The mesh-wide breaker against the real Prometheus: while the first node's drain is
+/// held, failures rise somewhere in the mesh; the rollout pauses (MeshQueryFailed, the
+/// query and threshold in its conditions and an Event), the node in flight finishes once
+/// its drain is let go, and no other node is ever cordoned (a watch started before the
+/// rollout).
+#[tokio::test]
+async fn a_mesh_query_that_breaches_mid_rollout_stops_new_nodes_and_lets_the_node_in_flight_finish()
+{
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Node;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::runtime::{WatchStreamExt, watcher};
+    const MESH_FAILURES: &str =
+        r#"sum(rate(istio_tcp_connections_closed_total{response_flags!="-"}[5s]))"#;
+    let mut env = TestEnv::new("gate-mesh", 0).await;
+    agent_support::install(&env.client).await;
+    // Zones a, b, c.
+    env.add_nodes(3).await;
+    let (first, others) = (env.nodes[0].clone(), env.nodes[1..].to_vec());
+    let server = ZtunnelMetricsServer::start(&env.nodes).await;
+    let prometheus = Prometheus::start(Some(&server), &env.nodes).await;
+    prometheus
+        .wait_for(r#"count(up{job="ztunnel"} == 1)"#, 3.0)
+        .await;
+    let ztunnel = support::apply_ztunnel(
+        &env,
+        ztunnel_rollout_testbed::fixtures::UpdateStrategy::OnDelete,
+    )
+    .await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    support::hold_drain_on(&env, &first).await;
+
+    // Any cordon of the other nodes, from before the rollout exists.
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let mut stream = Box::pin(
+        watcher(
+            nodes.clone(),
+            watcher::Config::default().labels(
+                &env.node_list_params()
+                    .label_selector
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+        )
+        .applied_objects(),
+    );
+    let _ = stream.next().await;
+    let cordoned_others = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = cordoned_others.clone();
+    let watched = others.clone();
+    let watch = tokio::spawn(async move {
+        while let Some(Ok(n)) = stream.next().await {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if watched.contains(&name) && n.spec.and_then(|s| s.unschedulable) == Some(true) {
+                record.lock().expect("lock").push(name);
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _agent = agent(&env, &dir);
+    let name = format!("{}-mesh", env.namespace);
+    agent_support::create(
+        &env.client,
+        &agent_support::rollout(
+            &env,
+            &name,
+            serde_json::json!({ "health": {
+                "interval": "1s",
+                "waypoints": { "disabled": true },
+                "prometheus": { "url": prometheus.url },
+                "meshQueries": [{ "name": "mesh-failures", "query": MESH_FAILURES, "max": 0.5 }]
+            }}),
+        ),
+    )
+    .await;
+    support::wait_for(
+        &nodes,
+        &first,
+        "the first node cordoned",
+        |n: Option<&Node>| {
+            n.and_then(|n| n.spec.as_ref())
+                .and_then(|s| s.unschedulable)
+                == Some(true)
+        },
+    )
+    .await;
+    // Failures rise in the mesh (on a node the rollout has not touched).
+    server.set_failure_rate(&others[1], 5.0);
+    let rollouts = Api::<ZtunnelRollout>::all(env.client.clone());
+    let paused = support::wait_for(
+        &rollouts,
+        &name,
+        "paused by the mesh breaker",
+        |r: Option<&ZtunnelRollout>| {
+            r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Paused" && c.status == "True" && c.reason == "MeshQueryFailed"
+                })
+            })
+        },
+    )
+    .await
+    .expect("rollout");
+    let (_, _, message) = condition(&paused, "Paused");
+    assert!(
+        message.contains("mesh query mesh-failures")
+            && message.contains(MESH_FAILURES)
+            && message.contains("above the maximum 0.500"),
+        "the condition names the query, the value and the threshold: {message}"
+    );
+    assert_eq!(condition(&paused, "Degraded").0, "True");
+    support::wait_for_event(&env.client, &name, "MeshQueryFailed", "mesh-failures").await;
+    assert!(
+        node_status(&paused, &first).is_some_and(|n| n.phase != NodePhase::Done),
+        "the first node is still in flight when the breaker trips"
+    );
+
+    // Let the first node's drain go: it finishes its sequence.
+    Api::<PodDisruptionBudget>::namespaced(env.client.clone(), &env.namespace)
+        .delete("held", &Default::default())
+        .await
+        .expect("delete the held PDB");
+    let done = support::wait_for(
+        &rollouts,
+        &name,
+        "the node in flight done",
+        |r: Option<&ZtunnelRollout>| {
+            r.is_some_and(|r| node_status(r, &first).is_some_and(|n| n.phase == NodePhase::Done))
+        },
+    )
+    .await
+    .expect("rollout");
+    assert!(!support::is_cordoned(&env.client, &first).await, "released");
+    assert_eq!(
+        condition(&done, "Paused").1,
+        "MeshQueryFailed",
+        "still stopped"
+    );
+    for node in &others {
+        assert!(
+            node_status(&done, node).is_none_or(|n| n.phase == NodePhase::Pending),
+            "{node} must not start"
+        );
+    }
+    watch.abort();
+    assert!(
+        cordoned_others.lock().expect("lock").is_empty(),
+        "no other node was ever cordoned: {:?}",
+        cordoned_others.lock().expect("lock")
+    );
 }

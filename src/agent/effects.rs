@@ -145,6 +145,15 @@ impl EffectRunner {
                 Effect::CancelConnections { node } => {
                     executor.cancel(&key(&node, TaskKind::Connections))
                 }
+                Effect::Mesh(request) => {
+                    let gates = self.gates.clone();
+                    executor.spawn(
+                        key(uid, TaskKind::Mesh),
+                        tracing::Span::current(),
+                        async move { gates.mesh(*request).await },
+                    );
+                }
+                Effect::CancelMesh => executor.cancel(&key(uid, TaskKind::Mesh)),
                 Effect::StepDown { node } => {
                     if let Ok(mut s) = self.step_down.lock() {
                         *s = Some(node);

@@ -20,6 +20,8 @@ pub enum TaskKind {
     Drain,
     /// The connections-drained gate.
     Connections,
+    /// The rollout's mesh-wide breaker.
+    Mesh,
     Gates,
     /// Finalizer, status write, DaemonSet restore, delete: calls on the owner itself.
     Owner(OwnerCall),

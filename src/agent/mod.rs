@@ -12,6 +12,7 @@ pub mod connections;
 pub mod effects;
 pub mod events;
 pub mod executor;
+pub mod mesh;
 pub mod node_actions;
 pub mod observe;
 pub mod orphans;

@@ -90,6 +90,9 @@ fn default_time_zone() -> String {
 /// node unless `noData: Pass` says otherwise.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.meshQueries) || size(self.meshQueries) == 0 || has(self.prometheus)", "message": "meshQueries need prometheus (its url)"},
+]))]
 pub struct HealthSpec {
     /// How long a node must stay healthy, without a break, before it is Verified.
     #[serde(default = "default_soak")]
@@ -147,6 +150,15 @@ pub struct HealthSpec {
     /// PromQL checks against a Prometheus HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
+    /// The mesh-wide breaker: PromQL queries about the whole mesh (no `$node`), against
+    /// `prometheus.url`, evaluated every `interval` from the first cordon to the end of
+    /// the rollout; `maxIncrease` compares with the value just before the first cordon.
+    /// A breach (or a query failing for `timeout`) applies `onFailure` — no new node
+    /// starts; nodes in flight finish — with the query, value and threshold in the
+    /// conditions and an Event. Changing the spec (a new generation) resets it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub mesh_queries: Vec<PrometheusQuery>,
 }
 
 impl Default for HealthSpec {
@@ -164,6 +176,7 @@ impl Default for HealthSpec {
             connection_drain_timeout: default_connection_drain_timeout(),
             on_open_connections: OpenConnectionsPolicy::default(),
             prometheus: None,
+            mesh_queries: Vec::new(),
         }
     }
 }
@@ -284,7 +297,10 @@ pub struct PrometheusSpec {
         extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('30s')", "message": "queryTimeout must be at most 30s"}])
     )]
     pub query_timeout: String,
-    #[schemars(length(min = 1, max = 32))]
+    /// Per-node queries (`$node` is the node's name); may be empty when `meshQueries`
+    /// are set.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
     pub queries: Vec<PrometheusQuery>,
 }
 

@@ -31,6 +31,8 @@ pub struct HealthSettings {
     /// ztunnel metrics, or a zero timeout).
     pub connection_drain: Option<ConnectionDrainSettings>,
     pub prometheus: Option<PrometheusSettings>,
+    /// The mesh-wide breaker's queries (against `prometheus`'s URL).
+    pub mesh_queries: Vec<QuerySettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -502,6 +504,7 @@ pub(crate) mod tests {
             uncordon_failed_nodes: false,
             pass_without_data: false,
             connection_drain: None,
+            mesh_queries: Vec::new(),
             waypoint_selector: None,
             ztunnel_metrics: None,
             prometheus: None,

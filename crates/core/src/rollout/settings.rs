@@ -198,34 +198,10 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
         None => None,
         Some(p) => {
             check_http_url(&p.url).map_err(invalid("health.prometheus.url"))?;
-            let mut names = std::collections::BTreeSet::new();
-            let mut queries = Vec::new();
-            for q in &p.queries {
-                if !names.insert(q.name.as_str()) {
-                    return Err(invalid("health.prometheus.queries")(format!(
-                        "the name {:?} is used twice",
-                        q.name
-                    )));
-                }
-                let limit = match (q.max, q.max_increase) {
-                    (Some(max), None) => QueryLimit::Max(max),
-                    (None, Some(by)) => QueryLimit::MaxIncrease(by),
-                    _ => {
-                        return Err(invalid("health.prometheus.queries")(format!(
-                            "query {:?}: set exactly one of max and maxIncrease",
-                            q.name
-                        )));
-                    }
-                };
-                queries.push(QuerySettings {
-                    name: q.name.clone(),
-                    query: q.query.clone(),
-                    limit,
-                });
-            }
-            if queries.is_empty() {
+            let queries = query_settings("health.prometheus.queries", &p.queries)?;
+            if queries.is_empty() && spec.mesh_queries.is_empty() {
                 return Err(invalid("health.prometheus.queries")(
-                    "at least one query is needed".into(),
+                    "at least one query is needed (here or in health.meshQueries)".into(),
                 ));
             }
             let credentials = crate::health::credentials::PrometheusCredentials::from_spec(p)
@@ -241,6 +217,18 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
             })
         }
     };
+    let mesh_queries = query_settings("health.meshQueries", &spec.mesh_queries)?;
+    if !mesh_queries.is_empty() && prometheus.is_none() {
+        return Err(invalid("health.meshQueries")(
+            "meshQueries need health.prometheus (its url)".into(),
+        ));
+    }
+    if let Some(q) = mesh_queries.iter().find(|q| q.query.contains("$node")) {
+        return Err(invalid("health.meshQueries")(format!(
+            "query {:?}: a mesh-wide query has no node ($node is for health.prometheus.queries)",
+            q.name
+        )));
+    }
     Ok(HealthSettings {
         soak: parse_duration(&spec.soak).map_err(invalid("health.soak"))?,
         interval,
@@ -272,7 +260,41 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
                 max_closed_per_opened: z.max_closed_per_opened,
             }),
         prometheus,
+        mesh_queries,
     })
+}
+
+/// The queries of `field`: names distinct, exactly one of `max` and `maxIncrease` each.
+fn query_settings(
+    field: &'static str,
+    queries: &[crate::api::rollout::PrometheusQuery],
+) -> Result<Vec<QuerySettings>, SpecError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for q in queries {
+        if !names.insert(q.name.as_str()) {
+            return Err(invalid(field)(format!(
+                "the name {:?} is used twice",
+                q.name
+            )));
+        }
+        let limit = match (q.max, q.max_increase) {
+            (Some(max), None) => QueryLimit::Max(max),
+            (None, Some(by)) => QueryLimit::MaxIncrease(by),
+            _ => {
+                return Err(invalid(field)(format!(
+                    "query {:?}: set exactly one of max and maxIncrease",
+                    q.name
+                )));
+            }
+        };
+        out.push(QuerySettings {
+            name: q.name.clone(),
+            query: q.query.clone(),
+            limit,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -242,6 +242,10 @@ pub struct Standing {
 
 /// The reason of a pause the failure policy made (not `spec.paused`).
 pub const NODE_FAILED: &str = "NodeFailed";
+/// The mesh-wide breaker tripped.
+pub const MESH_QUERY_FAILED: &str = "MeshQueryFailed";
+/// Where a failure's message says what happens now (after the failure).
+pub const NO_NEW_NODE: &str = ". No new node starts";
 
 impl Standing {
     /// Something failed: the rollout cannot proceed, a failure paused it, or it rolls
@@ -249,7 +253,7 @@ impl Standing {
     pub fn degraded(&self) -> bool {
         match self.phase {
             RolloutPhase::Blocked | RolloutPhase::RollingBack | RolloutPhase::RolledBack => true,
-            RolloutPhase::Paused => self.reason == NODE_FAILED,
+            RolloutPhase::Paused => self.reason == NODE_FAILED || self.reason == MESH_QUERY_FAILED,
             _ => false,
         }
     }

@@ -33,6 +33,8 @@ pub struct Fixture {
     pub undo_blips: bool,
     /// Wall time spent in `decide` itself, and how many passes.
     pub decided: (std::time::Duration, u32),
+    /// The rollout's generation (`metadata.generation`).
+    pub generation: i64,
     /// What each node's connections-drained gate reports (default: nothing open).
     pub connections: std::collections::BTreeMap<String, ConnectionsEvent>,
 }
@@ -67,6 +69,7 @@ impl Fixture {
             undo_blips: false,
             decided: Default::default(),
             connections: Default::default(),
+            generation: 1,
         }
     }
 
@@ -94,7 +97,7 @@ impl Fixture {
             rollout: RolloutView {
                 name: "r1",
                 uid: "uid-r1",
-                generation: 1,
+                generation: self.generation,
                 created,
                 spec: &self.spec,
                 deleting: false,

@@ -579,7 +579,7 @@ impl Trial {
                     event: ConnectionsEvent::Closed(String::new()),
                 },
             ),
-            Effect::CancelConnections { .. } => {}
+            Effect::CancelConnections { .. } | Effect::Mesh(_) | Effect::CancelMesh => {}
             other => self.agents[agent].queue.push_back(Queued {
                 rollout: rollout.to_owned(),
                 effect: other,

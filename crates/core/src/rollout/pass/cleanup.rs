@@ -141,8 +141,16 @@ impl Pass<'_, '_> {
                 s.gates = crate::rollout::node_machine::GateProgress::NotStarted;
                 cancel.push(Effect::CancelGates { node: node.clone() });
             }
+            if matches!(
+                s.connections,
+                crate::rollout::node_machine::ConnectionsProgress::Waiting(_)
+            ) {
+                s.connections = crate::rollout::node_machine::ConnectionsProgress::NotStarted;
+                cancel.push(Effect::CancelConnections { node: node.clone() });
+            }
         }
         self.plan.effects.extend(cancel);
+        self.stop_mesh_breaker();
     }
 
     /// Releases every node the rollout may hold and removes its waiting taints; returns

@@ -34,6 +34,10 @@ pub enum Effect {
     CancelConnections {
         node: String,
     },
+    /// Run the mesh-wide breaker until it trips; reports [`Outcome::Mesh`].
+    Mesh(Box<MeshRequest>),
+    /// Stop it (the rollout ended, its spec changed, a rollback began).
+    CancelMesh,
     /// Run the node's health gates; they report [`Outcome::Gate`].
     Gates(Box<GateRequest>),
     CancelGates {
@@ -132,6 +136,16 @@ pub struct GateRequest {
     pub touched_at: Option<Timestamp>,
 }
 
+/// What the mesh-wide breaker needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshRequest {
+    pub settings: HealthSettings,
+    /// `maxIncrease` baselines are read at this time: just before the first cordon.
+    pub baseline_at: Timestamp,
+    /// The rollout generation it runs for.
+    pub generation: i64,
+}
+
 /// What the connections-drained gate of one node needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionsRequest {
@@ -205,6 +219,11 @@ pub enum Outcome {
     Connections {
         node: String,
         event: ConnectionsEvent,
+    },
+    /// The mesh-wide breaker tripped, for `generation`.
+    Mesh {
+        generation: i64,
+        breach: String,
     },
     Finalizer {
         add: bool,

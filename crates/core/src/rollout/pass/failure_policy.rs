@@ -10,16 +10,21 @@ use super::{Pass, View};
 use crate::api::rollout::RollbackStatus;
 use crate::rollout::node_machine::{self, NodePhase};
 use crate::rollout::revision::previous_revision;
-use crate::rollout::status::{NODE_FAILED, RolloutPhase, Standing, counts};
+use crate::rollout::status::{MESH_QUERY_FAILED, NO_NEW_NODE, RolloutPhase, Standing, counts};
 
 impl Pass<'_, '_> {
-    pub(super) fn failure_policy(&mut self, view: &View, why: String) -> Standing {
+    /// Failed nodes beyond `maxFailedNodes` (`reason` NodeFailed) or the mesh-wide
+    /// breaker (MeshQueryFailed) stop the rollout: `why`.
+    pub(super) fn failure_policy(&mut self, view: &View, why: String, reason: &str) -> Standing {
+        let remedy = if reason == MESH_QUERY_FAILED {
+            "; nodes in flight finish. To go on once the mesh is healthy, change the spec (a new generation resets the breaker, e.g. raise the query's threshold), or abort the rollout"
+        } else {
+            "; to go on past the failed nodes raise spec.health.maxFailedNodes (failed nodes stay cordoned for inspection until the rollout ends: uncordon them when done), or abort the rollout (it releases them)"
+        };
         let pause = |extra: &str| Standing {
             phase: RolloutPhase::Paused,
-            reason: NODE_FAILED.into(),
-            message: format!(
-                "{why}. No new node starts{extra}; to go on past the failed nodes raise spec.health.maxFailedNodes (failed nodes stay cordoned for inspection until the rollout ends: uncordon them when done), or abort the rollout (it releases them)"
-            ),
+            reason: reason.into(),
+            message: format!("{why}{NO_NEW_NODE}{extra}{remedy}"),
         };
         if !view.settings.health.rollback {
             return pause("");
@@ -86,6 +91,54 @@ impl Pass<'_, '_> {
             phase: RolloutPhase::RollingBack,
             reason: "RollingBack".into(),
             message,
+        }
+    }
+}
+
+impl Pass<'_, '_> {
+    /// Stage 9: the mesh-wide breaker runs while the rollout does, for its current
+    /// generation (a spec change restarts it, with the trip forgotten), and stops during
+    /// a rollback.
+    pub(super) fn mesh_breaker(&mut self, view: &View) {
+        let generation = self.snap.rollout.generation;
+        let wanted = !view.settings.health.mesh_queries.is_empty()
+            && view.settings.health.prometheus.is_some()
+            && self.mem.rollback.is_none()
+            && self
+                .mem
+                .mesh
+                .breach
+                .as_ref()
+                .is_none_or(|(g, _)| *g != generation);
+        let running = self.mem.mesh.running;
+        if running.is_some() && (!wanted || running != Some(generation)) {
+            self.plan.effects.push(super::Effect::CancelMesh);
+            self.mem.mesh.running = None;
+        }
+        if wanted && self.mem.mesh.running.is_none() {
+            // Baselines: just before the first cordon (now, if none happened yet).
+            let first = self
+                .mem
+                .nodes
+                .values()
+                .filter_map(|s| s.tracked.started)
+                .min()
+                .unwrap_or(self.now);
+            self.plan
+                .effects
+                .push(super::Effect::Mesh(Box::new(super::MeshRequest {
+                    settings: view.settings.health.clone(),
+                    baseline_at: first,
+                    generation,
+                })));
+            self.mem.mesh.running = Some(generation);
+        }
+    }
+
+    /// The rollout ended: its breaker stops.
+    pub(super) fn stop_mesh_breaker(&mut self) {
+        if self.mem.mesh.running.take().is_some() {
+            self.plan.effects.push(super::Effect::CancelMesh);
         }
     }
 }

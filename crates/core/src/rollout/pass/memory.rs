@@ -38,6 +38,7 @@ pub struct Memory {
     pub stepped_down_for: Option<String>,
     /// When the rollout reached a terminal phase (for its retention).
     pub finished_at: Option<Timestamp>,
+    pub mesh: MeshBreaker,
     pub delete_sent: bool,
     /// A failed delete (after the retention) is tried again from then on.
     pub delete_retry: Retry,
@@ -223,6 +224,33 @@ pub struct StatusWrites {
     pub retry: Retry,
 }
 
+/// The mesh-wide breaker of the rollout.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MeshBreaker {
+    /// Its task runs, for this generation.
+    pub running: Option<i64>,
+    /// It tripped, for this generation: why.
+    pub breach: Option<(i64, String)>,
+}
+
+impl MeshBreaker {
+    /// A trip the stored status records (a new term keeps it: the last leader stopped
+    /// the rollout for it).
+    fn recorded(stored: &ZtunnelRolloutStatus) -> Option<(i64, String)> {
+        let c = stored.conditions.iter().find(|c| {
+            c.type_ == crate::rollout::status::PAUSED
+                && c.status == "True"
+                && c.reason == crate::rollout::status::MESH_QUERY_FAILED
+        })?;
+        let why = c
+            .message
+            .split(crate::rollout::status::NO_NEW_NODE)
+            .next()
+            .unwrap_or_default();
+        Some((c.observed_generation?, why.to_owned()))
+    }
+}
+
 impl Memory {
     /// A new term's memory: the records and rollback of the stored status, and the
     /// nodes carrying the rollout's annotation — both read afresh: the watches may not
@@ -269,6 +297,10 @@ impl Memory {
             finished_at: stored
                 .and_then(|s| s.finished_at.as_deref())
                 .and_then(|t| t.parse().ok()),
+            mesh: MeshBreaker {
+                running: None,
+                breach: stored.and_then(MeshBreaker::recorded),
+            },
             ..Default::default()
         }
     }

@@ -41,7 +41,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub use effects::{
     About, CallDone, CallError, CallKind, ConnectionsEvent, ConnectionsRequest, DrainOutcome,
-    Effect, GateEvent, GateRequest, NodeCall, Notice, Outcome, Transition, UndoFailure,
+    Effect, GateEvent, GateRequest, MeshRequest, NodeCall, Notice, Outcome, Transition,
+    UndoFailure,
 };
 pub use memory::Memory;
 pub use record::held_back_status;
@@ -183,6 +184,7 @@ impl Pass<'_, '_> {
         self.retarget(&view);
         // 9.
         self.step_nodes(&view);
+        self.mesh_breaker(&view);
         // 10.
         let standing = self.plan_wave(&mut view);
         // 11.

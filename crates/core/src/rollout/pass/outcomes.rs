@@ -65,6 +65,14 @@ impl Pass<'_, '_> {
                     GateEvent::Done(Err(why)) => state.gates = GateProgress::Failed(why),
                 }
             }
+            Outcome::Mesh { generation, breach } => {
+                if generation == self.snap.rollout.generation
+                    && self.mem.mesh.running == Some(generation)
+                {
+                    self.mem.mesh.running = None;
+                    self.mem.mesh.breach = Some((generation, breach));
+                }
+            }
             Outcome::Connections { node, event } => {
                 let Some(state) = self.mem.nodes.get_mut(&node) else {
                     return;

@@ -16,6 +16,9 @@ use crate::rollout::status::{Standing, conditions, counts, node_statuses};
 
 impl Pass<'_, '_> {
     pub(super) fn record(&mut self, standing: Standing) {
+        if standing.phase.is_terminal() {
+            self.stop_mesh_breaker();
+        }
         let previous = self.mem.standing.as_ref();
         let changed =
             previous.is_none_or(|s| s.phase != standing.phase || s.reason != standing.reason);

@@ -690,3 +690,116 @@ fn connections_still_open_are_named_then_reset_or_fail_the_node() {
         "left cordoned for inspection (uncordonFailedNodes is off)"
     );
 }
+
+fn with_mesh_query(f: &mut Fixture) {
+    f.config.allowed_prometheus_url_prefixes =
+        std::sync::Arc::from(["http://prometheus:9090".to_owned()]);
+    f.spec.health = serde_json::from_value(serde_json::json!({
+        "waypoints": { "disabled": true },
+        "prometheus": { "url": "http://prometheus:9090" },
+        "meshQueries": [{ "name": "errors", "query": "sum(rate(errors_total[1m]))", "max": 1.0 }],
+    }))
+    .expect("health");
+}
+
+/// The mesh-wide breaker runs once per generation; when it trips mid-rollout the node in
+/// flight finishes, no new node starts, the rollout pauses naming the query (and says so
+/// in an Event); a new term keeps the trip; a spec change restarts the breaker.
+#[test]
+fn a_mesh_breach_stops_new_nodes_while_nodes_in_flight_finish() {
+    use crate::rollout::status::{MESH_QUERY_FAILED, RolloutPhase};
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    with_mesh_query(&mut f);
+    let effects = f.drive(10, passes, |f| f.memory.phase("a1") == NodePhase::Drained);
+    let meshes = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Mesh(_)))
+            .count()
+    };
+    assert_eq!(meshes(&effects), 1, "one breaker task");
+    assert_eq!(f.memory.phase("a1"), NodePhase::Drained, "a1 in flight");
+    // It trips.
+    f.pending.push(Outcome::Mesh {
+        generation: 1,
+        breach: "mesh query errors (sum(rate(errors_total[1m]))): value 3.000 > max 1.000".into(),
+    });
+    let effects = f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done);
+    assert_eq!(
+        f.memory.phase("a1"),
+        NodePhase::Done,
+        "the node in flight finished"
+    );
+    assert!(
+        cordon_order(&effects).is_empty(),
+        "no node started after the breach: {:?}",
+        cordon_order(&effects)
+    );
+    assert!(effects.iter().any(|e| matches!(e, Effect::Event(n)
+        if n.reason == MESH_QUERY_FAILED && n.warning && n.note.contains("errors_total"))));
+    let plan = f.pass();
+    let standing = plan.standing.expect("standing");
+    assert_eq!(
+        (standing.phase, standing.reason.as_str()),
+        (RolloutPhase::Paused, MESH_QUERY_FAILED)
+    );
+    assert!(standing.degraded());
+    assert!(
+        standing.message.contains("value 3.000 > max 1.000"),
+        "{}",
+        standing.message
+    );
+    assert_eq!(
+        meshes(&f.drive(5, passes, |_| false)),
+        0,
+        "not restarted for the same generation"
+    );
+
+    // A new term (leader change) keeps the trip from the stored status.
+    let stored = f.status.clone().expect("status");
+    f.memory = Memory::resume(Some(&stored), true, &[]);
+    let effects = f.drive(5, passes, |_| false);
+    assert!(
+        cordon_order(&effects).is_empty(),
+        "still stopped after a leader change"
+    );
+    assert_eq!(meshes(&effects), 0);
+    assert_eq!(
+        f.memory.mesh.breach.as_ref().map(|(_, why)| why.as_str()),
+        Some("mesh query errors (sum(rate(errors_total[1m]))): value 3.000 > max 1.000"),
+        "the reason as first recorded, not nested"
+    );
+
+    // The spec changes: the breaker restarts and the rollout goes on.
+    f.generation = 2;
+    let effects = f.drive(200, passes, |f| {
+        phase_of_status(f) == Some("Complete".to_owned())
+    });
+    assert_eq!(meshes(&effects), 1, "restarted for generation 2");
+    assert!(
+        effects.contains(&Effect::CancelMesh),
+        "stopped when the rollout completed"
+    );
+    assert_eq!(phase_of_status(&f), Some("Complete".to_owned()));
+}
+
+#[test]
+fn mesh_queries_need_prometheus_and_no_node() {
+    let mut f = Fixture::new(&[("a1", "a")]);
+    f.finalizer = true;
+    with_mesh_query(&mut f);
+    f.spec.health.prometheus = None;
+    let plan = f.pass();
+    let s = plan.standing.expect("standing");
+    assert_eq!(s.reason, "InvalidSpec");
+    assert!(s.message.contains("health.meshQueries"), "{}", s.message);
+    with_mesh_query(&mut f);
+    f.spec.health.mesh_queries[0].query = "up{node=\"$node\"}".into();
+    let s = f.pass().standing.expect("standing");
+    assert!(
+        s.message.contains("a mesh-wide query has no node"),
+        "{}",
+        s.message
+    );
+}

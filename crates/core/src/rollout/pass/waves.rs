@@ -70,6 +70,14 @@ impl Pass<'_, '_> {
                 message: "spec.nodeSelector matches no node".into(),
             };
         }
+        // The mesh-wide breaker tripped (not during a rollback: that is the remedy).
+        if self.mem.rollback.is_none()
+            && let Some((generation, why)) = &self.mem.mesh.breach
+            && *generation == self.snap.rollout.generation
+        {
+            let why = why.clone();
+            return self.failure_policy(view, why, crate::rollout::status::MESH_QUERY_FAILED);
+        }
         let decision = planner::next_in_waves(&view.observations, &view.waves.waves, &view.policy);
         self.mem.wave = match &decision {
             Decision::Start { wave, .. } | Decision::Blocked { wave, .. } => Some(wave.clone()),
@@ -96,7 +104,7 @@ impl Pass<'_, '_> {
                     failed.len(),
                     listed.join("; ")
                 );
-                self.failure_policy(view, why)
+                self.failure_policy(view, why, crate::rollout::status::NODE_FAILED)
             }
             Decision::Start { wave, nodes } => self.start(view, wave, nodes),
         }

@@ -1,0 +1,94 @@
+//! Runs a rollout's mesh-wide breaker as a task: every `interval` it evaluates the
+//! rollout's `meshQueries` against its Prometheus (with its credentials), the
+//! `maxIncrease` ones also at the time just before the first cordon, and asks the core's
+//! verdict (`health::mesh`). It ends only when the breaker trips — the reconcile loop
+//! then stops new nodes — or when it is cancelled (the rollout ended, its spec changed).
+//! Requests take the shared HTTP client's slots, each within `queryTimeout`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use ztunnel_rollout_core::health::gates::Baselines;
+use ztunnel_rollout_core::health::mesh::{Verdict, verdict};
+use ztunnel_rollout_core::rollout::pass::{MeshRequest, Outcome};
+
+use super::verify::Gates;
+use crate::health::http_client::Bounds;
+use crate::health::{credentials, prometheus};
+
+impl Gates {
+    /// Evaluates the mesh queries until one breaches; the breach is the result.
+    pub async fn mesh(&self, req: MeshRequest) -> Option<Outcome> {
+        let s = &req.settings;
+        let p = s.prometheus.as_ref()?;
+        let before = req
+            .baseline_at
+            .checked_sub(SignedDuration::from_secs(1))
+            .ok();
+        let mut baselines = Baselines::default();
+        let mut failing_since: Option<Timestamp> = None;
+        let mut http: Result<crate::health::http_client::HttpClient, String> = Err(String::new());
+        loop {
+            let bounds = Bounds {
+                timeout: s.query_timeout(),
+                deadline: Some(tokio::time::Instant::now() + s.interval.max(s.query_timeout())),
+            };
+            if http.is_err() {
+                // Read again each round until they are (the interval is the backoff,
+                // the gates' timeout the bound: then the breaker trips).
+                http = credentials::prometheus_client(
+                    &self.client,
+                    &self.namespace,
+                    &p.credentials,
+                    &self.http,
+                )
+                .await
+                .map_err(|e| format!("Prometheus credentials: {e}"));
+            }
+            let answers = join_all(s.mesh_queries.iter().map(|q| {
+                let http = http.clone();
+                let baselines = &baselines;
+                async move {
+                    let http = match http {
+                        Ok(http) => http,
+                        Err(e) => {
+                            return (q, Err(e.clone()), baselines.needed(q).then_some(Err(e)));
+                        }
+                    };
+                    let baseline = async {
+                        if !baselines.needed(q) {
+                            return None;
+                        }
+                        Some(prometheus::query(&http, &p.url, &q.query, before, bounds).await)
+                    };
+                    let now = prometheus::query(&http, &p.url, &q.query, None, bounds);
+                    let (baseline, now) = futures::join!(baseline, now);
+                    (q, now, baseline)
+                }
+            }))
+            .await;
+            let round: Vec<_> = answers
+                .into_iter()
+                .map(|(q, now, fresh)| (q, now, baselines.for_round(q, fresh)))
+                .collect();
+            let now = Timestamp::now();
+            match verdict(&round, failing_since, now, s) {
+                Verdict::Breached(breach) => {
+                    return Some(Outcome::Mesh {
+                        generation: req.generation,
+                        breach,
+                    });
+                }
+                Verdict::Failing { since, why } => {
+                    if failing_since.is_none() {
+                        tracing::warn!(%why, "mesh breaker: queries cannot be evaluated");
+                    }
+                    failing_since = Some(since);
+                }
+                Verdict::Holds => failing_since = None,
+            }
+            tokio::time::sleep(s.interval.max(Duration::from_secs(1))).await;
+        }
+    }
+}
