@@ -147,10 +147,10 @@ impl EffectRunner {
                 }
                 Effect::Mesh(request) => {
                     let gates = self.gates.clone();
-                    executor.spawn(
+                    executor.spawn_with(
                         key(uid, TaskKind::Mesh),
                         tracing::Span::current(),
-                        async move { gates.mesh(*request).await },
+                        move |sink| async move { gates.mesh(*request, sink).await },
                     );
                 }
                 Effect::CancelMesh => executor.cancel(&key(uid, TaskKind::Mesh)),

@@ -11,15 +11,20 @@ use futures::future::join_all;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use ztunnel_rollout_core::health::gates::Baselines;
 use ztunnel_rollout_core::health::mesh::{Verdict, verdict};
-use ztunnel_rollout_core::rollout::pass::{MeshRequest, Outcome};
+use ztunnel_rollout_core::rollout::pass::{MeshEvent, MeshRequest, Outcome};
+
+use super::executor::Sink;
 
 use super::verify::Gates;
 use crate::health::http_client::Bounds;
 use crate::health::{credentials, prometheus};
 
+/// Rounds between reads of the credentials' Secrets.
+const REREAD: u32 = 60;
+
 impl Gates {
     /// Evaluates the mesh queries until one breaches; the breach is the result.
-    pub async fn mesh(&self, req: MeshRequest) -> Option<Outcome> {
+    pub async fn mesh(&self, req: MeshRequest, sink: Sink<Outcome>) -> Option<Outcome> {
         let s = &req.settings;
         let p = s.prometheus.as_ref()?;
         let before = req
@@ -28,24 +33,31 @@ impl Gates {
             .ok();
         let mut baselines = Baselines::default();
         let mut failing_since: Option<Timestamp> = None;
+        let mut held = false;
+        let mut rounds: u32 = 0;
         let mut http: Result<crate::health::http_client::HttpClient, String> = Err(String::new());
         loop {
             let bounds = Bounds {
                 timeout: s.query_timeout(),
                 deadline: Some(tokio::time::Instant::now() + s.interval.max(s.query_timeout())),
             };
-            if http.is_err() {
-                // Read again each round until they are (the interval is the backoff,
-                // the gates' timeout the bound: then the breaker trips).
-                http = credentials::prometheus_client(
+            // The credentials are read again every REREAD rounds (a rotated Secret is
+            // used within minutes) and each round after a failed one (until they are
+            // read: the interval is the backoff, the gates' timeout the bound, then the
+            // breaker trips); each read by the round's deadline.
+            if http.is_err() || failing_since.is_some() || rounds.is_multiple_of(REREAD) {
+                let read = credentials::prometheus_client(
                     &self.client,
                     &self.namespace,
                     &p.credentials,
                     &self.http,
-                )
-                .await
-                .map_err(|e| format!("Prometheus credentials: {e}"));
+                );
+                http = match tokio::time::timeout(s.interval.max(s.query_timeout()), read).await {
+                    Ok(read) => read.map_err(|e| format!("Prometheus credentials: {e}")),
+                    Err(_) => Err("Prometheus credentials: not read in time".to_owned()),
+                };
             }
+            rounds = rounds.wrapping_add(1);
             let answers = join_all(s.mesh_queries.iter().map(|q| {
                 let http = http.clone();
                 let baselines = &baselines;
@@ -77,7 +89,7 @@ impl Gates {
                 Verdict::Breached(breach) => {
                     return Some(Outcome::Mesh {
                         generation: req.generation,
-                        breach,
+                        event: MeshEvent::Breached(breach),
                     });
                 }
                 Verdict::Failing { since, why } => {
@@ -86,7 +98,16 @@ impl Gates {
                     }
                     failing_since = Some(since);
                 }
-                Verdict::Holds => failing_since = None,
+                Verdict::Holds => {
+                    failing_since = None;
+                    if !held {
+                        held = true;
+                        sink.send(Outcome::Mesh {
+                            generation: req.generation,
+                            event: MeshEvent::Held,
+                        });
+                    }
+                }
             }
             tokio::time::sleep(s.interval.max(Duration::from_secs(1))).await;
         }

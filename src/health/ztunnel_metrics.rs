@@ -69,10 +69,11 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
     };
     for sample in exposition::samples(text) {
         let sample = sample.map_err(|e| {
-            // The line is not quoted: nothing of an answer reaches status or Events.
+            // Nothing of the answer reaches status or Events: not the line, not the
+            // parser's reason (which may quote a value or a label name).
             format!(
-                "malformed: line {} is not in the Prometheus text format ({})",
-                e.line, e.reason
+                "malformed: line {} is not in the Prometheus text format",
+                e.line
             )
         })?;
         let sum = match sample.metric {
@@ -85,7 +86,12 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
         };
         *sum = Some(sum.unwrap_or(0.0) + sample.value);
         let flags = sample.label("response_flags").unwrap_or("-");
-        if sample.metric == CLOSED_CONNECTIONS && flags != "-" {
+        // On the inbound side only: a connection between two pods of the node is closed
+        // on both sides, and only the destination's close names the failure.
+        if sample.metric == CLOSED_CONNECTIONS
+            && flags != "-"
+            && sample.label("reporter") == Some("destination")
+        {
             closed_failed += sample.value;
             let key = flag_key(flags, &closed_failed_by_flags);
             *closed_failed_by_flags.entry(key).or_default() += sample.value;
@@ -209,7 +215,10 @@ istio_tcp_connections_failed_total 1
             0.0,
         )
         .unwrap_err();
-        assert!(e.contains("not quoted"), "unquoted: {e}");
+        assert!(
+            e.contains("line 1") && e.contains("not in the Prometheus text format"),
+            "unquoted: {e}"
+        );
     }
 
     #[test]
@@ -220,6 +229,8 @@ istio_tcp_connections_failed_total 1
         )
         .unwrap_err();
         assert!(e.contains("line 2") && !e.contains("oops"), "{e}");
+        let e = read("m{secret_label=\"x\"} not-a-number-secret\n", 0.0).unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("secret"), "{e}");
     }
 
     #[test]

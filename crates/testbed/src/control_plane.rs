@@ -84,10 +84,13 @@ pub struct RunningControlPlane {
 /// A free port below Linux's ephemeral range (32768–60999 by default). A port the kernel
 /// hands out for `:0` is ephemeral, so between our probe and the component's own bind an
 /// outgoing connection can take it as its local port; below the range only another
-/// listener could.
+/// listener could. Never the same port twice in one process: two components probed
+/// before either binds would otherwise both get it (an etcd that cannot start).
 pub fn free_port() -> Result<u16, ControlPlaneError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -100,8 +103,15 @@ pub fn free_port() -> Result<u16, ControlPlaneError> {
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
         x ^= x >> 33;
         let port = 20_000 + (x % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         match TcpListener::bind(("127.0.0.1", port)) {
-            Ok(_) => return Ok(port),
+            Ok(_) => {
+                given.insert(port);
+                return Ok(port);
+            }
             Err(e) => last = Some(e),
         }
     }

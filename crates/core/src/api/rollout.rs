@@ -486,9 +486,26 @@ pub struct ZtunnelRolloutStatus {
     /// Aborted are final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// The mesh-wide breaker (with `health.meshQueries`): its baseline time and whether
+    /// it tripped, kept here so that a new leader goes on from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_breaker: Option<MeshBreakerStatus>,
     /// Nodes that are not Pending, with their phase; compact for 1,000+ nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshBreakerStatus {
+    /// `maxIncrease` baselines are the values at this time (RFC 3339): just before the
+    /// first cordon.
+    pub baseline_at: String,
+    /// The generation whose breaker tripped, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tripped_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tripped: Option<String>,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -58,10 +58,12 @@ pub type OpenConnections = BTreeMap<Workload, u64>;
 pub fn read_open(text: &str) -> Result<OpenConnections, String> {
     let mut sums: BTreeMap<Workload, f64> = BTreeMap::new();
     for sample in exposition::samples(text) {
+        // Nothing of the answer reaches status or Events: not the line, not the parser's
+        // reason (which may quote a value).
         let sample = sample.map_err(|e| {
             format!(
-                "malformed: line {} is not in the Prometheus text format ({})",
-                e.line, e.reason
+                "malformed: line {} is not in the Prometheus text format",
+                e.line
             )
         })?;
         let sign = match sample.metric {
@@ -77,9 +79,14 @@ pub fn read_open(text: &str) -> Result<OpenConnections, String> {
         let namespace = sample
             .label(&format!("{end}_workload_namespace"))
             .unwrap_or_default();
+        // Names go into status and Events: only what Kubernetes could have named.
         let mut workload = Workload {
-            namespace: namespace.to_owned(),
-            name: if name.is_empty() || name == "unknown" {
+            namespace: if kubernetes_name(namespace) {
+                namespace.to_owned()
+            } else {
+                String::new()
+            },
+            name: if name == "unknown" || !kubernetes_name(name) {
                 "(unknown workload)".to_owned()
             } else {
                 name.to_owned()
@@ -190,6 +197,14 @@ pub fn resets_by_node(
         pods.sort();
     }
     out
+}
+
+/// A DNS-1123 subdomain: what a Kubernetes workload or namespace can be called.
+fn kubernetes_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// What the gate decides.
@@ -325,6 +340,18 @@ istio_tcp_connections_failed_total{reporter="source"} 99
     fn a_malformed_exposition_names_the_line_without_quoting_it() {
         let e = read_open("istio_tcp_connections_opened_total{secret-text 1\n").unwrap_err();
         assert!(e.contains("line 1") && !e.contains("secret-text"), "{e}");
+        let e =
+            read_open("istio_tcp_connections_opened_total{a=\"b\"} secret-value\n").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("secret"), "{e}");
+        // Label values that no Kubernetes object could be called are not repeated.
+        let open = read_open(
+            "istio_tcp_connections_opened_total{reporter=\"source\",source_workload=\"<script>x</script>\",source_workload_namespace=\"Not A Namespace\"} 2\n",
+        )
+        .expect("reads");
+        assert_eq!(
+            open,
+            OpenConnections::from([(w("", "(unknown workload)"), 2)])
+        );
     }
 
     #[test]

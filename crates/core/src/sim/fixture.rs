@@ -180,6 +180,16 @@ impl Fixture {
         log
     }
 
+    /// Carries out `plan`'s effects as `drive` does (gates pass); their outcomes go to
+    /// the next pass.
+    pub fn carry_out_plan(&mut self, plan: &Plan) {
+        for effect in &plan.effects {
+            if let Some(o) = self.carry_out(effect, &|_: &str, _: &str| Ok(String::new())) {
+                self.pending.push(o);
+            }
+        }
+    }
+
     fn carry_out(
         &mut self,
         effect: &Effect,
@@ -204,6 +214,11 @@ impl Fixture {
                     .get(&request.node)
                     .cloned()
                     .unwrap_or_else(|| ConnectionsEvent::Closed("nothing open".into())),
+            },
+            // The mesh-wide breaker's first round holds (a test trips it itself).
+            Effect::Mesh(request) => Outcome::Mesh {
+                generation: request.generation,
+                event: crate::rollout::pass::MeshEvent::Held,
             },
             Effect::Gates(request) => Outcome::Gate {
                 node: request.node.clone(),

@@ -146,6 +146,14 @@ pub struct MeshRequest {
     pub generation: i64,
 }
 
+/// What the mesh-wide breaker reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// A round held (sent once, after the first): nodes may start.
+    Held,
+    Breached(String),
+}
+
 /// What the connections-drained gate of one node needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionsRequest {
@@ -220,10 +228,10 @@ pub enum Outcome {
         node: String,
         event: ConnectionsEvent,
     },
-    /// The mesh-wide breaker tripped, for `generation`.
+    /// The mesh-wide breaker of `generation`: its first round held, or it tripped.
     Mesh {
         generation: i64,
-        breach: String,
+        event: MeshEvent,
     },
     Finalizer {
         add: bool,

@@ -100,6 +100,7 @@ impl Pass<'_, '_> {
     /// generation (a spec change restarts it, with the trip forgotten), and stops during
     /// a rollback.
     pub(super) fn mesh_breaker(&mut self, view: &View) {
+        self.mesh_seen = true;
         let generation = self.snap.rollout.generation;
         let wanted = !view.settings.health.mesh_queries.is_empty()
             && view.settings.health.prometheus.is_some()
@@ -116,14 +117,16 @@ impl Pass<'_, '_> {
             self.mem.mesh.running = None;
         }
         if wanted && self.mem.mesh.running.is_none() {
-            // Baselines: just before the first cordon (now, if none happened yet).
-            let first = self
-                .mem
-                .nodes
-                .values()
-                .filter_map(|s| s.tracked.started)
-                .min()
-                .unwrap_or(self.now);
+            // Baselines: just before the first cordon (now, if none happened yet), the
+            // same for every generation and leader (it is in the status).
+            let first = *self.mem.mesh.baseline_at.get_or_insert_with(|| {
+                self.mem
+                    .nodes
+                    .values()
+                    .filter_map(|s| s.tracked.started)
+                    .min()
+                    .unwrap_or(self.now)
+            });
             self.plan
                 .effects
                 .push(super::Effect::Mesh(Box::new(super::MeshRequest {
@@ -133,6 +136,12 @@ impl Pass<'_, '_> {
                 })));
             self.mem.mesh.running = Some(generation);
         }
+    }
+
+    /// Whether new nodes wait for the breaker's first round of this generation.
+    pub(super) fn mesh_breaker_unproven(&self) -> bool {
+        self.mem.mesh.running == Some(self.snap.rollout.generation)
+            && self.mem.mesh.held != Some(self.snap.rollout.generation)
     }
 
     /// The rollout ended: its breaker stops.

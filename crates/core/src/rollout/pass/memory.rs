@@ -229,25 +229,27 @@ pub struct StatusWrites {
 pub struct MeshBreaker {
     /// Its task runs, for this generation.
     pub running: Option<i64>,
+    /// A round of this generation held (nodes start only after one did).
+    pub held: Option<i64>,
     /// It tripped, for this generation: why.
     pub breach: Option<(i64, String)>,
+    /// Its `maxIncrease` baselines are read at this time (just before the first cordon),
+    /// whichever leader reads them.
+    pub baseline_at: Option<Timestamp>,
 }
 
 impl MeshBreaker {
-    /// A trip the stored status records (a new term keeps it: the last leader stopped
-    /// the rollout for it).
-    fn recorded(stored: &ZtunnelRolloutStatus) -> Option<(i64, String)> {
-        let c = stored.conditions.iter().find(|c| {
-            c.type_ == crate::rollout::status::PAUSED
-                && c.status == "True"
-                && c.reason == crate::rollout::status::MESH_QUERY_FAILED
-        })?;
-        let why = c
-            .message
-            .split(crate::rollout::status::NO_NEW_NODE)
-            .next()
-            .unwrap_or_default();
-        Some((c.observed_generation?, why.to_owned()))
+    /// As the stored status left it: a new term keeps the trip and the baseline time.
+    fn stored(stored: Option<&ZtunnelRolloutStatus>) -> Self {
+        let Some(m) = stored.and_then(|s| s.mesh_breaker.as_ref()) else {
+            return Self::default();
+        };
+        Self {
+            running: None,
+            held: None,
+            breach: m.tripped_generation.zip(m.tripped.clone()),
+            baseline_at: m.baseline_at.parse().ok(),
+        }
     }
 }
 
@@ -297,10 +299,7 @@ impl Memory {
             finished_at: stored
                 .and_then(|s| s.finished_at.as_deref())
                 .and_then(|t| t.parse().ok()),
-            mesh: MeshBreaker {
-                running: None,
-                breach: stored.and_then(MeshBreaker::recorded),
-            },
+            mesh: MeshBreaker::stored(stored),
             ..Default::default()
         }
     }

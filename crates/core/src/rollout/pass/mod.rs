@@ -41,7 +41,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub use effects::{
     About, CallDone, CallError, CallKind, ConnectionsEvent, ConnectionsRequest, DrainOutcome,
-    Effect, GateEvent, GateRequest, MeshRequest, NodeCall, Notice, Outcome, Transition,
+    Effect, GateEvent, GateRequest, MeshEvent, MeshRequest, NodeCall, Notice, Outcome, Transition,
     UndoFailure,
 };
 pub use memory::Memory;
@@ -126,6 +126,7 @@ pub fn decide(
         plan: Plan::default(),
         held: Default::default(),
         drain_filter: None,
+        mesh_seen: false,
     };
     pass.run(outcomes);
     pass.plan
@@ -143,6 +144,8 @@ struct Pass<'p, 's> {
     /// The drain's filter (once the spec is read): a node about to be cordoned is
     /// checked with it for pods no drain gets past.
     drain_filter: Option<crate::drain::filter::FilterOptions>,
+    /// This pass decided about the mesh-wide breaker (else it stops: an early return).
+    mesh_seen: bool,
 }
 
 impl Pass<'_, '_> {

@@ -7,7 +7,8 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::Pass;
 use super::effects::{
-    About, CallDone, CallError, CallKind, ConnectionsEvent, DrainOutcome, GateEvent, Outcome,
+    About, CallDone, CallError, CallKind, ConnectionsEvent, DrainOutcome, GateEvent, MeshEvent,
+    Outcome,
 };
 use super::memory::{Expectation, LostCordon, Unconfirmed, Wrote, backoff};
 use crate::api_errors::ApiFailure;
@@ -65,12 +66,17 @@ impl Pass<'_, '_> {
                     GateEvent::Done(Err(why)) => state.gates = GateProgress::Failed(why),
                 }
             }
-            Outcome::Mesh { generation, breach } => {
+            Outcome::Mesh { generation, event } => {
                 if generation == self.snap.rollout.generation
                     && self.mem.mesh.running == Some(generation)
                 {
-                    self.mem.mesh.running = None;
-                    self.mem.mesh.breach = Some((generation, breach));
+                    match event {
+                        MeshEvent::Held => self.mem.mesh.held = Some(generation),
+                        MeshEvent::Breached(why) => {
+                            self.mem.mesh.running = None;
+                            self.mem.mesh.breach = Some((generation, why));
+                        }
+                    }
                 }
             }
             Outcome::Connections { node, event } => {

@@ -10,13 +10,15 @@ use super::derived::along;
 use super::effects::{About, Effect};
 use super::memory::Memory;
 use super::{Pass, View};
-use crate::api::rollout::ZtunnelRolloutStatus;
+use crate::api::rollout::{MeshBreakerStatus, ZtunnelRolloutStatus};
 use crate::rollout::node_machine::NodePhase;
 use crate::rollout::status::{Standing, conditions, counts, node_statuses};
 
 impl Pass<'_, '_> {
     pub(super) fn record(&mut self, standing: Standing) {
-        if standing.phase.is_terminal() {
+        if standing.phase.is_terminal() || !self.mesh_seen {
+            // Ended, or a pass that stopped before deciding about the breaker (an
+            // invalid spec, an overlap, the rollback's restore): it stops.
             self.stop_mesh_breaker();
         }
         let previous = self.mem.standing.as_ref();
@@ -108,6 +110,11 @@ fn status_of(
             t.round(k8s_openapi::jiff::Unit::Second)
                 .unwrap_or(t)
                 .to_string()
+        }),
+        mesh_breaker: mem.mesh.baseline_at.map(|at| MeshBreakerStatus {
+            baseline_at: at.to_string(),
+            tripped_generation: mem.mesh.breach.as_ref().map(|(g, _)| *g),
+            tripped: mem.mesh.breach.as_ref().map(|(_, why)| why.clone()),
         }),
         nodes: node_statuses(mem.records()),
     }

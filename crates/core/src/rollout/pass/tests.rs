@@ -711,6 +711,15 @@ fn a_mesh_breach_stops_new_nodes_while_nodes_in_flight_finish() {
     let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
     f.finalizer = true;
     with_mesh_query(&mut f);
+    // No node starts before the breaker's first round held.
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty());
+    assert_eq!(
+        plan.standing.as_ref().map(|s| s.reason.as_str()),
+        Some("MeshBreakerStarting")
+    );
+    // The breaker's first round holds (the fixture says so).
+    f.carry_out_plan(&plan);
     let effects = f.drive(10, passes, |f| f.memory.phase("a1") == NodePhase::Drained);
     let meshes = |effects: &[Effect]| {
         effects
@@ -718,12 +727,18 @@ fn a_mesh_breach_stops_new_nodes_while_nodes_in_flight_finish() {
             .filter(|e| matches!(e, Effect::Mesh(_)))
             .count()
     };
-    assert_eq!(meshes(&effects), 1, "one breaker task");
+    assert_eq!(
+        meshes(&effects),
+        0,
+        "one breaker task (started by the first pass)"
+    );
     assert_eq!(f.memory.phase("a1"), NodePhase::Drained, "a1 in flight");
     // It trips.
     f.pending.push(Outcome::Mesh {
         generation: 1,
-        breach: "mesh query errors (sum(rate(errors_total[1m]))): value 3.000 > max 1.000".into(),
+        event: MeshEvent::Breached(
+            "mesh query errors (sum(rate(errors_total[1m]))): value 3.000 > max 1.000".into(),
+        ),
     });
     let effects = f.drive(60, passes, |f| f.memory.phase("a1") == NodePhase::Done);
     assert_eq!(
@@ -759,6 +774,11 @@ fn a_mesh_breach_stops_new_nodes_while_nodes_in_flight_finish() {
     // A new term (leader change) keeps the trip from the stored status.
     let stored = f.status.clone().expect("status");
     f.memory = Memory::resume(Some(&stored), true, &[]);
+    let breaker = stored
+        .mesh_breaker
+        .clone()
+        .expect("the breaker in the status");
+    assert_eq!(breaker.tripped_generation, Some(1));
     let effects = f.drive(5, passes, |_| false);
     assert!(
         cordon_order(&effects).is_empty(),
@@ -777,6 +797,15 @@ fn a_mesh_breach_stops_new_nodes_while_nodes_in_flight_finish() {
         phase_of_status(f) == Some("Complete".to_owned())
     });
     assert_eq!(meshes(&effects), 1, "restarted for generation 2");
+    let baseline = effects.iter().find_map(|e| match e {
+        Effect::Mesh(r) => Some(r.baseline_at.to_string()),
+        _ => None,
+    });
+    assert_eq!(
+        baseline,
+        Some(breaker.baseline_at.clone()),
+        "the baseline time kept"
+    );
     assert!(
         effects.contains(&Effect::CancelMesh),
         "stopped when the rollout completed"

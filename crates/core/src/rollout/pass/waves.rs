@@ -106,6 +106,13 @@ impl Pass<'_, '_> {
                 );
                 self.failure_policy(view, why, crate::rollout::status::NODE_FAILED)
             }
+            Decision::Start { wave, .. } if self.mesh_breaker_unproven() => Standing {
+                phase: RolloutPhase::Progressing,
+                reason: "MeshBreakerStarting".into(),
+                message: format!(
+                    "wave {wave}: no new node starts until the mesh-wide breaker's queries (health.meshQueries) have held once"
+                ),
+            },
             Decision::Start { wave, nodes } => self.start(view, wave, nodes),
         }
     }
