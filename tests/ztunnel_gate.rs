@@ -24,30 +24,26 @@ fn pod_addresses(k: u8) -> Vec<SocketAddr> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies() {
-    let env = TestEnv::new("gate-zt", 2).await;
-    agent_support::install(&env.client).await;
-    // Zone a: healthy ztunnel; zone b: a ztunnel proxying workloads the node does not run.
-    let (good, bad) = (env.nodes[0].clone(), env.nodes[1].clone());
-    let nodes: Api<Node> = Api::all(env.client.clone());
+/// Gives each `(k, node)` the pod CIDR 127.88.`k`.0/28 and serves its ztunnel metrics
+/// on every address of it, as its ztunnel pods would.
+async fn serve_at_pod_ips(env: &TestEnv, nodes: &[(u8, &String)]) -> ZtunnelMetricsServer {
+    let api: Api<Node> = Api::all(env.client.clone());
     let mut addresses = Vec::new();
-    for (k, node) in [(0u8, &good), (1u8, &bad)] {
-        nodes
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    serde_json::json!({ "spec": { "podCIDR": format!("127.88.{k}.0/28") } }),
-                ),
-            )
-            .await
-            .expect("set the node's pod CIDR");
-        addresses.extend(pod_addresses(k).into_iter().map(|a| (a, node.clone())));
+    for (k, node) in nodes {
+        api.patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "podCIDR": format!("127.88.{k}.0/28") } })),
+        )
+        .await
+        .expect("set the node's pod CIDR");
+        addresses.extend(pod_addresses(*k).into_iter().map(|a| (a, (*node).clone())));
     }
-    let server = ZtunnelMetricsServer::start_at(&addresses).await;
-    server.set_active_proxies(&bad, 2.0);
-    // The test namespace is enrolled in ambient mode; ztunnel's own pods do not count.
+    ZtunnelMetricsServer::start_at(&addresses).await
+}
+
+/// Enrols the test's namespace in ambient mode (ztunnel's own pods do not count).
+async fn enroll_in_ambient(env: &TestEnv) {
     Api::<Namespace>::all(env.client.clone())
         .patch(
             &env.namespace,
@@ -56,6 +52,18 @@ async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies
         )
         .await
         .expect("label the namespace");
+}
+
+#[tokio::test]
+async fn the_agent_scrapes_each_new_ztunnel_at_its_pod_ip_and_checks_its_proxies() {
+    let env = TestEnv::new("gate-zt", 2).await;
+    agent_support::install(&env.client).await;
+    // Zone a: healthy ztunnel; zone b: a ztunnel proxying workloads the node does not run.
+    let (good, bad) = (env.nodes[0].clone(), env.nodes[1].clone());
+    let server = serve_at_pod_ips(&env, &[(0, &good), (1, &bad)]).await;
+    server.set_active_proxies(&bad, 2.0);
+    // The test namespace is enrolled in ambient mode; ztunnel's own pods do not count.
+    enroll_in_ambient(&env).await;
 
     let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
     support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -122,30 +130,8 @@ async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_name
     let env = TestEnv::new("gate-conns", 2).await;
     agent_support::install(&env.client).await;
     let (closing, staying) = (env.nodes[0].clone(), env.nodes[1].clone());
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    let mut addresses = Vec::new();
-    for (k, node) in [(2u8, &closing), (3u8, &staying)] {
-        nodes
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    serde_json::json!({ "spec": { "podCIDR": format!("127.88.{k}.0/28") } }),
-                ),
-            )
-            .await
-            .expect("set the node's pod CIDR");
-        addresses.extend(pod_addresses(k).into_iter().map(|a| (a, node.clone())));
-    }
-    let server = ZtunnelMetricsServer::start_at(&addresses).await;
-    Api::<Namespace>::all(env.client.clone())
-        .patch(
-            &env.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "metadata": { "labels": { "istio.io/dataplane-mode": "ambient" } } })),
-        )
-        .await
-        .expect("label the namespace");
+    let server = serve_at_pod_ips(&env, &[(2, &closing), (3, &staying)]).await;
+    enroll_in_ambient(&env).await;
     // A log agent on the second node: a DaemonSet, enrolled by its namespace.
     let ds_api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
     let log_agent: DaemonSet = serde_json::from_value(serde_json::json!({

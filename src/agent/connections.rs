@@ -92,12 +92,7 @@ impl Gates {
         ip: &str,
         left: Duration,
     ) -> Result<ztunnel_rollout_core::health::connections::OpenConnections, String> {
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_owned()
-        };
-        let url = format!("http://{host}:{}/metrics", req.settings.port);
+        let url = crate::health::ztunnel_metrics::metrics_url(ip, req.settings.port);
         let bounds = Bounds {
             timeout: READ_TIMEOUT.min(req.interval.max(Duration::from_secs(1))),
             deadline: Some(tokio::time::Instant::now() + left.max(Duration::from_secs(1))),

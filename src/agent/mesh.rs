@@ -17,7 +17,7 @@ use super::executor::Sink;
 
 use super::verify::Gates;
 use crate::health::http_client::Bounds;
-use crate::health::{credentials, prometheus};
+use crate::health::prometheus;
 
 /// Rounds between reads of the credentials' Secrets.
 const REREAD: u32 = 60;
@@ -37,45 +37,24 @@ impl Gates {
         let mut rounds: u32 = 0;
         let mut http: Result<crate::health::http_client::HttpClient, String> = Err(String::new());
         loop {
+            let deadline = tokio::time::Instant::now() + s.interval.max(s.query_timeout());
             let bounds = Bounds {
                 timeout: s.query_timeout(),
-                deadline: Some(tokio::time::Instant::now() + s.interval.max(s.query_timeout())),
+                deadline: Some(deadline),
             };
             // The credentials are read again every REREAD rounds (a rotated Secret is
             // used within minutes) and each round after a failed one (until they are
             // read: the interval is the backoff, the gates' timeout the bound, then the
             // breaker trips); each read by the round's deadline.
             if http.is_err() || failing_since.is_some() || rounds.is_multiple_of(REREAD) {
-                let read = credentials::prometheus_client(
-                    &self.client,
-                    &self.namespace,
-                    &p.credentials,
-                    &self.http,
-                );
-                http = match tokio::time::timeout(s.interval.max(s.query_timeout()), read).await {
-                    Ok(read) => read.map_err(|e| format!("Prometheus credentials: {e}")),
-                    Err(_) => Err("Prometheus credentials: not read in time".to_owned()),
-                };
+                http = self.prometheus_http(p, deadline).await;
             }
             rounds = rounds.wrapping_add(1);
             let answers = join_all(s.mesh_queries.iter().map(|q| {
-                let http = http.clone();
-                let baselines = &baselines;
+                let (http, then) = (&http, baselines.needed(q).then_some(before));
                 async move {
-                    let http = match http {
-                        Ok(http) => http,
-                        Err(e) => {
-                            return (q, Err(e.clone()), baselines.needed(q).then_some(Err(e)));
-                        }
-                    };
-                    let baseline = async {
-                        if !baselines.needed(q) {
-                            return None;
-                        }
-                        Some(prometheus::query(&http, &p.url, &q.query, before, bounds).await)
-                    };
-                    let now = prometheus::query(&http, &p.url, &q.query, None, bounds);
-                    let (baseline, now) = futures::join!(baseline, now);
+                    let (now, baseline) =
+                        prometheus::now_and_then(http, &p.url, &q.query, then, bounds).await;
                     (q, now, baseline)
                 }
             }))

@@ -25,8 +25,8 @@ use super::executor::Sink;
 use super::observe::Observed;
 use super::pod_index::PodFacts;
 use crate::health::gates::{
-    Baselines, CheckResult, GateVerdict, Waypoint, ZtunnelScrape, enrolled_in_ambient,
-    prometheus_check, verdict, waypoint_check, ztunnel_checks,
+    Baselines, CheckResult, GateVerdict, PrometheusSettings, Waypoint, ZtunnelScrape,
+    enrolled_in_ambient, prometheus_check, verdict, waypoint_check, ztunnel_checks,
 };
 use crate::health::http_client::{Bounds, HttpClient};
 use crate::health::rounds::{Round, next_round, trim_to_window, verdict_at_deadline};
@@ -153,22 +153,9 @@ impl Gates {
             (None, _) => Ok(self.http.clone()),
             (Some(_), Some(client)) => Ok(client.clone()),
             (Some(p), None) => {
-                let read = credentials::prometheus_client(
-                    &self.client,
-                    &self.namespace,
-                    &p.credentials,
-                    &self.http,
-                );
-                match tokio::time::timeout_at(until, read).await {
-                    Ok(Ok(client)) => {
-                        memory.prometheus = Some(client.clone());
-                        Ok(client)
-                    }
-                    Ok(Err(e)) => Err(format!("Prometheus credentials: {e}")),
-                    Err(_) => Err(
-                        "Prometheus credentials: not read by the health gate's deadline".to_owned(),
-                    ),
-                }
+                let client = self.prometheus_http(p, until).await;
+                memory.prometheus = client.as_ref().ok().cloned();
+                client
             }
         };
         let baselines = &memory.baselines;
@@ -188,22 +175,9 @@ impl Gates {
                 .ok();
             join_all(p.queries.iter().map(|q| async move {
                 let text = q.for_node(&req.node);
-                let baseline = async {
-                    if !baselines.needed(q) {
-                        return None;
-                    }
-                    Some(match http {
-                        Ok(http) => prometheus::query(http, &p.url, &text, before, bounds).await,
-                        Err(e) => Err(e.clone()),
-                    })
-                };
-                let now = async {
-                    match http {
-                        Ok(http) => prometheus::query(http, &p.url, &text, None, bounds).await,
-                        Err(e) => Err(e.clone()),
-                    }
-                };
-                let (baseline, now) = futures::join!(baseline, now);
+                let then = baselines.needed(q).then_some(before);
+                let (now, baseline) =
+                    prometheus::now_and_then(http, &p.url, &text, then, bounds).await;
                 (q, baseline, now)
             }))
             .await
@@ -234,6 +208,27 @@ impl Gates {
             ));
         }
         results
+    }
+
+    /// The client for `p`'s URL with its credentials (read from their Secrets by
+    /// `deadline`), or why there is none, for the gate's reasons.
+    pub async fn prometheus_http(
+        &self,
+        p: &PrometheusSettings,
+        deadline: tokio::time::Instant,
+    ) -> Result<HttpClient, String> {
+        let read = credentials::prometheus_client(
+            &self.client,
+            &self.namespace,
+            &p.credentials,
+            &self.http,
+        );
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(read) => read.map_err(|e| format!("Prometheus credentials: {e}")),
+            Err(_) => {
+                Err("Prometheus credentials: not read by the health gate's deadline".to_owned())
+            }
+        }
     }
 
     /// The node's Ready ztunnel pod on the target revision, and its IP.

@@ -7,6 +7,29 @@ use super::gates::{QueryAnswer, parse_query_answer};
 use super::http_client::{Bounds, FetchError, HttpClient};
 use ztunnel_rollout_core::health::query_answer::{error_type, refusal};
 
+/// Evaluates `query` now and, when `baseline_at` is given, at that time too, side by
+/// side, through `client` (or fails both with its error: no client, e.g. unreadable
+/// credentials). The answers now and at the baseline.
+pub async fn now_and_then(
+    client: &Result<HttpClient, String>,
+    base_url: &str,
+    text: &str,
+    baseline_at: Option<Option<Timestamp>>,
+    bounds: Bounds,
+) -> (QueryAnswer, Option<QueryAnswer>) {
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => return (Err(e.clone()), baseline_at.map(|_| Err(e.clone()))),
+    };
+    let then = async {
+        match baseline_at {
+            None => None,
+            Some(at) => Some(query(client, base_url, text, at, bounds).await),
+        }
+    };
+    futures::join!(query(client, base_url, text, None, bounds), then)
+}
+
 /// Evaluates `query` at `at` (now when `None`): a number, no data, or an error naming the
 /// server and what went wrong.
 pub async fn query(

@@ -21,6 +21,15 @@ pub const CLOSED_CONNECTIONS: &str = "istio_tcp_connections_closed_total";
 pub const MAX_FLAGS: usize = 32;
 pub const OTHER_FLAGS: &str = "(other flags)";
 
+/// `http://IP:PORT/metrics`, an IPv6 address in brackets.
+pub fn metrics_url(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}/metrics")
+    } else {
+        format!("http://{ip}:{port}/metrics")
+    }
+}
+
 /// Fetches `http://IP:PORT/metrics` and reads it.
 pub async fn scrape(
     client: &HttpClient,
@@ -30,12 +39,7 @@ pub async fn scrape(
     at: f64,
     bounds: impl Into<Bounds>,
 ) -> Result<ZtunnelScrape, String> {
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_owned()
-    };
-    let url = format!("http://{host}:{port}/metrics");
+    let url = metrics_url(ip, port);
     client
         .fetch(&url, bounds, |body| match std::str::from_utf8(body) {
             Ok(text) => {
@@ -68,14 +72,7 @@ pub fn read(text: &str, at: f64) -> Result<ZtunnelScrape, String> {
         closed_connections: None,
     };
     for sample in exposition::samples(text) {
-        let sample = sample.map_err(|e| {
-            // Nothing of the answer reaches status or Events: not the line, not the
-            // parser's reason (which may quote a value or a label name).
-            format!(
-                "malformed: line {} is not in the Prometheus text format",
-                e.line
-            )
-        })?;
+        let sample = sample.map_err(|e| e.untrusted())?;
         let sum = match sample.metric {
             PENDING_PROXIES => &mut out.pending_proxies,
             ACTIVE_PROXIES => &mut out.active_proxies,

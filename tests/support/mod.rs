@@ -739,8 +739,8 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The revision hash of each node's ztunnel pod (pods being deleted left out).
-pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
+/// Each node's live ztunnel pod (pods being deleted left out), by `what` of it.
+async fn ztunnel_pods(env: &TestEnv, what: impl Fn(Pod) -> String) -> BTreeMap<String, String> {
     Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
         .list(&ListParams::default().labels("app=ztunnel"))
         .await
@@ -749,33 +749,26 @@ pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| {
-            (
-                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
-                p.metadata
-                    .labels
-                    .and_then(|l| l.get("controller-revision-hash").cloned())
-                    .unwrap_or_default(),
-            )
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            (node.unwrap_or_default(), what(p))
         })
         .collect()
 }
 
+/// The revision hash of each node's ztunnel pod (pods being deleted left out).
+pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
+    ztunnel_pods(env, |p| {
+        p.metadata
+            .labels
+            .and_then(|l| l.get("controller-revision-hash").cloned())
+            .unwrap_or_default()
+    })
+    .await
+}
+
 /// The UID of each node's live ztunnel pod (not being deleted).
 pub async fn ztunnel_pods_by_node(env: &TestEnv) -> BTreeMap<String, String> {
-    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().labels("app=ztunnel"))
-        .await
-        .expect("ztunnel pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| {
-            (
-                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
-                p.metadata.uid.unwrap_or_default(),
-            )
-        })
-        .collect()
+    ztunnel_pods(env, |p| p.metadata.uid.unwrap_or_default()).await
 }
 
 /// A refusal injected at the API server: a ValidatingAdmissionPolicy and its binding,

@@ -58,14 +58,7 @@ pub type OpenConnections = BTreeMap<Workload, u64>;
 pub fn read_open(text: &str) -> Result<OpenConnections, String> {
     let mut sums: BTreeMap<Workload, f64> = BTreeMap::new();
     for sample in exposition::samples(text) {
-        // Nothing of the answer reaches status or Events: not the line, not the parser's
-        // reason (which may quote a value).
-        let sample = sample.map_err(|e| {
-            format!(
-                "malformed: line {} is not in the Prometheus text format",
-                e.line
-            )
-        })?;
+        let sample = sample.map_err(|e| e.untrusted())?;
         let sign = match sample.metric {
             OPENED => 1.0,
             CLOSED => -1.0,

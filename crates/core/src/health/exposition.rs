@@ -150,6 +150,17 @@ pub struct ExpositionError {
     pub reason: LineError,
 }
 
+impl ExpositionError {
+    /// What a gate reports: the line's number only. Nothing of the answer reaches status
+    /// or Events: not the line, not the reason (which may quote a value or a label).
+    pub fn untrusted(&self) -> String {
+        format!(
+            "malformed: line {} is not in the Prometheus text format",
+            self.line
+        )
+    }
+}
+
 /// Every sample of an exposition, in order, skipping blank, comment, `# HELP` and
 /// `# TYPE` lines (which are still checked). Stops being useful at the first error:
 /// callers treat a malformed exposition as a whole, never as a partial read.
