@@ -13,13 +13,15 @@ cargo build --locked --quiet --bins
 
 state=$(mktemp -d)
 kubeconfig="$state/kubeconfig"
-coproc CLUSTER { exec "$root/target/debug/local-cluster" up --demo --nodes 12 --exit-on-stdin-eof --kubeconfig-out "$kubeconfig" 2>"$state/local-cluster.log"; }
+# The cluster's state (etcd data, certificates, logs) lives under "$state", removed on exit.
+coproc CLUSTER { exec "$root/target/debug/local-cluster" up --demo --nodes 12 --exit-on-stdin-eof --state-dir "$state/cluster" --kubeconfig-out "$kubeconfig" 2>"$state/local-cluster.log"; }
 cluster_in=${CLUSTER[1]}
+cluster_pid=$CLUSTER_PID
 agent_pid=
 cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   exec {cluster_in}>&- 2>/dev/null || true
-  wait "$CLUSTER_PID" 2>/dev/null || true
+  wait "$cluster_pid" 2>/dev/null || true
   rm -rf "$state"
 }
 trap cleanup EXIT
