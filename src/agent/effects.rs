@@ -296,6 +296,10 @@ impl EffectRunner {
                     .release(&rollout, &node, *uncordon, n)
                     .await
                     .map_err(|e| e.call_error()),
+                (CallKind::Uncordon, _) => actions
+                    .uncordon_for_bake(&rollout, &node)
+                    .await
+                    .map_err(|e| e.call_error()),
                 (CallKind::WaitingTaint { waiting }, Some(n)) => actions
                     .set_waiting_taint(&rollout, n, *waiting)
                     .await

@@ -293,6 +293,43 @@ impl NodeActions {
         Ok(CallDone::Applied { over: version(&n) })
     }
 
+    /// Uncordons the node for its bake and keeps it `rollout`'s: the annotation stays,
+    /// marked `was-unschedulable=true`, so a cordon it gets later is never the rollout's
+    /// to undo. Read afresh, conditional on that copy (409 if it changes meanwhile). A
+    /// cordon someone else put on it since the rollout's stays (only the mark is
+    /// written); a node without the annotation is left alone (`NotOwned`).
+    pub async fn uncordon_for_bake(
+        &self,
+        rollout: &str,
+        node: &str,
+    ) -> Result<CallDone, ActionError> {
+        self.leadership.check()?;
+        let n = self.read(node).await?;
+        match owner(&n) {
+            None => return Ok(CallDone::NotOwned),
+            Some(other) if other != rollout => {
+                return Err(ActionError::OwnedByOther {
+                    node: node.to_owned(),
+                    owner: other.to_owned(),
+                    rollout: rollout.to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        let mut patch = json!({
+            "metadata": {
+                "resourceVersion": n.metadata.resource_version,
+                "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" },
+            },
+        });
+        if cordoned_again_by_someone_else(&n).is_none() {
+            patch["spec"] = json!({ "unschedulable": false });
+        }
+        self.leadership.check()?;
+        self.patch_node(node, "uncordoning", &patch).await?;
+        Ok(CallDone::Applied { over: version(&n) })
+    }
+
     /// Reads the node afresh: does it carry `rollout`'s annotation? (A cordon's answer
     /// was lost.)
     pub async fn check(&self, rollout: &str, node: &str) -> Result<CallDone, ActionError> {

@@ -23,6 +23,8 @@ pub use ztunnel_rollout_core::api::rollout::*;
     printcolumn = r#"{"name":"Done","type":"integer","jsonPath":".status.counts.done"}"#,
     printcolumn = r#"{"name":"Total","type":"integer","jsonPath":".status.counts.total"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
+    printcolumn = r#"{"name":"In Flight","type":"integer","priority":1,"jsonPath":".status.counts.inFlight"}"#,
+    printcolumn = r#"{"name":"Baking","type":"integer","priority":1,"jsonPath":".status.counts.baking"}"#,
     printcolumn = r#"{"name":"Awaiting","type":"string","jsonPath":".status.awaitingApproval"}"#,
     printcolumn = r#"{"name":"Next Window","type":"string","priority":1,"jsonPath":".status.nextWindow"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Progressing\")].reason"}"#,

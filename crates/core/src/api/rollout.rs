@@ -150,6 +150,18 @@ pub struct HealthSpec {
     /// PromQL checks against a Prometheus HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
+    /// Bake each node after its uncordon, while its pods come back: the node stays in
+    /// phase `Baking` (out of the wave's budget; the next wave waits for it) until the
+    /// same gates (ztunnel's proxies against the ambient pods now on the node, its
+    /// failed connections, the Prometheus queries, the waypoints) have held for this
+    /// long without a break. A failed check — or checks still not healthy `timeout`
+    /// after the bake could have ended — cordons the node again and drains it, so its
+    /// pods move to nodes known good; the node then fails and `onFailure` applies
+    /// (Rollback includes it). Only for nodes the rollout uncordons; not during a
+    /// rollback. Unset or `0s`: no bake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub bake: Option<String>,
     /// The mesh-wide breaker: PromQL queries about the whole mesh (no `$node`), against
     /// `prometheus.url`, evaluated every `interval` from the first cordon to the end of
     /// the rollout; `maxIncrease` compares with the value just before the first cordon.
@@ -176,6 +188,7 @@ impl Default for HealthSpec {
             connection_drain_timeout: default_connection_drain_timeout(),
             on_open_connections: OpenConnectionsPolicy::default(),
             prometheus: None,
+            bake: None,
             mesh_queries: Vec::new(),
         }
     }
@@ -526,7 +539,12 @@ pub struct NodeCounts {
     pub done: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// Nodes out of service because of the rollout (cordoned, draining, being replaced
+    /// or verified, evacuating after a failed bake).
     pub in_flight: u32,
+    /// Nodes uncordoned and baking (`health.bake`), not released yet.
+    #[serde(default)]
+    pub baking: u32,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -566,19 +584,27 @@ pub enum NodePhase {
     ZtunnelReplaced,
     ZtunnelReady,
     Verified,
+    /// Uncordoned, its pods coming back: the new ztunnel is judged on their traffic
+    /// (`health.bake`) before the node is released.
+    Baking,
+    /// The bake failed: cordoned again and draining, so the pods move to nodes known
+    /// good; then Failed.
+    Evacuating,
     Done,
     Failed,
     Skipped,
 }
 
 impl NodePhase {
-    pub const ALL: [NodePhase; 9] = [
+    pub const ALL: [NodePhase; 11] = [
         NodePhase::Pending,
         NodePhase::Cordoned,
         NodePhase::Drained,
         NodePhase::ZtunnelReplaced,
         NodePhase::ZtunnelReady,
         NodePhase::Verified,
+        NodePhase::Baking,
+        NodePhase::Evacuating,
         NodePhase::Done,
         NodePhase::Failed,
         NodePhase::Skipped,
@@ -592,6 +618,8 @@ impl NodePhase {
             NodePhase::ZtunnelReplaced => "ZtunnelReplaced",
             NodePhase::ZtunnelReady => "ZtunnelReady",
             NodePhase::Verified => "Verified",
+            NodePhase::Baking => "Baking",
+            NodePhase::Evacuating => "Evacuating",
             NodePhase::Done => "Done",
             NodePhase::Failed => "Failed",
             NodePhase::Skipped => "Skipped",
@@ -605,9 +633,15 @@ impl NodePhase {
         )
     }
 
-    /// Between the cordon and the release: the node is out of service because of us.
+    /// Between the cordon and the release: the node carries this rollout's annotation
+    /// (while `Baking` it is back in service, but not released yet).
     pub fn in_flight(self) -> bool {
         !self.is_terminal() && self != NodePhase::Pending
+    }
+
+    /// Out of service because of the rollout: in flight, except baking (uncordoned).
+    pub fn out_of_service(self) -> bool {
+        self.in_flight() && self != NodePhase::Baking
     }
 }
 

@@ -33,6 +33,24 @@ pub struct HealthSettings {
     pub prometheus: Option<PrometheusSettings>,
     /// The mesh-wide breaker's queries (against `prometheus`'s URL).
     pub mesh_queries: Vec<QuerySettings>,
+    /// The bake after uncordon; `None`: no bake (unset or zero).
+    pub bake: Option<Duration>,
+}
+
+impl HealthSettings {
+    /// The gates of a node's bake: the same checks, judged by the same verdict, with
+    /// the bake as the soak (every check healthy for the whole bake, without a break)
+    /// and `timeout` counted from when the bake could have ended at the earliest (the
+    /// pods coming back may take that long to start and be enrolled). `None`: no bake.
+    pub fn for_bake(&self) -> Option<HealthSettings> {
+        let bake = self.bake?;
+        Some(HealthSettings {
+            soak: bake,
+            timeout: bake.saturating_add(self.timeout),
+            bake: None,
+            ..self.clone()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -505,6 +523,7 @@ pub(crate) mod tests {
             pass_without_data: false,
             connection_drain: None,
             mesh_queries: Vec::new(),
+            bake: None,
             waypoint_selector: None,
             ztunnel_metrics: None,
             prometheus: None,
@@ -581,6 +600,59 @@ pub(crate) mod tests {
         assert_eq!(
             verdict(&r, t(0), &mut since, t(1), &s),
             GateVerdict::Failed("q: value is 3.000, above the maximum 1.000".into())
+        );
+    }
+
+    #[test]
+    fn a_bake_passes_after_the_whole_bake_healthy_and_fails_when_enrolment_never_comes() {
+        assert_eq!(settings().for_bake(), None);
+        let s = HealthSettings {
+            bake: Some(Duration::from_secs(60)),
+            ..settings()
+        }
+        .for_bake()
+        .unwrap();
+        assert_eq!(
+            (s.soak, s.timeout, s.bake),
+            (Duration::from_secs(60), Duration::from_secs(180), None)
+        );
+        let pending = [CheckResult::new(
+            "ztunnel proxies",
+            Outcome::NotYet("3 proxies pending".into()),
+        )];
+        let enrolled = [healthy("ztunnel proxies")];
+        // The pods come back during the first 20s: not yet enrolled, then healthy.
+        let mut since = None;
+        assert!(matches!(
+            verdict(&pending, t(0), &mut since, t(10), &s),
+            GateVerdict::Waiting { until, .. } if until == t(180)
+        ));
+        assert!(matches!(
+            verdict(&enrolled, t(0), &mut since, t(20), &s),
+            GateVerdict::Waiting { until, .. } if until == t(80)
+        ));
+        assert!(matches!(
+            verdict(&enrolled, t(0), &mut since, t(80), &s),
+            GateVerdict::Passed(_)
+        ));
+        // A new ztunnel that never enrols them fails once the bake's timeout is over.
+        let mut since = None;
+        assert!(matches!(
+            verdict(&pending, t(0), &mut since, t(179), &s),
+            GateVerdict::Waiting { .. }
+        ));
+        assert_eq!(
+            verdict(&pending, t(0), &mut since, t(180), &s),
+            GateVerdict::Failed("not healthy within 3m: ztunnel proxies: 3 proxies pending".into())
+        );
+        // A failed check fails the bake at once.
+        let failed = [CheckResult::new(
+            "ztunnel connections",
+            Outcome::Failed("2.000/s".into()),
+        )];
+        assert_eq!(
+            verdict(&failed, t(0), &mut Some(t(0)), t(5), &s),
+            GateVerdict::Failed("ztunnel connections: 2.000/s".into())
         );
     }
 

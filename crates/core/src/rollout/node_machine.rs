@@ -4,7 +4,9 @@
 //! change, a rollback, the end of the rollout) into steps here too.
 //!
 //! Pending → Cordoned → Drained → ZtunnelReplaced → ZtunnelReady → Verified → Done, or
-//! Failed (with a reason) or Skipped. A step either records a phase now, or runs one call
+//! Failed (with a reason) or Skipped. With a bake, Verified → Baking (uncordoned, its
+//! pods coming back) → Done, or, when the bake fails, → Evacuating (cordoned and drained
+//! again) → Failed. A step either records a phase now, or runs one call
 //! and records its phase once the call succeeded, or runs a task (drain, gates), or waits.
 //! Every call is idempotent, so a crash between a call and its record repeats the call
 //! safely (a second cordon, a second delete of an already deleted pod) and never loses
@@ -15,7 +17,10 @@
 //!   the DaemonSet runs on it at all;
 //! - every phase before ZtunnelReady requires the node to be cordoned: a node someone
 //!   uncordoned is cordoned and drained again before its ztunnel pod is deleted;
-//! - a node is uncordoned only if it was schedulable before this rollout cordoned it.
+//! - a node is uncordoned only if it was schedulable before this rollout cordoned it;
+//! - a baking node is uncordoned, and its ztunnel is never touched: a failed bake
+//!   cordons and drains it, and only a later pass (a rollback) replaces ztunnel again,
+//!   from Pending, cordoned first.
 
 use std::time::Duration;
 
@@ -112,6 +117,8 @@ pub struct NodeFacts<'a> {
     pub ztunnel_pods: std::borrow::Cow<'a, [ZtunnelPod]>,
     pub placement: Placement,
     pub drain: DrainProgress,
+    /// The gates of the node's phase: the verification in ZtunnelReady, the bake in
+    /// Baking (and, in Evacuating, the bake's failure).
     pub verification: GateProgress,
     pub connections: ConnectionsProgress,
     /// Times the rollout cordoned the node again after someone uncordoned it.
@@ -154,6 +161,9 @@ pub struct Target {
     /// The connections-drained gate runs before the old ztunnel is deleted, and what
     /// connections still open at its end do; `None`: it does not run.
     pub connections_gate: Option<OpenConnectionsPolicy>,
+    /// A node the rollout uncordons bakes before it is released (`health.bake`); never
+    /// during a rollback.
+    pub bake: bool,
 }
 
 /// The times a node is cordoned again after someone uncordoned it mid-sequence, before
@@ -170,6 +180,9 @@ pub enum Call {
     DeleteZtunnelPod { name: String, uid: String },
     /// Remove our annotations; uncordon only if we cordoned the node.
     Release { uncordon: bool },
+    /// Uncordon the node for its bake, keeping it this rollout's: the annotation stays,
+    /// marked `was-unschedulable=true` (a cordon it gets later is someone else's).
+    Uncordon,
 }
 
 /// Long-running work a step starts once and waits for.
@@ -179,6 +192,8 @@ pub enum Task {
     /// The connections-drained gate.
     Connections,
     Gates,
+    /// The gates again, after the uncordon, for `health.bake`.
+    Bake,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,6 +386,16 @@ fn fail(record: &NodeRecord, facts: &NodeFacts, target: &Target, message: String
 /// record says so: it is uncordoned when the rollout releases it, whoever had cordoned
 /// it before the rollout.
 fn cordon_again(record: &NodeRecord, facts: &NodeFacts) -> Step {
+    cordon_again_into(
+        record,
+        facts,
+        NodePhase::Cordoned,
+        "draining again before ztunnel is replaced",
+    )
+}
+
+/// `cordon_again`, into `then` (Cordoned; or Evacuating, whose drain starts over).
+fn cordon_again_into(record: &NodeRecord, facts: &NodeFacts, then: NodePhase, next: &str) -> Step {
     if facts.recordons >= MAX_RECORDONS {
         let message = format!(
             "uncordoned by someone else {} times while the rollout had it cordoned ({}); failed without replacing ztunnel again",
@@ -392,9 +417,9 @@ fn cordon_again(record: &NodeRecord, facts: &NodeFacts) -> Step {
         Call::Cordon {
             was_unschedulable: false,
         },
-        NodePhase::Cordoned,
+        then,
         format!(
-            "uncordoned by someone else while {}: cordoned again, draining again before ztunnel is replaced",
+            "uncordoned by someone else while {}: cordoned again, {next}",
             record.phase.as_str()
         ),
     )
@@ -506,6 +531,13 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
         },
         Verified => {
             let uncordon = prior(record, facts) == Some(false);
+            if uncordon && target.bake && target.rolling_back_from.is_none() {
+                return call(
+                    Call::Uncordon,
+                    Baking,
+                    "uncordoned, baking: its pods come back and the new ztunnel is judged on their traffic",
+                );
+            }
             release(
                 record,
                 facts,
@@ -517,7 +549,81 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
                 },
             )
         }
+        Baking => bake(facts),
+        Evacuating => evacuate(record, facts, target),
         Done | Failed | Skipped => wait(None, ""),
+    }
+}
+
+/// A baking node: uncordoned, judged on the traffic of the pods coming back. Passed: the
+/// node is released as it is (never uncordoned again: a cordon it has now is someone
+/// else's). Failed: cordoned again — as it was schedulable, or not, just before — and
+/// drained, so its pods move to nodes known good.
+fn bake(facts: &NodeFacts) -> Step {
+    match &facts.verification {
+        GateProgress::NotStarted => task(Task::Bake, "baking"),
+        GateProgress::Waiting(why) => task(Task::Bake, format!("baking: {why}")),
+        GateProgress::Passed(note) => call(
+            Call::Release { uncordon: false },
+            NodePhase::Done,
+            if note.is_empty() {
+                "baked".to_owned()
+            } else {
+                format!("baked: {note}")
+            },
+        ),
+        GateProgress::Failed(why) => call(
+            Call::Cordon {
+                // Cordoned by someone else during the bake (our annotation still says
+                // `was-unschedulable=true`, as the uncordon left it): theirs stays. A
+                // cordon of ours whose answer was lost rewrote it to false: ours.
+                was_unschedulable: facts.unschedulable
+                    && matches!(
+                        facts.owner,
+                        Owner::Us {
+                            was_unschedulable: true
+                        }
+                    ),
+            },
+            NodePhase::Evacuating,
+            format!(
+                "bake failed: {why}; cordoned again and draining, so its pods move to nodes known good"
+            ),
+        ),
+    }
+}
+
+/// The bake failed: the node is drained again, then fails (the failure policy decides
+/// what comes next; a rollback takes it through the sequence again).
+fn evacuate(record: &NodeRecord, facts: &NodeFacts, target: &Target) -> Step {
+    if !facts.unschedulable {
+        return cordon_again_into(record, facts, NodePhase::Evacuating, "draining it again");
+    }
+    let why = match &facts.verification {
+        GateProgress::Failed(why) => format!("bake failed: {why}"),
+        _ => "bake failed".to_owned(),
+    };
+    match &facts.drain {
+        DrainProgress::NotStarted | DrainProgress::Running => task(
+            Task::Drain,
+            format!("{why}; draining, so its pods move to nodes known good"),
+        ),
+        DrainProgress::RetryAt(when, trouble) => wait(
+            Some(*when),
+            format!("{why}; draining again: the last drain met API trouble ({trouble})"),
+        ),
+        DrainProgress::Drained => fail(
+            record,
+            facts,
+            target,
+            format!("{why}; cordoned again and drained: its pods moved to other nodes"),
+        ),
+        DrainProgress::Blocked(reason) => fail(
+            record,
+            facts,
+            target,
+            format!("{why}; cordoned again, but its drain failed: {reason}"),
+        ),
     }
 }
 
@@ -630,6 +736,12 @@ pub fn call_refused(record: &NodeRecord, call: &Call, why: &str) -> Option<Step>
             NodePhase::Failed,
             format!("cordon refused by the API server ({why}): not started"),
         )),
+        Call::Cordon { .. } if record.phase == NodePhase::Baking => Some(now(
+            NodePhase::Failed,
+            format!(
+                "the bake failed, and cordoning it again was refused by the API server ({why}): its pods stay on it"
+            ),
+        )),
         Call::Cordon { .. } => Some(now(
             NodePhase::Failed,
             format!(
@@ -640,7 +752,8 @@ pub fn call_refused(record: &NodeRecord, call: &Call, why: &str) -> Option<Step>
             NodePhase::Failed,
             format!("deleting ztunnel pod {name} was refused by the API server: {why}"),
         )),
-        Call::Release { .. } => None,
+        // A release or the bake's uncordon never gives up.
+        Call::Release { .. } | Call::Uncordon => None,
     }
 }
 
@@ -665,7 +778,7 @@ pub fn refuse(blockers: &str) -> Step {
 /// new revision.
 pub fn retarget(record: &NodeRecord) -> Option<Step> {
     match record.phase {
-        NodePhase::Done | NodePhase::Skipped => Some(now(
+        NodePhase::Done | NodePhase::Skipped | NodePhase::Baking => Some(now(
             NodePhase::Pending,
             "the DaemonSet's revision changed: going again",
         )),
@@ -701,7 +814,8 @@ pub fn finish(record: &NodeRecord, facts: &NodeFacts, why: &str) -> Option<Step>
     if !owned(facts) || !facts.exists {
         return None;
     }
-    let uncordon = prior(record, facts) == Some(false);
+    // A baking node is uncordoned already: a cordon it has now is someone else's.
+    let uncordon = prior(record, facts) == Some(false) && record.phase != NodePhase::Baking;
     Some(call(
         Call::Release { uncordon },
         record.phase,

@@ -17,7 +17,9 @@
 //!   (also after the rollout is done with them), or still cordoned by the rollout while
 //!   failed or going again. A node cordoned by someone else may start at any time (it is
 //!   unavailable already); a NotReady node waits until it is Ready again.
-//! - A wave starts only when every node of the previous waves is done or skipped.
+//! - A wave starts only when every node of the previous waves is done or skipped: a
+//!   node baking after its uncordon (`health.bake`) holds the next wave back, but is
+//!   back in service and does not count against its own wave's budget.
 //! - A node that cannot start now (`held`) waits without using the budget; the node the
 //!   agent runs on goes last in its wave.
 
@@ -58,6 +60,9 @@ pub struct WavePolicy {
 pub enum NodeProgress {
     Pending,
     InFlight,
+    /// Uncordoned and baking: not finished (the next wave waits), not unavailable (the
+    /// wave's budget does not count it).
+    Baking,
     /// Done or skipped: the node needs nothing more.
     Finished,
     /// Failed: the failure policy decides; the node keeps counting against the budget.
@@ -320,6 +325,38 @@ mod tests {
             .iter()
             .map(|w| (w.name.clone(), w.nodes.clone()))
             .collect()
+    }
+
+    #[test]
+    fn baking_nodes_leave_the_budget_but_hold_the_next_wave_back() {
+        let p = policy(&["a", "b"], MaxUnavailable::Count(1), None);
+        let mut nodes = vec![
+            node("a1", Some("a")),
+            node("a2", Some("a")),
+            node("b1", Some("b")),
+        ];
+        nodes[0].progress = NodeProgress::Baking;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec!["a2".into()]
+            },
+            "a1 bakes uncordoned: a2 takes the slot"
+        );
+        nodes[1].progress = NodeProgress::Finished;
+        assert_eq!(
+            next(&nodes, &p),
+            Decision::Start {
+                wave: "a".into(),
+                nodes: vec![]
+            },
+            "wave b waits for a1's bake"
+        );
+        nodes[0].progress = NodeProgress::Finished;
+        assert!(
+            matches!(next(&nodes, &p), Decision::Start { wave, nodes } if wave == "b" && nodes == ["b1"])
+        );
     }
 
     #[test]

@@ -261,6 +261,12 @@ fn health(spec: &HealthSpec) -> Result<HealthSettings, SpecError> {
             }),
         prometheus,
         mesh_queries,
+        bake: match &spec.bake {
+            None => None,
+            Some(b) => {
+                Some(parse_duration(b).map_err(invalid("health.bake"))?).filter(|b| !b.is_zero())
+            }
+        },
     })
 }
 
@@ -386,6 +392,14 @@ mod tests {
         )])));
         assert!(!waypoints.matches(&BTreeMap::new()));
         assert!(h.prometheus.is_none() && h.ztunnel_metrics.is_none());
+        assert_eq!(h.bake, None);
+        let bake = |b: &str| {
+            let mut s = spec();
+            s.health.bake = Some(b.into());
+            settings(&s).unwrap().health.bake
+        };
+        assert_eq!(bake("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(bake("0s"), None);
     }
 
     #[test]
@@ -398,6 +412,10 @@ mod tests {
         assert_eq!(
             with(serde_json::json!({"interval": "0s"})).field,
             "health.interval"
+        );
+        assert_eq!(
+            with(serde_json::json!({"bake": "soon"})).field,
+            "health.bake"
         );
         let q = |name: &str| serde_json::json!({"name": name, "query": "up", "max": 1.0});
         let e = with(

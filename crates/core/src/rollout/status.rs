@@ -163,6 +163,7 @@ pub fn counts<'a>(total: usize, records: impl Iterator<Item = &'a TrackedNode>) 
             NodePhase::Done => c.done += 1,
             NodePhase::Failed => c.failed += 1,
             NodePhase::Skipped => c.skipped += 1,
+            NodePhase::Baking => c.baking += 1,
             _ => c.in_flight += 1,
         }
     }

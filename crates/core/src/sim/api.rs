@@ -256,6 +256,33 @@ pub fn node_call(
                 }
             }
         }
+        CallKind::Uncordon => match current.owner() {
+            // As the executor: from the node read afresh; a cordon someone else put on
+            // it since the rollout's stays.
+            None => Ok(CallDone::NotOwned),
+            Some(other) if other != rollout => Err(CallError::OwnedBy(other.to_owned())),
+            Some(_) => {
+                let cordoned_by = current.cordoned_by.clone();
+                let ours = cordoned_by == Some(Actor::Rollout(rollout.to_owned()));
+                let uncordoned = current.unschedulable && ours;
+                if uncordoned {
+                    c.set_unschedulable(name, false, Actor::Rollout(rollout.to_owned()));
+                } else {
+                    c.touch(name);
+                }
+                let n = c.nodes.get_mut(name).expect("node");
+                n.annotations
+                    .insert(WAS_UNSCHEDULABLE_ANNOTATION.into(), "true".into());
+                applied = Applied::Released {
+                    node: name.to_owned(),
+                    uncordoned,
+                    cordoned_by,
+                };
+                Ok(CallDone::Applied {
+                    over: vec![current_rv.clone()],
+                })
+            }
+        },
         CallKind::WaitingTaint { waiting } => {
             let Some(observed) = call.observed.as_deref() else {
                 return (Err(CallError::NodeGone), Applied::Nothing);

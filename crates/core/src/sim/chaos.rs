@@ -86,6 +86,9 @@ pub struct Knobs {
     /// Steps with disturbances; then a quiet phase until everything settles.
     pub steps: u64,
     pub schedule: Vec<Scheduled>,
+    /// Nodes bake after their uncordon (`health.bake`): uncordoned while still the
+    /// rollout's, and cordoned and drained again when the bake fails.
+    pub bake: bool,
 }
 
 impl Knobs {
@@ -121,6 +124,8 @@ impl Knobs {
             agent_on_node: r.chance(0.15),
             steps,
             schedule,
+            // Drawn last: the knobs drawn before keep their values for every seed.
+            bake: r.chance(0.4),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Fixture {
     pub generation: i64,
     /// What each node's connections-drained gate reports (default: nothing open).
     pub connections: std::collections::BTreeMap<String, ConnectionsEvent>,
+    /// Each node's bake verdict; a node without one bakes on (its verdict comes from
+    /// the test, as an outcome).
+    pub bakes: std::collections::BTreeMap<String, Result<String, String>>,
 }
 
 impl Fixture {
@@ -69,6 +72,7 @@ impl Fixture {
             undo_blips: false,
             decided: Default::default(),
             connections: Default::default(),
+            bakes: Default::default(),
             generation: 1,
         }
     }
@@ -219,6 +223,13 @@ impl Fixture {
             Effect::Mesh(request) => Outcome::Mesh {
                 generation: request.generation,
                 event: crate::rollout::pass::MeshEvent::Held,
+            },
+            Effect::Gates(request) if request.bake => Outcome::Gate {
+                node: request.node.clone(),
+                event: match self.bakes.get(&request.node) {
+                    Some(v) => GateEvent::Done(v.clone()),
+                    None => GateEvent::Waiting("baking".into()),
+                },
             },
             Effect::Gates(request) => Outcome::Gate {
                 node: request.node.clone(),

@@ -98,6 +98,7 @@ pub fn spec(knobs: &Knobs) -> RolloutSpec {
             "maxFailedNodes": knobs.max_failed,
             "uncordonFailedNodes": knobs.uncordon_failed,
             "waypoints": { "disabled": true },
+            "bake": if knobs.bake { "3s" } else { "0s" },
         },
     }))
     .expect("spec")

@@ -12,6 +12,7 @@ fn target() -> Target {
         uncordon_failed: false,
         rolling_back_from: None,
         connections_gate: None,
+        bake: false,
     }
 }
 
@@ -58,10 +59,20 @@ fn pending() -> NodeRecord {
 }
 
 /// Runs the machine, applying each step to the facts the way the cluster would.
-fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>, NodeFacts) {
+fn run(facts: NodeFacts, rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>, NodeFacts) {
+    run_with(&target(), facts, rec, GateProgress::Passed(String::new()))
+}
+
+/// `run`, with `target`, and the bake (if any) ending in `baked`.
+fn run_with<'a>(
+    target: &Target,
+    mut facts: NodeFacts<'a>,
+    mut rec: NodeRecord,
+    baked: GateProgress,
+) -> (Vec<NodePhase>, Vec<Call>, NodeFacts<'a>) {
     let (mut phases, mut calls) = (vec![rec.phase], vec![]);
     for _ in 0..20 {
-        let s = next_step(&rec, &facts, &target(), t("00:10"));
+        let s = next_step(&rec, &facts, target, t("00:10"));
         match &s {
             Step::Call { call, .. } => {
                 match call {
@@ -73,7 +84,7 @@ fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>,
                         rec.was_unschedulable = Some(*was_unschedulable);
                     }
                     Call::DeleteZtunnelPod { .. } => {
-                        facts.ztunnel_pods = vec![pod("new", true)].into()
+                        facts.ztunnel_pods = vec![pod(&target.revision_hash, true)].into()
                     }
                     Call::Release { uncordon } => {
                         facts.owner = Owner::Nobody;
@@ -81,6 +92,19 @@ fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>,
                             facts.unschedulable = false;
                         }
                     }
+                    Call::Uncordon => {
+                        facts.owner = Owner::Us {
+                            was_unschedulable: true,
+                        };
+                        facts.unschedulable = false;
+                    }
+                }
+                // Each phase's drain and gates are its own (as the pass keeps them).
+                if matches!(call, Call::Cordon { .. }) {
+                    facts.drain = DrainProgress::NotStarted;
+                }
+                if matches!(call, Call::Uncordon) {
+                    facts.verification = GateProgress::NotStarted;
                 }
                 calls.push(call.clone());
             }
@@ -90,6 +114,9 @@ fn run(mut facts: NodeFacts, mut rec: NodeRecord) -> (Vec<NodePhase>, Vec<Call>,
             Step::Task {
                 task: Task::Gates, ..
             } => facts.verification = GateProgress::Passed(String::new()),
+            Step::Task {
+                task: Task::Bake, ..
+            } => facts.verification = baked.clone(),
             Step::Task {
                 task: Task::Connections,
                 ..
@@ -729,5 +756,209 @@ fn cycling_waits_for_the_connections_too() {
             Step::Call { call: Call::DeleteZtunnelPod { uid, .. }, .. } if uid == "uid-new"
         ),
         "{s:?}"
+    );
+}
+
+fn baking() -> Target {
+    Target {
+        bake: true,
+        ..target()
+    }
+}
+
+/// With a bake, the node is uncordoned first and released (never uncordoned again) once
+/// the bake passed; its ztunnel is replaced once.
+#[test]
+fn a_node_bakes_uncordoned_before_it_is_released() {
+    use NodePhase::*;
+    let (phases, calls, facts) = run_with(
+        &baking(),
+        facts(vec![pod("old", true)]),
+        pending(),
+        GateProgress::Passed("3 active proxies".into()),
+    );
+    assert_eq!(
+        phases,
+        [
+            Pending,
+            Cordoned,
+            Drained,
+            ZtunnelReplaced,
+            ZtunnelReady,
+            Verified,
+            Baking,
+            Done
+        ]
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::DeleteZtunnelPod { .. }))
+            .count(),
+        1
+    );
+    assert!(calls.contains(&Call::Uncordon));
+    assert_eq!(calls.last(), Some(&Call::Release { uncordon: false }));
+    assert!(!facts.unschedulable);
+    assert_eq!(facts.owner, Owner::Nobody);
+}
+
+/// A failed bake cordons the node again, drains it and fails it, leaving it cordoned
+/// (its pods on nodes known good) with ztunnel untouched after the uncordon.
+#[test]
+fn a_failed_bake_cordons_and_drains_the_node_again_then_fails_it() {
+    use NodePhase::*;
+    let (phases, calls, facts) = run_with(
+        &baking(),
+        facts(vec![pod("old", true)]),
+        pending(),
+        GateProgress::Failed("ztunnel proxies: 4 proxies pending".into()),
+    );
+    assert_eq!(
+        phases,
+        [
+            Pending,
+            Cordoned,
+            Drained,
+            ZtunnelReplaced,
+            ZtunnelReady,
+            Verified,
+            Baking,
+            Evacuating,
+            Failed
+        ]
+    );
+    let uncordon_at = calls.iter().position(|c| *c == Call::Uncordon).unwrap();
+    assert_eq!(
+        calls[uncordon_at + 1..],
+        [Call::Cordon {
+            was_unschedulable: false
+        }],
+        "after the uncordon: only the cordon again, no ztunnel delete, no release"
+    );
+    assert!(facts.unschedulable, "left cordoned for the failure policy");
+    assert_eq!(
+        facts.owner,
+        Owner::Us {
+            was_unschedulable: false
+        }
+    );
+    // The reason reaches the failure.
+    let mut f = facts.clone();
+    f.drain = DrainProgress::Drained;
+    let s = next_step(&record(Evacuating), &f, &baking(), t("00:10"));
+    assert!(
+        s.message().starts_with(
+            "bake failed: ztunnel proxies: 4 proxies pending; cordoned again and drained"
+        ),
+        "{s:?}"
+    );
+}
+
+/// Someone uncordons the node while it is evacuated: cordoned again (the drain starts
+/// over), at most MAX_RECORDONS times; ztunnel is never touched.
+#[test]
+fn an_evacuating_node_uncordoned_by_someone_is_cordoned_again() {
+    let mut f = ours(vec![pod("new", true)]);
+    f.unschedulable = false;
+    f.verification = GateProgress::Failed("x".into());
+    let s = next_step(&record(NodePhase::Evacuating), &f, &baking(), t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::Cordon {
+                    was_unschedulable: false
+                },
+                then: NodePhase::Evacuating,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    f.recordons = MAX_RECORDONS;
+    let s = next_step(&record(NodePhase::Evacuating), &f, &baking(), t("00:10"));
+    assert_eq!(
+        s.phase_after(NodePhase::Evacuating),
+        NodePhase::Failed,
+        "{s:?}"
+    );
+    assert!(!matches!(
+        s,
+        Step::Call {
+            call: Call::DeleteZtunnelPod { .. },
+            ..
+        }
+    ));
+}
+
+/// No bake for a node the rollout found cordoned (it stays cordoned: nothing comes
+/// back to judge), nor during a rollback; a baking node someone cordons meanwhile is
+/// cordoned "as it was" when its bake fails, and released without an uncordon.
+#[test]
+fn only_nodes_the_rollout_uncordons_bake_and_someone_elses_cordon_is_kept() {
+    use NodePhase::*;
+    let mut cordoned = facts(vec![pod("old", true)]);
+    cordoned.unschedulable = true;
+    let (phases, _, f) = run_with(&baking(), cordoned, pending(), GateProgress::NotStarted);
+    assert_eq!(phases.last(), Some(&Done));
+    assert!(!phases.contains(&Baking) && f.unschedulable);
+    let rolling_back = Target {
+        rolling_back_from: Some("new".into()),
+        revision_hash: "old".into(),
+        ..baking()
+    };
+    let (phases, _, _) = run_with(
+        &rolling_back,
+        facts(vec![pod("new", true)]),
+        pending(),
+        GateProgress::NotStarted,
+    );
+    assert!(
+        !phases.contains(&Baking) && phases.last() == Some(&Done),
+        "{phases:?}"
+    );
+
+    let mut f = ours(vec![pod("new", true)]);
+    f.owner = Owner::Us {
+        was_unschedulable: true,
+    };
+    f.unschedulable = true; // Someone cordoned it during the bake.
+    f.verification = GateProgress::Failed("x".into());
+    let s = next_step(&record(Baking), &f, &baking(), t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::Cordon {
+                    was_unschedulable: true
+                },
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    f.verification = GateProgress::Passed(String::new());
+    let s = next_step(&record(Baking), &f, &baking(), t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::Release { uncordon: false },
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    let end = finish(&record(Baking), &f, "aborted").unwrap();
+    assert!(
+        matches!(
+            end,
+            Step::Call {
+                call: Call::Release { uncordon: false },
+                ..
+            }
+        ),
+        "{end:?}"
     );
 }

@@ -94,6 +94,9 @@ pub enum CallKind {
     /// Remove this rollout's annotations and uncordon the node if `uncordon` and the
     /// node was schedulable before the rollout cordoned it.
     Release { uncordon: bool },
+    /// Uncordon the node for its bake; it stays this rollout's (annotation kept, marked
+    /// `was-unschedulable=true`: a cordon it gets later is someone else's).
+    Uncordon,
     /// Add or remove this rollout's PreferNoSchedule waiting taint.
     WaitingTaint { waiting: bool },
     /// Read the node afresh: does it carry this rollout's annotation? (A cordon's answer
@@ -115,6 +118,7 @@ impl CallKind {
             CallKind::Cordon { .. } => "cordoning",
             CallKind::DeleteZtunnelPod { .. } => "deleting the ztunnel pod",
             CallKind::Release { .. } => "releasing",
+            CallKind::Uncordon => "uncordoning for the bake",
             CallKind::WaitingTaint { waiting: true } => "adding the waiting taint",
             CallKind::WaitingTaint { waiting: false } => "removing the waiting taint",
             CallKind::Check { .. } => "reading",
@@ -134,6 +138,8 @@ pub struct GateRequest {
     pub ready_since: Timestamp,
     /// When the rollout cordoned the node: baselines are read just before it.
     pub touched_at: Option<Timestamp>,
+    /// The bake after the uncordon (`settings` are the bake's), not the verification.
+    pub bake: bool,
 }
 
 /// What the mesh-wide breaker needs.

@@ -99,6 +99,12 @@ pub fn overlay(m: Marks, n: &Node, state: Option<&NodeState>) -> NodeView {
         }
         Some(Wrote::WaitingTaint(waiting)) => v.waiting_taint = *waiting,
         Some(Wrote::Disown) if v.ours.is_some() => v.ours = Some(true),
+        Some(Wrote::Uncordon) => {
+            v.unschedulable = false;
+            if v.ours.is_some() {
+                v.ours = Some(true);
+            }
+        }
         Some(Wrote::Disown) => {}
         Some(Wrote::Read {
             was_unschedulable,

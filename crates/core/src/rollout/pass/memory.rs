@@ -145,6 +145,8 @@ pub enum Wrote {
     },
     WaitingTaint(bool),
     Disown,
+    /// The bake's uncordon: still ours, marked `was-unschedulable=true`.
+    Uncordon,
     /// Not a write: a fresh read newer than the watch's copy found our annotation.
     Read {
         was_unschedulable: bool,

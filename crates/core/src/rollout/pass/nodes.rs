@@ -149,6 +149,23 @@ impl Pass<'_, '_> {
                     {
                         return;
                     }
+                    if record.phase == NodePhase::Baking
+                        && matches!(
+                            step,
+                            Step::Call {
+                                call: Call::Cordon { .. },
+                                ..
+                            }
+                        )
+                        && !self.evacuation_fits(view, node)
+                    {
+                        let message = format!(
+                            "{}; waiting for a slot in its wave's budget (spec.waves.maxUnavailable) to cordon it again",
+                            step.message()
+                        );
+                        self.set_message(node, message);
+                        return;
+                    }
                     self.apply_step(node, step);
                     return;
                 }
@@ -209,8 +226,10 @@ impl Pass<'_, '_> {
             } => {
                 let now = self.now;
                 let state = self.mem.node(node, now);
-                let recordon =
-                    matches!(call, Call::Cordon { .. }) && state.phase() != NodePhase::Pending;
+                // A failed bake's cordon is not a cordon again after someone else's
+                // uncordon.
+                let recordon = matches!(call, Call::Cordon { .. })
+                    && !matches!(state.phase(), NodePhase::Pending | NodePhase::Baking);
                 if recordon {
                     // Uncordoned under us: the drain (if any) starts over once cordoned.
                     if state.drain == DrainProgress::Running {
@@ -239,6 +258,7 @@ impl Pass<'_, '_> {
                         uid,
                     },
                     Call::Release { uncordon } => CallKind::Release { uncordon },
+                    Call::Uncordon => CallKind::Uncordon,
                 };
                 self.send_call(node, kind, Some((then, message)));
                 false
@@ -248,6 +268,37 @@ impl Pass<'_, '_> {
                 false
             }
         }
+    }
+
+    /// Whether a node whose bake failed may be cordoned again now: the wave's nodes in
+    /// the rollout's sequence (out of service, or a start's cordon in flight) leave room
+    /// in its budget. Only those: they finish in bounded time, so the wait is bounded.
+    /// Nodes unavailable for good (failed and left cordoned, cordoned by someone else,
+    /// NotReady) do not hold it back: the pods on a node whose ztunnel failed its bake
+    /// must not wait for a person. Meanwhile the planner counts the node as in flight,
+    /// so no node starts into its slot.
+    fn evacuation_fits(&self, view: &View, node: &str) -> bool {
+        let Some(wave) = view.waves.wave_of.get(node) else {
+            return true;
+        };
+        let members: Vec<&String> = view
+            .waves
+            .wave_of
+            .iter()
+            .filter(|(_, w)| *w == wave)
+            .map(|(n, _)| n)
+            .collect();
+        let budget = view.policy.max_unavailable.budget(members.len());
+        let used = members
+            .iter()
+            .filter(|n| n.as_str() != node)
+            .filter(|n| {
+                self.mem.nodes.get(n.as_str()).is_some_and(|s| {
+                    s.phase().out_of_service() || matches!(s.call, Some(CallKind::Cordon { .. }))
+                })
+            })
+            .count();
+        used < budget
     }
 
     /// Starts a node API call; its outcome comes back to a later pass.
@@ -344,6 +395,26 @@ impl Pass<'_, '_> {
                         })));
                 }
             }
+            Task::Bake => {
+                let Some(settings) = view.settings.health.for_bake() else {
+                    return;
+                };
+                let state = self.mem.node(node, now);
+                if state.gates == GateProgress::NotStarted {
+                    state.gates = GateProgress::Waiting(String::new());
+                    let request = GateRequest {
+                        node: node.to_owned(),
+                        ds_uid: view.ds_uid.clone(),
+                        target_hash: view.target.revision_hash.clone(),
+                        settings,
+                        // The bake's clock starts at the uncordon.
+                        ready_since: state.tracked.record.since,
+                        touched_at: state.tracked.started,
+                        bake: true,
+                    };
+                    self.plan.effects.push(Effect::Gates(Box::new(request)));
+                }
+            }
             Task::Gates => {
                 let state = self.mem.node(node, now);
                 if state.gates == GateProgress::NotStarted {
@@ -355,6 +426,7 @@ impl Pass<'_, '_> {
                         settings: view.settings.health.clone(),
                         ready_since: state.tracked.record.since,
                         touched_at: state.tracked.started,
+                        bake: false,
                     };
                     self.plan.effects.push(Effect::Gates(Box::new(request)));
                 }
@@ -384,8 +456,10 @@ impl Pass<'_, '_> {
             });
         }
         let state = self.mem.node(node, now);
-        if from == NodePhase::ZtunnelReady && matches!(state.gates, GateProgress::Waiting(_)) {
-            // Leaving verification (a target change): its gates stop.
+        if matches!(from, NodePhase::ZtunnelReady | NodePhase::Baking)
+            && matches!(state.gates, GateProgress::Waiting(_))
+        {
+            // Leaving verification or the bake (a target change): its gates stop.
             state.gates = GateProgress::NotStarted;
             self.plan.effects.push(Effect::CancelGates {
                 node: node.to_owned(),
@@ -411,7 +485,10 @@ impl Pass<'_, '_> {
             // Each time the node is (again) drained, its old ztunnel's connections are
             // read afresh.
             NodePhase::Drained => state.connections = ConnectionsProgress::NotStarted,
-            NodePhase::ZtunnelReady => state.gates = GateProgress::NotStarted,
+            NodePhase::ZtunnelReady | NodePhase::Baking => state.gates = GateProgress::NotStarted,
+            // The bake's failure stays (the node's final message names it); the drain
+            // is for this cordon.
+            NodePhase::Evacuating => state.drain = DrainProgress::NotStarted,
             _ => {}
         }
         let started = state.tracked.started;
@@ -423,7 +500,7 @@ impl Pass<'_, '_> {
             started,
             at: now,
         });
-        let warning = phase == NodePhase::Failed;
+        let warning = matches!(phase, NodePhase::Failed | NodePhase::Evacuating);
         let note = format!("{}: {message}", self.name());
         self.notice(About::Node(node.to_owned()), warning, phase.as_str(), note);
         if phase.is_terminal() {

@@ -30,7 +30,9 @@ impl Pass<'_, '_> {
                 let Some(state) = self.mem.nodes.get_mut(&node) else {
                     return;
                 };
-                if state.phase() != NodePhase::Cordoned || state.drain != DrainProgress::Running {
+                if !matches!(state.phase(), NodePhase::Cordoned | NodePhase::Evacuating)
+                    || state.drain != DrainProgress::Running
+                {
                     return; // Cancelled meanwhile, or from an earlier cordon.
                 }
                 state.drain = match result {
@@ -54,12 +56,14 @@ impl Pass<'_, '_> {
                 let Some(state) = self.mem.nodes.get_mut(&node) else {
                     return;
                 };
-                if state.phase() != NodePhase::ZtunnelReady {
-                    return;
-                }
+                let doing = match state.phase() {
+                    NodePhase::ZtunnelReady => "verifying",
+                    NodePhase::Baking => "baking",
+                    _ => return,
+                };
                 match event {
                     GateEvent::Waiting(why) => {
-                        state.tracked.message = format!("verifying: {why}");
+                        state.tracked.message = format!("{doing}: {why}");
                         state.gates = GateProgress::Waiting(why);
                     }
                     GateEvent::Done(Ok(note)) => state.gates = GateProgress::Passed(note),
@@ -242,7 +246,7 @@ impl Pass<'_, '_> {
                                 was_unschedulable: *was_unschedulable,
                             },
                         });
-                        if state.phase() != NodePhase::Pending {
+                        if !matches!(state.phase(), NodePhase::Pending | NodePhase::Baking) {
                             // Cordoned again after someone uncordoned it: drain again.
                             state.recordons += 1;
                         }
@@ -279,6 +283,16 @@ impl Pass<'_, '_> {
                                     phase,
                                     "no annotation of this rollout was on the node: nothing was released or uncordoned".to_owned(),
                                 )
+                            });
+                        }
+                    }
+                    CallKind::Uncordon => {
+                        if matches!(done, CallDone::Applied { .. }) {
+                            // Still ours; a cordon it gets from now on is not.
+                            state.tracked.record.was_unschedulable = Some(true);
+                            state.expect = Some(Expectation {
+                                over,
+                                wrote: Wrote::Uncordon,
                             });
                         }
                     }
@@ -455,6 +469,7 @@ fn machine_call(kind: &CallKind) -> Option<node_machine::Call> {
         CallKind::Release { uncordon } => node_machine::Call::Release {
             uncordon: *uncordon,
         },
+        CallKind::Uncordon => node_machine::Call::Uncordon,
         CallKind::WaitingTaint { .. } | CallKind::Check { .. } | CallKind::Disown { .. } => {
             return None;
         }

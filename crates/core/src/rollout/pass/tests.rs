@@ -832,3 +832,174 @@ fn mesh_queries_need_prometheus_and_no_node() {
         s.message
     );
 }
+
+fn owned_by_r1(f: &Fixture, node: &str) -> bool {
+    f.c.nodes[node]
+        .annotations
+        .get(crate::labels::OWNER_ANNOTATION)
+        == Some(&"r1".to_owned())
+}
+
+/// A baking node is uncordoned (and still the rollout's), out of its wave's budget —
+/// the wave's next node starts meanwhile — but the next wave waits for its bake.
+#[test]
+fn a_baking_node_leaves_the_budget_but_holds_the_next_wave_back() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
+    f.finalizer = true;
+    f.spec.health.bake = Some("60s".into());
+    let mut effects = f.drive(200, passes, |f| {
+        f.memory.phase("a1") == NodePhase::Baking && f.memory.phase("a2") == NodePhase::Baking
+    });
+    assert_eq!(
+        f.memory.phase("a2"),
+        NodePhase::Baking,
+        "a2 started while a1 baked"
+    );
+    for node in ["a1", "a2"] {
+        assert!(!f.c.nodes[node].unschedulable, "{node} is back in service");
+        assert!(owned_by_r1(&f, node), "{node} is still the rollout's");
+        assert_eq!(f.ztunnel_on(node), ["new"]);
+    }
+    effects.extend(f.drive(30, passes, |_| false));
+    assert_eq!(
+        f.memory.phase("b1"),
+        NodePhase::Pending,
+        "wave b waits for the bakes"
+    );
+    assert!(!cordon_order(&effects).contains(&"b1".to_owned()));
+    let counts = f.status.clone().expect("a status").counts;
+    assert_eq!((counts.baking, counts.in_flight, counts.done), (2, 0, 0));
+    // The bakes pass: the nodes are released without being uncordoned again, and b1 goes.
+    f.pending = ["a1", "a2"]
+        .iter()
+        .map(|n| Outcome::Gate {
+            node: (*n).to_owned(),
+            event: GateEvent::Done(Ok("2 active proxies".into())),
+        })
+        .collect();
+    let effects = f.drive(200, passes, |f| f.memory.phase("b1") == NodePhase::Baking);
+    assert_eq!(cordon_order(&effects), ["b1"]);
+    for node in ["a1", "a2"] {
+        assert_eq!(f.memory.phase(node), NodePhase::Done);
+        assert!(!owned_by_r1(&f, node) && !f.c.nodes[node].unschedulable);
+    }
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::Call(c) if c.node.starts_with('a') && c.kind == CallKind::Release { uncordon: true }
+        )),
+        "a baked node is released as it is"
+    );
+}
+
+/// A bake fails: the node is cordoned again and drained (its ztunnel is not touched
+/// again), fails, and the failure policy pauses the rollout; with Rollback, the node
+/// goes back to the previous revision and ends uncordoned.
+#[test]
+fn a_failed_bake_cordons_and_drains_the_node_again_then_the_policy_applies() {
+    use crate::rollout::status::RolloutPhase;
+    for rollback in [false, true] {
+        let mut f = Fixture::new(&[("a1", "a"), ("b1", "b")]);
+        f.finalizer = true;
+        f.spec.health.bake = Some("60s".into());
+        if rollback {
+            f.spec.health.on_failure = crate::api::rollout::FailurePolicy::Rollback;
+        }
+        f.bakes.insert(
+            "a1".into(),
+            Err("ztunnel proxies: 3 proxies pending".into()),
+        );
+        let rolled_back = |f: &Fixture| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "RolledBack")
+        };
+        let effects = f.drive(400, passes, |f| {
+            if rollback {
+                rolled_back(f)
+            } else {
+                f.memory.phase("a1") == NodePhase::Failed
+            }
+        });
+        let a1: Vec<&CallKind> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Call(c) if c.node == "a1" => Some(&c.kind),
+                _ => None,
+            })
+            .collect();
+        let uncordon = a1
+            .iter()
+            .position(|k| **k == CallKind::Uncordon)
+            .expect("uncordoned for the bake");
+        assert!(
+            matches!(
+                a1[uncordon + 1],
+                CallKind::Cordon {
+                    was_unschedulable: false,
+                    ..
+                }
+            ),
+            "{a1:?}"
+        );
+        // Until the rollback's own cordon, if any.
+        let until = a1[uncordon + 2..]
+            .iter()
+            .position(|k| matches!(k, CallKind::Cordon { .. }))
+            .map_or(a1.len(), |i| uncordon + 2 + i);
+        assert!(
+            !a1[uncordon..until]
+                .iter()
+                .any(|k| matches!(k, CallKind::DeleteZtunnelPod { .. })),
+            "ztunnel is not touched after the uncordon: {a1:?}"
+        );
+        assert_eq!(until < a1.len(), rollback, "{a1:?}");
+        let drains = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Drain { node, .. } if node == "a1"))
+            .count();
+        assert_eq!(
+            drains,
+            if rollback { 3 } else { 2 },
+            "drained before the replacement, after the bake (and for the rollback)"
+        );
+        if !rollback {
+            assert_eq!(f.memory.phase("a1"), NodePhase::Failed);
+            let message = &f.memory.nodes["a1"].tracked.message;
+            assert!(
+                message.starts_with(
+                    "bake failed: ztunnel proxies: 3 proxies pending; cordoned again and drained"
+                ),
+                "{message}"
+            );
+            let plan = f.pass();
+            assert_eq!(phase_of(&plan), Some(RolloutPhase::Paused), "{plan:?}");
+            assert!(
+                f.c.nodes["a1"].unschedulable,
+                "left cordoned, its pods elsewhere"
+            );
+            assert_eq!(f.memory.phase("b1"), NodePhase::Pending);
+            continue;
+        }
+        assert!(rolled_back(&f), "{:?}", f.status);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::UndoDaemonSet { .. }))
+        );
+        assert_eq!(
+            f.ztunnel_on("a1"),
+            ["old"],
+            "the failed node is rolled back too"
+        );
+        assert!(!f.c.nodes["a1"].unschedulable && !owned_by_r1(&f, "a1"));
+        assert_eq!(
+            f.memory.phase("b1"),
+            NodePhase::Skipped,
+            "never on the failed revision"
+        );
+        assert_eq!(f.ztunnel_on("b1"), ["old"]);
+        assert!(!cordon_order(&effects).contains(&"b1".to_owned()));
+    }
+}

@@ -181,6 +181,7 @@ impl Pass<'_, '_> {
                 uncordon_failed: settings.health.uncordon_failed_nodes,
                 rolling_back_from: self.mem.rollback.as_ref().map(|r| r.from.clone()),
                 connections_gate: settings.health.connection_drain.map(|c| c.policy),
+                bake: settings.health.bake.is_some(),
             },
             policy,
             settings,

@@ -19,6 +19,7 @@ fn progress(phase: NodePhase) -> NodeProgress {
         NodePhase::Pending => NodeProgress::Pending,
         NodePhase::Done | NodePhase::Skipped => NodeProgress::Finished,
         NodePhase::Failed => NodeProgress::Failed,
+        NodePhase::Baking => NodeProgress::Baking,
         _ => NodeProgress::InFlight,
     }
 }
@@ -34,10 +35,22 @@ impl Pass<'_, '_> {
             .zip(view.marks.iter())
         {
             let phase = state.map_or(NodePhase::Pending, |s| s.phase());
-            // A cordon in flight: the node takes its place in the budget now.
+            // A cordon in flight: the node takes its place in the budget now (a start, or
+            // a failed bake's cordon again).
             let cordoning =
                 state.is_some_and(|s| matches!(s.call, Some(super::CallKind::Cordon { .. })));
-            o.progress = if cordoning && phase == NodePhase::Pending {
+            // A failed bake takes its slot back before its cordon again: no node starts
+            // into it.
+            let evacuating = phase == NodePhase::Baking
+                && state.is_some_and(|s| {
+                    matches!(
+                        s.gates,
+                        crate::rollout::node_machine::GateProgress::Failed(_)
+                    )
+                });
+            o.progress = if evacuating
+                || (cordoning && matches!(phase, NodePhase::Pending | NodePhase::Baking))
+            {
                 NodeProgress::InFlight
             } else {
                 progress(phase)
@@ -145,10 +158,11 @@ impl Pass<'_, '_> {
             }
         }
         let c = counts(self.mem.total, self.mem.records().map(|(_, t)| t));
-        let in_flight = if c.in_flight > 0 {
-            format!(" ({} in flight finish their sequence)", c.in_flight)
-        } else {
-            String::new()
+        let in_flight = match (c.in_flight, c.baking) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(" ({n} in flight finish their sequence)"),
+            (0, b) => format!(" ({b} baking finish their bake)"),
+            (n, b) => format!(" ({n} in flight and {b} baking finish their sequence)"),
         };
         match held {
             Some(Hold::Paused) => Standing {
@@ -182,7 +196,30 @@ impl Pass<'_, '_> {
                     },
                 }
             }
-            None if nodes.is_empty() && c.in_flight == 0 => self.waiting_wave(view, &wave),
+            None if nodes.is_empty() && c.in_flight == 0 && c.baking == 0 => {
+                self.waiting_wave(view, &wave)
+            }
+            None if nodes.is_empty() && c.in_flight == 0 => {
+                let baking: Vec<String> = self
+                    .mem
+                    .nodes
+                    .iter()
+                    .filter(|(_, s)| s.phase() == NodePhase::Baking)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                Standing {
+                    phase: RolloutPhase::Progressing,
+                    reason: "NodesBaking".into(),
+                    message: format!(
+                        "wave {wave}: {} baking (health.bake): {}; the next wave starts once their bake passed; {} done, {} skipped of {}",
+                        baking.len(),
+                        crate::rollout::status::some_of(&baking, LISTED),
+                        c.done,
+                        c.skipped,
+                        c.total
+                    ),
+                }
+            }
             None => {
                 let caveat = if view.rolling_update {
                     " (RollingUpdate DaemonSet: its controller may replace pods outside the waves)"
@@ -193,8 +230,16 @@ impl Pass<'_, '_> {
                     phase: RolloutPhase::Progressing,
                     reason: "NodesInProgress".into(),
                     message: format!(
-                        "wave {wave}: {} in flight; {} done, {} skipped of {}{caveat}",
-                        c.in_flight, c.done, c.skipped, c.total
+                        "wave {wave}: {} in flight{}; {} done, {} skipped of {}{caveat}",
+                        c.in_flight,
+                        if c.baking > 0 {
+                            format!(", {} baking", c.baking)
+                        } else {
+                            String::new()
+                        },
+                        c.done,
+                        c.skipped,
+                        c.total
                     ),
                 }
             }
