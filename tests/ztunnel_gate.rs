@@ -327,3 +327,267 @@ async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_name
     agent_support::abort(&env.client, &name, &agent).await;
     assert!(!support::is_cordoned(&env.client, &staying).await);
 }
+
+/// A Deployment of `replicas` pods pinned to `node` in the test's namespace: the drain
+/// evicts them (their replacements wait, unschedulable, while the node is cordoned) and
+/// they come back to the node once it is uncordoned — the pods a bake judges.
+async fn pinned_app(env: &TestEnv, name: &str, node: &str, replicas: i32) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let mut app =
+        ztunnel_rollout_testbed::fixtures::AppFixture::new(&env.namespace, name, replicas);
+    app.node_selector =
+        std::collections::BTreeMap::from([("kubernetes.io/hostname".to_owned(), node.to_owned())]);
+    let api: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    ztunnel_rollout_testbed::fixtures::apply(&api, &app.deployment())
+        .await
+        .expect("apply the pinned app");
+    support::wait_for(
+        &api,
+        name,
+        "the pinned app available",
+        support::deployment_available(replicas),
+    )
+    .await;
+}
+
+/// The pods of app `name` bound to `node` and not terminating.
+async fn pods_on(env: &TestEnv, name: &str, node: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    pods.list(&kube::api::ListParams::default().labels(&format!("app={name}")))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+/// The bake on the local control plane, judged from the API server: the first wave's
+/// node is uncordoned while still the rollout's, its evicted pods come back and the new
+/// ztunnel's proxies (the simulated endpoint follows the pods bound to each node) are
+/// judged for the whole bake; the second wave's node is cordoned only after the first
+/// node's release (the watch's order of the changes).
+#[tokio::test]
+async fn a_node_bakes_uncordoned_on_its_returning_pods_and_the_next_wave_waits_for_it() {
+    let env = TestEnv::new("bake-ok", 2).await;
+    agent_support::install(&env.client).await;
+    let (first, second) = (env.nodes[0].clone(), env.nodes[1].clone());
+    let server = serve_at_pod_ips(&env, &[(4, &first), (5, &second)]).await;
+    enroll_in_ambient(&env).await;
+    let follow = server.follow_pods(env.client.clone(), &env.namespace);
+    pinned_app(&env, "back", &first, 2).await;
+    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let history = support::history::NodeHistory::start(&env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+    let name = format!("{}-bake", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({ "health": {
+            "interval": "1s",
+            "timeout": "20s",
+            "bake": "3s",
+            "waypoints": { "disabled": true },
+            "ztunnelMetrics": {}
+        }}),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "Complete",
+        Duration::from_secs(180),
+        &[&agent],
+    )
+    .await;
+    follow.abort();
+    let status = done.status.expect("status");
+    for node in [&first, &second] {
+        let n = status
+            .nodes
+            .iter()
+            .find(|n| &n.name == node)
+            .expect("node status");
+        assert_eq!(n.phase, NodePhase::Done, "{node}: {}", n.message);
+    }
+    // The first node's bake judged its two returning pods, enrolled.
+    let baked = status
+        .nodes
+        .iter()
+        .find(|n| n.name == first)
+        .expect("status");
+    assert!(
+        baked.message.starts_with("baked: ")
+            && baked.message.contains("2 active proxies, none pending"),
+        "{}",
+        baked.message
+    );
+    assert_eq!(
+        pods_on(&env, "back", &first).await.len(),
+        2,
+        "the pods came back"
+    );
+    // As the watch saw it: the first node was uncordoned while still the rollout's
+    // (baking), then released; the second node's cordon came after that release.
+    let changes = {
+        let mut c = history.revisions.lock().expect("lock").clone();
+        c.sort_by_key(|(rv, _, _)| *rv);
+        c
+    };
+    let first_cordoned = changes
+        .iter()
+        .find(|(_, n, s)| *n == first && s.unschedulable)
+        .map(|(rv, _, _)| *rv)
+        .expect("the first node was cordoned");
+    let uncordoned_owned = changes
+        .iter()
+        .find(|(rv, n, s)| {
+            *n == first
+                && *rv > first_cordoned
+                && !s.unschedulable
+                && s.owner.as_deref() == Some(name.as_str())
+        })
+        .map(|(rv, _, _)| *rv)
+        .expect("the first node uncordoned while still the rollout's (its bake)");
+    let released = changes
+        .iter()
+        .find(|(rv, n, s)| *n == first && *rv > uncordoned_owned && s.owner.is_none())
+        .map(|(rv, _, _)| *rv)
+        .expect("the first node released after its bake");
+    let second_cordoned = changes
+        .iter()
+        .find(|(_, n, s)| *n == second && s.unschedulable)
+        .map(|(rv, _, _)| *rv)
+        .expect("the second node was cordoned");
+    assert!(
+        second_cordoned > released,
+        "the second wave started (revision {second_cordoned}) before the first node's bake ended (revision {released}; its bake began at {uncordoned_owned})"
+    );
+}
+
+/// A new ztunnel that never enrols the pods coming back fails its bake: the node is
+/// cordoned again and drained (no pod of the app is left on it), it fails, and the
+/// rollout pauses before the next wave; the new ztunnel pod is not touched after the
+/// uncordon. With `onFailure: Rollback` the failed node goes back to the previous
+/// revision and ends uncordoned.
+#[tokio::test]
+async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_pauses_or_rolls_back() {
+    for rollback in [false, true] {
+        let tag = if rollback { "bake-rb" } else { "bake-fail" };
+        let env = TestEnv::new(tag, 2).await;
+        agent_support::install(&env.client).await;
+        let (first, second) = (env.nodes[0].clone(), env.nodes[1].clone());
+        let k = if rollback { 8 } else { 6 };
+        let server = serve_at_pod_ips(&env, &[(k, &first), (k + 1, &second)]).await;
+        enroll_in_ambient(&env).await;
+        server.set_not_enrolling(&first);
+        let follow = server.follow_pods(env.client.clone(), &env.namespace);
+        pinned_app(&env, "back", &first, 2).await;
+        let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
+        support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+        let history = support::history::NodeHistory::start(&env);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
+        let name = format!("{}-bake", env.namespace);
+        let rollout = agent_support::rollout(
+            &env,
+            &name,
+            serde_json::json!({ "health": {
+                "interval": "1s",
+                "timeout": "4s",
+                "bake": "2s",
+                "onFailure": if rollback { "Rollback" } else { "Pause" },
+                "waypoints": { "disabled": true },
+                "ztunnelMetrics": {}
+            }}),
+        );
+        Api::<ZtunnelRollout>::all(env.client.clone())
+            .create(&PostParams::default(), &rollout)
+            .await
+            .expect("create");
+        let end = agent_support::wait_for_phase(
+            &env.client,
+            &name,
+            if rollback { "RolledBack" } else { "Paused" },
+            Duration::from_secs(180),
+            &[&agent],
+        )
+        .await;
+        let status = end.status.expect("status");
+        let failed = status
+            .nodes
+            .iter()
+            .find(|n| n.name == first)
+            .expect("status");
+        let note = support::wait_for_event(&env.client, &first, "Evacuating", "bake failed").await;
+        assert!(
+            note.contains("not healthy within 6s") && note.contains("2 proxies pending"),
+            "{note}"
+        );
+        // The watch's order: cordoned, uncordoned while the rollout's (the bake),
+        // cordoned again (the evacuation).
+        assert!(
+            history.cordons(&first) >= 2,
+            "{:?}",
+            history.seen.lock().expect("lock").states.get(&first)
+        );
+        if !rollback {
+            assert_eq!(failed.phase, NodePhase::Failed, "{}", failed.message);
+            assert!(
+                failed.message.starts_with("bake failed: ")
+                    && failed.message.contains("cordoned again and drained"),
+                "{}",
+                failed.message
+            );
+            let node: Node = Api::<Node>::all(env.client.clone())
+                .get(&first)
+                .await
+                .expect("node");
+            assert_eq!(
+                node.spec.and_then(|s| s.unschedulable),
+                Some(true),
+                "left cordoned"
+            );
+            assert!(
+                pods_on(&env, "back", &first).await.is_empty(),
+                "no pod of the app left on it"
+            );
+            assert_eq!(history.cordons(&second), 0, "the next wave never started");
+        } else {
+            assert_eq!(failed.phase, NodePhase::Done, "{}", failed.message);
+            // Back on the previous revision, as the second node (never updated) is.
+            let hashes = support::ztunnel_hashes(&env).await;
+            assert_eq!(hashes.get(&first), hashes.get(&second), "{hashes:?}");
+            assert_eq!(
+                history.cordons(&second),
+                0,
+                "the second node was never touched"
+            );
+            let node: Node = Api::<Node>::all(env.client.clone())
+                .get(&first)
+                .await
+                .expect("node");
+            assert_ne!(
+                node.spec.and_then(|s| s.unschedulable),
+                Some(true),
+                "uncordoned at the end"
+            );
+            assert_eq!(
+                status.rollback.map(|r| r.reason.contains(&first)),
+                Some(true)
+            );
+        }
+        follow.abort();
+        drop(agent);
+    }
+}

@@ -4,7 +4,8 @@
 //! 1.24–1.28 exports, with its HELP and TYPE lines and labels (`istio/ztunnel`'s
 //! metrics modules): connections opened and closed by workload and reporter (a failure
 //! is a connection closed with `response_flags` CONNECT; there is no failure counter
-//! before 1.29) and the workload manager's proxy gauges.
+//! before 1.29) and the workload manager's proxy gauges, which can follow the pods the
+//! API server binds to each node ([`ZtunnelMetricsServer::follow_pods`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,10 @@ struct Series {
     failed_rate: f64,
     /// `workload_manager_active_proxy_count`.
     active: f64,
+    /// `workload_manager_pending_proxy_count`.
+    pending: f64,
+    /// While following the pods: this ztunnel never enrols them (they stay pending).
+    not_enrolling: bool,
     last: Option<Instant>,
     /// Served instead of the metrics (to simulate a broken endpoint).
     body_override: Option<String>,
@@ -145,7 +150,7 @@ fn render(node: &str, s: &mut Series) -> String {
          workload_manager_active_proxy_count {active}\n\
          # HELP workload_manager_pending_proxy_count The total number current workloads with pending proxies (unstable).\n\
          # TYPE workload_manager_pending_proxy_count gauge\n\
-         workload_manager_pending_proxy_count 0\n\
+         workload_manager_pending_proxy_count {pending}\n\
          # EOF\n",
         // ztunnel counts a failed connection as opened, then closed with a failure
         // flag (before 1.29, which adds istio_tcp_connections_failed_total).
@@ -153,6 +158,7 @@ fn render(node: &str, s: &mut Series) -> String {
         closed = s.closed.floor(),
         failed = s.failed.floor(),
         active = s.active,
+        pending = s.pending,
     )
 }
 
@@ -313,6 +319,57 @@ impl ZtunnelMetricsServer {
     pub fn set_active_proxies(&self, node: &str, count: f64) {
         let mut all = self.series.lock().expect("lock");
         all.entry(node.to_owned()).or_default().active = count;
+    }
+
+    /// While the pods are followed, `node`'s ztunnel reports the ambient pods on it as
+    /// pending proxies, never active ones: a new ztunnel that does not enrol them.
+    pub fn set_not_enrolling(&self, node: &str) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().not_enrolling = true;
+    }
+
+    /// From now on (until the returned task is aborted) each node's proxy gauges follow
+    /// the pods the API server binds to it, as ztunnel's workload manager counts them:
+    /// the running, not host-networked pods of `namespace` (enrolled in ambient mode by
+    /// the test), ztunnel's own excepted, are active proxies — or pending ones on a node
+    /// set not enrolling. Read from a list every 200 ms.
+    pub fn follow_pods(
+        &self,
+        client: kube::Client,
+        namespace: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let series = self.series.clone();
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client, namespace);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = pods.list(&Default::default()).await {
+                    let mut on: HashMap<String, f64> = HashMap::new();
+                    for p in &list.items {
+                        let spec = p.spec.as_ref();
+                        let running =
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                        let ztunnel = p.metadata.labels.as_ref().and_then(|l| l.get("app"))
+                            == Some(&"ztunnel".to_owned());
+                        let host = spec.and_then(|s| s.host_network).unwrap_or(false);
+                        if let Some(node) = spec.and_then(|s| s.node_name.clone())
+                            && running
+                            && !ztunnel
+                            && !host
+                            && p.metadata.deletion_timestamp.is_none()
+                        {
+                            *on.entry(node).or_default() += 1.0;
+                        }
+                    }
+                    let mut all = series.lock().expect("lock");
+                    for (node, s) in all.iter_mut() {
+                        let n = on.get(node).copied().unwrap_or(0.0);
+                        (s.active, s.pending) = if s.not_enrolling { (0.0, n) } else { (n, 0.0) };
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
     }
 
     pub fn set_body(&self, node: &str, body: &str) {
