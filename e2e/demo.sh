@@ -66,14 +66,14 @@ cat <<'ROLLOUT' | kubectl apply -f -
     "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
     "nodeSelector": { "matchLabels": { "local-cluster.ztunnel-rollout.dev/node-set": "demo" } },
     "waves": { "groupBy": "topology.kubernetes.io/zone", "maxUnavailable": 2 },
-    "health": { "soak": "1s", "interval": "1s" }
+    "health": { "soak": "1s", "interval": "1s", "bake": "2s" }
   }
 }
 ROLLOUT
 kubectl wait ztunnelrollout/demo --for=jsonpath='{.status.phase}'=Complete --timeout=5m
 echo
 echo "== the rollout"
-kubectl get ztunnelrollouts
+kubectl get ztunnelrollouts -o wide
 kubectl get ztunnelrollout demo -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
 echo
 echo "== every ztunnel pod on the new revision, every node schedulable"
@@ -86,3 +86,7 @@ kubectl describe ztunnelrollout demo | sed -n '/^Events:/,$p'
 echo
 echo "== what the health gates saw on each node (Verified Events)"
 kubectl get events -n default --field-selector reason=Verified -o custom-columns=NODE:.involvedObject.name,MESSAGE:.message
+echo
+echo "== the bakes: each node uncordoned, judged again on its returning pods for 2s, then released (Baking and Done Events, oldest first)"
+kubectl get events -n default --sort-by=.eventTime -o custom-columns=TIME:.eventTime,NODE:.involvedObject.name,REASON:.reason,MESSAGE:.message |
+  awk 'NR == 1 || $3 == "Baking" || $3 == "Done"'

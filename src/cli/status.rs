@@ -1,6 +1,8 @@
 //! `ztunnel-rollout status [ROLLOUT] [--watch]`: progress per wave, nodes by phase, the
-//! nodes in flight with their step, and what holds the rollout — from the rollout's
-//! status, re-rendered on every change of it when watching.
+//! nodes in flight with their step (the connections still open through an old ztunnel,
+//! a bake's countdown and the gates' current values are in their messages), and what
+//! holds the rollout — from the rollout's status, re-rendered on every change of it when
+//! watching.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
@@ -37,6 +40,8 @@ pub struct WaveProgress {
     pub skipped: usize,
     pub failed: usize,
     pub in_flight: usize,
+    /// Uncordoned, baking (`health.bake`).
+    pub baking: usize,
     pub pending: usize,
 }
 
@@ -55,10 +60,14 @@ pub struct RolloutView {
     pub waves: Vec<WaveProgress>,
     pub in_flight: Vec<crate::api::ztunnel_rollout::NodeStatus>,
     pub failed: Vec<crate::api::ztunnel_rollout::NodeStatus>,
+    /// When each baking node's bake ends at the earliest (its uncordon plus
+    /// `health.bake`; a check not healthy meanwhile restarts it), RFC 3339, and the
+    /// seconds left then.
+    pub bake_ends: BTreeMap<String, (String, i64)>,
 }
 
-/// Folds the rollout's status over its waves. Pure.
-pub fn view(r: &ZtunnelRollout, waves: &[Wave]) -> RolloutView {
+/// Folds the rollout's status over its waves, at `now`. Pure.
+pub fn view(r: &ZtunnelRollout, waves: &[Wave], now: Timestamp) -> RolloutView {
     let status = r.status.clone().unwrap_or_default();
     let phase_of: BTreeMap<&str, NodePhase> = status
         .nodes
@@ -75,6 +84,7 @@ pub fn view(r: &ZtunnelRollout, waves: &[Wave]) -> RolloutView {
                 skipped: 0,
                 failed: 0,
                 in_flight: 0,
+                baking: 0,
                 pending: 0,
             };
             for n in &w.nodes {
@@ -87,6 +97,7 @@ pub fn view(r: &ZtunnelRollout, waves: &[Wave]) -> RolloutView {
                     NodePhase::Done => p.done += 1,
                     NodePhase::Skipped => p.skipped += 1,
                     NodePhase::Failed => p.failed += 1,
+                    NodePhase::Baking => p.baking += 1,
                     _ => p.in_flight += 1,
                 }
             }
@@ -114,6 +125,24 @@ pub fn view(r: &ZtunnelRollout, waves: &[Wave]) -> RolloutView {
             .cloned()
             .collect::<Vec<_>>()
     };
+    let bake = r
+        .spec
+        .health
+        .bake
+        .as_deref()
+        .and_then(|b| ztunnel_rollout_core::duration::parse_duration(b).ok())
+        .and_then(|b| k8s_openapi::jiff::SignedDuration::try_from(b).ok());
+    let bake_ends = status
+        .nodes
+        .iter()
+        .filter(|n| n.phase == NodePhase::Baking)
+        .filter_map(|n| {
+            let since: Timestamp = n.since.parse().ok()?;
+            let ends = since.checked_add(bake?).ok()?;
+            let left = ends.duration_since(now).as_secs().max(0);
+            Some((n.name.clone(), (ends.to_string(), left)))
+        })
+        .collect();
     RolloutView {
         name: r.name_any(),
         phase,
@@ -125,6 +154,7 @@ pub fn view(r: &ZtunnelRollout, waves: &[Wave]) -> RolloutView {
         waves,
         in_flight: pick(|p| !p.is_terminal() && p != NodePhase::Pending),
         failed: pick(|p| p == NodePhase::Failed),
+        bake_ends,
     }
 }
 
@@ -156,13 +186,13 @@ pub fn render(v: &RolloutView) -> String {
         out.push_str(&format!("  next maintenance window: {t}\n"));
     }
     out.push_str(&format!(
-        "\n{:<24} {:>5} {:>5} {:>8} {:>7} {:>10} {:>8}\n",
-        "WAVE", "NODES", "DONE", "SKIPPED", "FAILED", "IN FLIGHT", "PENDING"
+        "\n{:<24} {:>5} {:>5} {:>8} {:>7} {:>10} {:>7} {:>8}\n",
+        "WAVE", "NODES", "DONE", "SKIPPED", "FAILED", "IN FLIGHT", "BAKING", "PENDING"
     ));
     for w in &v.waves {
         out.push_str(&format!(
-            "{:<24} {:>5} {:>5} {:>8} {:>7} {:>10} {:>8}\n",
-            w.name, w.nodes, w.done, w.skipped, w.failed, w.in_flight, w.pending
+            "{:<24} {:>5} {:>5} {:>8} {:>7} {:>10} {:>7} {:>8}\n",
+            w.name, w.nodes, w.done, w.skipped, w.failed, w.in_flight, w.baking, w.pending
         ));
     }
     for (title, nodes) in [("IN FLIGHT", &v.in_flight), ("FAILED", &v.failed)] {
@@ -174,8 +204,12 @@ pub fn render(v: &RolloutView) -> String {
             "NODE", "PHASE", "SINCE"
         ));
         for n in nodes.iter() {
+            let countdown = match v.bake_ends.get(&n.name) {
+                Some((at, left)) => format!("bake ends at {at} at the earliest ({left}s left); "),
+                None => String::new(),
+            };
             out.push_str(&format!(
-                "{:<32} {:<16} {:<22} {}\n",
+                "{:<32} {:<16} {:<22} {countdown}{}\n",
                 n.name,
                 n.phase.as_str(),
                 n.since,
@@ -213,7 +247,7 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<ExitC
             .context("listing ztunnelrollouts")?
         {
             let w = waves(&client, &r.spec).await.unwrap_or_default();
-            views.push(view(&r, &w));
+            views.push(view(&r, &w, Timestamp::now()));
         }
         if views.is_empty() && global.output == Output::Text {
             println!("no ztunnelrollouts");
@@ -223,16 +257,16 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<ExitC
     };
     let r = get_rollout(&client, name).await?;
     let w = waves(&client, &r.spec).await?;
-    print(&[view(&r, &w)])?;
-    if !args.watch || finished(&view(&r, &w).phase) {
+    print(&[view(&r, &w, Timestamp::now())])?;
+    if !args.watch || finished(&view(&r, &w, Timestamp::now()).phase) {
         return Ok(ExitCode::SUCCESS);
     }
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut changes = std::pin::pin!(watcher(api, config).applied_objects());
-    let mut last = view(&r, &w);
+    let mut last = view(&r, &w, Timestamp::now());
     while let Some(r) = changes.next().await {
         let r = r.context("watching the rollout")?;
-        let v = view(&r, &w);
+        let v = view(&r, &w, Timestamp::now());
         if v != last {
             print(std::slice::from_ref(&v))?;
             if finished(&v.phase) {
@@ -302,6 +336,52 @@ mod tests {
         ]
     }
 
+    fn at() -> Timestamp {
+        "2026-11-29T10:00:30Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_baking_node_shows_its_countdown_and_the_gates_values() {
+        let mut r = rollout(
+            "Progressing",
+            vec![
+                node(
+                    "a1",
+                    NodePhase::Baking,
+                    "baking: soaking until 2026-11-29T10:02:00Z (20s healthy so far): ztunnel proxies: 3 active proxies, none pending",
+                ),
+                node(
+                    "a2",
+                    NodePhase::Drained,
+                    "waiting before deleting ztunnel pod ztunnel-x: 3 connection(s) of shop/web, 1 of shop/db",
+                ),
+            ],
+            (
+                "Progressing",
+                "NodesInProgress",
+                "wave a: 1 in flight, 1 baking",
+            ),
+        );
+        r.spec.0.health.bake = Some("2m".into());
+        let v = view(&r, &waves(), at());
+        assert_eq!((v.waves[0].baking, v.waves[0].in_flight), (1, 1));
+        assert_eq!(
+            v.bake_ends.get("a1"),
+            Some(&("2026-11-29T10:02:00Z".to_owned(), 90))
+        );
+        let text = render(&v);
+        assert!(
+            text.contains(
+                "bake ends at 2026-11-29T10:02:00Z at the earliest (90s left); baking: soaking"
+            ) && text.contains("3 active proxies, none pending"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 connection(s) of shop/web, 1 of shop/db"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn nodes_are_counted_per_wave_and_the_ones_in_flight_listed_with_their_step() {
         let r = rollout(
@@ -313,7 +393,7 @@ mod tests {
             ],
             ("Progressing", "NodesInProgress", "wave b: 1 in flight"),
         );
-        let v = view(&r, &waves());
+        let v = view(&r, &waves(), at());
         assert_eq!(
             v.waves[0],
             WaveProgress {
@@ -323,6 +403,7 @@ mod tests {
                 skipped: 1,
                 failed: 0,
                 in_flight: 0,
+                baking: 0,
                 pending: 0
             }
         );
@@ -356,7 +437,7 @@ mod tests {
                 "wave a: 1 of at most 0 tolerated node failures",
             ),
         );
-        let text = render(&view(&r, &waves()));
+        let text = render(&view(&r, &waves(), at()));
         assert!(text.contains("NodeFailed: wave a"), "{text}");
         assert!(
             text.contains("FAILED") && text.contains("above the maximum 0.500"),
@@ -364,7 +445,7 @@ mod tests {
         );
         r.status.as_mut().unwrap().awaiting_approval = Some("b".into());
         r.status.as_mut().unwrap().phase = Some("AwaitingApproval".into());
-        let text = render(&view(&r, &waves()));
+        let text = render(&view(&r, &waves(), at()));
         assert!(
             text.contains("ztunnel-rollout approve demo --wave b"),
             "{text}"

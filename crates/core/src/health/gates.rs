@@ -184,20 +184,26 @@ pub fn verdict(
     }
     let since = *healthy_since.get_or_insert(now);
     let soaked = add(since, settings.soak);
+    // What the checks see now: the verdict's note, and the soak's current values.
+    let notes: Vec<String> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Healthy(note) if !note.is_empty() => Some(format!("{}: {note}", r.name)),
+            _ => None,
+        })
+        .collect();
     if now >= soaked {
-        let notes: Vec<String> = results
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Outcome::Healthy(note) if !note.is_empty() => Some(format!("{}: {note}", r.name)),
-                _ => None,
-            })
-            .collect();
         return GateVerdict::Passed(notes.join("; "));
     }
+    let values = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", notes.join("; "))
+    };
     GateVerdict::Waiting {
         until: soaked,
         why: format!(
-            "soaking until {soaked} ({} healthy so far)",
+            "soaking until {soaked} ({} healthy so far){values}",
             crate::duration::format_duration(
                 Duration::try_from(now.duration_since(since)).unwrap_or_default()
             )
@@ -543,7 +549,7 @@ pub(crate) mod tests {
             verdict(&r, t(0), &mut since, t(0), &s),
             GateVerdict::Waiting {
                 until: t(30),
-                why: format!("soaking until {} (0s healthy so far)", t(30)),
+                why: format!("soaking until {} (0s healthy so far): a: ok", t(30)),
             }
         );
         assert!(matches!(
