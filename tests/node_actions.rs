@@ -70,6 +70,17 @@ async fn release(actions: &NodeActions, name: &str, copy: Option<&Node>) -> Call
     panic!("node {name} changed between every read and write");
 }
 
+/// The bake's uncordon of `name` for rollout r1; like the agent, again after a Conflict.
+async fn uncordon_for_bake(actions: &NodeActions, name: &str) -> CallDone {
+    for _ in 0..5 {
+        match actions.uncordon_for_bake("r1", name).await {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => return other.expect("uncordon for the bake"),
+        }
+    }
+    panic!("node {name} changed between every read and write");
+}
+
 fn unschedulable(n: &Node) -> bool {
     n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
 }
@@ -416,5 +427,46 @@ async fn a_cordon_someone_set_again_after_the_rollout_is_theirs_and_stays() {
         None,
         "our annotations are gone"
     );
+    task.abort();
+}
+
+/// The bake's uncordon keeps the node the rollout's (its annotation, marked
+/// `was-unschedulable=true`, so a later cordon is someone else's and a release leaves
+/// it); a cordon someone set after the rollout's is theirs: only the mark is written.
+#[tokio::test]
+async fn the_bakes_uncordon_keeps_the_node_ours_and_someone_elses_cordon() {
+    let env = TestEnv::new("bake-uncordon", 2).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let rollout = "r1";
+    let (ours, theirs) = (env.nodes[0].clone(), env.nodes[1].clone());
+    for name in [&ours, &theirs] {
+        record_and_cordon(&actions, &env, name, false).await;
+    }
+    let done = uncordon_for_bake(&actions, &ours).await;
+    assert!(matches!(done, CallDone::Applied { .. }), "{done:?}");
+    let after = node(&env, &ours).await;
+    assert!(!unschedulable(&after), "uncordoned");
+    assert_eq!(recorded_was_unschedulable(&after, rollout), Some(true));
+    // Someone cordons the baking node: the release leaves their cordon.
+    set_unschedulable(&env.client, &ours, true).await;
+    let done = release(&actions, &ours, None).await;
+    assert!(matches!(done, CallDone::Applied { .. }), "{done:?}");
+    assert!(
+        unschedulable(&node(&env, &ours).await),
+        "their cordon stays"
+    );
+
+    // An operator lifted the rollout's cordon and set their own: it stays.
+    set_unschedulable(&env.client, &theirs, false).await;
+    set_unschedulable(&env.client, &theirs, true).await;
+    let done = uncordon_for_bake(&actions, &theirs).await;
+    assert!(
+        matches!(&done, CallDone::LeftCordoned { by, .. } if !by.is_empty()),
+        "{done:?}"
+    );
+    let after = node(&env, &theirs).await;
+    assert!(unschedulable(&after), "the operator's cordon stays");
+    assert_eq!(recorded_was_unschedulable(&after, rollout), Some(true));
     task.abort();
 }

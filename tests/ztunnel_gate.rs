@@ -496,6 +496,7 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
         let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
         support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
         let history = support::history::NodeHistory::start(&env);
+        let deletions = support::history::PodDeletions::start(&env, "app=ztunnel");
         let dir = tempfile::tempdir().expect("tempdir");
         let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
         let name = format!("{}-bake", env.namespace);
@@ -535,12 +536,39 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
             "{note}"
         );
         // The watch's order: cordoned, uncordoned while the rollout's (the bake),
-        // cordoned again (the evacuation).
+        // cordoned again (the evacuation), all by this rollout.
+        let states: Vec<support::history::NodeState> = {
+            let mut c = history.revisions.lock().expect("lock").clone();
+            c.sort_by_key(|(rv, _, _)| *rv);
+            c.into_iter()
+                .filter(|(_, n, _)| *n == first)
+                .map(|(_, _, s)| s)
+                .collect()
+        };
+        let ours = |s: &support::history::NodeState| s.owner.as_deref() == Some(name.as_str());
+        let cordoned = states
+            .iter()
+            .position(|s| s.unschedulable && ours(s))
+            .expect("cordoned");
+        let baking = cordoned
+            + states[cordoned..]
+                .iter()
+                .position(|s| !s.unschedulable && ours(s))
+                .expect("uncordoned while still the rollout's");
         assert!(
-            history.cordons(&first) >= 2,
-            "{:?}",
-            history.seen.lock().expect("lock").states.get(&first)
+            states[baking..].iter().any(|s| s.unschedulable && ours(s)),
+            "cordoned again by the rollout after the bake: {states:?}"
         );
+        // ztunnel's pod on the node: the old one deleted, the new one never (in the
+        // rollback, once more: back to the previous revision).
+        let deleted_on_first = deletions
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, _, node)| *node == first)
+            .count();
+        assert_eq!(deleted_on_first, if rollback { 2 } else { 1 });
         if !rollback {
             assert_eq!(failed.phase, NodePhase::Failed, "{}", failed.message);
             assert!(
@@ -567,6 +595,10 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
             assert_eq!(failed.phase, NodePhase::Done, "{}", failed.message);
             // Back on the previous revision, as the second node (never updated) is.
             let hashes = support::ztunnel_hashes(&env).await;
+            assert!(
+                hashes.contains_key(&first) && hashes.contains_key(&second),
+                "{hashes:?}"
+            );
             assert_eq!(hashes.get(&first), hashes.get(&second), "{hashes:?}");
             assert_eq!(
                 history.cordons(&second),

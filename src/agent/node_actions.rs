@@ -322,12 +322,17 @@ impl NodeActions {
                 "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" },
             },
         });
-        if cordoned_again_by_someone_else(&n).is_none() {
+        let foreign = cordoned_again_by_someone_else(&n).map(str::to_owned);
+        if foreign.is_none() {
             patch["spec"] = json!({ "unschedulable": false });
         }
         self.leadership.check()?;
         self.patch_node(node, "uncordoning", &patch).await?;
-        Ok(CallDone::Applied { over: version(&n) })
+        let over = version(&n);
+        Ok(match foreign {
+            Some(by) => CallDone::LeftCordoned { over, by },
+            None => CallDone::Applied { over },
+        })
     }
 
     /// Reads the node afresh: does it carry `rollout`'s annotation? (A cordon's answer

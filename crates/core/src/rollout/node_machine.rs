@@ -531,11 +531,20 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
         },
         Verified => {
             let uncordon = prior(record, facts) == Some(false);
-            if uncordon && target.bake && target.rolling_back_from.is_none() {
+            let bakes = target.bake && target.rolling_back_from.is_none();
+            if bakes && uncordon {
                 return call(
                     Call::Uncordon,
                     Baking,
                     "uncordoned, baking: its pods come back and the new ztunnel is judged on their traffic",
+                );
+            }
+            if bakes && !facts.unschedulable {
+                // Schedulable and still ours: the bake's uncordon applied, but its answer
+                // or its record was lost (or someone uncordoned the node meanwhile).
+                return now(
+                    Baking,
+                    "found uncordoned, still this rollout's: baking: its pods come back and the new ztunnel is judged on their traffic",
                 );
             }
             release(
@@ -549,7 +558,7 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
                 },
             )
         }
-        Baking => bake(facts),
+        Baking => bake(facts, target),
         Evacuating => evacuate(record, facts, target),
         Done | Failed | Skipped => wait(None, ""),
     }
@@ -559,7 +568,30 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
 /// node is released as it is (never uncordoned again: a cordon it has now is someone
 /// else's). Failed: cordoned again — as it was schedulable, or not, just before — and
 /// drained, so its pods move to nodes known good.
-fn bake(facts: &NodeFacts) -> Step {
+fn bake(facts: &NodeFacts, target: &Target) -> Step {
+    if facts.unschedulable
+        && matches!(
+            facts.owner,
+            Owner::Us {
+                was_unschedulable: false
+            }
+        )
+    {
+        // Cordoned by the rollout since the uncordon: only a failed bake does that; its
+        // record was lost (a new leader). The evacuation goes on.
+        return now(
+            NodePhase::Evacuating,
+            "bake failed (found cordoned again by this rollout after a leader change): draining, so its pods move to nodes known good",
+        );
+    }
+    if !target.bake {
+        // `health.bake` was turned off meanwhile.
+        return call(
+            Call::Release { uncordon: false },
+            NodePhase::Done,
+            "released: health.bake was turned off while it baked",
+        );
+    }
     match &facts.verification {
         GateProgress::NotStarted => task(Task::Bake, "baking"),
         GateProgress::Waiting(why) => task(Task::Bake, format!("baking: {why}")),
@@ -785,6 +817,12 @@ pub fn retarget(record: &NodeRecord) -> Option<Step> {
         NodePhase::ZtunnelReplaced | NodePhase::ZtunnelReady | NodePhase::Verified => Some(now(
             NodePhase::Drained,
             "the DaemonSet's revision changed: its ztunnel is replaced again",
+        )),
+        // Cordoned again after a failed bake (a rollback restoring the previous revision,
+        // most often): its drain goes on, then its ztunnel is replaced again.
+        NodePhase::Evacuating => Some(now(
+            NodePhase::Cordoned,
+            "the DaemonSet's revision changed while it was drained after its failed bake: its ztunnel is replaced again once drained",
         )),
         _ => None,
     }

@@ -273,14 +273,19 @@ pub fn node_call(
                 let n = c.nodes.get_mut(name).expect("node");
                 n.annotations
                     .insert(WAS_UNSCHEDULABLE_ANNOTATION.into(), "true".into());
+                let kept = !uncordoned && n.unschedulable;
+                let by = format!("{cordoned_by:?}");
                 applied = Applied::Released {
                     node: name.to_owned(),
                     uncordoned,
                     cordoned_by,
                 };
-                Ok(CallDone::Applied {
-                    over: vec![current_rv.clone()],
-                })
+                let over = vec![current_rv.clone()];
+                if kept {
+                    Ok(CallDone::LeftCordoned { over, by })
+                } else {
+                    Ok(CallDone::Applied { over })
+                }
             }
         },
         CallKind::WaitingTaint { waiting } => {

@@ -962,3 +962,66 @@ fn only_nodes_the_rollout_uncordons_bake_and_someone_elses_cordon_is_kept() {
         "{end:?}"
     );
 }
+
+/// After a leader change: a baking node found cordoned by the rollout (its failed
+/// bake's cordon, whose record was lost) is evacuated, never released cordoned; a
+/// verified node found uncordoned and still ours (the bake's uncordon, record lost)
+/// bakes; a bake turned off meanwhile releases the node as it is; a revision change
+/// while evacuating drains on, then replaces ztunnel again.
+#[test]
+fn a_bake_resumes_from_what_the_node_shows() {
+    let mut f = ours(vec![pod("new", true)]);
+    f.verification = GateProgress::Passed(String::new());
+    let s = next_step(&record(NodePhase::Baking), &f, &baking(), t("00:10"));
+    assert_eq!(
+        s.phase_after(NodePhase::Baking),
+        NodePhase::Evacuating,
+        "{s:?}"
+    );
+    assert!(matches!(s, Step::Now { .. }), "{s:?}");
+
+    let mut f = ours(vec![pod("new", true)]);
+    f.unschedulable = false;
+    f.owner = Owner::Us {
+        was_unschedulable: true,
+    };
+    let s = next_step(&record(NodePhase::Verified), &f, &baking(), t("00:10"));
+    assert_eq!(
+        s.phase_after(NodePhase::Verified),
+        NodePhase::Baking,
+        "{s:?}"
+    );
+    assert!(matches!(s, Step::Now { .. }), "no second uncordon: {s:?}");
+    // Without a bake, that node is released as it is.
+    let s = next_step(&record(NodePhase::Verified), &f, &target(), t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::Release { uncordon: false },
+                then: NodePhase::Done,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+
+    f.verification = GateProgress::Waiting("soaking".into());
+    let s = next_step(&record(NodePhase::Baking), &f, &target(), t("00:10"));
+    assert!(
+        matches!(
+            &s,
+            Step::Call {
+                call: Call::Release { uncordon: false },
+                then: NodePhase::Done,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+
+    let s = retarget(&record(NodePhase::Evacuating)).expect("a step");
+    assert_eq!(s.phase_after(NodePhase::Evacuating), NodePhase::Cordoned);
+    let s = retarget(&record(NodePhase::Baking)).expect("a step");
+    assert_eq!(s.phase_after(NodePhase::Baking), NodePhase::Pending);
+}

@@ -281,6 +281,14 @@ impl Pass<'_, '_> {
         let Some(wave) = view.waves.wave_of.get(node) else {
             return true;
         };
+        if view
+            .nodes
+            .get(node)
+            .is_some_and(|n| super::facts::unschedulable(n))
+        {
+            // Cordoned by someone else meanwhile: unavailable already.
+            return true;
+        }
         let members: Vec<&String> = view
             .waves
             .wave_of
@@ -481,6 +489,8 @@ impl Pass<'_, '_> {
                 state.drain = DrainProgress::NotStarted;
                 state.gates = GateProgress::NotStarted;
             }
+            // The same cordon as the evacuation's (a retarget): its drain goes on.
+            NodePhase::Cordoned if from == NodePhase::Evacuating => {}
             NodePhase::Cordoned => state.drain = DrainProgress::NotStarted,
             // Each time the node is (again) drained, its old ztunnel's connections are
             // read afresh.

@@ -286,16 +286,36 @@ impl Pass<'_, '_> {
                             });
                         }
                     }
-                    CallKind::Uncordon => {
-                        if matches!(done, CallDone::Applied { .. }) {
-                            // Still ours; a cordon it gets from now on is not.
+                    CallKind::Uncordon => match &done {
+                        CallDone::Applied { .. } | CallDone::LeftCordoned { .. } => {
+                            // Still ours; a cordon it gets from now on is not. Someone
+                            // else's cordon set since the rollout's stays: only the mark
+                            // was written.
+                            let kept = matches!(done, CallDone::LeftCordoned { .. });
                             state.tracked.record.was_unschedulable = Some(true);
                             state.expect = Some(Expectation {
                                 over,
-                                wrote: Wrote::Uncordon,
+                                wrote: if kept { Wrote::Disown } else { Wrote::Uncordon },
+                            });
+                            if let CallDone::LeftCordoned { by, .. } = &done {
+                                then = then.map(|(phase, _)| {
+                                    (
+                                        phase,
+                                        format!("baking, left cordoned: field manager {by:?} cordoned it after the rollout did; the cordon is theirs to lift"),
+                                    )
+                                });
+                            }
+                        }
+                        CallDone::NotOwned | CallDone::Owned { .. } => {
+                            then = then.map(|(phase, _)| {
+                                (
+                                    phase,
+                                    "no annotation of this rollout was on the node: not uncordoned"
+                                        .to_owned(),
+                                )
                             });
                         }
-                    }
+                    },
                     CallKind::Disown { .. } => {
                         // NotOwned: that cordon is gone (a later one of ours replaced
                         // it, or the node was released).

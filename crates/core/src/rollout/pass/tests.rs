@@ -1003,3 +1003,78 @@ fn a_failed_bake_cordons_and_drains_the_node_again_then_the_policy_applies() {
         assert!(!cordon_order(&effects).contains(&"b1".to_owned()));
     }
 }
+
+/// A failed bake takes its slot back: while the wave's budget is used by a node in
+/// flight (started while the first one baked), the failed node is not cordoned again
+/// and no node starts; once that node is back in service, it is.
+#[test]
+fn a_failed_bake_waits_for_a_slot_and_no_node_starts_into_it() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a"), ("a3", "a")]);
+    f.finalizer = true;
+    f.spec.health.bake = Some("60s".into());
+    f.drive(200, passes, |f| f.memory.phase("a2") == NodePhase::Cordoned);
+    assert_eq!(f.memory.phase("a1"), NodePhase::Baking);
+    // a1's bake fails while a2 is out of service.
+    f.pending.push(Outcome::Gate {
+        node: "a1".into(),
+        event: GateEvent::Done(Err("ztunnel proxies: 1 proxies pending".into())),
+    });
+    let plan = f.pass();
+    assert!(cordons(&plan).is_empty(), "{:?}", calls(&plan));
+    assert!(
+        f.memory.nodes["a1"]
+            .tracked
+            .message
+            .contains("waiting for a slot in its wave's budget"),
+        "{}",
+        f.memory.nodes["a1"].tracked.message
+    );
+    f.carry_out_plan(&plan);
+    let effects = f.drive(200, passes, |f| {
+        f.memory.phase("a1") == NodePhase::Evacuating
+    });
+    assert_eq!(f.memory.phase("a1"), NodePhase::Evacuating);
+    assert_eq!(
+        cordon_order(&effects),
+        ["a1"],
+        "a3 never started into the slot"
+    );
+    assert_eq!(
+        f.memory.phase("a2"),
+        NodePhase::Baking,
+        "a2 back in service first"
+    );
+    assert_eq!(f.memory.phase("a3"), NodePhase::Pending);
+}
+
+/// An abort while nodes bake: every node is released, none left cordoned by the
+/// rollout; a cordon someone put on a baking node stays theirs.
+#[test]
+fn an_abort_during_the_bake_releases_the_nodes_and_keeps_someone_elses_cordon() {
+    let mut f = Fixture::new(&[("a1", "a"), ("a2", "a")]);
+    f.finalizer = true;
+    f.spec.waves.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2);
+    f.spec.health.bake = Some("60s".into());
+    f.drive(200, passes, |f| {
+        f.memory.phase("a1") == NodePhase::Baking && f.memory.phase("a2") == NodePhase::Baking
+    });
+    assert!(!f.c.nodes["a1"].unschedulable && !f.c.nodes["a2"].unschedulable);
+    f.cordon_by_operator("a2");
+    f.spec.abort = true;
+    f.drive(60, passes, |f| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Aborted")
+    });
+    assert_eq!(
+        f.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Aborted")
+    );
+    assert!(!f.c.nodes["a1"].unschedulable, "a1 left schedulable");
+    assert!(f.c.nodes["a2"].unschedulable, "the operator's cordon stays");
+    for node in ["a1", "a2"] {
+        assert!(!owned_by_r1(&f, node), "{node} released");
+    }
+}
