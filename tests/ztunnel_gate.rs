@@ -183,10 +183,14 @@ async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_name
             }
         }
     });
+    // The cart app's connections stay open while its pod is on the node, and close over
+    // 6 s once the drain evicted it (the endpoint follows the pods).
     const LIFETIME: Duration = Duration::from_secs(6);
-    let all_closed_at = std::time::Instant::now() + LIFETIME;
-    server.hold_connections(&closing, &env.namespace, "cart", 5, Some(LIFETIME));
+    pinned_app(&env, "cart", &closing, 1).await;
+    let follow = server.follow_pods(env.client.clone(), &env.namespace);
+    server.hold_connections_while_on_node(&closing, &env.namespace, "cart", 5, LIFETIME);
     server.hold_connections(&staying, &env.namespace, "log-agent", 2, None);
+    let created_at = std::time::Instant::now();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
@@ -262,6 +266,14 @@ async fn the_old_ztunnel_goes_once_its_connections_closed_and_what_stays_is_name
         .expect("the watch saw the old ztunnel pod deleted")
         .expect("watch");
     watch.abort();
+    follow.abort();
+    let all_closed_at = server
+        .all_closed_at(&closing, "cart")
+        .expect("the cart's connections closed once its pod left the node");
+    assert!(
+        all_closed_at - LIFETIME > created_at,
+        "they began to close only after the rollout started (the drain)"
+    );
     assert!(
         deleted_at >= all_closed_at,
         "the old ztunnel pod was deleted {:?} before its last connection closed",

@@ -43,7 +43,9 @@ struct Series {
 }
 
 /// `count` connections of workload `namespace/name`, opened when set, all closed
-/// evenly over `lifetime` (never, when `None`).
+/// evenly over `lifetime` (never, when `None`) from `since` — or, with `until_gone`,
+/// open while a pod of the workload (label `app=name`) is on the node, then closed
+/// evenly over that (as [`ZtunnelMetricsServer::follow_pods`] sees the pods).
 #[derive(Clone)]
 struct OpenSet {
     namespace: String,
@@ -51,6 +53,7 @@ struct OpenSet {
     count: u64,
     since: Instant,
     lifetime: Option<Duration>,
+    until_gone: Option<Duration>,
 }
 
 impl OpenSet {
@@ -313,7 +316,41 @@ impl ZtunnelMetricsServer {
             count,
             since: Instant::now(),
             lifetime,
+            until_gone: None,
         });
+    }
+
+    /// From now on `node`'s ztunnel reports `count` connections of workload
+    /// `namespace/name` open while a pod of it (label `app=name`) is on the node, as
+    /// [`Self::follow_pods`] sees them; once none is, they close evenly over `close_over`.
+    pub fn hold_connections_while_on_node(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        count: u64,
+        close_over: Duration,
+    ) {
+        let mut all = self.series.lock().expect("lock");
+        all.entry(node.to_owned()).or_default().open.push(OpenSet {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            count,
+            since: Instant::now(),
+            lifetime: None,
+            until_gone: Some(close_over),
+        });
+    }
+
+    /// When the last connection of workload `name` on `node` closes (or closed), once
+    /// they are closing.
+    pub fn all_closed_at(&self, node: &str, name: &str) -> Option<Instant> {
+        let all = self.series.lock().expect("lock");
+        all.get(node)?
+            .open
+            .iter()
+            .find(|o| o.name == name && o.until_gone.is_none())
+            .and_then(|o| o.lifetime.map(|l| o.since + l))
     }
 
     pub fn set_active_proxies(&self, node: &str, count: f64) {
@@ -332,7 +369,8 @@ impl ZtunnelMetricsServer {
     /// the pods the API server binds to it, as ztunnel's workload manager counts them:
     /// the running, not host-networked pods of `namespace` (enrolled in ambient mode by
     /// the test), ztunnel's own excepted, are active proxies — or pending ones on a node
-    /// set not enrolling. Read from a list every 200 ms.
+    /// set not enrolling; the connections held while a workload is on a node close once
+    /// it is gone. Read from a list every 200 ms.
     pub fn follow_pods(
         &self,
         client: kube::Client,
@@ -345,7 +383,24 @@ impl ZtunnelMetricsServer {
             loop {
                 if let Ok(list) = pods.list(&Default::default()).await {
                     let mut on: HashMap<String, f64> = HashMap::new();
+                    // (node, namespace, app) of every pod bound and not terminating.
+                    let mut present = std::collections::HashSet::new();
                     for p in &list.items {
+                        if let (Some(node), Some(app), None) = (
+                            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                            p.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get("app"))
+                                .cloned(),
+                            p.metadata.deletion_timestamp.as_ref(),
+                        ) {
+                            present.insert((
+                                node,
+                                p.metadata.namespace.clone().unwrap_or_default(),
+                                app,
+                            ));
+                        }
                         let spec = p.spec.as_ref();
                         let running =
                             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -362,9 +417,23 @@ impl ZtunnelMetricsServer {
                         }
                     }
                     let mut all = series.lock().expect("lock");
+                    let now = Instant::now();
                     for (node, s) in all.iter_mut() {
                         let n = on.get(node).copied().unwrap_or(0.0);
                         (s.active, s.pending) = if s.not_enrolling { (0.0, n) } else { (n, 0.0) };
+                        for o in s.open.iter_mut() {
+                            if let Some(close_over) = o.until_gone
+                                && !present.contains(&(
+                                    node.clone(),
+                                    o.namespace.clone(),
+                                    o.name.clone(),
+                                ))
+                            {
+                                o.since = now;
+                                o.lifetime = Some(close_over);
+                                o.until_gone = None;
+                            }
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
