@@ -362,6 +362,71 @@ async fn pinned_app(env: &TestEnv, name: &str, node: &str, replicas: i32) {
     .await;
 }
 
+/// A bake's run on `env`'s two nodes: metrics at pod CIDR 127.88.`k`.0/28 and the next,
+/// following the pods (the first node's new ztunnel never enrolling them if
+/// `not_enrolling`); two pods of app `back` pinned to the first node; ztunnel upgraded;
+/// the nodes and ztunnel pod deletions watched; one agent; a rollout with `health`
+/// (waypoints off, ztunnel metrics on), until its phase is `until`.
+struct BakeRun {
+    history: support::history::NodeHistory,
+    deletions: support::history::PodDeletions,
+    name: String,
+    status: ztunnel_rollout::api::ztunnel_rollout::ZtunnelRolloutStatus,
+    _agent: agent_support::Agent,
+    _server: ZtunnelMetricsServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn bake_run(
+    env: &TestEnv,
+    k: u8,
+    not_enrolling: bool,
+    mut health: serde_json::Value,
+    until: &str,
+) -> BakeRun {
+    agent_support::install(&env.client).await;
+    let (first, second) = (env.nodes[0].clone(), env.nodes[1].clone());
+    let server = serve_at_pod_ips(env, &[(k, &first), (k + 1, &second)]).await;
+    enroll_in_ambient(env).await;
+    if not_enrolling {
+        server.set_not_enrolling(&first);
+    }
+    let follow = server.follow_pods(env.client.clone(), &env.namespace);
+    pinned_app(env, "back", &first, 2).await;
+    let ztunnel = support::apply_ztunnel(env, UpdateStrategy::OnDelete).await;
+    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
+    let history = support::history::NodeHistory::start(env);
+    let deletions = support::history::PodDeletions::start(env, "app=ztunnel");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(env, dir.path(), "agent-a");
+    let name = format!("{}-bake", env.namespace);
+    health["waypoints"] = serde_json::json!({ "disabled": true });
+    health["ztunnelMetrics"] = serde_json::json!({});
+    let rollout = agent_support::rollout(env, &name, serde_json::json!({ "health": health }));
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let end = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        until,
+        Duration::from_secs(180),
+        &[&agent],
+    )
+    .await;
+    follow.abort();
+    BakeRun {
+        history,
+        deletions,
+        name,
+        status: end.status.expect("status"),
+        _agent: agent,
+        _server: server,
+        _dir: dir,
+    }
+}
+
 /// The pods of app `name` bound to `node` and not terminating.
 async fn pods_on(env: &TestEnv, name: &str, node: &str) -> Vec<String> {
     use k8s_openapi::api::core::v1::Pod;
@@ -387,43 +452,17 @@ async fn pods_on(env: &TestEnv, name: &str, node: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_node_bakes_uncordoned_on_its_returning_pods_and_the_next_wave_waits_for_it() {
     let env = TestEnv::new("bake-ok", 2).await;
-    agent_support::install(&env.client).await;
     let (first, second) = (env.nodes[0].clone(), env.nodes[1].clone());
-    let server = serve_at_pod_ips(&env, &[(4, &first), (5, &second)]).await;
-    enroll_in_ambient(&env).await;
-    let follow = server.follow_pods(env.client.clone(), &env.namespace);
-    pinned_app(&env, "back", &first, 2).await;
-    let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
-    support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
-    let history = support::history::NodeHistory::start(&env);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
-    let name = format!("{}-bake", env.namespace);
-    let rollout = agent_support::rollout(
+    let run = bake_run(
         &env,
-        &name,
-        serde_json::json!({ "health": {
-            "interval": "1s",
-            "timeout": "20s",
-            "bake": "3s",
-            "waypoints": { "disabled": true },
-            "ztunnelMetrics": {}
-        }}),
-    );
-    Api::<ZtunnelRollout>::all(env.client.clone())
-        .create(&PostParams::default(), &rollout)
-        .await
-        .expect("create");
-    let done = agent_support::wait_for_phase(
-        &env.client,
-        &name,
+        4,
+        false,
+        serde_json::json!({ "interval": "1s", "timeout": "20s", "bake": "3s" }),
         "Complete",
-        Duration::from_secs(180),
-        &[&agent],
     )
     .await;
-    follow.abort();
-    let status = done.status.expect("status");
+    let (history, name) = (&run.history, &run.name);
+    let status = run.status.clone();
     for node in [&first, &second] {
         let n = status
             .nodes
@@ -497,46 +536,22 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
     for rollback in [false, true] {
         let tag = if rollback { "bake-rb" } else { "bake-fail" };
         let env = TestEnv::new(tag, 2).await;
-        agent_support::install(&env.client).await;
         let (first, second) = (env.nodes[0].clone(), env.nodes[1].clone());
-        let k = if rollback { 8 } else { 6 };
-        let server = serve_at_pod_ips(&env, &[(k, &first), (k + 1, &second)]).await;
-        enroll_in_ambient(&env).await;
-        server.set_not_enrolling(&first);
-        let follow = server.follow_pods(env.client.clone(), &env.namespace);
-        pinned_app(&env, "back", &first, 2).await;
-        let ztunnel = support::apply_ztunnel(&env, UpdateStrategy::OnDelete).await;
-        support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
-        let history = support::history::NodeHistory::start(&env);
-        let deletions = support::history::PodDeletions::start(&env, "app=ztunnel");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
-        let name = format!("{}-bake", env.namespace);
-        let rollout = agent_support::rollout(
+        let run = bake_run(
             &env,
-            &name,
-            serde_json::json!({ "health": {
+            if rollback { 8 } else { 6 },
+            true,
+            serde_json::json!({
                 "interval": "1s",
                 "timeout": "4s",
                 "bake": "2s",
                 "onFailure": if rollback { "Rollback" } else { "Pause" },
-                "waypoints": { "disabled": true },
-                "ztunnelMetrics": {}
-            }}),
-        );
-        Api::<ZtunnelRollout>::all(env.client.clone())
-            .create(&PostParams::default(), &rollout)
-            .await
-            .expect("create");
-        let end = agent_support::wait_for_phase(
-            &env.client,
-            &name,
+            }),
             if rollback { "RolledBack" } else { "Paused" },
-            Duration::from_secs(180),
-            &[&agent],
         )
         .await;
-        let status = end.status.expect("status");
+        let (history, deletions, name) = (&run.history, &run.deletions, &run.name);
+        let status = run.status.clone();
         let failed = status
             .nodes
             .iter()
@@ -631,7 +646,6 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
                 Some(true)
             );
         }
-        follow.abort();
-        drop(agent);
+        drop(run);
     }
 }

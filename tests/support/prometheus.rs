@@ -309,6 +309,18 @@ impl ZtunnelMetricsServer {
         count: u64,
         lifetime: Option<Duration>,
     ) {
+        self.hold(node, namespace, name, count, lifetime, None);
+    }
+
+    fn hold(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        count: u64,
+        lifetime: Option<Duration>,
+        until_gone: Option<Duration>,
+    ) {
         let mut all = self.series.lock().expect("lock");
         all.entry(node.to_owned()).or_default().open.push(OpenSet {
             namespace: namespace.to_owned(),
@@ -316,7 +328,7 @@ impl ZtunnelMetricsServer {
             count,
             since: Instant::now(),
             lifetime,
-            until_gone: None,
+            until_gone,
         });
     }
 
@@ -331,15 +343,7 @@ impl ZtunnelMetricsServer {
         count: u64,
         close_over: Duration,
     ) {
-        let mut all = self.series.lock().expect("lock");
-        all.entry(node.to_owned()).or_default().open.push(OpenSet {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            count,
-            since: Instant::now(),
-            lifetime: None,
-            until_gone: Some(close_over),
-        });
+        self.hold(node, namespace, name, count, None, Some(close_over));
     }
 
     /// When the last connection of workload `name` on `node` closes (or closed), once

@@ -403,9 +403,17 @@ impl Pass<'_, '_> {
                         })));
                 }
             }
-            Task::Bake => {
-                let Some(settings) = view.settings.health.for_bake() else {
-                    return;
+            // The gates of the verification, or of the bake (its clock starts at the
+            // uncordon, when the node entered Baking).
+            Task::Gates | Task::Bake => {
+                let bake = task == Task::Bake;
+                let settings = if bake {
+                    let Some(settings) = view.settings.health.for_bake() else {
+                        return;
+                    };
+                    settings
+                } else {
+                    view.settings.health.clone()
                 };
                 let state = self.mem.node(node, now);
                 if state.gates == GateProgress::NotStarted {
@@ -415,26 +423,9 @@ impl Pass<'_, '_> {
                         ds_uid: view.ds_uid.clone(),
                         target_hash: view.target.revision_hash.clone(),
                         settings,
-                        // The bake's clock starts at the uncordon.
                         ready_since: state.tracked.record.since,
                         touched_at: state.tracked.started,
-                        bake: true,
-                    };
-                    self.plan.effects.push(Effect::Gates(Box::new(request)));
-                }
-            }
-            Task::Gates => {
-                let state = self.mem.node(node, now);
-                if state.gates == GateProgress::NotStarted {
-                    state.gates = GateProgress::Waiting(String::new());
-                    let request = GateRequest {
-                        node: node.to_owned(),
-                        ds_uid: view.ds_uid.clone(),
-                        target_hash: view.target.revision_hash.clone(),
-                        settings: view.settings.health.clone(),
-                        ready_since: state.tracked.record.since,
-                        touched_at: state.tracked.started,
-                        bake: false,
+                        bake,
                     };
                     self.plan.effects.push(Effect::Gates(Box::new(request)));
                 }
