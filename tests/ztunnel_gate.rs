@@ -372,7 +372,7 @@ struct BakeRun {
     deletions: support::history::PodDeletions,
     name: String,
     status: ztunnel_rollout::api::ztunnel_rollout::ZtunnelRolloutStatus,
-    _agent: agent_support::Agent,
+    agent: agent_support::Agent,
     _server: ZtunnelMetricsServer,
     _dir: tempfile::TempDir,
 }
@@ -421,7 +421,7 @@ async fn bake_run(
         deletions,
         name,
         status: end.status.expect("status"),
-        _agent: agent,
+        agent,
         _server: server,
         _dir: dir,
     }
@@ -551,6 +551,14 @@ async fn a_bake_whose_ztunnel_never_enrols_the_pods_evacuates_the_node_then_paus
         )
         .await;
         let (history, deletions, name) = (&run.history, &run.deletions, &run.name);
+        // One verdict of the gates passed (the verification), one failed (the bake).
+        let verdicts = |result: &str| {
+            format!("ztunnel_rollout_verifications_total{{rollout=\"{name}\",result=\"{result}\"}}")
+        };
+        if !rollback {
+            assert_eq!(run.agent.metric(&verdicts("failed")).await, 1.0);
+            assert_eq!(run.agent.metric(&verdicts("passed")).await, 1.0);
+        }
         let status = run.status.clone();
         let failed = status
             .nodes

@@ -382,7 +382,12 @@ impl Rollouts {
                     }
                 }
                 NodePhase::Verified => self.verdict(rollout, "passed"),
+                // A bake is a verdict of the gates too: on the node's returning traffic.
+                NodePhase::Evacuating => self.verdict(rollout, "failed"),
                 _ => {}
+            }
+            if t.from == NodePhase::Baking && t.to == NodePhase::Done {
+                self.verdict(rollout, "passed");
             }
             let _span = info_span!("node", node = %t.node).entered();
             if t.to == NodePhase::Failed {

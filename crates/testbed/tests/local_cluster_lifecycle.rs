@@ -107,7 +107,14 @@ fn a_second_cluster_runs_beside_the_first_and_stops_with_its_parent() {
 
 #[test]
 fn a_killed_supervisor_takes_its_components_with_it() {
-    let s = start_supervisor("killed", &[]).expect("cluster");
+    // A killed supervisor cannot remove its state: keep it where this test removes it.
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("cluster");
+    let s = start_supervisor(
+        "killed",
+        &["--state-dir", state_dir.to_str().expect("a UTF-8 path")],
+    )
+    .expect("cluster");
     let component_pids = pids(&s);
     let Supervisor { mut child, .. } = s;
     child.kill().expect("SIGKILL local-cluster");
