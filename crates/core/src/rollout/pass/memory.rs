@@ -281,7 +281,11 @@ impl Memory {
                 .entry(node.clone())
                 .or_insert_with(|| NodeState::new(TrackedNode::pending(Timestamp::UNIX_EPOCH)));
             state.touched = true;
-            if state.phase() == NodePhase::Pending || state.phase().in_flight() {
+            if state.phase() == NodePhase::Baking {
+                // Uncordoned while ours, so the annotation a lagging watch shows does not
+                // tell whether the last leader cordoned it again (a failed bake): read it.
+                state.unconfirmed = Some(Unconfirmed::Unknown);
+            } else if state.phase() == NodePhase::Pending || state.phase().in_flight() {
                 state.unconfirmed = Some(Unconfirmed::Owned);
             }
         }

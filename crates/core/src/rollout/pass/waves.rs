@@ -39,15 +39,21 @@ impl Pass<'_, '_> {
             // a failed bake's cordon again).
             let cordoning =
                 state.is_some_and(|s| matches!(s.call, Some(super::CallKind::Cordon { .. })));
+            let v = overlay(*marks, n, state);
             // A failed bake takes its slot back before its cordon again: no node starts
-            // into it.
+            // into it. A baking node found cordoned (the failed bake's cordon whose
+            // record a leader change lost, or someone's) is out of service too, and so
+            // is one a new term has not confirmed yet (its watch may not show that
+            // cordon).
             let evacuating = phase == NodePhase::Baking
-                && state.is_some_and(|s| {
-                    matches!(
-                        s.gates,
-                        crate::rollout::node_machine::GateProgress::Failed(_)
-                    )
-                });
+                && (v.unschedulable
+                    || state.is_some_and(|s| {
+                        s.unconfirmed.is_some()
+                            || matches!(
+                                s.gates,
+                                crate::rollout::node_machine::GateProgress::Failed(_)
+                            )
+                    }));
             o.progress = if evacuating
                 || (cordoning && matches!(phase, NodePhase::Pending | NodePhase::Baking))
             {
@@ -55,7 +61,6 @@ impl Pass<'_, '_> {
             } else {
                 progress(phase)
             };
-            let v = overlay(*marks, n, state);
             o.cordoned = v.unschedulable;
             // Ours while the node carries our annotation (or, in its sequence, by the
             // record while the watch lags); a node released and cordoned again since is
