@@ -433,6 +433,127 @@ async fn the_manifests_apply_with_kubectl_kustomize() {
     }
 }
 
+/// The roles for people do what the README says, judged by the API server's own RBAC
+/// (SubjectAccessReviews): the viewer role reads rollouts and migrations, and through
+/// its aggregation so does anyone bound to the built-in `view`; the operator role also
+/// creates, patches (pause, resume, abort, approve) and deletes them, but never writes
+/// their status; neither touches anything else.
+#[tokio::test]
+async fn the_viewer_and_operator_roles_grant_what_people_need_and_nothing_more() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let env = TestEnv::new("people-roles", 0).await;
+    agent_support::install(&env.client).await;
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    for role in [
+        ztunnel_rollout::api::manifests::viewer_role(),
+        ztunnel_rollout::api::manifests::operator_role(),
+    ] {
+        let role: ClusterRole = serde_json::from_value(role).expect("a ClusterRole");
+        fixtures::apply(&roles, &role).await.expect("apply role");
+    }
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    let user = |role: &str| format!("{}-{role}", env.namespace);
+    for role in ["ztunnel-rollout-viewer", "ztunnel-rollout-operator", "view"] {
+        let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": user(role) },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user(role) }],
+        }))
+        .expect("a binding");
+        fixtures::apply(&bindings, &binding)
+            .await
+            .expect("apply binding");
+    }
+    let reviews: Api<SubjectAccessReview> = Api::all(env.client.clone());
+    let may = |who: String, verb: &str, resource: &str, group: &str| {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
+            None => (resource.to_owned(), None),
+        };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(who),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.to_owned()),
+                    group: Some(group.to_owned()),
+                    resource: Some(resource),
+                    subresource,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews = reviews.clone();
+        async move {
+            reviews
+                .create(&Default::default(), &review)
+                .await
+                .expect("a SubjectAccessReview")
+                .status
+                .is_some_and(|s| s.allowed)
+        }
+    };
+    const GROUP: &str = "ztunnel-rollout.dev";
+    for resource in ["ztunnelrollouts", "sidecarmigrations"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(may(user("ztunnel-rollout-viewer"), verb, resource, GROUP).await);
+            assert!(may(user("ztunnel-rollout-operator"), verb, resource, GROUP).await);
+        }
+        for verb in ["create", "patch", "delete"] {
+            assert!(
+                !may(user("ztunnel-rollout-viewer"), verb, resource, GROUP).await,
+                "viewer {verb} {resource}"
+            );
+            assert!(
+                may(user("ztunnel-rollout-operator"), verb, resource, GROUP).await,
+                "operator {verb} {resource}"
+            );
+        }
+        let status = format!("{resource}/status");
+        for verb in ["update", "patch"] {
+            assert!(
+                !may(user("ztunnel-rollout-operator"), verb, &status, GROUP).await,
+                "operator {verb} {status}"
+            );
+        }
+    }
+    for (verb, resource, group) in [
+        ("patch", "nodes", ""),
+        ("delete", "pods", ""),
+        ("list", "secrets", ""),
+    ] {
+        for role in ["ztunnel-rollout-viewer", "ztunnel-rollout-operator"] {
+            assert!(
+                !may(user(role), verb, resource, group).await,
+                "{role} {verb} {resource}"
+            );
+        }
+    }
+    // The built-in view role gains the viewer's rules once the controller manager has
+    // aggregated them: wait for that, by watching the role.
+    support::wait_for(
+        &roles,
+        "view",
+        "the viewer role aggregated to view",
+        |r: Option<&ClusterRole>| {
+            r.and_then(|r| r.rules.as_ref()).is_some_and(|rules| {
+                rules.iter().any(|rule| {
+                    rule.resources
+                        .as_ref()
+                        .is_some_and(|rs| rs.iter().any(|r| r == "ztunnelrollouts"))
+                })
+            })
+        },
+    )
+    .await;
+    assert!(may(user("view"), "list", "ztunnelrollouts", GROUP).await);
+    assert!(!may(user("view"), "patch", "ztunnelrollouts", GROUP).await);
+}
+
 #[tokio::test]
 async fn a_rolling_update_daemonset_is_refused_unless_allowed() {
     let env = TestEnv::new("agent-rolling", 2).await;

@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,83 +20,15 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::TestEnv;
 use support::agent as agent_support;
+use support::helm::{chart_dir, documents, find, helm, helm_ok, kube_version};
 use ztunnel_rollout::api::manifests;
 use ztunnel_rollout_testbed::binaries::ControlPlaneBinaries;
 use ztunnel_rollout_testbed::fixtures::UpdateStrategy;
 
 const WITHIN: Duration = Duration::from_secs(120);
-
-fn chart_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/chart")
-}
-
-/// The Kubernetes version of the local control plane, from `e2e/versions.env`.
-fn kube_version() -> String {
-    let pins =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/versions.env"))
-            .expect("read e2e/versions.env");
-    pins.lines()
-        .find_map(|l| l.strip_prefix("KUBERNETES_VERSION="))
-        .expect("KUBERNETES_VERSION in e2e/versions.env")
-        .trim_start_matches('v')
-        .to_owned()
-}
-
-/// Runs Helm (from `e2e/bin`; `e2e/test.sh` builds it) against the test cluster, with
-/// its own configuration and cache directories under `home`. Returns (success, stdout,
-/// stderr).
-fn helm(home: &Path, args: &[&str]) -> (bool, String, String) {
-    let bin = ControlPlaneBinaries::from_env().dir.join("helm");
-    assert!(
-        bin.exists(),
-        "{} is missing: run ./e2e/build-helm.sh (./e2e/test.sh does)",
-        bin.display()
-    );
-    let out = Command::new(&bin)
-        .args(args)
-        .env("KUBECONFIG", &support::cluster().kubeconfig)
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn helm_ok(home: &Path, args: &[&str]) -> String {
-    let (ok, stdout, stderr) = helm(home, args);
-    assert!(ok, "helm {args:?} failed:\n{stderr}\n{stdout}");
-    stdout
-}
-
-/// The documents `helm template` wrote (JSON objects separated by `---`).
-fn documents(rendered: &str) -> Vec<Value> {
-    rendered
-        .split("\n---")
-        .map(|d| {
-            d.lines()
-                .filter(|l| !l.starts_with("#") && !l.starts_with("---"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| serde_json::from_str(&d).unwrap_or_else(|e| panic!("{e}:\n{d}")))
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
-}
 
 #[test]
 fn the_chart_lints_and_its_schema_refuses_bad_values() {
@@ -235,6 +167,106 @@ fn the_chart_renders_the_same_rbac_and_crds_as_the_manifests() {
             "{opt_in}: opt-in"
         );
     }
+}
+
+/// Every value a user sets lands where it belongs, not only the defaults: the image by
+/// digest, the scheduling values, extra arguments, the PodDisruptionBudget, and the
+/// NetworkPolicy's peers (egress to the API server, ztunnel's metrics port, Prometheus and
+/// DNS only; ingress to the metrics port from the given peers only).
+#[test]
+fn the_chart_renders_every_value_where_it_belongs() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let tolerations = json!([{ "key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule" }]);
+    let affinity = json!({ "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{ "matchExpressions": [
+            { "key": "pool", "operator": "In", "values": ["system"] }] }] } } });
+    let scrapers = json!([{ "namespaceSelector": { "matchLabels": { "name": "monitoring" } } }]);
+    let prometheus = json!([{ "ipBlock": { "cidr": "10.9.0.0/16" } }]);
+    let values = json!({
+        "image": { "repository": "registry.test/zr", "tag": "ignored", "digest": digest },
+        "replicaCount": 3,
+        "nodeSelector": { "pool": "system" },
+        "tolerations": tolerations,
+        "affinity": affinity,
+        "priorityClassName": "system-cluster-critical",
+        "extraArgs": ["--liveness-timeout=10m"],
+        "ztunnel": { "namespace": "mesh", "daemonSet": "zt" },
+        "podDisruptionBudget": { "enabled": true, "maxUnavailable": 2 },
+        "networkPolicy": {
+            "enabled": true,
+            "metricsFrom": scrapers,
+            "apiServer": { "cidrs": ["10.0.0.1/32"], "ports": [6443] },
+            "prometheus": { "to": prometheus, "ports": [9091] },
+        },
+    });
+    let file = home.path().join("values.json");
+    std::fs::write(&file, values.to_string()).expect("write values");
+    let version = kube_version();
+    let rendered = helm_ok(
+        home.path(),
+        &[
+            "template",
+            "zr",
+            chart_dir().to_str().expect("UTF-8 path"),
+            "--namespace",
+            "ops",
+            "--kube-version",
+            &version,
+            "--values",
+            file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let docs = documents(&rendered);
+    let deployment = find(&docs, "Deployment", "zr");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], format!("registry.test/zr@{digest}"));
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(pod["nodeSelector"], json!({ "pool": "system" }));
+    assert_eq!(pod["tolerations"], tolerations);
+    assert_eq!(pod["affinity"], affinity);
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args.last(), Some(&"--liveness-timeout=10m"), "{args:?}");
+    let env = container["env"].as_array().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET" && e["value"] == "mesh/zt"),
+        "{env:?}"
+    );
+    let ztunnel_role = find(&docs, "Role", "zr-ztunnel");
+    assert_eq!(ztunnel_role["metadata"]["namespace"], "mesh");
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", "zr")["spec"]["maxUnavailable"],
+        2
+    );
+    let policy = &find(&docs, "NetworkPolicy", "zr")["spec"];
+    assert_eq!(policy["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["ingress"],
+        json!([{ "from": scrapers,
+        "ports": [{ "protocol": "TCP", "port": 8080 }] }])
+    );
+    let tcp = |port: u16| json!({ "protocol": "TCP", "port": port });
+    assert_eq!(
+        policy["egress"],
+        json!([
+            { "to": [{ "ipBlock": { "cidr": "10.0.0.1/32" } }], "ports": [tcp(6443)] },
+            { "to": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "mesh" } },
+                       "podSelector": { "matchLabels": { "app": "ztunnel" } } }],
+              "ports": [tcp(15020)] },
+            { "to": prometheus, "ports": [tcp(9091)] },
+            { "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { "k8s-app": "kube-dns" } } }],
+              "ports": [{ "protocol": "UDP", "port": 53 }, tcp(53)] },
+        ]),
+        "egress: the API server, ztunnel's metrics, Prometheus and DNS, nothing else"
+    );
 }
 
 /// `helm template` with `sets`, applied with a server-side dry run.
@@ -459,7 +491,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
             chart.to_str().expect("UTF-8 path"),
             "--namespace",
             &release_ns,
-            "--reuse-values",
+            "--reset-then-reuse-values",
             "--set",
             "replicaCount=1",
         ],

@@ -2,7 +2,8 @@
 //! before the tests): an OCI archive whose layer holds a static binary, CA certificates
 //! and a passwd entry for UID 65532 and nothing else, and whose entrypoint runs from the
 //! unpacked root filesystem as that user — as the agent too, against the local cluster
-//! with the manifests' ServiceAccount's token, the way a pod gets it.
+//! with the ServiceAccount token a pod of the Helm chart's Deployment gets (the chart
+//! installed by real Helm).
 
 mod support;
 
@@ -16,7 +17,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::TestEnv;
 use support::agent::{self as agent_support, Agent};
-use ztunnel_rollout::api::manifests::{NAME, NAMESPACE};
 use ztunnel_rollout_testbed::fixtures;
 
 const UID: u32 = 65532;
@@ -281,16 +281,21 @@ fn the_image_runs_the_static_binary_as_uid_65532_with_nothing_else() {
     );
 }
 
-/// The files a pod of the manifests' ServiceAccount finds at
+/// The files a pod of ServiceAccount `namespace/name` finds at
 /// /var/run/secrets/kubernetes.io/serviceaccount, written into `rootfs` (readable by
 /// UID 65532): a bound token from the TokenRequest API, the cluster's CA, the namespace.
 /// Returns the API server's port (KUBERNETES_SERVICE_PORT; the host is 127.0.0.1).
-async fn mount_service_account(env: &TestEnv, rootfs: &Path) -> String {
+async fn mount_service_account(
+    env: &TestEnv,
+    rootfs: &Path,
+    namespace: &str,
+    name: &str,
+) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
-    let token = kube::Api::<ServiceAccount>::namespaced(env.client.clone(), NAMESPACE)
+    let token = kube::Api::<ServiceAccount>::namespaced(env.client.clone(), namespace)
         .create_token_request(
-            NAME,
+            name,
             &kube::api::PostParams::default(),
             &TokenRequest {
                 spec: Some(TokenRequestSpec {
@@ -334,7 +339,7 @@ async fn mount_service_account(env: &TestEnv, rootfs: &Path) -> String {
     for (file, data) in [
         ("token", token.as_bytes()),
         ("ca.crt", ca.as_slice()),
-        ("namespace", NAMESPACE.as_bytes()),
+        ("namespace", namespace.as_bytes()),
     ] {
         std::fs::write(dir.join(file), data).unwrap();
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -380,7 +385,26 @@ fn runtime_devices(rootfs: &Path) {
 #[tokio::test]
 async fn the_image_runs_as_the_agent_with_its_service_account_token_and_completes_a_rollout() {
     let mut env = TestEnv::new("image-agent", 0).await;
-    agent_support::install(&env.client).await;
+    // The chart, installed by Helm: its ServiceAccount, RBAC and admission policy for
+    // this test's ztunnel DaemonSet. Its own pods stay Pending (their image is in no
+    // registry here); the image's agent runs below as one of them would.
+    let release_ns = env.create_namespace("release", &[]).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let ztunnel_ns = format!("ztunnel.namespace={}", env.namespace);
+    support::helm::helm_ok(
+        home.path(),
+        &[
+            "install",
+            "zr",
+            support::helm::chart_dir().to_str().expect("UTF-8 path"),
+            "--namespace",
+            &release_ns,
+            "--set",
+            &ztunnel_ns,
+            "--set",
+            "nodeSelector.nowhere=yes-please",
+        ],
+    );
     env.add_nodes(3).await;
     let ztunnel = support::apply_ztunnel(&env, fixtures::UpdateStrategy::OnDelete).await;
     let target = support::upgrade_ztunnel(&env.client, &env.namespace, ztunnel).await;
@@ -388,7 +412,7 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
     let dir = tempfile::tempdir().unwrap();
     let Unpacked { rootfs, .. } = unpack(dir.path());
     runtime_devices(&rootfs);
-    let port = mount_service_account(&env, &rootfs).await;
+    let port = mount_service_account(&env, &rootfs, &release_ns, "zr").await;
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent-image.log");
     let metrics = format!(
         "127.0.0.1:{}",
@@ -407,6 +431,13 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
         ))
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", &port)
+        // What the chart's Deployment sets: its namespace (from the downward API) and the
+        // one DaemonSet whose pods it may replace.
+        .env("POD_NAMESPACE", &release_ns)
+        .env(
+            "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET",
+            format!("{}/ztunnel", env.namespace),
+        )
         .env("RUST_LOG", "warn,ztunnel_rollout=info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -459,11 +490,11 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
     // The API server says who led: the process in the image.
     let held = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         env.client.clone(),
-        NAMESPACE,
+        &release_ns,
     )
     .get(&lease)
     .await
-    .expect("the agent's lease");
+    .expect("the agent's lease in the release's namespace");
     assert_eq!(
         held.spec.and_then(|s| s.holder_identity).as_deref(),
         Some(identity)

@@ -56,3 +56,21 @@ fn manifests_match_the_code() {
         );
     }
 }
+
+/// The release workflow installs the Helm the tests pinned (`e2e/versions.env`).
+#[test]
+fn the_release_workflow_uses_the_pinned_helm() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+    let pinned = read("e2e/versions.env")
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION=").map(str::to_owned))
+        .expect("HELM_VERSION in e2e/versions.env");
+    let workflow = read(".github/workflows/release.yml");
+    let used = workflow
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HELM_VERSION:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("HELM_VERSION in the release workflow");
+    assert_eq!(used, pinned);
+}

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod audit;
 pub mod fault_proxy;
+pub mod helm;
 pub mod history;
 pub mod injector;
 pub mod prometheus;
