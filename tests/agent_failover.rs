@@ -159,6 +159,7 @@ async fn the_agent_recovers_from_an_api_server_restart_mid_rollout() {
         start_timeout: Duration::from_secs(120),
         audit_log: false,
         audit_log_path: None,
+        audit_policy: None,
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));

@@ -295,7 +295,14 @@ impl FaultProxy {
     /// Starts the proxy in front of the API server of `kubeconfig` (JSON, as the test
     /// bed writes them), authenticating there as that kubeconfig's user.
     pub async fn start_for(kubeconfig: &Path) -> FaultProxy {
-        let upstream = Arc::new(Upstream::from_kubeconfig(kubeconfig));
+        FaultProxy::start_from(kubeconfig, None).await
+    }
+
+    /// As [`FaultProxy::start_for`], connecting to the API server from `source` (an
+    /// address in 127.0.0.0/8): the API server's audit log then tells this proxy's
+    /// client apart from others by its source address.
+    pub async fn start_from(kubeconfig: &Path, source: Option<Ipv4Addr>) -> FaultProxy {
+        let upstream = Arc::new(Upstream::from_kubeconfig(kubeconfig, source));
         let (ca_pem, tls) = serving_tls();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
@@ -567,7 +574,7 @@ fn pem(item: &Value, field: &str, dir: &Path) -> Vec<u8> {
 }
 
 impl Upstream {
-    fn from_kubeconfig(kubeconfig: &Path) -> Upstream {
+    fn from_kubeconfig(kubeconfig: &Path, source: Option<Ipv4Addr>) -> Upstream {
         let text = std::fs::read_to_string(kubeconfig)
             .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
         let doc: Value = serde_json::from_str(&text).expect("a JSON kubeconfig");
@@ -599,11 +606,14 @@ impl Upstream {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .expect("client TLS configuration");
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_local_address(source.map(std::net::IpAddr::V4));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         Upstream {
             base,
             client: Client::builder(TokioExecutor::new()).build(connector),

@@ -61,6 +61,9 @@ pub struct ControlPlaneOptions {
     /// Write it here instead (implies `audit_log`): a file that outlives the state
     /// directory, e.g. for `rbac-audit`.
     pub audit_log_path: Option<PathBuf>,
+    /// The audit policy (implies `audit_log`); metadata of every request when `None`.
+    /// E.g. [`crate::invariants::audit::invariants_policy`], for the invariant checkers.
+    pub audit_policy: Option<serde_json::Value>,
 }
 
 struct Component {
@@ -242,7 +245,7 @@ impl RunningControlPlane {
         )?);
 
         let mut apiserver = apiserver_args(&pki, &etcd_url, apiserver_port);
-        if opts.audit_log || opts.audit_log_path.is_some() {
+        if opts.audit_log || opts.audit_log_path.is_some() || opts.audit_policy.is_some() {
             let audit_log = opts
                 .audit_log_path
                 .clone()
@@ -251,11 +254,13 @@ impl RunningControlPlane {
                 std::fs::create_dir_all(dir).map_err(io("creating the audit log's directory"))?;
             }
             let policy = state_dir.join("audit-policy.json");
-            let doc = serde_json::json!({
-                "apiVersion": "audit.k8s.io/v1",
-                "kind": "Policy",
-                "omitStages": ["RequestReceived"],
-                "rules": [{ "level": "Metadata" }],
+            let doc = opts.audit_policy.clone().unwrap_or_else(|| {
+                serde_json::json!({
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [{ "level": "Metadata" }],
+                })
             });
             std::fs::write(&policy, doc.to_string()).map_err(io("writing the audit policy"))?;
             apiserver.push(format!("--audit-policy-file={}", policy.display()));

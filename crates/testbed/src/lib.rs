@@ -6,6 +6,7 @@
 pub mod binaries;
 pub mod control_plane;
 pub mod fixtures;
+pub mod invariants;
 pub mod kubeconfig;
 pub mod kwok_stages;
 pub mod pki;

@@ -63,6 +63,15 @@ struct CommonArgs {
     /// Write the audit log to this file instead (kept after the cluster stops).
     #[arg(long, env = "LOCAL_CLUSTER_AUDIT_LOG_PATH")]
     audit_log_path: Option<PathBuf>,
+    /// Audit what the invariant checkers read in full (node, pod, eviction and
+    /// PodDisruptionBudget writes, and Lease writes in this namespace: the agent's), the
+    /// rest as metadata. Implies --audit-log.
+    #[arg(
+        long,
+        env = "LOCAL_CLUSTER_AUDIT_INVARIANTS",
+        value_name = "LEASE_NAMESPACE"
+    )]
+    audit_invariants: Option<String>,
     /// Seconds to wait for the control plane to become ready.
     #[arg(
         long,
@@ -106,6 +115,10 @@ impl CommonArgs {
             start_timeout: Duration::from_secs(self.start_timeout_seconds),
             audit_log: self.audit_log,
             audit_log_path: self.audit_log_path.clone(),
+            audit_policy: self
+                .audit_invariants
+                .as_deref()
+                .map(ztunnel_rollout_testbed::invariants::audit::invariants_policy),
         })
     }
 }
