@@ -30,13 +30,15 @@ pub enum ControlPlaneError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{component} exited during start-up ({status}); last lines of {log}:\n{tail}")]
+    #[error("{component} exited ({status}); last lines of {log}:\n{tail}")]
     ComponentExited {
         component: &'static str,
         status: String,
         log: PathBuf,
         tail: String,
     },
+    #[error("{0}")]
+    Control(String),
     #[error("the control plane was not ready within {0:?}: {1}")]
     NotReady(Duration, String),
 }
@@ -66,11 +68,68 @@ pub struct ControlPlaneOptions {
     pub audit_policy: Option<serde_json::Value>,
 }
 
+/// One process of the control plane, with what it takes to start it again the same way.
 struct Component {
     name: &'static str,
-    child: Child,
+    program: PathBuf,
+    args: Vec<String>,
     log: PathBuf,
+    /// `None` while stopped on request ([`RunningControlPlane::control`]).
+    child: Option<Child>,
+    paused: bool,
 }
+
+/// What [`RunningControlPlane::control`] does to a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// SIGTERM (SIGKILL after a grace period); it stays down until started.
+    Stop,
+    /// SIGKILL; it stays down until started.
+    Kill,
+    /// SIGSTOP: it holds its connections and answers nothing.
+    Pause,
+    /// SIGCONT after a pause.
+    Resume,
+    /// Starts a stopped component with its own flags and data; waits until the API
+    /// server serves again when it or etcd was started.
+    Start,
+    /// Stop, then start.
+    Restart,
+}
+
+impl std::str::FromStr for Action {
+    type Err = ControlPlaneError;
+
+    fn from_str(s: &str) -> Result<Action, ControlPlaneError> {
+        Ok(match s {
+            "stop" => Action::Stop,
+            "kill" => Action::Kill,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "start" => Action::Start,
+            "restart" => Action::Restart,
+            other => {
+                return Err(ControlPlaneError::Control(format!(
+                    "unknown action {other:?}: one of stop, kill, pause, resume, start, restart"
+                )));
+            }
+        })
+    }
+}
+
+/// The components, in start order.
+pub const COMPONENTS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+];
+
+/// How long a stopped component gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a started API server (or one whose etcd was started) gets to serve again.
+const READY_AGAIN: Duration = Duration::from_secs(60);
 
 /// A running control plane. Stop it with [`RunningControlPlane::stop`]; dropping it
 /// kills the processes too.
@@ -79,8 +138,6 @@ pub struct RunningControlPlane {
     pub kubeconfig: PathBuf,
     pub state_dir: PathBuf,
     components: Vec<Component>,
-    /// How the API server was started, to restart it the same way.
-    apiserver_command: Option<(PathBuf, Vec<String>, PathBuf)>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -136,7 +193,25 @@ fn spawn(
     logs: &Path,
 ) -> Result<Component, ControlPlaneError> {
     let log = logs.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+    let child = start_process(program, args, &log)?;
+    Ok(Component {
+        name,
+        program: program.to_owned(),
+        args: args.to_vec(),
+        log,
+        child: Some(child),
+        paused: false,
+    })
+}
+
+/// Starts `program`, its output appended to `log` (a restarted component keeps its
+/// earlier lines).
+fn start_process(program: &Path, args: &[String], log: &Path) -> Result<Child, ControlPlaneError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("opening {}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(io(format!("opening {}", log.display())))?;
@@ -155,10 +230,8 @@ fn spawn(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(io(format!("starting {}", program.display())))?;
-    Ok(Component { name, child, log })
+    cmd.spawn()
+        .map_err(io(format!("starting {}", program.display())))
 }
 
 impl RunningControlPlane {
@@ -219,7 +292,6 @@ impl RunningControlPlane {
             kubeconfig,
             state_dir: state_dir.clone(),
             components: Vec::new(),
-            apiserver_command: None,
             _temp_dir: temp_dir,
         };
         let deadline = Instant::now() + opts.start_timeout;
@@ -275,7 +347,6 @@ impl RunningControlPlane {
             &apiserver,
             &logs,
         )?);
-        running.apiserver_command = Some((bins.kube_apiserver.clone(), apiserver, logs.clone()));
         running.wait_for_apiserver(deadline).await?;
 
         let kcm_port = free_port()?;
@@ -337,7 +408,7 @@ impl RunningControlPlane {
     pub fn pids(&self) -> Vec<u32> {
         self.components
             .iter()
-            .filter_map(|c| c.child.id())
+            .filter_map(|c| c.child.as_ref().and_then(Child::id))
             .collect()
     }
 
@@ -345,9 +416,14 @@ impl RunningControlPlane {
         client_for(&self.kubeconfig).await
     }
 
-    fn check_alive(&mut self) -> Result<(), ControlPlaneError> {
+    /// Fails naming the first component that exited on its own (one stopped on request
+    /// is not running, and does not count).
+    pub fn check_alive(&mut self) -> Result<(), ControlPlaneError> {
         for c in &mut self.components {
-            if let Ok(Some(status)) = c.child.try_wait() {
+            let Some(child) = c.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
                 return Err(ControlPlaneError::ComponentExited {
                     component: c.name,
                     status: status.to_string(),
@@ -413,46 +489,79 @@ impl RunningControlPlane {
     /// the same port and state, and waits until it serves. Clients see refused
     /// connections meanwhile, as in a control-plane upgrade.
     pub async fn restart_apiserver(&mut self, down_for: Duration) -> Result<(), ControlPlaneError> {
-        let Some((program, args, logs)) = self.apiserver_command.clone() else {
-            return Err(ControlPlaneError::NotReady(
-                Duration::ZERO,
-                "the API server was never started".into(),
-            ));
-        };
-        if let Some(c) = self
-            .components
-            .iter_mut()
-            .find(|c| c.name == "kube-apiserver")
-        {
-            if let Some(pid) = c.child.id() {
-                // SAFETY: plain kill(2) on our own child.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(10), c.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = c.child.kill().await;
-            }
-        }
-        self.components.retain(|c| c.name != "kube-apiserver");
+        self.control("kube-apiserver", Action::Stop).await?;
         tokio::time::sleep(down_for).await;
-        self.components
-            .push(spawn("kube-apiserver", &program, &args, &logs)?);
-        self.wait_for_apiserver(Instant::now() + Duration::from_secs(60))
-            .await
+        self.control("kube-apiserver", Action::Start).await
     }
 
-    /// Waits until a component exits on its own (a crash), and reports which.
+    /// Does `action` to `component` (one of [`COMPONENTS`]): the other components run
+    /// on, and one stopped here is not a crash to [`RunningControlPlane::check_alive`].
+    /// Fails without doing anything when the component is unknown or not in a state
+    /// the action applies to (stopping a stopped one, starting a running one, pausing a
+    /// paused one).
+    pub async fn control(
+        &mut self,
+        component: &str,
+        action: Action,
+    ) -> Result<(), ControlPlaneError> {
+        let Some(c) = self.components.iter_mut().find(|c| c.name == component) else {
+            return Err(ControlPlaneError::Control(format!(
+                "no component {component:?}: one of {}",
+                COMPONENTS.join(", ")
+            )));
+        };
+        let name = c.name;
+        let refuse = |state: &str| Err(ControlPlaneError::Control(format!("{name} is {state}")));
+        match (action, c.child.is_some(), c.paused) {
+            (Action::Start, true, _) => return refuse("running already"),
+            (Action::Stop | Action::Kill | Action::Pause | Action::Resume, false, _) => {
+                return refuse("stopped");
+            }
+            (Action::Pause, true, true) => return refuse("paused already"),
+            (Action::Resume, true, false) => return refuse("not paused"),
+            _ => {}
+        }
+        match action {
+            Action::Pause => signal(c, libc::SIGSTOP),
+            Action::Resume => signal(c, libc::SIGCONT),
+            Action::Stop | Action::Kill | Action::Restart => {
+                end(c, action == Action::Kill).await;
+                if action == Action::Restart {
+                    c.child = Some(start_process(&c.program, &c.args, &c.log)?);
+                }
+            }
+            Action::Start => c.child = Some(start_process(&c.program, &c.args, &c.log)?),
+        }
+        c.paused = action == Action::Pause;
+        let serving_again = matches!(action, Action::Start | Action::Restart)
+            && matches!(name, "etcd" | "kube-apiserver");
+        let apiserver_up = self
+            .components
+            .iter()
+            .any(|c| c.name == "kube-apiserver" && c.child.is_some() && !c.paused);
+        if serving_again && apiserver_up {
+            self.wait_for_apiserver(Instant::now() + READY_AGAIN)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a running component exits on its own (a crash), and reports which.
+    /// Pending for ever when none runs.
     pub async fn crashed(&mut self) -> ControlPlaneError {
-        let waits = self.components.iter_mut().map(|c| {
-            Box::pin(async move {
-                let status = c.child.wait().await;
-                (c.name, c.log.clone(), status)
+        let waits: Vec<_> = self
+            .components
+            .iter_mut()
+            .filter_map(|c| {
+                let (name, log) = (c.name, c.log.clone());
+                c.child
+                    .as_mut()
+                    .map(|child| Box::pin(async move { (name, log, child.wait().await) }))
             })
-        });
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
         let ((component, log, status), _, _) = futures::future::select_all(waits).await;
         ControlPlaneError::ComponentExited {
             component,
@@ -469,15 +578,45 @@ impl RunningControlPlane {
     /// `grace`. Removes the state directory if it was a temporary one.
     pub async fn stop(mut self, grace: Duration) {
         for c in self.components.iter_mut().rev() {
-            if let Some(pid) = c.child.id() {
-                // SAFETY: plain kill(2) on our own child.
+            let Some(child) = c.child.as_mut() else {
+                continue;
+            };
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child; SIGCONT first in case it was
+                // paused (a stopped process does not act on SIGTERM).
                 unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGCONT);
                     libc::kill(pid as libc::pid_t, libc::SIGTERM);
                 }
             }
-            if tokio::time::timeout(grace, c.child.wait()).await.is_err() {
-                let _ = c.child.kill().await;
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                let _ = child.kill().await;
             }
+        }
+    }
+}
+
+/// Sends `sig` to a running component.
+fn signal(c: &Component, sig: libc::c_int) {
+    if let Some(pid) = c.child.as_ref().and_then(Child::id) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Ends a running component: SIGKILL at once (`kill`), or SIGCONT + SIGTERM and
+/// SIGKILL after [`STOP_GRACE`]; waits until it has exited.
+async fn end(c: &mut Component, kill: bool) {
+    if !kill {
+        signal(c, libc::SIGCONT);
+        signal(c, libc::SIGTERM);
+    }
+    if let Some(mut child) = c.child.take() {
+        let graceful = !kill && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok();
+        if !graceful {
+            let _ = child.kill().await;
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod control_socket;
 pub mod fixtures;
 pub mod invariants;
 pub mod kubeconfig;

@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ztunnel_rollout_testbed::binaries::ControlPlaneBinaries;
 use ztunnel_rollout_testbed::control_plane::{ControlPlaneOptions, RunningControlPlane};
-use ztunnel_rollout_testbed::fixtures;
 use ztunnel_rollout_testbed::kwok_stages::PodTimings;
+use ztunnel_rollout_testbed::{control_socket, fixtures};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,21 @@ struct Cli {
 enum Command {
     /// Start the cluster and keep it running until Ctrl-C (or SIGTERM).
     Up(UpArgs),
+    /// Stop, kill, pause, resume, start or restart one component of a running cluster
+    /// (through the control socket `up` prints and writes into its state directory).
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The cluster's control socket (`control` in the line `up` prints;
+    /// <state dir>/control.sock).
+    #[arg(long, env = "LOCAL_CLUSTER_CONTROL_SOCKET")]
+    socket: PathBuf,
+    /// stop | kill | pause | resume | start | restart
+    action: String,
+    /// etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok
+    component: String,
 }
 
 #[derive(Args)]
@@ -137,7 +152,27 @@ async fn main() -> anyhow::Result<()> {
     // The cluster's processes die with the thread that starts them, so start them here,
     // on the main thread, never inside a spawned task.
     match Cli::parse().command {
-        Command::Up(args) => up(args).await,
+        Command::Up(args) => {
+            let result = up(args).await;
+            // The cluster is stopped. Exit now: a read of standard input
+            // (--exit-on-stdin-eof) blocks one of the runtime's threads, and a runtime
+            // shut down normally would wait for it as long as the parent keeps the pipe
+            // open.
+            if let Err(e) = &result {
+                eprintln!("Error: {e:?}");
+            }
+            std::process::exit(i32::from(result.is_err()));
+        }
+        Command::Ctl(args) => {
+            ztunnel_rollout_testbed::control_socket::send(
+                &args.socket,
+                &args.action,
+                &args.component,
+            )
+            .await?;
+            eprintln!("{} {}: done", args.action, args.component);
+            Ok(())
+        }
     }
 }
 
@@ -187,6 +222,14 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
         shown.display(),
         shown.display()
     );
+    let control = cluster.state_dir.join(control_socket::SOCKET);
+    let _ = std::fs::remove_file(&control);
+    let listener = tokio::net::UnixListener::bind(&control)
+        .with_context(|| format!("listening on {}", control.display()))?;
+    eprintln!(
+        "control: local-cluster ctl --socket {} restart etcd (stop, kill, pause, resume, start, restart)",
+        control.display()
+    );
     // One machine-readable line for the test support and scripts.
     println!(
         "{}",
@@ -195,6 +238,7 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
             "server": cluster.server,
             "stateDir": cluster.state_dir,
             "pids": cluster.pids(),
+            "control": control,
         })
     );
 
@@ -207,10 +251,20 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
-        _ = stdin_closed => Ok(()),
-        err = cluster.crashed() => Err(err.into()),
+    tokio::pin!(stdin_closed);
+    // A component that exits on its own stops the cluster; one stopped through the
+    // control socket does not.
+    let mut health = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = &mut stdin_closed => return Ok(()),
+            _ = health.tick() => cluster.check_alive()?,
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.context("accepting on the control socket")?;
+                control_socket::serve_one(stream, cluster).await;
+            }
+        }
     }
 }
