@@ -147,7 +147,7 @@ fn unique_suffix() -> String {
 /// The agent's Role for the ztunnel DaemonSet (`manifests::ztunnel_role`) in
 /// `namespace`, where this test's ztunnel DaemonSet lives, bound to the agent's
 /// ServiceAccount: as `manifests/` grants it in `istio-system`.
-async fn grant_ztunnel_role(client: &Client, namespace: &str) {
+pub async fn grant_ztunnel_role(client: &Client, namespace: &str) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use ztunnel_rollout::api::manifests::{self, NAME, NAMESPACE, Ztunnel};
     let z = Ztunnel {

@@ -1,0 +1,811 @@
+//! The fault campaign (issue 20): randomized trials on the local control plane, judged by
+//! checkers that do not trust the agent (`ztunnel_rollout_testbed::invariants`).
+//!
+//! `e2e/chaos.sh SEED TRIALS` (or `cargo test --test chaos -- SEED TRIALS`); without
+//! arguments (as `e2e/test.sh` runs it) a short campaign of [`CI_TRIALS`] trials from
+//! [`CI_SEED`]. Each trial, from its own seed (printed, so a failing one replays):
+//! - a fresh local cluster whose API server audits what the checkers read;
+//! - a fleet of 12–30 nodes in three zones, a waypoint and two applications under
+//!   PodDisruptionBudgets (the demo's fixtures), ztunnel moved to a new revision;
+//! - two agent replicas, each behind its own fault-injecting proxy that connects from its
+//!   own loopback address (127.0.0.2, 127.0.0.3), so the audit log tells them apart;
+//! - a rollout, and 1–3 faults at random moments from [`Fault::ALL`];
+//! - then every checker: nothing left cordoned, ztunnel deleted only on cordoned nodes,
+//!   no disruption beyond a budget, no write without the Lease, no double eviction, the
+//!   rollout Complete within [`TRIAL_BOUND`], each replica's peak RSS within
+//!   [`MEMORY_BOUND`].
+//!
+//! Prints one line per trial and a table per fault kind, writes every figure to
+//! `target/chaos/chaos-SEED-TRIALS.json` (or `CHAOS_RESULTS`), and fails on any violation.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::Method;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::fault_proxy::{Fault as ProxyFault, FaultProxy, Rule};
+use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout::api::manifests::{NAME, NAMESPACE};
+use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::control_socket;
+use ztunnel_rollout_testbed::fixtures;
+use ztunnel_rollout_testbed::invariants::audit::read_events;
+use ztunnel_rollout_testbed::invariants::leadership::Election;
+use ztunnel_rollout_testbed::invariants::{
+    Invariant, Violation, budgets, cordons, evictions, leadership, memory, service_account_user,
+};
+
+const CI_SEED: u64 = 20_261_202;
+const CI_TRIALS: u64 = 6;
+/// A trial's rollout must be Complete this long after it was created.
+const TRIAL_BOUND: Duration = Duration::from_secs(240);
+const MEMORY_BOUND: u64 = 256 << 20;
+const LEASE_DURATION: Duration = Duration::from_secs(6);
+const LEASE: &str = "chaos";
+const REPLICAS: [(&str, Ipv4Addr); 2] = [
+    ("replica-a", Ipv4Addr::new(127, 0, 0, 2)),
+    ("replica-b", Ipv4Addr::new(127, 0, 0, 3)),
+];
+
+/// A small deterministic generator (SplitMix64): the seed fixes every choice.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// In `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    LeaderKill,
+    LeaderPause,
+    ApiServerRestart,
+    EtcdRestart,
+    ControllerManagerRestart,
+    ProxyFaults,
+    WatchCut,
+    OperatorCordon,
+    RolloutPauseResume,
+}
+
+impl Fault {
+    const ALL: [Fault; 9] = [
+        Fault::LeaderKill,
+        Fault::LeaderPause,
+        Fault::ApiServerRestart,
+        Fault::EtcdRestart,
+        Fault::ControllerManagerRestart,
+        Fault::ProxyFaults,
+        Fault::WatchCut,
+        Fault::OperatorCordon,
+        Fault::RolloutPauseResume,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::LeaderKill => "leader SIGKILL",
+            Fault::LeaderPause => "leader SIGSTOP past the lease",
+            Fault::ApiServerRestart => "kube-apiserver restart",
+            Fault::EtcdRestart => "etcd SIGKILL + restart",
+            Fault::ControllerManagerRestart => "controller-manager restart",
+            Fault::ProxyFaults => "proxy: latency, resets, 503, 429",
+            Fault::WatchCut => "proxy: watch streams cut",
+            Fault::OperatorCordon => "operator cordons a node, later uncordons it",
+            Fault::RolloutPauseResume => "rollout paused, resumed",
+        }
+    }
+}
+
+struct Replica {
+    identity: &'static str,
+    child: Child,
+    proxy: FaultProxy,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Injected {
+    fault: &'static str,
+    /// Milliseconds after the rollout was created.
+    at_ms: u128,
+    /// Milliseconds from the fault to the next node the rollout finished (or to its
+    /// completion); `None` if neither came.
+    recovered_ms: Option<u128>,
+    detail: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TrialResult {
+    seed: u64,
+    nodes: usize,
+    max_unavailable: u64,
+    faults: Vec<Injected>,
+    phase: Option<String>,
+    duration_ms: u128,
+    peak_rss_bytes: BTreeMap<&'static str, u64>,
+    audit_events: usize,
+    violations: Vec<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let number = |i: usize, default: u64| {
+        args.get(i).map_or(default, |a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("argument {}: not a number: {a:?}", i + 1))
+        })
+    };
+    let (seed, trials) = (number(0, CI_SEED), number(1, CI_TRIALS));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("chaos: {trials} trials from seed {seed}");
+    let mut results = Vec::new();
+    for i in 0..trials {
+        let trial_seed = seed + i;
+        let started = Instant::now();
+        let result = runtime.block_on(trial(trial_seed));
+        println!(
+            "trial seed={} nodes={} faults=[{}] phase={} {:.0}s violations={}",
+            result.seed,
+            result.nodes,
+            result
+                .faults
+                .iter()
+                .map(|f| f.fault)
+                .collect::<Vec<_>>()
+                .join(", "),
+            result.phase.as_deref().unwrap_or("-"),
+            started.elapsed().as_secs_f64(),
+            result.violations.len()
+        );
+        for v in &result.violations {
+            println!("  VIOLATION {v}");
+        }
+        results.push(result);
+    }
+    let summary = summarize(&results);
+    print_table(&summary);
+    let out = std::env::var_os("CHAOS_RESULTS").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/chaos")
+                .join(format!("chaos-{seed}-{trials}.json"))
+        },
+        PathBuf::from,
+    );
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).expect("results directory");
+    }
+    let doc = json!({
+        "campaign": "chaos",
+        "seed": seed,
+        "trials": trials,
+        "commit": git_commit(),
+        "date": k8s_openapi::jiff::Timestamp::now().to_string(),
+        "machine": machine(),
+        "summary": summary,
+        "results": results,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("JSON")).expect("write");
+    println!("chaos: results in {}", out.display());
+    let violations: usize = results.iter().map(|r| r.violations.len()).sum();
+    if violations > 0 {
+        println!("chaos: {violations} violations");
+        std::process::exit(1);
+    }
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_bytes": memory,
+    })
+}
+
+/// Per fault kind: trials it was in, violations in those trials, recovery p50 / max.
+fn summarize(results: &[TrialResult]) -> Value {
+    let mut kinds: BTreeMap<&str, (usize, usize, Vec<u128>, usize)> = BTreeMap::new();
+    for r in results {
+        let mut seen = BTreeSet::new();
+        for f in &r.faults {
+            let e = kinds.entry(f.fault).or_default();
+            if seen.insert(f.fault) {
+                e.0 += 1;
+                e.1 += r.violations.len();
+            }
+            match f.recovered_ms {
+                Some(ms) => e.2.push(ms),
+                None => e.3 += 1,
+            }
+        }
+    }
+    let rows: Vec<Value> = kinds
+        .into_iter()
+        .map(|(kind, (trials, violations, mut recovered, never))| {
+            recovered.sort_unstable();
+            let p50 = recovered.get(recovered.len() / 2).copied();
+            json!({
+                "fault": kind, "trials": trials, "violations": violations,
+                "recovered_p50_ms": p50, "recovered_max_ms": recovered.last(),
+                "not_recovered": never,
+            })
+        })
+        .collect();
+    json!({
+        "trials": results.len(),
+        "violations": results.iter().map(|r| r.violations.len()).sum::<usize>(),
+        "by_fault": rows,
+    })
+}
+
+fn print_table(summary: &Value) {
+    println!("| fault | trials | violations | recovery p50 | recovery max |");
+    println!("|---|---|---|---|---|");
+    let secs = |v: &Value| {
+        v.as_u64()
+            .map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+    };
+    for row in summary["by_fault"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row["fault"].as_str().unwrap_or(""),
+            row["trials"],
+            row["violations"],
+            secs(&row["recovered_p50_ms"]),
+            secs(&row["recovered_max_ms"]),
+        );
+    }
+    println!(
+        "chaos: {} trials, {} violations",
+        summary["trials"], summary["violations"]
+    );
+}
+
+/// A kubeconfig for `proxy` acting as the agent's ServiceAccount (the proxy
+/// authenticates upstream as the cluster's admin, which may impersonate).
+fn agent_kubeconfig(proxy: &FaultProxy, dir: &Path, name: &str) -> PathBuf {
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "agent",
+        "clusters": [{ "name": "proxy", "cluster": {
+            "server": proxy.server_url(),
+            "certificate-authority-data":
+                base64::engine::general_purpose::STANDARD.encode(proxy.ca_pem()),
+        } }],
+        "users": [{ "name": "agent", "user": {
+            "as": service_account_user(NAMESPACE, NAME),
+            "as-groups": ["system:serviceaccounts",
+                          format!("system:serviceaccounts:{NAMESPACE}"),
+                          "system:authenticated"],
+        } }],
+        "contexts": [{ "name": "agent", "context": { "cluster": "proxy", "user": "agent" } }],
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, doc.to_string()).expect("write kubeconfig");
+    path
+}
+
+fn start_agent(identity: &str, kubeconfig: &Path, tag: &str, log: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let metrics = format!(
+        "127.0.0.1:{}",
+        ztunnel_rollout_testbed::control_plane::free_port().expect("port")
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"));
+    cmd.args(["agent", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(support::agent::flags(tag, LEASE, identity, &metrics))
+        .args([
+            "--lease-duration",
+            &format!("{}s", LEASE_DURATION.as_secs()),
+        ])
+        .env("RUST_LOG", "warn,ztunnel_rollout=info")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("agent log"),
+        );
+    // SAFETY: prctl is async-signal-safe; the agent dies with this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start the agent")
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+async fn leader(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+/// The rollout's phase and finished-node count, read by the harness's own client (not
+/// through the proxies); `None` while the API server does not answer.
+async fn progress(rollouts: &Api<ZtunnelRollout>, name: &str) -> Option<(Option<String>, u32)> {
+    let r = tokio::time::timeout(Duration::from_secs(3), rollouts.get_opt(name))
+        .await
+        .ok()?
+        .ok()??;
+    let status = r.status?;
+    Some((status.phase, status.counts.done))
+}
+
+async fn trial(seed: u64) -> TrialResult {
+    let mut rng = Rng(seed);
+    let nodes = rng.range(12, 30) as usize;
+    let max_unavailable = rng.range(1, 3);
+    let fault_count = rng.range(1, 3) as usize;
+    let mut planned: Vec<(Duration, Fault)> = (0..fault_count)
+        .map(|_| {
+            let at = Duration::from_millis(rng.range(2_000, 30_000));
+            let kind = Fault::ALL[rng.range(0, Fault::ALL.len() as u64 - 1) as usize];
+            (at, kind)
+        })
+        .collect();
+    planned.sort();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_log = dir.path().join("audit.log");
+    let sup = support::start_supervisor(
+        &format!("chaos-{seed}"),
+        &[
+            "--audit-invariants",
+            NAMESPACE,
+            "--audit-log-path",
+            &audit_log.to_string_lossy(),
+        ],
+    )
+    .expect("local cluster");
+    let kubeconfig: PathBuf = sup.ready["kubeconfig"].as_str().expect("kubeconfig").into();
+    let socket: PathBuf = sup.ready["control"].as_str().expect("control").into();
+    let client = client_for(&kubeconfig).await.expect("client");
+
+    // The fleet: the demo's fixtures, ready; then ztunnel moved to a new revision.
+    fixtures::apply_demo(&client, nodes, "1.28.0")
+        .await
+        .expect("fleet");
+    support::agent::install(&client).await;
+    support::grant_ztunnel_role(&client, "istio-system").await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
+    support::wait_for(
+        &daemonsets,
+        "ztunnel",
+        "ztunnel on every node",
+        support::daemonset_ready(nodes as i32),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
+    for (app, replicas) in [("waypoint", 1), ("productpage", 3), ("reviews", 4)] {
+        support::wait_for(
+            &deployments,
+            app,
+            "application available",
+            support::deployment_available(replicas),
+        )
+        .await;
+    }
+    daemonsets
+        .patch(
+            "ztunnel",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "spec": { "template": {
+                "metadata": { "labels": { "app.kubernetes.io/version": "1.28.1" } },
+                "spec": { "containers": [{ "name": "istio-proxy",
+                    "image": "docker.io/istio/ztunnel:1.28.1-distroless" }] } } } })),
+        )
+        .await
+        .expect("upgrade ztunnel");
+    let node_api: Api<Node> = Api::all(client.clone());
+    let node_states = || async {
+        node_api
+            .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
+            .await
+            .expect("nodes")
+            .items
+            .into_iter()
+            .map(|n| {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                (name, n.spec.and_then(|s| s.unschedulable).unwrap_or(false))
+            })
+            .collect::<BTreeMap<String, bool>>()
+    };
+    let before = node_states().await;
+
+    // Two replicas, each behind its own proxy on its own source address.
+    let tag = format!("chaos-{seed}");
+    let mut replicas = Vec::new();
+    for (identity, source) in REPLICAS {
+        let proxy = FaultProxy::start_from(&kubeconfig, Some(source)).await;
+        let agent_kubeconfig = agent_kubeconfig(&proxy, dir.path(), identity);
+        let log =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{seed}-{identity}.log"));
+        let _ = std::fs::remove_file(&log);
+        let child = start_agent(identity, &agent_kubeconfig, &tag, &log);
+        replicas.push(Replica {
+            identity,
+            child,
+            proxy,
+            kubeconfig: agent_kubeconfig,
+            log,
+        });
+    }
+
+    let rollouts: Api<ZtunnelRollout> = Api::all(client.clone());
+    let name = "chaos";
+    let rollout: ZtunnelRollout = serde_json::from_value(json!({
+        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+        "kind": "ZtunnelRollout",
+        "metadata": { "name": name, "labels": { support::agent::TEST_LABEL: tag } },
+        "spec": {
+            "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
+            "nodeSelector": { "matchLabels": { fixtures::NODE_SET_LABEL: "demo" } },
+            "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": max_unavailable },
+            "health": { "soak": "1s", "interval": "1s" },
+        },
+    }))
+    .expect("rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create the rollout");
+    let created = Instant::now();
+
+    // Faults at their moments; the rollout watched by the harness's own client.
+    let mut injected: Vec<(Instant, Injected)> = Vec::new();
+    let mut operator_cordoned = BTreeSet::new();
+    let mut pending_resume: Vec<(Instant, usize)> = Vec::new();
+    let mut pending_uncordon: Vec<(Instant, String)> = Vec::new();
+    let mut last_done = 0;
+    let mut phase = None;
+    let mut next = 0;
+    while created.elapsed() < TRIAL_BOUND {
+        if let Some((p, done)) = progress(&rollouts, name).await {
+            if done > last_done || p.as_deref() == Some("Complete") {
+                for (at, f) in injected.iter_mut() {
+                    f.recovered_ms.get_or_insert(at.elapsed().as_millis());
+                }
+                last_done = done;
+            }
+            phase = p;
+        }
+        if phase.as_deref() == Some("Complete")
+            && next == planned.len()
+            && pending_uncordon.is_empty()
+        {
+            break;
+        }
+        // Paused replicas come back.
+        pending_resume.retain(|(when, i)| {
+            if Instant::now() >= *when {
+                signal(&replicas[*i].child, libc::SIGCONT);
+                false
+            } else {
+                true
+            }
+        });
+        // The operator's cordons end.
+        let due: Vec<String> = pending_uncordon
+            .iter()
+            .filter(|(when, _)| Instant::now() >= *when)
+            .map(|(_, node)| node.clone())
+            .collect();
+        for node in due {
+            let uncordoned = node_api
+                .patch(
+                    &node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "unschedulable": false } })),
+                )
+                .await;
+            if uncordoned.is_ok() {
+                pending_uncordon.retain(|(_, n)| *n != node);
+                operator_cordoned.remove(&node);
+            }
+        }
+        if next < planned.len() && created.elapsed() >= planned[next].0 {
+            let fault = planned[next].1;
+            next += 1;
+            let at = Instant::now();
+            let detail = inject(
+                fault,
+                &client,
+                &socket,
+                &mut replicas,
+                &tag,
+                &rollouts,
+                name,
+                &mut operator_cordoned,
+                &mut pending_resume,
+                &mut pending_uncordon,
+                &mut rng,
+            )
+            .await;
+            injected.push((
+                at,
+                Injected {
+                    fault: fault.name(),
+                    at_ms: at.duration_since(created).as_millis(),
+                    recovered_ms: None,
+                    detail,
+                },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (_, i) in pending_resume {
+        signal(&replicas[i].child, libc::SIGCONT);
+    }
+    let duration = created.elapsed();
+
+    // The checkers: the API server's state, its audit log, the kernel's memory counts.
+    let mut violations: Vec<Violation> = Vec::new();
+    if phase.as_deref() != Some("Complete") {
+        violations.push(Violation::new(
+            Invariant::Termination,
+            format!(
+                "rollout {name} is {} after {TRIAL_BOUND:?}, not Complete",
+                phase.as_deref().unwrap_or("unknown")
+            ),
+        ));
+    }
+    let mut peak_rss = BTreeMap::new();
+    for r in &mut replicas {
+        match memory::peak_rss(r.child.id()) {
+            Ok(peak) => {
+                violations.extend(memory::over_bound(r.identity, peak, MEMORY_BOUND));
+                peak_rss.insert(r.identity, peak);
+            }
+            Err(e) => eprintln!("{}: {e}", r.identity),
+        }
+        r.proxy.stop_all();
+    }
+    // Stop the agents before the final read: a rollout Complete leaves nothing to do,
+    // and what a replica does after it still counts (it is in the audit log).
+    for r in &mut replicas {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+    let after = node_states().await;
+    violations.extend(cordons::left_cordoned(&before, &after, &operator_cordoned));
+    let file = std::fs::File::open(&audit_log).expect("audit log");
+    let events = read_events(std::io::BufReader::new(file)).expect("read the audit log");
+    let agent = BTreeSet::from([service_account_user(NAMESPACE, NAME)]);
+    let ztunnel_labels = BTreeMap::from([("app".to_owned(), "ztunnel".to_owned())]);
+    violations.extend(cordons::ztunnel_deleted_on_schedulable(
+        &events,
+        &agent,
+        "istio-system",
+        &ztunnel_labels,
+    ));
+    violations.extend(budgets::disruptions_beyond_budget(&events, &agent));
+    violations.extend(evictions::evicted_twice(&events, &agent));
+    violations.extend(leadership::writes_without_lease(
+        &events,
+        &Election {
+            namespace: NAMESPACE.into(),
+            lease: LEASE.into(),
+            replicas: REPLICAS
+                .iter()
+                .map(|(id, ip)| (ip.to_string(), (*id).to_owned()))
+                .collect(),
+        },
+    ));
+    if !violations.is_empty() {
+        for r in &replicas {
+            eprintln!(
+                "--- {} ({}) log: {}",
+                r.identity,
+                r.kubeconfig.display(),
+                r.log.display()
+            );
+        }
+    }
+    drop(sup);
+    TrialResult {
+        seed,
+        nodes,
+        max_unavailable,
+        faults: injected.into_iter().map(|(_, f)| f).collect(),
+        phase,
+        duration_ms: duration.as_millis(),
+        peak_rss_bytes: peak_rss,
+        audit_events: events.len(),
+        violations: violations.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn inject(
+    fault: Fault,
+    client: &Client,
+    socket: &Path,
+    replicas: &mut [Replica],
+    tag: &str,
+    rollouts: &Api<ZtunnelRollout>,
+    name: &str,
+    operator_cordoned: &mut BTreeSet<String>,
+    pending_resume: &mut Vec<(Instant, usize)>,
+    pending_uncordon: &mut Vec<(Instant, String)>,
+    rng: &mut Rng,
+) -> String {
+    let leader_index =
+        |holder: Option<String>| holder.and_then(|h| replicas.iter().position(|r| r.identity == h));
+    let control = |action: &'static str, component: &'static str| async move {
+        control_socket::send(socket, action, component)
+            .await
+            .map_or_else(
+                |e| format!("{action} {component}: {e}"),
+                |()| format!("{action} {component}"),
+            )
+    };
+    match fault {
+        Fault::LeaderKill | Fault::LeaderPause => {
+            let Some(i) = leader_index(leader(client).await) else {
+                return "no leader yet: nothing done".into();
+            };
+            if fault == Fault::LeaderKill {
+                let r = &mut replicas[i];
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                // As a Deployment would: the replica comes back.
+                r.child = start_agent(r.identity, &r.kubeconfig, tag, &r.log);
+                format!("killed and restarted {}", r.identity)
+            } else {
+                signal(&replicas[i].child, libc::SIGSTOP);
+                let pause = LEASE_DURATION + Duration::from_secs(rng.range(2, 8));
+                pending_resume.push((Instant::now() + pause, i));
+                format!("paused {} for {pause:?}", replicas[i].identity)
+            }
+        }
+        Fault::ApiServerRestart => control("restart", "kube-apiserver").await,
+        Fault::EtcdRestart => {
+            let killed = control("kill", "etcd").await;
+            tokio::time::sleep(Duration::from_millis(rng.range(500, 3_000))).await;
+            format!("{killed}; {}", control("start", "etcd").await)
+        }
+        Fault::ControllerManagerRestart => control("restart", "kube-controller-manager").await,
+        Fault::ProxyFaults | Fault::WatchCut => {
+            let Some(i) = leader_index(leader(client).await) else {
+                return "no leader yet: nothing done".into();
+            };
+            let proxy = &replicas[i].proxy;
+            if fault == Fault::ProxyFaults {
+                for (method, rule) in [
+                    (
+                        Method::GET,
+                        ProxyFault::Delay(Duration::from_millis(rng.range(100, 2_000))),
+                    ),
+                    (Method::PATCH, ProxyFault::Reset),
+                    (Method::POST, ProxyFault::Unavailable),
+                    (Method::PATCH, ProxyFault::Throttle),
+                    (Method::DELETE, ProxyFault::DropAnswer),
+                ] {
+                    proxy.add(
+                        Rule::new(method, "/", rule)
+                            .every(rng.range(2, 5) as u32)
+                            .times(5),
+                    );
+                }
+            } else {
+                proxy.add(
+                    Rule::new(Method::GET, "/", ProxyFault::Reset)
+                        .query("watch=true")
+                        .times(rng.range(3, 10) as u32),
+                );
+            }
+            format!("on {}'s proxy", replicas[i].identity)
+        }
+        Fault::OperatorCordon => {
+            let nodes: Vec<Node> = Api::<Node>::all(client.clone())
+                .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let free: Vec<String> = nodes
+                .into_iter()
+                .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true))
+                .filter_map(|n| n.metadata.name)
+                .collect();
+            if free.is_empty() {
+                return "no schedulable node".into();
+            }
+            let node = free[rng.range(0, free.len() as u64 - 1) as usize].clone();
+            let done = Api::<Node>::all(client.clone())
+                .patch(
+                    &node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
+                )
+                .await;
+            match done {
+                Ok(_) => {
+                    // The rollout counts it against its wave's budget meanwhile (README,
+                    // "Budget"), and may wait for it.
+                    let hold = Duration::from_millis(rng.range(3_000, 15_000));
+                    operator_cordoned.insert(node.clone());
+                    pending_uncordon.push((Instant::now() + hold, node.clone()));
+                    format!("cordoned {node} for {hold:?}")
+                }
+                Err(e) => format!("cordoning {node}: {e}"),
+            }
+        }
+        Fault::RolloutPauseResume => {
+            let set = |paused: bool| async move {
+                rollouts
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "spec": { "paused": paused } })),
+                    )
+                    .await
+            };
+            let paused = set(true).await.is_ok();
+            tokio::time::sleep(Duration::from_millis(rng.range(1_000, 5_000))).await;
+            let resumed = set(false).await.is_ok();
+            format!("paused: {paused}, resumed: {resumed}")
+        }
+    }
+}
