@@ -40,7 +40,7 @@ use ztunnel_rollout::api::manifests::{NAME, NAMESPACE};
 use ztunnel_rollout_testbed::control_plane::client_for;
 use ztunnel_rollout_testbed::control_socket;
 use ztunnel_rollout_testbed::fixtures;
-use ztunnel_rollout_testbed::invariants::audit::read_events;
+use ztunnel_rollout_testbed::invariants::audit::{AuditEvent, read_events};
 use ztunnel_rollout_testbed::invariants::leadership::Election;
 use ztunnel_rollout_testbed::invariants::{
     Invariant, Violation, budgets, cordons, evictions, leadership, memory, service_account_user,
@@ -150,9 +150,23 @@ struct TrialResult {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.iter().any(|a| a == "--list") {
+        println!("chaos: test");
+        return;
+    }
+    let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with('-')).collect();
+    // `cargo test NAME` passes NAME to every test binary: a filter that is not this
+    // campaign's name runs nothing here, as in any other test binary.
+    if let Some(filter) = args.iter().find(|a| a.parse::<u64>().is_err())
+        && !"chaos".contains(filter.as_str())
+    {
+        println!("chaos: 0 trials (filter {filter:?})");
+        return;
+    }
+    let args: Vec<String> = args
+        .into_iter()
+        .filter(|a| a.parse::<u64>().is_ok())
         .collect();
     let number = |i: usize, default: u64| {
         args.get(i).map_or(default, |a| {
@@ -343,6 +357,8 @@ fn start_agent(identity: &str, kubeconfig: &Path, tag: &str, log: &Path) -> Chil
             "--lease-duration",
             &format!("{}s", LEASE_DURATION.as_secs()),
         ])
+        // The Lease the audit policy records in full and the checker reads.
+        .args(["--lease-namespace", NAMESPACE])
         .env("RUST_LOG", "warn,ztunnel_rollout=info")
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
@@ -519,6 +535,9 @@ async fn trial(seed: u64) -> TrialResult {
     let mut pending_resume: Vec<(Instant, usize)> = Vec::new();
     let mut pending_uncordon: Vec<(Instant, String)> = Vec::new();
     let mut last_done = 0;
+    let mut last_resume: Option<Instant> = None;
+    // Peaks of replica processes killed by a fault (read before the kill).
+    let mut peak_rss: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut phase = None;
     let mut next = 0;
     while created.elapsed() < TRIAL_BOUND {
@@ -534,6 +553,7 @@ async fn trial(seed: u64) -> TrialResult {
         if phase.as_deref() == Some("Complete")
             && next == planned.len()
             && pending_uncordon.is_empty()
+            && pending_resume.is_empty()
         {
             break;
         }
@@ -541,6 +561,7 @@ async fn trial(seed: u64) -> TrialResult {
         pending_resume.retain(|(when, i)| {
             if Instant::now() >= *when {
                 signal(&replicas[*i].child, libc::SIGCONT);
+                last_resume = Some(Instant::now());
                 false
             } else {
                 true
@@ -580,6 +601,7 @@ async fn trial(seed: u64) -> TrialResult {
                 &mut operator_cordoned,
                 &mut pending_resume,
                 &mut pending_uncordon,
+                &mut peak_rss,
                 &mut rng,
             )
             .await;
@@ -597,8 +619,15 @@ async fn trial(seed: u64) -> TrialResult {
     }
     for (_, i) in pending_resume {
         signal(&replicas[i].child, libc::SIGCONT);
+        last_resume = Some(Instant::now());
     }
     let duration = created.elapsed();
+    // A paused leader that resumed acts on what it knew before: give it a lease's time
+    // to do so (or to find out it no longer leads) while the log records it.
+    if let Some(resumed) = last_resume {
+        let settle = LEASE_DURATION + Duration::from_secs(2);
+        tokio::time::sleep(settle.saturating_sub(resumed.elapsed())).await;
+    }
 
     // The checkers: the API server's state, its audit log, the kernel's memory counts.
     let mut violations: Vec<Violation> = Vec::new();
@@ -611,16 +640,29 @@ async fn trial(seed: u64) -> TrialResult {
             ),
         ));
     }
-    let mut peak_rss = BTreeMap::new();
     for r in &mut replicas {
+        // A replica that exited on its own (a crash) is a failure of its own; one that
+        // runs has a peak the kernel counted.
+        if let Ok(Some(status)) = r.child.try_wait() {
+            violations.push(Violation::new(
+                Invariant::BoundedMemory,
+                format!("replica {} exited on its own ({status})", r.identity),
+            ));
+        }
         match memory::peak_rss(r.child.id()) {
             Ok(peak) => {
-                violations.extend(memory::over_bound(r.identity, peak, MEMORY_BOUND));
-                peak_rss.insert(r.identity, peak);
+                let max = peak_rss.entry(r.identity).or_default();
+                *max = (*max).max(peak);
             }
-            Err(e) => eprintln!("{}: {e}", r.identity),
+            Err(e) => violations.push(Violation::new(
+                Invariant::BoundedMemory,
+                format!("replica {}: {e}", r.identity),
+            )),
         }
         r.proxy.stop_all();
+    }
+    for (identity, peak) in &peak_rss {
+        violations.extend(memory::over_bound(identity, *peak, MEMORY_BOUND));
     }
     // Stop the agents before the final read: a rollout Complete leaves nothing to do,
     // and what a replica does after it still counts (it is in the audit log).
@@ -630,8 +672,20 @@ async fn trial(seed: u64) -> TrialResult {
     }
     let after = node_states().await;
     violations.extend(cordons::left_cordoned(&before, &after, &operator_cordoned));
+    // The API server writes a request's event after answering it: read once the log
+    // has stopped growing.
+    let mut size = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
+        if now == size {
+            break;
+        }
+        size = now;
+    }
     let file = std::fs::File::open(&audit_log).expect("audit log");
     let events = read_events(std::io::BufReader::new(file)).expect("read the audit log");
+    violations.extend(evidence(&events, nodes));
     let agent = BTreeSet::from([service_account_user(NAMESPACE, NAME)]);
     let ztunnel_labels = BTreeMap::from([("app".to_owned(), "ztunnel".to_owned())]);
     violations.extend(cordons::ztunnel_deleted_on_schedulable(
@@ -654,6 +708,14 @@ async fn trial(seed: u64) -> TrialResult {
         },
     ));
     if !violations.is_empty() {
+        let kept = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("target/chaos/chaos-{seed}.audit.log"));
+        if let Some(dir) = kept.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if std::fs::copy(&audit_log, &kept).is_ok() {
+            eprintln!("--- the trial's audit log: {}", kept.display());
+        }
         for r in &replicas {
             eprintln!(
                 "--- {} ({}) log: {}",
@@ -663,7 +725,10 @@ async fn trial(seed: u64) -> TrialResult {
             );
         }
     }
-    drop(sup);
+    // The cluster stops when its stdin closes: wait for it, so trials never overlap.
+    let mut sup = sup;
+    drop(sup.stdin);
+    let _ = sup.child.wait();
     TrialResult {
         seed,
         nodes,
@@ -675,6 +740,65 @@ async fn trial(seed: u64) -> TrialResult {
         audit_events: events.len(),
         violations: violations.iter().map(ToString::to_string).collect(),
     }
+}
+
+/// What the checkers must have had to judge, or they proved nothing: the agent's
+/// ztunnel deletions (one per node) and evictions, Lease writes with their bodies, and
+/// writes from a replica's address.
+fn evidence(events: &[AuditEvent], nodes: usize) -> Vec<Violation> {
+    let agent = service_account_user(NAMESPACE, NAME);
+    let by_agent = |verb: &str, resource: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e.user == agent && e.verb == verb && e.full_resource() == resource && e.succeeded()
+            })
+            .count()
+    };
+    let lease_bodies = events
+        .iter()
+        .filter(|e| {
+            e.resource == "leases"
+                && e.name.as_deref() == Some(LEASE)
+                && e.succeeded()
+                && e.response_object.is_some()
+        })
+        .count();
+    let from_replicas = events
+        .iter()
+        .filter(|e| {
+            e.is_mutating()
+                && e.resource != "leases"
+                && REPLICAS.iter().any(|(_, ip)| e.source_ip == ip.to_string())
+        })
+        .count();
+    let mut missing = Vec::new();
+    let deletions = by_agent("delete", "pods");
+    if deletions < nodes {
+        missing.push(format!(
+            "{deletions} ztunnel pod deletions by the agent for {nodes} nodes"
+        ));
+    }
+    if by_agent("create", "pods/eviction") == 0 {
+        missing.push("no eviction by the agent".to_owned());
+    }
+    if lease_bodies == 0 {
+        missing.push(format!(
+            "no write of Lease {NAMESPACE}/{LEASE} with its body"
+        ));
+    }
+    if from_replicas == 0 {
+        missing.push("no write from a replica's address".to_owned());
+    }
+    missing
+        .into_iter()
+        .map(|m| {
+            Violation::new(
+                Invariant::Evidence,
+                format!("the audit log has {m}: the checkers had too little to judge"),
+            )
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -689,6 +813,7 @@ async fn inject(
     operator_cordoned: &mut BTreeSet<String>,
     pending_resume: &mut Vec<(Instant, usize)>,
     pending_uncordon: &mut Vec<(Instant, String)>,
+    peak_rss: &mut BTreeMap<&'static str, u64>,
     rng: &mut Rng,
 ) -> String {
     let leader_index =
@@ -708,6 +833,10 @@ async fn inject(
             };
             if fault == Fault::LeaderKill {
                 let r = &mut replicas[i];
+                if let Ok(peak) = memory::peak_rss(r.child.id()) {
+                    let max = peak_rss.entry(r.identity).or_default();
+                    *max = (*max).max(peak);
+                }
                 let _ = r.child.kill();
                 let _ = r.child.wait();
                 // As a Deployment would: the replica comes back.

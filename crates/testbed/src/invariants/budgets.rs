@@ -5,10 +5,13 @@
 //! `status.disruptionsAllowed` from the disruption controller's status writes, the pods'
 //! labels from their creations. A budget's allowance at a request is the last one written
 //! before the API server received it; a status write still in flight then counts too (the
-//! larger of the two), so a race never reads as a breach. The API server's own eviction
-//! check lowers the allowance without a request of its own, so this errs towards letting
-//! a breach through, never towards inventing one. A pod already evicted or deleted once
-//! is terminating: removing it again disrupts nothing.
+//! larger of the two), so a race never reads as a breach. An eviction lowers the
+//! allowance without a status write of its own: a deletion is judged against the last
+//! status less the evictions of covered pods since, and a budget whose status was never
+//! written allows nothing (as the API server treats it). An eviction is judged against
+//! the last status alone (the API server evicts a pod not Ready or not yet Running
+//! beyond the allowance, which the log cannot show). A pod already evicted or deleted
+//! once is terminating: removing it again disrupts nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,20 +36,22 @@ struct Budget {
 }
 
 impl Budget {
-    fn allowed_at(&self, at: Timestamp) -> Option<i64> {
-        let done = self
+    /// The allowance at `at`, and when the status it comes from was written.
+    fn allowed_at(&self, at: Timestamp) -> Option<(i64, Timestamp)> {
+        let last = self
             .allowances
             .iter()
             .filter(|(_, completed, _)| *completed <= at)
-            .max_by_key(|(_, completed, _)| *completed)
-            .map(|(_, _, n)| *n);
+            .max_by_key(|(_, completed, _)| *completed);
+        let done = last.map(|(_, _, n)| *n);
         let in_flight = self
             .allowances
             .iter()
             .filter(|(received, completed, _)| *received <= at && at < *completed)
             .map(|(_, _, n)| *n)
             .max();
-        done.max(in_flight)
+        let since = last.map(|(_, completed, _)| *completed)?;
+        done.max(in_flight).map(|n| (n, since))
     }
 }
 
@@ -60,6 +65,8 @@ pub fn disruptions_beyond_budget(events: &[AuditEvent], actors: &Actors) -> Vec<
     let mut budgets: BTreeMap<Key, Budget> = BTreeMap::new();
     let mut pod_labels: BTreeMap<Key, BTreeMap<String, String>> = BTreeMap::new();
     let mut removed: BTreeSet<Key> = BTreeSet::new();
+    // When each budget's covered pods were evicted.
+    let mut evictions: BTreeMap<Key, Vec<Timestamp>> = BTreeMap::new();
     let mut out = Vec::new();
     let mut ordered: Vec<&AuditEvent> = events.iter().filter(|e| e.succeeded()).collect();
     ordered.sort_by_key(|e| e.received);
@@ -126,7 +133,19 @@ pub fn disruptions_beyond_budget(events: &[AuditEvent], actors: &Actors) -> Vec<
             if bns != ns || !budget.selector.as_ref().is_some_and(|s| s.matches(&labels)) {
                 continue;
             }
-            if budget.allowed_at(e.received) == Some(0) {
+            let evicted = evictions.entry(key(bns, bname)).or_default();
+            let beyond = match (removal, budget.allowed_at(e.received)) {
+                ("evicted", allowed) => {
+                    evicted.push(e.received);
+                    allowed.is_some_and(|(n, _)| n <= 0)
+                }
+                (_, None) => true,
+                (_, Some((n, since))) => {
+                    let since_then = evicted.iter().filter(|t| **t >= since).count() as i64;
+                    n - since_then <= 0
+                }
+            };
+            if beyond {
                 out.push(Violation::new(
                     Invariant::PdbRespected,
                     format!(
@@ -244,6 +263,38 @@ mod tests {
             deleted("d", "web-1", "kubectl", 20),
         ];
         assert_eq!(check(&someone_else), []);
+    }
+
+    #[test]
+    fn a_delete_after_an_eviction_spent_the_allowance_is_caught() {
+        let log = [
+            pod_created("p1", "web-1"),
+            pod_created("p2", "web-2"),
+            budget_status("b", 10, 11, 1),
+            evicted("e", "web-1", "agent", 20),
+            deleted("d", "web-2", "agent", 25),
+        ];
+        let found = check(&log);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].detail.contains("web-2"), "{found:?}");
+    }
+
+    #[test]
+    fn a_delete_under_a_budget_without_status_is_caught() {
+        let log = [
+            pod_created("p", "web-1"),
+            line(json!({
+                "auditID": "b", "verb": "create", "responseStatus": { "code": 201 },
+                "objectRef": { "resource": "poddisruptionbudgets", "apiGroup": "policy",
+                               "namespace": "app", "name": "web" },
+                "requestReceivedTimestamp": at(5), "stageTimestamp": at(6),
+                "responseObject": { "kind": "PodDisruptionBudget",
+                    "metadata": { "name": "web", "namespace": "app" },
+                    "spec": { "selector": { "matchLabels": { "app": "web" } } } },
+            })),
+            deleted("d", "web-1", "agent", 20),
+        ];
+        assert_eq!(check(&log).len(), 1);
     }
 
     #[test]

@@ -93,10 +93,22 @@ pub fn ztunnel_deleted_on_schedulable(
             ));
             continue;
         };
+        if pod["kind"] != "Pod" {
+            out.push(Violation::new(
+                Invariant::ZtunnelOnlyOnCordoned,
+                format!(
+                    "{} deleted pod {namespace}/{} and the API server answered a {} instead of the pod: cannot judge it",
+                    e.user,
+                    e.name.as_deref().unwrap_or("?"),
+                    pod["kind"].as_str().unwrap_or("body without a kind")
+                ),
+            ));
+            continue;
+        }
         let matches = labels
             .iter()
             .all(|(k, v)| pod["metadata"]["labels"][k].as_str() == Some(v));
-        if !matches || pod["kind"] != "Pod" {
+        if !matches {
             continue;
         }
         let name = pod["metadata"]["name"].as_str().unwrap_or("?");

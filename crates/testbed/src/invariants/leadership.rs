@@ -3,10 +3,12 @@
 //! Replicas are told apart by the address the API server saw them connect from (each
 //! runs behind its own proxy bound to its own loopback address), not by anything the
 //! agent says. The Lease's holders come from the audit log's successful Lease writes, in
-//! the order the API server finished them. A replica's write counts against it when the
-//! API server received it while the last finished Lease write named another holder (or
-//! none yet). Lease writes themselves are the election, and Events change nothing: both
-//! are left out.
+//! the order the API server finished them. A replica holds the Lease from a write naming
+//! it until `leaseDurationSeconds` after that write finished, unless a later write names
+//! another holder first: a lease that lapsed is nobody's, even if no one took it over. A
+//! replica's write counts against it when the API server received it while the replica
+//! did not hold the Lease. Lease writes themselves are the election, and Events change
+//! nothing: both are left out.
 
 use std::collections::BTreeMap;
 
@@ -24,9 +26,9 @@ pub struct Election {
     pub replicas: BTreeMap<String, String>,
 }
 
-/// (finished at, holder) of each Lease write that changed or kept a holder, in order.
-fn holders(events: &[AuditEvent], election: &Election) -> Vec<(Timestamp, String)> {
-    let mut out: Vec<(Timestamp, String)> = events
+/// (finished at, holder, held until) of each Lease write, in order.
+fn holders(events: &[AuditEvent], election: &Election) -> Vec<(Timestamp, String, Timestamp)> {
+    let mut out: Vec<(Timestamp, String, Timestamp)> = events
         .iter()
         .filter(|e| {
             e.group == "coordination.k8s.io"
@@ -37,26 +39,33 @@ fn holders(events: &[AuditEvent], election: &Election) -> Vec<(Timestamp, String
                 && e.succeeded()
         })
         .filter_map(|e| {
-            let holder = e.response_object.as_ref()?["spec"]["holderIdentity"]
+            let spec = &e.response_object.as_ref()?["spec"];
+            let holder = spec["holderIdentity"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            Some((e.completed, holder))
+            let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(0);
+            let until = e
+                .completed
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(duration))
+                .unwrap_or(e.completed);
+            Some((e.completed, holder, until))
         })
         .collect();
-    out.sort_by_key(|(t, _)| *t);
+    out.sort_by_key(|(t, _, _)| *t);
     out
 }
 
 /// Successful writes by a replica received while it did not hold the Lease.
 pub fn writes_without_lease(events: &[AuditEvent], election: &Election) -> Vec<Violation> {
     let holders = holders(events, election);
+    // The holder at `t`, and whether its lease had lapsed by then.
     let holder_at = |t: Timestamp| {
         holders
             .iter()
-            .take_while(|(done, _)| *done <= t)
+            .take_while(|(done, _, _)| *done <= t)
             .last()
-            .map(|(_, h)| h.as_str())
+            .map(|(_, h, until)| (h.as_str(), t > *until))
     };
     events
         .iter()
@@ -64,8 +73,9 @@ pub fn writes_without_lease(events: &[AuditEvent], election: &Election) -> Vec<V
         .filter(|e| !matches!(e.resource.as_str(), "leases" | "events"))
         .filter_map(|e| {
             let identity = election.replicas.get(&e.source_ip)?;
-            let holder = holder_at(e.received);
-            (holder != Some(identity.as_str())).then(|| {
+            let at = holder_at(e.received);
+            let held = at.is_some_and(|(h, lapsed)| h == identity.as_str() && !lapsed);
+            (!held).then(|| {
                 Violation::new(
                     Invariant::NoSplitBrain,
                     format!(
@@ -77,9 +87,10 @@ pub fn writes_without_lease(events: &[AuditEvent], election: &Election) -> Vec<V
                         e.received,
                         election.namespace,
                         election.lease,
-                        match holder {
-                            Some("") | None => "nobody",
-                            Some(h) => h,
+                        match at {
+                            Some(("", _)) | None => "nobody".to_owned(),
+                            Some((h, true)) => format!("nobody ({h}'s lease had lapsed)"),
+                            Some((h, false)) => h.to_owned(),
                         }
                     ),
                 )
@@ -106,7 +117,7 @@ mod tests {
             "objectRef": { "resource": "leases", "apiGroup": "coordination.k8s.io",
                            "namespace": "ztunnel-rollout", "name": "leader" },
             "requestReceivedTimestamp": at(completed - 1), "stageTimestamp": at(completed),
-            "responseObject": { "spec": { "holderIdentity": holder } },
+            "responseObject": { "spec": { "holderIdentity": holder, "leaseDurationSeconds": 1 } },
         }))
     }
 
@@ -146,6 +157,27 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].detail.contains("replica a") && found[0].detail.contains("held by b"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_after_the_holders_lease_lapsed_is_caught_though_nobody_took_over() {
+        // Leases of 1 s: a's write at 0.5 s is held, its write 1.2 s after the
+        // renewal is not.
+        let log = [
+            lease("l1", "127.0.0.2", "a", 10),
+            cordon("c1", "127.0.0.2", 500),
+            line(json!({
+                "auditID": "c2", "sourceIPs": ["127.0.0.2"],
+                "requestReceivedTimestamp": "2026-12-02T10:00:01.210000Z",
+                "stageTimestamp": "2026-12-02T10:00:01.211000Z",
+            })),
+        ];
+        let found = check(&log);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].detail.contains("a's lease had lapsed"),
             "{found:?}"
         );
     }

@@ -33,10 +33,13 @@ pub enum Invariant {
     NoDoubleEviction,
     Termination,
     BoundedMemory,
+    /// The checkers had something to judge (e.g. the audit log holds the agent's
+    /// deletions): a check over nothing proves nothing.
+    Evidence,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 8] = [
         Invariant::NothingLeftCordoned,
         Invariant::ZtunnelOnlyOnCordoned,
         Invariant::PdbRespected,
@@ -44,6 +47,7 @@ impl Invariant {
         Invariant::NoDoubleEviction,
         Invariant::Termination,
         Invariant::BoundedMemory,
+        Invariant::Evidence,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Invariant {
             Invariant::NoDoubleEviction => "no double eviction",
             Invariant::Termination => "termination",
             Invariant::BoundedMemory => "bounded memory",
+            Invariant::Evidence => "evidence to judge",
         }
     }
 }
