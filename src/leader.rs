@@ -1,4 +1,5 @@
-//! Leader election on a Lease (kube-leader-election): only the holder mutates anything.
+//! Leader election on a Lease (its writes conditional, see [`crate::lease_claim`]): only
+//! the holder mutates anything.
 //! The holder renews every third of the lease duration; it counts as leader only while
 //! its last successful renewal is recent enough that no other replica can have taken
 //! the lease, so a replica that loses it stops mutating at once — even when it cannot
@@ -6,8 +7,10 @@
 
 use std::time::Duration;
 
-use kube::Client;
-use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+
+use crate::lease_claim::{self, LeaseClaimError, Outcome};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -108,22 +111,27 @@ impl Leadership {
 pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (hand_over_tx, mut hand_over) = mpsc::unbounded_channel::<Duration>();
-    let lock = lock(client, &config);
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let (name, identity, duration) = (
+        config.lease_name.clone(),
+        config.identity.clone(),
+        config.lease_duration,
+    );
     let every = config.renew_every();
     let lease = format!("{}/{}", config.namespace, config.lease_name);
     let task = tokio::spawn(async move {
         let mut leading = false;
         loop {
             let attempt = Instant::now();
-            match lock.try_acquire_or_renew().await {
-                Ok(LeaseLockResult::Acquired(_)) => {
+            match lease_claim::try_acquire_or_renew(&api, &name, &identity, duration).await {
+                Ok(Outcome::Acquired) => {
                     if !leading {
                         info!(lease, "acquired the lease");
                     }
                     leading = true;
                     tx.send_replace(Some(attempt));
                 }
-                Ok(LeaseLockResult::NotAcquired(_)) => {
+                Ok(Outcome::NotAcquired { .. }) => {
                     if leading {
                         warn!(lease, "lost the lease to another replica");
                     }
@@ -139,7 +147,7 @@ pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::
                     tx.send_replace(None);
                     if leading {
                         info!(lease, ?hold_off, "handing the lease over");
-                        if let Err(e) = lock.step_down().await {
+                        if let Err(e) = lease_claim::release(&api, &name, &identity).await {
                             warn!(lease, error = %e, "could not release the lease; it expires by itself");
                         }
                     }
@@ -159,24 +167,10 @@ pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::
     )
 }
 
-fn lock(client: Client, config: &LeaderConfig) -> LeaseLock {
-    LeaseLock::new(
-        client,
-        &config.namespace,
-        LeaseLockParams {
-            holder_id: config.identity.clone(),
-            lease_name: config.lease_name.clone(),
-            lease_ttl: config.lease_duration,
-        },
-    )
-}
-
 /// Releases the lease if this replica holds it (graceful shutdown).
-pub async fn step_down(
-    client: Client,
-    config: &LeaderConfig,
-) -> Result<(), kube_leader_election::Error> {
-    lock(client, config).step_down().await
+pub async fn step_down(client: Client, config: &LeaderConfig) -> Result<(), LeaseClaimError> {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    lease_claim::release(&api, &config.lease_name, &config.identity).await
 }
 
 #[cfg(test)]

@@ -373,37 +373,64 @@ async fn lease_renewals_detect_conflicting_writers() {
         Some("replica-a")
     );
 
-    // The leader-election crate the agent uses, against the real Lease API.
-    use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
-    let lock = |holder: &str| {
-        LeaseLock::new(
-            env.client.clone(),
-            &env.namespace,
-            LeaseLockParams {
-                holder_id: holder.to_owned(),
-                lease_name: "elected".to_owned(),
-                lease_ttl: Duration::from_secs(15),
-            },
-        )
-    };
-    let a = lock("replica-a")
-        .try_acquire_or_renew()
+    // The agent's Lease claims (ztunnel_rollout::lease_claim), against the real Lease API.
+    use ztunnel_rollout::lease_claim::{Outcome, try_acquire_or_renew};
+    let ttl = Duration::from_secs(15);
+    let a = try_acquire_or_renew(&leases, "elected", "replica-a", ttl)
         .await
         .expect("a acquires");
-    assert!(matches!(a, LeaseLockResult::Acquired(_)));
-    let b = lock("replica-b")
-        .try_acquire_or_renew()
+    assert_eq!(a, Outcome::Acquired);
+    let b = try_acquire_or_renew(&leases, "elected", "replica-b", ttl)
         .await
         .expect("b tries");
     assert!(
-        matches!(b, LeaseLockResult::NotAcquired(_)),
+        matches!(b, Outcome::NotAcquired { .. }),
         "a second replica must not take a live lease"
     );
-    let a_again = lock("replica-a")
-        .try_acquire_or_renew()
+    let a_again = try_acquire_or_renew(&leases, "elected", "replica-a", ttl)
         .await
         .expect("a renews");
-    assert!(matches!(a_again, LeaseLockResult::Acquired(_)));
+    assert_eq!(a_again, Outcome::Acquired);
+
+    // Two replicas that find the same expired Lease and both claim it: never both win
+    // (the write is conditional on what each read). A lock that patches without the
+    // resourceVersion lets both "acquire" (the fault campaign's seed 1021).
+    for round in 0..20 {
+        let expired: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "contested", "namespace": env.namespace },
+            "spec": { "holderIdentity": "gone", "leaseDurationSeconds": 1,
+                      "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 1 },
+        }))
+        .expect("lease");
+        match leases.get_opt("contested").await.expect("read") {
+            Some(mut l) => {
+                l.spec = expired.spec.clone();
+                leases
+                    .replace("contested", &PostParams::default(), &l)
+                    .await
+                    .expect("reset the lease");
+            }
+            None => {
+                leases
+                    .create(&PostParams::default(), &expired)
+                    .await
+                    .expect("create the lease");
+            }
+        }
+        let (a, b) = futures::join!(
+            try_acquire_or_renew(&leases, "contested", "replica-a", ttl),
+            try_acquire_or_renew(&leases, "contested", "replica-b", ttl),
+        );
+        let won: Vec<bool> = [a, b]
+            .into_iter()
+            .map(|o| o.expect("claim") == Outcome::Acquired)
+            .collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: exactly one replica takes an expired lease: {won:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -293,7 +293,7 @@ pub fn lease_role() -> Value {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": { "name": NAME, "namespace": NAMESPACE },
-        "rules": [rule("coordination.k8s.io", &["leases"], &["get", "create", "patch"])],
+        "rules": [rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])],
     })
 }
 
