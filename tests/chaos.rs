@@ -9,11 +9,16 @@
 //!   PodDisruptionBudgets (the demo's fixtures), ztunnel moved to a new revision;
 //! - two agent replicas, each behind its own fault-injecting proxy that connects from its
 //!   own loopback address (127.0.0.2, 127.0.0.3), so the audit log tells them apart;
-//! - a rollout, and 1–3 faults at random moments from [`Fault::ALL`];
+//! - a rollout, and 2–3 faults at random moments from the 17 kinds of [`Fault::ALL`]
+//!   (two fixed by the seed so that any 17 consecutive seeds cover every kind twice, a
+//!   third at random in a third of the trials): process and control-plane faults, the
+//!   leader's API traffic broken, an operator cordoning or uncordoning nodes, a budget
+//!   tightened, nodes deleted and added, ztunnel moved again, the rollout paused,
+//!   aborted or deleted, a second rollout over one zone;
 //! - then every checker: nothing left cordoned, ztunnel deleted only on cordoned nodes,
 //!   no disruption beyond a budget, no write without the Lease, no double eviction, the
-//!   rollout Complete within [`TRIAL_BOUND`], each replica's peak RSS within
-//!   [`MEMORY_BOUND`].
+//!   rollouts at an end the trial's faults allow ([`Expect`]) within [`TRIAL_BOUND`],
+//!   each replica's peak RSS within [`MEMORY_BOUND`].
 //!
 //! Prints one line per trial and a table per fault kind, writes every figure to
 //! `target/chaos/chaos-SEED-TRIALS.json` (or `CHAOS_RESULTS`), and fails on any violation.
@@ -31,12 +36,15 @@ use http::Method;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::fault_proxy::{Fault as ProxyFault, FaultProxy, Rule};
 use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout::api::manifests::{NAME, NAMESPACE};
+use ztunnel_rollout_core::api::rollout::NodePhase;
+use ztunnel_rollout_core::labels::OWNER_ANNOTATION;
 use ztunnel_rollout_testbed::control_plane::client_for;
 use ztunnel_rollout_testbed::control_socket;
 use ztunnel_rollout_testbed::fixtures;
@@ -49,7 +57,7 @@ use ztunnel_rollout_testbed::invariants::{
 const CI_SEED: u64 = 20_261_202;
 const CI_TRIALS: u64 = 6;
 /// A trial's rollout must be Complete this long after it was created.
-const TRIAL_BOUND: Duration = Duration::from_secs(240);
+const TRIAL_BOUND: Duration = Duration::from_secs(300);
 const MEMORY_BOUND: u64 = 256 << 20;
 const LEASE_DURATION: Duration = Duration::from_secs(6);
 const LEASE: &str = "chaos";
@@ -86,19 +94,38 @@ enum Fault {
     ProxyFaults,
     WatchCut,
     OperatorCordon,
+    OperatorUncordon,
+    BudgetTightened,
+    NodeDeleted,
+    NodeAdded,
+    DaemonSetMoved,
     RolloutPauseResume,
+    RolloutAbort,
+    RolloutDelete,
+    SecondRollout,
 }
 
 impl Fault {
-    const ALL: [Fault; 9] = [
+    /// In the order that pairs them: the trial with seed `s` starts with kinds `2s` and
+    /// `2s + 1` (mod the count), so neighbours here meet in a trial, and any
+    /// `ALL.len()` consecutive seeds draw every kind twice.
+    const ALL: [Fault; 17] = [
         Fault::LeaderKill,
-        Fault::LeaderPause,
+        Fault::OperatorUncordon,
         Fault::ApiServerRestart,
+        Fault::BudgetTightened,
+        Fault::LeaderPause,
+        Fault::DaemonSetMoved,
         Fault::EtcdRestart,
-        Fault::ControllerManagerRestart,
+        Fault::SecondRollout,
         Fault::ProxyFaults,
+        Fault::NodeDeleted,
         Fault::WatchCut,
+        Fault::RolloutAbort,
+        Fault::ControllerManagerRestart,
+        Fault::NodeAdded,
         Fault::OperatorCordon,
+        Fault::RolloutDelete,
         Fault::RolloutPauseResume,
     ];
 
@@ -109,11 +136,39 @@ impl Fault {
             Fault::ApiServerRestart => "kube-apiserver restart",
             Fault::EtcdRestart => "etcd SIGKILL + restart",
             Fault::ControllerManagerRestart => "controller-manager restart",
-            Fault::ProxyFaults => "proxy: latency, resets, 503, 429",
+            Fault::ProxyFaults => "proxy: latency, resets, 503, 429, lost answers",
             Fault::WatchCut => "proxy: watch streams cut",
             Fault::OperatorCordon => "operator cordons a node, later uncordons it",
+            Fault::OperatorUncordon => "operator uncordons a node the rollout cordoned",
+            Fault::BudgetTightened => "PDB tightened to maxUnavailable 0, later restored",
+            Fault::NodeDeleted => "node deleted",
+            Fault::NodeAdded => "node added",
+            Fault::DaemonSetMoved => "DaemonSet moved to another revision",
             Fault::RolloutPauseResume => "rollout paused, resumed",
+            Fault::RolloutAbort => "rollout aborted",
+            Fault::RolloutDelete => "rollout deleted",
+            Fault::SecondRollout => "second rollout over one zone's nodes",
         }
+    }
+
+    /// The trial's faults: kinds `2s` and `2s + 1` of [`Fault::ALL`], and in a third of
+    /// the trials a third one drawn at random; each at a random moment 2–30 s after the
+    /// rollout was created.
+    fn planned(seed: u64, rng: &mut Rng) -> Vec<(Duration, Fault)> {
+        let n = Fault::ALL.len() as u64;
+        let mut kinds = vec![
+            Fault::ALL[((2 * seed) % n) as usize],
+            Fault::ALL[((2 * seed + 1) % n) as usize],
+        ];
+        if rng.range(0, 2) == 0 {
+            kinds.push(Fault::ALL[rng.range(0, n - 1) as usize]);
+        }
+        let mut planned: Vec<(Duration, Fault)> = kinds
+            .into_iter()
+            .map(|kind| (Duration::from_millis(rng.range(2_000, 30_000)), kind))
+            .collect();
+        planned.sort();
+        planned
     }
 }
 
@@ -130,8 +185,9 @@ struct Injected {
     fault: &'static str,
     /// Milliseconds after the rollout was created.
     at_ms: u128,
-    /// Milliseconds from the fault to the next node the rollout finished (or to its
-    /// completion); `None` if neither came.
+    /// Milliseconds from the fault to the next node a rollout finished, or to the
+    /// rollouts reaching an end the trial allows (Complete, Aborted, deleted, paused by
+    /// a tightened budget); `None` if neither came.
     recovered_ms: Option<u128>,
     detail: String,
 }
@@ -143,6 +199,7 @@ struct TrialResult {
     max_unavailable: u64,
     faults: Vec<Injected>,
     phase: Option<String>,
+    second_phase: Option<String>,
     duration_ms: u128,
     peak_rss_bytes: BTreeMap<&'static str, u64>,
     audit_events: usize,
@@ -186,7 +243,7 @@ fn main() {
         let started = Instant::now();
         let result = runtime.block_on(trial(trial_seed));
         println!(
-            "trial seed={} nodes={} faults=[{}] phase={} {:.0}s violations={}",
+            "trial seed={} nodes={} faults=[{}] phase={}{} {:.0}s violations={}",
             result.seed,
             result.nodes,
             result
@@ -196,6 +253,10 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", "),
             result.phase.as_deref().unwrap_or("-"),
+            result
+                .second_phase
+                .as_deref()
+                .map_or(String::new(), |p| format!(" second={p}")),
             started.elapsed().as_secs_f64(),
             result.violations.len()
         );
@@ -398,30 +459,201 @@ async fn leader(client: &Client) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-/// The rollout's phase and finished-node count, read by the harness's own client (not
-/// through the proxies); `None` while the API server does not answer.
-async fn progress(rollouts: &Api<ZtunnelRollout>, name: &str) -> Option<(Option<String>, u32)> {
+/// A rollout as the harness's own client (not through the proxies) last saw it.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// The API server's NotFound.
+    Gone,
+    At {
+        phase: Option<String>,
+        done: u32,
+        /// Nodes in flight or baking: a rollout paused or aborted is not at rest yet.
+        busy: u32,
+        /// The conditions' and the failed nodes' messages, with their reasons.
+        texts: Vec<(String, String)>,
+    },
+}
+
+impl Seen {
+    fn phase(&self) -> &str {
+        match self {
+            Seen::Gone => "deleted",
+            Seen::At { phase, .. } => phase.as_deref().unwrap_or("no phase yet"),
+        }
+    }
+
+    fn at_rest(&self) -> bool {
+        match self {
+            Seen::Gone => true,
+            Seen::At { busy, .. } => *busy == 0,
+        }
+    }
+
+    fn done(&self) -> u32 {
+        match self {
+            Seen::Gone => 0,
+            Seen::At { done, .. } => *done,
+        }
+    }
+}
+
+/// `None` while the API server does not answer.
+async fn observe(rollouts: &Api<ZtunnelRollout>, name: &str) -> Option<Seen> {
     let r = tokio::time::timeout(Duration::from_secs(3), rollouts.get_opt(name))
         .await
         .ok()?
-        .ok()??;
-    let status = r.status?;
-    Some((status.phase, status.counts.done))
+        .ok()?;
+    let Some(r) = r else {
+        return Some(Seen::Gone);
+    };
+    let status = r.status.unwrap_or_default();
+    let mut texts: Vec<(String, String)> = status
+        .conditions
+        .iter()
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .collect();
+    texts.extend(
+        status
+            .nodes
+            .iter()
+            .filter(|n| n.phase == NodePhase::Failed)
+            .map(|n| ("NodeFailed".to_owned(), n.message.clone())),
+    );
+    Some(Seen::At {
+        phase: status.phase,
+        done: status.counts.done,
+        busy: status.counts.in_flight + status.counts.baking,
+        texts,
+    })
+}
+
+/// What the trial's faults changed about how its rollouts may end.
+#[derive(Debug, Default)]
+struct Expect {
+    aborted: bool,
+    deleted: bool,
+    /// Budgets tightened to allow nothing: a node whose pre-cordon check saw one fails,
+    /// untouched, and with `maxFailedNodes: 0` pauses its rollout (README, "Blockers
+    /// are found before the cordon").
+    tightened: BTreeSet<String>,
+    /// The second rollout, once created.
+    second: Option<String>,
+}
+
+impl Expect {
+    /// Paused because a node failed on a budget this trial tightened.
+    fn paused_by_tightened_budget(&self, seen: &Seen) -> bool {
+        match seen {
+            Seen::At { phase, texts, .. } if phase.as_deref() == Some("Paused") => {
+                texts.iter().any(|(reason, message)| {
+                    reason == "NodeFailed"
+                        && self.tightened.iter().any(|b| message.contains(b.as_str()))
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// The first rollout is where this trial lets it end.
+    fn main_settled(&self, seen: &Seen) -> bool {
+        match seen {
+            Seen::Gone => self.deleted,
+            Seen::At { phase, .. } => match phase.as_deref() {
+                Some("Complete") => true,
+                Some("Aborted") => self.aborted && !self.deleted && seen.at_rest(),
+                Some("Paused") => self.paused_by_tightened_budget(seen) && seen.at_rest(),
+                _ => false,
+            },
+        }
+    }
+
+    /// The second rollout is Complete, or waits (Blocked, OverlapsRollout) behind a
+    /// first one that a tightened budget paused, or was paused by one itself.
+    fn second_settled(&self, seen: &Seen, main: &Seen) -> bool {
+        match seen {
+            Seen::Gone => false,
+            Seen::At { phase, texts, .. } => match phase.as_deref() {
+                Some("Complete") => true,
+                Some("Paused") => self.paused_by_tightened_budget(seen) && seen.at_rest(),
+                Some("Blocked") => {
+                    self.paused_by_tightened_budget(main)
+                        && texts.iter().any(|(reason, _)| reason == "OverlapsRollout")
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// What the trial does later.
+#[derive(Debug)]
+enum Pending {
+    /// SIGCONT to a paused replica.
+    Resume(usize),
+    /// The operator lifts their cordon.
+    Uncordon(String),
+    /// The tightened budget back to `maxUnavailable: 1`.
+    RestoreBudget(String),
+}
+
+/// The trial's bed and what its faults did.
+struct Trial {
+    client: Client,
+    socket: PathBuf,
+    replicas: Vec<Replica>,
+    tag: String,
+    rollouts: Api<ZtunnelRollout>,
+    rng: Rng,
+    expect: Expect,
+    pending: Vec<(Instant, Pending)>,
+    /// Nodes the operator cordoned and had not uncordoned when the trial ended.
+    operator_cordoned: BTreeSet<String>,
+    /// Peaks of replica processes killed by a fault (read before the kill).
+    peak_rss: BTreeMap<&'static str, u64>,
+    last_resume: Option<Instant>,
+    nodes_added: usize,
+    daemonset_moves: usize,
+}
+
+const MAIN: &str = "chaos";
+const SECOND: &str = "chaos-second";
+const BUDGETS: [&str; 2] = ["productpage", "reviews"];
+
+fn rollout_object(name: &str, tag: &str, selector: Value, max_unavailable: u64) -> ZtunnelRollout {
+    serde_json::from_value(json!({
+        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
+        "kind": "ZtunnelRollout",
+        "metadata": { "name": name, "labels": { support::agent::TEST_LABEL: tag } },
+        "spec": {
+            "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
+            "nodeSelector": { "matchLabels": selector },
+            "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": max_unavailable },
+            "health": { "soak": "1s", "interval": "1s" },
+        },
+    }))
+    .expect("rollout")
+}
+
+fn ztunnel_version_patch(version: &str) -> Patch<Value> {
+    Patch::Strategic(json!({ "spec": { "template": {
+        "metadata": { "labels": { "app.kubernetes.io/version": version } },
+        "spec": { "containers": [{ "name": "istio-proxy",
+            "image": format!("docker.io/istio/ztunnel:{version}-distroless") }] } } } }))
+}
+
+async fn demo_nodes(client: &Client) -> Vec<Node> {
+    Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
 }
 
 async fn trial(seed: u64) -> TrialResult {
     let mut rng = Rng(seed);
     let nodes = rng.range(12, 30) as usize;
     let max_unavailable = rng.range(1, 3);
-    let fault_count = rng.range(1, 3) as usize;
-    let mut planned: Vec<(Duration, Fault)> = (0..fault_count)
-        .map(|_| {
-            let at = Duration::from_millis(rng.range(2_000, 30_000));
-            let kind = Fault::ALL[rng.range(0, Fault::ALL.len() as u64 - 1) as usize];
-            (at, kind)
-        })
-        .collect();
-    planned.sort();
+    let planned = Fault::planned(seed, &mut rng);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let audit_log = dir.path().join("audit.log");
@@ -467,20 +699,13 @@ async fn trial(seed: u64) -> TrialResult {
         .patch(
             "ztunnel",
             &PatchParams::default(),
-            &Patch::Strategic(json!({ "spec": { "template": {
-                "metadata": { "labels": { "app.kubernetes.io/version": "1.28.1" } },
-                "spec": { "containers": [{ "name": "istio-proxy",
-                    "image": "docker.io/istio/ztunnel:1.28.1-distroless" }] } } } })),
+            &ztunnel_version_patch("1.28.1"),
         )
         .await
         .expect("upgrade ztunnel");
-    let node_api: Api<Node> = Api::all(client.clone());
     let node_states = || async {
-        node_api
-            .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
+        demo_nodes(&client)
             .await
-            .expect("nodes")
-            .items
             .into_iter()
             .map(|n| {
                 let name = n.metadata.name.clone().unwrap_or_default();
@@ -510,101 +735,79 @@ async fn trial(seed: u64) -> TrialResult {
     }
 
     let rollouts: Api<ZtunnelRollout> = Api::all(client.clone());
-    let name = "chaos";
-    let rollout: ZtunnelRollout = serde_json::from_value(json!({
-        "apiVersion": "ztunnel-rollout.dev/v1alpha1",
-        "kind": "ZtunnelRollout",
-        "metadata": { "name": name, "labels": { support::agent::TEST_LABEL: tag } },
-        "spec": {
-            "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
-            "nodeSelector": { "matchLabels": { fixtures::NODE_SET_LABEL: "demo" } },
-            "waves": { "groupBy": fixtures::ZONE_LABEL, "maxUnavailable": max_unavailable },
-            "health": { "soak": "1s", "interval": "1s" },
-        },
-    }))
-    .expect("rollout");
     rollouts
-        .create(&PostParams::default(), &rollout)
+        .create(
+            &PostParams::default(),
+            &rollout_object(
+                MAIN,
+                &tag,
+                json!({ fixtures::NODE_SET_LABEL: "demo" }),
+                max_unavailable,
+            ),
+        )
         .await
         .expect("create the rollout");
     let created = Instant::now();
+    let mut t = Trial {
+        client: client.clone(),
+        socket,
+        replicas,
+        tag,
+        rollouts,
+        rng,
+        expect: Expect::default(),
+        pending: Vec::new(),
+        operator_cordoned: BTreeSet::new(),
+        peak_rss: BTreeMap::new(),
+        last_resume: None,
+        nodes_added: 0,
+        daemonset_moves: 0,
+    };
 
-    // Faults at their moments; the rollout watched by the harness's own client.
+    // Faults at their moments; the rollouts watched by the harness's own client.
     let mut injected: Vec<(Instant, Injected)> = Vec::new();
-    let mut operator_cordoned = BTreeSet::new();
-    let mut pending_resume: Vec<(Instant, usize)> = Vec::new();
-    let mut pending_uncordon: Vec<(Instant, String)> = Vec::new();
-    let mut last_done = 0;
-    let mut last_resume: Option<Instant> = None;
-    // Peaks of replica processes killed by a fault (read before the kill).
-    let mut peak_rss: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut phase = None;
+    let mut seen: BTreeMap<&'static str, Seen> = BTreeMap::new();
+    let mut replaced: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut next = 0;
+    let settled = |expect: &Expect, seen: &BTreeMap<&'static str, Seen>| {
+        let Some(main) = seen.get(MAIN) else {
+            return false;
+        };
+        expect.main_settled(main)
+            && (expect.second.is_none()
+                || seen
+                    .get(SECOND)
+                    .is_some_and(|s| expect.second_settled(s, main)))
+    };
     while created.elapsed() < TRIAL_BOUND {
-        if let Some((p, done)) = progress(&rollouts, name).await {
-            if done > last_done || p.as_deref() == Some("Complete") {
-                for (at, f) in injected.iter_mut() {
-                    f.recovered_ms.get_or_insert(at.elapsed().as_millis());
-                }
-                last_done = done;
+        let mut progressed = false;
+        for name in [MAIN, SECOND] {
+            if name == SECOND && t.expect.second.is_none() {
+                continue;
             }
-            phase = p;
+            if let Some(now) = observe(&t.rollouts, name).await {
+                let last = seen.get(name).map_or(0, Seen::done);
+                progressed |= now.done() > last;
+                let most = replaced.entry(name).or_default();
+                *most = (*most).max(now.done());
+                seen.insert(name, now);
+            }
         }
-        if phase.as_deref() == Some("Complete")
-            && next == planned.len()
-            && pending_uncordon.is_empty()
-            && pending_resume.is_empty()
-        {
+        let done = settled(&t.expect, &seen);
+        if progressed || done {
+            for (at, f) in injected.iter_mut() {
+                f.recovered_ms.get_or_insert(at.elapsed().as_millis());
+            }
+        }
+        if done && next == planned.len() && t.pending.is_empty() {
             break;
         }
-        // Paused replicas come back.
-        pending_resume.retain(|(when, i)| {
-            if Instant::now() >= *when {
-                signal(&replicas[*i].child, libc::SIGCONT);
-                last_resume = Some(Instant::now());
-                false
-            } else {
-                true
-            }
-        });
-        // The operator's cordons end.
-        let due: Vec<String> = pending_uncordon
-            .iter()
-            .filter(|(when, _)| Instant::now() >= *when)
-            .map(|(_, node)| node.clone())
-            .collect();
-        for node in due {
-            let uncordoned = node_api
-                .patch(
-                    &node,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "spec": { "unschedulable": false } })),
-                )
-                .await;
-            if uncordoned.is_ok() {
-                pending_uncordon.retain(|(_, n)| *n != node);
-                operator_cordoned.remove(&node);
-            }
-        }
+        t.run_due().await;
         if next < planned.len() && created.elapsed() >= planned[next].0 {
             let fault = planned[next].1;
             next += 1;
             let at = Instant::now();
-            let detail = inject(
-                fault,
-                &client,
-                &socket,
-                &mut replicas,
-                &tag,
-                &rollouts,
-                name,
-                &mut operator_cordoned,
-                &mut pending_resume,
-                &mut pending_uncordon,
-                &mut peak_rss,
-                &mut rng,
-            )
-            .await;
+            let detail = t.inject(fault, max_unavailable).await;
             injected.push((
                 at,
                 Injected {
@@ -617,29 +820,42 @@ async fn trial(seed: u64) -> TrialResult {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for (_, i) in pending_resume {
-        signal(&replicas[i].child, libc::SIGCONT);
-        last_resume = Some(Instant::now());
+    for (_, p) in std::mem::take(&mut t.pending) {
+        if let Pending::Resume(i) = p {
+            signal(&t.replicas[i].child, libc::SIGCONT);
+            t.last_resume = Some(Instant::now());
+        }
     }
     let duration = created.elapsed();
     // A paused leader that resumed acts on what it knew before: give it a lease's time
     // to do so (or to find out it no longer leads) while the log records it.
-    if let Some(resumed) = last_resume {
+    if let Some(resumed) = t.last_resume {
         let settle = LEASE_DURATION + Duration::from_secs(2);
         tokio::time::sleep(settle.saturating_sub(resumed.elapsed())).await;
     }
 
     // The checkers: the API server's state, its audit log, the kernel's memory counts.
     let mut violations: Vec<Violation> = Vec::new();
-    if phase.as_deref() != Some("Complete") {
+    if !settled(&t.expect, &seen) {
+        let states: Vec<String> = seen
+            .iter()
+            .map(|(name, s)| format!("{name} is {}", s.phase()))
+            .collect();
         violations.push(Violation::new(
             Invariant::Termination,
             format!(
-                "rollout {name} is {} after {TRIAL_BOUND:?}, not Complete",
-                phase.as_deref().unwrap_or("unknown")
+                "after {TRIAL_BOUND:?}: {} — not an end this trial allows ({:?})",
+                states.join(", "),
+                t.expect
             ),
         ));
     }
+    let Trial {
+        mut replicas,
+        mut peak_rss,
+        operator_cordoned,
+        ..
+    } = t;
     for r in &mut replicas {
         // A replica that exited on its own (a crash) is a failure of its own; one that
         // runs has a peak the kernel counted.
@@ -685,7 +901,8 @@ async fn trial(seed: u64) -> TrialResult {
     }
     let file = std::fs::File::open(&audit_log).expect("audit log");
     let events = read_events(std::io::BufReader::new(file)).expect("read the audit log");
-    violations.extend(evidence(&events, nodes));
+    let main_complete = seen.get(MAIN).is_some_and(|s| s.phase() == "Complete");
+    violations.extend(evidence(&events, replaced.values().sum(), main_complete));
     let agent = BTreeSet::from([service_account_user(NAMESPACE, NAME)]);
     let ztunnel_labels = BTreeMap::from([("app".to_owned(), "ztunnel".to_owned())]);
     violations.extend(cordons::ztunnel_deleted_on_schedulable(
@@ -734,7 +951,8 @@ async fn trial(seed: u64) -> TrialResult {
         nodes,
         max_unavailable,
         faults: injected.into_iter().map(|(_, f)| f).collect(),
-        phase,
+        phase: seen.get(MAIN).map(|s| s.phase().to_owned()),
+        second_phase: seen.get(SECOND).map(|s| s.phase().to_owned()),
         duration_ms: duration.as_millis(),
         peak_rss_bytes: peak_rss,
         audit_events: events.len(),
@@ -743,9 +961,10 @@ async fn trial(seed: u64) -> TrialResult {
 }
 
 /// What the checkers must have had to judge, or they proved nothing: the agent's
-/// ztunnel deletions (one per node) and evictions, Lease writes with their bodies, and
-/// writes from a replica's address.
-fn evidence(events: &[AuditEvent], nodes: usize) -> Vec<Violation> {
+/// ztunnel deletions (at least one per node the rollouts report replaced), evictions
+/// (when the first rollout went through every node), Lease writes with their bodies,
+/// and writes from a replica's address.
+fn evidence(events: &[AuditEvent], replaced: u32, main_complete: bool) -> Vec<Violation> {
     let agent = service_account_user(NAMESPACE, NAME);
     let by_agent = |verb: &str, resource: &str| {
         events
@@ -774,13 +993,13 @@ fn evidence(events: &[AuditEvent], nodes: usize) -> Vec<Violation> {
         .count();
     let mut missing = Vec::new();
     let deletions = by_agent("delete", "pods");
-    if deletions < nodes {
+    if deletions < replaced as usize {
         missing.push(format!(
-            "{deletions} ztunnel pod deletions by the agent for {nodes} nodes"
+            "{deletions} ztunnel pod deletions by the agent for {replaced} nodes the rollouts report done"
         ));
     }
-    if by_agent("create", "pods/eviction") == 0 {
-        missing.push("no eviction by the agent".to_owned());
+    if main_complete && by_agent("create", "pods/eviction") == 0 {
+        missing.push("no eviction by the agent in a Complete rollout".to_owned());
     }
     if lease_bodies == 0 {
         missing.push(format!(
@@ -801,140 +1020,300 @@ fn evidence(events: &[AuditEvent], nodes: usize) -> Vec<Violation> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn inject(
-    fault: Fault,
-    client: &Client,
-    socket: &Path,
-    replicas: &mut [Replica],
-    tag: &str,
-    rollouts: &Api<ZtunnelRollout>,
-    name: &str,
-    operator_cordoned: &mut BTreeSet<String>,
-    pending_resume: &mut Vec<(Instant, usize)>,
-    pending_uncordon: &mut Vec<(Instant, String)>,
-    peak_rss: &mut BTreeMap<&'static str, u64>,
-    rng: &mut Rng,
-) -> String {
-    let leader_index =
-        |holder: Option<String>| holder.and_then(|h| replicas.iter().position(|r| r.identity == h));
-    let control = |action: &'static str, component: &'static str| async move {
-        control_socket::send(socket, action, component)
+impl Trial {
+    fn leader_index(&self, holder: Option<String>) -> Option<usize> {
+        holder.and_then(|h| self.replicas.iter().position(|r| r.identity == h))
+    }
+
+    async fn control(&self, action: &'static str, component: &'static str) -> String {
+        control_socket::send(&self.socket, action, component)
             .await
             .map_or_else(
                 |e| format!("{action} {component}: {e}"),
                 |()| format!("{action} {component}"),
             )
-    };
-    match fault {
-        Fault::LeaderKill | Fault::LeaderPause => {
-            let Some(i) = leader_index(leader(client).await) else {
-                return "no leader yet: nothing done".into();
-            };
-            if fault == Fault::LeaderKill {
-                let r = &mut replicas[i];
-                if let Ok(peak) = memory::peak_rss(r.child.id()) {
-                    let max = peak_rss.entry(r.identity).or_default();
-                    *max = (*max).max(peak);
+    }
+
+    fn later(&mut self, min_ms: u64, max_ms: u64, what: Pending) -> Duration {
+        let after = Duration::from_millis(self.rng.range(min_ms, max_ms));
+        self.pending.push((Instant::now() + after, what));
+        after
+    }
+
+    /// Carries out what is due: resumes, the operator's uncordons, budgets restored.
+    /// A write the API server refused stays due.
+    async fn run_due(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(when, _)| now >= *when);
+        self.pending = waiting;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let budgets: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), "demo");
+        for (when, p) in due {
+            let done = match &p {
+                Pending::Resume(i) => {
+                    signal(&self.replicas[*i].child, libc::SIGCONT);
+                    self.last_resume = Some(Instant::now());
+                    true
                 }
-                let _ = r.child.kill();
-                let _ = r.child.wait();
-                // As a Deployment would: the replica comes back.
-                r.child = start_agent(r.identity, &r.kubeconfig, tag, &r.log);
-                format!("killed and restarted {}", r.identity)
-            } else {
-                signal(&replicas[i].child, libc::SIGSTOP);
-                let pause = LEASE_DURATION + Duration::from_secs(rng.range(2, 8));
-                pending_resume.push((Instant::now() + pause, i));
-                format!("paused {} for {pause:?}", replicas[i].identity)
+                Pending::Uncordon(node) => {
+                    let patch = Patch::Merge(json!({ "spec": { "unschedulable": false } }));
+                    let ok = nodes
+                        .patch(node, &PatchParams::default(), &patch)
+                        .await
+                        .is_ok();
+                    if ok {
+                        self.operator_cordoned.remove(node);
+                    }
+                    ok
+                }
+                Pending::RestoreBudget(name) => {
+                    let patch = Patch::Merge(json!({ "spec": { "maxUnavailable": 1 } }));
+                    budgets
+                        .patch(name, &PatchParams::default(), &patch)
+                        .await
+                        .is_ok()
+                }
+            };
+            if !done {
+                self.pending.push((when, p));
             }
         }
-        Fault::ApiServerRestart => control("restart", "kube-apiserver").await,
-        Fault::EtcdRestart => {
-            let killed = control("kill", "etcd").await;
-            tokio::time::sleep(Duration::from_millis(rng.range(500, 3_000))).await;
-            format!("{killed}; {}", control("start", "etcd").await)
-        }
-        Fault::ControllerManagerRestart => control("restart", "kube-controller-manager").await,
-        Fault::ProxyFaults | Fault::WatchCut => {
-            let Some(i) = leader_index(leader(client).await) else {
-                return "no leader yet: nothing done".into();
-            };
-            let proxy = &replicas[i].proxy;
-            if fault == Fault::ProxyFaults {
-                for (method, rule) in [
-                    (
-                        Method::GET,
-                        ProxyFault::Delay(Duration::from_millis(rng.range(100, 2_000))),
-                    ),
-                    (Method::PATCH, ProxyFault::Reset),
-                    (Method::POST, ProxyFault::Unavailable),
-                    (Method::PATCH, ProxyFault::Throttle),
-                    (Method::DELETE, ProxyFault::DropAnswer),
-                ] {
-                    proxy.add(
-                        Rule::new(method, "/", rule)
-                            .every(rng.range(2, 5) as u32)
-                            .times(5),
+    }
+
+    async fn inject(&mut self, fault: Fault, max_unavailable: u64) -> String {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match fault {
+            Fault::LeaderKill | Fault::LeaderPause => {
+                let Some(i) = self.leader_index(leader(&self.client).await) else {
+                    return "no leader yet: nothing done".into();
+                };
+                if fault == Fault::LeaderKill {
+                    let r = &mut self.replicas[i];
+                    if let Ok(peak) = memory::peak_rss(r.child.id()) {
+                        let max = self.peak_rss.entry(r.identity).or_default();
+                        *max = (*max).max(peak);
+                    }
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    // As a Deployment would: the replica comes back.
+                    r.child = start_agent(r.identity, &r.kubeconfig, &self.tag, &r.log);
+                    format!("killed and restarted {}", r.identity)
+                } else {
+                    signal(&self.replicas[i].child, libc::SIGSTOP);
+                    let lease_ms = LEASE_DURATION.as_millis() as u64;
+                    let pause = self.later(lease_ms + 2_000, lease_ms + 8_000, Pending::Resume(i));
+                    format!("paused {} for {pause:?}", self.replicas[i].identity)
+                }
+            }
+            Fault::ApiServerRestart => self.control("restart", "kube-apiserver").await,
+            Fault::EtcdRestart => {
+                let killed = self.control("kill", "etcd").await;
+                tokio::time::sleep(Duration::from_millis(self.rng.range(500, 3_000))).await;
+                format!("{killed}; {}", self.control("start", "etcd").await)
+            }
+            Fault::ControllerManagerRestart => {
+                self.control("restart", "kube-controller-manager").await
+            }
+            Fault::ProxyFaults | Fault::WatchCut => {
+                let Some(i) = self.leader_index(leader(&self.client).await) else {
+                    return "no leader yet: nothing done".into();
+                };
+                if fault == Fault::ProxyFaults {
+                    let delay = Duration::from_millis(self.rng.range(100, 2_000));
+                    for (method, path, rule) in [
+                        (Method::GET, "/", ProxyFault::Delay(delay)),
+                        (Method::PATCH, "/", ProxyFault::Reset),
+                        (Method::POST, "/", ProxyFault::Unavailable),
+                        (Method::PATCH, "/", ProxyFault::Throttle),
+                        (Method::DELETE, "/", ProxyFault::DropAnswer),
+                        // An eviction applied whose answer is lost: the agent retries
+                        // one the API server already granted.
+                        (Method::POST, "/eviction", ProxyFault::DropAnswer),
+                    ] {
+                        let every = self.rng.range(2, 5) as u32;
+                        self.replicas[i]
+                            .proxy
+                            .add(Rule::new(method, path, rule).every(every).times(5));
+                    }
+                } else {
+                    let times = self.rng.range(3, 10) as u32;
+                    self.replicas[i].proxy.add(
+                        Rule::new(Method::GET, "/", ProxyFault::Reset)
+                            .query("watch=true")
+                            .times(times),
                     );
                 }
-            } else {
-                proxy.add(
-                    Rule::new(Method::GET, "/", ProxyFault::Reset)
-                        .query("watch=true")
-                        .times(rng.range(3, 10) as u32),
-                );
+                format!("on {}'s proxy", self.replicas[i].identity)
             }
-            format!("on {}'s proxy", replicas[i].identity)
-        }
-        Fault::OperatorCordon => {
-            let nodes: Vec<Node> = Api::<Node>::all(client.clone())
-                .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            let free: Vec<String> = nodes
-                .into_iter()
-                .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true))
-                .filter_map(|n| n.metadata.name)
-                .collect();
-            if free.is_empty() {
-                return "no schedulable node".into();
-            }
-            let node = free[rng.range(0, free.len() as u64 - 1) as usize].clone();
-            let done = Api::<Node>::all(client.clone())
-                .patch(
-                    &node,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
-                )
-                .await;
-            match done {
-                Ok(_) => {
-                    // The rollout counts it against its wave's budget meanwhile (README,
-                    // "Budget"), and may wait for it.
-                    let hold = Duration::from_millis(rng.range(3_000, 15_000));
-                    operator_cordoned.insert(node.clone());
-                    pending_uncordon.push((Instant::now() + hold, node.clone()));
-                    format!("cordoned {node} for {hold:?}")
+            Fault::OperatorCordon => {
+                let free: Vec<String> = demo_nodes(&self.client)
+                    .await
+                    .into_iter()
+                    .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true))
+                    .filter_map(|n| n.metadata.name)
+                    .collect();
+                let Some(node) = self.pick(&free) else {
+                    return "no schedulable node".into();
+                };
+                let cordon = Patch::Merge(json!({ "spec": { "unschedulable": true } }));
+                match nodes.patch(&node, &PatchParams::default(), &cordon).await {
+                    Ok(_) => {
+                        // The rollout counts it against its wave's budget meanwhile
+                        // (README, "Budget"), and may wait for it.
+                        self.operator_cordoned.insert(node.clone());
+                        let hold = self.later(3_000, 15_000, Pending::Uncordon(node.clone()));
+                        format!("cordoned {node} for {hold:?}")
+                    }
+                    Err(e) => format!("cordoning {node}: {e}"),
                 }
-                Err(e) => format!("cordoning {node}: {e}"),
             }
-        }
-        Fault::RolloutPauseResume => {
-            let set = |paused: bool| async move {
-                rollouts
+            Fault::OperatorUncordon => {
+                // A node the rollout holds cordoned (its owner annotation), waited for
+                // up to 10 s: the agent must cordon it again before ztunnel goes.
+                for _ in 0..40 {
+                    let held: Vec<String> = demo_nodes(&self.client)
+                        .await
+                        .into_iter()
+                        .filter(|n| {
+                            n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+                                && n.metadata
+                                    .annotations
+                                    .as_ref()
+                                    .is_some_and(|a| a.contains_key(OWNER_ANNOTATION))
+                        })
+                        .filter_map(|n| n.metadata.name)
+                        .filter(|n| !self.operator_cordoned.contains(n))
+                        .collect();
+                    if let Some(node) = self.pick(&held) {
+                        let uncordon = Patch::Merge(json!({ "spec": { "unschedulable": false } }));
+                        return match nodes.patch(&node, &PatchParams::default(), &uncordon).await {
+                            Ok(_) => format!("uncordoned {node}, cordoned by the rollout"),
+                            Err(e) => format!("uncordoning {node}: {e}"),
+                        };
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                "no node cordoned by the rollout within 10 s".into()
+            }
+            Fault::BudgetTightened => {
+                let name = BUDGETS[self.rng.range(0, 1) as usize];
+                let budgets: Api<PodDisruptionBudget> =
+                    Api::namespaced(self.client.clone(), "demo");
+                let tighten = Patch::Merge(json!({ "spec": { "maxUnavailable": 0 } }));
+                match budgets.patch(name, &PatchParams::default(), &tighten).await {
+                    Ok(_) => {
+                        self.expect.tightened.insert(format!("demo/{name}"));
+                        let hold =
+                            self.later(3_000, 15_000, Pending::RestoreBudget(name.to_owned()));
+                        format!("demo/{name} at maxUnavailable 0 for {hold:?}")
+                    }
+                    Err(e) => format!("tightening demo/{name}: {e}"),
+                }
+            }
+            Fault::NodeDeleted => {
+                let any: Vec<String> = demo_nodes(&self.client)
+                    .await
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .filter(|n| !self.operator_cordoned.contains(n))
+                    .collect();
+                let Some(node) = self.pick(&any) else {
+                    return "no node".into();
+                };
+                match nodes.delete(&node, &Default::default()).await {
+                    Ok(_) => format!("deleted {node}"),
+                    Err(e) => format!("deleting {node}: {e}"),
+                }
+            }
+            Fault::NodeAdded => {
+                let zone = ["zone-a", "zone-b", "zone-c"][self.rng.range(0, 2) as usize];
+                self.nodes_added += 1;
+                let prefix = format!("node-added-{}-", self.nodes_added);
+                let node = fixtures::zoned_nodes(&prefix, 1, &[zone], "demo").remove(0);
+                let name = node.metadata.name.clone().unwrap_or_default();
+                match nodes.create(&PostParams::default(), &node).await {
+                    Ok(_) => format!("added {name} in {zone}"),
+                    Err(e) => format!("adding {name}: {e}"),
+                }
+            }
+            Fault::DaemonSetMoved => {
+                self.daemonset_moves += 1;
+                let version = format!("1.28.{}", 1 + self.daemonset_moves);
+                let daemonsets: Api<DaemonSet> =
+                    Api::namespaced(self.client.clone(), "istio-system");
+                match daemonsets
                     .patch(
-                        name,
+                        "ztunnel",
                         &PatchParams::default(),
-                        &Patch::Merge(json!({ "spec": { "paused": paused } })),
+                        &ztunnel_version_patch(&version),
                     )
                     .await
-            };
-            let paused = set(true).await.is_ok();
-            tokio::time::sleep(Duration::from_millis(rng.range(1_000, 5_000))).await;
-            let resumed = set(false).await.is_ok();
-            format!("paused: {paused}, resumed: {resumed}")
+                {
+                    Ok(_) => format!("ztunnel moved to {version}"),
+                    Err(e) => format!("moving ztunnel to {version}: {e}"),
+                }
+            }
+            Fault::RolloutPauseResume => {
+                let set = |paused: bool| {
+                    let rollouts = self.rollouts.clone();
+                    async move {
+                        rollouts
+                            .patch(
+                                MAIN,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({ "spec": { "paused": paused } })),
+                            )
+                            .await
+                    }
+                };
+                let paused = set(true).await.is_ok();
+                tokio::time::sleep(Duration::from_millis(self.rng.range(1_000, 5_000))).await;
+                let resumed = set(false).await.is_ok();
+                format!("paused: {paused}, resumed: {resumed}")
+            }
+            Fault::RolloutAbort => {
+                let abort = Patch::Merge(json!({ "spec": { "abort": true } }));
+                match self
+                    .rollouts
+                    .patch(MAIN, &PatchParams::default(), &abort)
+                    .await
+                {
+                    Ok(_) => {
+                        self.expect.aborted = true;
+                        "spec.abort: true".into()
+                    }
+                    Err(e) => format!("aborting: {e}"),
+                }
+            }
+            Fault::RolloutDelete => match self.rollouts.delete(MAIN, &Default::default()).await {
+                Ok(_) => {
+                    self.expect.deleted = true;
+                    "deleted".into()
+                }
+                Err(e) => format!("deleting: {e}"),
+            },
+            Fault::SecondRollout => {
+                let zone = ["zone-a", "zone-b", "zone-c"][self.rng.range(0, 2) as usize];
+                let selector =
+                    json!({ fixtures::NODE_SET_LABEL: "demo", fixtures::ZONE_LABEL: zone });
+                let second = rollout_object(SECOND, &self.tag, selector, max_unavailable);
+                match self.rollouts.create(&PostParams::default(), &second).await {
+                    Ok(_) => {
+                        self.expect.second = Some(SECOND.to_owned());
+                        format!("{SECOND} over {zone}")
+                    }
+                    Err(e) => format!("creating {SECOND}: {e}"),
+                }
+            }
         }
+    }
+
+    fn pick(&mut self, from: &[String]) -> Option<String> {
+        if from.is_empty() {
+            return None;
+        }
+        Some(from[self.rng.range(0, from.len() as u64 - 1) as usize].clone())
     }
 }

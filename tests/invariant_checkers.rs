@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use http::Method;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -27,7 +28,7 @@ use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use serde_json::json;
-use support::fault_proxy::FaultProxy;
+use support::fault_proxy::{Fault as ProxyFault, FaultProxy, Rule};
 use ztunnel_rollout_testbed::control_plane::client_for;
 use ztunnel_rollout_testbed::fixtures::{self, AppFixture, Budget, ZtunnelFixture};
 use ztunnel_rollout_testbed::invariants::audit::{AuditEvent, read_events};
@@ -446,4 +447,83 @@ async fn memory_past_the_bound_is_caught() {
     let v = memory::over_bound("the hog", peak, bound).expect("over the bound");
     assert_eq!(v.invariant, Invariant::BoundedMemory);
     assert!(memory::over_bound("the hog", peak, 256 << 20).is_none());
+}
+
+/// The fault campaign's finding (seeds 2 and 4): an eviction the API server granted but
+/// whose answer was lost was sent again, and the pod, already terminating, was evicted a
+/// second time. The drain, behind a proxy that loses the answers to its first three
+/// evictions, must evict each pod once (the checker over the audit log), and finish.
+#[tokio::test]
+async fn the_drain_evicts_each_pod_once_when_the_answers_are_lost() {
+    let client = client().await;
+    let ns = "lost-evictions";
+    let nodes = nodes_and_namespace(&client, ns, 1).await;
+    let mut app = AppFixture::new(ns, "app", 3);
+    app.node_selector = BTreeMap::from([(fixtures::NODE_SET_LABEL.to_owned(), ns.to_owned())]);
+    // Terminating long enough for a retry to find each pod still there.
+    app.exit_after_seconds = 5.0;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("deployment");
+    support::wait_for(
+        &deployments,
+        "app",
+        "app available",
+        support::deployment_available(3),
+    )
+    .await;
+
+    let proxy = FaultProxy::start_for(&bed().kubeconfig).await;
+    let lost = proxy.add(Rule::new(Method::POST, "/eviction", ProxyFault::DropAnswer).times(3));
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = via(&proxy, dir.path(), "lost-evictions");
+    // Off the test's runtime thread, which serves the proxy meanwhile.
+    let node = nodes[0].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
+            .args(["drain", &node, "--timeout", "2m", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env_remove("KUBECONFIG")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run ztunnel-rollout drain");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The faults happened: three evictions applied, their answers lost.
+    let applied_unanswered = proxy
+        .injections()
+        .iter()
+        .filter(|i| i.rule == lost && i.upstream_status.is_some_and(|s| (200..300).contains(&s)))
+        .count();
+    assert_eq!(applied_unanswered, 3, "{}", proxy.report());
+
+    let evicted_here = |e: &AuditEvent| {
+        e.namespace.as_deref() == Some(ns) && e.full_resource() == "pods/eviction" && e.succeeded()
+    };
+    // The API server writes an event after answering: read until all three are there.
+    let deadline = Instant::now() + WAIT;
+    let events = loop {
+        let events = events_once("an eviction in lost-evictions", evicted_here).await;
+        if events.iter().filter(|e| evicted_here(e)).count() >= 3 {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never recorded 3 evictions in {ns}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mine: Vec<AuditEvent> = events
+        .into_iter()
+        .filter(|e| e.namespace.as_deref() == Some(ns))
+        .collect();
+    let found = evictions::evicted_twice(&mine, &wrong_actor());
+    assert!(found.is_empty(), "{found:#?}");
 }

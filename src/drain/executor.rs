@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     DeleteOptions, ObjectMeta, Preconditions as K8sPreconditions,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -22,12 +22,15 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::budget;
-use super::eviction::Verdict;
+use super::eviction::{self, Verdict};
 use super::filter::{self, Disposition, DrainPlan, PlannedPod};
 use super::options::DrainOptions;
 use super::report::{DrainReport, Outcome, PodResult};
 use crate::leader::Leadership;
 use crate::watch_cache;
+
+/// How long the read that checks an eviction whose answer was lost may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -507,7 +510,13 @@ impl PodDrain {
             .without_max_times()
             .build();
         loop {
-            if self.views.current(p).is_none() {
+            // Gone, or terminating (an eviction of ours whose answer was lost, or someone
+            // else's deletion): evicting it again would disrupt nothing, only count twice.
+            if self
+                .views
+                .current(p)
+                .is_none_or(|pod| pod.metadata.deletion_timestamp.is_some())
+            {
                 return Ok(());
             }
             if Instant::now() >= self.deadline {
@@ -554,6 +563,11 @@ impl PodDrain {
                     result.api_trouble = true;
                     result.reason = Some(format!("the API server failed the eviction: {message}"));
                     self.sleep_before_retry(next).await;
+                    // It may have been applied with its answer lost: read the pod before
+                    // sending it again.
+                    if self.took_effect(p).await {
+                        return Ok(());
+                    }
                 }
                 Verdict::Fatal(message) => {
                     let mut failed = result.clone();
@@ -584,6 +598,22 @@ impl PodDrain {
             if self.views.claim_disruption(&self.views.covering_pdbs(&pod)) {
                 return;
             }
+        }
+    }
+
+    /// Whether an eviction whose answer was lost took effect, from the pod as the API
+    /// server has it now (a list by name: the watch may lag behind the write). No answer
+    /// counts as no.
+    async fn took_effect(&self, p: &PlannedPod) -> bool {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
+        let by_name = ListParams::default().fields(&format!("metadata.name={}", p.name));
+        let within = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(READ_TIMEOUT);
+        match tokio::time::timeout(within, pods.list(&by_name)).await {
+            Ok(Ok(list)) => eviction::took_effect(list.items.first(), &p.uid),
+            _ => false,
         }
     }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+
 use crate::api_errors::{ApiFailure, DISRUPTION_BUDGET_CAUSE};
 
 /// The API server's message when a pod is covered by several PDBs (HTTP 500).
@@ -81,10 +83,35 @@ impl Verdict {
     }
 }
 
+/// Whether an eviction (or deletion) of the pod with `uid` whose answer never came took
+/// effect, judged from the pod as read afterwards (`None`: not found): it is gone,
+/// replaced under the same name, or terminating. Sending it again would then only evict
+/// a pod already on its way out — a second eviction of the same pod.
+pub fn took_effect(pod: Option<&Pod>, uid: &str) -> bool {
+    pod.is_none_or(|p| {
+        p.metadata.uid.as_deref() != Some(uid) || p.metadata.deletion_timestamp.is_some()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api_errors::ApiStatus;
+
+    #[test]
+    fn an_eviction_took_effect_when_the_pod_is_gone_replaced_or_terminating() {
+        let pod = |uid: &str, terminating: bool| -> Pod {
+            serde_json::from_value(serde_json::json!({ "metadata": {
+                "name": "p", "uid": uid,
+                "deletionTimestamp": terminating.then_some("2026-12-02T10:00:00Z"),
+            } }))
+            .expect("pod")
+        };
+        assert!(took_effect(None, "u1"));
+        assert!(took_effect(Some(&pod("u2", false)), "u1"));
+        assert!(took_effect(Some(&pod("u1", true)), "u1"));
+        assert!(!took_effect(Some(&pod("u1", false)), "u1"));
+    }
 
     struct Details(u32, &'static str, &'static str);
 
