@@ -152,8 +152,8 @@ impl Fault {
     }
 
     /// The trial's faults: kinds `2s` and `2s + 1` of [`Fault::ALL`], and in a third of
-    /// the trials a third one drawn at random; each at a random moment 2–30 s after the
-    /// rollout was created.
+    /// the trials a third one drawn at random; at random moments 2–30 s after the
+    /// rollout was created, an abort or a deletion last.
     fn planned(seed: u64, rng: &mut Rng) -> Vec<(Duration, Fault)> {
         let n = Fault::ALL.len() as u64;
         let mut kinds = vec![
@@ -163,12 +163,15 @@ impl Fault {
         if rng.range(0, 2) == 0 {
             kinds.push(Fault::ALL[rng.range(0, n - 1) as usize]);
         }
-        let mut planned: Vec<(Duration, Fault)> = kinds
-            .into_iter()
-            .map(|kind| (Duration::from_millis(rng.range(2_000, 30_000)), kind))
+        let mut moments: Vec<Duration> = kinds
+            .iter()
+            .map(|_| Duration::from_millis(rng.range(2_000, 30_000)))
             .collect();
-        planned.sort();
-        planned
+        moments.sort();
+        // An abort or a deletion ends the rollout: it comes last, so the trial's other
+        // faults still meet a running rollout.
+        kinds.sort_by_key(|k| matches!(k, Fault::RolloutAbort | Fault::RolloutDelete));
+        moments.into_iter().zip(kinds).collect()
     }
 }
 
@@ -185,6 +188,9 @@ struct Injected {
     fault: &'static str,
     /// Milliseconds after the rollout was created.
     at_ms: u128,
+    /// The first rollout's phase when the fault came (a fault after Complete, Aborted or
+    /// deleted tests little).
+    rollout_phase: String,
     /// Milliseconds from the fault to the next node a rollout finished, or to the
     /// rollouts reaching an end the trial allows (Complete, Aborted, deleted, paused by
     /// a tightened budget); `None` if neither came.
@@ -202,6 +208,10 @@ struct TrialResult {
     second_phase: Option<String>,
     duration_ms: u128,
     peak_rss_bytes: BTreeMap<&'static str, u64>,
+    /// The faults each replica's proxy injected, by kind.
+    proxy_injections: BTreeMap<&'static str, BTreeMap<String, usize>>,
+    /// The first rollout's Complete against the DaemonSet's counts, if it completed.
+    daemonset_check: Option<String>,
     audit_events: usize,
     violations: Vec<String>,
 }
@@ -322,32 +332,47 @@ fn machine() -> Value {
     })
 }
 
-/// Per fault kind: trials it was in, violations in those trials, recovery p50 / max.
+/// Per fault kind: trials it was in, injections (and how many came while the first
+/// rollout was still running), violations in those trials, recovery p50 / max.
 fn summarize(results: &[TrialResult]) -> Value {
-    let mut kinds: BTreeMap<&str, (usize, usize, Vec<u128>, usize)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Kind {
+        trials: usize,
+        injections: usize,
+        while_running: usize,
+        violations: usize,
+        recovered: Vec<u128>,
+        not_recovered: usize,
+    }
+    let mut kinds: BTreeMap<&str, Kind> = BTreeMap::new();
     for r in results {
         let mut seen = BTreeSet::new();
         for f in &r.faults {
-            let e = kinds.entry(f.fault).or_default();
+            let k = kinds.entry(f.fault).or_default();
             if seen.insert(f.fault) {
-                e.0 += 1;
-                e.1 += r.violations.len();
+                k.trials += 1;
+                k.violations += r.violations.len();
+            }
+            k.injections += 1;
+            if !["Complete", "Aborted", "deleted"].contains(&f.rollout_phase.as_str()) {
+                k.while_running += 1;
             }
             match f.recovered_ms {
-                Some(ms) => e.2.push(ms),
-                None => e.3 += 1,
+                Some(ms) => k.recovered.push(ms),
+                None => k.not_recovered += 1,
             }
         }
     }
     let rows: Vec<Value> = kinds
         .into_iter()
-        .map(|(kind, (trials, violations, mut recovered, never))| {
-            recovered.sort_unstable();
-            let p50 = recovered.get(recovered.len() / 2).copied();
+        .map(|(kind, mut k)| {
+            k.recovered.sort_unstable();
             json!({
-                "fault": kind, "trials": trials, "violations": violations,
-                "recovered_p50_ms": p50, "recovered_max_ms": recovered.last(),
-                "not_recovered": never,
+                "fault": kind, "trials": k.trials, "injections": k.injections,
+                "while_running": k.while_running, "violations": k.violations,
+                "recovered_p50_ms": k.recovered.get(k.recovered.len() / 2),
+                "recovered_max_ms": k.recovered.last(),
+                "not_recovered": k.not_recovered,
             })
         })
         .collect();
@@ -359,17 +384,21 @@ fn summarize(results: &[TrialResult]) -> Value {
 }
 
 fn print_table(summary: &Value) {
-    println!("| fault | trials | violations | recovery p50 | recovery max |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| fault | trials | injections | while the rollout ran | violations | recovery p50 | recovery max |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let secs = |v: &Value| {
         v.as_u64()
             .map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
     };
     for row in summary["by_fault"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             row["fault"].as_str().unwrap_or(""),
             row["trials"],
+            row["injections"],
+            row["while_running"],
             row["violations"],
             secs(&row["recovered_p50_ms"]),
             secs(&row["recovered_max_ms"]),
@@ -466,11 +495,15 @@ enum Seen {
     Gone,
     At {
         phase: Option<String>,
+        /// The generation of the spec the agent last wrote status for.
+        observed_generation: Option<i64>,
         done: u32,
-        /// Nodes in flight or baking: a rollout paused or aborted is not at rest yet.
+        /// Nodes in flight or baking: a paused rollout lets them finish.
         busy: u32,
-        /// The conditions' and the failed nodes' messages, with their reasons.
-        texts: Vec<(String, String)>,
+        /// The conditions' reasons.
+        reasons: Vec<String>,
+        /// The failed nodes' messages.
+        failures: Vec<String>,
     },
 }
 
@@ -507,30 +540,26 @@ async fn observe(rollouts: &Api<ZtunnelRollout>, name: &str) -> Option<Seen> {
         return Some(Seen::Gone);
     };
     let status = r.status.unwrap_or_default();
-    let mut texts: Vec<(String, String)> = status
-        .conditions
-        .iter()
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .collect();
-    texts.extend(
-        status
+    Some(Seen::At {
+        phase: status.phase,
+        observed_generation: status.observed_generation,
+        done: status.counts.done,
+        busy: status.counts.in_flight + status.counts.baking,
+        reasons: status.conditions.iter().map(|c| c.reason.clone()).collect(),
+        failures: status
             .nodes
             .iter()
             .filter(|n| n.phase == NodePhase::Failed)
-            .map(|n| ("NodeFailed".to_owned(), n.message.clone())),
-    );
-    Some(Seen::At {
-        phase: status.phase,
-        done: status.counts.done,
-        busy: status.counts.in_flight + status.counts.baking,
-        texts,
+            .map(|n| format!("{}: {}", n.name, n.message))
+            .collect(),
     })
 }
 
 /// What the trial's faults changed about how its rollouts may end.
 #[derive(Debug, Default)]
 struct Expect {
-    aborted: bool,
+    /// The rollout's generation with `spec.abort: true`.
+    abort_generation: Option<i64>,
     deleted: bool,
     /// Budgets tightened to allow nothing: a node whose pre-cordon check saw one fails,
     /// untouched, and with `maxFailedNodes: 0` pauses its rollout (README, "Blockers
@@ -541,27 +570,44 @@ struct Expect {
 }
 
 impl Expect {
-    /// Paused because a node failed on a budget this trial tightened.
+    /// Paused because nodes failed, each on a budget this trial tightened, and no node
+    /// is in flight any more (a pause lets them finish).
     fn paused_by_tightened_budget(&self, seen: &Seen) -> bool {
         match seen {
-            Seen::At { phase, texts, .. } if phase.as_deref() == Some("Paused") => {
-                texts.iter().any(|(reason, message)| {
-                    reason == "NodeFailed"
-                        && self.tightened.iter().any(|b| message.contains(b.as_str()))
-                })
+            Seen::At {
+                phase, failures, ..
+            } if phase.as_deref() == Some("Paused") => {
+                !failures.is_empty()
+                    && failures
+                        .iter()
+                        .all(|f| self.tightened.iter().any(|b| f.contains(b.as_str())))
+                    && seen.at_rest()
             }
             _ => false,
         }
     }
 
-    /// The first rollout is where this trial lets it end.
+    /// The first rollout is where this trial lets it end: deleted if the trial deleted
+    /// it (its finalizer must go, whatever its phase); Complete — before it saw an
+    /// abort, if the trial aborted it; Aborted if aborted (the agent writes Aborted once
+    /// it released the nodes); paused by a tightened budget.
     fn main_settled(&self, seen: &Seen) -> bool {
+        if self.deleted {
+            return matches!(seen, Seen::Gone);
+        }
         match seen {
-            Seen::Gone => self.deleted,
-            Seen::At { phase, .. } => match phase.as_deref() {
-                Some("Complete") => true,
-                Some("Aborted") => self.aborted && !self.deleted && seen.at_rest(),
-                Some("Paused") => self.paused_by_tightened_budget(seen) && seen.at_rest(),
+            Seen::Gone => false,
+            Seen::At {
+                phase,
+                observed_generation,
+                ..
+            } => match phase.as_deref() {
+                Some("Complete") => match self.abort_generation {
+                    Some(aborted) => observed_generation.is_some_and(|g| g < aborted),
+                    None => true,
+                },
+                Some("Aborted") => self.abort_generation.is_some(),
+                Some("Paused") => self.paused_by_tightened_budget(seen),
                 _ => false,
             },
         }
@@ -572,12 +618,13 @@ impl Expect {
     fn second_settled(&self, seen: &Seen, main: &Seen) -> bool {
         match seen {
             Seen::Gone => false,
-            Seen::At { phase, texts, .. } => match phase.as_deref() {
+            Seen::At { phase, reasons, .. } => match phase.as_deref() {
                 Some("Complete") => true,
-                Some("Paused") => self.paused_by_tightened_budget(seen) && seen.at_rest(),
+                Some("Paused") => self.paused_by_tightened_budget(seen),
                 Some("Blocked") => {
                     self.paused_by_tightened_budget(main)
-                        && texts.iter().any(|(reason, _)| reason == "OverlapsRollout")
+                        && seen.at_rest()
+                        && reasons.iter().any(|r| r == "OverlapsRollout")
                 }
                 _ => false,
             },
@@ -703,9 +750,26 @@ async fn trial(seed: u64) -> TrialResult {
         )
         .await
         .expect("upgrade ztunnel");
+    // Read until the API server answers: an empty list would check nothing.
     let node_states = || async {
-        demo_nodes(&client)
-            .await
+        let mut backoff = Duration::from_millis(200);
+        let nodes = loop {
+            match Api::<Node>::all(client.clone())
+                .list(&ListParams::default().labels(&format!("{}=demo", fixtures::NODE_SET_LABEL)))
+                .await
+            {
+                Ok(list) if !list.items.is_empty() => break list.items,
+                other => {
+                    assert!(
+                        backoff < Duration::from_secs(20),
+                        "the harness cannot list the fleet's nodes: {other:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        };
+        nodes
             .into_iter()
             .map(|n| {
                 let name = n.metadata.name.clone().unwrap_or_default();
@@ -769,6 +833,9 @@ async fn trial(seed: u64) -> TrialResult {
     let mut seen: BTreeMap<&'static str, Seen> = BTreeMap::new();
     let mut replaced: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut next = 0;
+    // The DaemonSet's generation when the first rollout was first seen Complete: the
+    // claim is then checked against the DaemonSet's own counts.
+    let mut generation_at_complete: Option<Option<i64>> = None;
     let settled = |expect: &Expect, seen: &BTreeMap<&'static str, Seen>| {
         let Some(main) = seen.get(MAIN) else {
             return false;
@@ -793,6 +860,17 @@ async fn trial(seed: u64) -> TrialResult {
                 seen.insert(name, now);
             }
         }
+        if generation_at_complete.is_none()
+            && seen.get(MAIN).is_some_and(|s| s.phase() == "Complete")
+        {
+            generation_at_complete = Some(
+                daemonsets
+                    .get("ztunnel")
+                    .await
+                    .ok()
+                    .and_then(|d| d.metadata.generation),
+            );
+        }
         let done = settled(&t.expect, &seen);
         if progressed || done {
             for (at, f) in injected.iter_mut() {
@@ -807,12 +885,17 @@ async fn trial(seed: u64) -> TrialResult {
             let fault = planned[next].1;
             next += 1;
             let at = Instant::now();
+            let rollout_phase = seen
+                .get(MAIN)
+                .map_or("not read yet", Seen::phase)
+                .to_owned();
             let detail = t.inject(fault, max_unavailable).await;
             injected.push((
                 at,
                 Injected {
                     fault: fault.name(),
                     at_ms: at.duration_since(created).as_millis(),
+                    rollout_phase,
                     recovered_ms: None,
                     detail,
                 },
@@ -856,6 +939,7 @@ async fn trial(seed: u64) -> TrialResult {
         operator_cordoned,
         ..
     } = t;
+    let mut proxy_injections: BTreeMap<&'static str, BTreeMap<String, usize>> = BTreeMap::new();
     for r in &mut replicas {
         // A replica that exited on its own (a crash) is a failure of its own; one that
         // runs has a peak the kernel counted.
@@ -876,6 +960,14 @@ async fn trial(seed: u64) -> TrialResult {
             )),
         }
         r.proxy.stop_all();
+        proxy_injections.insert(
+            r.identity,
+            r.proxy
+                .counts()
+                .into_iter()
+                .map(|(kind, n)| (format!("{kind:?}"), n))
+                .collect(),
+        );
     }
     for (identity, peak) in &peak_rss {
         violations.extend(memory::over_bound(identity, *peak, MEMORY_BOUND));
@@ -887,6 +979,15 @@ async fn trial(seed: u64) -> TrialResult {
         let _ = r.child.wait();
     }
     let after = node_states().await;
+    // "Complete" is the agent's word: judged by the DaemonSet controller's counts.
+    let daemonset_check = match generation_at_complete {
+        Some(generation) => {
+            let (verdict, violation) = complete_per_daemonset(&daemonsets, generation).await;
+            violations.extend(violation);
+            Some(verdict)
+        }
+        None => None,
+    };
     violations.extend(cordons::left_cordoned(&before, &after, &operator_cordoned));
     // The API server writes a request's event after answering it: read once the log
     // has stopped growing.
@@ -955,8 +1056,53 @@ async fn trial(seed: u64) -> TrialResult {
         second_phase: seen.get(SECOND).map(|s| s.phase().to_owned()),
         duration_ms: duration.as_millis(),
         peak_rss_bytes: peak_rss,
+        proxy_injections,
+        daemonset_check,
         audit_events: events.len(),
         violations: violations.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A Complete rollout means every node the DaemonSet runs on has a Ready pod of its
+/// current template: the DaemonSet controller's `updatedNumberScheduled` and
+/// `numberReady` against `desiredNumberScheduled`, once it observed its generation (up
+/// to 30 s). Not judged if the DaemonSet moved on after the rollout completed.
+async fn complete_per_daemonset(
+    daemonsets: &Api<DaemonSet>,
+    generation: Option<i64>,
+) -> (String, Option<Violation>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("not read");
+    loop {
+        if let Ok(ds) = daemonsets.get("ztunnel").await {
+            if ds.metadata.generation != generation {
+                return (
+                    format!(
+                        "not judged: the DaemonSet moved on after Complete (generation {:?} -> {:?})",
+                        generation, ds.metadata.generation
+                    ),
+                    None,
+                );
+            }
+            let st = ds.status.unwrap_or_default();
+            let (desired, updated, ready) = (
+                st.desired_number_scheduled,
+                st.updated_number_scheduled.unwrap_or(0),
+                st.number_ready,
+            );
+            last = format!("{updated} of {desired} nodes on the current template, {ready} Ready");
+            if st.observed_generation == generation && updated == desired && ready == desired {
+                return (last, None);
+            }
+        }
+        if Instant::now() >= deadline {
+            let violation = Violation::new(
+                Invariant::Termination,
+                format!("rollout {MAIN} is Complete, but the DaemonSet has {last}"),
+            );
+            return (last, Some(violation));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -1202,14 +1348,14 @@ impl Trial {
                 let budgets: Api<PodDisruptionBudget> =
                     Api::namespaced(self.client.clone(), "demo");
                 let tighten = Patch::Merge(json!({ "spec": { "maxUnavailable": 0 } }));
-                match budgets.patch(name, &PatchParams::default(), &tighten).await {
-                    Ok(_) => {
-                        self.expect.tightened.insert(format!("demo/{name}"));
-                        let hold =
-                            self.later(3_000, 15_000, Pending::RestoreBudget(name.to_owned()));
-                        format!("demo/{name} at maxUnavailable 0 for {hold:?}")
-                    }
-                    Err(e) => format!("tightening demo/{name}: {e}"),
+                // An error may hide a write that was applied: expect it and restore it
+                // either way (the restore is idempotent).
+                let answer = budgets.patch(name, &PatchParams::default(), &tighten).await;
+                self.expect.tightened.insert(format!("demo/{name}"));
+                let hold = self.later(3_000, 15_000, Pending::RestoreBudget(name.to_owned()));
+                match answer {
+                    Ok(_) => format!("demo/{name} at maxUnavailable 0 for {hold:?}"),
+                    Err(e) => format!("tightening demo/{name} (restored in {hold:?}): {e}"),
                 }
             }
             Fault::NodeDeleted => {
@@ -1275,25 +1421,33 @@ impl Trial {
             }
             Fault::RolloutAbort => {
                 let abort = Patch::Merge(json!({ "spec": { "abort": true } }));
-                match self
+                let answer = self
                     .rollouts
                     .patch(MAIN, &PatchParams::default(), &abort)
-                    .await
-                {
-                    Ok(_) => {
-                        self.expect.aborted = true;
-                        "spec.abort: true".into()
-                    }
+                    .await;
+                // Whether it was applied, from the object (an error may hide a write).
+                let now = self.rollouts.get_opt(MAIN).await.ok().flatten();
+                if let Some(r) = now.filter(|r| r.spec.abort) {
+                    self.expect.abort_generation = r.metadata.generation;
+                }
+                match answer {
+                    Ok(r) => format!("spec.abort: true (generation {:?})", r.metadata.generation),
                     Err(e) => format!("aborting: {e}"),
                 }
             }
-            Fault::RolloutDelete => match self.rollouts.delete(MAIN, &Default::default()).await {
-                Ok(_) => {
+            Fault::RolloutDelete => {
+                let answer = self.rollouts.delete(MAIN, &Default::default()).await;
+                let now = self.rollouts.get_opt(MAIN).await;
+                if matches!(now, Ok(None))
+                    || matches!(&now, Ok(Some(r)) if r.metadata.deletion_timestamp.is_some())
+                {
                     self.expect.deleted = true;
-                    "deleted".into()
                 }
-                Err(e) => format!("deleting: {e}"),
-            },
+                match answer {
+                    Ok(_) => "deleted".into(),
+                    Err(e) => format!("deleting: {e}"),
+                }
+            }
             Fault::SecondRollout => {
                 let zone = ["zone-a", "zone-b", "zone-c"][self.rng.range(0, 2) as usize];
                 let selector =
