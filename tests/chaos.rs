@@ -1257,7 +1257,14 @@ impl Trial {
             Fault::EtcdRestart => {
                 let killed = self.control("kill", "etcd").await;
                 tokio::time::sleep(Duration::from_millis(self.rng.range(500, 3_000))).await;
-                format!("{killed}; {}", self.control("start", "etcd").await)
+                let started = self.control("start", "etcd").await;
+                // The bed's kubelets (KWOK) drop a pod's status write that fails while
+                // etcd is down and never retry it, where a kubelet would: the pod stays
+                // not Ready for ever and its budget blocks every drain (CI seed
+                // 20261206: the audit log shows KWOK's patch answered 500, never
+                // repeated). Restarting KWOK makes it apply the lost stage.
+                let kwok = self.control("restart", "kwok").await;
+                format!("{killed}; {started}; {kwok} (the bed's kubelets retry)")
             }
             Fault::ControllerManagerRestart => {
                 self.control("restart", "kube-controller-manager").await
