@@ -1,7 +1,9 @@
 //! Drain benchmark: a node with 100 application pods, drained by `ztunnel-rollout drain`
 //! and by `kubectl drain` on identical node sets of one local cluster. Prints wall time
 //! against the pods' inherent termination time, and API requests per tool (from the API
-//! server's audit log). Run: `cargo bench --bench drain` (after e2e/build-control-plane.sh).
+//! server's audit log). `BENCH_RUNS` (5) rounds, the tools alternating which goes first;
+//! `BENCH_RESULTS=FILE` writes every drain and the spreads as JSON. Run: `cargo bench
+//! --bench drain` (after e2e/build-control-plane.sh), or `e2e/bench.sh drain`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Api, Client};
 use ztunnel_rollout_testbed::control_plane::client_for;
 use ztunnel_rollout_testbed::fixtures::{self, AppFixture, Budget, NODE_SET_LABEL, ZtunnelFixture};
+use ztunnel_rollout_testbed::run_record::{self, Spread};
 
 const DEPLOYMENTS: usize = 10;
 const REPLICAS: i32 = 10;
@@ -27,6 +30,7 @@ const EXIT_SECONDS: f64 = 2.0;
 const REPLACEMENT_READY_SECONDS: f64 = 0.1 + 0.5;
 
 #[derive(Clone, Copy, PartialEq)]
+#[repr(u8)]
 enum Tool {
     ZtunnelRollout,
     Kubectl,
@@ -48,6 +52,8 @@ impl Tool {
 }
 
 struct Row {
+    /// Which alternating round (0-based) this drain was in.
+    round: usize,
     tool: Tool,
     pdb: bool,
     wall: Duration,
@@ -225,48 +231,105 @@ async fn main() {
         PathBuf::from(cluster.ready["stateDir"].as_str().expect("stateDir")).join("audit.log");
     let client = client_for(&kubeconfig).await.expect("client");
 
+    // Rounds of four drains (each tool, with and without PDBs), each on fresh nodes;
+    // the tools alternate which goes first, so neither always meets the cluster busier.
+    let rounds = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(5)
+        .max(1);
     let mut rows = Vec::new();
-    for (i, (tool, pdb)) in [
-        (Tool::ZtunnelRollout, false),
-        (Tool::Kubectl, false),
-        (Tool::ZtunnelRollout, true),
-        (Tool::Kubectl, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let set = format!("bench{i}");
-        let node = scenario(&client, &set, pdb).await;
-        let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
-        let started = Instant::now();
-        let ok = run_tool(tool, &node, &kubeconfig);
-        let wall = started.elapsed();
-        tokio::time::sleep(Duration::from_secs(1)).await; // let the audit log flush
-        let requests = support::audit::count_requests(&audit_log, offset, tool.user_agent_prefix());
-        let lower_bound = if pdb {
-            EXIT_SECONDS + REPLACEMENT_READY_SECONDS
+    for round in 0..rounds {
+        let tools = if round.is_multiple_of(2) {
+            [Tool::ZtunnelRollout, Tool::Kubectl]
         } else {
-            EXIT_SECONDS
+            [Tool::Kubectl, Tool::ZtunnelRollout]
         };
-        eprintln!("{} (PDBs: {pdb}): {:.2}s", tool.name(), wall.as_secs_f64());
-        rows.push(Row {
-            tool,
-            pdb,
-            wall,
-            lower_bound,
-            requests,
-            ok,
-        });
+        for pdb in [false, true] {
+            for tool in tools {
+                let set = format!("bench-{round}-{}-{}", u8::from(pdb), tool as u8);
+                let node = scenario(&client, &set, pdb).await;
+                let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
+                let started = Instant::now();
+                let ok = run_tool(tool, &node, &kubeconfig);
+                let wall = started.elapsed();
+                tokio::time::sleep(Duration::from_secs(1)).await; // let the audit log flush
+                let requests =
+                    support::audit::count_requests(&audit_log, offset, tool.user_agent_prefix());
+                let lower_bound = if pdb {
+                    EXIT_SECONDS + REPLACEMENT_READY_SECONDS
+                } else {
+                    EXIT_SECONDS
+                };
+                eprintln!(
+                    "round {}: {} (PDBs: {pdb}): {:.2}s",
+                    round + 1,
+                    tool.name(),
+                    wall.as_secs_f64()
+                );
+                rows.push(Row {
+                    round,
+                    tool,
+                    pdb,
+                    wall,
+                    lower_bound,
+                    requests,
+                    ok,
+                });
+            }
+        }
     }
 
     println!(
-        "\nDrain of one node with {} application pods ({} Deployments x {REPLICAS}), pod exit time {EXIT_SECONDS}s\n",
+        "\nDrain of one node with {} application pods ({} Deployments x {REPLICAS}), pod exit time {EXIT_SECONDS}s, {rounds} alternating rounds\n",
         DEPLOYMENTS * REPLICAS as usize,
         DEPLOYMENTS
     );
     println!(
-        "| tool | PDBs (maxUnavailable 50%) | drained | wall time | lower bound | ratio | API requests | by verb |"
+        "| tool | PDBs (maxUnavailable 50%) | drained | wall time: median (min–max) | lower bound | ratio (median) | API requests (median) |"
     );
+    println!("|---|---|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for pdb in [false, true] {
+        for tool in [Tool::ZtunnelRollout, Tool::Kubectl] {
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.tool == tool && r.pdb == pdb)
+                .collect();
+            let walls: Vec<f64> = mine.iter().map(|r| r.wall.as_secs_f64()).collect();
+            let requests: Vec<f64> = mine
+                .iter()
+                .map(|r| r.requests.values().sum::<usize>() as f64)
+                .collect();
+            let (Some(wall), Some(req)) = (Spread::of(&walls), Spread::of(&requests)) else {
+                continue;
+            };
+            let bound = mine.first().map_or(f64::NAN, |r| r.lower_bound);
+            let drained = mine.iter().filter(|r| r.ok).count();
+            println!(
+                "| {} | {} | {drained} of {} | {} | {bound:.2}s | {:.2} | {:.0} ({:.0}–{:.0}) |",
+                tool.name(),
+                if pdb { "yes" } else { "no" },
+                mine.len(),
+                wall.text(2, "s"),
+                wall.median / bound,
+                req.median,
+                req.min,
+                req.max,
+            );
+            summary.push(serde_json::json!({
+                "tool": tool.name(),
+                "pdbs": pdb,
+                "drained": drained,
+                "wall_seconds": wall,
+                "lower_bound_seconds": bound,
+                "ratio_median": wall.median / bound,
+                "api_requests": req,
+            }));
+        }
+    }
+    println!("\nEvery drain, in the order run:\n");
+    println!("| round | tool | PDBs | drained | wall time | ratio | API requests | by verb |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let total: usize = r.requests.values().sum();
@@ -276,16 +339,40 @@ async fn main() {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
         println!(
-            "| {} | {} | {} | {:.2}s | {:.2}s | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2}s | {:.2} | {} | {} |",
+            r.round + 1,
             r.tool.name(),
             if r.pdb { "yes" } else { "no" },
             if r.ok { "yes" } else { "NO" },
             r.wall.as_secs_f64(),
-            r.lower_bound,
             r.wall.as_secs_f64() / r.lower_bound,
             total,
             verbs.join(", ")
         );
+    }
+    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+        let record = run_record::record(
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            serde_json::json!({
+                "scenario": format!(
+                    "one node, {} application pods, pod exit {EXIT_SECONDS} s; {rounds} alternating rounds",
+                    DEPLOYMENTS * REPLICAS as usize
+                ),
+                "summary": summary,
+                "drains": rows.iter().map(|r| serde_json::json!({
+                    "round": r.round + 1,
+                    "tool": r.tool.name(),
+                    "pdbs": r.pdb,
+                    "drained": r.ok,
+                    "wall_seconds": r.wall.as_secs_f64(),
+                    "lower_bound_seconds": r.lower_bound,
+                    "requests_by_verb": r.requests,
+                })).collect::<Vec<_>>(),
+            }),
+        );
+        let text = serde_json::to_string_pretty(&record).expect("results");
+        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        eprintln!("results written to {path}");
     }
     drop(cluster);
 }

@@ -9,8 +9,11 @@
 //! scenario of BENCHMARKS.md with `e2e/bench.sh`. Settings (environment):
 //! - `BENCH_NODES` (200), `BENCH_PODS_PER_NODE` (2), `BENCH_MAX_UNAVAILABLE` (`10%`),
 //! - `BENCH_WAVES`: `zones` (one wave per zone, the default) or `one`,
-//! - `BENCH_MODE`: `agent` (default), `runbook` (e2e/runbook-baseline.sh, node by node),
+//! - `BENCH_MODE`: `agent` (default), `runbook` (e2e/runbook-baseline.sh: wave after
+//!   wave, as many nodes of a wave at once as `BENCH_MAX_UNAVAILABLE` allows the agent),
 //!   `failover` (two agents; the leader is SIGKILLed once a third of the nodes are done),
+//! - `BENCH_RUNS` (1): runs, each on a fresh cluster; the result file has every run and
+//!   each number's median, min and max,
 //! - `BENCH_RESIDENT_PODS` (0): bare pods that stay on as many nodes again outside the
 //!   rollout, for the agent's memory with many pods in the cluster,
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
@@ -22,7 +25,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,7 @@ use ztunnel_rollout_testbed::control_plane::client_for;
 use ztunnel_rollout_testbed::fixtures::{
     self, AppFixture, Budget, NODE_SET_LABEL, ZONE_LABEL, ZtunnelFixture,
 };
+use ztunnel_rollout_testbed::run_record;
 
 const ZONES: [&str; 3] = ["a", "b", "c"];
 const REPLICAS: usize = 40;
@@ -73,6 +77,8 @@ struct Params {
     resident_pods: usize,
     /// Health gates on (`BENCH_GATES=1`).
     gates: bool,
+    /// Runs, each on a fresh cluster (`BENCH_RUNS`).
+    runs: usize,
 }
 
 fn params() -> Params {
@@ -83,6 +89,7 @@ fn params() -> Params {
             .unwrap_or_else(|e| panic!("{k}: {e}"))
     };
     Params {
+        runs: number("BENCH_RUNS", "1").max(1),
         nodes: number("BENCH_NODES", "200"),
         pods_per_node: number("BENCH_PODS_PER_NODE", "2"),
         max_unavailable: var("BENCH_MAX_UNAVAILABLE", "10%"),
@@ -324,44 +331,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's memory, from /proc/meminfo.
-fn memory_gib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
-}
-
-/// The commit measured, with "-dirty" when its code had changes (not the results or docs).
-fn commit() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    // The result files and the documentation do not count as changes to what was
-    // measured.
-    match git(&[
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-        "--",
-        ".",
-        ":!benches/results",
-        ":!*.md",
-    ]) {
-        Some(changes) if !changes.is_empty() => format!("{head}-dirty"),
-        _ => head,
-    }
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -503,10 +472,8 @@ fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
             .map(|(z, _)| (0..p.nodes).filter(|i| i % ZONES.len() == z).count())
             .collect()
     };
-    let batches: usize = match p.mode {
-        Mode::Runbook => p.nodes,
-        _ => waves.iter().map(|n| n.div_ceil(budget.budget(*n))).sum(),
-    };
+    // The runbook script runs at the same concurrency (xargs -P), so the same bound.
+    let batches: usize = waves.iter().map(|n| n.div_ceil(budget.budget(*n))).sum();
     (batches as f64 * path, batches)
 }
 
@@ -539,13 +506,152 @@ fn log_time(line: &str) -> Option<Timestamp> {
     line.split_whitespace().next()?.parse().ok()
 }
 
+/// One run's figures: the table as printed, the numbers of the result file, the API
+/// requests by verb.
+struct Run {
+    table: Vec<(String, String)>,
+    numbers: serde_json::Map<String, serde_json::Value>,
+    requests: BTreeMap<String, usize>,
+}
+
+/// The nodes of each wave: all at once with `BENCH_WAVES=one`, else zone by zone (node
+/// i is in zone i mod 3, as `fixtures::zoned_nodes` places them).
+fn wave_nodes(p: &Params, nodes: &[String]) -> Vec<Vec<String>> {
+    if p.one_wave {
+        return vec![nodes.to_vec()];
+    }
+    (0..ZONES.len())
+        .map(|z| {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % ZONES.len() == z)
+                .map(|(_, n)| n.clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// A label as a result file's key: lowercase words joined by `_`.
+fn slug(label: &str) -> String {
+    label
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The runbook script's per-node lines (`NODE start T0 drained T1 old-gone T2 new-ready
+/// T3 uncordoned T4`) as the durations of its steps, in seconds.
+fn runbook_steps(lines: &str) -> Vec<(&'static str, Vec<f64>)> {
+    let mut steps: Vec<(&'static str, Vec<f64>)> = vec![
+        ("drain (kubectl drain, cordon included)", vec![]),
+        ("drained → old ztunnel gone", vec![]),
+        ("old ztunnel gone → new ztunnel Ready", vec![]),
+        ("drained → new ztunnel Ready", vec![]),
+        ("new ztunnel Ready → uncordoned", vec![]),
+        ("whole node", vec![]),
+    ];
+    for line in lines.lines() {
+        let t: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter_map(|kv| kv.get(1)?.parse().ok())
+            .collect();
+        let [t0, t1, t2, t3, t4] = t[..] else {
+            panic!("the runbook script printed {line:?}, not NODE start T0 ... uncordoned T4");
+        };
+        for (i, d) in [t1 - t0, t2 - t1, t3 - t2, t3 - t1, t4 - t3, t4 - t0]
+            .into_iter()
+            .enumerate()
+        {
+            steps[i].1.push(d);
+        }
+    }
+    steps
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let p = params();
-    let budget = budget(&p);
+    let runs = p.runs;
+    let mut all = Vec::new();
+    for i in 0..runs {
+        eprintln!("-- run {} of {runs}", i + 1);
+        let run = run(&p).await;
+        println!();
+        if runs > 1 {
+            println!("run {} of {runs}:\n", i + 1);
+        }
+        println!("| figure | value |\n|---|---|");
+        for (k, v) in &run.table {
+            println!("| {k} | {v} |");
+        }
+        let verbs: Vec<String> = run
+            .requests
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!("\nrequests by verb: {}", verbs.join(", "));
+        all.push(run);
+    }
+    // Every number's spread over the runs.
+    let mut spreads = serde_json::Map::new();
+    if let Some(first) = all.first() {
+        for key in first.numbers.keys() {
+            let values: Vec<f64> = all
+                .iter()
+                .filter_map(|r| r.numbers.get(key)?.as_f64())
+                .collect();
+            if let Some(s) = run_record::Spread::of(&values) {
+                spreads.insert(key.clone(), serde_json::json!(s));
+            }
+        }
+    }
+    if runs > 1 {
+        println!("\nover {runs} runs (median, min–max):\n");
+        println!("| figure | median | min | max |\n|---|---|---|---|");
+        for (k, v) in &spreads {
+            println!(
+                "| {k} | {:.2} | {:.2} | {:.2} |",
+                v["median"].as_f64().unwrap_or(f64::NAN),
+                v["min"].as_f64().unwrap_or(f64::NAN),
+                v["max"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+        // The machine-readable record (e2e/bench.sh keeps one per scenario under
+        // benches/results/): every run's numbers and table, and each number's spread.
+        let record = run_record::record(
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            serde_json::json!({
+                "settings": std::env::vars()
+                    .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_RESULTS")
+                    .collect::<BTreeMap<_, _>>(),
+                "spread": spreads,
+                "runs": all.iter().map(|r| serde_json::json!({
+                    "numbers": r.numbers,
+                    "table": r.table.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+                    "requests_by_verb": r.requests,
+                })).collect::<Vec<_>>(),
+            }),
+        );
+        let text = serde_json::to_string_pretty(&record).expect("results");
+        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        eprintln!("results written to {path}");
+    }
+}
+
+/// One run on a fresh local cluster.
+async fn run(p: &Params) -> Run {
+    let budget = budget(p);
     let cluster = support::start_supervisor(
         "bench-rollout",
         &["--audit-log", "--pod-exit-after-seconds", "1"],
@@ -557,10 +663,10 @@ async fn main() {
     let client = client_for(&kubeconfig).await.expect("client");
     agent_support::install(&client).await;
     let setup = Instant::now();
-    let (target, nodes) = scenario(&client, &p).await;
+    let (target, nodes) = scenario(&client, p).await;
     eprintln!("scenario ready in {:.1}s", setup.elapsed().as_secs_f64());
     let pods = p.nodes * p.pods_per_node;
-    let (bound, batches) = lower_bound(&p, budget);
+    let (bound, batches) = lower_bound(p, budget);
     let waves = if p.one_wave {
         "one wave"
     } else {
@@ -578,21 +684,33 @@ async fn main() {
     let started = Instant::now();
     let mut agents: Vec<Agent> = Vec::new();
     let mut user_agent = "ztunnel-rollout/";
+    let mut runbook_lines = String::new();
+    // Numbers of this run besides the common ones (failover, per-node medians).
+    let mut numbers = serde_json::Map::new();
     match p.mode {
         Mode::Runbook => {
             user_agent = "kubectl/";
-            let kubectl = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/bin/kubectl");
-            let status = std::process::Command::new(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/runbook-baseline.sh"),
-            )
-            .env("KUBECTL", &kubectl)
-            .env("KUBECONFIG", &kubeconfig)
-            .arg(TAG)
-            .args(&nodes)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run the runbook script");
-            assert!(status.success(), "the runbook script failed");
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            // Wave after wave, as many nodes of a wave at once as the agent's budget
+            // allows (xargs -P): the same concurrency.
+            for wave in wave_nodes(p, &nodes) {
+                let parallel = budget.budget(wave.len());
+                let out = std::process::Command::new(repo.join("e2e/runbook-baseline.sh"))
+                    .env("KUBECTL", repo.join("e2e/bin/kubectl"))
+                    .env("KUBECONFIG", &kubeconfig)
+                    .arg("-P")
+                    .arg(parallel.to_string())
+                    .arg(TAG)
+                    .args(&wave)
+                    .output()
+                    .expect("run the runbook script");
+                assert!(
+                    out.status.success(),
+                    "the runbook script failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runbook_lines.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
         }
         Mode::Agent | Mode::Failover => {
             agents.push(agent_support::start_tagged(
@@ -699,6 +817,8 @@ async fn main() {
                     "failover: SIGKILL → standby's first node step".into(),
                     format!("{:.1} s", since(&first)),
                 ));
+                numbers.insert("failover_leads_seconds".into(), since(&leading).into());
+                numbers.insert("failover_first_step_seconds".into(), since(&first).into());
             }
             let leader = agents.last().expect("an agent");
             let done = agent_support::wait_for_phase(
@@ -753,7 +873,7 @@ async fn main() {
                 "{} nodes ({waves}), {pods} application pods under 25% PDBs, {} by {}",
                 p.nodes,
                 if p.mode == Mode::Runbook {
-                    "node by node".to_owned()
+                    format!("maxUnavailable {} (xargs -P)", p.max_unavailable)
                 } else {
                     format!("maxUnavailable {}", p.max_unavailable)
                 },
@@ -794,8 +914,37 @@ async fn main() {
         ),
     ];
     table.extend(rows);
+    for (key, value) in [
+        ("nodes", serde_json::json!(p.nodes)),
+        ("application_pods", serde_json::json!(pods)),
+        ("total_seconds", serde_json::json!(total)),
+        ("critical_path_seconds", serde_json::json!(bound)),
+        ("ratio", serde_json::json!(total / bound)),
+        ("api_requests", serde_json::json!(all)),
+        ("evictions", serde_json::json!(evictions)),
+    ] {
+        numbers.insert(key.into(), value);
+    }
+    let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
+    if p.mode == Mode::Runbook {
+        for (step, values) in runbook_steps(&runbook_lines) {
+            numbers.insert(
+                format!("script_{}_p50_seconds", slug(step)),
+                median(&values).into(),
+            );
+            table.push((
+                format!("per node (script): {step} (p50 / p95 / max)"),
+                spread(values),
+            ));
+        }
+    }
     if let Some(agent) = agents.last() {
         let pid = agent.child.id();
+        numbers.insert(
+            "agent_peak_rss_mib".into(),
+            (peak_rss_kib(pid) as f64 / 1024.0).into(),
+        );
+        numbers.insert("agent_cpu_seconds".into(), cpu_seconds(pid).into());
         table.push((
             "agent peak RSS".into(),
             format!("{:.1} MiB", peak_rss_kib(pid) as f64 / 1024.0),
@@ -824,11 +973,16 @@ async fn main() {
                 })
                 .collect()
         };
+        numbers.insert("reaction_p50_seconds".into(), median(&latency).into());
         table.push((
             "reaction: new ztunnel Ready → uncordoned (p50 / p95 / max)".into(),
             spread(latency),
         ));
         for (phase, values) in phase_durations(&client, TAG).await {
+            numbers.insert(
+                format!("agent_{}_p50_seconds", slug(phase)),
+                median(&values).into(),
+            );
             table.push((
                 format!("per node: {phase} (p50 / p95 / max)"),
                 spread(values),
@@ -836,49 +990,14 @@ async fn main() {
         }
         table.push((
             "planning time (pure planner, all nodes pending)".into(),
-            format!("{:.1} µs", planning_time(&p, budget).as_secs_f64() * 1e6),
+            format!("{:.1} µs", planning_time(p, budget).as_secs_f64() * 1e6),
         ));
-    }
-    println!();
-    println!("| figure | value |\n|---|---|");
-    for (k, v) in &table {
-        println!("| {k} | {v} |");
-    }
-    let verbs: Vec<String> = requests.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    println!("\nrequests by verb: {}", verbs.join(", "));
-    if let Ok(path) = std::env::var("BENCH_RESULTS") {
-        // The machine-readable record (e2e/bench.sh keeps one per scenario under
-        // benches/results/): the numbers, and every row of the table as printed.
-        let mut numbers = serde_json::json!({
-            "nodes": p.nodes,
-            "application_pods": pods,
-            "total_seconds": total,
-            "critical_path_seconds": bound,
-            "ratio": total / bound,
-            "api_requests": all,
-            "evictions": evictions,
-        });
-        if let Some(agent) = agents.last() {
-            let pid = agent.child.id();
-            numbers["agent_peak_rss_mib"] = serde_json::json!(peak_rss_kib(pid) as f64 / 1024.0);
-            numbers["agent_cpu_seconds"] = serde_json::json!(cpu_seconds(pid));
-        }
-        let record = serde_json::json!({
-            "date": k8s_openapi::jiff::Timestamp::now().to_string(),
-            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "memory_gib": memory_gib(),
-            "commit": commit(),
-            "settings": std::env::vars()
-                .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_RESULTS")
-                .collect::<BTreeMap<_, _>>(),
-            "numbers": numbers,
-            "table": table.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
-            "requests_by_verb": requests,
-        });
-        let text = serde_json::to_string_pretty(&record).expect("results");
-        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        eprintln!("results written to {path}");
     }
     drop(agents);
     drop(cluster);
+    Run {
+        table,
+        numbers,
+        requests,
+    }
 }

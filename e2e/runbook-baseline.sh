@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
-# The operational runbook's ztunnel upgrade, as a script (the benchmark's baseline): for
-# each node in turn, cordon, drain, delete the node's ztunnel pod, wait for the
-# DaemonSet's new pod to be Ready, uncordon.
+# The operational runbook's ztunnel upgrade as a careful operator scripts it with
+# kubectl (the rollout benchmark's baseline). For each node: `kubectl drain` (which
+# cordons), delete the node's ztunnel pod, `kubectl wait --for=delete` on it, wait for
+# the DaemonSet's new pod to be created and Ready (`kubectl wait`), uncordon.
 #
-#   e2e/runbook-baseline.sh ZTUNNEL_NAMESPACE NODE...
+#   e2e/runbook-baseline.sh [-P N] ZTUNNEL_NAMESPACE NODE...
 #
+# -P N upgrades N nodes at a time (xargs -P; default 1, node by node). Prints one line
+# per node when it is done: the node, then the Unix time (seconds) at which each step
+# ended: `NODE start T0 drained T1 old-gone T2 new-ready T3 uncordoned T4`.
 # Uses `kubectl` from PATH (or $KUBECTL) and its usual configuration ($KUBECONFIG).
 set -euo pipefail
 kubectl=${KUBECTL:-kubectl}
-ns=${1:?usage: runbook-baseline.sh ZTUNNEL_NAMESPACE NODE...}
-shift
-for node in "$@"; do
-  "$kubectl" cordon "$node" >/dev/null
+parallel=1
+if [ "${1:-}" = "-P" ]; then
+  parallel=${2:?usage: runbook-baseline.sh [-P N] ZTUNNEL_NAMESPACE NODE...}
+  shift 2
+fi
+case "$parallel" in '' | *[!0-9]* | 0) echo "-P: '$parallel' is not a number of nodes (1 or more)" >&2; exit 2 ;; esac
+
+if [ "${1:-}" = "--node" ]; then
+  # One node (the unit xargs runs): NAMESPACE NODE.
+  ns=$2 node=$3
+  now() { date +%s.%N; }
+  t0=$(now)
   "$kubectl" drain "$node" --ignore-daemonsets --delete-emptydir-data --timeout=10m >/dev/null
-  "$kubectl" -n "$ns" delete pod -l app=ztunnel --field-selector "spec.nodeName=$node" --wait=false >/dev/null
-  # The DaemonSet controller creates the new pod shortly: wait for it, then for Ready.
-  deadline=$((SECONDS + 600))
-  until "$kubectl" -n "$ns" wait pod -l app=ztunnel --field-selector "spec.nodeName=$node,status.phase=Running" \
-      --for=condition=Ready --timeout=10s >/dev/null 2>&1 &&
-    [ "$("$kubectl" -n "$ns" get pods -l app=ztunnel --field-selector "spec.nodeName=$node" \
-      -o jsonpath='{range .items[?(@.metadata.deletionTimestamp)]}x{end}')" = "" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "ztunnel on $node not Ready within 10 minutes" >&2
-      exit 1
-    fi
-    sleep 1
-  done
+  t1=$(now)
+  old=$("$kubectl" -n "$ns" get pods -l app=ztunnel --field-selector "spec.nodeName=$node" -o name)
+  [ -n "$old" ] || { echo "$node: no ztunnel pod" >&2; exit 1; }
+  "$kubectl" -n "$ns" delete $old --wait=false >/dev/null
+  "$kubectl" -n "$ns" wait --for=delete $old --timeout=10m >/dev/null
+  t2=$(now)
+  # The DaemonSet controller creates the replacement once the old pod is gone.
+  "$kubectl" -n "$ns" wait --for=create --for=condition=Ready pod -l app=ztunnel \
+    --field-selector "spec.nodeName=$node" --timeout=10m >/dev/null
+  t3=$(now)
   "$kubectl" uncordon "$node" >/dev/null
-  echo "$node done"
-done
+  t4=$(now)
+  echo "$node start $t0 drained $t1 old-gone $t2 new-ready $t3 uncordoned $t4"
+  exit 0
+fi
+
+ns=${1:?usage: runbook-baseline.sh [-P N] ZTUNNEL_NAMESPACE NODE...}
+shift
+[ "$#" -gt 0 ] || { echo "usage: runbook-baseline.sh [-P N] ZTUNNEL_NAMESPACE NODE..." >&2; exit 2; }
+printf '%s\n' "$@" | KUBECTL="$kubectl" xargs -P "$parallel" -I{} "${BASH_SOURCE[0]}" --node "$ns" {}

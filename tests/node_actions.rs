@@ -298,21 +298,26 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
             .collect()
     };
 
-    actions
-        .set_waiting_taint("r1", &node(&env, &name).await, true)
-        .await
-        .expect("taint");
+    set_taint(&actions, &env, &name, true).await;
     let tainted = node(&env, &name).await;
     assert_eq!(keys(&tainted), ["dedicated", WAITING_TAINT]);
-    actions
-        .set_waiting_taint("r1", &tainted, true)
-        .await
-        .expect("idempotent");
-    assert_eq!(
-        node(&env, &name).await.metadata.resource_version,
-        tainted.metadata.resource_version,
-        "no write when already tainted"
-    );
+    // No write when already tainted: the version stays. KWOK's heartbeats may move it
+    // meanwhile; an unchanged version in one of five tries shows no write of ours.
+    let mut unwritten = false;
+    for _ in 0..5 {
+        let before = node(&env, &name).await;
+        actions
+            .set_waiting_taint("r1", &before, true)
+            .await
+            .expect("idempotent");
+        let after = node(&env, &name).await;
+        assert_eq!(keys(&after), ["dedicated", WAITING_TAINT]);
+        if after.metadata.resource_version == before.metadata.resource_version {
+            unwritten = true;
+            break;
+        }
+    }
+    assert!(unwritten, "the node was written although already tainted");
 
     let stale = tainted.clone();
     nodes
@@ -331,12 +336,25 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
         .expect_err("stale read");
     assert!(matches!(err, ActionError::Conflict { .. }), "{err}");
 
-    actions
-        .set_waiting_taint("r1", &node(&env, &name).await, false)
-        .await
-        .expect("untaint");
+    set_taint(&actions, &env, &name, false).await;
     assert_eq!(keys(&node(&env, &name).await), ["dedicated"]);
     task.abort();
+}
+
+/// Sets or lifts r1's waiting taint from a fresh read of `name`. KWOK's heartbeats
+/// write the node too, so a fresh read can still meet a Conflict: like the agent, read
+/// again.
+async fn set_taint(actions: &NodeActions, env: &TestEnv, name: &str, waiting: bool) {
+    for _ in 0..5 {
+        match actions
+            .set_waiting_taint("r1", &node(env, name).await, waiting)
+            .await
+        {
+            Err(ActionError::Conflict { .. }) => continue,
+            other => return drop(other.expect("set the waiting taint")),
+        }
+    }
+    panic!("node {name} changed between every read and write");
 }
 
 /// Disowns `cordon` on `name` for rollout r1; again after a Conflict.

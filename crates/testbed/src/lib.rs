@@ -12,4 +12,5 @@ pub mod kubeconfig;
 pub mod kwok_stages;
 pub mod pki;
 pub mod rbac_audit;
+pub mod run_record;
 pub mod supervisor;
