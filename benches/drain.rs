@@ -233,11 +233,14 @@ async fn main() {
 
     // Rounds of four drains (each tool, with and without PDBs), each on fresh nodes;
     // the tools alternate which goes first, so neither always meets the cluster busier.
-    let rounds = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds = match std::env::var("BENCH_RUNS") {
+        Err(_) => 5,
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("BENCH_RUNS: {v:?} is not a number of rounds (1 or more)")),
+    };
     let mut rows = Vec::new();
     for round in 0..rounds {
         let tools = if round.is_multiple_of(2) {
@@ -296,12 +299,24 @@ async fn main() {
                 .iter()
                 .filter(|r| r.tool == tool && r.pdb == pdb)
                 .collect();
-            let walls: Vec<f64> = mine.iter().map(|r| r.wall.as_secs_f64()).collect();
+            // A drain that failed has no time to compare: counted apart, left out.
+            let walls: Vec<f64> = mine
+                .iter()
+                .filter(|r| r.ok)
+                .map(|r| r.wall.as_secs_f64())
+                .collect();
             let requests: Vec<f64> = mine
                 .iter()
+                .filter(|r| r.ok)
                 .map(|r| r.requests.values().sum::<usize>() as f64)
                 .collect();
             let (Some(wall), Some(req)) = (Spread::of(&walls), Spread::of(&requests)) else {
+                println!(
+                    "| {} | {} | 0 of {} | - | - | - | - |",
+                    tool.name(),
+                    if pdb { "yes" } else { "no" },
+                    mine.len()
+                );
                 continue;
             };
             let bound = mine.first().map_or(f64::NAN, |r| r.lower_bound);
@@ -358,6 +373,7 @@ async fn main() {
                     "one node, {} application pods, pod exit {EXIT_SECONDS} s; {rounds} alternating rounds",
                     DEPLOYMENTS * REPLICAS as usize
                 ),
+                "settings": { "BENCH_RUNS": rounds },
                 "summary": summary,
                 "drains": rows.iter().map(|r| serde_json::json!({
                     "round": r.round + 1,
@@ -370,9 +386,7 @@ async fn main() {
                 })).collect::<Vec<_>>(),
             }),
         );
-        let text = serde_json::to_string_pretty(&record).expect("results");
-        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        eprintln!("results written to {path}");
+        run_record::write(Path::new(&path), &record);
     }
     drop(cluster);
 }

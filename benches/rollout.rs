@@ -1,6 +1,6 @@
 //! Rollout benchmark: simulated nodes in 3 zones with application pods under PDBs, a
 //! ztunnel upgrade done by the agent, by the runbook's kubectl script, or by two agents of
-//! which the leader is killed mid-way. Prints one table of what was measured: total time
+//! which the leader is killed mid-way. Prints a table per run of what was measured: total time
 //! against the critical-path lower bound implied by the simulated (KWOK) delays,
 //! per-phase node durations, reaction latency, evictions per pod, API requests (from the
 //! API server's audit log), the agent's peak memory and CPU, and the status size.
@@ -554,14 +554,15 @@ fn runbook_steps(lines: &str) -> Vec<(&'static str, Vec<f64>)> {
         ("whole node", vec![]),
     ];
     for line in lines.lines() {
-        let t: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let keys = ["start", "drained", "old-gone", "new-ready", "uncordoned"];
+        let t: Vec<f64> = words
             .chunks(2)
-            .filter_map(|kv| kv.get(1)?.parse().ok())
+            .zip(keys)
+            .filter(|(kv, key)| kv[0] == *key)
+            .filter_map(|(kv, _)| kv.get(1)?.parse().ok())
             .collect();
-        let [t0, t1, t2, t3, t4] = t[..] else {
+        let (&[t0, t1, t2, t3, t4], 10) = (t.as_slice(), words.len()) else {
             panic!("the runbook script printed {line:?}, not NODE start T0 ... uncordoned T4");
         };
         for (i, d) in [t1 - t0, t2 - t1, t3 - t2, t3 - t1, t4 - t3, t4 - t0]
@@ -632,6 +633,7 @@ async fn main() {
         let record = run_record::record(
             Path::new(env!("CARGO_MANIFEST_DIR")),
             serde_json::json!({
+                "scenario": std::env::var("BENCH_SCENARIO").unwrap_or_default(),
                 "settings": std::env::vars()
                     .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_RESULTS")
                     .collect::<BTreeMap<_, _>>(),
@@ -643,9 +645,7 @@ async fn main() {
                 })).collect::<Vec<_>>(),
             }),
         );
-        let text = serde_json::to_string_pretty(&record).expect("results");
-        std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        eprintln!("results written to {path}");
+        run_record::write(Path::new(&path), &record);
     }
 }
 
@@ -926,6 +926,25 @@ async fn run(p: &Params) -> Run {
         numbers.insert(key.into(), value);
     }
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
+    let latency: Vec<f64> = {
+        let r = reactions.lock().expect("lock");
+        r.ready
+            .iter()
+            .filter_map(|(n, ready)| {
+                Some(
+                    r.uncordoned
+                        .get(n)?
+                        .saturating_duration_since(*ready)
+                        .as_secs_f64(),
+                )
+            })
+            .collect()
+    };
+    numbers.insert("reaction_p50_seconds".into(), median(&latency).into());
+    table.push((
+        "reaction: new ztunnel Ready → uncordoned, as the benchmark's watches see it (p50 / p95 / max)".into(),
+        spread(latency),
+    ));
     if p.mode == Mode::Runbook {
         for (step, values) in runbook_steps(&runbook_lines) {
             numbers.insert(
@@ -959,25 +978,7 @@ async fn run(p: &Params) -> Run {
                 1000.0 * pass_time / passes.max(1.0)
             ),
         ));
-        let latency: Vec<f64> = {
-            let r = reactions.lock().expect("lock");
-            r.ready
-                .iter()
-                .filter_map(|(n, ready)| {
-                    Some(
-                        r.uncordoned
-                            .get(n)?
-                            .saturating_duration_since(*ready)
-                            .as_secs_f64(),
-                    )
-                })
-                .collect()
-        };
-        numbers.insert("reaction_p50_seconds".into(), median(&latency).into());
-        table.push((
-            "reaction: new ztunnel Ready → uncordoned (p50 / p95 / max)".into(),
-            spread(latency),
-        ));
+
         for (phase, values) in phase_durations(&client, TAG).await {
             numbers.insert(
                 format!("agent_{}_p50_seconds", slug(phase)),

@@ -67,6 +67,6 @@ for s in "$@"; do
   bench=rollout
   if [ "$s" = drain ]; then bench=drain; fi
   # shellcheck disable=SC2086 # the settings are words
-  env $settings BENCH_RESULTS="$root/benches/results/$s.json" \
+  env $settings BENCH_SCENARIO="$s" BENCH_RESULTS="$root/benches/results/$s.json" \
     cargo bench --locked --quiet --bench "$bench" | sed -n '/^run \|^| \|^$\|^over \|^Drain \|^Every \|^requests by verb/p'
 done

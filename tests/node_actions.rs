@@ -298,7 +298,11 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
             .collect()
     };
 
-    set_taint(&actions, &env, &name, true).await;
+    let done = set_taint(&actions, &env, &name, true).await;
+    assert!(
+        matches!(&done, CallDone::Applied { over } if !over.is_empty()),
+        "{done:?}"
+    );
     let tainted = node(&env, &name).await;
     assert_eq!(keys(&tainted), ["dedicated", WAITING_TAINT]);
     // No write when already tainted: the version stays. KWOK's heartbeats may move it
@@ -306,10 +310,14 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
     let mut unwritten = false;
     for _ in 0..5 {
         let before = node(&env, &name).await;
-        actions
+        let done = actions
             .set_waiting_taint("r1", &before, true)
             .await
             .expect("idempotent");
+        assert!(
+            matches!(&done, CallDone::Applied { over } if over.is_empty()),
+            "no conditional write: {done:?}"
+        );
         let after = node(&env, &name).await;
         assert_eq!(keys(&after), ["dedicated", WAITING_TAINT]);
         if after.metadata.resource_version == before.metadata.resource_version {
@@ -336,7 +344,11 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
         .expect_err("stale read");
     assert!(matches!(err, ActionError::Conflict { .. }), "{err}");
 
-    set_taint(&actions, &env, &name, false).await;
+    let done = set_taint(&actions, &env, &name, false).await;
+    assert!(
+        matches!(&done, CallDone::Applied { over } if !over.is_empty()),
+        "{done:?}"
+    );
     assert_eq!(keys(&node(&env, &name).await), ["dedicated"]);
     task.abort();
 }
@@ -344,14 +356,14 @@ async fn the_waiting_taint_comes_and_goes_without_touching_other_taints() {
 /// Sets or lifts r1's waiting taint from a fresh read of `name`. KWOK's heartbeats
 /// write the node too, so a fresh read can still meet a Conflict: like the agent, read
 /// again.
-async fn set_taint(actions: &NodeActions, env: &TestEnv, name: &str, waiting: bool) {
+async fn set_taint(actions: &NodeActions, env: &TestEnv, name: &str, waiting: bool) -> CallDone {
     for _ in 0..5 {
         match actions
             .set_waiting_taint("r1", &node(env, name).await, waiting)
             .await
         {
             Err(ActionError::Conflict { .. }) => continue,
-            other => return drop(other.expect("set the waiting taint")),
+            other => return other.expect("set the waiting taint"),
         }
     }
     panic!("node {name} changed between every read and write");

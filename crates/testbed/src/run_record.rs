@@ -46,10 +46,32 @@ pub fn memory_gib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
 }
 
-/// A result file's record: the header (date in UTC, commit of `repo`, cores, memory)
-/// followed by `body`'s fields (an object; anything else goes under "body").
+/// The CPU model (from /proc/cpuinfo) and the kernel release, where they can be read.
+fn cpu_and_kernel() -> (String, String) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (cpu, kernel)
+}
+
+/// The layout of the records [`record`] writes; raised when a field changes meaning.
+pub const SCHEMA: u32 = 2;
+
+/// A result file's record: the header (schema, date in UTC, commit of `repo`, cores,
+/// CPU model, kernel, memory) followed by `body`'s fields (an object; anything else goes
+/// under "body").
 pub fn record(repo: &Path, body: Value) -> Value {
+    let (cpu, kernel) = cpu_and_kernel();
     let mut record = serde_json::Map::new();
+    record.insert("schema".into(), json!(SCHEMA));
     record.insert(
         "date".into(),
         json!(k8s_openapi::jiff::Timestamp::now().to_string()),
@@ -59,6 +81,8 @@ pub fn record(repo: &Path, body: Value) -> Value {
         "cores".into(),
         json!(std::thread::available_parallelism().map_or(0, |n| n.get())),
     );
+    record.insert("cpu".into(), json!(cpu));
+    record.insert("kernel".into(), json!(kernel));
     record.insert("memory_gib".into(), json!(memory_gib()));
     match body {
         Value::Object(fields) => record.extend(fields),
@@ -67,6 +91,14 @@ pub fn record(repo: &Path, body: Value) -> Value {
         }
     }
     Value::Object(record)
+}
+
+/// Writes `record` to `path` as pretty JSON; a benchmark that cannot keep its results
+/// fails (panics) rather than end without them.
+pub fn write(path: &Path, record: &Value) {
+    let text = serde_json::to_string_pretty(record).unwrap_or_else(|e| panic!("results: {e}"));
+    std::fs::write(path, text + "\n").unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    eprintln!("results written to {}", path.display());
 }
 
 /// How the values of one figure over several runs spread.
