@@ -233,14 +233,7 @@ async fn main() {
 
     // Rounds of four drains (each tool, with and without PDBs), each on fresh nodes;
     // the tools alternate which goes first, so neither always meets the cluster busier.
-    let rounds = match std::env::var("BENCH_RUNS") {
-        Err(_) => 5,
-        Ok(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("BENCH_RUNS: {v:?} is not a number of rounds (1 or more)")),
-    };
+    let rounds = run_record::runs_from_env(5);
     let mut rows = Vec::new();
     for round in 0..rounds {
         let tools = if round.is_multiple_of(2) {

@@ -89,7 +89,7 @@ fn params() -> Params {
             .unwrap_or_else(|e| panic!("{k}: {e}"))
     };
     Params {
-        runs: number("BENCH_RUNS", "1").max(1),
+        runs: run_record::runs_from_env(1),
         nodes: number("BENCH_NODES", "200"),
         pods_per_node: number("BENCH_PODS_PER_NODE", "2"),
         max_unavailable: var("BENCH_MAX_UNAVAILABLE", "10%"),
@@ -532,6 +532,21 @@ fn wave_nodes(p: &Params, nodes: &[String]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// One per-node duration of `who` (script or agent): its median as the number
+/// `WHO_LABEL_p50_seconds`, its p50 / p95 / max as the table's row `ROW: LABEL`.
+fn per_node(
+    numbers: &mut serde_json::Map<String, serde_json::Value>,
+    table: &mut Vec<(String, String)>,
+    who: &str,
+    row: &str,
+    label: &str,
+    values: Vec<f64>,
+) {
+    let median = run_record::Spread::of(&values).map_or(f64::NAN, |s| s.median);
+    numbers.insert(format!("{who}_{}_p50_seconds", slug(label)), median.into());
+    table.push((format!("{row}: {label} (p50 / p95 / max)"), spread(values)));
+}
+
 /// A label as a result file's key: lowercase words joined by `_`.
 fn slug(label: &str) -> String {
     label
@@ -947,28 +962,24 @@ async fn run(p: &Params) -> Run {
     ));
     if p.mode == Mode::Runbook {
         for (step, values) in runbook_steps(&runbook_lines) {
-            numbers.insert(
-                format!("script_{}_p50_seconds", slug(step)),
-                median(&values).into(),
+            per_node(
+                &mut numbers,
+                &mut table,
+                "script",
+                "per node (script)",
+                step,
+                values,
             );
-            table.push((
-                format!("per node (script): {step} (p50 / p95 / max)"),
-                spread(values),
-            ));
         }
     }
     if let Some(agent) = agents.last() {
         let pid = agent.child.id();
-        numbers.insert(
-            "agent_peak_rss_mib".into(),
-            (peak_rss_kib(pid) as f64 / 1024.0).into(),
-        );
-        numbers.insert("agent_cpu_seconds".into(), cpu_seconds(pid).into());
-        table.push((
-            "agent peak RSS".into(),
-            format!("{:.1} MiB", peak_rss_kib(pid) as f64 / 1024.0),
-        ));
-        table.push(("agent CPU".into(), format!("{:.1} s", cpu_seconds(pid))));
+        // Read once: the table and the numbers show the same reading.
+        let (rss_mib, cpu) = (peak_rss_kib(pid) as f64 / 1024.0, cpu_seconds(pid));
+        numbers.insert("agent_peak_rss_mib".into(), rss_mib.into());
+        numbers.insert("agent_cpu_seconds".into(), cpu.into());
+        table.push(("agent peak RSS".into(), format!("{rss_mib:.1} MiB")));
+        table.push(("agent CPU".into(), format!("{cpu:.1} s")));
         let passes = agent.metric("ztunnel_rollout_pass_seconds_count").await;
         let pass_time = agent.metric("ztunnel_rollout_pass_seconds_sum").await;
         table.push((
@@ -980,14 +991,7 @@ async fn run(p: &Params) -> Run {
         ));
 
         for (phase, values) in phase_durations(&client, TAG).await {
-            numbers.insert(
-                format!("agent_{}_p50_seconds", slug(phase)),
-                median(&values).into(),
-            );
-            table.push((
-                format!("per node: {phase} (p50 / p95 / max)"),
-                spread(values),
-            ));
+            per_node(&mut numbers, &mut table, "agent", "per node", phase, values);
         }
         table.push((
             "planning time (pure planner, all nodes pending)".into(),

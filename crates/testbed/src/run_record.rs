@@ -101,6 +101,19 @@ pub fn write(path: &Path, record: &Value) {
     eprintln!("results written to {}", path.display());
 }
 
+/// How many runs `BENCH_RUNS` asks for (`default` when unset); a benchmark panics on
+/// anything but a number of 1 or more, before it starts.
+pub fn runs_from_env(default: usize) -> usize {
+    match std::env::var("BENCH_RUNS") {
+        Err(_) => default,
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("BENCH_RUNS: {v:?} is not a number of runs (1 or more)")),
+    }
+}
+
 /// How the values of one figure over several runs spread.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Spread {
