@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/e2e/build-control-plane.sh"
+# tests/istio.rs installs Istio with istioctl and runs istiod (pilot-discovery).
+"$root/e2e/build-istio.sh"
 "$root/e2e/install-prometheus.sh"
 # tests/image.rs checks and runs the image this writes (target/image/).
 "$root/e2e/build-image.sh"

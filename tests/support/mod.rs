@@ -8,6 +8,7 @@ pub mod fault_proxy;
 pub mod helm;
 pub mod history;
 pub mod injector;
+pub mod istio;
 pub mod prometheus;
 pub mod tls_prometheus;
 

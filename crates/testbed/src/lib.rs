@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod control_socket;
 pub mod fixtures;
 pub mod invariants;
+pub mod istio;
 pub mod kubeconfig;
 pub mod kwok_stages;
 pub mod pki;

@@ -1,0 +1,321 @@
+//! The agent against Istio's own control plane: `istioctl install` renders Istio's
+//! charts into the local cluster (KWOK runs istiod's, istio-cni's and ztunnel's pods), a
+//! real istiod on loopback serves each revision's injection webhook and renders
+//! waypoints, and `istioctl` upgrades ztunnel. Every outcome is read from the API server.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::agent as agent_support;
+use support::istio::{self as istio_support, NODES};
+use support::{TestEnv, daemonset_ready, deployment_available, wait_for, wait_within};
+use ztunnel_rollout_core::labels::WAYPOINT_MANAGED_LABEL;
+use ztunnel_rollout_core::sidecar::revisions::injected_revision;
+use ztunnel_rollout_testbed::fixtures::{self, Budget};
+
+/// The version `e2e/build-istio.sh` stamps into istioctl and istiod.
+fn istio_build_version() -> String {
+    let versions = std::fs::read_to_string(
+        ztunnel_rollout_testbed::binaries::repository_root().join("e2e/versions.env"),
+    )
+    .expect("read e2e/versions.env");
+    versions
+        .lines()
+        .find_map(|l| l.strip_prefix("ISTIO_BUILD_VERSION="))
+        .expect("ISTIO_BUILD_VERSION in e2e/versions.env")
+        .trim()
+        .to_owned()
+}
+
+fn image(pod_spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> String {
+    pod_spec
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Deploys `name` (2 replicas) on the bed's nodes in `namespace`; waits until available.
+async fn deploy(env: &TestEnv, namespace: &str, name: &str) -> Vec<Pod> {
+    let bed = istio_support::bed();
+    let mut app = fixtures::AppFixture::new(namespace, name, 2);
+    app.node_selector = bed.node_selector();
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), namespace);
+    fixtures::apply(&deployments, &app.deployment())
+        .await
+        .expect("apply deployment");
+    wait_for(
+        &deployments,
+        name,
+        &format!("{name} available"),
+        deployment_available(2),
+    )
+    .await;
+    Api::<Pod>::namespaced(env.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .expect("list pods")
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn istioctl_installs_istio_and_the_real_istiod_injects_each_revision() {
+    let bed = istio_support::bed();
+    let _serial = istio_support::serial().await;
+    let mut env = TestEnv::new("istio-install", 0).await;
+    let version = istio_build_version();
+
+    // Istio's own objects, as istioctl rendered them, run on every node.
+    let daemonsets: Api<DaemonSet> = Api::namespaced(env.client.clone(), "istio-system");
+    for name in ["ztunnel", "istio-cni-node"] {
+        let ds = wait_for(
+            &daemonsets,
+            name,
+            &format!("{name} Ready on {NODES} nodes"),
+            daemonset_ready(NODES as i32),
+        )
+        .await
+        .expect("the DaemonSet");
+        let spec = ds.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.update_strategy
+                .as_ref()
+                .and_then(|s| s.type_.as_deref()),
+            Some("OnDelete"),
+            "{name}: Istio's values set OnDelete"
+        );
+        assert!(
+            image(spec.template.spec.as_ref()).contains(&version),
+            "{name} runs Istio {version}: {}",
+            image(spec.template.spec.as_ref())
+        );
+        assert_eq!(
+            ds.labels()
+                .get("operator.istio.io/component")
+                .map(String::as_str),
+            Some(if name == "ztunnel" { "Ztunnel" } else { "Cni" }),
+            "{name} is labelled by istioctl"
+        );
+    }
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), "istio-system");
+    for name in ["istiod", "istiod-canary"] {
+        wait_for(
+            &deployments,
+            name,
+            &format!("{name} available"),
+            deployment_available(1),
+        )
+        .await;
+    }
+
+    // Each istiod on loopback says its own version.
+    for revision in ["default", "canary"] {
+        let ports = bed.revision(revision).ports;
+        let (code, body) = ztunnel_rollout_testbed::istio::http_get(ports.monitoring, "/version")
+            .await
+            .expect("istiod's /version");
+        assert_eq!(code, 200);
+        assert!(body.starts_with(&version), "istiod {revision}: {body}");
+    }
+
+    // Real injection: pods of a namespace come out with the sidecar of the revision it
+    // selects, as istiod rendered it.
+    for (suffix, label, revision) in [
+        ("enabled", ("istio-injection", "enabled"), "default"),
+        ("canary", ("istio.io/rev", "canary"), "canary"),
+    ] {
+        let namespace = env.create_namespace(suffix, &[label]).await;
+        let pods = deploy(&env, &namespace, "web").await;
+        assert_eq!(pods.len(), 2, "{namespace}: two pods");
+        for pod in &pods {
+            assert_eq!(
+                injected_revision(pod).as_deref(),
+                Some(revision),
+                "{}: injected by {revision}",
+                pod.name_any()
+            );
+            let containers: Vec<&str> = pod
+                .spec
+                .as_ref()
+                .map(|s| s.containers.iter().map(|c| c.name.as_str()).collect())
+                .unwrap_or_default();
+            assert!(
+                containers.contains(&"istio-proxy"),
+                "{}: istiod added its sidecar: {containers:?}",
+                pod.name_any()
+            );
+            let status = pod
+                .annotations()
+                .get("sidecar.istio.io/status")
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                status.contains("istio-proxy"),
+                "{}: {status}",
+                pod.name_any()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_node() {
+    let bed = istio_support::bed();
+    let _serial = istio_support::serial().await;
+    let env = TestEnv::new("istio-upgrade", 0).await;
+    agent_support::install(&env.client).await;
+    support::grant_ztunnel_role(&env.client, "istio-system").await;
+
+    // A waypoint rendered by istiod's own controller, and an application under a PDB.
+    bed.istioctl
+        .run(&["waypoint", "apply", "--namespace", &env.namespace])
+        .await
+        .expect("istioctl waypoint apply");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let waypoint = wait_for(
+        &deployments,
+        "waypoint",
+        "istiod renders the waypoint",
+        deployment_available(1),
+    )
+    .await
+    .expect("the waypoint");
+    assert_eq!(
+        waypoint
+            .labels()
+            .get(WAYPOINT_MANAGED_LABEL)
+            .map(String::as_str),
+        Some("istio.io-mesh-controller")
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = std::collections::BTreeMap::from([("app".to_owned(), "reviews".to_owned())]);
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(
+            &env.namespace,
+            "reviews",
+            selector,
+            Budget::MaxUnavailable(IntOrString::Int(1)),
+        ),
+    )
+    .await
+    .expect("apply the PDB");
+    deploy(&env, &env.namespace, "reviews").await;
+
+    // The upgrade as a user runs it: istioctl with a new ztunnel tag. With OnDelete,
+    // istioctl waits until every node runs the new pod, which is the agent's work.
+    let new_tag = "1.31.1-test";
+    let mut upgrade = bed.revision("default").install.clone();
+    upgrade.sets.push(format!("values.ztunnel.tag={new_tag}"));
+    let istioctl = bed
+        .istioctl
+        .install_command(&upgrade)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start istioctl install");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(env.client.clone(), "istio-system");
+    wait_for(
+        &daemonsets,
+        "ztunnel",
+        "istioctl changes the ztunnel DaemonSet",
+        |ds: Option<&DaemonSet>| {
+            ds.is_some_and(|d| {
+                image(d.spec.as_ref().and_then(|s| s.template.spec.as_ref())).contains(new_tag)
+                    && d.status.as_ref().and_then(|s| s.observed_generation)
+                        == d.metadata.generation
+            })
+        },
+    )
+    .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-istio");
+    let rollout = agent_support::rollout(
+        &env,
+        "istio-upgrade",
+        json!({
+            "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
+            "nodeSelector": { "matchLabels": bed.node_selector() },
+            // Istio's istiod pod keeps certificates in an emptyDir, as kubectl drain
+            // would refuse too.
+            "drain": { "deleteEmptyDirData": true },
+            "health": { "soak": "1s", "interval": "1s", "bake": "1s" },
+        }),
+    );
+    agent_support::create(&env.client, &rollout).await;
+    agent_support::wait_for_phase(
+        &env.client,
+        "istio-upgrade",
+        "Complete",
+        Duration::from_secs(300),
+        &[&agent],
+    )
+    .await;
+
+    // istioctl, which waited on the DaemonSet, now says the install is complete.
+    let output = tokio::time::timeout(Duration::from_secs(120), istioctl.wait_with_output())
+        .await
+        .expect("istioctl finishes once every node is replaced")
+        .expect("istioctl's output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "istioctl install failed:\n{text}");
+
+    // The API server's account: every ztunnel pod runs the new tag and is Ready, every
+    // node is schedulable, the waypoint and the application are available.
+    let ds = daemonsets.get("ztunnel").await.expect("ztunnel");
+    let status = ds.status.expect("status");
+    assert_eq!(status.updated_number_scheduled, Some(NODES as i32));
+    assert_eq!(status.number_ready, NODES as i32);
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "istio-system")
+        .list(&ListParams::default().labels("app=ztunnel"))
+        .await
+        .expect("ztunnel pods");
+    assert_eq!(pods.items.len(), NODES);
+    for pod in &pods.items {
+        assert!(
+            image(pod.spec.as_ref()).contains(new_tag),
+            "{} runs {}",
+            pod.name_any(),
+            image(pod.spec.as_ref())
+        );
+    }
+    for node in &bed.nodes {
+        let n = Api::<Node>::all(env.client.clone())
+            .get(node)
+            .await
+            .expect("node");
+        assert_ne!(
+            n.spec.and_then(|s| s.unschedulable),
+            Some(true),
+            "{node} left cordoned"
+        );
+    }
+    wait_within(
+        &deployments,
+        "waypoint",
+        "the waypoint available after the rollout",
+        Duration::from_secs(60),
+        deployment_available(1),
+    )
+    .await;
+    wait_within(
+        &deployments,
+        "reviews",
+        "reviews available after the rollout",
+        Duration::from_secs(60),
+        deployment_available(2),
+    )
+    .await;
+}
