@@ -319,3 +319,160 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
     )
     .await;
 }
+
+/// Runs the CLI off the test's runtime thread (`--wait` lasts until the agent is done).
+async fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::cli(&args)
+    })
+    .await
+    .expect("the CLI thread")
+}
+
+/// The revision and namespaces `istioctl tag list` shows for `tag`.
+async fn istioctl_tag(tag: &str) -> Option<(String, String)> {
+    let out = istio_support::bed()
+        .istioctl
+        .run(&["tag", "list"])
+        .await
+        .expect("istioctl tag list");
+    out.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some(tag)).then(|| {
+            (
+                fields.next().unwrap_or_default().to_owned(),
+                fields.next().unwrap_or_default().to_owned(),
+            )
+        })
+    })
+}
+
+/// The revisions the live pods of `app` in `namespace` were injected by, once there are
+/// `count` of them and all agree.
+async fn injected_revisions(env: &TestEnv, namespace: &str, app: &str, count: usize) -> String {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<Option<String>> = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .expect("list pods")
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(injected_revision)
+            .collect();
+        if live.len() == count && live.windows(2).all(|w| w[0] == w[1]) {
+            return live[0].clone().unwrap_or_else(|| "no sidecar".to_owned());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{namespace}/{app}: pods never settled: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_forward_again() {
+    let bed = istio_support::bed();
+    let _serial = istio_support::serial().await;
+    let mut env = TestEnv::new("istio-tags", 0).await;
+    agent_support::install(&env.client).await;
+    let tag = format!("stable-{}", env.namespace);
+    let labels = format!("{}={}", agent_support::TEST_LABEL, env.namespace);
+
+    // The runbook's set-up: a tag on the current revision, a namespace selecting it.
+    bed.istioctl
+        .run(&["tag", "set", &tag, "--revision", "default"])
+        .await
+        .expect("istioctl tag set");
+    let shop = env
+        .create_namespace("shop", &[("istio.io/rev", &tag)])
+        .await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &shop);
+    fixtures::apply(
+        &pdbs,
+        &fixtures::pdb(
+            &shop,
+            "api",
+            std::collections::BTreeMap::from([("app".to_owned(), "api".to_owned())]),
+            Budget::MaxUnavailable(IntOrString::Int(1)),
+        ),
+    )
+    .await
+    .expect("apply the PDB");
+    deploy(&env, &shop, "api").await;
+    assert_eq!(injected_revisions(&env, &shop, "api", 2).await, "default");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-tags");
+
+    // Bad moves are refused by name and change nothing.
+    let (code, _, err) = run_cli(&["sidecar", "retag", &tag, "--to", "no-such-rev"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no revision \"no-such-rev\""), "{err}");
+    assert!(
+        err.contains("canary"),
+        "the revisions there are named: {err}"
+    );
+    let (code, _, err) = run_cli(&["sidecar", "retag", "default", "--to", "canary"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("istioctl tag set default"), "{err}");
+    assert_eq!(
+        istioctl_tag(&tag).await,
+        Some(("default".to_owned(), shop.clone())),
+        "nothing moved"
+    );
+
+    // Forward: the tag moves to the canary, the namespace restarts onto it.
+    let forward = format!("fwd-{}", env.namespace);
+    let (code, out, err) = run_cli(&[
+        "sidecar", "retag", &tag, "--to", "canary", "--name", &forward, "--labels", &labels,
+        "--wait",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
+    assert!(out.contains("moved from default to canary"), "{out}");
+    assert_eq!(
+        istioctl_tag(&tag).await,
+        Some(("canary".to_owned(), shop.clone()))
+    );
+    assert_eq!(injected_revisions(&env, &shop, "api", 2).await, "canary");
+
+    // Rollback by the tag: it moves back, the namespace restarts onto the old revision.
+    let (code, out, err) = run_cli(&["sidecar", "rollback", &forward, "--wait"]).await;
+    assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
+    assert!(out.contains("moved back from canary to default"), "{out}");
+    assert_eq!(
+        istioctl_tag(&tag).await,
+        Some(("default".to_owned(), shop.clone()))
+    );
+    assert_eq!(injected_revisions(&env, &shop, "api", 2).await, "default");
+
+    // And forward again.
+    let again = format!("fwd2-{}", env.namespace);
+    let (code, out, err) = run_cli(&[
+        "sidecar", "retag", &tag, "--to", "canary", "--name", &again, "--labels", &labels, "--wait",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
+    assert_eq!(
+        istioctl_tag(&tag).await,
+        Some(("canary".to_owned(), shop.clone()))
+    );
+    assert_eq!(injected_revisions(&env, &shop, "api", 2).await, "canary");
+    let (code, out, _) = run_cli(&["sidecar", "tags"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [tag.as_str(), "canary", shop.as_str()]),
+        "{out}"
+    );
+    bed.istioctl
+        .run(&["tag", "remove", &tag, "--skip-confirmation"])
+        .await
+        .expect("istioctl tag remove");
+}

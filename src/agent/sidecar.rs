@@ -25,6 +25,7 @@ use ztunnel_rollout_core::sidecar::namespace_machine::{NamespaceFacts, PodRevisi
 use ztunnel_rollout_core::sidecar::pass::{
     Counted, Effect, Lookups, Memory, Notice, Outcome, Plan, Snapshot, decide,
 };
+use ztunnel_rollout_core::sidecar::tags::TagMoveRecord;
 use ztunnel_rollout_core::sidecar::workloads::{Workload, WorkloadKind, restart_patch};
 
 use super::effects::core_reference;
@@ -196,11 +197,13 @@ impl SidecarMigrations {
             others,
         };
         let term = self.terms.get_mut(&uid)?;
+        let tag_move = TagMoveRecord::from_annotations(m.annotations());
         let snapshot = Snapshot {
             name: &name,
             generation: m.metadata.generation.unwrap_or(0),
             spec: &m.spec,
             lookups: &lookups,
+            tag_move: tag_move.as_ref(),
         };
         let plan = decide(&snapshot, &mut term.memory, outcomes, Timestamp::now());
         term.finished_at_version = plan.finished.then(|| m.resource_version()).flatten();

@@ -2,6 +2,7 @@
 //! SidecarMigration resource. `move` checks everything the agent would check first and
 //! creates nothing when the migration would be refused.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -9,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -19,7 +20,9 @@ use serde_json::json;
 use super::{GlobalArgs, Output, print_structured};
 use crate::api::sidecar_migration::{SidecarMigration, SidecarMigrationSpec};
 use ztunnel_rollout_core::label_selector::Selector;
+use ztunnel_rollout_core::labels::REVISION_LABEL;
 use ztunnel_rollout_core::sidecar::migration::{self, MigrationPhase, NamespaceView};
+use ztunnel_rollout_core::sidecar::tags::{self, TAG_MOVE_ANNOTATION, TagMove, TagMoveRecord};
 use ztunnel_rollout_core::sidecar::workloads::Workload;
 
 #[derive(Subcommand)]
@@ -31,6 +34,52 @@ pub enum SidecarCommand {
     Rollback(MigrationArg),
     /// Show a migration's namespaces, their phase, restarted workloads and verified pods.
     Status(StatusArgs),
+    /// Move a revision tag to another revision (as `istioctl tag set TAG --revision R
+    /// --overwrite`), then restart and verify the namespaces that use the tag. Roll back
+    /// with `sidecar rollback MIGRATION`, which moves the tag back first.
+    Retag(RetagArgs),
+    /// List the revision tags, the revision each points at and the namespaces using it.
+    Tags,
+}
+
+#[derive(Args)]
+pub struct RetagArgs {
+    /// The revision tag to move (an `istio.io/tag` webhook configuration).
+    pub tag: String,
+    /// The revision it moves to.
+    #[arg(long)]
+    pub to: String,
+    /// Move the tag only: the namespaces' pods keep their sidecars until restarted.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Name of the migration that restarts the tag's namespaces (default: the tag and
+    /// the time).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespaces restarted at once.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: u32,
+    /// Workloads of a namespace restarted at once.
+    #[arg(long, default_value_t = 1)]
+    pub workloads_at_once: u32,
+    /// How long one workload's restart may take.
+    #[arg(long, default_value = "10m")]
+    pub rollout_timeout: String,
+    /// How long a namespace's pods may take to all show the new revision.
+    #[arg(long, default_value = "2m")]
+    pub verify_timeout: String,
+    /// Labels for the migration, k=v[,k=v].
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Say what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the migration until it finishes; exit 1 unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` follows the migration (it goes on afterwards).
+    #[arg(long, default_value = "1h")]
+    pub timeout: String,
 }
 
 #[derive(Args)]
@@ -118,6 +167,8 @@ pub async fn run(args: &SidecarArgs, global: &GlobalArgs) -> anyhow::Result<Exit
         SidecarCommand::Move(a) => move_namespaces(a, global).await,
         SidecarCommand::Rollback(a) => rollback(a, global).await,
         SidecarCommand::Status(a) => status(a, global).await,
+        SidecarCommand::Retag(a) => retag(a, global).await,
+        SidecarCommand::Tags => tags(global).await,
     }
 }
 
@@ -225,11 +276,14 @@ async fn views(
     Ok((views, webhooks))
 }
 
-async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec_of(args)?;
-    let timeout = wait_timeout(&args.timeout)?;
-    let client = global.client().await?;
-    let (views, webhooks) = views(&client, &spec).await?;
+/// The agent's plan for `spec` on the cluster as it is, or with `webhooks` instead of
+/// the cluster's (as they will be after a tag move); the outer error is the API's.
+async fn checked_plan(
+    client: &Client,
+    spec: &SidecarMigrationSpec,
+    webhooks: Option<&[MutatingWebhookConfiguration]>,
+) -> anyhow::Result<Result<migration::MigrationPlan, migration::Refusal>> {
+    let (views, current) = views(client, spec).await?;
     let others = Api::<SidecarMigration>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -239,7 +293,30 @@ async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result
             .iter()
             .filter_map(|m| Some((m.metadata.name.as_deref()?, m.status.as_ref()?))),
     );
-    let plan = migration::plan(&spec, &views, &webhooks, &claimed)
+    Ok(migration::plan(
+        spec,
+        &views,
+        webhooks.unwrap_or(&current),
+        &claimed,
+    ))
+}
+
+async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    create_migration(args, BTreeMap::new(), global).await
+}
+
+/// Checks the migration as the agent would, creates it (with `annotations`) and, with
+/// `--wait`, follows it.
+async fn create_migration(
+    args: &MoveArgs,
+    annotations: BTreeMap<String, String>,
+    global: &GlobalArgs,
+) -> anyhow::Result<ExitCode> {
+    let spec = spec_of(args)?;
+    let timeout = wait_timeout(&args.timeout)?;
+    let client = global.client().await?;
+    let plan = checked_plan(&client, &spec, None)
+        .await?
         .map_err(|e| anyhow::anyhow!("refused, nothing created: {e}"))?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -252,6 +329,9 @@ async fn move_namespaces(args: &MoveArgs, global: &GlobalArgs) -> anyhow::Result
         )
     });
     let mut migration = SidecarMigration::new(&name, spec);
+    if !annotations.is_empty() {
+        migration.metadata.annotations = Some(annotations);
+    }
     if let Some(labels) = &args.labels {
         migration.metadata.labels = Some(super::parse_labels(labels)?);
     }
@@ -320,6 +400,27 @@ async fn rollback(args: &MigrationArg, global: &GlobalArgs) -> anyhow::Result<Ex
         }
         _ => {}
     }
+    if let Some(moved) = TagMoveRecord::from_annotations(m.annotations()) {
+        // The tag's namespaces can only get their old sidecars back from the revision
+        // the tag pointed at: move it back before the agent restarts them.
+        let webhooks = list_webhooks(&client).await?;
+        let back = tags::plan_move(&moved.tag, &moved.from, &webhooks).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot move revision tag {} back to {}: {e}",
+                moved.tag,
+                moved.from
+            )
+        })?;
+        apply_tag_move(&client, &back).await?;
+        if back.webhook.is_some() {
+            println!(
+                "revision tag {} moved back from {} to {}",
+                back.tag, back.from, back.to
+            );
+        } else {
+            println!("revision tag {} points at {} already", back.tag, back.to);
+        }
+    }
     if !m.spec.rollback {
         Api::<SidecarMigration>::all(client.clone())
             .patch(
@@ -343,6 +444,199 @@ async fn rollback(args: &MigrationArg, global: &GlobalArgs) -> anyhow::Result<Ex
             timeout,
         )
         .await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_webhooks(client: &Client) -> anyhow::Result<Vec<MutatingWebhookConfiguration>> {
+    Ok(Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing mutatingwebhookconfigurations")?
+        .items)
+}
+
+/// Writes a planned tag move: the tag's webhook configuration (a replace at the
+/// resourceVersion it was read at), then the tag's Service, if `istioctl tag set` made
+/// one. Running the same move again finishes one that stopped half-way.
+async fn apply_tag_move(client: &Client, planned: &TagMove) -> anyhow::Result<()> {
+    if let Some(webhook) = &planned.webhook {
+        let name = webhook.name_any();
+        match Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .replace(&name, &PostParams::default(), webhook)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => bail!(
+                "revision tag {} changed while this ran ({name} was written by someone else); nothing was written: run it again",
+                planned.tag
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("moving revision tag {}: updating {name}", planned.tag)
+                });
+            }
+        }
+    }
+    let service = tags::tag_service_name(&planned.tag);
+    let services = Api::<Service>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("metadata.name={service}")))
+        .await
+        .with_context(|| format!("listing Services named {service}"))?;
+    for svc in services {
+        let namespace = svc.namespace().unwrap_or_default();
+        Api::<Service>::namespaced(client.clone(), &namespace)
+            .patch(
+                &service,
+                &PatchParams::default(),
+                &Patch::Merge(tags::tag_service_patch(&planned.to)),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "revision tag {} points at {} but its Service {namespace}/{service} still selects {}: run the same command again to finish",
+                    planned.tag, planned.to, planned.from
+                )
+            })?;
+    }
+    Ok(())
+}
+
+async fn retag(args: &RetagArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            args.tag.to_lowercase().replace(['_', '.'], "-"),
+            k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S")
+        )
+    });
+    // The tag's namespaces restart through a migration to the tag itself; it only
+    // stops on failure (the agent cannot move the tag back by itself).
+    let restart = MoveArgs {
+        namespaces: Vec::new(),
+        selector: Some(format!("{REVISION_LABEL}={}", args.tag)),
+        to: args.tag.clone(),
+        name: Some(name),
+        batch_size: args.batch_size,
+        workloads_at_once: args.workloads_at_once,
+        rollout_timeout: args.rollout_timeout.clone(),
+        verify_timeout: args.verify_timeout.clone(),
+        on_failure: OnFailure::Stop,
+        replace_injection_label: false,
+        labels: args.labels.clone(),
+        dry_run: false,
+        wait: args.wait,
+        timeout: args.timeout.clone(),
+    };
+    let spec = spec_of(&restart)?;
+    wait_timeout(&args.timeout)?;
+    let client = global.client().await?;
+    let webhooks = list_webhooks(&client).await?;
+    let planned = tags::plan_move(&args.tag, &args.to, &webhooks)
+        .map_err(|e| anyhow::anyhow!("refused, nothing changed: {e}"))?;
+    let using: Vec<String> = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{REVISION_LABEL}={}", args.tag)))
+        .await
+        .context("listing namespaces")?
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let restarting = !args.no_restart && !using.is_empty();
+    if restarting {
+        // Everything the migration would refuse is refused before the tag moves.
+        let after: Vec<MutatingWebhookConfiguration> = webhooks
+            .iter()
+            .map(|w| match &planned.webhook {
+                Some(moved) if moved.metadata.name == w.metadata.name => moved.clone(),
+                _ => w.clone(),
+            })
+            .collect();
+        checked_plan(&client, &spec, Some(&after))
+            .await?
+            .map_err(|e| anyhow::anyhow!("refused, nothing changed: restarting the tag's namespaces would be refused: {e}"))?;
+    }
+    let shown = if using.is_empty() {
+        "none".to_owned()
+    } else {
+        using.join(", ")
+    };
+    if args.dry_run {
+        println!(
+            "would move revision tag {} from {} to {}; namespaces using it: {shown}{}",
+            planned.tag,
+            planned.from,
+            planned.to,
+            if restarting {
+                " (restarted and verified)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply_tag_move(&client, &planned).await?;
+    if planned.webhook.is_some() {
+        println!(
+            "revision tag {} moved from {} to {}; namespaces using it: {shown}",
+            planned.tag, planned.from, planned.to
+        );
+    } else {
+        println!(
+            "revision tag {} points at {} already; namespaces using it: {shown}",
+            planned.tag, planned.to
+        );
+    }
+    if !restarting {
+        if !using.is_empty() {
+            println!(
+                "not restarted: their pods keep the sidecars of {} until they restart",
+                planned.from
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let annotations = if planned.webhook.is_some() {
+        BTreeMap::from([(
+            TAG_MOVE_ANNOTATION.to_owned(),
+            TagMoveRecord::of(&planned).annotation(),
+        )])
+    } else {
+        BTreeMap::new()
+    };
+    create_migration(&restart, annotations, global).await
+}
+
+/// `sidecar tags`: the tag inventory.
+async fn tags(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let client = global.client().await?;
+    let webhooks = list_webhooks(&client).await?;
+    let namespaces: Vec<(String, BTreeMap<String, String>)> = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing namespaces")?
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect();
+    let rows = tags::inventory(&webhooks, &namespaces);
+    if global.output != Output::Text {
+        print_structured(global.output, &rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = rows.iter().map(|r| r.tag.len()).max().unwrap_or(0).max(3);
+    let rev_width = rows
+        .iter()
+        .map(|r| r.revision.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    println!("{:width$} {:rev_width$} NAMESPACES", "TAG", "REVISION");
+    for r in rows {
+        println!(
+            "{:width$} {:rev_width$} {}",
+            r.tag,
+            r.revision,
+            r.namespaces.join(",")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,9 @@ pub struct Snapshot<'a> {
     pub generation: i64,
     pub spec: &'a MigrationSpec,
     pub lookups: &'a dyn Lookups,
+    /// The tag move this migration follows (its `ztunnel-rollout.dev/tag-move`
+    /// annotation): the tag's namespaces roll back to the revision it pointed at before.
+    pub tag_move: Option<&'a crate::sidecar::tags::TagMoveRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -392,7 +395,10 @@ impl Pass<'_, '_> {
         let views = lookups.namespaces(self.snap.spec.namespaces.as_deref());
         let others = lookups.others();
         let claimed = migration::claimed(others.iter().map(|(n, s)| (n.as_str(), s)));
-        let plan = migration::plan(self.snap.spec, &views, &lookups.webhooks(), &claimed)?;
+        let mut plan = migration::plan(self.snap.spec, &views, &lookups.webhooks(), &claimed)?;
+        if let Some(moved) = self.snap.tag_move {
+            crate::sidecar::tags::restore_previous_revision(&mut plan, moved);
+        }
         let spec = self.snap.spec;
         self.notice(
             None,
@@ -795,6 +801,7 @@ mod tests {
             generation: 1,
             spec: &spec,
             lookups: &cluster,
+            tag_move: None,
         };
         let mut mem = Memory::default();
         // Planned and recorded first; nothing changed yet.
@@ -823,6 +830,7 @@ mod tests {
             generation: 1,
             spec: &spec,
             lookups: &cluster,
+            tag_move: None,
         };
         let mut mem = Memory::default();
         let mut now = t(0);
