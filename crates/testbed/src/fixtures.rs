@@ -389,6 +389,16 @@ pub async fn apply_demo(
     nodes: usize,
     ztunnel_version: &str,
 ) -> Result<(), kube::Error> {
+    apply_demo_with(client, nodes, Some(ztunnel_version)).await
+}
+
+/// The demo scenario; without a `ztunnel_version`, no fixture ztunnel DaemonSet and
+/// no fixture waypoint: Istio's own come from `istioctl` (`local-cluster up --istio`).
+pub async fn apply_demo_with(
+    client: &Client,
+    nodes: usize,
+    ztunnel_version: Option<&str>,
+) -> Result<(), kube::Error> {
     let zones = ["zone-a", "zone-b", "zone-c"];
     let node_api: Api<Node> = Api::all(client.clone());
     for n in zoned_nodes("node-", nodes, &zones, "demo") {
@@ -404,16 +414,17 @@ pub async fn apply_demo(
     // Everything stays on the demo's nodes, so tests can share this cluster
     // (ZTUNNEL_ROLLOUT_TEST_KUBECONFIG) without the demo's pods landing on theirs.
     let demo_nodes = labels([(NODE_SET_LABEL, "demo")]);
-    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
-    let mut ztunnel = ZtunnelFixture::new("istio-system", ztunnel_version);
-    ztunnel.node_selector = demo_nodes.clone();
-    apply(&ds_api, &ztunnel.daemonset()).await?;
-
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "demo");
-    let mut waypoint = AppFixture::waypoint("demo", "waypoint");
-    waypoint.node_selector = demo_nodes.clone();
-    apply(&deployments, &waypoint.deployment()).await?;
+    if let Some(version) = ztunnel_version {
+        let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), "istio-system");
+        let mut ztunnel = ZtunnelFixture::new("istio-system", version);
+        ztunnel.node_selector = demo_nodes.clone();
+        apply(&ds_api, &ztunnel.daemonset()).await?;
+        let mut waypoint = AppFixture::waypoint("demo", "waypoint");
+        waypoint.node_selector = demo_nodes.clone();
+        apply(&deployments, &waypoint.deployment()).await?;
+    }
     for (name, replicas) in [("productpage", 3), ("reviews", 4)] {
         let mut app = AppFixture::new("demo", name, replicas);
         app.node_selector = demo_nodes.clone();

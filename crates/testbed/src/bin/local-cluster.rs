@@ -8,6 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ztunnel_rollout_testbed::binaries::ControlPlaneBinaries;
 use ztunnel_rollout_testbed::control_plane::{ControlPlaneOptions, RunningControlPlane};
+use ztunnel_rollout_testbed::istio::{
+    InstallOptions, IstioBinaries, Istioctl, Istiod, IstiodPorts,
+};
 use ztunnel_rollout_testbed::kwok_stages::PodTimings;
 use ztunnel_rollout_testbed::{control_socket, fixtures};
 
@@ -103,6 +106,13 @@ struct UpArgs {
     /// Apply the demo fixtures (nodes, ztunnel DaemonSet, waypoint, applications with PDBs).
     #[arg(long, env = "LOCAL_CLUSTER_DEMO")]
     demo: bool,
+    /// With --demo: install Istio with istioctl (profile ambient: Istio's istiod,
+    /// istio-cni and ztunnel, OnDelete) instead of the fixture ztunnel and waypoint, run
+    /// istiod on loopback, and let it render the demo's waypoint (`istioctl waypoint
+    /// apply`). Needs `e2e/build-istio.sh`. Writes the install's istioctl arguments to
+    /// <state dir>/istioctl-install.args (one per line), for upgrades with the same values.
+    #[arg(long, env = "LOCAL_CLUSTER_ISTIO", requires = "demo")]
+    istio: bool,
     /// Also copy the admin kubeconfig here.
     #[arg(long, env = "LOCAL_CLUSTER_KUBECONFIG_OUT")]
     kubeconfig_out: Option<PathBuf>,
@@ -198,16 +208,73 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Istio as a user installs it, into the demo cluster: the Gateway API CRDs, `istioctl
+/// install` (profile ambient), istiod on loopback, and the demo's waypoint rendered by
+/// istiod. The returned istiod runs until it is dropped.
+async fn install_istio(cluster: &RunningControlPlane) -> anyhow::Result<Istiod> {
+    let started = std::time::Instant::now();
+    let binaries = IstioBinaries::from_env();
+    binaries.check()?;
+    let istioctl = Istioctl::new(binaries.clone(), &cluster.kubeconfig);
+    istioctl.apply_gateway_api_crds().await?;
+    let ports = IstiodPorts::pick()?;
+    let install = InstallOptions {
+        profile: "ambient".to_owned(),
+        revision: "default".to_owned(),
+        webhook: ports.webhook_address(),
+        sets: Vec::new(),
+    };
+    let args_file = cluster.state_dir.join("istioctl-install.args");
+    std::fs::write(
+        &args_file,
+        install.args(&binaries.manifests).join("\n") + "\n",
+    )
+    .with_context(|| format!("writing {}", args_file.display()))?;
+    eprintln!(
+        "installing Istio: istioctl {}",
+        install.args(&binaries.manifests).join(" ")
+    );
+    istioctl.install(&install).await?;
+    let istiod = Istiod::start(
+        &binaries,
+        &cluster.kubeconfig,
+        "default",
+        ports,
+        &cluster.state_dir,
+    )
+    .await?;
+    istioctl
+        .run(&["waypoint", "apply", "--namespace", "demo"])
+        .await?;
+    eprintln!(
+        "Istio installed in {:.1}s: istiod {} on 127.0.0.1 (webhooks {}), a waypoint in namespace demo",
+        started.elapsed().as_secs_f64(),
+        istiod.version().await.unwrap_or_default(),
+        ports.webhook_address()
+    );
+    Ok(istiod)
+}
+
 async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Result<()> {
+    let mut istio = None;
     if args.demo {
         let client = cluster.client().await?;
-        fixtures::apply_demo(&client, args.common.nodes, &args.common.ztunnel_version)
+        let fixture_ztunnel = (!args.istio).then_some(args.common.ztunnel_version.as_str());
+        fixtures::apply_demo_with(&client, args.common.nodes, fixture_ztunnel)
             .await
             .context("applying the demo fixtures")?;
         eprintln!(
-            "demo fixtures applied: {} nodes, istio-system/ztunnel, namespace demo",
-            args.common.nodes
+            "demo fixtures applied: {} nodes, namespace demo{}",
+            args.common.nodes,
+            if args.istio {
+                ""
+            } else {
+                ", istio-system/ztunnel"
+            }
         );
+        if args.istio {
+            istio = Some(install_istio(cluster).await?);
+        }
     }
     if let Some(out) = &args.kubeconfig_out {
         if let Some(parent) = out.parent() {
@@ -239,6 +306,12 @@ async fn serve(args: &UpArgs, cluster: &mut RunningControlPlane) -> anyhow::Resu
             "stateDir": cluster.state_dir,
             "pids": cluster.pids(),
             "control": control,
+            "istiod": istio.as_ref().map(|i: &Istiod| serde_json::json!({
+                "pid": i.pid(),
+                "version": format!("http://127.0.0.1:{}/version", i.ports.monitoring),
+                "webhook": i.ports.webhook_address(),
+                "log": i.log,
+            })),
         })
     );
 
