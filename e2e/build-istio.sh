@@ -44,6 +44,13 @@ log "building istioctl and pilot-discovery from istio.io/istio@$ISTIO_MODULE_VER
 (cd "$work_dir" && go build -trimpath -ldflags "-s -w $version_flags" -o "$bin_dir/" \
     istio.io/istio/istioctl/cmd/istioctl istio.io/istio/pilot/cmd/pilot-discovery)
 
+# Go's version selection takes the higher of Istio's requirement and the pin: the CRDs
+# must be the pinned release.
+gateway_version=$(cd "$work_dir" && go list -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
+if [[ "$gateway_version" != "$GATEWAY_API_VERSION" ]]; then
+  echo "error: Istio requires sigs.k8s.io/gateway-api $gateway_version, above GATEWAY_API_VERSION=$GATEWAY_API_VERSION in e2e/versions.env: raise the pin" >&2
+  exit 1
+fi
 istio_dir=$(cd "$work_dir" && go list -m -f '{{.Dir}}' istio.io/istio)
 gateway_dir=$(cd "$work_dir" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
 rm -rf "$bin_dir/istio-manifests" "$bin_dir/gateway-api-crds"

@@ -23,6 +23,8 @@ cluster_pid=$CLUSTER_PID
 agent_pid=
 istioctl_pid=
 cleanup() {
+  # Every step runs, whatever the one before it returns.
+  set +e
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   [ -n "$istioctl_pid" ] && kill "$istioctl_pid" 2>/dev/null && wait "$istioctl_pid" 2>/dev/null
   exec {cluster_in}>&- 2>/dev/null || true
@@ -65,7 +67,22 @@ echo "   until every node runs the new ztunnel: the agent's work)"
 generation=$(kubectl -n istio-system get daemonset ztunnel -o jsonpath='{.metadata.generation}')
 "$root/e2e/bin/istioctl" "${install_args[@]}" --set values.ztunnel.tag=1.31.1 --kubeconfig "$kubeconfig" >"$state/istioctl-upgrade.log" 2>&1 &
 istioctl_pid=$!
-kubectl -n istio-system wait daemonset/ztunnel --for=jsonpath='{.status.observedGeneration}'=$((generation + 1)) --timeout=120s
+# Until the DaemonSet controller saw istioctl's change; istioctl failing first is shown.
+for _ in $(seq 240); do
+  observed=$(kubectl -n istio-system get daemonset ztunnel -o jsonpath='{.status.observedGeneration}')
+  [ "$observed" -gt "$generation" ] && break
+  if ! kill -0 "$istioctl_pid" 2>/dev/null; then
+    echo "istioctl ended before it changed the DaemonSet:" >&2
+    cat "$state/istioctl-upgrade.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+if [ "$observed" -le "$generation" ]; then
+  echo "istioctl did not change the ztunnel DaemonSet within 120s:" >&2
+  cat "$state/istioctl-upgrade.log" >&2
+  exit 1
+fi
 kubectl -n istio-system get daemonset ztunnel -o custom-columns='NAME:.metadata.name,IMAGE:.spec.template.spec.containers[0].image,STRATEGY:.spec.updateStrategy.type,DESIRED:.status.desiredNumberScheduled,UP-TO-DATE:.status.updatedNumberScheduled'
 echo
 echo "== the rollout drains with deleteEmptyDirData: Istio's istiod pod keeps its certificates in an emptyDir"

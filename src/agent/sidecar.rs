@@ -197,7 +197,11 @@ impl SidecarMigrations {
             others,
         };
         let term = self.terms.get_mut(&uid)?;
-        let tag_move = TagMoveRecord::from_annotations(m.annotations());
+        let tag_move = TagMoveRecord::from_annotations(m.annotations()).unwrap_or_else(|e| {
+            // Someone edited it: the migration goes on as one without a tag move.
+            tracing::warn!(migration = %name, "{e}");
+            None
+        });
         let snapshot = Snapshot {
             name: &name,
             generation: m.metadata.generation.unwrap_or(0),

@@ -400,10 +400,27 @@ async fn rollback(args: &MigrationArg, global: &GlobalArgs) -> anyhow::Result<Ex
         }
         _ => {}
     }
-    if let Some(moved) = TagMoveRecord::from_annotations(m.annotations()) {
+    let record = TagMoveRecord::from_annotations(m.annotations())
+        .map_err(|e| anyhow::anyhow!("sidecarmigration {}: {e}", args.migration))?;
+    if let Some(moved) = record {
         // The tag's namespaces can only get their old sidecars back from the revision
-        // the tag pointed at: move it back before the agent restarts them.
+        // the tag pointed at: move it back before the agent restarts them; but only from
+        // where this migration left it (a later move would be undone silently).
         let webhooks = list_webhooks(&client).await?;
+        let now = tags::plan_move(&moved.tag, &moved.to, &webhooks)
+            .map(|m| m.from)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot roll back sidecarmigration {}: {e}", args.migration)
+            })?;
+        if now != moved.to && now != moved.from {
+            bail!(
+                "revision tag {} points at {now} now, not at {} where sidecarmigration {} moved it: rolling it back would move the tag from {now}; nothing changed (move it yourself with `ztunnel-rollout sidecar retag {} --to REVISION`)",
+                moved.tag,
+                moved.to,
+                args.migration,
+                moved.tag
+            );
+        }
         let back = tags::plan_move(&moved.tag, &moved.from, &webhooks).map_err(|e| {
             anyhow::anyhow!(
                 "cannot move revision tag {} back to {}: {e}",
@@ -494,8 +511,8 @@ async fn apply_tag_move(client: &Client, planned: &TagMove) -> anyhow::Result<()
             .await
             .with_context(|| {
                 format!(
-                    "revision tag {} points at {} but its Service {namespace}/{service} still selects {}: run the same command again to finish",
-                    planned.tag, planned.to, planned.from
+                    "revision tag {} points at {} but its Service {namespace}/{service} may still select another revision: run the same command again to finish",
+                    planned.tag, planned.to
                 )
             })?;
     }
@@ -529,8 +546,27 @@ async fn retag(args: &RetagArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
         timeout: args.timeout.clone(),
     };
     let spec = spec_of(&restart)?;
-    wait_timeout(&args.timeout)?;
+    let timeout = wait_timeout(&args.timeout)?;
+    if let Some(labels) = &args.labels {
+        super::parse_labels(labels).context("--labels")?;
+    }
+    let name = restart.name.clone().unwrap_or_default();
+    if !is_object_name(&name) {
+        bail!(
+            "--name {name:?}: not a valid object name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+        );
+    }
     let client = global.client().await?;
+    if Api::<SidecarMigration>::all(client.clone())
+        .get_opt(&name)
+        .await
+        .with_context(|| format!("reading sidecarmigration {name}"))?
+        .is_some()
+    {
+        bail!(
+            "refused, nothing changed: sidecarmigration {name} exists already; choose another --name"
+        );
+    }
     let webhooks = list_webhooks(&client).await?;
     let planned = tags::plan_move(&args.tag, &args.to, &webhooks)
         .map_err(|e| anyhow::anyhow!("refused, nothing changed: {e}"))?;
@@ -595,15 +631,70 @@ async fn retag(args: &RetagArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let annotations = if planned.webhook.is_some() {
-        BTreeMap::from([(
-            TAG_MOVE_ANNOTATION.to_owned(),
-            TagMoveRecord::of(&planned).annotation(),
-        )])
-    } else {
-        BTreeMap::new()
+    let annotations = match planned.record() {
+        Some(record) => BTreeMap::from([(TAG_MOVE_ANNOTATION.to_owned(), record.annotation())]),
+        None => {
+            println!(
+                "no earlier revision recorded for tag {}: `sidecar rollback` of this migration cannot move it back (use istioctl tag set)",
+                planned.tag
+            );
+            BTreeMap::new()
+        }
     };
-    create_migration(&restart, annotations, global).await
+    let created = create_migration(
+        &MoveArgs {
+            wait: false,
+            ..restart
+        },
+        annotations,
+        global,
+    )
+    .await;
+    if let Err(e) = created {
+        if planned.webhook.is_none() {
+            return Err(e);
+        }
+        // The tag moved but its namespaces will not restart: put it back, so that the
+        // command changed nothing.
+        let undone = async {
+            let webhooks = list_webhooks(&client).await?;
+            let back = tags::plan_move(&planned.tag, &planned.from, &webhooks)?;
+            apply_tag_move(&client, &back).await
+        }
+        .await;
+        return match undone {
+            Ok(()) => Err(e.context(format!(
+                "the migration was not created; revision tag {} moved back to {}: nothing changed",
+                planned.tag, planned.from
+            ))),
+            Err(undo) => Err(e.context(format!(
+                "the migration was not created, and revision tag {} could not be moved back to {} ({undo:#}): it points at {}; move it back with `ztunnel-rollout sidecar retag {} --to {} --no-restart`",
+                planned.tag, planned.from, planned.to, planned.tag, planned.from
+            ))),
+        };
+    }
+    if args.wait {
+        return follow(
+            &client,
+            &name,
+            global.output,
+            MigrationPhase::Succeeded,
+            timeout,
+        )
+        .await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain).
+fn is_object_name(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(ok_char)
+        && alnum(name.chars().next())
+        && alnum(name.chars().last())
 }
 
 /// `sidecar tags`: the tag inventory.
@@ -860,6 +951,16 @@ mod tests {
     use crate::api::sidecar_migration::{
         InjectionLabels, NamespaceMigrationStatus, SidecarMigrationStatus,
     };
+
+    #[test]
+    fn migration_names_are_checked_before_a_tag_moves() {
+        for good in ["prod-stable-20261203-001500", "a", "a.b-c"] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in ["", "Prod", "-a", "a-", "a_b", &"a".repeat(254)] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+    }
     use ztunnel_rollout_core::sidecar::namespace_machine::NamespacePhase;
 
     fn migration() -> SidecarMigration {

@@ -4,6 +4,7 @@
 
 pub use ztunnel_rollout_core::preflight::checks;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -11,7 +12,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 /// Reads what the checks need: the ztunnel DaemonSet and every node, pod, PDB,
-/// Deployment and namespace (one list each).
+/// Deployment, namespace and MutatingWebhookConfiguration (one list each).
 pub async fn snapshot(
     client: &Client,
     namespace: &str,
@@ -34,5 +35,9 @@ pub async fn snapshot(
             .await?
             .items,
         namespaces: Api::<Namespace>::all(client.clone()).list(&lp).await?.items,
+        webhooks: Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .list(&lp)
+            .await?
+            .items,
     })
 }

@@ -75,6 +75,12 @@ pub fn bed() -> &'static IstioBed {
 }
 
 fn start() -> Result<IstioBed, String> {
+    if std::env::var_os(super::KUBECONFIG_ENV).is_some() {
+        return Err(format!(
+            "the Istio tests install Istio cluster-wide (its DaemonSets run on every node): run them on a cluster of their own, without {}",
+            super::KUBECONFIG_ENV
+        ));
+    }
     let binaries = IstioBinaries::from_env();
     binaries.check().map_err(|e| e.to_string())?;
     let kubeconfig = cluster().kubeconfig.clone();

@@ -347,6 +347,10 @@ pub struct Istiod {
 }
 
 impl Istiod {
+    /// istiod dies with the thread that calls this (`PR_SET_PDEATHSIG`): call it from a
+    /// thread that lives as long as istiod should (a test binary's own thread, a
+    /// program's main thread), never from a `spawn_blocking` worker.
+    ///
     /// Starts istiod for `revision` with the cluster's kubeconfig, its log in `log_dir`,
     /// and waits until it answers ready. Its revision's ConfigMaps (`istio[-REV]`,
     /// `istio-sidecar-injector[-REV]`) must exist: `istioctl install` first, with

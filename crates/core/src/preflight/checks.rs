@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub pdbs: Vec<PodDisruptionBudget>,
     pub deployments: Vec<Deployment>,
     pub namespaces: Vec<Namespace>,
+    /// The MutatingWebhookConfigurations: Istio's injectors and revision tags.
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
 }
 
 impl Snapshot {
@@ -149,6 +152,74 @@ fn placement_findings(
             format!(
                 "the DaemonSet does not run on {} node(s); a rollout skips them and never touches them: {named}",
                 excluded.len()
+            ),
+        ));
+    }
+    out
+}
+
+/// A namespace that asks for sidecar injection (`istio-injection=enabled` or
+/// `istio.io/rev`) no injector webhook selects gets pods without sidecars: an error. Judged
+/// only where some Istio injector exists (without one, there is no control plane to
+/// check against). And the revision tag inventory, as `istioctl tag list` shows it.
+fn injection_findings(s: &Snapshot) -> Vec<Finding> {
+    use crate::labels::{INJECTION_LABEL, REVISION_LABEL};
+    let mut out = Vec::new();
+    let injectors = s.webhooks.iter().any(|w| {
+        w.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(REVISION_LABEL))
+    });
+    if !injectors {
+        return out;
+    }
+    for ns in &s.namespaces {
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        let asks = labels.get(INJECTION_LABEL).map(String::as_str) == Some("enabled")
+            || labels.contains_key(REVISION_LABEL);
+        if asks && crate::sidecar::revisions::injecting_revision(&labels, &s.webhooks).is_none() {
+            let wanted = labels
+                .get(REVISION_LABEL)
+                .map(|r| format!("istio.io/rev={r}"))
+                .unwrap_or_else(|| "istio-injection=enabled".to_owned());
+            out.push(finding(
+                Severity::Error,
+                "injection-target-missing",
+                key("Namespace", None, ns.metadata.name.as_deref()),
+                format!(
+                    "{wanted}, but no injector webhook selects it (no such revision or tag, or its istiod was uninstalled): pods created there get no sidecar"
+                ),
+            ));
+        }
+    }
+    let namespaces: Vec<(String, BTreeMap<String, String>)> = s
+        .namespaces
+        .iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                n.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for row in crate::sidecar::tags::inventory(&s.webhooks, &namespaces) {
+        out.push(finding(
+            Severity::Info,
+            "revision-tag",
+            format!(
+                "MutatingWebhookConfiguration/istio-revision-tag-{}",
+                row.tag
+            ),
+            format!(
+                "tag {} → revision {}; namespaces: {}",
+                row.tag,
+                row.revision,
+                if row.namespaces.is_empty() {
+                    "none".to_owned()
+                } else {
+                    row.namespaces.join(", ")
+                }
             ),
         ));
     }
@@ -414,6 +485,9 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
             ));
         }
     }
+
+    // Sidecar injection: every namespace that asks for it has an injector, and the tags.
+    out.extend(injection_findings(s));
 
     // Nodes.
     for n in &s.nodes {
@@ -758,6 +832,111 @@ mod tests {
                 && !found[0].message.contains("cart-1"),
             "{}",
             found[0].message
+        );
+    }
+
+    #[test]
+    fn namespaces_without_an_injector_are_errors_and_tags_are_listed() {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhook;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let selecting = |name: &str, rev_labels: &[(&str, &str)], selects: &[(&str, &str)]| {
+            MutatingWebhookConfiguration {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels(rev_labels)),
+                    ..Default::default()
+                },
+                webhooks: Some(vec![MutatingWebhook {
+                    name: "rev.namespace.sidecar-injector.istio.io".into(),
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(labels(selects)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+            }
+        };
+        let ns = |name: &str, l: &[(&str, &str)]| Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels(l)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let namespaces = vec![
+            ns("shop", &[("istio.io/rev", "prod-stable")]),
+            ns("web", &[("istio.io/rev", "1-30")]),
+            ns("gone", &[("istio.io/rev", "1-28")]),
+            ns("legacy", &[("istio-injection", "enabled")]),
+            ns("plain", &[]),
+        ];
+        let mut s = Snapshot {
+            ztunnel_ref: "istio-system/ztunnel".into(),
+            ztunnel: Some(ztunnel(UpdateStrategy::OnDelete)),
+            namespaces: namespaces.clone(),
+            ..Default::default()
+        };
+        assert!(
+            injection_findings(&s).is_empty(),
+            "no injector at all: no control plane to judge against"
+        );
+        s.webhooks = vec![
+            selecting(
+                "istio-sidecar-injector-1-30",
+                &[("istio.io/rev", "1-30")],
+                &[("istio.io/rev", "1-30")],
+            ),
+            selecting(
+                "istio-revision-tag-prod-stable",
+                &[("istio.io/rev", "1-30"), ("istio.io/tag", "prod-stable")],
+                &[("istio.io/rev", "prod-stable")],
+            ),
+        ];
+        let found = injection_findings(&s);
+        let summary: Vec<(Severity, &str, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.check, f.object.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    Severity::Error,
+                    "injection-target-missing",
+                    "Namespace/gone"
+                ),
+                (
+                    Severity::Error,
+                    "injection-target-missing",
+                    "Namespace/legacy"
+                ),
+                (
+                    Severity::Info,
+                    "revision-tag",
+                    "MutatingWebhookConfiguration/istio-revision-tag-prod-stable"
+                ),
+            ]
+        );
+        assert!(
+            found[0].message.contains("istio.io/rev=1-28"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[1].message.contains("istio-injection=enabled"),
+            "{}",
+            found[1].message
+        );
+        assert_eq!(
+            found[2].message,
+            "tag prod-stable → revision 1-30; namespaces: shop"
+        );
+        assert!(
+            run(&s)
+                .iter()
+                .any(|f| f.check == "injection-target-missing"),
+            "run includes them"
         );
     }
 

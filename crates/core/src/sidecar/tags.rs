@@ -19,6 +19,11 @@ use crate::sidecar::migration::MigrationPlan;
 /// (`{"tag":…,"from":…,"to":…}`), so that a rollback knows where to move the tag back.
 pub const TAG_MOVE_ANNOTATION: &str = "ztunnel-rollout.dev/tag-move";
 
+/// On a tag's webhook configuration that this tool moved: the revision it pointed at
+/// before. A command that stopped after the move and runs again still knows where a
+/// rollback must return.
+pub const MOVED_FROM_ANNOTATION: &str = "ztunnel-rollout.dev/moved-from";
+
 /// Istio's injector webhooks end with this name; the first one is the revision's
 /// canonical endpoint (as istioctl reads it).
 const INJECTOR_WEBHOOK_SUFFIX: &str = "sidecar-injector.istio.io";
@@ -33,6 +38,10 @@ pub enum TagError {
         "the default tag also decides which revision validates Istio's configuration (the default validating webhook): move it with `istioctl tag set default --revision REVISION --overwrite`"
     )]
     DefaultTag,
+    #[error(
+        "revision tag {tag:?} ({webhook}) has no istio.io/rev label: it points at no revision; fix it with `istioctl tag set {tag} --revision REVISION --overwrite`"
+    )]
+    TagWithoutRevision { tag: String, webhook: String },
     #[error("{0:?} is a revision tag: a tag points at a revision, not at another tag")]
     TargetIsTag(String),
     #[error(
@@ -62,6 +71,21 @@ pub struct TagMove {
     pub to: String,
     /// `None` when the tag points at `to` already.
     pub webhook: Option<MutatingWebhookConfiguration>,
+    /// Where a rollback returns the tag: `from` for a move; for a tag already at `to`,
+    /// the revision before this tool's last move of it, if it moved it.
+    pub rollback_to: Option<String>,
+}
+
+impl TagMove {
+    /// The record for the migration that follows, unless there is nowhere to go back.
+    pub fn record(&self) -> Option<TagMoveRecord> {
+        let back = self.rollback_to.as_ref()?;
+        (back != &self.to).then(|| TagMoveRecord {
+            tag: self.tag.clone(),
+            from: back.clone(),
+            to: self.to.clone(),
+        })
+    }
 }
 
 /// The record of a move kept on the migration that follows it.
@@ -73,21 +97,21 @@ pub struct TagMoveRecord {
 }
 
 impl TagMoveRecord {
-    pub fn of(m: &TagMove) -> Self {
-        Self {
-            tag: m.tag.clone(),
-            from: m.from.clone(),
-            to: m.to.clone(),
-        }
-    }
-
     pub fn annotation(&self) -> String {
         json!({ "tag": self.tag, "from": self.from, "to": self.to }).to_string()
     }
 
-    /// The record in a migration's annotations, if it follows a tag move.
-    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
-        serde_json::from_str(annotations.get(TAG_MOVE_ANNOTATION)?).ok()
+    /// The record in a migration's annotations, if it follows a tag move; an error
+    /// naming the annotation when it is not a record.
+    pub fn from_annotations(
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Option<Self>, String> {
+        let Some(text) = annotations.get(TAG_MOVE_ANNOTATION) else {
+            return Ok(None);
+        };
+        serde_json::from_str(text).map(Some).map_err(|e| {
+            format!("annotation {TAG_MOVE_ANNOTATION}={text:?} is not a tag move ({{\"tag\",\"from\",\"to\"}}): {e}")
+        })
     }
 }
 
@@ -163,14 +187,25 @@ pub fn plan_move(
         ),
     })?;
     let from = label(current, REVISION_LABEL)
-        .unwrap_or_default()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| TagError::TagWithoutRevision {
+            tag: tag.to_owned(),
+            webhook: current.metadata.name.clone().unwrap_or_default(),
+        })?
         .to_owned();
     if from == to {
+        let moved_from = current
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MOVED_FROM_ANNOTATION))
+            .cloned();
         return Ok(TagMove {
             tag: tag.to_owned(),
             from,
             to: to.to_owned(),
             webhook: None,
+            rollback_to: moved_from,
         });
     }
     let endpoint = target
@@ -188,6 +223,11 @@ pub fn plan_move(
         .labels
         .get_or_insert_with(BTreeMap::new)
         .insert(REVISION_LABEL.to_owned(), to.to_owned());
+    moved
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MOVED_FROM_ANNOTATION.to_owned(), from.clone());
     for hook in moved.webhooks.iter_mut().flatten() {
         hook.client_config = endpoint.client_config.clone();
         hook.reinvocation_policy = endpoint.reinvocation_policy.clone();
@@ -196,6 +236,7 @@ pub fn plan_move(
     moved.metadata.managed_fields = None;
     Ok(TagMove {
         tag: tag.to_owned(),
+        rollback_to: Some(from.clone()),
         from,
         to: to.to_owned(),
         webhook: Some(moved),
@@ -421,9 +462,37 @@ mod tests {
                 Some(ByteString(b"ca-31".to_vec()))
             );
         }
-        let record = TagMoveRecord::of(&plan_move("prod-stable", "1-31", &before).expect("a move"));
+        assert_eq!(
+            w.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MOVED_FROM_ANNOTATION))
+                .map(String::as_str),
+            Some("1-30"),
+            "the tag remembers where it came from"
+        );
+        let record = plan_move("prod-stable", "1-31", &before)
+            .expect("a move")
+            .record()
+            .expect("a record");
+        assert_eq!((record.from.as_str(), record.to.as_str()), ("1-30", "1-31"));
         let annotations = BTreeMap::from([(TAG_MOVE_ANNOTATION.to_owned(), record.annotation())]);
-        assert_eq!(TagMoveRecord::from_annotations(&annotations), Some(record));
+        assert_eq!(
+            TagMoveRecord::from_annotations(&annotations),
+            Ok(Some(record.clone()))
+        );
+        assert_eq!(TagMoveRecord::from_annotations(&BTreeMap::new()), Ok(None));
+        let garbled = BTreeMap::from([(TAG_MOVE_ANNOTATION.to_owned(), "prod".to_owned())]);
+        let e = TagMoveRecord::from_annotations(&garbled).expect_err("not a record");
+        assert!(e.contains(TAG_MOVE_ANNOTATION), "{e}");
+
+        // Run again after the move (a command that stopped half-way): nothing to write,
+        // and the rollback still knows where to go.
+        let mut after = before.clone();
+        after[2] = w;
+        let again = plan_move("prod-stable", "1-31", &after).expect("no error");
+        assert_eq!(again.webhook, None);
+        assert_eq!(again.record(), Some(record));
     }
 
     #[test]
@@ -479,6 +548,11 @@ mod tests {
         let m = plan_move("prod-stable", "1-30", &cluster()).expect("no error");
         assert_eq!(m.webhook, None);
         assert_eq!(m.from, "1-30");
+        assert_eq!(
+            m.record(),
+            None,
+            "never moved by this tool: nothing to go back to"
+        );
     }
 
     #[test]
@@ -506,6 +580,14 @@ mod tests {
         assert!(matches!(
             plan_move("prod-stable", "1-31", &duplicated),
             Err(TagError::DuplicateTag { count: 2, .. })
+        ));
+        let mut unlabelled = webhooks.clone();
+        if let Some(l) = unlabelled[2].metadata.labels.as_mut() {
+            l.remove("istio.io/rev");
+        }
+        assert!(matches!(
+            plan_move("prod-stable", "1-31", &unlabelled),
+            Err(TagError::TagWithoutRevision { .. })
         ));
         let mut no_endpoint = webhooks;
         no_endpoint[1].webhooks = Some(vec![hook("x.example.com", Some("https://x"), None, "c")]);

@@ -244,7 +244,7 @@ async fn install_istio(cluster: &RunningControlPlane) -> anyhow::Result<Istiod> 
     )
     .await?;
     istioctl
-        .run(&["waypoint", "apply", "--namespace", "demo"])
+        .run(&["waypoint", "apply", "--namespace", "demo", "--wait"])
         .await?;
     eprintln!(
         "Istio installed in {:.1}s: istiod {} on 127.0.0.1 (webhooks {}), a waypoint in namespace demo",
