@@ -1262,9 +1262,14 @@ impl Trial {
                 // etcd is down and never retry it, where a kubelet would: the pod stays
                 // not Ready for ever and its budget blocks every drain (CI seed
                 // 20261206: the audit log shows KWOK's patch answered 500, never
-                // repeated). Restarting KWOK makes it apply the lost stage.
+                // repeated). Restarting KWOK makes it apply the lost stage — once the
+                // API server writes through etcd again: a KWOK restarted while writes
+                // still fail drops them again (a later CI run of the same seed: KWOK's
+                // final pod deletes answered 504, two ztunnel pods never gone, the
+                // rollout waiting on them until the trial's end).
+                let storage = until_storage_writes(&self.client).await;
                 let kwok = self.control("restart", "kwok").await;
-                format!("{killed}; {started}; {kwok} (the bed's kubelets retry)")
+                format!("{killed}; {started}; {storage}; {kwok} (the bed's kubelets retry)")
             }
             Fault::ControllerManagerRestart => {
                 self.control("restart", "kube-controller-manager").await
@@ -1476,5 +1481,44 @@ impl Trial {
             return None;
         }
         Some(from[self.rng.range(0, from.len() as u64 - 1) as usize].clone())
+    }
+}
+
+/// Waits, a minute at most, until the API server writes through etcd again (a
+/// server-side apply of a probe ConfigMap succeeds); says how long that took.
+async fn until_storage_writes(client: &Client) -> String {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let probe = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "chaos-etcd-probe" },
+            "data": { "since-start": format!("{:?}", started.elapsed()) },
+        });
+        let written = api
+            .patch(
+                "chaos-etcd-probe",
+                &PatchParams::apply("chaos").force(),
+                &Patch::Apply(&probe),
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                return format!(
+                    "storage writes again after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) if started.elapsed() >= Duration::from_secs(60) => {
+                return format!("storage still refuses writes after 60s: {e}");
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
