@@ -361,17 +361,18 @@ async fn istioctl_tag(tag: &str) -> Option<(String, String)> {
 /// `count` of them and all agree (by watch, within a minute).
 async fn injected_revisions(env: &TestEnv, namespace: &str, app: &str, count: usize) -> String {
     use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{reflector, watcher};
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), namespace);
     let (reader, writer) = reflector::store();
+    // Every event, the end of the initial list included: the store is filled when
+    // that list is done, and pods already settled then send nothing more.
     let stream = reflector(
         writer,
         watcher(
             pods,
             watcher::Config::default().labels(&format!("app={app}")),
         ),
-    )
-    .touched_objects();
+    );
     futures::pin_mut!(stream);
     let settled = || {
         let live: Vec<Option<String>> = reader
