@@ -328,17 +328,6 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
     .await;
 }
 
-/// Runs the CLI off the test's runtime thread (`--wait` lasts until the agent is done).
-async fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        support::cli(&args)
-    })
-    .await
-    .expect("the CLI thread")
-}
-
 /// The revision and namespaces `istioctl tag list` shows for `tag`.
 async fn istioctl_tag(tag: &str) -> Option<(String, String)> {
     let out = istio_support::bed()
@@ -406,6 +395,25 @@ async fn injected_revisions(env: &TestEnv, namespace: &str, app: &str, count: us
     }
 }
 
+/// `sidecar retag TAG --to canary --name NAME --labels LABELS --wait`, bounded.
+async fn retag_to_canary(tag: &str, name: &str, labels: &str) -> (i32, String, String) {
+    support::cli_async(&[
+        "sidecar",
+        "retag",
+        tag,
+        "--to",
+        "canary",
+        "--name",
+        name,
+        "--labels",
+        labels,
+        "--wait",
+        "--timeout",
+        "5m",
+    ])
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_forward_again() {
     let bed = istio_support::bed();
@@ -441,14 +449,16 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-tags");
 
     // Bad moves are refused by name and change nothing.
-    let (code, _, err) = run_cli(&["sidecar", "retag", &tag, "--to", "no-such-rev"]).await;
+    let (code, _, err) =
+        support::cli_async(&["sidecar", "retag", &tag, "--to", "no-such-rev"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no revision \"no-such-rev\""), "{err}");
     assert!(
         err.contains("canary"),
         "the revisions there are named: {err}"
     );
-    let (code, _, err) = run_cli(&["sidecar", "retag", "default", "--to", "canary"]).await;
+    let (code, _, err) =
+        support::cli_async(&["sidecar", "retag", "default", "--to", "canary"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("istioctl tag set default"), "{err}");
     assert_eq!(
@@ -459,21 +469,7 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
 
     // Forward: the tag moves to the canary, the namespace restarts onto it.
     let forward = format!("fwd-{}", env.namespace);
-    let (code, out, err) = run_cli(&[
-        "sidecar",
-        "retag",
-        &tag,
-        "--to",
-        "canary",
-        "--name",
-        &forward,
-        "--labels",
-        &labels,
-        "--wait",
-        "--timeout",
-        "5m",
-    ])
-    .await;
+    let (code, out, err) = retag_to_canary(&tag, &forward, &labels).await;
     assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
     assert!(out.contains("moved from default to canary"), "{out}");
     assert_eq!(
@@ -484,7 +480,7 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
 
     // Rollback by the tag: it moves back, the namespace restarts onto the old revision.
     let (code, out, err) =
-        run_cli(&["sidecar", "rollback", &forward, "--wait", "--timeout", "5m"]).await;
+        support::cli_async(&["sidecar", "rollback", &forward, "--wait", "--timeout", "5m"]).await;
     assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
     assert!(out.contains("moved back from canary to default"), "{out}");
     assert_eq!(
@@ -495,28 +491,14 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
 
     // And forward again.
     let again = format!("fwd2-{}", env.namespace);
-    let (code, out, err) = run_cli(&[
-        "sidecar",
-        "retag",
-        &tag,
-        "--to",
-        "canary",
-        "--name",
-        &again,
-        "--labels",
-        &labels,
-        "--wait",
-        "--timeout",
-        "5m",
-    ])
-    .await;
+    let (code, out, err) = retag_to_canary(&tag, &again, &labels).await;
     assert_eq!(code, 0, "{out}\n{err}\n{}", agent.log_text());
     assert_eq!(
         istioctl_tag(&tag).await,
         Some(("canary".to_owned(), shop.clone()))
     );
     assert_eq!(injected_revisions(&env, &shop, "api", 2).await, "canary");
-    let (code, out, _) = run_cli(&["sidecar", "tags"]).await;
+    let (code, out, _) = support::cli_async(&["sidecar", "tags"]).await;
     assert_eq!(code, 0);
     assert!(
         out.lines()
@@ -530,7 +512,8 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
     let orphan = env
         .create_namespace("orphan", &[("istio.io/rev", "no-such-rev")])
         .await;
-    let (code, out, err) = run_cli(&["preflight", "-n", &shop, "-n", &orphan, "-o", "json"]).await;
+    let (code, out, err) =
+        support::cli_async(&["preflight", "-n", &shop, "-n", &orphan, "-o", "json"]).await;
     assert_eq!(code, 1, "an error finding exits 1: {out}\n{err}");
     let findings: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON findings");
     let has = |check: &str, object: &str| {

@@ -29,18 +29,6 @@ use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 use ztunnel_rollout_testbed::fixtures::{self, Budget};
 use ztunnel_rollout_testbed::kwok_stages::READY_AFTER_ANNOTATION;
 
-/// Runs the CLI off the test's runtime thread: the injector serves on that runtime, and
-/// `--wait` lasts until the agent is done, which needs the injector.
-async fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        support::cli(&args)
-    })
-    .await
-    .expect("the CLI thread")
-}
-
 /// Revision A (the default), revision B and tag `canary` → B, named for the test.
 struct Mesh {
     injector: Injector,
@@ -321,7 +309,7 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
 
     let name = format!("{}-move", env.namespace);
-    let (code, out, err) = run_cli(&[
+    let (code, out, err) = support::cli_async(&[
         "sidecar",
         "move",
         "-n",
@@ -413,7 +401,7 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
             .await,
         3.0
     );
-    let (code, out, err) = run_cli(&["sidecar", "status", &name]).await;
+    let (code, out, err) = support::cli_async(&["sidecar", "status", &name]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("sidecarmigration {name}: Succeeded")),
@@ -444,7 +432,7 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
 
     // The CLI refuses before creating anything.
     let name = format!("{}-both", env.namespace);
-    let (code, _, err) = run_cli(&[
+    let (code, _, err) = support::cli_async(&[
         "sidecar", "move", "-n", &both, "--to", &mesh.tag, "--name", &name,
     ])
     .await;
@@ -501,7 +489,7 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
 
     // With the explicit option, istio-injection goes and the namespace moves.
     let fixed = format!("{}-fixed", env.namespace);
-    let (code, out, err) = run_cli(&[
+    let (code, out, err) = support::cli_async(&[
         "sidecar",
         "move",
         "-n",
@@ -524,7 +512,7 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
     assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_b, &both);
 
     // A rollback restores both labels as they were, and with them revision A.
-    let (code, out, err) = run_cli(&["sidecar", "rollback", &fixed, "--wait"]).await;
+    let (code, out, err) = support::cli_async(&["sidecar", "rollback", &fixed, "--wait"]).await;
     assert_eq!(code, 0, "{out}{err}\n{}", agent.log_text());
     assert_eq!(labels_of(&env.client, &both).await, before);
     assert_all_on(&pod_revisions(&env.client, &both).await, &mesh.rev_a, &both);
@@ -545,7 +533,8 @@ async fn a_target_without_an_injector_is_refused_and_nothing_changes() {
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
     let missing = format!("gone-{}", env.namespace);
 
-    let (code, _, err) = run_cli(&["sidecar", "move", "-n", &ns, "--to", &missing]).await;
+    let (code, _, err) =
+        support::cli_async(&["sidecar", "move", "-n", &ns, "--to", &missing]).await;
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("no injector for revision or tag {missing:?}")),
@@ -752,7 +741,7 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
         labels_of(&env.client, &second).await.get("istio.io/rev"),
         Some(&mesh.rev_b)
     );
-    let (code, out, _) = run_cli(&["sidecar", "status", &name]).await;
+    let (code, out, _) = support::cli_async(&["sidecar", "status", &name]).await;
     assert_eq!(code, 0);
     assert!(
         out.contains(&format!("{second}/ratings did not complete")),
@@ -760,7 +749,8 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
     );
 
     // A stopped migration still holds its namespaces: another is refused for them.
-    let (code, _, err) = run_cli(&["sidecar", "move", "-n", &second, "--to", &mesh.rev_a]).await;
+    let (code, _, err) =
+        support::cli_async(&["sidecar", "move", "-n", &second, "--to", &mesh.rev_a]).await;
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!(
@@ -769,7 +759,7 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
         "{err}"
     );
 
-    let (code, out, err) = run_cli(&["sidecar", "rollback", &name, "--wait"]).await;
+    let (code, out, err) = support::cli_async(&["sidecar", "rollback", &name, "--wait"]).await;
     assert_eq!(code, 0, "{out}{err}\n{}", agent.log_text());
     assert!(out.contains("RolledBack"), "{out}");
     let first_labels = labels_of(&env.client, &first).await;
@@ -789,10 +779,10 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
         assert_all_on(&pod_revisions(&env.client, ns).await, &mesh.rev_a, ns);
     }
     // A second request is harmless; a refused migration has nothing to roll back.
-    let (code, out, _) = run_cli(&["sidecar", "rollback", &name]).await;
+    let (code, out, _) = support::cli_async(&["sidecar", "rollback", &name]).await;
     assert_eq!(code, 0);
     assert!(out.contains("rolled back already"), "{out}");
-    let (code, _, err) = run_cli(&["sidecar", "rollback", "no-such-migration"]).await;
+    let (code, _, err) = support::cli_async(&["sidecar", "rollback", "no-such-migration"]).await;
     assert_eq!(code, 1);
     assert!(
         err.contains("sidecarmigration \"no-such-migration\" not found"),

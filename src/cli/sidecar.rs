@@ -56,18 +56,8 @@ pub struct RetagArgs {
     /// the time).
     #[arg(long)]
     pub name: Option<String>,
-    /// Namespaces restarted at once.
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: u32,
-    /// Workloads of a namespace restarted at once.
-    #[arg(long, default_value_t = 1)]
-    pub workloads_at_once: u32,
-    /// How long one workload's restart may take.
-    #[arg(long, default_value = "10m")]
-    pub rollout_timeout: String,
-    /// How long a namespace's pods may take to all show the new revision.
-    #[arg(long, default_value = "2m")]
-    pub verify_timeout: String,
+    #[command(flatten)]
+    pub pace: Pace,
     /// Labels for the migration, k=v[,k=v].
     #[arg(long)]
     pub labels: Option<String>,
@@ -80,6 +70,23 @@ pub struct RetagArgs {
     /// How long `--wait` follows the migration (it goes on afterwards).
     #[arg(long, default_value = "1h")]
     pub timeout: String,
+}
+
+/// How fast a migration restarts namespaces, and how long it waits for them.
+#[derive(Args, Clone)]
+pub struct Pace {
+    /// Namespaces moved at once.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: u32,
+    /// Workloads of a namespace restarted at once.
+    #[arg(long, default_value_t = 1)]
+    pub workloads_at_once: u32,
+    /// How long one workload's restart may take.
+    #[arg(long, default_value = "10m")]
+    pub rollout_timeout: String,
+    /// How long a namespace's pods may take to all show the target revision.
+    #[arg(long, default_value = "2m")]
+    pub verify_timeout: String,
 }
 
 #[derive(Args)]
@@ -108,18 +115,8 @@ pub struct MoveArgs {
     /// Name of the migration (default: `<to>-` and the time).
     #[arg(long)]
     pub name: Option<String>,
-    /// Namespaces moved at once.
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: u32,
-    /// Workloads of a namespace restarted at once.
-    #[arg(long, default_value_t = 1)]
-    pub workloads_at_once: u32,
-    /// How long one workload's restart may take.
-    #[arg(long, default_value = "10m")]
-    pub rollout_timeout: String,
-    /// How long a namespace's pods may take to all show the target revision.
-    #[arg(long, default_value = "2m")]
-    pub verify_timeout: String,
+    #[command(flatten)]
+    pub pace: Pace,
     /// What a failed namespace does (no further namespace starts either way).
     #[arg(long, value_enum, default_value_t = OnFailure::Stop)]
     pub on_failure: OnFailure,
@@ -174,21 +171,21 @@ pub async fn run(args: &SidecarArgs, global: &GlobalArgs) -> anyhow::Result<Exit
 
 fn spec_of(args: &MoveArgs) -> anyhow::Result<SidecarMigrationSpec> {
     for (flag, value) in [
-        ("--rollout-timeout", &args.rollout_timeout),
-        ("--verify-timeout", &args.verify_timeout),
+        ("--rollout-timeout", &args.pace.rollout_timeout),
+        ("--verify-timeout", &args.pace.verify_timeout),
     ] {
         ztunnel_rollout_core::duration::parse_duration(value)
             .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     }
-    if args.batch_size == 0 || args.workloads_at_once == 0 {
+    if args.pace.batch_size == 0 || args.pace.workloads_at_once == 0 {
         bail!("--batch-size and --workloads-at-once must be at least 1");
     }
     let mut spec = json!({
         "to": args.to,
-        "batchSize": args.batch_size,
-        "workloadsAtOnce": args.workloads_at_once,
-        "rolloutTimeout": args.rollout_timeout,
-        "verifyTimeout": args.verify_timeout,
+        "batchSize": args.pace.batch_size,
+        "workloadsAtOnce": args.pace.workloads_at_once,
+        "rolloutTimeout": args.pace.rollout_timeout,
+        "verifyTimeout": args.pace.verify_timeout,
         "onFailure": match args.on_failure { OnFailure::Stop => "Stop", OnFailure::Rollback => "Rollback" },
         "replaceInjectionLabel": args.replace_injection_label,
     });
@@ -356,7 +353,7 @@ async fn create_migration(
         names.len(),
         args.to,
         plan.target_revision,
-        args.batch_size,
+        args.pace.batch_size,
         names.join(", ")
     );
     if args.wait {
@@ -534,10 +531,7 @@ async fn retag(args: &RetagArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
         selector: Some(format!("{REVISION_LABEL}={}", args.tag)),
         to: args.tag.clone(),
         name: Some(name),
-        batch_size: args.batch_size,
-        workloads_at_once: args.workloads_at_once,
-        rollout_timeout: args.rollout_timeout.clone(),
-        verify_timeout: args.verify_timeout.clone(),
+        pace: args.pace.clone(),
         on_failure: OnFailure::Stop,
         replace_injection_label: false,
         labels: args.labels.clone(),

@@ -726,6 +726,18 @@ pub async fn is_cordoned(client: &Client, node: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// [`cli`] off the test's runtime thread: for commands that last (`--wait` until the
+/// agent is done) while the test's runtime serves something they need.
+pub async fn cli_async(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await
+    .expect("the CLI thread")
+}
+
 /// Runs the `ztunnel-rollout` CLI against the test cluster: exit code, stdout, stderr.
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-rollout"))
