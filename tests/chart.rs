@@ -399,7 +399,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_agent_whose_service_account_r
         .into_iter()
         .find(|r| r.resources.as_deref() == Some(&["daemonsets".to_owned()][..]))
         .expect("a DaemonSet rule");
-    assert_eq!(ds_rule.resource_names, Some(vec!["ztunnel".to_owned()]));
+    assert_eq!(
+        ds_rule.resource_names,
+        Some(vec!["ztunnel".to_owned(), "istio-cni-node".to_owned()])
+    );
 
     // The agent may delete the ztunnel DaemonSet's pods (the rollout below does), and no
     // other pod of its namespace: the chart's admission policy refuses it.

@@ -91,12 +91,12 @@ async fn istioctl_installs_istio_and_the_real_istiod_injects_each_revision() {
             Some("OnDelete"),
             "{name}: Istio's values set OnDelete"
         );
-        // istioctl stamps its own version on the images; ztunnel's tag is whatever the
-        // upgrade test (which may have run first) left.
+        // istioctl stamps its own version on the images; ztunnel's and istio-cni's tags
+        // are whatever the upgrade test (which may have run first) left.
         let want = if name == "ztunnel" {
             "docker.io/istio/ztunnel:".to_owned()
         } else {
-            version.clone()
+            "docker.io/istio/install-cni:".to_owned()
         };
         assert!(
             image(spec.template.spec.as_ref()).contains(&want),
@@ -173,7 +173,8 @@ async fn istioctl_installs_istio_and_the_real_istiod_injects_each_revision() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_node() {
+async fn an_istioctl_upgrade_of_ztunnel_and_istio_cni_completes_once_the_agent_replaced_every_node()
+{
     let bed = istio_support::bed();
     let _serial = istio_support::serial().await;
     let env = TestEnv::new("istio-upgrade", 0).await;
@@ -216,11 +217,13 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
     .expect("apply the PDB");
     deploy(&env, &env.namespace, "reviews").await;
 
-    // The upgrade as a user runs it: istioctl with a new ztunnel tag. With OnDelete,
-    // istioctl waits until every node runs the new pod, which is the agent's work.
+    // The upgrade as a user runs it: istioctl with new ztunnel and istio-cni tags. With
+    // OnDelete, istioctl waits until every node runs the new pods, which is the agent's
+    // work; and it applies ztunnel only once istio-cni is done.
     let new_tag = "1.31.1-test";
     let mut upgrade = bed.revision("default").install.clone();
     upgrade.sets.push(format!("values.ztunnel.tag={new_tag}"));
+    upgrade.sets.push(format!("values.cni.tag={new_tag}"));
     // Its output goes to a file: a pipe nobody reads for minutes could fill and block it.
     let log_dir = tempfile::tempdir().expect("tempdir");
     let log_path = log_dir.path().join("istioctl.log");
@@ -233,43 +236,65 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
         .spawn()
         .expect("start istioctl install");
     let daemonsets: Api<DaemonSet> = Api::namespaced(env.client.clone(), "istio-system");
+    let upgraded = |ds: Option<&DaemonSet>| {
+        ds.is_some_and(|d| {
+            image(d.spec.as_ref().and_then(|s| s.template.spec.as_ref())).contains(new_tag)
+                && d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+        })
+    };
     wait_for(
         &daemonsets,
-        "ztunnel",
-        "istioctl changes the ztunnel DaemonSet",
-        |ds: Option<&DaemonSet>| {
-            ds.is_some_and(|d| {
-                image(d.spec.as_ref().and_then(|s| s.template.spec.as_ref())).contains(new_tag)
-                    && d.status.as_ref().and_then(|s| s.observed_generation)
-                        == d.metadata.generation
-            })
-        },
+        CNI,
+        "istioctl changes the istio-cni DaemonSet",
+        upgraded,
     )
     .await;
+    let ztunnel = daemonsets.get("ztunnel").await.expect("ztunnel");
+    assert!(
+        !upgraded(Some(&ztunnel)),
+        "istioctl applies ztunnel only once every istio-cni pod is replaced"
+    );
+    // The API server's account of each node agent pod's deletion and each node's cordon,
+    // from the first rollout's start.
+    let history = NodeAgentHistory::record(&env.client).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-istio");
-    let rollout = agent_support::rollout(
-        &env,
-        "istio-upgrade",
-        json!({
-            "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
-            "nodeSelector": { "matchLabels": bed.node_selector() },
-            // Istio's istiod pod keeps certificates in an emptyDir, as kubectl drain
-            // would refuse too.
-            "drain": { "deleteEmptyDirData": true },
-            "health": { "soak": "1s", "interval": "1s", "bake": "1s" },
-        }),
-    );
-    agent_support::create(&env.client, &rollout).await;
-    agent_support::wait_for_phase(
-        &env.client,
-        "istio-upgrade",
-        "Complete",
-        Duration::from_secs(300),
-        &[&agent],
-    )
-    .await;
+    // The same spec twice: first for istio-cni (ztunnel is current, so only istio-cni is
+    // replaced), then, once istioctl applied it, for ztunnel.
+    for name in ["istio-upgrade-cni", "istio-upgrade"] {
+        if name == "istio-upgrade" {
+            wait_for(
+                &daemonsets,
+                "ztunnel",
+                "istioctl changes the ztunnel DaemonSet once istio-cni is replaced",
+                upgraded,
+            )
+            .await;
+        }
+        let rollout = agent_support::rollout(
+            &env,
+            name,
+            json!({
+                "daemonSet": { "namespace": "istio-system", "name": "ztunnel" },
+                "cni": { "namespace": "istio-system", "name": CNI },
+                "nodeSelector": { "matchLabels": bed.node_selector() },
+                // Istio's istiod pod keeps certificates in an emptyDir, as kubectl drain
+                // would refuse too.
+                "drain": { "deleteEmptyDirData": true },
+                "health": { "soak": "1s", "interval": "1s", "bake": "1s" },
+            }),
+        );
+        agent_support::create(&env.client, &rollout).await;
+        agent_support::wait_for_phase(
+            &env.client,
+            name,
+            "Complete",
+            Duration::from_secs(300),
+            &[&agent],
+        )
+        .await;
+    }
 
     // istioctl, which waited on the DaemonSet, now says the install is complete.
     let status = tokio::time::timeout(Duration::from_secs(120), istioctl.wait())
@@ -280,24 +305,58 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
     assert!(status.success(), "istioctl install failed:\n{text}");
     assert!(text.contains("Installation complete"), "{text}");
 
-    // The API server's account: every ztunnel pod runs the new tag and is Ready, every
-    // node is schedulable, the waypoint and the application are available.
-    let ds = daemonsets.get("ztunnel").await.expect("ztunnel");
-    let status = ds.status.expect("status");
-    assert_eq!(status.updated_number_scheduled, Some(NODES as i32));
-    assert_eq!(status.number_ready, NODES as i32);
-    let pods = Api::<Pod>::namespaced(env.client.clone(), "istio-system")
-        .list(&ListParams::default().labels("app=ztunnel"))
-        .await
-        .expect("ztunnel pods");
-    assert_eq!(pods.items.len(), NODES);
-    for pod in &pods.items {
-        assert!(
-            image(pod.spec.as_ref()).contains(new_tag),
-            "{} runs {}",
-            pod.name_any(),
-            image(pod.spec.as_ref())
+    // The API server's account: every ztunnel and istio-cni pod runs the new tag and is
+    // Ready, every node is schedulable, the waypoint and the application are available.
+    for (ds, labels) in [("ztunnel", "app=ztunnel"), (CNI, "k8s-app=istio-cni-node")] {
+        let status = daemonsets.get(ds).await.expect(ds).status.expect("status");
+        assert_eq!(status.updated_number_scheduled, Some(NODES as i32), "{ds}");
+        assert_eq!(status.number_ready, NODES as i32, "{ds}");
+        let pods = Api::<Pod>::namespaced(env.client.clone(), "istio-system")
+            .list(&ListParams::default().labels(labels))
+            .await
+            .expect("node agent pods");
+        assert_eq!(pods.items.len(), NODES, "{ds}");
+        for pod in &pods.items {
+            assert!(
+                image(pod.spec.as_ref()).contains(new_tag),
+                "{} runs {}",
+                pod.name_any(),
+                image(pod.spec.as_ref())
+            );
+        }
+    }
+    // Each node's old istio-cni pod and old ztunnel pod were deleted once each, while the
+    // node was cordoned, istio-cni first.
+    let deletions = history.deletions();
+    for node in &bed.nodes {
+        let of = |labels: &str| {
+            deletions
+                .iter()
+                .filter(|d| d.node == *node && d.app == labels)
+                .collect::<Vec<_>>()
+        };
+        let (cni, ztunnel) = (of(CNI), of("ztunnel"));
+        assert_eq!(
+            cni.len(),
+            1,
+            "{node}: one istio-cni pod deleted: {deletions:?}"
         );
+        assert_eq!(
+            ztunnel.len(),
+            1,
+            "{node}: one ztunnel pod deleted: {deletions:?}"
+        );
+        assert!(
+            cni[0].revision < ztunnel[0].revision,
+            "{node}: istio-cni replaced before ztunnel: {deletions:?}"
+        );
+        for d in [cni[0], ztunnel[0]] {
+            assert_eq!(
+                history.unschedulable_before(node, d.revision),
+                Some(true),
+                "{node}: {d:?} deleted while the node was not cordoned"
+            );
+        }
     }
     for node in &bed.nodes {
         let n = Api::<Node>::all(env.client.clone())
@@ -326,6 +385,154 @@ async fn an_istioctl_upgrade_of_ztunnel_completes_once_the_agent_replaced_every_
         deployment_available(2),
     )
     .await;
+}
+
+/// Istio's istio-cni DaemonSet.
+const CNI: &str = "istio-cni-node";
+
+/// A node agent pod's deletion as the API server showed it: the first event with a
+/// deletion timestamp (or its removal), at its resourceVersion.
+#[derive(Debug, Clone)]
+struct Deletion {
+    node: String,
+    /// `ztunnel`, or istio-cni's [`CNI`].
+    app: String,
+    revision: u64,
+}
+
+/// Watches of the nodes and of the node agent pods in istio-system, from when it is
+/// created: each node's `spec.unschedulable` by resourceVersion, and each pod's deletion.
+struct NodeAgentHistory {
+    nodes: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, bool)>>>,
+    deletions: std::sync::Arc<std::sync::Mutex<Vec<Deletion>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeAgentHistory {
+    /// Starts both watches; returns once both listed what exists.
+    async fn record(client: &kube::Client) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let deletions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rv = |o: &kube::api::ObjectMeta| {
+            o.resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default()
+        };
+        let (listed_nodes, nodes_ready) = tokio::sync::oneshot::channel();
+        let node_log = nodes.clone();
+        let node_watch = watcher::watcher(Api::<Node>::all(client.clone()), Default::default());
+        let node_task = tokio::spawn(async move {
+            let mut listed = Some(listed_nodes);
+            let mut stream = std::pin::pin!(node_watch);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(Event::Apply(n) | Event::InitApply(n)) => {
+                        let unschedulable = n
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.unschedulable)
+                            .unwrap_or(false);
+                        node_log.lock().expect("lock").push((
+                            n.name_any(),
+                            rv(&n.metadata),
+                            unschedulable,
+                        ));
+                    }
+                    Ok(Event::InitDone) => {
+                        if let Some(tx) = listed.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let (listed_pods, pods_ready) = tokio::sync::oneshot::channel();
+        let pod_log = deletions.clone();
+        let pod_watch = watcher::watcher(
+            Api::<Pod>::namespaced(client.clone(), "istio-system"),
+            watcher::Config::default(),
+        );
+        let pod_task = tokio::spawn(async move {
+            let mut listed = Some(listed_pods);
+            let mut seen = std::collections::HashSet::new();
+            let mut stream = std::pin::pin!(pod_watch);
+            while let Some(event) = stream.next().await {
+                let (pod, removed) = match event {
+                    Ok(Event::Apply(p)) => (p, false),
+                    Ok(Event::Delete(p)) => (p, true),
+                    Ok(Event::InitDone) => {
+                        if let Some(tx) = listed.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let labels = pod.labels();
+                let app = if labels.get("app").map(String::as_str) == Some("ztunnel") {
+                    "ztunnel"
+                } else if labels.get("k8s-app").map(String::as_str) == Some(CNI) {
+                    CNI
+                } else {
+                    continue;
+                };
+                let deleting = removed || pod.metadata.deletion_timestamp.is_some();
+                let uid = pod.uid().unwrap_or_default();
+                if !deleting || !seen.insert(uid) {
+                    continue;
+                }
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                pod_log.lock().expect("lock").push(Deletion {
+                    node,
+                    app: app.to_owned(),
+                    revision: rv(&pod.metadata),
+                });
+            }
+        });
+        for (what, ready) in [("nodes", nodes_ready), ("pods", pods_ready)] {
+            tokio::time::timeout(support::WAIT, ready)
+                .await
+                .unwrap_or_else(|_| panic!("the watch of {what} lists within a minute"))
+                .unwrap_or_else(|_| panic!("the watch of {what} ended"));
+        }
+        Self {
+            nodes,
+            deletions,
+            tasks: vec![node_task, pod_task],
+        }
+    }
+
+    fn deletions(&self) -> Vec<Deletion> {
+        self.deletions.lock().expect("lock").clone()
+    }
+
+    /// Whether `node` was unschedulable just before `revision`, by the latest of its
+    /// watched states older than it (`None`: none recorded).
+    fn unschedulable_before(&self, node: &str, revision: u64) -> Option<bool> {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(n, rv, _)| n == node && *rv < revision)
+            .max_by_key(|(_, rv, _)| *rv)
+            .map(|(_, _, unschedulable)| *unschedulable)
+    }
+}
+
+impl Drop for NodeAgentHistory {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// The revision and namespaces `istioctl tag list` shows for `tag`.

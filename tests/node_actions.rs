@@ -238,7 +238,7 @@ async fn a_ztunnel_pod_is_deleted_only_on_a_cordoned_node_and_a_replaced_one_is_
     let uid = created.metadata.uid.clone().expect("uid");
     // Schedulable (someone uncordoned it after the pass decided): refused, pod kept.
     let err = actions
-        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", &uid)
+        .delete_node_agent_pod(node, "ztunnel", &env.namespace, "ztunnel-x", &uid)
         .await
         .expect_err("a schedulable node's ztunnel pod is never deleted");
     assert!(matches!(err, ActionError::Schedulable { .. }), "{err}");
@@ -249,7 +249,13 @@ async fn a_ztunnel_pod_is_deleted_only_on_a_cordoned_node_and_a_replaced_one_is_
     );
     set_unschedulable(&env.client, node, true).await;
     actions
-        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", "some-older-uid")
+        .delete_node_agent_pod(
+            node,
+            "ztunnel",
+            &env.namespace,
+            "ztunnel-x",
+            "some-older-uid",
+        )
         .await
         .expect("a UID mismatch means the old pod is gone already");
     let still = pods.get("ztunnel-x").await.expect("pod");
@@ -259,13 +265,13 @@ async fn a_ztunnel_pod_is_deleted_only_on_a_cordoned_node_and_a_replaced_one_is_
         "the newer pod was deleted"
     );
     actions
-        .delete_ztunnel_pod(node, &env.namespace, "ztunnel-x", &uid)
+        .delete_node_agent_pod(node, "ztunnel", &env.namespace, "ztunnel-x", &uid)
         .await
         .expect("delete");
     let gone = pods.get_opt("ztunnel-x").await.expect("get");
     assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
     actions
-        .delete_ztunnel_pod(node, &env.namespace, "does-not-exist", "x")
+        .delete_node_agent_pod(node, "ztunnel", &env.namespace, "does-not-exist", "x")
         .await
         .expect("404 is gone");
     task.abort();

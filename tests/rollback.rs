@@ -393,3 +393,148 @@ async fn a_refused_daemonset_restore_is_retried_a_bounded_number_of_times_and_to
         .sum::<i32>();
     assert_eq!(told, 5, "RollbackRestoreFailed Events by the end: {told}");
 }
+
+/// A DaemonSet shaped like Istio's istio-cni (`istio-cni-node`, pods labelled
+/// `k8s-app=istio-cni-node`, `OnDelete`) on `env`'s nodes, at `version`: the ztunnel
+/// fixture renamed (KWOK runs both alike). Returns its current revision hash once the
+/// DaemonSet controller observed it.
+async fn apply_cni(env: &TestEnv, version: &str) -> String {
+    let mut fixture =
+        ztunnel_rollout_testbed::fixtures::ZtunnelFixture::new(&env.namespace, version);
+    fixture.node_selector = env.node_selector();
+    let mut ds = serde_json::to_value(fixture.daemonset()).expect("json");
+    let cni = serde_json::json!({ "k8s-app": CNI });
+    ds["metadata"]["name"] = CNI.into();
+    ds["spec"]["selector"]["matchLabels"] = cni.clone();
+    ds["spec"]["template"]["metadata"]["labels"] = cni;
+    ds["spec"]["template"]["spec"]["containers"][0]["name"] = "install-cni".into();
+    ds["spec"]["template"]["spec"]["containers"][0]["image"] =
+        format!("docker.io/istio/install-cni:{version}-distroless").into();
+    let ds: DaemonSet = serde_json::from_value(ds).expect("DaemonSet");
+    let api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.namespace);
+    ztunnel_rollout_testbed::fixtures::apply(&api, &ds)
+        .await
+        .expect("apply istio-cni");
+    let ds = support::wait_for(&api, CNI, "istio-cni observed", |d: Option<&DaemonSet>| {
+        d.is_some_and(|d| {
+            d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+        })
+    })
+    .await
+    .expect("ds");
+    let revisions = Api::<ControllerRevision>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("revisions")
+        .items;
+    ztunnel_rollout_core::rollout::revision::current_revision_hash(&ds, &revisions)
+        .expect("current revision")
+}
+
+/// Each node's live istio-cni pod's revision hash.
+async fn cni_hashes(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
+    use k8s_openapi::api::core::v1::Pod;
+    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default().labels(&format!("k8s-app={CNI}")))
+        .await
+        .expect("istio-cni pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            let hash = p
+                .metadata
+                .labels
+                .as_ref()?
+                .get("controller-revision-hash")?
+                .clone();
+            Some((node, hash))
+        })
+        .collect()
+}
+
+const CNI: &str = "istio-cni-node";
+
+#[tokio::test]
+async fn a_rollback_restores_istio_cni_too_and_takes_its_pods_back() {
+    let env = TestEnv::new("rollback-cni", 6).await;
+    agent_support::install(&env.client).await;
+    let old_cni = apply_cni(&env, "1.28.0").await;
+    let n = env.nodes.len() as i32;
+    support::wait_for(
+        &Api::<DaemonSet>::namespaced(env.client.clone(), &env.namespace),
+        CNI,
+        "istio-cni Ready on every node",
+        support::daemonset_ready(n),
+    )
+    .await;
+    let (old, new, _blocked) = wave_b_will_fail(&env, 6).await;
+    let new_cni = apply_cni(&env, "1.28.1").await;
+    assert_ne!(old_cni, new_cni);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-cni");
+    let name = format!("{}-rb", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "cni": { "namespace": env.namespace, "name": CNI },
+            "drain": { "timeout": "3s" },
+            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
+        }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "RolledBack",
+        Duration::from_secs(240),
+        &[&agent],
+    )
+    .await;
+
+    // The status names both restores; the API server shows both DaemonSets and every
+    // pod back on their previous revisions.
+    let status = done.status.expect("status");
+    let rb = status.rollback.expect("rollback");
+    assert_eq!(
+        (rb.from.as_str(), rb.to.as_str()),
+        (new.as_str(), old.as_str())
+    );
+    let cni = rb.cni.expect("istio-cni's part of the rollback");
+    assert_eq!(
+        (cni.from.as_str(), cni.to.as_str()),
+        (new_cni.as_str(), old_cni.as_str())
+    );
+    let ds = Api::<DaemonSet>::namespaced(env.client.clone(), &env.namespace)
+        .get(CNI)
+        .await
+        .expect("istio-cni");
+    let image = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers[0].image.clone());
+    assert_eq!(
+        image.as_deref(),
+        Some("docker.io/istio/install-cni:1.28.0-distroless"),
+        "the istio-cni DaemonSet template is restored"
+    );
+    let cni_pods = cni_hashes(&env).await;
+    assert_eq!(cni_pods.len(), env.nodes.len(), "{cni_pods:?}");
+    assert!(
+        cni_pods.values().all(|h| *h == old_cni),
+        "every istio-cni pod back on {old_cni}: {cni_pods:?}"
+    );
+    let hashes = support::ztunnel_hashes(&env).await;
+    assert!(
+        hashes.values().all(|h| *h == old),
+        "every ztunnel back on {old}: {hashes:?}"
+    );
+    assert_eq!(status.counts.failed, 0, "{:?}", status.nodes);
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}

@@ -289,7 +289,18 @@ impl EffectRunner {
                     },
                     _,
                 ) => actions
-                    .delete_ztunnel_pod(&node, namespace, name, uid)
+                    .delete_node_agent_pod(&node, "ztunnel", namespace, name, uid)
+                    .await
+                    .map_err(|e| e.call_error()),
+                (
+                    CallKind::DeleteCniPod {
+                        namespace,
+                        name,
+                        uid,
+                    },
+                    _,
+                ) => actions
+                    .delete_node_agent_pod(&node, "istio-cni", namespace, name, uid)
                     .await
                     .map_err(|e| e.call_error()),
                 (CallKind::Release { uncordon }, n) => actions

@@ -380,12 +380,13 @@ impl NodeActions {
         }
     }
 
-    /// Deletes the ztunnel pod with this UID, only if `node` is unschedulable right now
-    /// (read afresh: someone may have uncordoned it since the pass decided); a pod
-    /// already gone or replaced is fine.
-    pub async fn delete_ztunnel_pod(
+    /// Deletes the node agent's (`what`: ztunnel's, istio-cni's) pod with this UID, only
+    /// if `node` is unschedulable right now (read afresh: someone may have uncordoned it
+    /// since the pass decided); a pod already gone or replaced is fine.
+    pub async fn delete_node_agent_pod(
         &self,
         node: &str,
+        what: &str,
         namespace: &str,
         name: &str,
         uid: &str,
@@ -421,7 +422,7 @@ impl NodeActions {
                 Ok(CallDone::Applied { over: Vec::new() })
             }
             Err(source) => Err(ActionError::Kube {
-                action: format!("deleting ztunnel pod {namespace}/{name}"),
+                action: format!("deleting {what} pod {namespace}/{name}"),
                 source,
             }),
         }

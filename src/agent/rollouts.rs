@@ -15,8 +15,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use ztunnel_rollout_core::labels::FINALIZER;
 use ztunnel_rollout_core::rollout::node_machine::NodePhase;
 use ztunnel_rollout_core::rollout::pass::{
-    CallError, CallKind, Effect, Memory, Outcome, PassConfig, Plan, RolloutView, Snapshot, decide,
-    held_back_status,
+    CallError, CallKind, CniSnapshot, Effect, Memory, Outcome, PassConfig, Plan, RolloutView,
+    Snapshot, decide, held_back_status,
 };
 use ztunnel_rollout_core::rollout::status::RolloutPhase;
 
@@ -225,6 +225,16 @@ impl Rollouts {
         let ztunnels = self.source.ztunnels(&ds_uid);
         let pod_counts = self.source.pod_counts();
         let revisions = self.source.revisions(&ds_uid);
+        let cni_ds = spec
+            .cni
+            .as_ref()
+            .and_then(|c| self.source.daemon_set(&c.namespace, &c.name));
+        let cni_uid = cni_ds
+            .as_ref()
+            .and_then(|d| d.metadata.uid.clone())
+            .unwrap_or_default();
+        let cni_pods = self.source.ztunnels(&cni_uid);
+        let cni_revisions = self.source.revisions(&cni_uid);
         let others: Vec<_> = others
             .iter()
             .filter(|(u, _)| u != uid)
@@ -249,6 +259,11 @@ impl Rollouts {
             revisions: &revisions,
             nodes: &nodes,
             ztunnels: &ztunnels,
+            cni: spec.cni.as_ref().map(|_| CniSnapshot {
+                daemon_set: cni_ds.as_deref(),
+                revisions: &cni_revisions,
+                pods: &cni_pods,
+            }),
             pod_counts: &pod_counts,
             others: &others,
             lookups: &lookups,

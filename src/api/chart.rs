@@ -132,6 +132,7 @@ fn ztunnel() -> Ztunnel {
     Ztunnel {
         namespace: interp(".Values.ztunnel.namespace"),
         daemon_set: interp(".Values.ztunnel.daemonSet"),
+        cni_daemon_set: interp(".Values.ztunnel.cniDaemonSet"),
     }
 }
 
@@ -170,6 +171,13 @@ fn deployment() -> Value {
                     interp(".Values.ztunnel.daemonSet")
                 ));
             }
+            if e["name"] == "ZTUNNEL_ROLLOUT_CNI_DAEMONSET" {
+                e["value"] = json!(format!(
+                    "{}/{}",
+                    interp(".Values.ztunnel.namespace"),
+                    interp(".Values.ztunnel.cniDaemonSet")
+                ));
+            }
         }
         env.push(json!({ "name": "ZTUNNEL_ROLLOUT_LEASE_NAME", "value": name() }));
         env.push(json!({
@@ -197,7 +205,7 @@ fn rbac() -> String {
     );
     let (mut pod_policy, mut pod_policy_binding) = manifests::ztunnel_pod_policy(
         &format!("system:serviceaccount:{}:{}", namespace(), name()),
-        &ztunnel.daemon_set,
+        &ztunnel,
     );
     let pod_policy_name = suffixed("ztunnel-pods");
     pod_policy["metadata"] = metadata(&pod_policy_name, None);
@@ -480,10 +488,12 @@ securityContext:
 extraArgs: []
 
 # The ztunnel DaemonSet the agent may patch (rollback) and whose pods it may delete: a
-# Role in its namespace, limited to that DaemonSet by name.
+# Role in its namespace, limited to that DaemonSet by name. cniDaemonSet: the istio-cni
+# DaemonSet in the same namespace that rollouts' spec.cni may name (Istio's name).
 ztunnel:
   namespace: istio-system
   daemonSet: ztunnel
+  cniDaemonSet: istio-cni-node
 
 crds:
   # Install and upgrade the CRDs with the release.
@@ -604,6 +614,7 @@ fn schema() -> Value {
         "ztunnel": object_schema(json!({
             "namespace": { "type": "string", "minLength": 1, "pattern": name_re },
             "daemonSet": { "type": "string", "minLength": 1, "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" },
+            "cniDaemonSet": { "type": "string", "minLength": 1, "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" },
         })),
         "crds": object_schema(json!({ "install": { "type": "boolean" }, "keep": { "type": "boolean" } })),
         "rbac": object_schema(json!({ "userRoles": { "type": "boolean" } })),

@@ -24,10 +24,12 @@ const METRICS_PORT: u16 = 8080;
 /// The oldest Kubernetes the CRDs' validation rules (CEL, with `reason`) work on.
 pub const MIN_KUBERNETES: &str = "1.30.0-0";
 
-/// The ztunnel DaemonSet the agent may patch and whose namespace's pods it may delete.
+/// The ztunnel DaemonSet the agent may patch and whose namespace's pods it may delete,
+/// and the istio-cni DaemonSet in the same namespace (`spec.cni`).
 pub struct Ztunnel {
     pub namespace: String,
     pub daemon_set: String,
+    pub cni_daemon_set: String,
 }
 
 impl Default for Ztunnel {
@@ -36,6 +38,7 @@ impl Default for Ztunnel {
         Self {
             namespace: "istio-system".to_owned(),
             daemon_set: "ztunnel".to_owned(),
+            cni_daemon_set: "istio-cni-node".to_owned(),
         }
     }
 }
@@ -104,7 +107,8 @@ pub fn cluster_role() -> Value {
 }
 
 /// In the ztunnel DaemonSet's namespace: delete its pods (the replacement), and patch
-/// that DaemonSet alone (the failure policy's rollback restores the previous revision).
+/// that DaemonSet and istio-cni's alone (the failure policy's rollback restores their
+/// previous revisions).
 pub fn ztunnel_role(z: &Ztunnel) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -115,7 +119,7 @@ pub fn ztunnel_role(z: &Ztunnel) -> Value {
             {
                 "apiGroups": ["apps"],
                 "resources": ["daemonsets"],
-                "resourceNames": [z.daemon_set],
+                "resourceNames": [z.daemon_set, z.cni_daemon_set],
                 "verbs": ["patch"],
             },
         ],
@@ -123,10 +127,10 @@ pub fn ztunnel_role(z: &Ztunnel) -> Value {
 }
 
 /// RBAC cannot name pods a DaemonSet creates: this ValidatingAdmissionPolicy (and its
-/// binding) lets the agent (`user`) delete only pods the ztunnel DaemonSet
-/// (`daemon_set`) controls; the Role above keeps it to that DaemonSet's namespace.
+/// binding) lets the agent (`user`) delete only pods the ztunnel DaemonSet or the
+/// istio-cni DaemonSet (`z`) controls; the Role above keeps it to their namespace.
 /// Evictions (drains) are another request (`pods/eviction`) and are not affected.
-pub fn ztunnel_pod_policy(user: &str, daemon_set: &str) -> (Value, Value) {
+pub fn ztunnel_pod_policy(user: &str, z: &Ztunnel) -> (Value, Value) {
     agent_policy(
         &format!("{NAME}-ztunnel-pods"),
         user,
@@ -136,9 +140,10 @@ pub fn ztunnel_pod_policy(user: &str, daemon_set: &str) -> (Value, Value) {
         json!([]),
         json!({
             "expression": format!(
-                "has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, r.kind == 'DaemonSet' && r.name == '{daemon_set}' && has(r.controller) && r.controller)"
+                "has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, r.kind == 'DaemonSet' && (r.name == '{}' || r.name == '{}') && has(r.controller) && r.controller)",
+                z.daemon_set, z.cni_daemon_set
             ),
-            "messageExpression": "'ztunnel-rollout may delete only the pods of the ztunnel DaemonSet, not ' + oldObject.metadata.name",
+            "messageExpression": "'ztunnel-rollout may delete only the pods of the ztunnel and istio-cni DaemonSets, not ' + oldObject.metadata.name",
             "reason": "Forbidden",
         }),
     )
@@ -371,6 +376,7 @@ pub fn deployment() -> Value {
                             { "name": "ZTUNNEL_ROLLOUT_METRICS_ADDRESS", "value": format!("0.0.0.0:{METRICS_PORT}") },
                             // What the ztunnel Role and the pod-delete policy are for.
                             { "name": "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET", "value": format!("{}/{}", Ztunnel::default().namespace, Ztunnel::default().daemon_set) },
+                            { "name": "ZTUNNEL_ROLLOUT_CNI_DAEMONSET", "value": format!("{}/{}", Ztunnel::default().namespace, Ztunnel::default().cni_daemon_set) },
                         ],
                         "ports": [{ "name": "metrics", "containerPort": METRICS_PORT }],
                         // /livez fails once the loop has not turned for --liveness-timeout
@@ -401,7 +407,7 @@ pub fn deployment() -> Value {
 pub fn objects() -> Vec<(&'static str, Value)> {
     let (pod_policy, pod_policy_binding) = ztunnel_pod_policy(
         &format!("system:serviceaccount:{NAMESPACE}:{NAME}"),
-        &Ztunnel::default().daemon_set,
+        &Ztunnel::default(),
     );
     vec![
         ("crd-ztunnelrollouts.json", crd()),

@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// any (the credentials decide).
     #[arg(long = "ztunnel-daemonset", env = "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET", value_parser = parse_daemon_set)]
     pub ztunnel_daemon_set: Option<(String, String)>,
+    /// The istio-cni DaemonSet (`NAMESPACE/NAME`) rollouts' `spec.cni` may name, as the
+    /// agent's RBAC allows. Default: any, unless --ztunnel-daemonset is set (then none).
+    #[arg(long = "cni-daemonset", env = "ZTUNNEL_ROLLOUT_CNI_DAEMONSET", value_parser = parse_daemon_set)]
+    pub cni_daemon_set: Option<(String, String)>,
 }
 
 pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -116,6 +120,7 @@ pub async fn run(args: &AgentArgs, global: &GlobalArgs) -> anyhow::Result<std::p
                     .collect::<Vec<_>>()
                     .into(),
                 ztunnel_daemon_set: args.ztunnel_daemon_set.clone(),
+                cni_daemon_set: args.cni_daemon_set.clone(),
                 ..Default::default()
             },
             agent_node: args.node_name.clone(),

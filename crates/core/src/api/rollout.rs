@@ -18,6 +18,11 @@ pub struct RolloutSpec {
     /// The ztunnel DaemonSet to roll out.
     #[serde(default)]
     pub daemon_set: DaemonSetRef,
+    /// Istio's istio-cni node agent DaemonSet (`OnDelete`), e.g. istio-system/istio-cni-node:
+    /// the node's istio-cni pod is replaced in the same drained window, before ztunnel,
+    /// and must be Ready on its DaemonSet's current revision. Not replaced when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<DaemonSetRef>,
     /// Which nodes take part; all nodes when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
@@ -492,6 +497,9 @@ pub struct ZtunnelRolloutStatus {
     /// The wave waiting for `ztunnel-rollout approve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awaiting_approval: Option<String>,
+    /// With `spec.cni`: the istio-cni DaemonSet's revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniStatus>,
     /// Set while (and after) the failure policy rolled the DaemonSet back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
@@ -530,6 +538,32 @@ pub struct RollbackStatus {
     pub to: String,
     /// The failure that triggered it.
     pub reason: String,
+    /// The istio-cni DaemonSet's revisions (`spec.cni`), restored after ztunnel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniRollback>,
+}
+
+/// The istio-cni DaemonSet's revisions, as the rollout knows them (`spec.cni`).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CniStatus {
+    /// The istio-cni revision hash being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// The revision hash the rollout replaced istio-cni pods from: what a rollback
+    /// restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_from: Option<String>,
+}
+
+/// The istio-cni DaemonSet's part of a rollback.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CniRollback {
+    /// Its revision hash when the rollback began.
+    pub from: String,
+    /// Its previous revision hash, restored.
+    pub to: String,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

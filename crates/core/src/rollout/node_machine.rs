@@ -3,7 +3,8 @@
 //! the pass records what a step says, and turns the rollout's own events (a target
 //! change, a rollback, the end of the rollout) into steps here too.
 //!
-//! Pending → Cordoned → Drained → ZtunnelReplaced → ZtunnelReady → Verified → Done, or
+//! Pending → Cordoned → Drained (→ the istio-cni pod replaced and Ready, with `spec.cni`) →
+//! ZtunnelReplaced → ZtunnelReady → Verified → Done, or
 //! Failed (with a reason) or Skipped. With a bake, Verified → Baking (uncordoned, its
 //! pods coming back) → Done, or, when the bake fails, → Evacuating (cordoned and drained
 //! again) → Failed. A step either records a phase now, or runs one call
@@ -16,7 +17,10 @@
 //! - a node is cordoned only when no other rollout owns it, its ztunnel pod is Ready, and
 //!   the DaemonSet runs on it at all;
 //! - every phase before ZtunnelReady requires the node to be cordoned: a node someone
-//!   uncordoned is cordoned and drained again before its ztunnel pod is deleted;
+//!   uncordoned is cordoned and drained again before its ztunnel (or istio-cni) pod is
+//!   deleted;
+//! - ztunnel is replaced only once the node's istio-cni pod (with `spec.cni`) is Ready on
+//!   its DaemonSet's current revision;
 //! - a node is uncordoned only if it was schedulable before this rollout cordoned it;
 //! - a baking node is uncordoned, and its ztunnel is never touched: a failed bake
 //!   cordons and drains it, and only a later pass (a rollback) replaces ztunnel again,
@@ -40,6 +44,7 @@ pub struct NodeRecord {
     pub was_unschedulable: Option<bool>,
 }
 
+/// A node agent's pod: ztunnel's, or istio-cni's (`spec.cni`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZtunnelPod {
     pub name: String,
@@ -68,6 +73,14 @@ pub enum Owner {
 pub enum Placement {
     Runs,
     Excluded(String),
+}
+
+/// The node's istio-cni pods and whether the istio-cni DaemonSet runs on the node
+/// (with `spec.cni`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniFacts<'a> {
+    pub pods: std::borrow::Cow<'a, [ZtunnelPod]>,
+    pub placement: Placement,
 }
 
 /// Where the node's drain stands (for the node's current cordon).
@@ -116,6 +129,8 @@ pub struct NodeFacts<'a> {
     /// the snapshot unless the pass knows better.
     pub ztunnel_pods: std::borrow::Cow<'a, [ZtunnelPod]>,
     pub placement: Placement,
+    /// The node's istio-cni, with `spec.cni`.
+    pub cni: Option<CniFacts<'a>>,
     pub drain: DrainProgress,
     /// The gates of the node's phase: the verification in ZtunnelReady, the bake in
     /// Baking (and, in Evacuating, the bake's failure).
@@ -136,6 +151,7 @@ impl NodeFacts<'_> {
             owner: Owner::Nobody,
             ztunnel_pods: pods.into(),
             placement: Placement::Runs,
+            cni: None,
             drain: DrainProgress::NotStarted,
             verification: GateProgress::NotStarted,
             connections: ConnectionsProgress::NotStarted,
@@ -164,6 +180,15 @@ pub struct Target {
     /// A node the rollout uncordons bakes before it is released (`health.bake`); never
     /// during a rollback.
     pub bake: bool,
+    /// With `spec.cni`: the istio-cni DaemonSet's current revision hash, and, during a
+    /// rollback, its failed one.
+    pub cni: Option<CniTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniTarget {
+    pub revision_hash: String,
+    pub rolling_back_from: Option<String>,
 }
 
 /// The times a node is cordoned again after someone uncordoned it mid-sequence, before
@@ -178,6 +203,8 @@ pub enum Call {
     Cordon { was_unschedulable: bool },
     /// Delete the ztunnel pod with this UID (only while the node is cordoned).
     DeleteZtunnelPod { name: String, uid: String },
+    /// Delete the istio-cni pod with this UID (only while the node is cordoned).
+    DeleteCniPod { name: String, uid: String },
     /// Remove our annotations; uncordon only if we cordoned the node.
     Release { uncordon: bool },
     /// Uncordon the node for its bake, keeping it this rollout's: the annotation stays,
@@ -349,6 +376,72 @@ pub fn runs_revision(facts: &NodeFacts, hash: &str) -> bool {
         .any(|p| !p.terminating && p.revision_hash == hash)
 }
 
+/// With `spec.cni`: whether the node runs an istio-cni pod not on the DaemonSet's
+/// current revision (its sequence replaces it).
+pub fn cni_outdated(facts: &NodeFacts, target: &Target) -> bool {
+    match (&target.cni, &facts.cni) {
+        (Some(t), Some(c)) => c
+            .pods
+            .iter()
+            .any(|p| !p.terminating && p.revision_hash != t.revision_hash),
+        _ => false,
+    }
+}
+
+/// With `spec.cni`, in the drained window before ztunnel: replace the node's istio-cni
+/// pod if it is not on the current revision, then wait (until the node's deadline in
+/// Drained) for one Ready on it. `None`: nothing (more) to do for istio-cni.
+fn replace_cni(
+    record: &NodeRecord,
+    facts: &NodeFacts,
+    target: &Target,
+    at: Timestamp,
+) -> Option<Step> {
+    let (Some(t), Some(cni)) = (&target.cni, &facts.cni) else {
+        return None;
+    };
+    let live: Vec<&ZtunnelPod> = cni.pods.iter().filter(|p| !p.terminating).collect();
+    if let Some(old) = live.iter().find(|p| p.revision_hash != t.revision_hash) {
+        return Some(call(
+            Call::DeleteCniPod {
+                name: old.name.clone(),
+                uid: old.uid.clone(),
+            },
+            NodePhase::Drained,
+            format!("replacing istio-cni pod {}", old.name),
+        ));
+    }
+    if live.iter().any(|p| p.ready) {
+        return None;
+    }
+    if cni.pods.is_empty()
+        && let Placement::Excluded(_) = cni.placement
+    {
+        // istio-cni does not run here: nothing to replace.
+        return None;
+    }
+    let deadline = deadline(record.since, target.ztunnel_ready_timeout);
+    if at >= deadline {
+        return Some(fail(
+            record,
+            facts,
+            target,
+            format!(
+                "no Ready istio-cni pod on revision {} within {}s: ztunnel not replaced",
+                t.revision_hash,
+                target.ztunnel_ready_timeout.as_secs()
+            ),
+        ));
+    }
+    Some(wait(
+        Some(deadline),
+        format!(
+            "waiting for the new istio-cni pod on revision {} to be Ready before ztunnel is replaced",
+            t.revision_hash
+        ),
+    ))
+}
+
 /// Whether the node's cordon is someone else's (then the rollout never uncordons it): our
 /// annotation on the node, written with our cordon (and set when our cordon was lost),
 /// else the record.
@@ -471,6 +564,9 @@ pub fn next_step(record: &NodeRecord, facts: &NodeFacts, target: &Target, at: Ti
         Drained => {
             if !facts.unschedulable {
                 return cordon_again(record, facts);
+            }
+            if let Some(step) = replace_cni(record, facts, target, at) {
+                return step;
             }
             if let Some(old) = outdated(facts, target) {
                 return replace_once_closed(record, facts, target, old, "replacing");
@@ -697,6 +793,7 @@ fn pending(facts: &NodeFacts, target: &Target, at: Timestamp) -> Step {
     }
     if let Some(failed) = &target.rolling_back_from
         && !runs_revision(facts, failed)
+        && !runs_failed_cni(facts, target)
     {
         return now(
             Skipped,
@@ -706,6 +803,7 @@ fn pending(facts: &NodeFacts, target: &Target, at: Timestamp) -> Step {
     if !target.cycle_current
         && current(facts, target).is_some()
         && outdated(facts, target).is_none()
+        && !cni_outdated(facts, target)
     {
         return now(
             Skipped,
@@ -784,6 +882,10 @@ pub fn call_refused(record: &NodeRecord, call: &Call, why: &str) -> Option<Step>
             NodePhase::Failed,
             format!("deleting ztunnel pod {name} was refused by the API server: {why}"),
         )),
+        Call::DeleteCniPod { name, .. } => Some(now(
+            NodePhase::Failed,
+            format!("deleting istio-cni pod {name} was refused by the API server: {why}"),
+        )),
         // A release or the bake's uncordon never gives up.
         Call::Release { .. } | Call::Uncordon => None,
     }
@@ -828,14 +930,40 @@ pub fn retarget(record: &NodeRecord) -> Option<Step> {
     }
 }
 
-/// The rollback starts, from `failed_hash` back to the previous revision: a failed node
-/// whose ztunnel was replaced goes through the sequence again; one whose ztunnel was
-/// never replaced is only released (its old pod is the restored revision).
-pub fn roll_back(record: &NodeRecord, facts: &NodeFacts, failed_hash: &str) -> Option<Step> {
+/// During a rollback, with `spec.cni`: whether the node runs an istio-cni pod on the
+/// failed revision.
+fn runs_failed_cni(facts: &NodeFacts, target: &Target) -> bool {
+    let (Some(t), Some(cni)) = (&target.cni, &facts.cni) else {
+        return false;
+    };
+    t.rolling_back_from.as_ref().is_some_and(|failed| {
+        cni.pods
+            .iter()
+            .any(|p| !p.terminating && p.revision_hash == *failed)
+    })
+}
+
+/// The rollback starts, from `failed_hash` (and, with `spec.cni`, istio-cni's
+/// `failed_cni`) back to the previous revision: a failed node whose ztunnel or istio-cni
+/// was replaced goes through the sequence again; one whose pods were never replaced is
+/// only released (its old pods are the restored revisions).
+pub fn roll_back(
+    record: &NodeRecord,
+    facts: &NodeFacts,
+    failed_hash: &str,
+    failed_cni: Option<&str>,
+) -> Option<Step> {
     if record.phase != NodePhase::Failed {
         return None;
     }
-    Some(if runs_revision(facts, failed_hash) {
+    let cni_replaced = failed_cni.is_some_and(|failed| {
+        facts.cni.as_ref().is_some_and(|c| {
+            c.pods
+                .iter()
+                .any(|p| !p.terminating && p.revision_hash == failed)
+        })
+    });
+    Some(if runs_revision(facts, failed_hash) || cni_replaced {
         now(NodePhase::Pending, "rolling back")
     } else {
         now(

@@ -180,6 +180,13 @@ pub fn node_call(
                 Ok(CallDone::NotOwned)
             }
         }
+        // The simulation runs no istio-cni: the call's only rule is the cordon.
+        CallKind::DeleteCniPod { .. } => {
+            if !current.unschedulable {
+                return (Err(CallError::Schedulable), Applied::Nothing);
+            }
+            Ok(CallDone::Applied { over: Vec::new() })
+        }
         CallKind::DeleteZtunnelPod { uid, .. } => {
             let schedulable = !current.unschedulable;
             if schedulable {

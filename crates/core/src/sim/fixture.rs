@@ -112,6 +112,7 @@ impl Fixture {
             revisions: &revisions,
             nodes: &nodes,
             ztunnels: &ztunnels,
+            cni: None,
             pod_counts: &pod_counts,
             others: &self.others,
             lookups: &NoLookups,

@@ -54,6 +54,12 @@ pub fn decisions(snap: &Snapshot<'_>, mem: &Memory, plan: &Plan) -> Vec<String> 
                     call.node
                 ));
             }
+            CallKind::DeleteCniPod { .. } if !view.unschedulable => {
+                out.push(format!(
+                    "{name} decided to delete the istio-cni pod of {} while it believes the node schedulable",
+                    call.node
+                ));
+            }
             _ => {}
         }
     }

@@ -490,6 +490,7 @@ impl Trial {
             revisions: &view.revisions,
             nodes: &view.nodes,
             ztunnels: &view.ztunnels,
+            cni: None,
             pod_counts: &view.pod_counts,
             others: &others,
             lookups: &NoLookups,

@@ -13,6 +13,7 @@ fn target() -> Target {
         rolling_back_from: None,
         connections_gate: None,
         bake: false,
+        cni: None,
     }
 }
 
@@ -85,6 +86,12 @@ fn run_with<'a>(
                     }
                     Call::DeleteZtunnelPod { .. } => {
                         facts.ztunnel_pods = vec![pod(&target.revision_hash, true)].into()
+                    }
+                    Call::DeleteCniPod { .. } => {
+                        let hash = target.cni.as_ref().map(|c| c.revision_hash.clone());
+                        if let (Some(cni), Some(hash)) = (facts.cni.as_mut(), hash) {
+                            cni.pods = vec![pod(&hash, true)].into();
+                        }
                     }
                     Call::Release { uncordon } => {
                         facts.owner = Owner::Nobody;
@@ -487,12 +494,12 @@ fn the_rollouts_own_events_become_steps() {
     // and only releases one whose ztunnel never was.
     let failed = record(NodePhase::Failed);
     assert_eq!(
-        roll_back(&failed, &ours(vec![pod("new", true)]), "new")
+        roll_back(&failed, &ours(vec![pod("new", true)]), "new", None)
             .map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Pending)
     );
     assert_eq!(
-        roll_back(&failed, &ours(vec![pod("old", true)]), "new")
+        roll_back(&failed, &ours(vec![pod("old", true)]), "new", None)
             .map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Verified)
     );
@@ -1025,3 +1032,5 @@ fn a_bake_resumes_from_what_the_node_shows() {
     let s = retarget(&record(NodePhase::Baking)).expect("a step");
     assert_eq!(s.phase_after(NodePhase::Baking), NodePhase::Pending);
 }
+
+mod cni;

@@ -91,6 +91,13 @@ pub enum CallKind {
         name: String,
         uid: String,
     },
+    /// Delete the istio-cni pod with this UID (`spec.cni`), only if the node is still
+    /// unschedulable when the call runs.
+    DeleteCniPod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
     /// Remove this rollout's annotations and uncordon the node if `uncordon` and the
     /// node was schedulable before the rollout cordoned it.
     Release { uncordon: bool },
@@ -117,6 +124,7 @@ impl CallKind {
         match self {
             CallKind::Cordon { .. } => "cordoning",
             CallKind::DeleteZtunnelPod { .. } => "deleting the ztunnel pod",
+            CallKind::DeleteCniPod { .. } => "deleting the istio-cni pod",
             CallKind::Release { .. } => "releasing",
             CallKind::Uncordon => "uncordoning for the bake",
             CallKind::WaitingTaint { waiting: true } => "adding the waiting taint",

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::memory::{LostCordon, NodeState, Wrote};
 use super::{Pass, View};
-use crate::rollout::node_machine::{NodeFacts, NodePhase, Owner, Placement, ZtunnelPod};
+use crate::rollout::node_machine::{CniFacts, NodeFacts, NodePhase, Owner, Placement, ZtunnelPod};
 use crate::rollout::ownership::{has_waiting_taint, owner, recorded_was_unschedulable};
 
 /// The node's `spec.unschedulable`.
@@ -150,9 +150,13 @@ impl Pass<'_, '_> {
                 }
             }
             if let Some(uid) = &state.deleted_pod {
-                let running = ztunnels
-                    .get(name)
-                    .is_some_and(|pods| pods.iter().any(|p| p.uid == *uid && !p.terminating));
+                let running_in = |by_node: &super::ZtunnelsByNode| {
+                    by_node
+                        .get(name)
+                        .is_some_and(|pods| pods.iter().any(|p| p.uid == *uid && !p.terminating))
+                };
+                let running =
+                    running_in(ztunnels) || self.snap.cni.is_some_and(|c| running_in(c.pods));
                 if !running {
                     state.deleted_pod = None;
                 }
@@ -185,23 +189,25 @@ impl Pass<'_, '_> {
             }
         };
         let deleted = state.and_then(|s| s.deleted_pod.as_deref());
+        let cni = view.cni.as_ref().map(|c| {
+            let pods =
+                terminating_if_deleted(self.snap.cni.and_then(|s| s.pods.get(node)), deleted);
+            // Where istio-cni runs matters only where it has no pod.
+            let placement = match n {
+                Some(n) if pods.is_empty() => {
+                    crate::rollout::placement::placement(c.template.as_ref(), n)
+                }
+                _ => Placement::Runs,
+            };
+            CniFacts { pods, placement }
+        });
         NodeFacts {
             exists: n.is_some(),
             unschedulable,
             owner,
-            ztunnel_pods: match (self.snap.ztunnels.get(node), deleted) {
-                (None, _) => Cow::Borrowed(&[]),
-                (Some(pods), None) => Cow::Borrowed(pods.as_slice()),
-                // The pod this term deleted terminates, whether or not the watch shows it.
-                (Some(pods), Some(deleted)) => pods
-                    .iter()
-                    .map(|p| ZtunnelPod {
-                        terminating: p.terminating || p.uid == deleted,
-                        ..p.clone()
-                    })
-                    .collect(),
-            },
+            ztunnel_pods: terminating_if_deleted(self.snap.ztunnels.get(node), deleted),
             placement: view.placement.get(node).cloned().unwrap_or(Placement::Runs),
+            cni,
             drain: state.map_or(
                 crate::rollout::node_machine::DrainProgress::NotStarted,
                 |s| s.drain.clone(),
@@ -225,5 +231,24 @@ impl Pass<'_, '_> {
             .get(node)
             .or_else(|| self.snap.nodes.get(node))
             .cloned()
+    }
+}
+
+/// A node's pods as watched, with the pod this term deleted (`deleted`, by UID)
+/// terminating whether or not the watch shows it yet.
+fn terminating_if_deleted<'a>(
+    pods: Option<&'a Vec<ZtunnelPod>>,
+    deleted: Option<&str>,
+) -> Cow<'a, [ZtunnelPod]> {
+    match (pods, deleted) {
+        (None, _) => Cow::Borrowed(&[]),
+        (Some(pods), None) => Cow::Borrowed(pods.as_slice()),
+        (Some(pods), Some(deleted)) => pods
+            .iter()
+            .map(|p| ZtunnelPod {
+                terminating: p.terminating || p.uid == deleted,
+                ..p.clone()
+            })
+            .collect(),
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::SignedDuration;
 use super::effects::About;
 use super::memory::Undo;
 use super::{Pass, View};
-use crate::api::rollout::RollbackStatus;
+use crate::api::rollout::{CniRollback, RollbackStatus};
 use crate::rollout::node_machine::{self, NodePhase};
 use crate::rollout::revision::previous_revision;
 use crate::rollout::status::{MESH_QUERY_FAILED, NO_NEW_NODE, RolloutPhase, Standing, counts};
@@ -66,11 +66,21 @@ impl Pass<'_, '_> {
             .map(|(n, _)| n.clone())
             .collect();
         let failed_hash = view.target.revision_hash.clone();
+        // istio-cni goes back too if the rollout replaced any of its pods: to the
+        // revision it replaced them from.
+        let cni = view.target.cni.as_ref().and_then(|t| {
+            let from = self.mem.cni.replaced_from.as_ref()?;
+            (*from != t.revision_hash).then(|| CniRollback {
+                from: t.revision_hash.clone(),
+                to: from.clone(),
+            })
+        });
         for node in failed {
             let n = self.watched(view, &node);
             let facts = self.facts(view, &node, n.as_ref(), None);
             let record = self.mem.nodes[&node].tracked.record.clone();
-            if let Some(step) = node_machine::roll_back(&record, &facts, &failed_hash) {
+            let failed_cni = cni.as_ref().map(|c| c.from.as_str());
+            if let Some(step) = node_machine::roll_back(&record, &facts, &failed_hash, failed_cni) {
                 self.apply_step(&node, step);
             }
         }
@@ -78,6 +88,7 @@ impl Pass<'_, '_> {
             from: failed_hash,
             to: to.clone(),
             reason: why,
+            cni,
         };
         let message = format!(
             "restoring DaemonSet revision {to} (after: {})",

@@ -20,6 +20,9 @@ pub struct Memory {
     pub undo: Undo,
     /// The DaemonSet revision the rollout rolls out, as last seen.
     pub target: Option<String>,
+    /// With `spec.cni`: istio-cni's revision as last seen, and the one the rollout
+    /// replaced pods from.
+    pub cni: crate::api::rollout::CniStatus,
     /// Nodes the rollout covers, as last seen.
     pub total: usize,
     pub wave: Option<String>,
@@ -205,6 +208,8 @@ pub struct Undo {
     /// Restores that met an API blip.
     pub blips: u32,
     pub retry: Retry,
+    /// Restoring istio-cni's DaemonSet (after ztunnel's), not ztunnel's.
+    pub cni: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -292,6 +297,7 @@ impl Memory {
         Memory {
             nodes,
             target: stored.and_then(|s| s.target_revision.clone()),
+            cni: stored.and_then(|s| s.cni.clone()).unwrap_or_default(),
             total: stored.map_or(0, |s| s.counts.total as usize),
             rollback: stored.and_then(|s| s.rollback.clone()),
             status: StatusWrites {

@@ -47,7 +47,8 @@ pub use effects::{
 pub use memory::Memory;
 pub use record::held_back_status;
 pub use snapshot::{
-    Lookups, NoLookups, NodeMap, OtherRollout, PodCounts, RolloutView, Snapshot, ZtunnelsByNode,
+    CniSnapshot, Lookups, NoLookups, NodeMap, OtherRollout, PodCounts, RolloutView, Snapshot,
+    ZtunnelsByNode,
 };
 
 use crate::rollout::node_machine::NodePhase;
@@ -70,6 +71,11 @@ pub struct PassConfig {
     /// (`--ztunnel-daemonset`, set by the manifests and the chart); a rollout naming
     /// another is Blocked before any node. `None`: any (the agent's credentials decide).
     pub ztunnel_daemon_set: Option<(String, String)>,
+    /// The one istio-cni DaemonSet (namespace, name) whose pods and revision the agent's
+    /// RBAC lets it delete and restore (`--cni-daemonset`); a rollout's `spec.cni`
+    /// naming another is Blocked. `None`: any, unless `ztunnel_daemon_set` restricts the
+    /// agent (then none).
+    pub cni_daemon_set: Option<(String, String)>,
 }
 
 impl Default for PassConfig {
@@ -79,6 +85,7 @@ impl Default for PassConfig {
             may_drain_own_node: false,
             allowed_prometheus_url_prefixes: std::sync::Arc::from([]),
             ztunnel_daemon_set: None,
+            cni_daemon_set: None,
         }
     }
 }

@@ -252,7 +252,7 @@ impl Pass<'_, '_> {
                         }
                         state.drain = DrainProgress::NotStarted;
                     }
-                    CallKind::DeleteZtunnelPod { uid, .. } => {
+                    CallKind::DeleteZtunnelPod { uid, .. } | CallKind::DeleteCniPod { uid, .. } => {
                         state.deleted_pod = Some(uid.clone());
                     }
                     CallKind::Release { uncordon } => {
@@ -483,6 +483,10 @@ fn machine_call(kind: &CallKind) -> Option<node_machine::Call> {
             was_unschedulable: *was_unschedulable,
         },
         CallKind::DeleteZtunnelPod { name, uid, .. } => node_machine::Call::DeleteZtunnelPod {
+            name: name.clone(),
+            uid: uid.clone(),
+        },
+        CallKind::DeleteCniPod { name, uid, .. } => node_machine::Call::DeleteCniPod {
             name: name.clone(),
             uid: uid.clone(),
         },

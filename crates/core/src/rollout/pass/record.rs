@@ -101,6 +101,7 @@ fn status_of(
         phase: Some(standing.phase.as_str().to_owned()),
         current_wave: mem.wave.clone(),
         target_revision: mem.target.clone(),
+        cni: (mem.cni != Default::default()).then(|| mem.cni.clone()),
         conditions: conditions(previous, generation, now, standing),
         counts: counts(mem.total, mem.records().map(|(_, t)| t)),
         rollback: mem.rollback.clone(),

@@ -28,12 +28,24 @@ pub struct Snapshot<'a> {
     /// nodes is kept while it is the same.
     pub nodes: &'a Arc<NodeMap>,
     pub ztunnels: &'a Arc<ZtunnelsByNode>,
+    /// With `spec.cni`: the istio-cni DaemonSet, its revisions and pods.
+    pub cni: Option<CniSnapshot<'a>>,
     pub pod_counts: &'a PodCounts,
     /// The other rollouts (overlaps).
     pub others: &'a [OtherRollout],
     pub lookups: &'a dyn Lookups,
     /// The node the agent runs on, if it knows (the downward API).
     pub agent_node: Option<&'a str>,
+}
+
+/// The istio-cni DaemonSet (`spec.cni`) as watched.
+#[derive(Clone, Copy)]
+pub struct CniSnapshot<'a> {
+    pub daemon_set: Option<&'a DaemonSet>,
+    /// Its ControllerRevisions (those of other owners are ignored).
+    pub revisions: &'a [ControllerRevision],
+    /// Its pods by node name.
+    pub pods: &'a Arc<ZtunnelsByNode>,
 }
 
 /// The rollout object.

@@ -10,6 +10,7 @@ use k8s_openapi::jiff::SignedDuration;
 use super::Pass;
 use super::derived::{Waves, along};
 use super::effects::{About, Effect};
+use super::memory::Undo;
 use super::snapshot::NodeMap;
 use crate::object::ObjectMetaExt;
 use crate::rollout::node_machine::{self, Placement, Target};
@@ -38,6 +39,8 @@ pub(super) struct View {
     pub ds_namespace: String,
     pub ds_name: String,
     pub ds_uid: String,
+    /// With `spec.cni`: the istio-cni DaemonSet.
+    pub cni: Option<CniView>,
     /// The DaemonSet is RollingUpdate and the spec allows it.
     pub rolling_update: bool,
     /// The rollout's nodes: the selected ones and those it started outside the
@@ -52,6 +55,25 @@ pub(super) struct View {
     pub waves: Arc<Waves>,
     /// What the planner sees of `nodes` (in the same order).
     pub observations: Vec<NodeObservation>,
+}
+
+/// The istio-cni DaemonSet (`spec.cni`).
+pub(super) struct CniView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Its pod template, for where it runs.
+    pub template: Option<k8s_openapi::api::core::v1::PodSpec>,
+}
+
+/// A DaemonSet a rollback restores.
+struct Restore<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+    from: &'a str,
+    to: &'a str,
+    revisions: &'a [k8s_openapi::api::apps::v1::ControllerRevision],
 }
 
 fn blocked(reason: &str, message: String) -> Standing {
@@ -126,6 +148,7 @@ impl Pass<'_, '_> {
             message: e.to_string(),
         })?;
         let ds_uid = ds.metadata.uid.clone().unwrap_or_default();
+        let cni = self.cni_view()?;
         let selected = self.mem.derived.selected(snap.nodes, &settings.nodes);
         // Nodes this rollout already started stay in even if their labels changed.
         let started_elsewhere: Vec<String> = along(self.mem.nodes.iter(), &selected)
@@ -182,12 +205,22 @@ impl Pass<'_, '_> {
                 rolling_back_from: self.mem.rollback.as_ref().map(|r| r.from.clone()),
                 connections_gate: settings.health.connection_drain.map(|c| c.policy),
                 bake: settings.health.bake.is_some(),
+                cni: cni.as_ref().map(|(_, hash)| node_machine::CniTarget {
+                    revision_hash: hash.clone(),
+                    rolling_back_from: self
+                        .mem
+                        .rollback
+                        .as_ref()
+                        .and_then(|r| r.cni.as_ref())
+                        .map(|c| c.from.clone()),
+                }),
             },
             policy,
             settings,
             ds_namespace: ds_ref.namespace.clone(),
             ds_name: ds_ref.name.clone(),
             ds_uid,
+            cni: cni.map(|(view, _)| view),
             rolling_update,
             nodes,
             layout,
@@ -196,6 +229,67 @@ impl Pass<'_, '_> {
             waves,
             observations,
         })
+    }
+
+    /// With `spec.cni`: the istio-cni DaemonSet and its current revision hash, or why
+    /// the rollout cannot go on (nothing is changed until it can).
+    fn cni_view(&self) -> Result<Option<(CniView, String)>, Standing> {
+        let Some(cni_ref) = &self.snap.rollout.spec.cni else {
+            return Ok(None);
+        };
+        let allowed = match &self.config.cni_daemon_set {
+            Some((namespace, name)) => (&cni_ref.namespace, &cni_ref.name) == (namespace, name),
+            None => self.config.ztunnel_daemon_set.is_none(),
+        };
+        if !allowed {
+            let may = match &self.config.cni_daemon_set {
+                Some((namespace, name)) => format!("the pods of {namespace}/{name} only"),
+                None => "no istio-cni pods".to_owned(),
+            };
+            return Err(blocked(
+                "CniDaemonSetNotAllowed",
+                format!(
+                    "spec.cni {}/{}: this agent may replace {may} (--cni-daemonset; the chart's ztunnel.namespace and ztunnel.cniDaemonSet); nothing is changed",
+                    cni_ref.namespace, cni_ref.name
+                ),
+            ));
+        }
+        let snap = self.snap.cni.as_ref();
+        let Some(ds) = snap.and_then(|c| c.daemon_set) else {
+            return Err(blocked(
+                "CniDaemonSetNotFound",
+                format!(
+                    "spec.cni: DaemonSet {}/{} not found: nothing is changed until it exists",
+                    cni_ref.namespace, cni_ref.name
+                ),
+            ));
+        };
+        if let StrategyVerdict::RollingUpdateRefused(_) | StrategyVerdict::RollingUpdateAllowed =
+            strategy_verdict(ds, false)
+        {
+            return Err(blocked(
+                "CniRollingUpdateStrategy",
+                format!(
+                    "spec.cni: DaemonSet {}/{} does not use updateStrategy OnDelete: its controller would replace istio-cni pods itself, on nodes not drained. Install istio-cni with updateStrategy.type: OnDelete (with istioctl, an overlay on components.cni.k8s), or remove spec.cni",
+                    cni_ref.namespace, cni_ref.name
+                ),
+            ));
+        }
+        let revisions = snap.map_or(&[][..], |c| c.revisions);
+        let hash = current_revision_hash(ds, revisions).map_err(|e| Standing {
+            phase: RolloutPhase::Pending,
+            reason: "WaitingForCniDaemonSet".into(),
+            message: format!("spec.cni: {e}"),
+        })?;
+        Ok(Some((
+            CniView {
+                namespace: cni_ref.namespace.clone(),
+                name: cni_ref.name.clone(),
+                uid: ds.metadata.uid.clone().unwrap_or_default(),
+                template: ds.spec.as_ref().and_then(|s| s.template.spec.clone()),
+            },
+            hash,
+        )))
     }
 
     /// Stage 6: an older active rollout over the same DaemonSet or nodes goes first; this
@@ -230,15 +324,48 @@ impl Pass<'_, '_> {
         })
     }
 
-    /// Stage 7: during a rollback, restore the DaemonSet's previous revision and wait
-    /// until the watch shows it, sending the restore again (a bounded number of times)
-    /// if it never arrives.
+    /// Stage 7: during a rollback, restore the DaemonSet's previous revision (then, with
+    /// `spec.cni`, istio-cni's) and wait until the watch shows it, sending the restore
+    /// again (a bounded number of times) if it never arrives.
     pub(super) fn undo(&mut self, view: &View) -> Option<Standing> {
         let rollback = self.mem.rollback.clone()?;
-        if view.target.revision_hash != rollback.from {
+        if view.target.revision_hash == rollback.from {
+            let ztunnel = Restore {
+                namespace: &view.ds_namespace,
+                name: &view.ds_name,
+                uid: &view.ds_uid,
+                from: &rollback.from,
+                to: &rollback.to,
+                revisions: self.snap.revisions,
+            };
+            return Some(self.restore(&ztunnel, false, &rollback.reason));
+        }
+        let (Some(cni), Some(c), Some(t)) = (&rollback.cni, &view.cni, &view.target.cni) else {
+            return None;
+        };
+        if t.revision_hash != cni.from {
             return None;
         }
+        let restore = Restore {
+            namespace: &c.namespace,
+            name: &c.name,
+            uid: &c.uid,
+            from: &cni.from,
+            to: &cni.to,
+            revisions: self.snap.cni.map_or(&[][..], |s| s.revisions),
+        };
+        Some(self.restore(&restore, true, &rollback.reason))
+    }
+
+    /// One DaemonSet's restore (`cni`: istio-cni's, which has its own count of attempts).
+    fn restore(&mut self, r: &Restore, cni: bool, reason: &str) -> Standing {
         let now = self.now;
+        if self.mem.undo.cni != cni {
+            self.mem.undo = Undo {
+                cni,
+                ..Undo::default()
+            };
+        }
         let undo = &mut self.mem.undo;
         let due = !undo.in_flight
             && undo.retry.due(now)
@@ -248,56 +375,51 @@ impl Pass<'_, '_> {
                 Some(refused) => format!("the last one failed: {refused}"),
                 None => "is something, e.g. a GitOps controller, setting it back?".to_owned(),
             };
-            return Some(Standing {
+            return Standing {
                 phase: RolloutPhase::Paused,
                 reason: crate::rollout::status::NODE_FAILED.into(),
                 message: format!(
                     "rolling back: DaemonSet {}/{} still shows revision {} after {} restores to revision {} ({why}); the nodes the rollout cordoned stay cordoned: fix the DaemonSet, or abort the rollout (which releases them)",
-                    view.ds_namespace,
-                    view.ds_name,
-                    rollback.from,
+                    r.namespace,
+                    r.name,
+                    r.from,
                     undo.attempts + undo.blips,
-                    rollback.to
+                    r.to
                 ),
-            });
+            };
         }
         if due {
-            match revision_name(
-                &view.ds_name,
-                &view.ds_uid,
-                &rollback.to,
-                self.snap.revisions,
-            ) {
+            match revision_name(r.name, r.uid, r.to, r.revisions) {
                 Some(revision) => {
                     undo.in_flight = true;
                     undo.attempts += 1;
                     self.plan.effects.push(Effect::UndoDaemonSet {
-                        namespace: view.ds_namespace.clone(),
-                        name: view.ds_name.clone(),
+                        namespace: r.namespace.to_owned(),
+                        name: r.name.to_owned(),
                         revision,
                     });
                 }
                 None => {
-                    return Some(Standing {
+                    return Standing {
                         phase: RolloutPhase::Paused,
                         reason: crate::rollout::status::NODE_FAILED.into(),
                         message: format!(
-                            "rolling back: the DaemonSet's revision {} is gone; restore the DaemonSet by hand, or abort the rollout",
-                            rollback.to
+                            "rolling back: DaemonSet {}/{}'s revision {} is gone; restore the DaemonSet by hand, or abort the rollout",
+                            r.namespace, r.name, r.to
                         ),
-                    });
+                    };
                 }
             }
         }
         self.plan.wake(Some(now + UNDO_RESEND));
-        Some(Standing {
+        Standing {
             phase: RolloutPhase::RollingBack,
             reason: "RollingBack".into(),
             message: format!(
-                "restoring DaemonSet revision {} (after: {})",
-                rollback.to, rollback.reason
+                "restoring DaemonSet {}/{} to revision {} (after: {reason})",
+                r.namespace, r.name, r.to
             ),
-        })
+        }
     }
 
     /// Stage 8: warnings given once a term.
@@ -323,6 +445,22 @@ impl Pass<'_, '_> {
         }
     }
 
+    /// Finished nodes go again, and nodes past their drain have their pods replaced
+    /// again (a target revision changed).
+    fn go_again(&mut self) {
+        let mut again = Vec::new();
+        for (n, s) in self.mem.nodes.iter_mut() {
+            if s.call.is_some() {
+                s.retarget = true; // Once its outcome is recorded.
+            } else if let Some(step) = node_machine::retarget(&s.tracked.record) {
+                again.push((n.clone(), step));
+            }
+        }
+        for (node, step) in again {
+            self.apply_step(&node, step);
+        }
+    }
+
     /// Stage 8: the DaemonSet moved to another revision while the rollout runs (a new
     /// version, or the rollback's restore): finished nodes go again.
     pub(super) fn retarget(&mut self, view: &View) {
@@ -336,19 +474,24 @@ impl Pass<'_, '_> {
                     "DaemonSet revision changed from {previous} to {hash}: finished nodes are rolled again"
                 ),
             );
-            let mut again = Vec::new();
-            for (n, s) in self.mem.nodes.iter_mut() {
-                if s.call.is_some() {
-                    s.retarget = true; // Once its outcome is recorded.
-                } else if let Some(step) = node_machine::retarget(&s.tracked.record) {
-                    again.push((n.clone(), step));
-                }
-            }
-            for (node, step) in again {
-                self.apply_step(&node, step);
-            }
+            self.go_again();
         }
         self.mem.target = Some(hash.clone());
+        if let Some(t) = &view.target.cni {
+            let hash = &t.revision_hash;
+            if let Some(previous) = self.mem.cni.target_revision.clone().filter(|p| p != hash) {
+                self.notice(
+                    About::Rollout,
+                    false,
+                    "TargetRevisionChanged",
+                    format!(
+                        "istio-cni DaemonSet revision changed from {previous} to {hash}: finished nodes are rolled again"
+                    ),
+                );
+                self.go_again();
+            }
+            self.mem.cni.target_revision = Some(hash.clone());
+        }
         // A node the rollout got somewhere with and no longer selects (deleted,
         // relabelled) still counts: done, skipped and failed never add up to more than
         // the total. One it never started does not.
