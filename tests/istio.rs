@@ -719,6 +719,25 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
     let orphan = env
         .create_namespace("orphan", &[("istio.io/rev", "no-such-rev")])
         .await;
+    // A workload of the mesh without a PDB or a readiness probe (warnings; `api` in the
+    // shop has a PDB).
+    let mut unguarded = fixtures::AppFixture::new(&orphan, "unguarded", 2).deployment();
+    for c in unguarded
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .map(|s| s.containers.iter_mut())
+        .into_iter()
+        .flatten()
+    {
+        c.readiness_probe = None;
+    }
+    fixtures::apply(
+        &Api::<Deployment>::namespaced(env.client.clone(), &orphan),
+        &unguarded,
+    )
+    .await
+    .expect("apply the unguarded Deployment");
     let (code, out, err) =
         support::cli_async(&["preflight", "-n", &shop, "-n", &orphan, "-o", "json"]).await;
     assert_eq!(code, 1, "an error finding exits 1: {out}\n{err}");
@@ -753,6 +772,64 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
         message,
         format!("tag {tag} → revision canary; namespaces: {shop}")
     );
+    for check in ["workload-without-pdb", "workload-without-readiness-probe"] {
+        let (severity, _) = has(check, &format!("Deployment/{orphan}/unguarded"))
+            .unwrap_or_else(|| panic!("no {check} for the unguarded Deployment: {out}"));
+        assert_eq!(severity, "warning");
+    }
+    assert_eq!(
+        has("workload-without-pdb", &format!("Deployment/{shop}/api")),
+        None,
+        "api has a PDB: {out}"
+    );
+    let validator = "ValidatingWebhookConfiguration/istio-validator";
+    assert_eq!(
+        has("validating-webhook-missing", validator),
+        None,
+        "istioctl installed istiod's validating webhook: {out}"
+    );
+
+    // Without istiod's validating webhook (removed, then put back as it was), preflight
+    // warns.
+    {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+        let istiod = vwcs
+            .list(&ListParams::default().labels("app=istiod"))
+            .await
+            .expect("validating webhooks")
+            .items;
+        assert!(
+            !istiod.is_empty(),
+            "istioctl installs istiod's validating webhook"
+        );
+        for w in &istiod {
+            vwcs.delete(&w.name_any(), &Default::default())
+                .await
+                .expect("delete the validating webhook");
+        }
+        let (_, out, err) = support::cli_async(&["preflight", "-n", &shop, "-o", "json"]).await;
+        for w in istiod {
+            let mut w = w.clone();
+            w.metadata.resource_version = None;
+            w.metadata.uid = None;
+            w.metadata.creation_timestamp = None;
+            w.metadata.managed_fields = None;
+            vwcs.create(&Default::default(), &w)
+                .await
+                .expect("put the validating webhook back");
+        }
+        let findings: Vec<serde_json::Value> =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["check"] == "validating-webhook-missing"
+                    && f["severity"] == "warning"
+                    && f["object"] == validator),
+            "{out}"
+        );
+    }
 
     bed.istioctl
         .run(&["tag", "remove", &tag, "--skip-confirmation"])

@@ -39,5 +39,11 @@ pub async fn snapshot(
             .list(&lp)
             .await?
             .items,
+        validating_webhooks: Api::<
+            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        >::all(client.clone())
+        .list(&lp)
+        .await?
+        .items,
     })
 }

@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     /// The MutatingWebhookConfigurations: Istio's injectors and revision tags.
     pub webhooks: Vec<MutatingWebhookConfiguration>,
+    /// The ValidatingWebhookConfigurations: Istio's config validation.
+    pub validating_webhooks:
+        Vec<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>,
 }
 
 impl Snapshot {
@@ -222,6 +225,111 @@ fn injection_findings(s: &Snapshot) -> Vec<Finding> {
                 }
             ),
         ));
+    }
+    out
+}
+
+/// Istio installed (an injector of some revision exists) without its validating
+/// webhook (`app=istiod`): Istio resources with mistakes are accepted and break traffic
+/// later, e.g. during the rollout. A warning.
+fn validation_findings(s: &Snapshot) -> Vec<Finding> {
+    use crate::labels::REVISION_LABEL;
+    let istio = s.webhooks.iter().any(|w| {
+        w.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(REVISION_LABEL))
+    });
+    let validating = s.validating_webhooks.iter().any(|w| {
+        w.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app"))
+            .is_some_and(|a| a == "istiod")
+    });
+    if !istio || validating {
+        return Vec::new();
+    }
+    vec![finding(
+        Severity::Warning,
+        "validating-webhook-missing",
+        "ValidatingWebhookConfiguration/istio-validator".to_owned(),
+        "Istio's injectors are installed but no validating webhook of istiod's (label app=istiod): invalid Istio configuration is accepted unchecked; reinstall istiod's base with its validation (istioctl install, or the base/istiod charts)".to_owned(),
+    )]
+}
+
+/// Whether pods of namespace `labels` are in the mesh: ambient, or asking for sidecars.
+fn in_mesh(labels: &BTreeMap<String, String>) -> bool {
+    use crate::labels::{DATAPLANE_MODE_LABEL, INJECTION_LABEL, REVISION_LABEL};
+    labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient")
+        || labels.get(INJECTION_LABEL).map(String::as_str) == Some("enabled")
+        || labels.contains_key(REVISION_LABEL)
+}
+
+/// In the mesh's namespaces, Deployments whose pods no PodDisruptionBudget covers (a
+/// drain may evict all of a node's replicas at once) or without readiness probes (a
+/// replacement counts as available before it serves, so PDBs protect nothing): warnings.
+/// Waypoints have their own check.
+fn mesh_workload_findings(s: &Snapshot) -> Vec<Finding> {
+    let mesh: std::collections::BTreeSet<&str> = s
+        .namespaces
+        .iter()
+        .filter(|n| n.metadata.labels.as_ref().is_some_and(in_mesh))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let mut out = Vec::new();
+    for d in &s.deployments {
+        let Some(ns) = d.metadata.namespace.as_deref() else {
+            continue;
+        };
+        let waypoint = d
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::labels::WAYPOINT_MANAGED_LABEL))
+            .is_some();
+        if !mesh.contains(ns) || waypoint {
+            continue;
+        }
+        let object = key("Deployment", Some(ns), d.metadata.name.as_deref());
+        let template = d.spec.as_ref().map(|sp| &sp.template);
+        let probe = Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                namespace: Some(ns.to_owned()),
+                labels: template.and_then(|t| t.metadata.as_ref()?.labels.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if budget::covering(&probe, &s.pdbs).is_empty() {
+            out.push(finding(
+                Severity::Warning,
+                "workload-without-pdb",
+                object.clone(),
+                "no PodDisruptionBudget covers its pods: a drain evicts every replica on a node at once".into(),
+            ));
+        }
+        let unprobed: Vec<&str> = template
+            .and_then(|t| t.spec.as_ref())
+            .map(|sp| {
+                sp.containers
+                    .iter()
+                    .filter(|c| c.readiness_probe.is_none())
+                    .map(|c| c.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !unprobed.is_empty() {
+            out.push(finding(
+                Severity::Warning,
+                "workload-without-readiness-probe",
+                object,
+                format!(
+                    "container(s) {} have no readiness probe: a replacement pod counts as Ready before it serves, so its PodDisruptionBudget lets the next eviction go too early",
+                    unprobed.join(", ")
+                ),
+            ));
+        }
     }
     out
 }
@@ -488,6 +596,8 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
 
     // Sidecar injection: every namespace that asks for it has an injector, and the tags.
     out.extend(injection_findings(s));
+    out.extend(validation_findings(s));
+    out.extend(mesh_workload_findings(s));
 
     // Nodes.
     for n in &s.nodes {
@@ -937,6 +1047,96 @@ mod tests {
                 .iter()
                 .any(|f| f.check == "injection-target-missing"),
             "run includes them"
+        );
+    }
+
+    #[test]
+    fn istio_without_its_validating_webhook_is_a_warning() {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let mut s = healthy();
+        s.validating_webhooks = vec![];
+        assert!(
+            validation_findings(&s).is_empty(),
+            "no Istio: nothing to judge"
+        );
+        s.webhooks = vec![MutatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some("istio-sidecar-injector".into()),
+                labels: Some(labels(&[("istio.io/rev", "default")])),
+                ..Default::default()
+            },
+            webhooks: None,
+        }];
+        assert_eq!(
+            checks(&s),
+            vec![(Severity::Warning, "validating-webhook-missing")]
+        );
+        // Another product's validating webhook does not count.
+        let webhook = |app: &str| ValidatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some(format!("{app}-validator")),
+                labels: Some(labels(&[("app", app)])),
+                ..Default::default()
+            },
+            webhooks: None,
+        };
+        s.validating_webhooks = vec![webhook("cert-manager")];
+        assert_eq!(validation_findings(&s).len(), 1);
+        s.validating_webhooks.push(webhook("istiod"));
+        assert!(validation_findings(&s).is_empty());
+    }
+
+    #[test]
+    fn mesh_workloads_without_a_pdb_or_readiness_probes_are_warnings() {
+        let ns = |name: &str, l: &[(&str, &str)]| Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels(l)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = healthy();
+        s.namespaces = vec![
+            ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
+            ns("sidecars", &[("istio.io/rev", "canary")]),
+            ns("outside", &[]),
+        ];
+        let app = |ns: &str, name: &str, probed: bool| {
+            let mut d = AppFixture::new(ns, name, 2).deployment();
+            if let Some(c) = d
+                .spec
+                .as_mut()
+                .and_then(|sp| sp.template.spec.as_mut())
+                .and_then(|ps| ps.containers.first_mut())
+            {
+                c.readiness_probe = probed.then(Default::default);
+            }
+            d
+        };
+        s.deployments = vec![
+            app("ambient", "covered", true),
+            app("ambient", "bare", true),
+            app("sidecars", "unprobed", false),
+            app("outside", "ignored", false),
+        ];
+        s.pdbs = vec![
+            budget_with("ambient", "covered", "covered", 1, 1, 2),
+            budget_with("sidecars", "unprobed", "unprobed", 1, 1, 2),
+        ];
+        let found: Vec<(&str, String)> = mesh_workload_findings(&s)
+            .into_iter()
+            .map(|f| (f.check, f.object))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("workload-without-pdb", "Deployment/ambient/bare".to_owned()),
+                (
+                    "workload-without-readiness-probe",
+                    "Deployment/sidecars/unprobed".to_owned()
+                ),
+            ]
         );
     }
 
