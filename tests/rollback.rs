@@ -538,3 +538,86 @@ async fn a_rollback_restores_istio_cni_too_and_takes_its_pods_back() {
     assert_eq!(status.counts.failed, 0, "{:?}", status.nodes);
     agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
 }
+
+/// A rollout that replaced istio-cni alone (ztunnel was current on every node already,
+/// with an older revision in its history) rolls back istio-cni alone: ztunnel's
+/// DaemonSet keeps its revision and not one ztunnel pod is touched.
+#[tokio::test]
+async fn a_rollback_of_a_rollout_that_replaced_istio_cni_alone_leaves_ztunnel_alone() {
+    use k8s_openapi::api::core::v1::Pod;
+    let env = TestEnv::new("rollback-cni-only", 6).await;
+    agent_support::install(&env.client).await;
+    let old_cni = apply_cni(&env, "1.28.0").await;
+    let (_, current, _blocked) = wave_b_will_fail(&env, 6).await;
+    // Every ztunnel pod already on the current revision: deleted, and back on it.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    pods.delete_collection(
+        &Default::default(),
+        &ListParams::default().labels("app=ztunnel"),
+    )
+    .await
+    .expect("delete the ztunnel pods");
+    let n = env.nodes.len() as i32;
+    for ds in ["ztunnel", CNI] {
+        support::wait_for(
+            &Api::<DaemonSet>::namespaced(env.client.clone(), &env.namespace),
+            ds,
+            &format!("{ds} Ready and current on every node"),
+            support::daemonset_ready(n),
+        )
+        .await;
+    }
+    let ztunnels = support::ztunnel_pods_by_node(&env).await;
+    assert_eq!(ztunnels.len(), env.nodes.len());
+    let new_cni = apply_cni(&env, "1.28.1").await;
+    assert_ne!(old_cni, new_cni);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-cni-only");
+    let name = format!("{}-rb", env.namespace);
+    let rollout = agent_support::rollout(
+        &env,
+        &name,
+        serde_json::json!({
+            "cni": { "namespace": env.namespace, "name": CNI },
+            "drain": { "timeout": "3s" },
+            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
+        }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let done = agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "RolledBack",
+        Duration::from_secs(240),
+        &[&agent],
+    )
+    .await;
+
+    let status = done.status.expect("status");
+    let rb = status.rollback.expect("rollback");
+    assert_eq!(
+        (rb.from.as_str(), rb.to.as_str()),
+        (current.as_str(), current.as_str()),
+        "ztunnel is not rolled back"
+    );
+    let cni = rb.cni.expect("istio-cni's part of the rollback");
+    assert_eq!(
+        (cni.from.as_str(), cni.to.as_str()),
+        (new_cni.as_str(), old_cni.as_str())
+    );
+    let cni_pods = cni_hashes(&env).await;
+    assert!(
+        cni_pods.values().all(|h| *h == old_cni) && cni_pods.len() == env.nodes.len(),
+        "every istio-cni pod back on {old_cni}: {cni_pods:?}"
+    );
+    assert_eq!(
+        support::ztunnel_pods_by_node(&env).await,
+        ztunnels,
+        "the same ztunnel pods, on every node, as before the rollout"
+    );
+    agent_support::assert_nodes_released(&env.client, &env.node_list_params(), None).await;
+}

@@ -63,8 +63,62 @@ async fn the_api_server_accepts_valid_rollouts_and_refuses_invalid_ones_by_field
         read.spec.waves.max_unavailable,
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("10%".into())
     );
+    // spec.cni cannot change once the rollout exists (what it replaced decides its
+    // rollback): adding, changing or removing it is refused; other fields still change.
+    use kube::api::{Patch, PatchParams};
+    let merge = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
+    for (what, patch) in [(
+        "added",
+        json!({ "cni": { "namespace": "istio-system", "name": "istio-cni-node" } }),
+    )] {
+        let err = api
+            .patch("zones", &PatchParams::default(), &merge(patch))
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("cni cannot be added, removed or changed")),
+            "{what}: {err}"
+        );
+    }
+    api.patch(
+        "zones",
+        &PatchParams::default(),
+        &merge(json!({ "paused": true })),
+    )
+    .await
+    .expect("other fields change");
     typed
         .delete("zones", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let with_cni = rollout(
+        "with-cni",
+        json!({
+            "waves": { "groupBy": "pool", "maxUnavailable": 1 },
+            "cni": { "namespace": "istio-system", "name": "istio-cni-node" }
+        }),
+    );
+    api.create(&PostParams::default(), &with_cni)
+        .await
+        .expect("a rollout with spec.cni is accepted");
+    for (what, patch) in [
+        (
+            "changed",
+            json!({ "cni": { "namespace": "istio-system", "name": "other" } }),
+        ),
+        ("removed", json!({ "cni": null })),
+    ] {
+        let err = api
+            .patch("with-cni", &PatchParams::default(), &merge(patch))
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("cni cannot be added, removed or changed")),
+            "{what}: {err}"
+        );
+    }
+    typed
+        .delete("with-cni", &DeleteParams::default())
         .await
         .expect("delete");
 

@@ -190,13 +190,15 @@ impl EffectRunner {
                 namespace,
                 name: ds,
                 revision,
-            } => executor.spawn(key(OwnerCall::Undo), span, async move {
+                cni,
+            } => executor.spawn(key(if cni { OwnerCall::UndoCni } else { OwnerCall::Undo }), span, async move {
                 match super::rollback::undo(&client, &leadership, &namespace, &ds, &revision).await {
-                    Ok(()) => Some(Outcome::Undo { result: Ok(()) }),
+                    Ok(()) => Some(Outcome::Undo { cni, result: Ok(()) }),
                     Err(super::rollback::UndoError::NotLeader(_)) => None,
                     Err(e) => {
                         warn!(error = %e, "could not restore the previous DaemonSet revision; retrying");
                         Some(Outcome::Undo {
+                            cni,
                             result: Err(UndoFailure {
                                 message: e.to_string(),
                                 transient: e.is_transient(),

@@ -32,6 +32,8 @@ pub enum OwnerCall {
     Finalizer,
     Status,
     Undo,
+    /// istio-cni's restore (`spec.cni`).
+    UndoCni,
     Delete,
 }
 

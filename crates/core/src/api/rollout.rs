@@ -14,6 +14,7 @@ pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]
 /// Rolls the ztunnel DaemonSet's current revision out node by node, in waves.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.cni) == has(oldSelf.cni) && (!has(self.cni) || self.cni == oldSelf.cni)", "message": "cni cannot be added, removed or changed: create a new rollout"}]))]
 pub struct RolloutSpec {
     /// The ztunnel DaemonSet to roll out.
     #[serde(default)]
@@ -550,10 +551,6 @@ pub struct CniStatus {
     /// The istio-cni revision hash being rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_revision: Option<String>,
-    /// The revision hash the rollout replaced istio-cni pods from: what a rollback
-    /// restores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced_from: Option<String>,
 }
 
 /// The istio-cni DaemonSet's part of a rollback.

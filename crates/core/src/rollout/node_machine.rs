@@ -81,6 +81,8 @@ pub enum Placement {
 pub struct CniFacts<'a> {
     pub pods: std::borrow::Cow<'a, [ZtunnelPod]>,
     pub placement: Placement,
+    /// When the rollout deleted the node's istio-cni pod in this phase, if it knows.
+    pub replaced_at: Option<Timestamp>,
 }
 
 /// Where the node's drain stands (for the node's current cordon).
@@ -420,7 +422,12 @@ fn replace_cni(
         // istio-cni does not run here: nothing to replace.
         return None;
     }
-    let deadline = deadline(record.since, target.ztunnel_ready_timeout);
+    // From the delete (a node may wait in Drained long before it, e.g. for connections to
+    // close, when istio-cni's revision changes), else from the drain.
+    let since = cni
+        .replaced_at
+        .map_or(record.since, |d| d.max(record.since));
+    let deadline = deadline(since, target.ztunnel_ready_timeout);
     if at >= deadline {
         return Some(fail(
             record,
@@ -943,14 +950,14 @@ fn runs_failed_cni(facts: &NodeFacts, target: &Target) -> bool {
     })
 }
 
-/// The rollback starts, from `failed_hash` (and, with `spec.cni`, istio-cni's
-/// `failed_cni`) back to the previous revision: a failed node whose ztunnel or istio-cni
+/// The rollback starts, from `failed_hash` (`None`: ztunnel is not rolled back) and, with
+/// `spec.cni`, istio-cni's `failed_cni`, back to the previous revisions: a failed node whose ztunnel or istio-cni
 /// was replaced goes through the sequence again; one whose pods were never replaced is
 /// only released (its old pods are the restored revisions).
 pub fn roll_back(
     record: &NodeRecord,
     facts: &NodeFacts,
-    failed_hash: &str,
+    failed_hash: Option<&str>,
     failed_cni: Option<&str>,
 ) -> Option<Step> {
     if record.phase != NodePhase::Failed {
@@ -963,7 +970,8 @@ pub fn roll_back(
                 .any(|p| !p.terminating && p.revision_hash == failed)
         })
     });
-    Some(if runs_revision(facts, failed_hash) || cni_replaced {
+    let ztunnel_replaced = failed_hash.is_some_and(|h| runs_revision(facts, h));
+    Some(if ztunnel_replaced || cni_replaced {
         now(NodePhase::Pending, "rolling back")
     } else {
         now(

@@ -243,8 +243,9 @@ impl Fixture {
                     result: Ok(()),
                 }
             }
-            Effect::UndoDaemonSet { revision, .. } => match &self.refuse_undo {
+            Effect::UndoDaemonSet { revision, cni, .. } => match &self.refuse_undo {
                 Some(why) => Outcome::Undo {
+                    cni: *cni,
                     result: Err(crate::rollout::pass::UndoFailure {
                         message: why.clone(),
                         transient: self.undo_blips,
@@ -252,7 +253,10 @@ impl Fixture {
                 },
                 None => {
                     self.c.restore_revision(revision);
-                    Outcome::Undo { result: Ok(()) }
+                    Outcome::Undo {
+                        cni: *cni,
+                        result: Ok(()),
+                    }
                 }
             },
             Effect::WriteStatus(status) => {

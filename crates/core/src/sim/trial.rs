@@ -654,13 +654,14 @@ impl Trial {
                     result: failure.map_or(Ok(()), Err),
                 })
             }
-            Effect::UndoDaemonSet { revision, .. } => {
+            Effect::UndoDaemonSet { revision, cni, .. } => {
                 let failure = fault.failure();
                 if fault.applies() {
                     let hash = self.c.restore_revision(&revision);
                     self.note(|| format!("{}: DaemonSet restored to {hash}", q.rollout));
                 }
                 Some(Outcome::Undo {
+                    cni,
                     result: failure.map_or(Ok(()), |f| {
                         Err(crate::rollout::pass::UndoFailure {
                             message: f.to_string(),

@@ -494,12 +494,12 @@ fn the_rollouts_own_events_become_steps() {
     // and only releases one whose ztunnel never was.
     let failed = record(NodePhase::Failed);
     assert_eq!(
-        roll_back(&failed, &ours(vec![pod("new", true)]), "new", None)
+        roll_back(&failed, &ours(vec![pod("new", true)]), Some("new"), None)
             .map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Pending)
     );
     assert_eq!(
-        roll_back(&failed, &ours(vec![pod("old", true)]), "new", None)
+        roll_back(&failed, &ours(vec![pod("old", true)]), Some("new"), None)
             .map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Verified)
     );

@@ -54,6 +54,8 @@ pub enum Effect {
         namespace: String,
         name: String,
         revision: String,
+        /// The istio-cni DaemonSet's restore (`spec.cni`), not ztunnel's.
+        cni: bool,
     },
     /// Hand the lease over: the agent's own node is next to be drained.
     StepDown {
@@ -252,6 +254,8 @@ pub enum Outcome {
         result: Result<(), ApiFailure>,
     },
     Undo {
+        /// istio-cni's restore, not ztunnel's.
+        cni: bool,
         result: Result<(), UndoFailure>,
     },
     StatusWritten {

@@ -199,7 +199,11 @@ impl Pass<'_, '_> {
                 }
                 _ => Placement::Runs,
             };
-            CniFacts { pods, placement }
+            CniFacts {
+                pods,
+                placement,
+                replaced_at: state.and_then(|s| s.cni_deleted_at),
+            }
         });
         NodeFacts {
             exists: n.is_some(),

@@ -32,13 +32,50 @@ impl Pass<'_, '_> {
         if self.mem.rollback.is_some() {
             return pause(" (the rollback itself failed)");
         }
-        let Some((_, to)) = previous_revision(
-            &view.ds_name,
-            &view.ds_uid,
-            &view.target.revision_hash,
-            self.snap.revisions,
-        ) else {
-            return pause(" (onFailure is Rollback, but the DaemonSet has no previous revision)");
+        // With `spec.cni`, what the rollout replaced decides what goes back: istio-cni if
+        // it replaced istio-cni pods; ztunnel unless it replaced istio-cni pods alone (a
+        // rollout for istio-cni must not downgrade a ztunnel it never touched).
+        let cni = match (&view.cni, &view.target.cni) {
+            (Some(c), Some(t))
+                if self
+                    .replaced_by_this_rollout(self.snap.cni.map(|s| s.pods), &t.revision_hash) =>
+            {
+                match previous_revision(
+                    &c.name,
+                    &c.uid,
+                    &t.revision_hash,
+                    self.snap.cni.map_or(&[][..], |s| s.revisions),
+                ) {
+                    Some((_, to)) => Some(CniRollback {
+                        from: t.revision_hash.clone(),
+                        to,
+                    }),
+                    None => {
+                        return pause(
+                            " (onFailure is Rollback, but the istio-cni DaemonSet, whose pods the rollout replaced, has no previous revision)",
+                        );
+                    }
+                }
+            }
+            _ => None,
+        };
+        let ztunnel_replaced =
+            self.replaced_by_this_rollout(Some(self.snap.ztunnels), &view.target.revision_hash);
+        let to = if cni.is_some() && !ztunnel_replaced {
+            // istio-cni alone: ztunnel stays where it is (`from == to`).
+            view.target.revision_hash.clone()
+        } else {
+            let Some((_, to)) = previous_revision(
+                &view.ds_name,
+                &view.ds_uid,
+                &view.target.revision_hash,
+                self.snap.revisions,
+            ) else {
+                return pause(
+                    " (onFailure is Rollback, but the DaemonSet has no previous revision)",
+                );
+            };
+            to
         };
         let in_flight = counts(self.mem.total, self.mem.records().map(|(_, t)| t)).in_flight;
         if in_flight > 0 {
@@ -66,21 +103,14 @@ impl Pass<'_, '_> {
             .map(|(n, _)| n.clone())
             .collect();
         let failed_hash = view.target.revision_hash.clone();
-        // istio-cni goes back too if the rollout replaced any of its pods: to the
-        // revision it replaced them from.
-        let cni = view.target.cni.as_ref().and_then(|t| {
-            let from = self.mem.cni.replaced_from.as_ref()?;
-            (*from != t.revision_hash).then(|| CniRollback {
-                from: t.revision_hash.clone(),
-                to: from.clone(),
-            })
-        });
         for node in failed {
             let n = self.watched(view, &node);
             let facts = self.facts(view, &node, n.as_ref(), None);
             let record = self.mem.nodes[&node].tracked.record.clone();
+            let failed_ztunnel = (to != failed_hash).then_some(failed_hash.as_str());
             let failed_cni = cni.as_ref().map(|c| c.from.as_str());
-            if let Some(step) = node_machine::roll_back(&record, &facts, &failed_hash, failed_cni) {
+            if let Some(step) = node_machine::roll_back(&record, &facts, failed_ztunnel, failed_cni)
+            {
                 self.apply_step(&node, step);
             }
         }
@@ -96,6 +126,7 @@ impl Pass<'_, '_> {
         );
         self.mem.rollback = Some(rollback);
         self.mem.undo = Undo::default();
+        self.mem.cni_undo = Undo::default();
         self.plan
             .wake(Some(self.now + SignedDuration::from_millis(10)));
         Standing {
@@ -103,6 +134,28 @@ impl Pass<'_, '_> {
             reason: "RollingBack".into(),
             message,
         }
+    }
+}
+
+impl Pass<'_, '_> {
+    /// Whether a node of this rollout runs a pod (of `pods`, by node) on `hash` created
+    /// since the rollout was: one it replaced (read from the pods, so a new leader knows
+    /// it too).
+    fn replaced_by_this_rollout(
+        &self,
+        pods: Option<&std::sync::Arc<super::ZtunnelsByNode>>,
+        hash: &str,
+    ) -> bool {
+        let Some(pods) = pods else {
+            return false;
+        };
+        let since = self.snap.rollout.created;
+        self.mem.nodes.keys().any(|node| {
+            pods.get(node).is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| !p.terminating && p.revision_hash == hash && p.created >= since)
+            })
+        })
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Memory {
     pub nodes: BTreeMap<String, NodeState>,
     pub rollback: Option<RollbackStatus>,
     pub undo: Undo,
+    /// istio-cni's restore during a rollback (`spec.cni`), after ztunnel's.
+    pub cni_undo: Undo,
     /// The DaemonSet revision the rollout rolls out, as last seen.
     pub target: Option<String>,
     /// With `spec.cni`: istio-cni's revision as last seen, and the one the rollout
@@ -64,6 +66,9 @@ pub struct NodeState {
     pub expect: Option<Expectation>,
     /// The ztunnel pod this term deleted, while the watch still shows it running.
     pub deleted_pod: Option<String>,
+    /// When this term deleted the node's istio-cni pod (`spec.cni`), in its current
+    /// phase: the wait for the new one runs from then.
+    pub cni_deleted_at: Option<Timestamp>,
     pub recordons: u32,
     pub waiting_for_ztunnel_since: Option<Timestamp>,
     /// The phase (and its message) the node enters once its call in flight succeeds.
@@ -98,6 +103,7 @@ impl NodeState {
             connections: ConnectionsProgress::NotStarted,
             expect: None,
             deleted_pod: None,
+            cni_deleted_at: None,
             recordons: 0,
             waiting_for_ztunnel_since: None,
             then: None,
@@ -208,8 +214,6 @@ pub struct Undo {
     /// Restores that met an API blip.
     pub blips: u32,
     pub retry: Retry,
-    /// Restoring istio-cni's DaemonSet (after ztunnel's), not ztunnel's.
-    pub cni: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

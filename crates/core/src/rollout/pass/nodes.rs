@@ -257,32 +257,18 @@ impl Pass<'_, '_> {
                         name,
                         uid,
                     },
-                    Call::DeleteCniPod { name, uid } => {
-                        // What a rollback restores istio-cni to: the revision the
-                        // rollout replaced its pods from.
-                        let from = self.snap.cni.and_then(|c| {
-                            c.pods
-                                .get(node)?
-                                .iter()
-                                .find(|p| p.uid == uid)
-                                .map(|p| p.revision_hash.clone())
-                        });
-                        if let Some(from) = from {
-                            self.mem.cni.replaced_from.get_or_insert(from);
-                        }
-                        CallKind::DeleteCniPod {
-                            namespace: self
-                                .snap
-                                .rollout
-                                .spec
-                                .cni
-                                .as_ref()
-                                .map(|c| c.namespace.clone())
-                                .unwrap_or_default(),
-                            name,
-                            uid,
-                        }
-                    }
+                    Call::DeleteCniPod { name, uid } => CallKind::DeleteCniPod {
+                        namespace: self
+                            .snap
+                            .rollout
+                            .spec
+                            .cni
+                            .as_ref()
+                            .map(|c| c.namespace.clone())
+                            .unwrap_or_default(),
+                        name,
+                        uid,
+                    },
                     Call::Release { uncordon } => CallKind::Release { uncordon },
                     Call::Uncordon => CallKind::Uncordon,
                 };
@@ -491,6 +477,7 @@ impl Pass<'_, '_> {
             });
         }
         let state = self.mem.node(node, now);
+        state.cni_deleted_at = None;
         let t = &mut state.tracked;
         t.record.phase = phase;
         t.record.since = now;

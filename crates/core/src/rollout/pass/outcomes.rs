@@ -132,8 +132,12 @@ impl Pass<'_, '_> {
                     }
                 }
             }
-            Outcome::Undo { result } => {
-                let u = &mut self.mem.undo;
+            Outcome::Undo { cni, result } => {
+                let u = if cni {
+                    &mut self.mem.cni_undo
+                } else {
+                    &mut self.mem.undo
+                };
                 u.in_flight = false;
                 match result {
                     Ok(()) => {
@@ -252,8 +256,12 @@ impl Pass<'_, '_> {
                         }
                         state.drain = DrainProgress::NotStarted;
                     }
-                    CallKind::DeleteZtunnelPod { uid, .. } | CallKind::DeleteCniPod { uid, .. } => {
+                    CallKind::DeleteZtunnelPod { uid, .. } => {
                         state.deleted_pod = Some(uid.clone());
+                    }
+                    CallKind::DeleteCniPod { uid, .. } => {
+                        state.deleted_pod = Some(uid.clone());
+                        state.cni_deleted_at = Some(now);
                     }
                     CallKind::Release { uncordon } => {
                         let uncordoned = *uncordon

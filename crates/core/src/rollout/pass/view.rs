@@ -10,7 +10,6 @@ use k8s_openapi::jiff::SignedDuration;
 use super::Pass;
 use super::derived::{Waves, along};
 use super::effects::{About, Effect};
-use super::memory::Undo;
 use super::snapshot::NodeMap;
 use crate::object::ObjectMetaExt;
 use crate::rollout::node_machine::{self, Placement, Target};
@@ -202,7 +201,12 @@ impl Pass<'_, '_> {
                 cycle_current: spec.cycle_current,
                 ztunnel_ready_timeout: settings.ztunnel_ready_timeout,
                 uncordon_failed: settings.health.uncordon_failed_nodes,
-                rolling_back_from: self.mem.rollback.as_ref().map(|r| r.from.clone()),
+                rolling_back_from: self
+                    .mem
+                    .rollback
+                    .as_ref()
+                    .filter(|r| r.from != r.to)
+                    .map(|r| r.from.clone()),
                 connections_gate: settings.health.connection_drain.map(|c| c.policy),
                 bake: settings.health.bake.is_some(),
                 cni: cni.as_ref().map(|(_, hash)| node_machine::CniTarget {
@@ -329,7 +333,8 @@ impl Pass<'_, '_> {
     /// again (a bounded number of times) if it never arrives.
     pub(super) fn undo(&mut self, view: &View) -> Option<Standing> {
         let rollback = self.mem.rollback.clone()?;
-        if view.target.revision_hash == rollback.from {
+        // `from == to`: a rollback of istio-cni alone (ztunnel was not replaced).
+        if rollback.from != rollback.to && view.target.revision_hash == rollback.from {
             let ztunnel = Restore {
                 namespace: &view.ds_namespace,
                 name: &view.ds_name,
@@ -360,13 +365,11 @@ impl Pass<'_, '_> {
     /// One DaemonSet's restore (`cni`: istio-cni's, which has its own count of attempts).
     fn restore(&mut self, r: &Restore, cni: bool, reason: &str) -> Standing {
         let now = self.now;
-        if self.mem.undo.cni != cni {
-            self.mem.undo = Undo {
-                cni,
-                ..Undo::default()
-            };
-        }
-        let undo = &mut self.mem.undo;
+        let undo = if cni {
+            &mut self.mem.cni_undo
+        } else {
+            &mut self.mem.undo
+        };
         let due = !undo.in_flight
             && undo.retry.due(now)
             && undo.sent_at.is_none_or(|at| now >= at + UNDO_RESEND);
@@ -397,6 +400,7 @@ impl Pass<'_, '_> {
                         namespace: r.namespace.to_owned(),
                         name: r.name.to_owned(),
                         revision,
+                        cni,
                     });
                 }
                 None => {

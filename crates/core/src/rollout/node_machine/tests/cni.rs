@@ -17,6 +17,7 @@ fn with_cni<'a>(mut f: NodeFacts<'a>, pods: Vec<ZtunnelPod>) -> NodeFacts<'a> {
     f.cni = Some(CniFacts {
         pods: pods.into(),
         placement: Placement::Runs,
+        replaced_at: None,
     });
     f
 }
@@ -203,13 +204,13 @@ fn a_rollback_takes_back_a_node_whose_istio_cni_was_replaced() {
     // ztunnel never replaced, istio-cni replaced: through the sequence again.
     let f = with_cni(ours(vec![pod("old", true)]), vec![pod("cni-new", true)]);
     assert_eq!(
-        roll_back(&failed, &f, "new", Some("cni-new")).map(|s| s.phase_after(failed.phase)),
+        roll_back(&failed, &f, Some("new"), Some("cni-new")).map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Pending)
     );
     // Neither replaced: only released.
     let g = with_cni(ours(vec![pod("old", true)]), vec![pod("cni-old", true)]);
     assert_eq!(
-        roll_back(&failed, &g, "new", Some("cni-new")).map(|s| s.phase_after(failed.phase)),
+        roll_back(&failed, &g, Some("new"), Some("cni-new")).map(|s| s.phase_after(failed.phase)),
         Some(NodePhase::Verified)
     );
     // During the rollback (targets: the restored revisions), a node whose ztunnel is on
@@ -234,4 +235,24 @@ fn a_rollback_takes_back_a_node_whose_istio_cni_was_replaced() {
             .any(|c| matches!(c, Call::DeleteZtunnelPod { .. }))
     );
     assert_eq!(end.cni.expect("cni").pods[0].revision_hash, "cni-old");
+}
+
+#[test]
+fn the_wait_for_istio_cni_runs_from_its_delete_not_from_the_drain() {
+    // Drained at 00:00 (waiting long, e.g. for connections), istio-cni deleted at 05:00:
+    // the new pod has until 07:00, not 02:00.
+    let drained = record(NodePhase::Drained);
+    let mut f = with_cni(ours(vec![pod("old", true)]), vec![pod("cni-new", false)]);
+    if let Some(c) = f.cni.as_mut() {
+        c.replaced_at = Some(t("05:00"));
+    }
+    let step = next_step(&drained, &f, &cni_target(), t("06:00"));
+    assert!(
+        matches!(step, Step::Wait { until: Some(u), .. } if u == t("07:00")),
+        "{step:?}"
+    );
+    assert_eq!(
+        next_step(&drained, &f, &cni_target(), t("07:00")).phase_after(NodePhase::Drained),
+        NodePhase::Failed
+    );
 }
