@@ -415,20 +415,41 @@ async fn apply_cni(env: &TestEnv, version: &str) -> String {
     ztunnel_rollout_testbed::fixtures::apply(&api, &ds)
         .await
         .expect("apply istio-cni");
-    let ds = support::wait_for(&api, CNI, "istio-cni observed", |d: Option<&DaemonSet>| {
-        d.is_some_and(|d| {
-            d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
-        })
-    })
-    .await
-    .expect("ds");
-    let revisions = Api::<ControllerRevision>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default())
+    support::observed_revision(&env.client, &env.namespace, CNI).await
+}
+
+/// A rollout with `spec.cni` and `onFailure: Rollback` (its agent named `agent`), once
+/// it rolled back: its status.
+async fn rolled_back_with_cni(
+    env: &TestEnv,
+    agent: &str,
+) -> ztunnel_rollout::api::ZtunnelRolloutStatus {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_support::start_as_service_account(env, dir.path(), agent);
+    let name = format!("{}-rb", env.namespace);
+    let rollout = agent_support::rollout(
+        env,
+        &name,
+        serde_json::json!({
+            "cni": { "namespace": env.namespace, "name": CNI },
+            "drain": { "timeout": "3s" },
+            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
+        }),
+    );
+    Api::<ZtunnelRollout>::all(env.client.clone())
+        .create(&PostParams::default(), &rollout)
         .await
-        .expect("revisions")
-        .items;
-    ztunnel_rollout_core::rollout::revision::current_revision_hash(&ds, &revisions)
-        .expect("current revision")
+        .expect("create");
+    agent_support::wait_for_phase(
+        &env.client,
+        &name,
+        "RolledBack",
+        Duration::from_secs(240),
+        &[&agent],
+    )
+    .await
+    .status
+    .expect("status")
 }
 
 /// Each node's live istio-cni pod's revision hash.
@@ -473,34 +494,10 @@ async fn a_rollback_restores_istio_cni_too_and_takes_its_pods_back() {
     let new_cni = apply_cni(&env, "1.28.1").await;
     assert_ne!(old_cni, new_cni);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-cni");
-    let name = format!("{}-rb", env.namespace);
-    let rollout = agent_support::rollout(
-        &env,
-        &name,
-        serde_json::json!({
-            "cni": { "namespace": env.namespace, "name": CNI },
-            "drain": { "timeout": "3s" },
-            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
-        }),
-    );
-    Api::<ZtunnelRollout>::all(env.client.clone())
-        .create(&PostParams::default(), &rollout)
-        .await
-        .expect("create");
-    let done = agent_support::wait_for_phase(
-        &env.client,
-        &name,
-        "RolledBack",
-        Duration::from_secs(240),
-        &[&agent],
-    )
-    .await;
+    let status = rolled_back_with_cni(&env, "agent-cni").await;
 
     // The status names both restores; the API server shows both DaemonSets and every
     // pod back on their previous revisions.
-    let status = done.status.expect("status");
     let rb = status.rollback.expect("rollback");
     assert_eq!(
         (rb.from.as_str(), rb.to.as_str()),
@@ -572,32 +569,8 @@ async fn a_rollback_of_a_rollout_that_replaced_istio_cni_alone_leaves_ztunnel_al
     let new_cni = apply_cni(&env, "1.28.1").await;
     assert_ne!(old_cni, new_cni);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-cni-only");
-    let name = format!("{}-rb", env.namespace);
-    let rollout = agent_support::rollout(
-        &env,
-        &name,
-        serde_json::json!({
-            "cni": { "namespace": env.namespace, "name": CNI },
-            "drain": { "timeout": "3s" },
-            "health": { "onFailure": "Rollback", "waypoints": { "disabled": true } }
-        }),
-    );
-    Api::<ZtunnelRollout>::all(env.client.clone())
-        .create(&PostParams::default(), &rollout)
-        .await
-        .expect("create");
-    let done = agent_support::wait_for_phase(
-        &env.client,
-        &name,
-        "RolledBack",
-        Duration::from_secs(240),
-        &[&agent],
-    )
-    .await;
+    let status = rolled_back_with_cni(&env, "agent-cni-only").await;
 
-    let status = done.status.expect("status");
     let rb = status.rollback.expect("rollback");
     assert_eq!(
         (rb.from.as_str(), rb.to.as_str()),

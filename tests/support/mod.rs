@@ -599,16 +599,24 @@ pub async fn upgrade_ztunnel_to(
     mut ztunnel: fixtures::ZtunnelFixture,
     version: &str,
 ) -> String {
-    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::apps::v1::DaemonSet;
     ztunnel.version = version.into();
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     fixtures::apply(&ds_api, &ztunnel.daemonset())
         .await
         .expect("upgrade ztunnel");
+    observed_revision(client, namespace, "ztunnel").await
+}
+
+/// DaemonSet `name`'s current revision hash, once its controller observed its latest
+/// generation.
+pub async fn observed_revision(client: &Client, namespace: &str, name: &str) -> String {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     let ds = wait_for(
         &ds_api,
-        "ztunnel",
-        "new ztunnel revision observed",
+        name,
+        &format!("new {name} revision observed"),
         |d: Option<&DaemonSet>| {
             d.is_some_and(|d| {
                 d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation

@@ -700,6 +700,17 @@ mod tests {
         p
     }
 
+    fn ns(name: &str, l: &[(&str, &str)]) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels(l)),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     fn healthy() -> Snapshot {
         Snapshot {
             ztunnel_ref: "istio-system/ztunnel".into(),
@@ -966,14 +977,6 @@ mod tests {
                 }]),
             }
         };
-        let ns = |name: &str, l: &[(&str, &str)]| Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(labels(l)),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
         let namespaces = vec![
             ns("shop", &[("istio.io/rev", "prod-stable")]),
             ns("web", &[("istio.io/rev", "1-30")]),
@@ -1088,14 +1091,6 @@ mod tests {
 
     #[test]
     fn mesh_workloads_without_a_pdb_or_readiness_probes_are_warnings() {
-        let ns = |name: &str, l: &[(&str, &str)]| Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(labels(l)),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
         let mut s = healthy();
         s.namespaces = vec![
             ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
