@@ -15,6 +15,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent as agent_support;
+use support::history::{NodeHistory, PodDeletions};
 use support::istio::{self as istio_support, NODES};
 use support::{TestEnv, daemonset_ready, deployment_available, wait_for, wait_within};
 use ztunnel_rollout_core::labels::WAYPOINT_MANAGED_LABEL;
@@ -256,7 +257,15 @@ async fn an_istioctl_upgrade_of_ztunnel_and_istio_cni_completes_once_the_agent_r
     );
     // The API server's account of each node agent pod's deletion and each node's cordon,
     // from the first rollout's start.
-    let history = NodeAgentHistory::record(&env.client).await;
+    let node_set = bed
+        .node_selector()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let history = NodeHistory::watch(&env.client, &node_set);
+    let cni_deletions = PodDeletions::watch(&env.client, "istio-system", &format!("k8s-app={CNI}"));
+    let ztunnel_deletions = PodDeletions::watch(&env.client, "istio-system", "app=ztunnel");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-istio");
@@ -327,34 +336,35 @@ async fn an_istioctl_upgrade_of_ztunnel_and_istio_cni_completes_once_the_agent_r
     }
     // Each node's old istio-cni pod and old ztunnel pod were deleted once each, while the
     // node was cordoned, istio-cni first.
-    let deletions = history.deletions();
+    let on = |deletions: &PodDeletions, node: &str| {
+        deletions
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, _, n)| n == node)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     for node in &bed.nodes {
-        let of = |labels: &str| {
-            deletions
-                .iter()
-                .filter(|d| d.node == *node && d.app == labels)
-                .collect::<Vec<_>>()
-        };
-        let (cni, ztunnel) = (of(CNI), of("ztunnel"));
-        assert_eq!(
-            cni.len(),
-            1,
-            "{node}: one istio-cni pod deleted: {deletions:?}"
-        );
+        let (cni, ztunnel) = (on(&cni_deletions, node), on(&ztunnel_deletions, node));
+        assert_eq!(cni.len(), 1, "{node}: one istio-cni pod deleted: {cni:?}");
         assert_eq!(
             ztunnel.len(),
             1,
-            "{node}: one ztunnel pod deleted: {deletions:?}"
+            "{node}: one ztunnel pod deleted: {ztunnel:?}"
         );
         assert!(
-            cni[0].revision < ztunnel[0].revision,
-            "{node}: istio-cni replaced before ztunnel: {deletions:?}"
+            cni[0].0 < ztunnel[0].0,
+            "{node}: istio-cni replaced before ztunnel: {cni:?} {ztunnel:?}"
         );
-        for d in [cni[0], ztunnel[0]] {
+        for (revision, pod, _) in [&cni[0], &ztunnel[0]] {
             assert_eq!(
-                history.unschedulable_before(node, d.revision),
+                history
+                    .state_before(node, *revision)
+                    .map(|s| s.unschedulable),
                 Some(true),
-                "{node}: {d:?} deleted while the node was not cordoned"
+                "{node}: {pod} deleted while the node was not cordoned"
             );
         }
     }
@@ -389,151 +399,6 @@ async fn an_istioctl_upgrade_of_ztunnel_and_istio_cni_completes_once_the_agent_r
 
 /// Istio's istio-cni DaemonSet.
 const CNI: &str = "istio-cni-node";
-
-/// A node agent pod's deletion as the API server showed it: the first event with a
-/// deletion timestamp (or its removal), at its resourceVersion.
-#[derive(Debug, Clone)]
-struct Deletion {
-    node: String,
-    /// `ztunnel`, or istio-cni's [`CNI`].
-    app: String,
-    revision: u64,
-}
-
-/// Watches of the nodes and of the node agent pods in istio-system, from when it is
-/// created: each node's `spec.unschedulable` by resourceVersion, and each pod's deletion.
-struct NodeAgentHistory {
-    nodes: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, bool)>>>,
-    deletions: std::sync::Arc<std::sync::Mutex<Vec<Deletion>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl NodeAgentHistory {
-    /// Starts both watches; returns once both listed what exists.
-    async fn record(client: &kube::Client) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::watcher::{self, Event};
-        let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let deletions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let rv = |o: &kube::api::ObjectMeta| {
-            o.resource_version
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_default()
-        };
-        let (listed_nodes, nodes_ready) = tokio::sync::oneshot::channel();
-        let node_log = nodes.clone();
-        let node_watch = watcher::watcher(Api::<Node>::all(client.clone()), Default::default());
-        let node_task = tokio::spawn(async move {
-            let mut listed = Some(listed_nodes);
-            let mut stream = std::pin::pin!(node_watch);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(Event::Apply(n) | Event::InitApply(n)) => {
-                        let unschedulable = n
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.unschedulable)
-                            .unwrap_or(false);
-                        node_log.lock().expect("lock").push((
-                            n.name_any(),
-                            rv(&n.metadata),
-                            unschedulable,
-                        ));
-                    }
-                    Ok(Event::InitDone) => {
-                        if let Some(tx) = listed.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let (listed_pods, pods_ready) = tokio::sync::oneshot::channel();
-        let pod_log = deletions.clone();
-        let pod_watch = watcher::watcher(
-            Api::<Pod>::namespaced(client.clone(), "istio-system"),
-            watcher::Config::default(),
-        );
-        let pod_task = tokio::spawn(async move {
-            let mut listed = Some(listed_pods);
-            let mut seen = std::collections::HashSet::new();
-            let mut stream = std::pin::pin!(pod_watch);
-            while let Some(event) = stream.next().await {
-                let (pod, removed) = match event {
-                    Ok(Event::Apply(p)) => (p, false),
-                    Ok(Event::Delete(p)) => (p, true),
-                    Ok(Event::InitDone) => {
-                        if let Some(tx) = listed.take() {
-                            let _ = tx.send(());
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                let labels = pod.labels();
-                let app = if labels.get("app").map(String::as_str) == Some("ztunnel") {
-                    "ztunnel"
-                } else if labels.get("k8s-app").map(String::as_str) == Some(CNI) {
-                    CNI
-                } else {
-                    continue;
-                };
-                let deleting = removed || pod.metadata.deletion_timestamp.is_some();
-                let uid = pod.uid().unwrap_or_default();
-                if !deleting || !seen.insert(uid) {
-                    continue;
-                }
-                let node = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default();
-                pod_log.lock().expect("lock").push(Deletion {
-                    node,
-                    app: app.to_owned(),
-                    revision: rv(&pod.metadata),
-                });
-            }
-        });
-        for (what, ready) in [("nodes", nodes_ready), ("pods", pods_ready)] {
-            tokio::time::timeout(support::WAIT, ready)
-                .await
-                .unwrap_or_else(|_| panic!("the watch of {what} lists within a minute"))
-                .unwrap_or_else(|_| panic!("the watch of {what} ended"));
-        }
-        Self {
-            nodes,
-            deletions,
-            tasks: vec![node_task, pod_task],
-        }
-    }
-
-    fn deletions(&self) -> Vec<Deletion> {
-        self.deletions.lock().expect("lock").clone()
-    }
-
-    /// Whether `node` was unschedulable just before `revision`, by the latest of its
-    /// watched states older than it (`None`: none recorded).
-    fn unschedulable_before(&self, node: &str, revision: u64) -> Option<bool> {
-        self.nodes
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(n, rv, _)| n == node && *rv < revision)
-            .max_by_key(|(_, rv, _)| *rv)
-            .map(|(_, _, unschedulable)| *unschedulable)
-    }
-}
-
-impl Drop for NodeAgentHistory {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
 
 /// The revision and namespaces `istioctl tag list` shows for `tag`.
 async fn istioctl_tag(tag: &str) -> Option<(String, String)> {

@@ -454,25 +454,7 @@ async fn rolled_back_with_cni(
 
 /// Each node's live istio-cni pod's revision hash.
 async fn cni_hashes(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
-    use k8s_openapi::api::core::v1::Pod;
-    Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().labels(&format!("k8s-app={CNI}")))
-        .await
-        .expect("istio-cni pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let node = p.spec.as_ref()?.node_name.clone()?;
-            let hash = p
-                .metadata
-                .labels
-                .as_ref()?
-                .get("controller-revision-hash")?
-                .clone();
-            Some((node, hash))
-        })
-        .collect()
+    support::pods_by_node(env, &format!("k8s-app={CNI}"), support::revision_hash).await
 }
 
 const CNI: &str = "istio-cni-node";

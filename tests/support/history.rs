@@ -75,9 +75,13 @@ impl Drop for NodeHistory {
 
 impl NodeHistory {
     pub fn start(env: &TestEnv) -> NodeHistory {
-        let api: Api<Node> = Api::all(env.client.clone());
-        let config =
-            watcher::Config::default().labels(&format!("{NODE_SET_LABEL}={}", env.node_set));
+        Self::watch(&env.client, &format!("{NODE_SET_LABEL}={}", env.node_set))
+    }
+
+    /// The nodes `selector` (a label selector) picks, of any test's.
+    pub fn watch(client: &kube::Client, selector: &str) -> NodeHistory {
+        let api: Api<Node> = Api::all(client.clone());
+        let config = watcher::Config::default().labels(selector);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let revisions = Arc::new(Mutex::new(Vec::new()));
@@ -228,8 +232,13 @@ impl Drop for PodDeletions {
 
 impl PodDeletions {
     pub fn start(env: &TestEnv, labels: &str) -> PodDeletions {
+        Self::watch(&env.client, &env.namespace, labels)
+    }
+
+    /// The pods of `namespace` matching `labels`, of any test's.
+    pub fn watch(client: &kube::Client, namespace: &str, labels: &str) -> PodDeletions {
         use k8s_openapi::api::core::v1::Pod;
-        let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let config = watcher::Config::default().labels(labels);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();

@@ -763,10 +763,20 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
 
 /// Each node's live ztunnel pod (pods being deleted left out), by `what` of it.
 async fn ztunnel_pods(env: &TestEnv, what: impl Fn(Pod) -> String) -> BTreeMap<String, String> {
+    pods_by_node(env, "app=ztunnel", what).await
+}
+
+/// Each node's live pod of `env`'s namespace matching `labels` (pods being deleted left
+/// out), by `what` of it.
+pub async fn pods_by_node(
+    env: &TestEnv,
+    labels: &str,
+    what: impl Fn(Pod) -> String,
+) -> BTreeMap<String, String> {
     Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().labels("app=ztunnel"))
+        .list(&ListParams::default().labels(labels))
         .await
-        .expect("ztunnel pods")
+        .expect("pods")
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -779,13 +789,15 @@ async fn ztunnel_pods(env: &TestEnv, what: impl Fn(Pod) -> String) -> BTreeMap<S
 
 /// The revision hash of each node's ztunnel pod (pods being deleted left out).
 pub async fn ztunnel_hashes(env: &TestEnv) -> BTreeMap<String, String> {
-    ztunnel_pods(env, |p| {
-        p.metadata
-            .labels
-            .and_then(|l| l.get("controller-revision-hash").cloned())
-            .unwrap_or_default()
-    })
-    .await
+    ztunnel_pods(env, revision_hash).await
+}
+
+/// A DaemonSet pod's `controller-revision-hash`.
+pub fn revision_hash(p: Pod) -> String {
+    p.metadata
+        .labels
+        .and_then(|l| l.get("controller-revision-hash").cloned())
+        .unwrap_or_default()
 }
 
 /// The UID of each node's live ztunnel pod (not being deleted).

@@ -937,17 +937,23 @@ pub fn retarget(record: &NodeRecord) -> Option<Step> {
     }
 }
 
+/// With `spec.cni`: whether the node runs a live istio-cni pod on `hash`.
+fn runs_cni_revision(facts: &NodeFacts, hash: &str) -> bool {
+    facts.cni.as_ref().is_some_and(|c| {
+        c.pods
+            .iter()
+            .any(|p| !p.terminating && p.revision_hash == hash)
+    })
+}
+
 /// During a rollback, with `spec.cni`: whether the node runs an istio-cni pod on the
 /// failed revision.
 fn runs_failed_cni(facts: &NodeFacts, target: &Target) -> bool {
-    let (Some(t), Some(cni)) = (&target.cni, &facts.cni) else {
-        return false;
-    };
-    t.rolling_back_from.as_ref().is_some_and(|failed| {
-        cni.pods
-            .iter()
-            .any(|p| !p.terminating && p.revision_hash == *failed)
-    })
+    target
+        .cni
+        .as_ref()
+        .and_then(|t| t.rolling_back_from.as_deref())
+        .is_some_and(|failed| runs_cni_revision(facts, failed))
 }
 
 /// The rollback starts, from `failed_hash` (`None`: ztunnel is not rolled back) and, with
@@ -963,13 +969,7 @@ pub fn roll_back(
     if record.phase != NodePhase::Failed {
         return None;
     }
-    let cni_replaced = failed_cni.is_some_and(|failed| {
-        facts.cni.as_ref().is_some_and(|c| {
-            c.pods
-                .iter()
-                .any(|p| !p.terminating && p.revision_hash == failed)
-        })
-    });
+    let cni_replaced = failed_cni.is_some_and(|failed| runs_cni_revision(facts, failed));
     let ztunnel_replaced = failed_hash.is_some_and(|h| runs_revision(facts, h));
     Some(if ztunnel_replaced || cni_replaced {
         now(NodePhase::Pending, "rolling back")

@@ -126,7 +126,6 @@ fn ztunnel_waits_for_a_ready_istio_cni_pod_and_the_node_fails_at_the_deadline() 
 /// phase, the pods and who owns the node.
 #[test]
 fn no_istio_cni_or_ztunnel_pod_is_deleted_on_a_schedulable_node() {
-    use NodePhase::*;
     let cni_sets = [
         vec![pod("cni-old", true)],
         vec![pod("cni-new", false)],
@@ -144,16 +143,7 @@ fn no_istio_cni_or_ztunnel_pod_is_deleted_on_a_schedulable_node() {
         Owner::Other("other".into()),
     ];
     let mut checked = 0;
-    for phase in [
-        Pending,
-        Cordoned,
-        Drained,
-        ZtunnelReplaced,
-        ZtunnelReady,
-        Verified,
-        Baking,
-        Evacuating,
-    ] {
+    for phase in NodePhase::ALL.into_iter().filter(|p| !p.is_terminal()) {
         for cni in &cni_sets {
             for owner in &owners {
                 for zt in [pod("old", true), pod("new", true)] {
