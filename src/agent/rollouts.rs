@@ -229,12 +229,14 @@ impl Rollouts {
             .cni
             .as_ref()
             .and_then(|c| self.source.daemon_set(&c.namespace, &c.name));
-        let cni_uid = cni_ds
-            .as_ref()
-            .and_then(|d| d.metadata.uid.clone())
-            .unwrap_or_default();
-        let cni_pods = self.source.ztunnels(&cni_uid);
-        let cni_revisions = self.source.revisions(&cni_uid);
+        // Indexed only for rollouts with spec.cni (a pass without it reads nothing more).
+        let cni_index = spec.cni.as_ref().map(|_| {
+            let uid = cni_ds
+                .as_ref()
+                .and_then(|d| d.metadata.uid.clone())
+                .unwrap_or_default();
+            (self.source.ztunnels(&uid), self.source.revisions(&uid))
+        });
         let others: Vec<_> = others
             .iter()
             .filter(|(u, _)| u != uid)
@@ -259,10 +261,10 @@ impl Rollouts {
             revisions: &revisions,
             nodes: &nodes,
             ztunnels: &ztunnels,
-            cni: spec.cni.as_ref().map(|_| CniSnapshot {
+            cni: cni_index.as_ref().map(|(pods, revisions)| CniSnapshot {
                 daemon_set: cni_ds.as_deref(),
-                revisions: &cni_revisions,
-                pods: &cni_pods,
+                revisions,
+                pods,
             }),
             pod_counts: &pod_counts,
             others: &others,
