@@ -530,6 +530,89 @@ impl Seen {
     }
 }
 
+/// For a trial that did not end: the rollouts' conditions and unfinished nodes, every
+/// unschedulable node's pods, and the budgets, as the API server has them.
+async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
+    use k8s_openapi::api::core::v1::Pod;
+    println!("--- what the trial ended on");
+    for r in rollouts
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = r.metadata.name.clone().unwrap_or_default();
+        let status = r.status.unwrap_or_default();
+        for c in &status.conditions {
+            println!(
+                "rollout {name}: {} {} {}: {}",
+                c.type_, c.status, c.reason, c.message
+            );
+        }
+        for n in status.nodes.iter().filter(|n| n.phase != NodePhase::Done) {
+            println!(
+                "rollout {name}: node {} {:?}: {}",
+                n.name, n.phase, n.message
+            );
+        }
+    }
+    let pods: Api<Pod> = Api::all(client.clone());
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await;
+    for node in nodes.map(|l| l.items).unwrap_or_default() {
+        if !node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let name = node.metadata.name.unwrap_or_default();
+        let on = ListParams::default().fields(&format!("spec.nodeName={name}"));
+        for p in pods.list(&on).await.map(|l| l.items).unwrap_or_default() {
+            let status = p.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map_or_else(
+                    || "no Ready condition".to_owned(),
+                    |c| format!("Ready={}", c.status),
+                );
+            println!(
+                "node {name} (unschedulable): pod {}/{} {} {ready}{}",
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+                status.phase.unwrap_or_default(),
+                p.metadata
+                    .deletion_timestamp
+                    .map_or_else(String::new, |t| format!(" deleting since {}", t.0)),
+            );
+        }
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::all(client.clone());
+    for b in budgets
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let s = b.status.unwrap_or_default();
+        println!(
+            "budget {}/{}: healthy {:?} of {:?} desired, {:?} disruptions allowed, observed generation {:?}",
+            b.metadata.namespace.unwrap_or_default(),
+            b.metadata.name.unwrap_or_default(),
+            s.current_healthy,
+            s.desired_healthy,
+            s.disruptions_allowed,
+            s.observed_generation,
+        );
+    }
+}
+
 /// `None` while the API server does not answer.
 async fn observe(rollouts: &Api<ZtunnelRollout>, name: &str) -> Option<Seen> {
     let r = tokio::time::timeout(Duration::from_secs(3), rollouts.get_opt(name))
@@ -932,6 +1015,8 @@ async fn trial(seed: u64) -> TrialResult {
                 t.expect
             ),
         ));
+        // The CI log is all a failed run leaves: say what the rollout waits on.
+        print_stuck(&t.client, &t.rollouts).await;
     }
     let Trial {
         mut replicas,

@@ -701,3 +701,140 @@ async fn the_runbooks_sidecar_flow_moves_a_tag_rolls_back_by_the_tag_and_goes_fo
         .await
         .expect("istioctl tag remove");
 }
+
+/// Preflight's version skew comes from istiod itself: each istiod's `/version` (asked at
+/// the URL of its monitoring port: the API server cannot reach an istiod outside the
+/// cluster, and says so when asked), judged against Istio's policy for the node agents.
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() {
+    let bed = istio_support::bed();
+    let _serial = istio_support::serial().await;
+    let env = TestEnv::new("istio-versions", 0).await;
+    let mut urls = Vec::new();
+    let mut reported = std::collections::BTreeMap::new();
+    for (revision, _) in istio_support::REVISIONS {
+        let port = bed.revision(revision).ports.monitoring;
+        let (code, body) = ztunnel_rollout_testbed::istio::http_get(port, "/version")
+            .await
+            .expect("istiod's /version");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.trim().starts_with(&istio_build_version()),
+            "istiod reports the version it was built with: {body}"
+        );
+        reported.insert(revision, body.trim().to_owned());
+        urls.push(format!("{revision}=http://127.0.0.1:{port}"));
+    }
+    let url_args: Vec<&str> = urls
+        .iter()
+        .flat_map(|u| ["--istiod-url", u.as_str()])
+        .collect();
+    let preflight = |extra: Vec<&str>| {
+        let args: Vec<String> = ["preflight", "-n", &env.namespace, "-o", "json"]
+            .into_iter()
+            .chain(["--node-selector", "kubernetes.io/hostname=none-such"])
+            .chain(extra)
+            .map(str::to_owned)
+            .collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = support::cli_async(&args).await;
+            let findings: Vec<serde_json::Value> =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+            (code, findings)
+        }
+    };
+    let named = |findings: &[serde_json::Value], check: &str| -> Vec<(String, String, String)> {
+        findings
+            .iter()
+            .filter(|f| f["check"] == check)
+            .map(|f| {
+                let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+                (s("severity"), s("object"), s("message"))
+            })
+            .collect()
+    };
+
+    // Istio's own install, asked at its istiods' URLs: every version named with where it
+    // came from, and ztunnel and istio-cni within the policy.
+    let (code, findings) = preflight(url_args.clone()).await;
+    assert_eq!(code, 0, "{findings:?}");
+    let versions = named(&findings, "versions");
+    assert_eq!(versions.len(), 1, "{findings:?}");
+    let (severity, _, inventory) = &versions[0];
+    assert_eq!(severity, "info");
+    for (revision, version) in &reported {
+        let port = bed.revision(revision).ports.monitoring;
+        let entry =
+            format!("istiod (revision {revision}) {version} from http://127.0.0.1:{port}/version");
+        assert!(inventory.contains(&entry), "{entry} in {inventory}");
+    }
+    for agent in [
+        "ztunnel (revision default) 1.31.",
+        "istio-cni (revision default) 1.31.",
+    ] {
+        assert!(inventory.contains(agent), "{agent} in {inventory}");
+    }
+    assert_eq!(named(&findings, "version-skew"), [], "{inventory}");
+    assert_eq!(named(&findings, "istiod-version-unread"), [], "{inventory}");
+
+    // A ztunnel two minor versions behind istiod (a DaemonSet on no node, seeded here)
+    // is an error naming the version istiod reported.
+    let old: DaemonSet = serde_json::from_value(json!({
+        "metadata": { "name": "ztunnel-old", "namespace": env.namespace },
+        "spec": {
+            "selector": { "matchLabels": { "app": "ztunnel-old" } },
+            "updateStrategy": { "type": "OnDelete" },
+            "template": {
+                "metadata": { "labels": { "app": "ztunnel-old" } },
+                "spec": {
+                    "nodeSelector": { "kubernetes.io/hostname": "none-such" },
+                    "containers": [{
+                        "name": "istio-proxy",
+                        "image": "docker.io/istio/ztunnel:1.29.3-distroless",
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("DaemonSet");
+    fixtures::apply(&Api::namespaced(env.client.clone(), &env.namespace), &old)
+        .await
+        .expect("apply the old ztunnel");
+    let mut old_args = url_args.clone();
+    old_args.extend([
+        "--ztunnel-namespace",
+        &env.namespace,
+        "--ztunnel-daemonset",
+        "ztunnel-old",
+    ]);
+    let (code, findings) = preflight(old_args).await;
+    assert_eq!(code, 1, "an error finding exits 1: {findings:?}");
+    let skew = named(&findings, "version-skew");
+    assert_eq!(skew.len(), 1, "{findings:?}");
+    let (severity, object, message) = &skew[0];
+    assert_eq!(severity, "error");
+    assert_eq!(object, &format!("DaemonSet/{}/ztunnel-old", env.namespace));
+    let port = bed.revision("default").ports.monitoring;
+    let expected = format!(
+        "ztunnel 1.29.3-distroless is 2 minor versions behind istiod {} (revision default, from http://127.0.0.1:{port}/version)",
+        reported["default"]
+    );
+    assert!(message.contains(&expected), "{expected} in {message}");
+
+    // Without the URLs, istiod's in-cluster Services are asked through the API server;
+    // their pods are KWOK's (no process behind them), so no version comes back: each
+    // istiod is named, and its Deployment's image stands in.
+    let (_, findings) = preflight(Vec::new()).await;
+    let unread = named(&findings, "istiod-version-unread");
+    let objects: Vec<&str> = unread.iter().map(|(_, o, _)| o.as_str()).collect();
+    assert_eq!(objects, ["istiod/canary", "istiod/default"], "{findings:?}");
+    for (severity, _, message) in &unread {
+        assert_eq!(severity, "warning");
+        assert!(
+            message.contains("the skew check uses its image docker.io/istio/pilot:"),
+            "{message}"
+        );
+        assert!(message.contains("pass --istiod-url"), "{message}");
+    }
+}

@@ -273,27 +273,3 @@ async fn a_ztunnel_pod_that_is_not_ready_is_an_error() {
     assert!(has(&found, "error", "ztunnel-pod-not-ready"), "{found:?}");
     assert_eq!(code, 1);
 }
-
-#[tokio::test]
-async fn version_skew_between_ztunnel_and_istiod_is_reported() {
-    let env = clean("pf-skew").await;
-    let mut istiod = fixtures::AppFixture::new(&env.namespace, "istiod", 2);
-    istiod.node_selector = env.node_selector();
-    let mut d = istiod.deployment();
-    d.metadata
-        .labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert("app".into(), "istiod".into());
-    if let Some(c) = d
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|p| p.containers.first_mut())
-    {
-        c.image = Some("docker.io/istio/pilot:1.27.3-distroless".into());
-    }
-    let api: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    fixtures::apply(&api, &d).await.expect("istiod");
-    let (_, found) = preflight(&env);
-    assert!(has(&found, "warning", "version-skew"), "{found:?}");
-}

@@ -24,6 +24,21 @@ pub struct PreflightArgs {
         env = "ZTUNNEL_ROLLOUT_ZTUNNEL_DAEMONSET"
     )]
     pub ztunnel_daemonset: String,
+    /// Namespace of the istio-cni DaemonSet (that of ztunnel when omitted).
+    #[arg(long, env = "ZTUNNEL_ROLLOUT_CNI_NAMESPACE")]
+    pub cni_namespace: Option<String>,
+    /// Name of the istio-cni DaemonSet (its versions are checked when it exists).
+    #[arg(
+        long,
+        default_value = "istio-cni-node",
+        env = "ZTUNNEL_ROLLOUT_CNI_DAEMONSET"
+    )]
+    pub cni_daemonset: String,
+    /// Where an istiod's monitoring server answers, as `[REVISION=]URL` (repeatable), for
+    /// an istiod the API server cannot reach (an external control plane); every other
+    /// istiod Service is asked its `/version` through the API server.
+    #[arg(long = "istiod-url", value_name = "[REVISION=]URL")]
+    pub istiod_urls: Vec<crate::preflight::IstiodUrl>,
     /// Check only these namespaces' pods, PDBs and Deployments (repeatable; all when
     /// omitted).
     #[arg(long = "namespace", short = 'n')]
@@ -41,10 +56,18 @@ pub async fn run(args: &PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Ex
             .map_err(|e| anyhow::anyhow!("--node-selector: {e}"))?,
         None => ztunnel_rollout_core::label_selector::Selector::everything(),
     };
-    let snapshot =
-        crate::preflight::snapshot(&client, &args.ztunnel_namespace, &args.ztunnel_daemonset)
-            .await?
-            .scoped(&args.namespaces, &nodes);
+    let cni_namespace = args
+        .cni_namespace
+        .as_deref()
+        .unwrap_or(&args.ztunnel_namespace);
+    let mut snapshot = crate::preflight::snapshot(
+        &client,
+        (&args.ztunnel_namespace, &args.ztunnel_daemonset),
+        (cni_namespace, &args.cni_daemonset),
+    )
+    .await?
+    .scoped(&args.namespaces, &nodes);
+    snapshot.control_planes = crate::preflight::istiod_versions(&client, &args.istiod_urls).await?;
     let findings = checks::run(&snapshot);
     let errors = findings
         .iter()

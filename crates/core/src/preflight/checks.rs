@@ -46,6 +46,11 @@ pub struct Snapshot {
     /// The ValidatingWebhookConfigurations: Istio's config validation.
     pub validating_webhooks:
         Vec<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>,
+    /// Every istiod and the version it reported (or its image's, when it could not be
+    /// asked): the shell reads them.
+    pub control_planes: Vec<super::versions::ControlPlane>,
+    /// The istio-cni DaemonSet, when the cluster runs one.
+    pub cni: Option<DaemonSet>,
 }
 
 impl Snapshot {
@@ -88,12 +93,6 @@ fn finding(severity: Severity, check: &'static str, object: String, message: Str
 
 fn ready(conditions: Option<&Vec<k8s_openapi::api::core::v1::PodCondition>>) -> bool {
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn image_tag(image: &str) -> Option<&str> {
-    let last = image.rsplit('/').next()?;
-    let tag = last.split_once(':')?.1;
-    Some(tag.split('-').next().unwrap_or(tag))
 }
 
 fn is_zero(v: Option<&IntOrString>) -> bool {
@@ -427,41 +426,17 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         ));
     }
 
-    // Version skew between ztunnel and istiod.
-    let ztunnel_tag = s
-        .ztunnel
-        .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|sp| sp.template.spec.as_ref())
-        .and_then(|ps| ps.containers.first())
-        .and_then(|c| c.image.as_deref())
-        .and_then(image_tag);
-    for d in s.deployments.iter().filter(|d| {
-        d.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("app"))
-            .map(String::as_str)
-            == Some("istiod")
-    }) {
-        let istiod_tag = d
-            .spec
-            .as_ref()
-            .and_then(|sp| sp.template.spec.as_ref())
-            .and_then(|ps| ps.containers.first())
-            .and_then(|c| c.image.as_deref())
-            .and_then(image_tag);
-        if let (Some(z), Some(i)) = (ztunnel_tag, istiod_tag)
-            && z != i
-        {
-            out.push(finding(
-                Warning,
-                "version-skew",
-                key("Deployment", d.metadata.namespace.as_deref(), d.metadata.name.as_deref()),
-                format!("istiod runs {i} but ztunnel {z}: upgrade the control plane first and keep them within the supported skew"),
-            ));
-        }
-    }
+    // Version skew between istiod and the node agents, against Istio's policy.
+    let agents: Vec<super::versions::Agent<'_>> = [("ztunnel", &s.ztunnel), ("istio-cni", &s.cni)]
+        .into_iter()
+        .filter_map(|(component, ds)| {
+            ds.as_ref().map(|daemon_set| super::versions::Agent {
+                component,
+                daemon_set,
+            })
+        })
+        .collect();
+    out.extend(super::versions::findings(&s.control_planes, &agents));
 
     // PodDisruptionBudgets.
     for pdb in &s.pdbs {
@@ -897,18 +872,26 @@ mod tests {
             .containers[0]
             .image = Some("docker.io/istio/pilot:1.29.1".into());
         s.deployments.push(istiod);
+        // istiod reports 1.30: two minor versions ahead of ztunnel's 1.28.
+        s.control_planes = vec![crate::preflight::versions::ControlPlane {
+            revision: "default".into(),
+            version: Some("1.30.1-abc-Clean".into()),
+            source: "http://istiod:15014/version".into(),
+            unread: None,
+        }];
         assert_eq!(
             checks(&s),
             vec![
+                (Severity::Error, "version-skew"),
                 // n1 has no ztunnel pod in this snapshot.
                 (Severity::Error, "ztunnel-pod-missing"),
                 (Severity::Warning, "namespace-two-injection-labels"),
                 (Severity::Warning, "node-not-ready"),
                 (Severity::Warning, "single-replica"),
                 (Severity::Warning, "single-replica"),
-                (Severity::Warning, "version-skew"),
                 (Severity::Warning, "waypoint-unprotected"),
                 (Severity::Info, "node-cordoned"),
+                (Severity::Info, "versions"),
             ]
         );
     }
@@ -1133,18 +1116,5 @@ mod tests {
                 ),
             ]
         );
-    }
-
-    #[test]
-    fn image_tags_ignore_registries_and_variants() {
-        assert_eq!(
-            image_tag("docker.io/istio/ztunnel:1.28.0-distroless"),
-            Some("1.28.0")
-        );
-        assert_eq!(
-            image_tag("localhost:5000/istio/pilot:1.29.1"),
-            Some("1.29.1")
-        );
-        assert_eq!(image_tag("istio/pilot"), None);
     }
 }
