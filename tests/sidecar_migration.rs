@@ -1,8 +1,10 @@
-//! Sidecar namespace migrations on the local control plane: a fake injector (admission
-//! webhooks named and labelled like Istio's) stamps every pod with the revision its
-//! namespace selects, so relabelling, restarts and verification all go through the real
-//! API server, Deployment controller and admission path. The agent runs under the
-//! manifests' RBAC.
+//! Sidecar namespace migrations on the local control plane with Istio's own control
+//! plane (`support::istio`): `istioctl install` of a `default` and a `canary` revision,
+//! each served by a real istiod on loopback, and per test a revision tag set by
+//! `istioctl tag set`. Relabelling, restarts and verification go through the real API
+//! server, Deployment controller and Istio's injection webhooks; KWOK runs the injected
+//! pods (a workload marked broken at a revision never becomes Ready there). The agent
+//! runs under the manifests' RBAC.
 
 mod support;
 
@@ -20,52 +22,84 @@ use kube::runtime::wait::await_condition;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL};
-use support::injector::{DEFAULT_SCOPE_LABEL, Injector};
+use support::istio as istio_support;
 use support::{TestEnv, deployment_available, wait_for};
 use ztunnel_rollout::api::SidecarMigration;
 use ztunnel_rollout_core::labels::RESTARTED_AT_ANNOTATION;
 use ztunnel_rollout_core::sidecar::namespace_machine::NamespacePhase;
 use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 use ztunnel_rollout_testbed::fixtures::{self, Budget};
-use ztunnel_rollout_testbed::kwok_stages::READY_AFTER_ANNOTATION;
+use ztunnel_rollout_testbed::kwok_stages::{
+    NEVER_READY_AT_REVISION_ANNOTATION, READY_AFTER_ANNOTATION,
+};
 
-/// Revision A (the default), revision B and tag `canary` → B, named for the test.
+/// Revision A (`default`) and revision B (`canary`), Istio's, and this test's tag
+/// `canary-<env>` → B.
 struct Mesh {
-    injector: Injector,
     rev_a: String,
     rev_b: String,
     tag: String,
 }
 
+/// Sets this test's tag on revision B with istioctl (`tag set --overwrite`).
 async fn mesh(env: &TestEnv) -> Mesh {
-    let injector = Injector::start().await;
-    let id = &env.namespace;
+    let bed = istio_support::bed();
     let mesh = Mesh {
-        rev_a: format!("a-{id}"),
-        rev_b: format!("b-{id}"),
-        tag: format!("canary-{id}"),
-        injector,
+        rev_a: "default".to_owned(),
+        rev_b: "canary".to_owned(),
+        tag: format!("canary-{}", env.namespace),
     };
-    mesh.injector
-        .install_revision(&env.client, &mesh.rev_a, true)
-        .await;
-    mesh.injector
-        .install_revision(&env.client, &mesh.rev_b, false)
-        .await;
-    mesh.injector
-        .install_tag(&env.client, &mesh.tag, &mesh.rev_b)
-        .await;
+    bed.istioctl
+        .run(&[
+            "tag",
+            "set",
+            &mesh.tag,
+            "--revision",
+            &mesh.rev_b,
+            "--overwrite",
+        ])
+        .await
+        .expect("istioctl tag set");
     mesh
 }
 
 /// A test's cluster slice with the CRDs and the agent's RBAC installed, a directory for
-/// the agent's kubeconfig, and its injectors.
+/// the agent's kubeconfig, and its tag.
 async fn setup(name: &str, nodes: usize) -> (TestEnv, tempfile::TempDir, Mesh) {
     let env = TestEnv::new(name, nodes).await;
     let dir = tempfile::tempdir().expect("tempdir");
     agent_support::install(&env.client).await;
     let mesh = mesh(&env).await;
     (env, dir, mesh)
+}
+
+/// Waits (a minute at most) until a pod created in `namespace` is injected at `rev`: a
+/// dry-run create goes through the injection webhooks, which see the namespace's labels
+/// as the API server has them.
+async fn wait_until_injected_at(client: &Client, namespace: &str, rev: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let probe: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "injection-probe" },
+        "spec": { "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10" }] },
+    }))
+    .expect("probe pod");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match pods.create(&dry_run, &probe).await {
+            Ok(p) if injected_revision(&p).as_deref() == Some(rev) => return,
+            Ok(p) => format!("injected at {:?}", injected_revision(&p)),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods in {namespace} not injected at {rev} within 60s: last {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Creates namespace `<env>-<suffix>` with `labels`, waits until its pods are injected
@@ -79,8 +113,23 @@ async fn app_namespace(
     apps: &[&str],
     ready_after: Option<&str>,
 ) -> String {
+    app_namespace_with(env, suffix, labels, rev, apps, ready_after, &[]).await
+}
+
+/// [`app_namespace`], with `never_ready` naming (app, revision) pairs: that app's pods
+/// injected at that revision never become Ready, as if its sidecar could not start
+/// there.
+async fn app_namespace_with(
+    env: &mut TestEnv,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    rev: &str,
+    apps: &[&str],
+    ready_after: Option<&str>,
+    never_ready: &[(&str, &str)],
+) -> String {
     let name = env.create_namespace(suffix, labels).await;
-    Injector::wait_until_injecting(&env.client, &name, rev).await;
+    wait_until_injected_at(&env.client, &name, rev).await;
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &name);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &name);
     for app in apps {
@@ -88,12 +137,17 @@ async fn app_namespace(
         fixture.node_selector = env.node_selector();
         fixture.exit_after_seconds = 0.2;
         let mut deployment = fixture.deployment();
-        if let Some(delay) = ready_after {
-            let template = deployment.spec.as_mut().map(|s| &mut s.template);
-            if let Some(meta) = template.and_then(|t| t.metadata.as_mut()) {
-                meta.annotations
-                    .get_or_insert_default()
-                    .insert(READY_AFTER_ANNOTATION.to_owned(), delay.to_owned());
+        let template = deployment.spec.as_mut().map(|s| &mut s.template);
+        if let Some(meta) = template.and_then(|t| t.metadata.as_mut()) {
+            let annotations = meta.annotations.get_or_insert_default();
+            if let Some(delay) = ready_after {
+                annotations.insert(READY_AFTER_ANNOTATION.to_owned(), delay.to_owned());
+            }
+            for (_, broken_at) in never_ready.iter().filter(|(a, _)| a == app) {
+                annotations.insert(
+                    NEVER_READY_AT_REVISION_ANNOTATION.to_owned(),
+                    (*broken_at).to_owned(),
+                );
             }
         }
         fixtures::apply(&deployments, &deployment)
@@ -290,10 +344,7 @@ async fn three_namespaces_move_to_a_tag_one_batch_at_a_time_within_their_budgets
     let two = app_namespace(
         &mut env,
         "two",
-        &[
-            ("istio-injection", "enabled"),
-            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
-        ],
+        &[("istio-injection", "enabled")],
         &mesh.rev_a,
         &["api", "web"],
         None,
@@ -420,7 +471,6 @@ async fn a_namespace_with_both_injection_labels_is_refused_unless_asked_to_repla
         &[
             ("istio-injection", "enabled"),
             ("istio.io/rev", &mesh.rev_b),
-            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
         ],
         &mesh.rev_a,
         &["api"],
@@ -591,17 +641,18 @@ async fn a_workload_that_never_becomes_ready_stops_the_migration_and_rolls_its_n
     let (mut env, dir, mesh) = setup("scm-broken", 3).await;
     let rev_label = [("istio.io/rev", mesh.rev_a.as_str())];
     let good = app_namespace(&mut env, "good", &rev_label, &mesh.rev_a, &["api"], None).await;
-    let bad = app_namespace(
+    // reviews's pods never become Ready at revision B.
+    let bad = app_namespace_with(
         &mut env,
         "bad",
         &rev_label,
         &mesh.rev_a,
         &["api", "reviews"],
         None,
+        &[("reviews", &mesh.rev_b)],
     )
     .await;
     let later = app_namespace(&mut env, "later", &rev_label, &mesh.rev_a, &["api"], None).await;
-    mesh.injector.break_app(&mesh.rev_b, "reviews");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
 
     let name = format!("{}-broken", env.namespace);
@@ -689,25 +740,23 @@ async fn a_stopped_migration_names_the_workload_and_the_cli_rolls_everything_bac
     let first = app_namespace(
         &mut env,
         "first",
-        &[
-            ("istio-injection", "enabled"),
-            (DEFAULT_SCOPE_LABEL, &mesh.rev_a),
-        ],
+        &[("istio-injection", "enabled")],
         &mesh.rev_a,
         &["api"],
         None,
     )
     .await;
-    let second = app_namespace(
+    // ratings's pods never become Ready at revision B.
+    let second = app_namespace_with(
         &mut env,
         "second",
         &[("istio.io/rev", &mesh.rev_a)],
         &mesh.rev_a,
         &["ratings"],
         None,
+        &[("ratings", &mesh.rev_b)],
     )
     .await;
-    mesh.injector.break_app(&mesh.rev_b, "ratings");
     let agent = agent_support::start_as_service_account(&env, dir.path(), "agent-a");
 
     let name = format!("{}-stop", env.namespace);

@@ -7,7 +7,6 @@ pub mod audit;
 pub mod fault_proxy;
 pub mod helm;
 pub mod history;
-pub mod injector;
 pub mod istio;
 pub mod prometheus;
 pub mod tls_prometheus;

@@ -9,6 +9,14 @@ use serde_json::{Value, json};
 /// Annotation (on a pod or pod template) overriding [`PodTimings::ready_after`] for that
 /// pod, as a Go duration (`"3s"`, `"250ms"`).
 pub const READY_AFTER_ANNOTATION: &str = "pod-ready.stage.kwok.x-k8s.io/delay";
+/// Annotation (on a pod template) naming an Istio revision at which the pod never becomes
+/// Ready, as if that revision's sidecar could not start for this workload: a pod whose
+/// injected sidecar (`sidecar.istio.io/status`'s `revision`) is of that revision stays
+/// Running and not Ready.
+pub const NEVER_READY_AT_REVISION_ANNOTATION: &str =
+    "local-cluster.ztunnel-rollout.dev/never-ready-at-revision";
+/// What "never" is to KWOK: ten years.
+const NEVER: &str = "87600h";
 /// Annotation overriding [`PodTimings::exit_after_seconds`] for that pod: seconds (a
 /// number, fractions allowed) the pod's process takes to exit after SIGTERM.
 pub const EXIT_AFTER_ANNOTATION: &str = "local-cluster.ztunnel-rollout.dev/exit-after-seconds";
@@ -95,6 +103,18 @@ containerStatuses:
 {{ end }}
 "#;
 
+/// The pod's ready delay (jq, for KWOK): never for a pod injected at the revision its
+/// [`NEVER_READY_AT_REVISION_ANNOTATION`] names, else its [`READY_AFTER_ANNOTATION`]
+/// (none: the stage's default).
+fn ready_expression() -> String {
+    format!(
+        "(.metadata.annotations[\"{NEVER_READY_AT_REVISION_ANNOTATION}\"] // \"\") as $broken \
+         | ((.metadata.annotations[\"sidecar.istio.io/status\"] // \"{{}}\") | fromjson | .revision // \"\") as $injected \
+         | if $broken != \"\" and $broken == $injected then \"{NEVER}\" \
+           else .metadata.annotations[\"{READY_AFTER_ANNOTATION}\"] end"
+    )
+}
+
 /// The pod stages, as KWOK `Stage` documents.
 pub fn pod_stages(timings: &PodTimings) -> Vec<Value> {
     let created = stage(
@@ -115,9 +135,7 @@ pub fn pod_stages(timings: &PodTimings) -> Vec<Value> {
         ]),
         json!({
             "durationMilliseconds": millis(timings.ready_after),
-            "durationFrom": {
-                "expressionFrom": format!(".metadata.annotations[\"{READY_AFTER_ANNOTATION}\"]"),
-            },
+            "durationFrom": { "expressionFrom": ready_expression() },
         }),
         json!({ "statusTemplate": READY_STATUS }),
     );
@@ -180,6 +198,16 @@ mod tests {
         assert_eq!(stages.len(), 3);
         assert_eq!(stages[0]["spec"]["delay"]["durationMilliseconds"], 20);
         assert_eq!(stages[1]["spec"]["delay"]["durationMilliseconds"], 3000);
+        let ready = stages[1]["spec"]["delay"]["durationFrom"]["expressionFrom"]
+            .as_str()
+            .unwrap();
+        for read in [
+            READY_AFTER_ANNOTATION,
+            NEVER_READY_AT_REVISION_ANNOTATION,
+            "sidecar.istio.io/status",
+        ] {
+            assert!(ready.contains(read), "{ready}");
+        }
         let exit = stages[2]["spec"]["delay"]["durationFrom"]["expressionFrom"]
             .as_str()
             .unwrap();
