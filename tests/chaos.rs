@@ -1017,6 +1017,14 @@ async fn trial(seed: u64) -> TrialResult {
         ));
         // The CI log is all a failed run leaves: say what the rollout waits on.
         print_stuck(&t.client, &t.rollouts).await;
+        for r in &t.replicas {
+            let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            println!("--- the last lines of {}'s log", r.identity);
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                println!("{line}");
+            }
+        }
     }
     let Trial {
         mut replicas,

@@ -18,7 +18,7 @@ use support::agent as agent_support;
 use support::history::{NodeHistory, PodDeletions};
 use support::istio::{self as istio_support, NODES};
 use support::{TestEnv, daemonset_ready, deployment_available, wait_for, wait_within};
-use ztunnel_rollout_core::labels::WAYPOINT_MANAGED_LABEL;
+use ztunnel_rollout_core::labels::{GATEWAY_NAME_LABEL, WAYPOINT_MANAGED_LABEL};
 use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 use ztunnel_rollout_testbed::fixtures::{self, Budget};
 
@@ -836,5 +836,127 @@ async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() 
             "{message}"
         );
         assert!(message.contains("pass --istiod-url"), "{message}");
+    }
+}
+
+/// What a pod spec looks like to the agent: placement (tolerations as a set, priority
+/// class, node selector keys), the first container's name, ports and readiness probe.
+fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> serde_json::Value {
+    let spec = spec.expect("a pod spec");
+    let mut tolerations: Vec<String> = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .map(|t| {
+            format!(
+                "{}:{}:{}",
+                t.key.as_deref().unwrap_or_default(),
+                t.operator.as_deref().unwrap_or("Equal"),
+                t.effect.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    tolerations.sort();
+    let container = spec.containers.first().expect("a container");
+    let mut ports: Vec<(String, i32)> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    ports.sort();
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .map(|h| (h.path.clone(), h.port.clone()));
+    json!({
+        "tolerations": tolerations,
+        "priorityClassName": spec.priority_class_name,
+        "container": container.name,
+        "ports": ports,
+        "readiness": probe,
+    })
+}
+
+/// The fixtures the other test binaries use stand for Istio's objects: where the agent
+/// reads them, they must be Istio's. Compared with what istioctl and istiod render here.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads_them() {
+    let bed = istio_support::bed();
+    let env = TestEnv::new("istio-fixtures", 0).await;
+
+    // ztunnel: the DaemonSet istioctl installed against the fixture's.
+    let istio: DaemonSet = Api::namespaced(env.client.clone(), "istio-system")
+        .get("ztunnel")
+        .await
+        .expect("Istio's ztunnel DaemonSet");
+    let fixture = fixtures::ZtunnelFixture::new("istio-system", "1.28.0").daemonset();
+    let (istio, fixture) = (
+        istio.spec.expect("spec"),
+        fixture.spec.expect("fixture spec"),
+    );
+    assert_eq!(fixture.selector, istio.selector, "the pods' selector");
+    assert_eq!(
+        fixture.update_strategy.and_then(|s| s.type_),
+        istio.update_strategy.and_then(|s| s.type_),
+        "the update strategy (Istio's values set OnDelete)"
+    );
+    assert_eq!(
+        as_the_agent_reads(fixture.template.spec.as_ref()),
+        as_the_agent_reads(istio.template.spec.as_ref()),
+        "ztunnel's pod spec"
+    );
+    let template_labels = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+        t.metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default()
+    };
+    let (fixture_labels, istio_labels) = (
+        template_labels(&fixture.template),
+        template_labels(&istio.template),
+    );
+    for key in ["app", "sidecar.istio.io/inject", "istio.io/dataplane-mode"] {
+        assert_eq!(
+            fixture_labels.get(key),
+            istio_labels.get(key),
+            "ztunnel's pod label {key}"
+        );
+    }
+
+    // A waypoint: istiod's rendering against the fixture's.
+    bed.istioctl
+        .run(&["waypoint", "apply", "--namespace", &env.namespace])
+        .await
+        .expect("istioctl waypoint apply");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let istio = wait_for(
+        &deployments,
+        "waypoint",
+        "istiod renders the waypoint",
+        |d: Option<&Deployment>| d.is_some(),
+    )
+    .await
+    .expect("the waypoint");
+    let fixture = fixtures::AppFixture::waypoint(&env.namespace, "waypoint").deployment();
+    let pod_labels = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default()
+    };
+    for key in [WAYPOINT_MANAGED_LABEL, GATEWAY_NAME_LABEL] {
+        assert_eq!(
+            fixture.labels().get(key),
+            istio.labels().get(key),
+            "the waypoint Deployment's label {key}"
+        );
+        assert_eq!(
+            pod_labels(&fixture).get(key),
+            pod_labels(&istio).get(key),
+            "the waypoint pods' label {key}"
+        );
     }
 }
