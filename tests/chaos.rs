@@ -535,12 +535,17 @@ impl Seen {
 async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
     use k8s_openapi::api::core::v1::Pod;
     println!("--- what the trial ended on");
-    for r in rollouts
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
+    // What could not be read is said, not skipped.
+    fn items<T>(what: &str, listed: Result<kube::core::ObjectList<T>, kube::Error>) -> Vec<T>
+    where
+        T: Clone,
     {
+        listed.map(|l| l.items).unwrap_or_else(|e| {
+            println!("listing {what}: {e}");
+            Vec::new()
+        })
+    }
+    for r in items("the rollouts", rollouts.list(&ListParams::default()).await) {
         let name = r.metadata.name.clone().unwrap_or_default();
         let status = r.status.unwrap_or_default();
         for c in &status.conditions {
@@ -560,7 +565,7 @@ async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await;
-    for node in nodes.map(|l| l.items).unwrap_or_default() {
+    for node in items("the nodes", nodes) {
         if !node
             .spec
             .as_ref()
@@ -571,7 +576,7 @@ async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
         }
         let name = node.metadata.name.unwrap_or_default();
         let on = ListParams::default().fields(&format!("spec.nodeName={name}"));
-        for p in pods.list(&on).await.map(|l| l.items).unwrap_or_default() {
+        for p in items(&format!("the pods on {name}"), pods.list(&on).await) {
             let status = p.status.unwrap_or_default();
             let ready = status
                 .conditions
@@ -594,12 +599,7 @@ async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
         }
     }
     let budgets: Api<PodDisruptionBudget> = Api::all(client.clone());
-    for b in budgets
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
+    for b in items("the budgets", budgets.list(&ListParams::default()).await) {
         let s = b.status.unwrap_or_default();
         println!(
             "budget {}/{}: healthy {:?} of {:?} desired, {:?} disruptions allowed, observed generation {:?}",
@@ -1016,14 +1016,17 @@ async fn trial(seed: u64) -> TrialResult {
             ),
         ));
         // The CI log is all a failed run leaves: say what the rollout waits on.
-        print_stuck(&t.client, &t.rollouts).await;
+        let read =
+            tokio::time::timeout(Duration::from_secs(20), print_stuck(&t.client, &t.rollouts));
+        if read.await.is_err() {
+            println!("--- the API server did not answer within 20 s");
+        }
         for r in &t.replicas {
-            let log = std::fs::read_to_string(&r.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
             println!("--- the last lines of {}'s log", r.identity);
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                println!("{line}");
-            }
+            println!(
+                "{}",
+                ztunnel_rollout_testbed::control_plane::tail(&r.log, 40)
+            );
         }
     }
     let Trial {

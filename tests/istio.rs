@@ -769,11 +769,14 @@ async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() 
             format!("istiod (revision {revision}) {version} from http://127.0.0.1:{port}/version");
         assert!(inventory.contains(&entry), "{entry} in {inventory}");
     }
-    for agent in [
-        "ztunnel (revision default) 1.31.",
-        "istio-cni (revision default) 1.31.",
-    ] {
-        assert!(inventory.contains(agent), "{agent} in {inventory}");
+    // istioctl stamps its own minor version on the node agents' images (the upgrade
+    // test moves them to another patch of it).
+    let build = istio_build_version();
+    let minor: Vec<&str> = build.splitn(3, '.').take(2).collect();
+    let minor = minor.join(".");
+    for agent in ["ztunnel", "istio-cni"] {
+        let entry = format!("{agent} (revision default) {minor}.");
+        assert!(inventory.contains(&entry), "{entry} in {inventory}");
     }
     assert_eq!(named(&findings, "version-skew"), [], "{inventory}");
     assert_eq!(named(&findings, "istiod-version-unread"), [], "{inventory}");
@@ -828,7 +831,14 @@ async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() 
     let (_, findings) = preflight(Vec::new()).await;
     let unread = named(&findings, "istiod-version-unread");
     let objects: Vec<&str> = unread.iter().map(|(_, o, _)| o.as_str()).collect();
-    assert_eq!(objects, ["istiod/canary", "istiod/default"], "{findings:?}");
+    assert_eq!(
+        objects,
+        [
+            "Service/istio-system/istiod",
+            "Service/istio-system/istiod-canary"
+        ],
+        "{findings:?}"
+    );
     for (severity, _, message) in &unread {
         assert_eq!(severity, "warning");
         assert!(
@@ -840,7 +850,7 @@ async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() 
 }
 
 /// What a pod spec looks like to the agent: placement (tolerations as a set, priority
-/// class, node selector keys), the first container's name, ports and readiness probe.
+/// class, node affinity), the first container's name, ports and readiness probe.
 fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> serde_json::Value {
     let spec = spec.expect("a pod spec");
     let mut tolerations: Vec<String> = spec
@@ -872,6 +882,7 @@ fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> ser
         .map(|h| (h.path.clone(), h.port.clone()));
     json!({
         "tolerations": tolerations,
+        "affinity": spec.affinity,
         "priorityClassName": spec.priority_class_name,
         "container": container.name,
         "ports": ports,
@@ -884,6 +895,7 @@ fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> ser
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads_them() {
     let bed = istio_support::bed();
+    let _serial = istio_support::serial().await;
     let env = TestEnv::new("istio-fixtures", 0).await;
 
     // ztunnel: the DaemonSet istioctl installed against the fixture's.
@@ -948,6 +960,11 @@ async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads
             .unwrap_or_default()
     };
     for key in [WAYPOINT_MANAGED_LABEL, GATEWAY_NAME_LABEL] {
+        assert!(istio.labels().contains_key(key), "istiod labels {key}");
+        assert!(
+            pod_labels(&istio).contains_key(key),
+            "istiod labels the pods {key}"
+        );
         assert_eq!(
             fixture.labels().get(key),
             istio.labels().get(key),

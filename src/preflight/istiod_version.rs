@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use ztunnel_rollout_core::preflight::versions::ControlPlane;
+use ztunnel_rollout_core::preflight::versions::{ControlPlane, DEFAULT_REVISION, revision_of};
 
 use crate::health::http_client::HttpClient;
 
@@ -19,8 +19,6 @@ use crate::health::http_client::HttpClient;
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest version answer read (istiod's is a line).
 const MAX_ANSWER: usize = 256;
-const REVISION_LABEL: &str = "istio.io/rev";
-const DEFAULT_REVISION: &str = "default";
 /// istiod's Services and Deployments, as Istio's chart labels them.
 const ISTIOD_SELECTOR: &str = "app=istiod";
 /// The Service port of istiod's monitoring server, which serves `/version`.
@@ -40,6 +38,10 @@ pub enum IstiodUrlError {
     NotAUrl(String),
     #[error("{0:?}: the revision before '=' is empty")]
     EmptyRevision(String),
+    #[error(
+        "{0:?}: name istiod's monitoring server only (scheme, host, port, path): no user, query or fragment"
+    )]
+    Extra(String),
 }
 
 impl FromStr for IstiodUrl {
@@ -54,25 +56,26 @@ impl FromStr for IstiodUrl {
         if revision.is_empty() {
             return Err(IstiodUrlError::EmptyRevision(text.to_owned()));
         }
-        let valid = (url.starts_with("http://") || url.starts_with("https://"))
-            && url
-                .split_once("//")
-                .is_some_and(|(_, host)| !host.is_empty());
-        if !valid {
+        if url.contains(['#', '?']) {
+            return Err(IstiodUrlError::Extra(text.to_owned()));
+        }
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| IstiodUrlError::NotAUrl(text.to_owned()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(IstiodUrlError::NotAUrl(text.to_owned()));
+        };
+        if !matches!(scheme, "http" | "https") || authority.host().is_empty() {
+            return Err(IstiodUrlError::NotAUrl(text.to_owned()));
+        }
+        if authority.as_str().contains('@') {
+            return Err(IstiodUrlError::Extra(text.to_owned()));
         }
         Ok(Self {
             revision: revision.to_owned(),
-            url: url.trim_end_matches('/').to_owned(),
+            url: format!("{scheme}://{authority}{}", uri.path().trim_end_matches('/')),
         })
     }
-}
-
-fn revision_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> String {
-    labels
-        .and_then(|l| l.get(REVISION_LABEL))
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_REVISION.to_owned())
 }
 
 /// Every istiod's version: those at `urls` asked there, every other revision's istiod
@@ -93,15 +96,17 @@ pub async fn istiod_versions(
                     .to_owned()
             })
             .await;
+        let object = format!("istiod/{}", u.revision);
         out.push(match asked {
             Ok(version) if !version.is_empty() => ControlPlane {
                 revision: u.revision.clone(),
+                object,
                 version: Some(version),
                 source: url,
                 unread: None,
             },
-            Ok(_) => unread(&u.revision, &url, "an empty answer".to_owned()),
-            Err(e) => unread(&u.revision, &url, e.to_string()),
+            Ok(_) => unread(&u.revision, object, &url, format!("{url}: an empty answer")),
+            Err(e) => unread(&u.revision, object, &url, e.to_string()),
         });
     }
     let selector = ListParams::default().labels(ISTIOD_SELECTOR);
@@ -110,7 +115,7 @@ pub async fn istiod_versions(
         .list(&selector)
         .await?;
     for svc in services.items {
-        let revision = revision_of(svc.metadata.labels.as_ref());
+        let revision = revision_of(svc.metadata.labels.as_ref()).to_owned();
         if out.iter().any(|c| c.revision == revision) {
             continue;
         }
@@ -127,45 +132,60 @@ pub async fn istiod_versions(
             Err(e) => Err(e.to_string()),
         };
         let source = format!("service {namespace}/{name} /version");
-        match asked.map(|v| v.trim().to_owned()) {
+        let object = format!("Service/{namespace}/{name}");
+        let why = match asked.map(|v| v.trim().to_owned()) {
             Ok(version) if !version.is_empty() && version.len() <= MAX_ANSWER => {
                 out.push(ControlPlane {
                     revision,
+                    object,
                     version: Some(version),
                     source,
                     unread: None,
                 });
+                continue;
             }
-            Ok(_) => out.push(from_image(
-                &deployments.items,
-                &namespace,
-                &revision,
-                &source,
-                "an empty or oversized answer".to_owned(),
-            )),
-            Err(why) => out.push(from_image(
-                &deployments.items,
-                &namespace,
-                &revision,
-                &source,
-                why,
-            )),
-        }
+            Ok(_) => "an empty or oversized answer".to_owned(),
+            Err(why) => why,
+        };
+        let why = format!(
+            "{source}: {why} (for an istiod the API server cannot reach, pass --istiod-url {revision}=URL)"
+        );
+        out.push(from_image(
+            &deployments.items,
+            (&namespace, &revision),
+            object,
+            &source,
+            why,
+        ));
     }
     Ok(out)
 }
 
-/// The API server's refusal in a few words (its status line, not the error's chain).
+/// How much of a refusal's message is shown: through the service proxy it may be the
+/// pod's own answer, which is not trusted to be short or harmless.
+const MESSAGE_SHOWN: usize = 120;
+
+/// The refusal in a few words: its status code and the start of its message, printable
+/// characters only (not the error's chain).
 fn short(e: kube::Error) -> String {
     match e {
-        kube::Error::Api(status) => format!("HTTP {}: {}", status.code, status.message),
+        kube::Error::Api(status) => {
+            let message: String = status
+                .message
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MESSAGE_SHOWN)
+                .collect();
+            format!("HTTP {}: {message}", status.code)
+        }
         other => other.to_string(),
     }
 }
 
-fn unread(revision: &str, source: &str, why: String) -> ControlPlane {
+fn unread(revision: &str, object: String, source: &str, why: String) -> ControlPlane {
     ControlPlane {
         revision: revision.to_owned(),
+        object,
         version: None,
         source: source.to_owned(),
         unread: Some(why),
@@ -175,8 +195,8 @@ fn unread(revision: &str, source: &str, why: String) -> ControlPlane {
 /// The revision's istiod Deployment's image tag, for an istiod that did not answer.
 fn from_image(
     deployments: &[Deployment],
-    namespace: &str,
-    revision: &str,
+    (namespace, revision): (&str, &str),
+    object: String,
     asked: &str,
     why: String,
 ) -> ControlPlane {
@@ -201,11 +221,12 @@ fn from_image(
     match (tag, &image) {
         (Some(tag), Some(image)) => ControlPlane {
             revision: revision.to_owned(),
+            object,
             version: Some(tag.to_owned()),
             source: format!("image {image}"),
-            unread: Some(format!("{asked}: {why}")),
+            unread: Some(why),
         },
-        _ => unread(revision, asked, why),
+        _ => unread(revision, object, asked, why),
     }
 }
 
@@ -237,11 +258,25 @@ mod tests {
             "=http://x".parse::<IstiodUrl>(),
             Err(IstiodUrlError::EmptyRevision("=http://x".into()))
         );
+        for refused in [
+            "http://istiod:15014/?a=b",
+            "http://istiod:15014/#x",
+            "canary=http://user:secret@istiod:15014",
+        ] {
+            assert_eq!(
+                refused.parse::<IstiodUrl>(),
+                Err(IstiodUrlError::Extra(refused.into()))
+            );
+        }
         assert_eq!(
-            "http://istiod:15014/?a=b"
+            "ftp://istiod:15014".parse::<IstiodUrl>(),
+            Err(IstiodUrlError::NotAUrl("ftp://istiod:15014".into()))
+        );
+        assert_eq!(
+            "https://istiod.example:15014/base/"
                 .parse::<IstiodUrl>()
-                .map(|u| u.revision),
-            Ok("default".into())
+                .map(|u| u.url),
+            Ok("https://istiod.example:15014/base".into())
         );
         assert_eq!(
             "canary=http://".parse::<IstiodUrl>(),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use ztunnel_rollout_core::labels::SIDECAR_STATUS_ANNOTATION;
 
 /// Annotation (on a pod or pod template) overriding [`PodTimings::ready_after`] for that
 /// pod, as a Go duration (`"3s"`, `"250ms"`).
@@ -12,7 +13,7 @@ pub const READY_AFTER_ANNOTATION: &str = "pod-ready.stage.kwok.x-k8s.io/delay";
 /// Annotation (on a pod template) naming an Istio revision at which the pod never becomes
 /// Ready, as if that revision's sidecar could not start for this workload: a pod whose
 /// injected sidecar (`sidecar.istio.io/status`'s `revision`) is of that revision stays
-/// Running and not Ready.
+/// Pending with its containers created, never Running and Ready.
 pub const NEVER_READY_AT_REVISION_ANNOTATION: &str =
     "local-cluster.ztunnel-rollout.dev/never-ready-at-revision";
 /// What "never" is to KWOK: ten years.
@@ -109,7 +110,8 @@ containerStatuses:
 fn ready_expression() -> String {
     format!(
         "(.metadata.annotations[\"{NEVER_READY_AT_REVISION_ANNOTATION}\"] // \"\") as $broken \
-         | ((.metadata.annotations[\"sidecar.istio.io/status\"] // \"{{}}\") | fromjson | .revision // \"\") as $injected \
+         | ((.metadata.annotations[\"{SIDECAR_STATUS_ANNOTATION}\"] // \"{{}}\") \
+            | (try fromjson catch {{}}) | .revision // \"\") as $injected \
          | if $broken != \"\" and $broken == $injected then \"{NEVER}\" \
            else .metadata.annotations[\"{READY_AFTER_ANNOTATION}\"] end"
     )
@@ -204,7 +206,7 @@ mod tests {
         for read in [
             READY_AFTER_ANNOTATION,
             NEVER_READY_AT_REVISION_ANNOTATION,
-            "sidecar.istio.io/status",
+            SIDECAR_STATUS_ANNOTATION,
         ] {
             assert!(ready.contains(read), "{ready}");
         }

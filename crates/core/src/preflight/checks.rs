@@ -875,6 +875,7 @@ mod tests {
         // istiod reports 1.30: two minor versions ahead of ztunnel's 1.28.
         s.control_planes = vec![crate::preflight::versions::ControlPlane {
             revision: "default".into(),
+            object: "Service/istio-system/istiod".into(),
             version: Some("1.30.1-abc-Clean".into()),
             source: "http://istiod:15014/version".into(),
             unread: None,

@@ -7,24 +7,29 @@
 //! say so. The node agents' versions are their DaemonSets' image tags: what every node
 //! runs once the rollout is done. Pure: the shell reads, this judges.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
 
 use super::checks::{Finding, Severity};
+use crate::labels::REVISION_LABEL;
 
-/// Where the revision label of Istio's objects lives, and the revision without one.
-const REVISION_LABEL: &str = "istio.io/rev";
-const DEFAULT_REVISION: &str = "default";
+/// The revision of Istio's objects without an `istio.io/rev` label.
+pub const DEFAULT_REVISION: &str = "default";
 
 /// One istiod, as the shell found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlane {
     /// The revision it serves (`default` when it has none).
     pub revision: String,
+    /// What findings about it name: its Service (`Service/NAMESPACE/NAME`), or
+    /// `istiod/REVISION` for one given by URL.
+    pub object: String,
     /// What it reported, e.g. `1.31.0-dev-eed52eb-Clean`, or its image's tag.
     pub version: Option<String>,
     /// Where `version` came from: `http://…/version`, or `image <ref>`.
     pub source: String,
-    /// Why istiod's own endpoint could not be read, when the image stood in.
+    /// Why istiod's own endpoint could not be read (and what to do about it).
     pub unread: Option<String>,
 }
 
@@ -60,6 +65,8 @@ pub enum Skew {
     AgentAhead,
     /// istiod is more than one minor version ahead of the agent.
     AgentTooFarBehind { minors: u32 },
+    /// istiod is of a later major version.
+    MajorVersionBehind,
 }
 
 pub fn skew(istiod: Minor, agent: Minor) -> Skew {
@@ -67,8 +74,7 @@ pub fn skew(istiod: Minor, agent: Minor) -> Skew {
         return Skew::AgentAhead;
     }
     if istiod.major != agent.major {
-        // Istio has had one major version; a change of it is beyond any policy.
-        return Skew::AgentTooFarBehind { minors: u32::MAX };
+        return Skew::MajorVersionBehind;
     }
     match istiod.minor - agent.minor {
         0 | 1 => Skew::Supported,
@@ -82,10 +88,9 @@ pub struct Agent<'a> {
     pub daemon_set: &'a DaemonSet,
 }
 
-fn revision_of(ds: &DaemonSet) -> &str {
-    ds.metadata
-        .labels
-        .as_ref()
+/// The revision an object's `istio.io/rev` label names (`default` without one).
+pub fn revision_of(labels: Option<&BTreeMap<String, String>>) -> &str {
+    labels
         .and_then(|l| l.get(REVISION_LABEL))
         .map_or(DEFAULT_REVISION, String::as_str)
 }
@@ -98,11 +103,13 @@ fn image_of(ds: &DaemonSet) -> Option<&str> {
         .and_then(|c| c.image.as_deref())
 }
 
-/// The tag of an image reference (`1.28.0-distroless` of `docker.io/istio/ztunnel:…`).
+/// The tag of an image reference (`1.28.0-distroless` of `docker.io/istio/ztunnel:…`);
+/// `None` for a reference by digest alone.
 pub fn image_tag(image: &str) -> Option<&str> {
-    let last = image.rsplit('/').next()?;
+    let without_digest = image.split('@').next()?;
+    let last = without_digest.rsplit('/').next()?;
     let (_, tag) = last.split_once(':')?;
-    Some(tag.split('@').next().unwrap_or(tag))
+    Some(tag)
 }
 
 fn ds_key(ds: &DaemonSet) -> String {
@@ -113,14 +120,26 @@ fn ds_key(ds: &DaemonSet) -> String {
     )
 }
 
-/// The findings: every version and where it came from (`versions`, info); an istiod
-/// whose own version could not be read (`istiod-version-unread`, warning); each agent
-/// against the istiod of its revision — or every istiod when none serves it — outside
-/// the policy (`version-skew`, error).
+fn warning(check: &'static str, object: String, message: String) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        check,
+        object,
+        message,
+    }
+}
+
+/// The findings:
+/// - every version and where it came from (`versions`, info);
+/// - an istiod whose own version could not be read (`istiod-version-unread`, warning);
+/// - a version that is not one (`version-unknown`, warning: not judged);
+/// - each agent against the istiod of its revision — or every istiod when none serves
+///   it — outside the policy (`version-skew`, error).
 pub fn findings(control_planes: &[ControlPlane], agents: &[Agent<'_>]) -> Vec<Finding> {
     let mut out = Vec::new();
     if control_planes.is_empty() {
-        // Nothing to judge against (a cluster without istiod has other findings).
+        // No istiod to judge against (a cluster without one has other problems; an
+        // istiod outside the cluster is named with --istiod-url).
         return out;
     }
     let mut inventory: Vec<String> = control_planes
@@ -138,7 +157,7 @@ pub fn findings(control_planes: &[ControlPlane], agents: &[Agent<'_>]) -> Vec<Fi
         format!(
             "{} (revision {}) {} from its image",
             a.component,
-            revision_of(a.daemon_set),
+            revision_of(a.daemon_set.metadata.labels.as_ref()),
             image_of(a.daemon_set)
                 .and_then(image_tag)
                 .unwrap_or("unknown")
@@ -152,20 +171,28 @@ pub fn findings(control_planes: &[ControlPlane], agents: &[Agent<'_>]) -> Vec<Fi
     });
     for c in control_planes {
         if let Some(why) = &c.unread {
-            out.push(Finding {
-                severity: Severity::Warning,
-                check: "istiod-version-unread",
-                object: format!("istiod/{}", c.revision),
-                message: format!(
-                    "istiod (revision {}) did not report its version ({why}): {}; pass --istiod-url {}=URL for an istiod the API server cannot reach",
+            out.push(warning(
+                "istiod-version-unread",
+                c.object.clone(),
+                format!(
+                    "istiod (revision {}) did not report its version: {why}; {}",
                     c.revision,
                     match &c.version {
                         Some(_) => format!("the skew check uses its {} instead", c.source),
                         None => "its skew is not judged".to_owned(),
                     },
-                    c.revision
                 ),
-            });
+            ));
+        }
+        if let Some(v) = c.version.as_deref().filter(|v| minor(v).is_none()) {
+            out.push(warning(
+                "version-unknown",
+                c.object.clone(),
+                format!(
+                    "istiod (revision {})'s version {v:?} (from {}) is not a version: the node agents are not judged against it",
+                    c.revision, c.source
+                ),
+            ));
         }
     }
     for a in agents {
@@ -173,53 +200,56 @@ pub fn findings(control_planes: &[ControlPlane], agents: &[Agent<'_>]) -> Vec<Fi
             continue;
         };
         let Some(agent_minor) = minor(tag) else {
-            out.push(Finding {
-                severity: Severity::Warning,
-                check: "version-skew",
-                object: ds_key(a.daemon_set),
-                message: format!(
-                    "{}'s image tag {tag} is not a version: its skew against istiod cannot be judged",
+            out.push(warning(
+                "version-unknown",
+                ds_key(a.daemon_set),
+                format!(
+                    "{}'s image tag {tag} is not a version: its skew against istiod is not judged",
                     a.component
                 ),
-            });
+            ));
             continue;
         };
-        let revision = revision_of(a.daemon_set);
+        let revision = revision_of(a.daemon_set.metadata.labels.as_ref());
         let serving: Vec<&ControlPlane> = control_planes
             .iter()
             .filter(|c| c.revision == revision)
             .collect();
-        let against = if serving.is_empty() {
-            control_planes.iter().collect()
+        let (against, unserved) = if serving.is_empty() {
+            (control_planes.iter().collect(), true)
         } else {
-            serving
+            (serving, false)
         };
         for c in against {
             let Some(istiod_minor) = c.version.as_deref().and_then(minor) else {
                 continue;
             };
-            let problem = match skew(istiod_minor, agent_minor) {
+            let istiod = format!(
+                "istiod {} (revision {}, from {})",
+                c.version.as_deref().unwrap_or_default(),
+                c.revision,
+                c.source
+            );
+            let mut problem = match skew(istiod_minor, agent_minor) {
                 Skew::Supported => continue,
                 Skew::AgentAhead => format!(
-                    "{} {tag} is newer than istiod {} (revision {}, from {}): Istio supports node agents at istiod's version or one minor version behind it; upgrade istiod first",
-                    a.component,
-                    c.version.as_deref().unwrap_or_default(),
-                    c.revision,
-                    c.source
+                    "{} {tag} is newer than {istiod}: Istio supports node agents at istiod's version or one minor version behind it; upgrade istiod first",
+                    a.component
                 ),
                 Skew::AgentTooFarBehind { minors } => format!(
-                    "{} {tag} is {} behind istiod {} (revision {}, from {}): Istio supports node agents at most one minor version behind istiod; upgrade one minor version at a time",
-                    a.component,
-                    if minors == u32::MAX {
-                        "a major version".to_owned()
-                    } else {
-                        format!("{minors} minor versions")
-                    },
-                    c.version.as_deref().unwrap_or_default(),
-                    c.revision,
-                    c.source
+                    "{} {tag} is {minors} minor versions behind {istiod}: Istio supports node agents at most one minor version behind istiod; upgrade one minor version at a time",
+                    a.component
+                ),
+                Skew::MajorVersionBehind => format!(
+                    "{} {tag} is a major version behind {istiod}: beyond Istio's support policy",
+                    a.component
                 ),
             };
+            if unserved {
+                problem.push_str(&format!(
+                    " (no istiod serves its revision {revision}: it is judged against every istiod)"
+                ));
+            }
             out.push(Finding {
                 severity: Severity::Error,
                 check: "version-skew",
@@ -253,10 +283,22 @@ mod tests {
     fn istiod(revision: &str, version: &str) -> ControlPlane {
         ControlPlane {
             revision: revision.to_owned(),
+            object: format!("istiod/{revision}"),
             version: Some(version.to_owned()),
             source: "http://127.0.0.1:15014/version".to_owned(),
             unread: None,
         }
+    }
+
+    /// The findings of ztunnel's DaemonSet `ds` against `planes`.
+    fn ztunnel_findings(planes: &[ControlPlane], ds: &DaemonSet) -> Vec<Finding> {
+        findings(
+            planes,
+            &[Agent {
+                component: "ztunnel",
+                daemon_set: ds,
+            }],
+        )
     }
 
     fn checks(findings: &[Finding]) -> Vec<(Severity, &'static str, &str)> {
@@ -295,7 +337,7 @@ mod tests {
         assert_eq!(skew(v(30), v(31)), Skew::AgentAhead);
         assert_eq!(
             skew(Minor { major: 2, minor: 0 }, v(30)),
-            Skew::AgentTooFarBehind { minors: u32::MAX }
+            Skew::MajorVersionBehind
         );
     }
 
@@ -354,13 +396,7 @@ mod tests {
             "docker.io/istio/ztunnel:1.29.2-distroless",
             Some("canary"),
         );
-        let found = findings(
-            &planes,
-            &[Agent {
-                component: "ztunnel",
-                daemon_set: &canary,
-            }],
-        );
+        let found = ztunnel_findings(&planes, &canary);
         assert_eq!(checks(&found), [(Severity::Info, "versions", "Istio")]);
     }
 
@@ -368,13 +404,7 @@ mod tests {
     fn an_agent_of_a_revision_no_istiod_serves_is_judged_against_every_istiod() {
         let ztunnel = daemon_set("ztunnel", "istio/ztunnel:1.30.1", Some("gone"));
         let planes = [istiod("default", "1.31.0"), istiod("canary", "1.32.0")];
-        let found = findings(
-            &planes,
-            &[Agent {
-                component: "ztunnel",
-                daemon_set: &ztunnel,
-            }],
-        );
+        let found = ztunnel_findings(&planes, &ztunnel);
         assert_eq!(
             checks(&found),
             [
@@ -387,6 +417,13 @@ mod tests {
             ]
         );
         assert!(found[1].message.contains("revision canary"));
+        assert!(
+            found[1]
+                .message
+                .contains("no istiod serves its revision gone: it is judged against every istiod"),
+            "{}",
+            found[1].message
+        );
     }
 
     #[test]
@@ -394,22 +431,21 @@ mod tests {
         let ztunnel = daemon_set("ztunnel", "istio/ztunnel:1.28.0", None);
         let planes = [ControlPlane {
             revision: "default".to_owned(),
+            object: "Service/istio-system/istiod".to_owned(),
             version: Some("1.30.1".to_owned()),
             source: "image docker.io/istio/pilot:1.30.1".to_owned(),
             unread: Some("connection refused".to_owned()),
         }];
-        let found = findings(
-            &planes,
-            &[Agent {
-                component: "ztunnel",
-                daemon_set: &ztunnel,
-            }],
-        );
+        let found = ztunnel_findings(&planes, &ztunnel);
         assert_eq!(
             checks(&found),
             [
                 (Severity::Info, "versions", "Istio"),
-                (Severity::Warning, "istiod-version-unread", "istiod/default"),
+                (
+                    Severity::Warning,
+                    "istiod-version-unread",
+                    "Service/istio-system/istiod"
+                ),
                 (
                     Severity::Error,
                     "version-skew",
@@ -426,39 +462,51 @@ mod tests {
     }
 
     #[test]
-    fn tags_that_are_not_versions_are_named_not_judged() {
-        let ztunnel = daemon_set("ztunnel", "istio/ztunnel:latest", None);
-        let found = findings(
-            &[istiod("default", "1.31.0")],
-            &[Agent {
-                component: "ztunnel",
-                daemon_set: &ztunnel,
-            }],
-        );
+    fn what_is_not_a_version_is_named_not_judged() {
+        let latest = daemon_set("ztunnel", "istio/ztunnel:latest", None);
+        let found = ztunnel_findings(&[istiod("default", "1.31.0")], &latest);
         assert_eq!(
             checks(&found),
             [
                 (Severity::Info, "versions", "Istio"),
                 (
                     Severity::Warning,
-                    "version-skew",
+                    "version-unknown",
                     "DaemonSet/istio-system/ztunnel"
                 ),
             ]
         );
-        // An istiod whose version is unknown judges nothing.
-        let unknown = ControlPlane {
+        // An image by digest alone has no tag: nothing to judge, and no version named.
+        let pinned = daemon_set("ztunnel", "istio/ztunnel@sha256:0123abcd", None);
+        assert_eq!(image_tag("istio/ztunnel@sha256:0123abcd"), None);
+        assert_eq!(
+            image_tag("istio/ztunnel:1.28.0@sha256:0123abcd"),
+            Some("1.28.0")
+        );
+        let found = ztunnel_findings(&[istiod("default", "1.31.0")], &pinned);
+        assert_eq!(checks(&found), [(Severity::Info, "versions", "Istio")]);
+        // An istiod answering something that is not a version is named, and judges
+        // nothing; one that did not answer at all judges nothing either.
+        let old = daemon_set("ztunnel", "istio/ztunnel:1.20.0", None);
+        let found = ztunnel_findings(&[istiod("default", "unknown-build")], &old);
+        assert_eq!(
+            checks(&found),
+            [
+                (Severity::Info, "versions", "Istio"),
+                (Severity::Warning, "version-unknown", "istiod/default"),
+            ]
+        );
+        let silent = ControlPlane {
             version: None,
             ..istiod("default", "")
         };
-        let ztunnel = daemon_set("ztunnel", "istio/ztunnel:1.20.0", None);
-        let found = findings(
-            &[unknown],
-            &[Agent {
-                component: "ztunnel",
-                daemon_set: &ztunnel,
-            }],
-        );
+        let found = ztunnel_findings(&[silent], &old);
         assert_eq!(checks(&found), [(Severity::Info, "versions", "Istio")]);
+    }
+
+    #[test]
+    fn without_an_istiod_nothing_is_judged() {
+        let ztunnel = daemon_set("ztunnel", "istio/ztunnel:1.28.0", None);
+        assert_eq!(ztunnel_findings(&[], &ztunnel), []);
     }
 }
