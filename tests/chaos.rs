@@ -561,42 +561,46 @@ async fn print_stuck(client: &Client, rollouts: &Api<ZtunnelRollout>) {
             );
         }
     }
-    let pods: Api<Pod> = Api::all(client.clone());
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await;
-    for node in items("the nodes", nodes) {
-        if !node
+    let cordoned: BTreeSet<String> = items("the nodes", nodes)
+        .into_iter()
+        .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    // One list of every pod, read for the cordoned nodes.
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await;
+    for p in items("the pods", pods) {
+        let Some(name) = p
             .spec
             .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
-        {
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| cordoned.contains(n))
+        else {
             continue;
-        }
-        let name = node.metadata.name.unwrap_or_default();
-        let on = ListParams::default().fields(&format!("spec.nodeName={name}"));
-        for p in items(&format!("the pods on {name}"), pods.list(&on).await) {
-            let status = p.status.unwrap_or_default();
-            let ready = status
-                .conditions
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.type_ == "Ready")
-                .map_or_else(
-                    || "no Ready condition".to_owned(),
-                    |c| format!("Ready={}", c.status),
-                );
-            println!(
-                "node {name} (unschedulable): pod {}/{} {} {ready}{}",
-                p.metadata.namespace.unwrap_or_default(),
-                p.metadata.name.unwrap_or_default(),
-                status.phase.unwrap_or_default(),
-                p.metadata
-                    .deletion_timestamp
-                    .map_or_else(String::new, |t| format!(" deleting since {}", t.0)),
+        };
+        let status = p.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .map_or_else(
+                || "no Ready condition".to_owned(),
+                |c| format!("Ready={}", c.status),
             );
-        }
+        println!(
+            "node {name} (unschedulable): pod {}/{} {} {ready}{}",
+            p.metadata.namespace.unwrap_or_default(),
+            p.metadata.name.unwrap_or_default(),
+            status.phase.unwrap_or_default(),
+            p.metadata
+                .deletion_timestamp
+                .map_or_else(String::new, |t| format!(" deleting since {}", t.0)),
+        );
     }
     let budgets: Api<PodDisruptionBudget> = Api::all(client.clone());
     for b in items("the budgets", budgets.list(&ListParams::default()).await) {

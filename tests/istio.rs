@@ -183,19 +183,8 @@ async fn an_istioctl_upgrade_of_ztunnel_and_istio_cni_completes_once_the_agent_r
     support::grant_ztunnel_role(&env.client, "istio-system").await;
 
     // A waypoint rendered by istiod's own controller, and an application under a PDB.
-    bed.istioctl
-        .run(&["waypoint", "apply", "--namespace", &env.namespace])
-        .await
-        .expect("istioctl waypoint apply");
+    let waypoint = istiod_waypoint(&env, deployment_available(1)).await;
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    let waypoint = wait_for(
-        &deployments,
-        "waypoint",
-        "istiod renders the waypoint",
-        deployment_available(1),
-    )
-    .await
-    .expect("the waypoint");
     assert_eq!(
         waypoint
             .labels()
@@ -849,6 +838,37 @@ async fn preflight_judges_the_node_agents_against_the_versions_istiod_reports() 
     }
 }
 
+/// `istioctl waypoint apply` in the env's namespace, and the Deployment istiod renders
+/// for it once `ready` holds.
+async fn istiod_waypoint(
+    env: &TestEnv,
+    ready: impl kube::runtime::wait::Condition<Deployment>,
+) -> Deployment {
+    istio_support::bed()
+        .istioctl
+        .run(&["waypoint", "apply", "--namespace", &env.namespace])
+        .await
+        .expect("istioctl waypoint apply");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait_for(
+        &deployments,
+        "waypoint",
+        "istiod renders the waypoint",
+        ready,
+    )
+    .await
+    .expect("the waypoint")
+}
+
+/// A pod template's labels (none without one).
+fn template_labels(
+    t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> std::collections::BTreeMap<String, String> {
+    t.and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
 /// What a pod spec looks like to the agent: placement (tolerations as a set, priority
 /// class, node affinity), the first container's name, ports and readiness probe.
 fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> serde_json::Value {
@@ -894,7 +914,7 @@ fn as_the_agent_reads(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> ser
 /// reads them, they must be Istio's. Compared with what istioctl and istiod render here.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads_them() {
-    let bed = istio_support::bed();
+    istio_support::bed();
     let _serial = istio_support::serial().await;
     let env = TestEnv::new("istio-fixtures", 0).await;
 
@@ -919,15 +939,9 @@ async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads
         as_the_agent_reads(istio.template.spec.as_ref()),
         "ztunnel's pod spec"
     );
-    let template_labels = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
-        t.metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default()
-    };
     let (fixture_labels, istio_labels) = (
-        template_labels(&fixture.template),
-        template_labels(&istio.template),
+        template_labels(Some(&fixture.template)),
+        template_labels(Some(&istio.template)),
     );
     for key in ["app", "sidecar.istio.io/inject", "istio.io/dataplane-mode"] {
         assert_eq!(
@@ -938,27 +952,9 @@ async fn the_fixtures_other_tests_use_match_istios_objects_where_the_agent_reads
     }
 
     // A waypoint: istiod's rendering against the fixture's.
-    bed.istioctl
-        .run(&["waypoint", "apply", "--namespace", &env.namespace])
-        .await
-        .expect("istioctl waypoint apply");
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    let istio = wait_for(
-        &deployments,
-        "waypoint",
-        "istiod renders the waypoint",
-        |d: Option<&Deployment>| d.is_some(),
-    )
-    .await
-    .expect("the waypoint");
+    let istio = istiod_waypoint(&env, |d: Option<&Deployment>| d.is_some()).await;
     let fixture = fixtures::AppFixture::waypoint(&env.namespace, "waypoint").deployment();
-    let pod_labels = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default()
-    };
+    let pod_labels = |d: &Deployment| template_labels(d.spec.as_ref().map(|s| &s.template));
     for key in [WAYPOINT_MANAGED_LABEL, GATEWAY_NAME_LABEL] {
         assert!(istio.labels().contains_key(key), "istiod labels {key}");
         assert!(

@@ -11,7 +11,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use ztunnel_rollout_core::preflight::versions::{ControlPlane, DEFAULT_REVISION, revision_of};
+use ztunnel_rollout_core::preflight::versions::{
+    ControlPlane, DEFAULT_REVISION, first_image, image_tag, revision_of,
+};
 
 use crate::health::http_client::HttpClient;
 
@@ -204,21 +206,9 @@ fn from_image(
         .iter()
         .filter(|d| d.metadata.namespace.as_deref() == Some(namespace))
         .filter(|d| revision_of(d.metadata.labels.as_ref()) == revision)
-        .find_map(|d| {
-            d.spec
-                .as_ref()?
-                .template
-                .spec
-                .as_ref()?
-                .containers
-                .first()?
-                .image
-                .clone()
-        });
-    let tag = image
-        .as_deref()
-        .and_then(ztunnel_rollout_core::preflight::versions::image_tag);
-    match (tag, &image) {
+        .find_map(|d| first_image(&d.spec.as_ref()?.template));
+    let tag = image.and_then(image_tag);
+    match (tag, image) {
         (Some(tag), Some(image)) => ControlPlane {
             revision: revision.to_owned(),
             object,

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use super::checks::{Finding, Severity};
 use crate::labels::REVISION_LABEL;
@@ -95,12 +96,13 @@ pub fn revision_of(labels: Option<&BTreeMap<String, String>>) -> &str {
         .map_or(DEFAULT_REVISION, String::as_str)
 }
 
+/// The image of a pod template's first container (Istio's own containers come first).
+pub fn first_image(template: &PodTemplateSpec) -> Option<&str> {
+    template.spec.as_ref()?.containers.first()?.image.as_deref()
+}
+
 fn image_of(ds: &DaemonSet) -> Option<&str> {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.as_deref())
+    first_image(&ds.spec.as_ref()?.template)
 }
 
 /// The tag of an image reference (`1.28.0-distroless` of `docker.io/istio/ztunnel:…`);
