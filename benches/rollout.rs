@@ -3,7 +3,9 @@
 //! which the leader is killed mid-way. Prints a table per run of what was measured: total time
 //! against the critical-path lower bound implied by the simulated (KWOK) delays,
 //! per-phase node durations, reaction latency, evictions per pod, API requests (from the
-//! API server's audit log), the agent's peak memory and CPU, and the status size.
+//! API server's audit log), the agent's peak memory and CPU, the status size, and the
+//! critical path read from the audit log: the chain of nodes that set the run's length
+//! and the tool's part of it (`ztunnel_rollout_testbed::critical_path`).
 //!
 //! Run: `cargo bench --bench rollout` (after e2e/build-control-plane.sh), or every
 //! scenario of BENCHMARKS.md with `e2e/bench.sh`. Settings (environment):
@@ -44,6 +46,7 @@ use ztunnel_rollout::api::ZtunnelRollout;
 use ztunnel_rollout_core::rollout::planner::{self, MaxUnavailable, NodeObservation, WavePolicy};
 use ztunnel_rollout_core::rollout::settings::max_unavailable;
 use ztunnel_rollout_testbed::control_plane::client_for;
+use ztunnel_rollout_testbed::critical_path;
 use ztunnel_rollout_testbed::fixtures::{
     self, AppFixture, Budget, NODE_SET_LABEL, ZONE_LABEL, ZtunnelFixture,
 };
@@ -547,6 +550,66 @@ fn per_node(
     table.push((format!("{row}: {label} (p50 / p95 / max)"), spread(values)));
 }
 
+/// The tool's share of the run, from the audit log (`critical_path`): the critical
+/// path's length and the tool's seconds along it by step, and each step's spread over
+/// all nodes.
+fn critical_path(
+    numbers: &mut serde_json::Map<String, serde_json::Value>,
+    table: &mut Vec<(String, String)>,
+    audit_log: &Path,
+    offset: u64,
+    tool: &str,
+    started: Timestamp,
+) {
+    use std::io::{BufReader, Seek, SeekFrom};
+    let mut file = std::fs::File::open(audit_log).expect("audit log");
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    let events = ztunnel_rollout_testbed::invariants::audit::read_events(BufReader::new(file))
+        .expect("audit events");
+    let analysis = critical_path::analyse(&events, tool, TAG, started);
+    let path = analysis
+        .path
+        .expect("the audit log shows no node going from cordon to uncordon");
+    let tool_seconds = path.tool_seconds();
+    let parts: Vec<String> = critical_path::STEPS
+        .iter()
+        .zip(path.tool_by_step)
+        .map(|(step, s)| format!("{step} {s:.1} s"))
+        .collect();
+    table.push((
+        "critical path (audit log): nodes, start → last uncordon, the tool's part".into(),
+        format!(
+            "{} nodes, {:.1} s; the tool's {tool_seconds:.1} s ({:.1} %): {}",
+            path.nodes.len(),
+            path.seconds,
+            100.0 * tool_seconds / path.seconds,
+            parts.join(", ")
+        ),
+    ));
+    numbers.insert("path_nodes".into(), path.nodes.len().into());
+    numbers.insert("path_seconds".into(), path.seconds.into());
+    numbers.insert("path_tool_seconds".into(), tool_seconds.into());
+    numbers.insert(
+        "path_tool_share".into(),
+        (tool_seconds / path.seconds).into(),
+    );
+    for (i, step) in critical_path::STEPS.iter().enumerate() {
+        numbers.insert(
+            format!("path_tool_{}_seconds", slug(step)),
+            path.tool_by_step[i].into(),
+        );
+        let values = analysis.tool_by_node.iter().map(|n| n[i]).collect();
+        per_node(
+            numbers,
+            table,
+            "tool",
+            "the tool's time per node",
+            step,
+            values,
+        );
+    }
+}
+
 /// A label as a result file's key: lowercase words joined by `_`.
 fn slug(label: &str) -> String {
     label
@@ -669,7 +732,9 @@ async fn run(p: &Params) -> Run {
     let budget = budget(p);
     let cluster = support::start_supervisor(
         "bench-rollout",
-        &["--audit-log", "--pod-exit-after-seconds", "1"],
+        // The invariants' audit policy keeps the bodies of node, pod, pod-status, eviction
+        // and budget writes: the critical path's steps are read from them.
+        &["--audit-invariants", TAG, "--pod-exit-after-seconds", "1"],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = PathBuf::from(cluster.ready["kubeconfig"].as_str().expect("kubeconfig"));
@@ -697,6 +762,7 @@ async fn run(p: &Params) -> Run {
 
     let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
+    let started_at = Timestamp::now();
     let mut agents: Vec<Agent> = Vec::new();
     let mut user_agent = "ztunnel-rollout/";
     let mut runbook_lines = String::new();
@@ -940,6 +1006,14 @@ async fn run(p: &Params) -> Run {
     ] {
         numbers.insert(key.into(), value);
     }
+    critical_path(
+        &mut numbers,
+        &mut table,
+        &audit_log,
+        offset,
+        user_agent,
+        started_at,
+    );
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
     let latency: Vec<f64> = {
         let r = reactions.lock().expect("lock");

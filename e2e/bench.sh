@@ -20,6 +20,9 @@
 #   scale-1000-resident  scale-1000-light plus 18,000 pods that stay on 1,000 other nodes
 #   scale-1000-gates   scale-1000-light with the health gates on (ztunnel metrics, a PromQL query)
 #
+# Every rollout run also reads the audit log for the critical path: the chain of nodes
+# that set the run's length, and the tool's part of it (crates/testbed critical_path).
+#
 # --runs N overrides every scenario's number of runs (rounds, for drain). Simulated
 # delays are KWOK stages (benches/rollout.rs): application pods exit 1 s after SIGTERM,
 # ztunnel pods exit in 1 s, new ones are created in 0.1 s and Ready in 1 s.

@@ -6,6 +6,7 @@
 pub mod binaries;
 pub mod control_plane;
 pub mod control_socket;
+pub mod critical_path;
 pub mod fixtures;
 pub mod invariants;
 pub mod istio;

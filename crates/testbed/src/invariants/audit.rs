@@ -19,6 +19,9 @@ pub struct AuditEvent {
     pub user: String,
     /// The client's address as the API server saw it (the first of `sourceIPs`).
     pub source_ip: String,
+    /// The client's own name for itself (`userAgent`; e.g. `kubectl/v1.36.3 …`): it
+    /// tells apart clients that share a user, as a benchmark's tool and its harness do.
+    pub user_agent: String,
     pub verb: String,
     pub group: String,
     pub resource: String,
@@ -119,6 +122,7 @@ fn parse(ev: &Value) -> Result<AuditEvent, AuditLogError> {
             .or_else(|| text(&ev["user"]["username"]))
             .unwrap_or_default(),
         source_ip: text(&ev["sourceIPs"][0]).unwrap_or_default(),
+        user_agent: text(&ev["userAgent"]).unwrap_or_default(),
         verb: text(&ev["verb"]).unwrap_or_default(),
         group: text(&object["apiGroup"]).unwrap_or_default(),
         resource: text(&object["resource"]).unwrap_or_default(),
@@ -137,7 +141,7 @@ fn parse(ev: &Value) -> Result<AuditEvent, AuditLogError> {
 /// An audit policy that records what the checkers read in full, and every other request
 /// as metadata: the bodies of writes to nodes (not their status), to Leases in
 /// `lease_namespace`, to PodDisruptionBudgets and their status, and of pod creations,
-/// deletions and evictions. Node status and the nodes' own Leases (the simulated
+/// deletions, status writes and evictions. Node status and the nodes' own Leases (the simulated
 /// kubelets' heartbeats) stay metadata, so the log stays small.
 pub fn invariants_policy(lease_namespace: &str) -> Value {
     let writes = json!(["create", "update", "patch", "delete"]);
@@ -147,7 +151,7 @@ pub fn invariants_policy(lease_namespace: &str) -> Value {
         "omitStages": ["RequestReceived"],
         "rules": [
             { "level": "RequestResponse", "verbs": writes,
-              "resources": [{ "group": "", "resources": ["nodes", "pods", "pods/eviction"] }] },
+              "resources": [{ "group": "", "resources": ["nodes", "pods", "pods/status", "pods/eviction"] }] },
             { "level": "RequestResponse", "verbs": writes,
               "resources": [{ "group": "policy",
                               "resources": ["poddisruptionbudgets", "poddisruptionbudgets/status"] }] },
@@ -169,6 +173,7 @@ pub(crate) mod tests {
             "auditID": "a1", "stage": "ResponseComplete", "verb": "patch",
             "user": { "username": "system:admin" },
             "sourceIPs": ["127.0.0.2"],
+            "userAgent": "ztunnel-rollout/0.1.0",
             "objectRef": { "resource": "nodes", "name": "n1", "apiVersion": "v1" },
             "responseStatus": { "code": 200 },
             "requestReceivedTimestamp": "2026-12-02T10:00:00.000100Z",
@@ -201,6 +206,7 @@ pub(crate) mod tests {
             "system:serviceaccount:ztunnel-rollout:ztunnel-rollout"
         );
         assert_eq!(e.source_ip, "127.0.0.2");
+        assert_eq!(e.user_agent, "ztunnel-rollout/0.1.0");
         assert_eq!(e.full_resource(), "nodes");
         assert_eq!(e.name.as_deref(), Some("n1"));
         assert!(e.is_mutating() && e.succeeded());

@@ -1,0 +1,602 @@
+//! Whose time a rollout took: the tool's or the cluster's, read from the API server's
+//! audit log (recorded with [`crate::invariants::audit::invariants_policy`], which keeps
+//! the bodies of node, pod, pod-status, eviction and PodDisruptionBudget writes).
+//!
+//! A node's upgrade is a chain of steps; each step ends in something the API server
+//! records, and the next step starts with the tool's next request. The time between the
+//! two is the tool's: its watch seeing the change, its own work, and its request going
+//! out. Everything else (pods exiting, the DaemonSet controller, the scheduler, KWOK's
+//! simulated delays, the disruption controller) is the cluster's. Per node:
+//!
+//! 1. *slot → cordon*: from the release of the node that freed its place (the latest
+//!    uncordon before its cordon; the run's start for the first) to the tool's cordon;
+//! 2. *drain*: for the pod that was gone last (the drain's own critical path), from the
+//!    cordon to the tool's first eviction of it, plus, for each refused eviction, from
+//!    the moment its budget allowed a disruption again (the first PodDisruptionBudget
+//!    status write after the refusal that allows one) to the tool's next try; a refusal
+//!    whose budget is not found counts whole, against the tool;
+//! 3. *drained → ztunnel delete*: from that last pod gone to the tool's delete of the
+//!    node's ztunnel pod;
+//! 4. *ztunnel Ready → uncordon*: from the status write that made the new ztunnel pod
+//!    Ready to the tool's uncordon.
+//!
+//! The critical path runs back from the last node released, each node to the one whose
+//! release let it start. Its length and the tool's part of it are what a benchmark
+//! reports. Times are the API server's: a tool's request counts when received, a
+//! change when its write completed; the watch's delivery is counted as the tool's.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+
+use crate::invariants::audit::AuditEvent;
+
+/// The steps whose time is the tool's, in a node's order.
+pub const STEPS: [&str; 4] = [
+    "slot → cordon",
+    "drain (the tool's waits)",
+    "drained → ztunnel delete",
+    "ztunnel Ready → uncordon",
+];
+
+/// What one node went through, as the API server recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSteps {
+    pub node: String,
+    /// The tool's cordon (received).
+    pub cordoned: Timestamp,
+    /// The last pod the tool evicted from the node gone (its final delete completed);
+    /// the cordon when it evicted none.
+    pub drained: Timestamp,
+    /// The tool's seconds in the drain (step 2).
+    pub drain_tool_seconds: f64,
+    /// The tool's delete of the node's ztunnel pod (received).
+    pub ztunnel_deleted: Timestamp,
+    /// The status write that made the node's new ztunnel pod Ready (completed).
+    pub ztunnel_ready: Timestamp,
+    /// The tool's uncordon (received).
+    pub uncordoned: Timestamp,
+}
+
+impl NodeSteps {
+    /// Steps 2 to 4 of the module's list, in seconds (step 1 needs the node before it).
+    fn own_steps(&self) -> [f64; 3] {
+        [
+            self.drain_tool_seconds,
+            seconds(self.drained, self.ztunnel_deleted),
+            seconds(self.ztunnel_ready, self.uncordoned),
+        ]
+    }
+}
+
+/// The chain of nodes that set the run's length, and the tool's part of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriticalPath {
+    /// First to last.
+    pub nodes: Vec<String>,
+    /// From the run's start to the last node's uncordon.
+    pub seconds: f64,
+    /// The tool's seconds along the path, by step ([`STEPS`]' order).
+    pub tool_by_step: [f64; 4],
+}
+
+impl CriticalPath {
+    pub fn tool_seconds(&self) -> f64 {
+        self.tool_by_step.iter().sum()
+    }
+}
+
+/// Every node that went the whole way, and the critical path through them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    pub nodes: Vec<NodeSteps>,
+    /// Per node (every node that went the whole way), the tool's seconds by step
+    /// ([`STEPS`]' order).
+    pub tool_by_node: Vec<[f64; 4]>,
+    pub path: Option<CriticalPath>,
+}
+
+fn seconds(from: Timestamp, to: Timestamp) -> f64 {
+    to.duration_since(from).as_secs_f64().max(0.0)
+}
+
+type PodKey = (String, String);
+
+fn pod_key(e: &AuditEvent) -> Option<PodKey> {
+    Some((e.namespace.clone()?, e.name.clone()?))
+}
+
+fn object_of(e: &AuditEvent) -> Option<&Value> {
+    e.response_object
+        .as_ref()
+        .filter(|o| o["kind"] == "Pod")
+        .or(e.request_object.as_ref().filter(|o| o["kind"] == "Pod"))
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// A refused eviction's wait for its budget: the first status write of a budget in the
+/// pod's namespace whose `matchLabels` the pod carries, allowing a disruption, after `at`.
+struct Budgets<'a> {
+    writes: Vec<(&'a str, &'a BTreeMap<String, String>, Timestamp)>,
+}
+
+impl Budgets<'_> {
+    fn allowed_after(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        at: Timestamp,
+    ) -> Option<Timestamp> {
+        self.writes
+            .iter()
+            .filter(|(ns, selector, time)| {
+                *ns == namespace
+                    && *time >= at
+                    && !selector.is_empty()
+                    && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|(_, _, time)| *time)
+            .min()
+    }
+}
+
+/// Reads `events` (one run's audit log) for the tool whose requests carry a user agent
+/// starting with `tool` (`ztunnel-rollout/`, `kubectl/`), the ztunnel pods being those in
+/// `ztunnel_namespace`, the run having started at `started`.
+pub fn analyse(
+    events: &[AuditEvent],
+    tool: &str,
+    ztunnel_namespace: &str,
+    started: Timestamp,
+) -> Analysis {
+    let mut events: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| e.succeeded() || e.code == 429)
+        .collect();
+    events.sort_by_key(|e| e.completed);
+    let by_tool = |e: &AuditEvent| e.user_agent.starts_with(tool);
+
+    // Where each pod ran, its labels, when it was gone, when it was first Ready.
+    let mut node_of: HashMap<PodKey, String> = HashMap::new();
+    let mut labels_of: HashMap<PodKey, BTreeMap<String, String>> = HashMap::new();
+    let mut gone: HashMap<PodKey, Timestamp> = HashMap::new();
+    let mut ready_at: HashMap<PodKey, Timestamp> = HashMap::new();
+    // The tool's evictions per pod: (received, completed, refused).
+    let mut evictions: HashMap<PodKey, Vec<(Timestamp, Timestamp, bool)>> = HashMap::new();
+    let mut ztunnel_deletes: Vec<(PodKey, Timestamp)> = Vec::new();
+    let mut node_marks: BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)> = BTreeMap::new();
+    let mut budget_writes = Vec::new();
+    for e in &events {
+        match (e.group.as_str(), e.full_resource().as_str()) {
+            ("", "pods" | "pods/status") => {
+                let Some(key) = pod_key(e) else { continue };
+                if let Some(pod) = object_of(e) {
+                    if let Some(node) = pod["spec"]["nodeName"].as_str() {
+                        node_of.insert(key.clone(), node.to_owned());
+                    }
+                    if let Ok(labels) = serde_json::from_value(pod["metadata"]["labels"].clone()) {
+                        labels_of.insert(key.clone(), labels);
+                    }
+                    if e.subresource.is_some() && e.succeeded() && ready(pod) {
+                        ready_at.entry(key.clone()).or_insert(e.completed);
+                    }
+                }
+                if e.verb == "delete" && e.succeeded() {
+                    gone.insert(key.clone(), e.completed);
+                    if by_tool(e) && key.0 == ztunnel_namespace {
+                        ztunnel_deletes.push((key, e.received));
+                    }
+                }
+            }
+            ("", "pods/eviction") if by_tool(e) && e.verb == "create" => {
+                let Some(key) = pod_key(e) else { continue };
+                evictions
+                    .entry(key)
+                    .or_default()
+                    .push((e.received, e.completed, e.code == 429));
+            }
+            ("", "nodes") if by_tool(e) && e.succeeded() && e.verb != "delete" => {
+                let (Some(name), Some(object)) = (&e.name, &e.response_object) else {
+                    continue;
+                };
+                let unschedulable = object["spec"]["unschedulable"].as_bool() == Some(true);
+                let marks = node_marks.entry(name.clone()).or_default();
+                match (unschedulable, marks.0, marks.1) {
+                    (true, None, _) => marks.0 = Some(e.received),
+                    (false, Some(_), None) => marks.1 = Some(e.received),
+                    _ => {}
+                }
+            }
+            ("policy", "poddisruptionbudgets/status") => {
+                if let (Some(ns), Some(pdb)) = (&e.namespace, &e.response_object) {
+                    budget_writes.push((ns.as_str(), pdb, e.completed));
+                }
+            }
+            _ => {}
+        }
+    }
+    let selectors: Vec<(&str, BTreeMap<String, String>, Timestamp)> = budget_writes
+        .into_iter()
+        .filter(|(_, pdb, _)| pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) > 0)
+        .filter_map(|(ns, pdb, time)| {
+            let selector =
+                serde_json::from_value(pdb["spec"]["selector"]["matchLabels"].clone()).ok()?;
+            Some((ns, selector, time))
+        })
+        .collect();
+    let budgets = Budgets {
+        writes: selectors.iter().map(|(ns, s, t)| (*ns, s, *t)).collect(),
+    };
+    let no_labels = BTreeMap::new();
+
+    let mut nodes = Vec::new();
+    for (node, marks) in &node_marks {
+        let (Some(cordoned), Some(uncordoned)) = *marks else {
+            continue;
+        };
+        let on_node = |key: &PodKey| node_of.get(key) == Some(node);
+        // The drain: the evicted pod gone last.
+        let last = evictions
+            .iter()
+            .filter(|(key, tries)| on_node(key) && tries.iter().any(|(_, _, refused)| !refused))
+            .filter_map(|(key, tries)| Some((key, tries, *gone.get(key)?)))
+            .max_by_key(|(_, _, at)| *at);
+        let (drained, drain_tool_seconds) = match last {
+            None => (cordoned, 0.0),
+            Some((key, tries, at)) => {
+                let labels = labels_of.get(key).unwrap_or(&no_labels);
+                let mut tool = tries.first().map_or(0.0, |t| seconds(cordoned, t.0));
+                for pair in tries.windows(2) {
+                    let ((_, refused_at, refused), (next, _, _)) = (pair[0], pair[1]);
+                    if !refused {
+                        continue;
+                    }
+                    let allowed = budgets
+                        .allowed_after(&key.0, labels, refused_at)
+                        .unwrap_or(refused_at);
+                    if allowed < next {
+                        tool += seconds(allowed, next);
+                    }
+                }
+                (at, tool)
+            }
+        };
+        let Some((old, ztunnel_deleted)) = ztunnel_deletes
+            .iter()
+            .find(|(key, at)| on_node(key) && *at >= cordoned)
+            .cloned()
+        else {
+            continue;
+        };
+        let Some(ztunnel_ready) = ready_at
+            .iter()
+            .filter(|(key, at)| {
+                key.0 == ztunnel_namespace
+                    && **key != old
+                    && on_node(key)
+                    && **at >= ztunnel_deleted
+            })
+            .map(|(_, at)| *at)
+            .min()
+        else {
+            continue;
+        };
+        nodes.push(NodeSteps {
+            node: node.clone(),
+            cordoned,
+            drained,
+            drain_tool_seconds,
+            ztunnel_deleted,
+            ztunnel_ready,
+            uncordoned,
+        });
+    }
+
+    // Each node's start: the latest release before its cordon (of another node).
+    let freed_by = |n: &NodeSteps| -> Option<usize> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.node != n.node && m.uncordoned <= n.cordoned)
+            .max_by_key(|(_, m)| m.uncordoned)
+            .map(|(i, _)| i)
+    };
+    let slot = |n: &NodeSteps| -> f64 {
+        let free = freed_by(n).map_or(started, |i| nodes[i].uncordoned);
+        seconds(free.max(started), n.cordoned)
+    };
+    let tool_by_node: Vec<[f64; 4]> = nodes
+        .iter()
+        .map(|n| {
+            let [drain, delete, uncordon] = n.own_steps();
+            [slot(n), drain, delete, uncordon]
+        })
+        .collect();
+    let path = nodes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, n)| n.uncordoned)
+        .map(|(last, n)| {
+            let mut chain = vec![last];
+            let mut at = n;
+            while let Some(i) = freed_by(at) {
+                if chain.contains(&i) {
+                    break;
+                }
+                chain.push(i);
+                at = &nodes[i];
+            }
+            chain.reverse();
+            let mut tool_by_step = [0.0; 4];
+            for i in &chain {
+                for (sum, step) in tool_by_step.iter_mut().zip(tool_by_node[*i]) {
+                    *sum += step;
+                }
+            }
+            CriticalPath {
+                nodes: chain.iter().map(|i| nodes[*i].node.clone()).collect(),
+                seconds: seconds(started, n.uncordoned),
+                tool_by_step,
+            }
+        });
+    Analysis {
+        nodes,
+        tool_by_node,
+        path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invariants::audit::read_events;
+    use crate::invariants::audit::tests::line;
+    use serde_json::json;
+
+    const TOOL: &str = "ztunnel-rollout/0.1.0";
+    const KWOK: &str = "kwok/v0.8.0";
+
+    fn at(ms: u64) -> String {
+        let t = Timestamp::from_millisecond(1_800_000_000_000 + ms as i64).expect("time");
+        t.to_string()
+    }
+
+    fn start() -> Timestamp {
+        Timestamp::from_millisecond(1_800_000_000_000).expect("time")
+    }
+
+    /// One request received at `ms` and completed 1 ms later.
+    fn request(ms: u64, agent: &str, verb: &str, object: Value, fields: Value) -> String {
+        let mut f = json!({
+            "auditID": format!("{ms}-{verb}-{}", object["name"]),
+            "userAgent": agent,
+            "verb": verb,
+            "objectRef": object,
+            "requestReceivedTimestamp": at(ms),
+            "stageTimestamp": at(ms + 1),
+        });
+        if let (Some(f), Some(extra)) = (f.as_object_mut(), fields.as_object()) {
+            for (k, v) in extra {
+                f.insert(k.clone(), v.clone());
+            }
+        }
+        line(f)
+    }
+
+    fn node_write(ms: u64, node: &str, unschedulable: bool) -> String {
+        request(
+            ms,
+            TOOL,
+            "patch",
+            json!({ "resource": "nodes", "name": node }),
+            json!({ "responseObject": { "kind": "Node", "spec": { "unschedulable": unschedulable } } }),
+        )
+    }
+
+    fn pod(ns: &str, name: &str, node: &str, app: &str, ready: bool) -> Value {
+        json!({
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": ns, "labels": { "app": app } },
+            "spec": { "nodeName": node },
+            "status": { "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }] },
+        })
+    }
+
+    fn pod_ref(ns: &str, name: &str, sub: Option<&str>) -> Value {
+        let mut r = json!({ "resource": "pods", "namespace": ns, "name": name });
+        if let Some(s) = sub {
+            r["subresource"] = json!(s);
+        }
+        r
+    }
+
+    fn eviction(ms: u64, name: &str, refused: bool) -> String {
+        request(
+            ms,
+            TOOL,
+            "create",
+            pod_ref("apps", name, Some("eviction")),
+            json!({ "responseStatus": { "code": if refused { 429 } else { 201 } } }),
+        )
+    }
+
+    fn gone(ms: u64, ns: &str, name: &str, node: &str, app: &str, agent: &str) -> String {
+        request(
+            ms,
+            agent,
+            "delete",
+            pod_ref(ns, name, None),
+            json!({ "responseObject": pod(ns, name, node, app, false) }),
+        )
+    }
+
+    fn ready(ms: u64, name: &str, node: &str) -> String {
+        request(
+            ms,
+            KWOK,
+            "patch",
+            pod_ref("istio-system", name, Some("status")),
+            json!({ "responseObject": pod("istio-system", name, node, "ztunnel", true) }),
+        )
+    }
+
+    fn budget_allows(ms: u64, app: &str, allowed: i64) -> String {
+        request(
+            ms,
+            "kube-controller-manager/v1.36.3",
+            "update",
+            json!({ "apiGroup": "policy", "resource": "poddisruptionbudgets",
+                    "subresource": "status", "namespace": "apps", "name": app }),
+            json!({ "responseObject": {
+                "kind": "PodDisruptionBudget",
+                "spec": { "selector": { "matchLabels": { "app": app } } },
+                "status": { "disruptionsAllowed": allowed },
+            } }),
+        )
+    }
+
+    /// One node from cordon to uncordon, `base` ms after the start: a pod evicted at
+    /// +100, gone at +1,000, ztunnel deleted at +1,050, the new one Ready at +3,000,
+    /// uncordoned at +3,020.
+    fn node(base: u64, node: &str) -> Vec<String> {
+        vec![
+            node_write(base, node, true),
+            eviction(base + 100, &format!("web-{node}"), false),
+            gone(
+                base + 1000,
+                "apps",
+                &format!("web-{node}"),
+                node,
+                "web",
+                KWOK,
+            ),
+            gone(
+                base + 1050,
+                "istio-system",
+                &format!("zt-{node}"),
+                node,
+                "ztunnel",
+                TOOL,
+            ),
+            gone(
+                base + 2000,
+                "istio-system",
+                &format!("zt-{node}"),
+                node,
+                "ztunnel",
+                KWOK,
+            ),
+            ready(base + 3000, &format!("zt-new-{node}"), node),
+            node_write(base + 3020, node, false),
+        ]
+    }
+
+    fn analyse_lines(lines: Vec<String>) -> Analysis {
+        let events = read_events(lines.join("\n").as_bytes()).expect("read");
+        analyse(&events, "ztunnel-rollout/", "istio-system", start())
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 0.0015
+    }
+
+    #[test]
+    fn a_node_s_steps_split_into_the_tool_s_and_the_cluster_s() {
+        let a = analyse_lines(node(500, "n1"));
+        assert_eq!(a.nodes.len(), 1);
+        let [slot, drain, delete, uncordon] = a.tool_by_node[0];
+        assert!(close(slot, 0.5), "{slot}");
+        assert!(close(drain, 0.1), "{drain}");
+        // Gone completes at +1,001; the delete is received at +1,050.
+        assert!(close(delete, 0.049), "{delete}");
+        assert!(close(uncordon, 0.019), "{uncordon}");
+        let path = a.path.expect("path");
+        assert_eq!(path.nodes, ["n1"]);
+        assert!(close(path.seconds, 3.52), "{}", path.seconds);
+        assert!(close(path.tool_seconds(), 0.5 + 0.1 + 0.049 + 0.019));
+    }
+
+    #[test]
+    fn the_path_runs_back_through_the_releases_that_let_each_node_start() {
+        // n1 and n2 at once; n3 starts when n1 is released, n4 when n3 is; n2 ends
+        // after n3's start, before n4's, and is not on the path.
+        let mut lines = node(0, "n1");
+        lines.extend(node(200, "n2"));
+        lines.extend(node(3100, "n3"));
+        lines.extend(node(6300, "n4"));
+        let a = analyse_lines(lines);
+        let path = a.path.expect("path");
+        assert_eq!(path.nodes, ["n1", "n3", "n4"]);
+        // n3 waited 3,100 - 3,020 ms for its slot, n4 6,300 - 6,120.
+        assert!(
+            close(path.tool_by_step[0], 0.08 + 0.18),
+            "{:?}",
+            path.tool_by_step
+        );
+        assert!(close(path.seconds, 9.32), "{}", path.seconds);
+    }
+
+    #[test]
+    fn a_refused_eviction_counts_from_when_its_budget_allowed_again() {
+        let mut lines = vec![
+            node_write(0, "n1", true),
+            eviction(100, "web-a", true),
+            budget_allows(600, "web", 1),
+            eviction(800, "web-a", false),
+            gone(1500, "apps", "web-a", "n1", "web", KWOK),
+        ];
+        lines.extend(node(0, "n1").into_iter().skip(3));
+        let a = analyse_lines(lines);
+        // 0.1 s to the first try, then 0.8 - 0.601 s after the budget allowed.
+        assert!(
+            close(a.tool_by_node[0][1], 0.1 + 0.199),
+            "{:?}",
+            a.tool_by_node
+        );
+        assert_eq!(a.nodes[0].drained.to_string(), at(1501));
+    }
+
+    #[test]
+    fn a_refusal_whose_budget_never_allowed_counts_whole_against_the_tool() {
+        let mut lines = vec![
+            node_write(0, "n1", true),
+            eviction(100, "web-a", true),
+            budget_allows(600, "other", 1),
+            eviction(800, "web-a", false),
+            gone(1500, "apps", "web-a", "n1", "web", KWOK),
+        ];
+        lines.extend(node(0, "n1").into_iter().skip(3));
+        let a = analyse_lines(lines);
+        assert!(
+            close(a.tool_by_node[0][1], 0.1 + 0.699),
+            "{:?}",
+            a.tool_by_node
+        );
+    }
+
+    #[test]
+    fn a_node_that_did_not_go_the_whole_way_is_left_out() {
+        let mut lines = node(0, "n1");
+        lines.pop(); // never uncordoned
+        let a = analyse_lines(lines);
+        assert!(a.nodes.is_empty() && a.path.is_none(), "{a:?}");
+    }
+
+    #[test]
+    fn another_client_s_writes_are_the_cluster_s() {
+        // The same steps by kubectl: nothing is the tool's (ztunnel-rollout/).
+        let lines: Vec<String> = node(0, "n1")
+            .into_iter()
+            .map(|l| l.replace(TOOL, "kubectl/v1.36.3"))
+            .collect();
+        let a = analyse_lines(lines);
+        assert!(a.nodes.is_empty(), "{a:?}");
+    }
+}
