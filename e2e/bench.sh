@@ -14,6 +14,8 @@
 #   runbook-20-parallel  the kubectl script 5 nodes at a time (xargs -P 5) (3 runs)
 #   agent-20-budget    the agent, maxUnavailable 25% = 5 nodes at a time (3 runs)
 #   overhead           100 nodes / 2,000 pods, the agent (3 runs)
+#   runbook-overhead   the same 100 nodes by the kubectl script at the agent's concurrency
+#                      (10% of each zone's nodes at once, zone after zone) (3 runs)
 #   failover-200       two agents, the leader SIGKILLed a third of the way (10 runs)
 #   scale-1000-light   1,000 nodes / 2,000 pods (~10 min a run)
 #   scale-1000         1,000 nodes / 20,000 pods (setup alone > 30 min here: see BENCHMARKS.md)
@@ -45,6 +47,7 @@ scenario() {
     runbook-20-parallel) echo "BENCH_RUNS=3 BENCH_NODES=20 BENCH_PODS_PER_NODE=5 BENCH_MAX_UNAVAILABLE=25% BENCH_WAVES=one BENCH_MODE=runbook" ;;
     agent-20-budget) echo "BENCH_RUNS=3 BENCH_NODES=20 BENCH_PODS_PER_NODE=5 BENCH_MAX_UNAVAILABLE=25% BENCH_WAVES=one" ;;
     overhead)        echo "BENCH_RUNS=3 BENCH_NODES=100 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
+    runbook-overhead) echo "BENCH_RUNS=3 BENCH_NODES=100 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10% BENCH_MODE=runbook" ;;
     failover-200)    echo "BENCH_RUNS=10 BENCH_NODES=200 BENCH_PODS_PER_NODE=2 BENCH_MODE=failover" ;;
     scale-1000-light) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10%" ;;
     scale-1000)      echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
