@@ -18,6 +18,9 @@
 //!   each number's median, min and max,
 //! - `BENCH_RESIDENT_PODS` (0): bare pods that stay on as many nodes again outside the
 //!   rollout, for the agent's memory with many pods in the cluster,
+//! - `BENCH_NODE_AGENTS` (0): with 1, istio-cni, a kube-proxy and a log agent run as
+//!   DaemonSets with a pod on every node (none of them moved),
+//! - `BENCH_APP_NAMESPACES` (1): namespaces the application Deployments spread over,
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
 //!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
 //!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
@@ -33,9 +36,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
@@ -80,6 +82,13 @@ struct Params {
     resident_pods: usize,
     /// Health gates on (`BENCH_GATES=1`).
     gates: bool,
+    /// What a real ambient node runs besides ztunnel (`BENCH_NODE_AGENTS=1`): istio-cni,
+    /// a kube-proxy and a log agent, a DaemonSet each, with a pod on every node.
+    node_agents: bool,
+    /// Namespaces the applications spread over (`BENCH_APP_NAMESPACES`, 1: the
+    /// benchmark's own). The controllers that scan a namespace's pods on every change
+    /// (ReplicaSets', the disruption controller) cost what one namespace holds.
+    app_namespaces: usize,
     /// Runs, each on a fresh cluster (`BENCH_RUNS`).
     runs: usize,
 }
@@ -103,6 +112,8 @@ fn params() -> Params {
         },
         resident_pods: number("BENCH_RESIDENT_PODS", "0"),
         gates: number("BENCH_GATES", "0") == 1,
+        node_agents: number("BENCH_NODE_AGENTS", "0") == 1,
+        app_namespaces: number("BENCH_APP_NAMESPACES", "1").max(1),
         mode: match var("BENCH_MODE", "agent").as_str() {
             "agent" => Mode::Agent,
             "runbook" => Mode::Runbook,
@@ -144,35 +155,73 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
         support::daemonset_ready(p.nodes as i32),
     )
     .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), TAG);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), TAG);
+    let setup = Instant::now();
+    if p.node_agents {
+        node_agents(client, p.nodes).await;
+        eprintln!(
+            "node agents on every node after {:.1}s",
+            setup.elapsed().as_secs_f64()
+        );
+    }
+    let app_namespace = |i: usize| {
+        if p.app_namespaces == 1 {
+            TAG.to_owned()
+        } else {
+            format!("{TAG}-apps-{}", i % p.app_namespaces)
+        }
+    };
+    if p.app_namespaces > 1 {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for i in 0..p.app_namespaces {
+            fixtures::apply(
+                &namespaces,
+                &fixtures::namespace(&app_namespace(i), BTreeMap::new()),
+            )
+            .await
+            .expect("namespace");
+        }
+    }
     let total = p.nodes * p.pods_per_node;
     let count = total.div_ceil(REPLICAS);
     let mut sizes = Vec::new();
     for i in 0..count {
         let name = format!("app-{i}");
+        let namespace = app_namespace(i);
         let replicas = REPLICAS.min(total - i * REPLICAS) as i32;
-        sizes.push((name.clone(), replicas));
-        let mut app = AppFixture::new(TAG, &name, replicas);
+        let mut app = AppFixture::new(&namespace, &name, replicas);
         app.node_selector = selector.clone();
         app.exit_after_seconds = APP_EXIT;
-        fixtures::apply(&deployments, &app.deployment())
-            .await
-            .expect("app");
+        fixtures::apply(
+            &Api::namespaced(client.clone(), &namespace),
+            &app.deployment(),
+        )
+        .await
+        .expect("app");
         let pdb = fixtures::pdb(
-            TAG,
+            &namespace,
             &name,
             BTreeMap::from([("app".to_owned(), name.clone())]),
             Budget::MaxUnavailable(IntOrString::String("25%".into())),
         );
-        fixtures::apply(&pdbs, &pdb).await.expect("pdb");
+        fixtures::apply(&Api::namespaced(client.clone(), &namespace), &pdb)
+            .await
+            .expect("pdb");
+        sizes.push((namespace, name, replicas));
     }
-    for (name, replicas) in &sizes {
+    for (i, (namespace, name, replicas)) in sizes.iter().enumerate() {
+        if i % 50 == 0 {
+            eprintln!(
+                "{i} of {} Deployments available after {:.1}s",
+                sizes.len(),
+                setup.elapsed().as_secs_f64()
+            );
+        }
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         support::wait_within(
             &deployments,
             name,
             name,
-            Duration::from_secs(900),
+            Duration::from_secs(3600),
             support::deployment_available(*replicas),
         )
         .await;
@@ -207,7 +256,55 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
     (hash, names)
 }
 
-/// Node `k` gets pod CIDR 127.(100 + k / 256).(k % 256).0/28: KWOK gives its pods
+/// The DaemonSets a real ambient node runs besides ztunnel, a pod on every node, none
+/// of them moved by the rollout: istio-cni (in ztunnel's namespace), a kube-proxy (in
+/// kube-system) and a log agent (in its own namespace). Their pods stay on a drained
+/// node, as DaemonSet pods do, and weigh on every watch of pods.
+async fn node_agents(client: &Client, nodes: usize) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &fixtures::namespace("logging", BTreeMap::new()),
+        )
+        .await
+        .expect("namespace");
+    for (namespace, name) in [
+        (TAG, "istio-cni-node"),
+        ("kube-system", "kube-proxy"),
+        ("logging", "log-agent"),
+    ] {
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": namespace, "labels": { "app": name } },
+            "spec": {
+                "selector": { "matchLabels": { "app": name } },
+                "updateStrategy": { "type": "OnDelete" },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": {
+                        "nodeSelector": { NODE_SET_LABEL: TAG },
+                        "tolerations": [{ "operator": "Exists" }],
+                        "priorityClassName": "system-node-critical",
+                        "containers": [{ "name": name, "image": "registry.k8s.io/pause:3.10" }],
+                    },
+                },
+            },
+        }))
+        .expect("DaemonSet");
+        let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+        fixtures::apply(&api, &ds).await.expect("node agent");
+        support::wait_within(
+            &api,
+            name,
+            "a pod on every node",
+            Duration::from_secs(1800),
+            support::daemonset_ready(nodes as i32),
+        )
+        .await;
+    }
+}
+
+/// Node `k` gets pod CIDR 127.(100 + k / 256).(k % 256).0/26 (62 addresses: a node's 24
+/// pods of the realistic scenario and those a drain moves there): KWOK gives its pods
 /// addresses the bench can serve on. Before any pod exists (the CIDR is set once).
 async fn pod_cidrs(client: &Client, names: &[String]) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -215,7 +312,7 @@ async fn pod_cidrs(client: &Client, names: &[String]) {
         .for_each_concurrent(32, |(k, name)| {
             let nodes = nodes.clone();
             async move {
-                let cidr = format!("127.{}.{}.0/28", 100 + k / 256, k % 256);
+                let cidr = format!("127.{}.{}.0/26", 100 + k / 256, k % 256);
                 nodes
                     .patch(
                         name,
@@ -974,6 +1071,14 @@ async fn run(p: &Params) -> Run {
                 "; health gates on (ztunnel metrics at each node's new ztunnel, one PromQL query per node, soak 2 s)"
             } else {
                 ""
+            } + if p.node_agents {
+                "; istio-cni, kube-proxy and a log agent DaemonSets on every node"
+            } else {
+                ""
+            } + &if p.app_namespaces > 1 {
+                format!("; applications in {} namespaces", p.app_namespaces)
+            } else {
+                String::new()
             },
         ),
         ("total time".to_owned(), format!("{total:.1} s")),

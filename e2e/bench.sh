@@ -21,6 +21,9 @@
 #   scale-1000         1,000 nodes / 20,000 pods (setup alone > 30 min here: see BENCHMARKS.md)
 #   scale-1000-resident  scale-1000-light plus 18,000 pods that stay on 1,000 other nodes
 #   scale-1000-gates   scale-1000-light with the health gates on (ztunnel metrics, a PromQL query)
+#   scale-1000-realistic  1,000 nodes as a real ambient node runs: ztunnel, istio-cni, a
+#                      kube-proxy and a log agent (DaemonSets), 20 application pods per node
+#                      (20,000, under PDBs, in 25 namespaces), the health gates on
 #
 # Every rollout run also reads the audit log for the critical path: the chain of nodes
 # that set the run's length, and the tool's part of it (crates/testbed critical_path).
@@ -53,7 +56,8 @@ scenario() {
     scale-1000)      echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
     scale-1000-resident) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_RESIDENT_PODS=18000" ;;
     scale-1000-gates) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_GATES=1" ;;
-    *) echo "unknown scenario $1 (drain, runbook-20, agent-20-serial, runbook-20-parallel, agent-20-budget, overhead, failover-200, scale-1000-light, scale-1000, scale-1000-resident, scale-1000-gates)" >&2; return 1 ;;
+    scale-1000-realistic) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10% BENCH_NODE_AGENTS=1 BENCH_APP_NAMESPACES=25 BENCH_GATES=1" ;;
+    *) echo "unknown scenario $1 (drain, runbook-20, agent-20-serial, runbook-20-parallel, agent-20-budget, overhead, runbook-overhead, failover-200, scale-1000-light, scale-1000, scale-1000-resident, scale-1000-gates, scale-1000-realistic)" >&2; return 1 ;;
   esac
 }
 
