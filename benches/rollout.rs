@@ -21,6 +21,7 @@
 //! - `BENCH_NODE_AGENTS` (0): with 1, istio-cni, a kube-proxy and a log agent run as
 //!   DaemonSets with a pod on every node (none of them moved),
 //! - `BENCH_APP_NAMESPACES` (1): namespaces the application Deployments spread over,
+//! - `BENCH_AGENT_CPU` (none): the agent's CPU limited to this many cores (a cgroup),
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
 //!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
 //!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
@@ -91,6 +92,9 @@ struct Params {
     app_namespaces: usize,
     /// Runs, each on a fresh cluster (`BENCH_RUNS`).
     runs: usize,
+    /// The agent's CPU limited to this many cores (`BENCH_AGENT_CPU`, e.g. `0.1`), by a
+    /// cgroup (v1's cpu controller) of its own: how much of the run waits on the agent.
+    agent_cpu: Option<f64>,
 }
 
 fn params() -> Params {
@@ -114,6 +118,12 @@ fn params() -> Params {
         gates: number("BENCH_GATES", "0") == 1,
         node_agents: number("BENCH_NODE_AGENTS", "0") == 1,
         app_namespaces: number("BENCH_APP_NAMESPACES", "1").max(1),
+        agent_cpu: std::env::var("BENCH_AGENT_CPU").ok().map(|v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|c| *c > 0.0 && c.is_finite())
+                .unwrap_or_else(|| panic!("BENCH_AGENT_CPU: {v:?} is not a number of cores"))
+        }),
         mode: match var("BENCH_MODE", "agent").as_str() {
             "agent" => Mode::Agent,
             "runbook" => Mode::Runbook,
@@ -707,6 +717,55 @@ fn critical_path(
     }
 }
 
+/// A cpu cgroup holding one process, limited to `cores` (CFS quota over a 100 ms
+/// period); removed on drop, once the process has exited.
+struct CpuLimit(PathBuf);
+
+impl CpuLimit {
+    fn new(pid: u32, cores: f64) -> Self {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu/ztunnel-rollout-bench-{pid}"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "BENCH_AGENT_CPU needs cgroup v1's cpu controller at /sys/fs/cgroup/cpu: {}: {e}",
+                dir.display()
+            )
+        });
+        let write = |file: &str, value: String| {
+            std::fs::write(dir.join(file), &value)
+                .unwrap_or_else(|e| panic!("{}/{file} = {value}: {e}", dir.display()))
+        };
+        write("cpu.cfs_period_us", "100000".into());
+        write(
+            "cpu.cfs_quota_us",
+            ((cores * 100_000.0) as u64).max(1000).to_string(),
+        );
+        write("cgroup.procs", pid.to_string());
+        CpuLimit(dir)
+    }
+
+    /// Periods in which the process was throttled, and for how long in all (seconds).
+    fn throttled(&self) -> (u64, f64) {
+        let stat = std::fs::read_to_string(self.0.join("cpu.stat")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            field("nr_throttled "),
+            field("throttled_time ") as f64 / 1e9,
+        )
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// A label as a result file's key: lowercase words joined by `_`.
 fn slug(label: &str) -> String {
     label
@@ -861,6 +920,8 @@ async fn run(p: &Params) -> Run {
     let started = Instant::now();
     let started_at = Timestamp::now();
     let mut agents: Vec<Agent> = Vec::new();
+    // Dropped after the agents (below): a cgroup can go only once it is empty.
+    let mut limits: Vec<CpuLimit> = Vec::new();
     let mut user_agent = "ztunnel-rollout/";
     let mut runbook_lines = String::new();
     // Numbers of this run besides the common ones (failover, per-node medians).
@@ -900,6 +961,9 @@ async fn run(p: &Params) -> Run {
             agents[0]
                 .wait_for_log("leading", Duration::from_secs(60))
                 .await;
+            if let Some(cores) = p.agent_cpu {
+                limits.push(CpuLimit::new(agents[0].child.id(), cores));
+            }
             if p.mode == Mode::Failover {
                 agents.push(agent_support::start_tagged(
                     TAG,
@@ -1060,7 +1124,9 @@ async fn run(p: &Params) -> Run {
                     Mode::Agent => "the agent",
                     Mode::Failover => "two agents, leader killed",
                 }
-            ) + &if p.resident_pods > 0 {
+            ) + &p.agent_cpu.map_or(String::new(), |c| {
+                format!("; the agent's CPU limited to {c} cores (cgroup)")
+            }) + &if p.resident_pods > 0 {
                 format!(
                     "; plus {} resident pods on {} nodes outside the rollout",
                     p.resident_pods, p.nodes
@@ -1159,6 +1225,16 @@ async fn run(p: &Params) -> Run {
         numbers.insert("agent_cpu_seconds".into(), cpu.into());
         table.push(("agent peak RSS".into(), format!("{rss_mib:.1} MiB")));
         table.push(("agent CPU".into(), format!("{cpu:.1} s")));
+        if let (Some(limit), Some(cores)) = (limits.last(), p.agent_cpu) {
+            let (periods, seconds) = limit.throttled();
+            numbers.insert("agent_cpu_limit_cores".into(), cores.into());
+            numbers.insert("agent_throttled_periods".into(), periods.into());
+            numbers.insert("agent_throttled_seconds".into(), seconds.into());
+            table.push((
+                format!("agent throttled (limit {cores} cores)"),
+                format!("{periods} periods of 100 ms, {seconds:.1} s in all"),
+            ));
+        }
         let passes = agent.metric("ztunnel_rollout_pass_seconds_count").await;
         let pass_time = agent.metric("ztunnel_rollout_pass_seconds_sum").await;
         table.push((
@@ -1178,6 +1254,7 @@ async fn run(p: &Params) -> Run {
         ));
     }
     drop(agents);
+    drop(limits);
     drop(cluster);
     Run {
         table,

@@ -14,6 +14,8 @@
 #   runbook-20-parallel  the kubectl script 5 nodes at a time (xargs -P 5) (3 runs)
 #   agent-20-budget    the agent, maxUnavailable 25% = 5 nodes at a time (3 runs)
 #   overhead           100 nodes / 2,000 pods, the agent (3 runs)
+#   overhead-throttled the overhead scenario with the agent held to 0.1 of a core (a cgroup
+#                      v1 CPU quota; needs root): how much of the run waits on the agent (3 runs)
 #   runbook-overhead   the same 100 nodes by the kubectl script at the agent's concurrency
 #                      (10% of each zone's nodes at once, zone after zone) (3 runs)
 #   failover-200       two agents, the leader SIGKILLed a third of the way (10 runs)
@@ -50,6 +52,7 @@ scenario() {
     runbook-20-parallel) echo "BENCH_RUNS=3 BENCH_NODES=20 BENCH_PODS_PER_NODE=5 BENCH_MAX_UNAVAILABLE=25% BENCH_WAVES=one BENCH_MODE=runbook" ;;
     agent-20-budget) echo "BENCH_RUNS=3 BENCH_NODES=20 BENCH_PODS_PER_NODE=5 BENCH_MAX_UNAVAILABLE=25% BENCH_WAVES=one" ;;
     overhead)        echo "BENCH_RUNS=3 BENCH_NODES=100 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10%" ;;
+    overhead-throttled) echo "BENCH_RUNS=3 BENCH_NODES=100 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10% BENCH_AGENT_CPU=0.1" ;;
     runbook-overhead) echo "BENCH_RUNS=3 BENCH_NODES=100 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10% BENCH_MODE=runbook" ;;
     failover-200)    echo "BENCH_RUNS=10 BENCH_NODES=200 BENCH_PODS_PER_NODE=2 BENCH_MODE=failover" ;;
     scale-1000-light) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10%" ;;
@@ -57,7 +60,7 @@ scenario() {
     scale-1000-resident) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_RESIDENT_PODS=18000" ;;
     scale-1000-gates) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=2 BENCH_MAX_UNAVAILABLE=10% BENCH_GATES=1" ;;
     scale-1000-realistic) echo "BENCH_RUNS=1 BENCH_NODES=1000 BENCH_PODS_PER_NODE=20 BENCH_MAX_UNAVAILABLE=10% BENCH_NODE_AGENTS=1 BENCH_APP_NAMESPACES=25 BENCH_GATES=1" ;;
-    *) echo "unknown scenario $1 (drain, runbook-20, agent-20-serial, runbook-20-parallel, agent-20-budget, overhead, runbook-overhead, failover-200, scale-1000-light, scale-1000, scale-1000-resident, scale-1000-gates, scale-1000-realistic)" >&2; return 1 ;;
+    *) echo "unknown scenario $1 (drain, runbook-20, agent-20-serial, runbook-20-parallel, agent-20-budget, overhead, overhead-throttled, runbook-overhead, failover-200, scale-1000-light, scale-1000, scale-1000-resident, scale-1000-gates, scale-1000-realistic)" >&2; return 1 ;;
   esac
 }
 

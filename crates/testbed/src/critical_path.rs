@@ -275,12 +275,16 @@ pub fn analyse(
         else {
             continue;
         };
+        // The new pod: on the node, of the deleted pod's DaemonSet (its `app` label; other
+        // DaemonSets, istio-cni's, share the namespace), Ready after the delete.
+        let app = |key: &PodKey| labels_of.get(key).and_then(|l| l.get("app"));
         let Some(ztunnel_ready) = ready_at
             .iter()
             .filter(|(key, at)| {
                 key.0 == ztunnel_namespace
                     && **key != old
                     && on_node(key)
+                    && app(key) == app(&old)
                     && **at >= ztunnel_deleted
             })
             .map(|(_, at)| *at)
@@ -579,6 +583,25 @@ mod tests {
             "{:?}",
             a.tool_by_node
         );
+    }
+
+    #[test]
+    fn another_daemonset_s_pod_ready_on_the_node_is_not_the_new_ztunnel() {
+        let mut lines = node(0, "n1");
+        // istio-cni's pod, same namespace, Ready between the delete and the new ztunnel.
+        let cni = pod("istio-system", "cni-n1", "n1", "istio-cni-node", true);
+        lines.insert(
+            5,
+            request(
+                1500,
+                KWOK,
+                "patch",
+                pod_ref("istio-system", "cni-n1", Some("status")),
+                json!({ "responseObject": cni }),
+            ),
+        );
+        let a = analyse_lines(lines);
+        assert_eq!(a.nodes[0].ztunnel_ready.to_string(), at(3001));
     }
 
     #[test]
