@@ -62,6 +62,9 @@ const APP_EXIT: f64 = 1.0;
 const ZTUNNEL_EXIT: f64 = 1.0;
 const ZTUNNEL_CREATED: f64 = 0.1;
 const ZTUNNEL_READY: f64 = 1.0;
+/// The health gates' settings with `BENCH_GATES=1`, in seconds.
+const GATE_INTERVAL: f64 = 1.0;
+const GATE_SOAK: f64 = 2.0;
 const TAG: &str = "bench-rollout";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -569,10 +572,21 @@ async fn phase_durations(client: &Client, rollout: &str) -> Vec<(&'static str, V
     ]
 }
 
-/// The critical path implied by the simulated delays: batches of `budget` nodes, wave
-/// after wave, each batch one node's path.
-fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
-    let path = APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY;
+/// The least time the health gates keep a node after its new ztunnel is Ready: a first
+/// scrape, one interval to a second (a rate needs two), then the soak.
+fn gates_least(p: &Params) -> f64 {
+    if p.gates {
+        GATE_INTERVAL + GATE_SOAK
+    } else {
+        0.0
+    }
+}
+
+/// The critical path implied by the simulated delays and the gates' least time:
+/// batches of `budget` nodes, wave after wave, each batch one node's path. The bound,
+/// the batches, one node's path.
+fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize, f64) {
+    let path = APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY + gates_least(p);
     let waves: Vec<usize> = if p.one_wave {
         vec![p.nodes]
     } else {
@@ -584,7 +598,7 @@ fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize) {
     };
     // The runbook script runs at the same concurrency (xargs -P), so the same bound.
     let batches: usize = waves.iter().map(|n| n.div_ceil(budget.budget(*n))).sum();
-    (batches as f64 * path, batches)
+    (batches as f64 * path, batches, path)
 }
 
 /// How long planning takes for `p.nodes` nodes with none started (the pure planner).
@@ -667,6 +681,7 @@ fn critical_path(
     offset: u64,
     tool: &str,
     started: Timestamp,
+    gates_least: f64,
 ) {
     use std::io::{BufReader, Seek, SeekFrom};
     let mut file = std::fs::File::open(audit_log).expect("audit log");
@@ -691,8 +706,24 @@ fn critical_path(
             path.seconds,
             100.0 * tool_seconds / path.seconds,
             parts.join(", ")
-        ),
+        ) + &if gates_least > 0.0 {
+            let least = gates_least * path.nodes.len() as f64;
+            format!(
+                "; Ready → uncordon holds the gates' least {least:.1} s ({} × {gates_least:.1} s), leaving the tool {:.1} s ({:.1} %)",
+                path.nodes.len(),
+                tool_seconds - least,
+                100.0 * (tool_seconds - least) / path.seconds
+            )
+        } else {
+            String::new()
+        },
     ));
+    let least = gates_least * path.nodes.len() as f64;
+    numbers.insert("path_gates_least_seconds".into(), least.into());
+    numbers.insert(
+        "path_tool_beyond_gates_share".into(),
+        ((tool_seconds - least) / path.seconds).into(),
+    );
     numbers.insert("path_nodes".into(), path.nodes.len().into());
     numbers.insert("path_seconds".into(), path.seconds.into());
     numbers.insert("path_tool_seconds".into(), tool_seconds.into());
@@ -902,7 +933,7 @@ async fn run(p: &Params) -> Run {
     let (target, nodes) = scenario(&client, p).await;
     eprintln!("scenario ready in {:.1}s", setup.elapsed().as_secs_f64());
     let pods = p.nodes * p.pods_per_node;
-    let (bound, batches) = lower_bound(p, budget);
+    let (bound, batches, node_path) = lower_bound(p, budget);
     let waves = if p.one_wave {
         "one wave"
     } else {
@@ -996,8 +1027,8 @@ async fn run(p: &Params) -> Run {
             });
             if let Some(g) = &gates {
                 rollout["spec"]["health"] = serde_json::json!({
-                    "interval": "1s",
-                    "soak": "2s",
+                    "interval": format!("{GATE_INTERVAL}s"),
+                    "soak": format!("{GATE_SOAK}s"),
                     "timeout": "2m",
                     "waypoints": { "disabled": true },
                     "ztunnelMetrics": { "maxFailedConnectionsPerSecond": 0.5 },
@@ -1151,8 +1182,15 @@ async fn run(p: &Params) -> Run {
         (
             "critical-path lower bound".to_owned(),
             format!(
-                "{bound:.1} s ({batches} batches × {:.1} s)",
-                APP_EXIT + ZTUNNEL_EXIT + ZTUNNEL_CREATED + ZTUNNEL_READY
+                "{bound:.1} s ({batches} batches × {node_path:.1} s{})",
+                if p.gates {
+                    format!(
+                        ", of which {:.1} s the gates' least: an interval to a first rate, then the soak",
+                        gates_least(p)
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ),
         ("ratio".to_owned(), format!("{:.2}", total / bound)),
@@ -1184,6 +1222,7 @@ async fn run(p: &Params) -> Run {
         offset,
         user_agent,
         started_at,
+        gates_least(p),
     );
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
     let latency: Vec<f64> = {
