@@ -21,7 +21,8 @@
 //! - `BENCH_NODE_AGENTS` (0): with 1, istio-cni, a kube-proxy and a log agent run as
 //!   DaemonSets with a pod on every node (none of them moved),
 //! - `BENCH_APP_NAMESPACES` (1): namespaces the application Deployments spread over,
-//! - `BENCH_AGENT_CPU` (none): the agent's CPU limited to this many cores (a cgroup),
+//! - `BENCH_AGENT_CPU` (none): the agent's CPU limited to this many cores (a cgroup; the
+//!   leader only, from its election on; the runbook script is not limited),
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
 //!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
 //!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
@@ -677,10 +678,10 @@ fn per_node(
 fn critical_path(
     numbers: &mut serde_json::Map<String, serde_json::Value>,
     table: &mut Vec<(String, String)>,
-    audit_log: &Path,
-    offset: u64,
+    (audit_log, offset): (&Path, u64),
     tool: &str,
     started: Timestamp,
+    waves: &[critical_path::Wave],
     gates_least: f64,
 ) {
     use std::io::{BufReader, Seek, SeekFrom};
@@ -688,18 +689,43 @@ fn critical_path(
     file.seek(SeekFrom::Start(offset)).expect("seek");
     let events = ztunnel_rollout_testbed::invariants::audit::read_events(BufReader::new(file))
         .expect("audit events");
-    let analysis = critical_path::analyse(&events, tool, TAG, started);
-    let path = analysis
-        .path
-        .expect("the audit log shows no node going from cordon to uncordon");
+    let analysis = critical_path::analyse(&events, tool, TAG, started, waves);
+    drop(events);
+    let row = "critical path (audit log): nodes, start → last uncordon, the tool's part";
+    let nodes: usize = waves.iter().map(|w| w.nodes.len()).sum();
+    if analysis.nodes.len() < nodes {
+        table.push((
+            "critical path (audit log): nodes whose steps were all found".into(),
+            format!(
+                "{} of {nodes}; left out: {}",
+                analysis.nodes.len(),
+                analysis.left_out.join(", ")
+            ),
+        ));
+    }
+    numbers.insert("path_analysed_nodes".into(), analysis.nodes.len().into());
+    let Some(path) = analysis.path else {
+        table.push((
+            row.into(),
+            "n/a: no node went from cordon to uncordon".into(),
+        ));
+        return;
+    };
     let tool_seconds = path.tool_seconds();
+    // The gates' least time is in the tool's Ready → uncordon: per node, at most that
+    // step's time.
+    let least: f64 = path
+        .tool_by_node
+        .iter()
+        .map(|n| n[3].min(gates_least))
+        .sum();
     let parts: Vec<String> = critical_path::STEPS
         .iter()
         .zip(path.tool_by_step)
         .map(|(step, s)| format!("{step} {s:.1} s"))
         .collect();
     table.push((
-        "critical path (audit log): nodes, start → last uncordon, the tool's part".into(),
+        row.into(),
         format!(
             "{} nodes, {:.1} s; the tool's {tool_seconds:.1} s ({:.1} %): {}",
             path.nodes.len(),
@@ -707,9 +733,8 @@ fn critical_path(
             100.0 * tool_seconds / path.seconds,
             parts.join(", ")
         ) + &if gates_least > 0.0 {
-            let least = gates_least * path.nodes.len() as f64;
             format!(
-                "; Ready → uncordon holds the gates' least {least:.1} s ({} × {gates_least:.1} s), leaving the tool {:.1} s ({:.1} %)",
+                "; Ready → uncordon holds the gates' least {least:.1} s (up to {gates_least:.1} s a node, {} nodes), leaving the tool {:.1} s ({:.1} %)",
                 path.nodes.len(),
                 tool_seconds - least,
                 100.0 * (tool_seconds - least) / path.seconds
@@ -718,7 +743,6 @@ fn critical_path(
             String::new()
         },
     ));
-    let least = gates_least * path.nodes.len() as f64;
     numbers.insert("path_gates_least_seconds".into(), least.into());
     numbers.insert(
         "path_tool_beyond_gates_share".into(),
@@ -950,9 +974,10 @@ async fn run(p: &Params) -> Run {
     let offset = std::fs::metadata(&audit_log).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
     let started_at = Timestamp::now();
-    let mut agents: Vec<Agent> = Vec::new();
-    // Dropped after the agents (below): a cgroup can go only once it is empty.
+    // Declared before the agents, so dropped after them even on a panic: a cgroup can go
+    // only once it is empty.
     let mut limits: Vec<CpuLimit> = Vec::new();
+    let mut agents: Vec<Agent> = Vec::new();
     let mut user_agent = "ztunnel-rollout/";
     let mut runbook_lines = String::new();
     // Numbers of this run besides the common ones (failover, per-node medians).
@@ -1218,10 +1243,16 @@ async fn run(p: &Params) -> Run {
     critical_path(
         &mut numbers,
         &mut table,
-        &audit_log,
-        offset,
+        (&audit_log, offset),
         user_agent,
         started_at,
+        &wave_nodes(p, &nodes)
+            .into_iter()
+            .map(|nodes| critical_path::Wave {
+                budget: budget.budget(nodes.len()),
+                nodes,
+            })
+            .collect::<Vec<_>>(),
         gates_least(p),
     );
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);

@@ -8,12 +8,20 @@
 //! out. Everything else (pods exiting, the DaemonSet controller, the scheduler, KWOK's
 //! simulated delays, the disruption controller) is the cluster's. Per node:
 //!
-//! 1. *slot → cordon*: from the release of the node that freed its place (the latest
-//!    uncordon before its cordon; the run's start for the first) to the tool's cordon;
+//! 1. *slot → cordon*: from the moment the node's place in its wave was free to the
+//!    tool's cordon. A wave of n nodes run b at a time has b places at its start (the
+//!    previous wave's last uncordon; the run's start for the first wave), and each
+//!    uncordon frees one: the wave's k-th cordon (from 0) takes a place at the start for
+//!    k < b, else the (k − b)-th uncordon's, first freed first used. A place left free
+//!    while the tool did something else is the tool's time;
 //! 2. *drain*: for the pod that was gone last (the drain's own critical path), from the
 //!    cordon to the tool's first eviction of it, plus, for each refused eviction, from
-//!    the moment its budget allowed a disruption again (the first PodDisruptionBudget
-//!    status write after the refusal that allows one) to the tool's next try; a refusal
+//!    the moment its budget allowed a disruption again to the tool's next try: the start
+//!    of the stretch of budget status writes that allow one and still holds at the try
+//!    (the refusal itself if the budget allowed one then: a refusal that was not the
+//!    budget's, e.g. the API server's rate limits); nothing when the budget allowed none
+//!    at the try (an early try is no delay). The budget's status writes include the
+//!    evictions' own decrements (the API server writes them as requests). A refusal
 //!    whose budget is not found counts whole, against the tool;
 //! 3. *drained → ztunnel delete*: from that last pod gone to the tool's delete of the
 //!    node's ztunnel pod;
@@ -21,9 +29,11 @@
 //!    Ready to the tool's uncordon.
 //!
 //! The critical path runs back from the last node released, each node to the one whose
-//! release let it start. Its length and the tool's part of it are what a benchmark
-//! reports. Times are the API server's: a tool's request counts when received, a
-//! change when its write completed; the watch's delivery is counted as the tool's.
+//! release freed its place (a wave's first nodes: the previous wave's last). Its length
+//! and the tool's part of it are what a benchmark reports. Times are the API server's: a
+//! tool's request counts when received, a change when its write completed; the watch's
+//! delivery is counted as the tool's, and so is the first node's wait from the run's
+//! start (for the agent: its start and its leader election).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,6 +41,13 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::invariants::audit::AuditEvent;
+
+/// One wave as the tool ran it: its nodes, and how many of them it may have out at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wave {
+    pub nodes: Vec<String>,
+    pub budget: usize,
+}
 
 /// The steps whose time is the tool's, in a node's order.
 pub const STEPS: [&str; 4] = [
@@ -79,6 +96,8 @@ pub struct CriticalPath {
     pub seconds: f64,
     /// The tool's seconds along the path, by step ([`STEPS`]' order).
     pub tool_by_step: [f64; 4],
+    /// The tool's seconds of each node on the path, by step (`nodes`' order).
+    pub tool_by_node: Vec<[f64; 4]>,
 }
 
 impl CriticalPath {
@@ -95,6 +114,9 @@ pub struct Analysis {
     /// ([`STEPS`]' order).
     pub tool_by_node: Vec<[f64; 4]>,
     pub path: Option<CriticalPath>,
+    /// Nodes the tool cordoned whose steps are not all in the log (never uncordoned, no
+    /// ztunnel delete or new ztunnel Ready found) or that are in no wave: left out.
+    pub left_out: Vec<String>,
 }
 
 fn seconds(from: Timestamp, to: Timestamp) -> f64 {
@@ -121,40 +143,65 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
-/// A refused eviction's wait for its budget: the first status write of a budget in the
-/// pod's namespace whose `matchLabels` the pod carries, allowing a disruption, after `at`.
+/// A budget's selector (`matchLabels`) and whether it allowed a disruption, write by
+/// write, oldest first.
+#[derive(Default)]
+struct Timeline {
+    selector: BTreeMap<String, String>,
+    writes: Vec<(Timestamp, bool)>,
+}
+
+/// The status writes of the budgets (PodDisruptionBudgets), with their namespaces.
 struct Budgets<'a> {
-    writes: Vec<(&'a str, &'a BTreeMap<String, String>, Timestamp)>,
+    timelines: Vec<(&'a str, Timeline)>,
 }
 
 impl Budgets<'_> {
-    fn allowed_after(
+    /// When the budget covering a pod (`namespace`, `labels`) last began to allow a
+    /// disruption and still did at `next`, not before `refused`: the tool's wait for a
+    /// refused eviction retried at `next` starts there. `next` itself when the budget
+    /// allowed none then; `refused` when no budget covers the pod.
+    fn allowed_since(
         &self,
         namespace: &str,
         labels: &BTreeMap<String, String>,
-        at: Timestamp,
-    ) -> Option<Timestamp> {
-        self.writes
-            .iter()
-            .filter(|(ns, selector, time)| {
-                *ns == namespace
-                    && *time >= at
-                    && !selector.is_empty()
-                    && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            })
-            .map(|(_, _, time)| *time)
-            .min()
+        refused: Timestamp,
+        next: Timestamp,
+    ) -> Timestamp {
+        let Some((_, Timeline { writes, .. })) = self.timelines.iter().find(|(ns, t)| {
+            *ns == namespace
+                && !t.selector.is_empty()
+                && t.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        }) else {
+            return refused;
+        };
+        let before: Vec<&(Timestamp, bool)> = writes.iter().filter(|(t, _)| *t <= next).collect();
+        match before.last() {
+            None => refused,
+            Some((_, false)) => next,
+            Some(_) => {
+                let since = before
+                    .iter()
+                    .rev()
+                    .take_while(|(_, allowed)| *allowed)
+                    .last()
+                    .map_or(refused, |(t, _)| *t);
+                since.max(refused)
+            }
+        }
     }
 }
 
 /// Reads `events` (one run's audit log) for the tool whose requests carry a user agent
 /// starting with `tool` (`ztunnel-rollout/`, `kubectl/`), the ztunnel pods being those in
-/// `ztunnel_namespace`, the run having started at `started`.
+/// `ztunnel_namespace`, the run having started at `started` and gone through `waves` in
+/// their order.
 pub fn analyse(
     events: &[AuditEvent],
     tool: &str,
     ztunnel_namespace: &str,
     started: Timestamp,
+    waves: &[Wave],
 ) -> Analysis {
     let mut events: Vec<&AuditEvent> = events
         .iter()
@@ -214,33 +261,49 @@ pub fn analyse(
                     _ => {}
                 }
             }
-            ("policy", "poddisruptionbudgets/status") => {
-                if let (Some(ns), Some(pdb)) = (&e.namespace, &e.response_object) {
-                    budget_writes.push((ns.as_str(), pdb, e.completed));
+            ("policy", "poddisruptionbudgets/status") if e.succeeded() => {
+                if let (Some(ns), Some(name), Some(pdb)) =
+                    (&e.namespace, &e.name, &e.response_object)
+                {
+                    budget_writes.push((ns.as_str(), name.as_str(), pdb, e.completed));
                 }
             }
             _ => {}
         }
     }
-    let selectors: Vec<(&str, BTreeMap<String, String>, Timestamp)> = budget_writes
-        .into_iter()
-        .filter(|(_, pdb, _)| pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) > 0)
-        .filter_map(|(ns, pdb, time)| {
-            let selector =
-                serde_json::from_value(pdb["spec"]["selector"]["matchLabels"].clone()).ok()?;
-            Some((ns, selector, time))
-        })
-        .collect();
+    let mut timelines: BTreeMap<(&str, &str), Timeline> = BTreeMap::new();
+    for (ns, name, pdb, time) in budget_writes {
+        let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) > 0;
+        let timeline = timelines.entry((ns, name)).or_default();
+        if let Ok(selector) = serde_json::from_value(pdb["spec"]["selector"]["matchLabels"].clone())
+        {
+            timeline.selector = selector;
+        }
+        timeline.writes.push((time, allowed));
+    }
     let budgets = Budgets {
-        writes: selectors.iter().map(|(ns, s, t)| (*ns, s, *t)).collect(),
+        timelines: timelines
+            .into_iter()
+            .map(|((ns, _), timeline)| (ns, timeline))
+            .collect(),
     };
     let no_labels = BTreeMap::new();
 
+    let in_waves: std::collections::HashSet<&str> = waves
+        .iter()
+        .flat_map(|w| w.nodes.iter().map(String::as_str))
+        .collect();
+    let mut left_out = Vec::new();
     let mut nodes = Vec::new();
     for (node, marks) in &node_marks {
         let (Some(cordoned), Some(uncordoned)) = *marks else {
+            left_out.push(node.clone());
             continue;
         };
+        if !in_waves.contains(node.as_str()) {
+            left_out.push(node.clone());
+            continue;
+        }
         let on_node = |key: &PodKey| node_of.get(key) == Some(node);
         // The drain: the evicted pod gone last.
         let last = evictions
@@ -258,12 +321,10 @@ pub fn analyse(
                     if !refused {
                         continue;
                     }
-                    let allowed = budgets
-                        .allowed_after(&key.0, labels, refused_at)
-                        .unwrap_or(refused_at);
-                    if allowed < next {
-                        tool += seconds(allowed, next);
-                    }
+                    tool += seconds(
+                        budgets.allowed_since(&key.0, labels, refused_at, next),
+                        next,
+                    );
                 }
                 (at, tool)
             }
@@ -273,6 +334,7 @@ pub fn analyse(
             .find(|(key, at)| on_node(key) && *at >= cordoned)
             .cloned()
         else {
+            left_out.push(node.clone());
             continue;
         };
         // The new pod: on the node, of the deleted pod's DaemonSet (its `app` label; other
@@ -290,6 +352,7 @@ pub fn analyse(
             .map(|(_, at)| *at)
             .min()
         else {
+            left_out.push(node.clone());
             continue;
         };
         nodes.push(NodeSteps {
@@ -303,24 +366,61 @@ pub fn analyse(
         });
     }
 
-    // Each node's start: the latest release before its cordon (of another node).
-    let freed_by = |n: &NodeSteps| -> Option<usize> {
-        nodes
+    // Each node's place: when it was free, and the node whose release freed it (none for
+    // the first wave's first places). Counted from every node the tool cordoned and
+    // uncordoned, complete or not, so that a node left out still holds its place.
+    let mut place: HashMap<&str, (Timestamp, Option<&str>)> = HashMap::new();
+    let mut wave_start: (Timestamp, Option<&str>) = (started, None);
+    // The waves in the order the tool ran them: by their first cordon.
+    let first_cordon = |w: &Wave| {
+        w.nodes
             .iter()
-            .enumerate()
-            .filter(|(_, m)| m.node != n.node && m.uncordoned <= n.cordoned)
-            .max_by_key(|(_, m)| m.uncordoned)
-            .map(|(i, _)| i)
+            .filter_map(|n| node_marks.get(n).and_then(|m| m.0))
+            .min()
     };
-    let slot = |n: &NodeSteps| -> f64 {
-        let free = freed_by(n).map_or(started, |i| nodes[i].uncordoned);
-        seconds(free.max(started), n.cordoned)
-    };
+    let mut ordered: Vec<&Wave> = waves.iter().collect();
+    ordered.sort_by_key(|w| first_cordon(w));
+    for wave in ordered {
+        let marked: Vec<(&str, Timestamp, Timestamp)> = wave
+            .nodes
+            .iter()
+            .filter_map(|n| match node_marks.get(n) {
+                Some((Some(c), Some(u))) => Some((n.as_str(), *c, *u)),
+                _ => None,
+            })
+            .collect();
+        let mut cordons = marked.clone();
+        cordons.sort_by_key(|(_, c, _)| *c);
+        let mut releases = marked;
+        releases.sort_by_key(|(_, _, u)| *u);
+        let budget = wave.budget.max(1);
+        for (k, (node, _, _)) in cordons.iter().enumerate() {
+            let free = match k.checked_sub(budget) {
+                None => wave_start,
+                Some(r) => (releases[r].2, Some(releases[r].0)),
+            };
+            place.insert(node, free);
+        }
+        if let Some((node, _, released)) = releases.last() {
+            wave_start = (*released, Some(node));
+        }
+    }
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node.as_str(), i))
+        .collect();
     let tool_by_node: Vec<[f64; 4]> = nodes
         .iter()
         .map(|n| {
+            let free = place.get(n.node.as_str()).map_or(started, |p| p.0);
             let [drain, delete, uncordon] = n.own_steps();
-            [slot(n), drain, delete, uncordon]
+            [
+                seconds(free.max(started), n.cordoned),
+                drain,
+                delete,
+                uncordon,
+            ]
         })
         .collect();
     let path = nodes
@@ -330,12 +430,16 @@ pub fn analyse(
         .map(|(last, n)| {
             let mut chain = vec![last];
             let mut at = n;
-            while let Some(i) = freed_by(at) {
-                if chain.contains(&i) {
+            while let Some(i) = place
+                .get(at.node.as_str())
+                .and_then(|p| p.1)
+                .and_then(|freed_by| index.get(freed_by))
+            {
+                if chain.contains(i) {
                     break;
                 }
-                chain.push(i);
-                at = &nodes[i];
+                chain.push(*i);
+                at = &nodes[*i];
             }
             chain.reverse();
             let mut tool_by_step = [0.0; 4];
@@ -348,12 +452,14 @@ pub fn analyse(
                 nodes: chain.iter().map(|i| nodes[*i].node.clone()).collect(),
                 seconds: seconds(started, n.uncordoned),
                 tool_by_step,
+                tool_by_node: chain.iter().map(|i| tool_by_node[*i]).collect(),
             }
         });
     Analysis {
         nodes,
         tool_by_node,
         path,
+        left_out,
     }
 }
 
@@ -502,9 +608,21 @@ mod tests {
         ]
     }
 
-    fn analyse_lines(lines: Vec<String>) -> Analysis {
+    fn wave(nodes: &[&str], budget: usize) -> Wave {
+        Wave {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            budget,
+        }
+    }
+
+    fn analyse_waves(lines: Vec<String>, waves: &[Wave]) -> Analysis {
         let events = read_events(lines.join("\n").as_bytes()).expect("read");
-        analyse(&events, "ztunnel-rollout/", "istio-system", start())
+        analyse(&events, "ztunnel-rollout/", "istio-system", start(), waves)
+    }
+
+    /// n1 alone, one at a time.
+    fn analyse_lines(lines: Vec<String>) -> Analysis {
+        analyse_waves(lines, &[wave(&["n1"], 1)])
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -528,23 +646,62 @@ mod tests {
     }
 
     #[test]
-    fn the_path_runs_back_through_the_releases_that_let_each_node_start() {
-        // n1 and n2 at once; n3 starts when n1 is released, n4 when n3 is; n2 ends
-        // after n3's start, before n4's, and is not on the path.
+    fn the_path_runs_back_through_the_releases_that_freed_each_node_s_place() {
+        // Two at a time: n1 and n2 start; n3 takes the place n1 frees (3,020), n4 the
+        // one n2 frees (3,220). n4 is released last: the path is n2, n4.
+        let mut lines = node(0, "n1");
+        lines.extend(node(200, "n2"));
+        lines.extend(node(3100, "n3"));
+        lines.extend(node(3300, "n4"));
+        let a = analyse_waves(lines, &[wave(&["n1", "n2", "n3", "n4"], 2)]);
+        assert!(a.left_out.is_empty(), "{:?}", a.left_out);
+        let path = a.path.expect("path");
+        assert_eq!(path.nodes, ["n2", "n4"]);
+        // n2 waited 0.2 s from the start, n4 3,300 - 3,220 ms.
+        assert!(
+            close(path.tool_by_step[0], 0.2 + 0.08),
+            "{:?}",
+            path.tool_by_step
+        );
+        assert_eq!(path.tool_by_node.len(), 2);
+        assert!(close(path.seconds, 6.32), "{}", path.seconds);
+    }
+
+    #[test]
+    fn a_place_left_free_while_others_are_released_is_the_tool_s_time() {
+        // Two at a time: n2's place is free from 3,220 ms, and n4 takes it only at
+        // 6,300 (after n3's release at 6,120, the latest before it): 3.08 s are the
+        // tool's, not 0.18.
         let mut lines = node(0, "n1");
         lines.extend(node(200, "n2"));
         lines.extend(node(3100, "n3"));
         lines.extend(node(6300, "n4"));
-        let a = analyse_lines(lines);
+        let a = analyse_waves(lines, &[wave(&["n1", "n2", "n3", "n4"], 2)]);
         let path = a.path.expect("path");
-        assert_eq!(path.nodes, ["n1", "n3", "n4"]);
-        // n3 waited 3,100 - 3,020 ms for its slot, n4 6,300 - 6,120.
+        assert_eq!(path.nodes, ["n2", "n4"]);
         assert!(
-            close(path.tool_by_step[0], 0.08 + 0.18),
+            close(path.tool_by_step[0], 0.2 + 3.08),
             "{:?}",
             path.tool_by_step
         );
         assert!(close(path.seconds, 9.32), "{}", path.seconds);
+    }
+
+    #[test]
+    fn a_wave_s_first_places_are_free_when_the_wave_before_is_done() {
+        // Wave a (n1, n2 at once) ends with n2's release at 3,220; wave b's n3 starts
+        // at 3,300: 0.08 s of the tool's, counted from n2's release, not n1's.
+        let mut lines = node(0, "n1");
+        lines.extend(node(200, "n2"));
+        lines.extend(node(3300, "n3"));
+        let a = analyse_waves(lines, &[wave(&["n1", "n2"], 2), wave(&["n3"], 1)]);
+        let path = a.path.expect("path");
+        assert_eq!(path.nodes, ["n2", "n3"]);
+        assert!(
+            close(path.tool_by_step[0], 0.2 + 0.08),
+            "{:?}",
+            path.tool_by_step
+        );
     }
 
     #[test]
@@ -586,6 +743,62 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_while_the_budget_allowed_counts_whole_against_the_tool() {
+        // The budget allowed a disruption before the refusal and still at the next try
+        // (the refusal was not the budget's): the whole wait is the tool's.
+        let mut lines = vec![
+            budget_allows(50, "web", 1),
+            node_write(0, "n1", true),
+            eviction(100, "web-a", true),
+            eviction(800, "web-a", false),
+            gone(1500, "apps", "web-a", "n1", "web", KWOK),
+        ];
+        lines.extend(node(0, "n1").into_iter().skip(3));
+        let a = analyse_lines(lines);
+        assert!(
+            close(a.tool_by_node[0][1], 0.1 + 0.699),
+            "{:?}",
+            a.tool_by_node
+        );
+    }
+
+    #[test]
+    fn a_refused_eviction_counts_from_the_last_time_its_budget_began_to_allow() {
+        // Allowed, then none (another eviction took it), then allowed again at 600: the
+        // wait counts from 601.
+        let mut lines = vec![
+            budget_allows(50, "web", 1),
+            node_write(0, "n1", true),
+            eviction(100, "web-a", true),
+            budget_allows(300, "web", 0),
+            budget_allows(600, "web", 1),
+            eviction(800, "web-a", false),
+            gone(1500, "apps", "web-a", "n1", "web", KWOK),
+        ];
+        lines.extend(node(0, "n1").into_iter().skip(3));
+        let a = analyse_lines(lines);
+        assert!(
+            close(a.tool_by_node[0][1], 0.1 + 0.199),
+            "{:?}",
+            a.tool_by_node
+        );
+    }
+
+    #[test]
+    fn a_try_while_the_budget_allows_none_is_no_delay_of_the_tool_s() {
+        let mut lines = vec![
+            budget_allows(50, "web", 0),
+            node_write(0, "n1", true),
+            eviction(100, "web-a", true),
+            eviction(800, "web-a", false),
+            gone(1500, "apps", "web-a", "n1", "web", KWOK),
+        ];
+        lines.extend(node(0, "n1").into_iter().skip(3));
+        let a = analyse_lines(lines);
+        assert!(close(a.tool_by_node[0][1], 0.1), "{:?}", a.tool_by_node);
+    }
+
+    #[test]
     fn another_daemonset_s_pod_ready_on_the_node_is_not_the_new_ztunnel() {
         let mut lines = node(0, "n1");
         // istio-cni's pod, same namespace, Ready between the delete and the new ztunnel.
@@ -610,16 +823,36 @@ mod tests {
         lines.pop(); // never uncordoned
         let a = analyse_lines(lines);
         assert!(a.nodes.is_empty() && a.path.is_none(), "{a:?}");
+        assert_eq!(a.left_out, ["n1"]);
     }
 
     #[test]
-    fn another_client_s_writes_are_the_cluster_s() {
-        // The same steps by kubectl: nothing is the tool's (ztunnel-rollout/).
-        let lines: Vec<String> = node(0, "n1")
-            .into_iter()
-            .map(|l| l.replace(TOOL, "kubectl/v1.36.3"))
-            .collect();
+    fn a_node_in_no_wave_is_left_out() {
+        let mut lines = node(0, "n1");
+        lines.extend(node(100, "n2"));
         let a = analyse_lines(lines);
-        assert!(a.nodes.is_empty(), "{a:?}");
+        assert_eq!(a.nodes.len(), 1);
+        assert_eq!(a.left_out, ["n2"]);
+    }
+
+    #[test]
+    fn another_client_s_node_steps_inside_the_tool_s_run_are_not_the_tool_s() {
+        // kubectl takes n9 through the same steps while the tool runs n1 and n2 one at
+        // a time: n9's release frees no place, and n9 is no node of the tool's.
+        let mut lines = node(0, "n1");
+        lines.extend(
+            node(1000, "n9")
+                .into_iter()
+                .map(|l| l.replace(TOOL, "kubectl/v1.36.3")),
+        );
+        lines.extend(node(4100, "n2"));
+        let a = analyse_waves(lines, &[wave(&["n1", "n2"], 1)]);
+        let names: Vec<&str> = a.nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(names, ["n1", "n2"]);
+        assert!(a.left_out.is_empty(), "{:?}", a.left_out);
+        let path = a.path.expect("path");
+        assert_eq!(path.nodes, ["n1", "n2"]);
+        // n2's place is n1's, freed at 3,020 (not n9's at 4,020).
+        assert!(close(a.tool_by_node[1][0], 1.08), "{:?}", a.tool_by_node);
     }
 }
