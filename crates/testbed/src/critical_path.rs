@@ -704,98 +704,59 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refused_eviction_counts_from_when_its_budget_allowed_again() {
-        let mut lines = vec![
+    /// The tool's drain time on n1 when its one pod's eviction is refused at +100 ms and
+    /// retried at +800 (the pod gone at +1,500), with these budget status writes.
+    fn drain_with_one_refusal(budget_writes: Vec<String>) -> f64 {
+        let mut lines = budget_writes;
+        lines.extend([
             node_write(0, "n1", true),
             eviction(100, "web-a", true),
-            budget_allows(600, "web", 1),
             eviction(800, "web-a", false),
             gone(1500, "apps", "web-a", "n1", "web", KWOK),
-        ];
+        ]);
         lines.extend(node(0, "n1").into_iter().skip(3));
         let a = analyse_lines(lines);
-        // 0.1 s to the first try, then 0.8 - 0.601 s after the budget allowed.
-        assert!(
-            close(a.tool_by_node[0][1], 0.1 + 0.199),
-            "{:?}",
-            a.tool_by_node
-        );
         assert_eq!(a.nodes[0].drained.to_string(), at(1501));
+        a.tool_by_node[0][1]
+    }
+
+    #[test]
+    fn a_refused_eviction_counts_from_when_its_budget_allowed_again() {
+        // 0.1 s to the first try, then 0.8 - 0.601 s after the budget allowed.
+        let drain = drain_with_one_refusal(vec![budget_allows(600, "web", 1)]);
+        assert!(close(drain, 0.1 + 0.199), "{drain}");
     }
 
     #[test]
     fn a_refusal_whose_budget_never_allowed_counts_whole_against_the_tool() {
-        let mut lines = vec![
-            node_write(0, "n1", true),
-            eviction(100, "web-a", true),
-            budget_allows(600, "other", 1),
-            eviction(800, "web-a", false),
-            gone(1500, "apps", "web-a", "n1", "web", KWOK),
-        ];
-        lines.extend(node(0, "n1").into_iter().skip(3));
-        let a = analyse_lines(lines);
-        assert!(
-            close(a.tool_by_node[0][1], 0.1 + 0.699),
-            "{:?}",
-            a.tool_by_node
-        );
+        let drain = drain_with_one_refusal(vec![budget_allows(600, "other", 1)]);
+        assert!(close(drain, 0.1 + 0.699), "{drain}");
     }
 
     #[test]
     fn a_refusal_while_the_budget_allowed_counts_whole_against_the_tool() {
         // The budget allowed a disruption before the refusal and still at the next try
         // (the refusal was not the budget's): the whole wait is the tool's.
-        let mut lines = vec![
-            budget_allows(50, "web", 1),
-            node_write(0, "n1", true),
-            eviction(100, "web-a", true),
-            eviction(800, "web-a", false),
-            gone(1500, "apps", "web-a", "n1", "web", KWOK),
-        ];
-        lines.extend(node(0, "n1").into_iter().skip(3));
-        let a = analyse_lines(lines);
-        assert!(
-            close(a.tool_by_node[0][1], 0.1 + 0.699),
-            "{:?}",
-            a.tool_by_node
-        );
+        let drain = drain_with_one_refusal(vec![budget_allows(50, "web", 1)]);
+        assert!(close(drain, 0.1 + 0.699), "{drain}");
     }
 
     #[test]
     fn a_refused_eviction_counts_from_the_last_time_its_budget_began_to_allow() {
         // Allowed, then none (another eviction took it), then allowed again at 600: the
         // wait counts from 601.
-        let mut lines = vec![
+        let drain = drain_with_one_refusal(vec![
             budget_allows(50, "web", 1),
-            node_write(0, "n1", true),
-            eviction(100, "web-a", true),
             budget_allows(300, "web", 0),
             budget_allows(600, "web", 1),
-            eviction(800, "web-a", false),
-            gone(1500, "apps", "web-a", "n1", "web", KWOK),
-        ];
-        lines.extend(node(0, "n1").into_iter().skip(3));
-        let a = analyse_lines(lines);
-        assert!(
-            close(a.tool_by_node[0][1], 0.1 + 0.199),
-            "{:?}",
-            a.tool_by_node
-        );
+        ]);
+        assert!(close(drain, 0.1 + 0.199), "{drain}");
     }
 
     #[test]
     fn a_try_while_the_budget_allows_none_is_no_delay_of_the_tool_s() {
-        let mut lines = vec![
-            budget_allows(50, "web", 0),
-            node_write(0, "n1", true),
-            eviction(100, "web-a", true),
-            eviction(800, "web-a", false),
-            gone(1500, "apps", "web-a", "n1", "web", KWOK),
-        ];
-        lines.extend(node(0, "n1").into_iter().skip(3));
-        let a = analyse_lines(lines);
-        assert!(close(a.tool_by_node[0][1], 0.1), "{:?}", a.tool_by_node);
+        let drain = drain_with_one_refusal(vec![budget_allows(50, "web", 0)]);
+        assert!(close(drain, 0.1), "{drain}");
     }
 
     #[test]
