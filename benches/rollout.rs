@@ -275,13 +275,12 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
 /// kube-system) and a log agent (in its own namespace). Their pods stay on a drained
 /// node, as DaemonSet pods do, and weigh on every watch of pods.
 async fn node_agents(client: &Client, nodes: usize) {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &fixtures::namespace("logging", BTreeMap::new()),
-        )
-        .await
-        .expect("namespace");
+    fixtures::apply(
+        &Api::<Namespace>::all(client.clone()),
+        &fixtures::namespace("logging", BTreeMap::new()),
+    )
+    .await
+    .expect("namespace");
     for (namespace, name) in [
         (TAG, "istio-cni-node"),
         ("kube-system", "kube-proxy"),
