@@ -23,6 +23,10 @@
 //! - `BENCH_APP_NAMESPACES` (1): namespaces the application Deployments spread over,
 //! - `BENCH_AGENT_CPU` (none): the agent's CPU limited to this many cores (a cgroup; the
 //!   leader only, from its election on; the runbook script is not limited),
+//! - `BENCH_STOP_AFTER_NODES` (none): the agent's run ends once this many nodes are
+//!   done, for clusters whose whole rollout outlasts a session here (5,000 nodes); the
+//!   figures cover those nodes (the bound is theirs; requests per node divide by the
+//!   nodes started), the rest stay where the stop found them and go with the cluster,
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
 //!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
 //!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
@@ -47,6 +51,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use support::agent::{self as agent_support, Agent, TEST_LABEL};
 use ztunnel_rollout::api::ZtunnelRollout;
+use ztunnel_rollout_core::api::rollout::NodePhase;
 use ztunnel_rollout_core::rollout::planner::{self, MaxUnavailable, NodeObservation, WavePolicy};
 use ztunnel_rollout_core::rollout::settings::max_unavailable;
 use ztunnel_rollout_testbed::control_plane::client_for;
@@ -99,6 +104,8 @@ struct Params {
     /// The agent's CPU limited to this many cores (`BENCH_AGENT_CPU`, e.g. `0.1`), by a
     /// cgroup (v1's cpu controller) of its own: how much of the run waits on the agent.
     agent_cpu: Option<f64>,
+    /// Stop once this many nodes are done (`BENCH_STOP_AFTER_NODES`; agent mode only).
+    stop_after: Option<usize>,
 }
 
 fn params() -> Params {
@@ -108,7 +115,7 @@ fn params() -> Params {
             .parse::<usize>()
             .unwrap_or_else(|e| panic!("{k}: {e}"))
     };
-    Params {
+    let p = Params {
         runs: run_record::runs_from_env(1),
         nodes: number("BENCH_NODES", "200"),
         pods_per_node: number("BENCH_PODS_PER_NODE", "2"),
@@ -128,13 +135,29 @@ fn params() -> Params {
                 .filter(|c| *c > 0.0 && c.is_finite())
                 .unwrap_or_else(|| panic!("BENCH_AGENT_CPU: {v:?} is not a number of cores"))
         }),
+        stop_after: std::env::var("BENCH_STOP_AFTER_NODES").ok().map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| {
+                    panic!("BENCH_STOP_AFTER_NODES: {v:?} is not a number of nodes (1 or more)")
+                })
+        }),
         mode: match var("BENCH_MODE", "agent").as_str() {
             "agent" => Mode::Agent,
             "runbook" => Mode::Runbook,
             "failover" => Mode::Failover,
             other => panic!("BENCH_MODE: {other:?} is not agent, runbook or failover"),
         },
+    };
+    if let Some(n) = p.stop_after {
+        assert!(
+            n <= p.nodes && p.mode == Mode::Agent,
+            "BENCH_STOP_AFTER_NODES={n}: needs BENCH_MODE=agent and at most BENCH_NODES={} nodes",
+            p.nodes
+        );
     }
+    p
 }
 
 fn budget(p: &Params) -> MaxUnavailable {
@@ -597,7 +620,16 @@ fn lower_bound(p: &Params, budget: MaxUnavailable) -> (f64, usize, f64) {
             .collect()
     };
     // The runbook script runs at the same concurrency (xargs -P), so the same bound.
-    let batches: usize = waves.iter().map(|n| n.div_ceil(budget.budget(*n))).sum();
+    // Stopped after n nodes: the waves' batches up to the n-th node.
+    let mut left = p.stop_after.unwrap_or(p.nodes);
+    let batches: usize = waves
+        .iter()
+        .map(|n| {
+            let taken = left.min(*n);
+            left -= taken;
+            taken.div_ceil(budget.budget(*n))
+        })
+        .sum();
     (batches as f64 * path, batches, path)
 }
 
@@ -981,6 +1013,9 @@ async fn run(p: &Params) -> Run {
     let mut runbook_lines = String::new();
     // Numbers of this run besides the common ones (failover, per-node medians).
     let mut numbers = serde_json::Map::new();
+    // Stopped after some nodes: those the agent started, and those it finished.
+    let mut started_nodes = p.nodes;
+    let mut done_nodes = nodes.clone();
     match p.mode {
         Mode::Runbook => {
             user_agent = "kubectl/";
@@ -1118,20 +1153,62 @@ async fn run(p: &Params) -> Run {
                 numbers.insert("failover_first_step_seconds".into(), since(&first).into());
             }
             let leader = agents.last().expect("an agent");
-            let done = agent_support::wait_for_phase(
-                &client,
-                TAG,
-                "Complete",
-                Duration::from_secs(3600),
-                &[leader],
-            )
-            .await;
+            let done = match p.stop_after {
+                None => {
+                    agent_support::wait_for_phase(
+                        &client,
+                        TAG,
+                        "Complete",
+                        Duration::from_secs(3600),
+                        &[leader],
+                    )
+                    .await
+                }
+                Some(n) => {
+                    let n = n as u32;
+                    support::wait_within(
+                        &Api::<ZtunnelRollout>::all(client.clone()),
+                        TAG,
+                        "the nodes to stop after done",
+                        Duration::from_secs(3600),
+                        move |r: Option<&ZtunnelRollout>| {
+                            r.and_then(|r| r.status.as_ref())
+                                .is_some_and(|s| s.counts.done >= n)
+                        },
+                    )
+                    .await
+                    .expect("the rollout")
+                }
+            };
             let status = done.status.clone().expect("status");
             assert_eq!(status.target_revision.as_deref(), Some(target.as_str()));
             rows.push((
                 "nodes done".into(),
                 format!("{} of {}", status.counts.done, status.counts.total),
             ));
+            if p.stop_after.is_some() {
+                started_nodes = status.counts.done as usize + status.counts.in_flight as usize;
+                rows.push((
+                    "stopped with".into(),
+                    format!(
+                        "{} nodes in flight, {} failed",
+                        status.counts.in_flight, status.counts.failed
+                    ),
+                ));
+                numbers.insert("nodes_done".into(), status.counts.done.into());
+                numbers.insert("nodes_in_flight".into(), status.counts.in_flight.into());
+                numbers.insert("nodes_failed".into(), status.counts.failed.into());
+                let phase: HashMap<&str, _> = status
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.as_str(), n.phase))
+                    .collect();
+                done_nodes = nodes
+                    .iter()
+                    .filter(|n| phase.get(n.as_str()) == Some(&NodePhase::Done))
+                    .cloned()
+                    .collect();
+            }
             rows.push((
                 "status size".into(),
                 format!(
@@ -1145,18 +1222,25 @@ async fn run(p: &Params) -> Run {
     for t in watchers {
         t.abort();
     }
-    let hashes: Vec<String> = Api::<Pod>::namespaced(client.clone(), TAG)
+    let hashes: HashMap<String, String> = Api::<Pod>::namespaced(client.clone(), TAG)
         .list(&ListParams::default().labels("app=ztunnel"))
         .await
         .expect("ztunnel pods")
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.labels().get("controller-revision-hash").cloned())
+        .filter_map(|p| {
+            Some((
+                p.spec.as_ref()?.node_name.clone()?,
+                p.labels().get("controller-revision-hash")?.clone(),
+            ))
+        })
         .collect();
     assert!(
-        hashes.len() == p.nodes && hashes.iter().all(|h| *h == target),
-        "every ztunnel on {target}"
+        done_nodes
+            .iter()
+            .all(|n| hashes.get(n).is_some_and(|h| *h == target)),
+        "every done node's ztunnel on {target}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await; // let the audit log flush
     let requests = support::audit::count_requests(&audit_log, offset, user_agent);
@@ -1200,7 +1284,9 @@ async fn run(p: &Params) -> Run {
                 format!("; applications in {} namespaces", p.app_namespaces)
             } else {
                 String::new()
-            },
+            } + &p.stop_after.map_or(String::new(), |n| {
+                format!("; stopped once {n} nodes were done (time, bound and ratio are theirs)")
+            }),
         ),
         ("total time".to_owned(), format!("{total:.1} s")),
         (
@@ -1221,9 +1307,14 @@ async fn run(p: &Params) -> Run {
         (
             "API requests".to_owned(),
             format!(
-                "{all}: {:.1} per node besides {evictions} evictions ({:.2} per pod)",
-                (all - evictions) as f64 / p.nodes as f64,
-                evictions as f64 / pods.max(1) as f64
+                "{all}: {:.1} per node{} besides {evictions} evictions ({:.2} per pod)",
+                (all - evictions) as f64 / started_nodes as f64,
+                if p.stop_after.is_some() {
+                    format!(" started ({started_nodes})")
+                } else {
+                    String::new()
+                },
+                evictions as f64 / (started_nodes * p.pods_per_node).max(1) as f64
             ),
         ),
     ];
@@ -1239,21 +1330,29 @@ async fn run(p: &Params) -> Run {
     ] {
         numbers.insert(key.into(), value);
     }
-    critical_path(
-        &mut numbers,
-        &mut table,
-        (&audit_log, offset),
-        user_agent,
-        started_at,
-        &wave_nodes(p, &nodes)
-            .into_iter()
-            .map(|nodes| critical_path::Wave {
-                budget: budget.budget(nodes.len()),
-                nodes,
-            })
-            .collect::<Vec<_>>(),
-        gates_least(p),
-    );
+    if let Some(n) = p.stop_after {
+        numbers.insert("nodes_started".into(), started_nodes.into());
+        table.push((
+            "critical path".into(),
+            format!("not read: the run stopped after {n} nodes, its waves unfinished"),
+        ));
+    } else {
+        critical_path(
+            &mut numbers,
+            &mut table,
+            (&audit_log, offset),
+            user_agent,
+            started_at,
+            &wave_nodes(p, &nodes)
+                .into_iter()
+                .map(|nodes| critical_path::Wave {
+                    budget: budget.budget(nodes.len()),
+                    nodes,
+                })
+                .collect::<Vec<_>>(),
+            gates_least(p),
+        );
+    }
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
     let latency: Vec<f64> = {
         let r = reactions.lock().expect("lock");

@@ -154,9 +154,13 @@ pub fn classify(pod: &Pod, opts: &FilterOptions, now: Timestamp) -> Disposition 
 
 /// Decides for every pod of the node at once, so all refusals are known before anything
 /// is evicted.
-pub fn plan(pods: &[Pod], opts: &FilterOptions, now: Timestamp) -> DrainPlan {
+pub fn plan<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    opts: &FilterOptions,
+    now: Timestamp,
+) -> DrainPlan {
     let mut planned: Vec<PlannedPod> = pods
-        .iter()
+        .into_iter()
         .map(|p| PlannedPod {
             namespace: p.metadata.namespace.clone().unwrap_or_default(),
             name: p.metadata.name.clone().unwrap_or_default(),
