@@ -163,17 +163,25 @@ pub struct Agent {
     pub identity: String,
     pub log: PathBuf,
     pub metrics: String,
+    /// Started under `AGENT_WRAPPER` in a process group of its own: the wrapper's
+    /// children (the agent itself) go with it.
+    wrapped: bool,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 impl Agent {
     pub fn kill(&mut self) {
+        if std::mem::take(&mut self.wrapped) {
+            // SAFETY: kill(2) on the group this Agent created (its leader's pid).
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -330,13 +338,14 @@ fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str
     let metrics = format!("127.0.0.1:{}", free_port());
     // AGENT_WRAPPER (e.g. `heaptrack`) runs the agent under a profiler, for investigations.
     let exe = env!("CARGO_BIN_EXE_ztunnel-rollout");
-    let mut cmd = match std::env::var("AGENT_WRAPPER") {
-        Ok(wrapper) if !wrapper.is_empty() => {
-            let mut c = Command::new(wrapper);
-            c.arg(exe);
-            c
-        }
-        _ => Command::new(exe),
+    let wrapper = std::env::var("AGENT_WRAPPER").unwrap_or_default();
+    let wrapped = !wrapper.is_empty();
+    let mut cmd = if wrapped {
+        let mut c = Command::new(wrapper);
+        c.arg(exe).process_group(0);
+        c
+    } else {
+        Command::new(exe)
     };
     cmd.args(["agent", "--kubeconfig"])
         .arg(kubeconfig)
@@ -365,6 +374,7 @@ fn spawn(tag: &str, kubeconfig: &Path, lease: &str, identity: &str, env: &[(&str
         identity: identity.to_owned(),
         log,
         metrics,
+        wrapped,
     }
 }
 

@@ -693,5 +693,10 @@ fn controller_manager_args(
         // bottleneck of every benchmark; the simulated delays should dominate instead.
         "--kube-api-qps=500".into(),
         "--kube-api-burst=1000".into(),
+        // KWOK renews every node's lease; with thousands of nodes on 2 cores the renewals
+        // fall behind the default 50 s, and the node lifecycle controller then marks the
+        // nodes NotReady and their pods not Ready, which KWOK never undoes (the 5,000-node
+        // benchmark's setup, 2026-12-03: 1,395 pods). No test relies on a lease expiring.
+        "--node-monitor-grace-period=10m".into(),
     ]
 }
