@@ -21,6 +21,12 @@
 //! - `BENCH_NODE_AGENTS` (0): with 1, istio-cni, a kube-proxy and a log agent run as
 //!   DaemonSets with a pod on every node (none of them moved),
 //! - `BENCH_APP_NAMESPACES` (1): namespaces the application Deployments spread over,
+//! - `BENCH_EVEN_SPREAD` (0): with 1, every node gets `BENCH_PODS_PER_NODE` application
+//!   pods exactly (a topology spread constraint over all of them; it counts one
+//!   namespace's pods, so it needs `BENCH_APP_NAMESPACES=1`); otherwise the
+//!   scheduler places them as it likes (about that many). The agent drains the nodes
+//!   with fewest pods first, so with one pod a node an uneven spread means a first
+//!   stretch of empty nodes,
 //! - `BENCH_AGENT_CPU` (none): the agent's CPU limited to this many cores (a cgroup; the
 //!   leader only, from its election on; the runbook script is not limited),
 //! - `BENCH_STOP_AFTER_NODES` (none): the agent's run ends once this many nodes are
@@ -72,6 +78,9 @@ const ZTUNNEL_READY: f64 = 1.0;
 const GATE_INTERVAL: f64 = 1.0;
 const GATE_SOAK: f64 = 2.0;
 const TAG: &str = "bench-rollout";
+/// The label every application pod carries with `BENCH_EVEN_SPREAD=1`, to spread them
+/// evenly together.
+const SPREAD_LABEL: &str = "bench-spread";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -99,6 +108,8 @@ struct Params {
     /// benchmark's own). The controllers that scan a namespace's pods on every change
     /// (ReplicaSets', the disruption controller) cost what one namespace holds.
     app_namespaces: usize,
+    /// Exactly `pods_per_node` application pods on every node (`BENCH_EVEN_SPREAD=1`).
+    even_spread: bool,
     /// Runs, each on a fresh cluster (`BENCH_RUNS`).
     runs: usize,
     /// The agent's CPU limited to this many cores (`BENCH_AGENT_CPU`, e.g. `0.1`), by a
@@ -129,6 +140,7 @@ fn params() -> Params {
         gates: number("BENCH_GATES", "0") == 1,
         node_agents: number("BENCH_NODE_AGENTS", "0") == 1,
         app_namespaces: number("BENCH_APP_NAMESPACES", "1").max(1),
+        even_spread: number("BENCH_EVEN_SPREAD", "0") == 1,
         agent_cpu: std::env::var("BENCH_AGENT_CPU").ok().map(|v| {
             v.parse::<f64>()
                 .ok()
@@ -150,6 +162,10 @@ fn params() -> Params {
             other => panic!("BENCH_MODE: {other:?} is not agent, runbook or failover"),
         },
     };
+    assert!(
+        !p.even_spread || p.app_namespaces == 1,
+        "BENCH_EVEN_SPREAD=1 needs BENCH_APP_NAMESPACES=1: a topology spread constraint counts the pods of its own namespace only"
+    );
     if let Some(n) = p.stop_after {
         assert!(
             n <= p.nodes && p.mode == Mode::Agent,
@@ -228,6 +244,11 @@ async fn scenario(client: &Client, p: &Params) -> (String, Vec<String>) {
         let mut app = AppFixture::new(&namespace, &name, replicas);
         app.node_selector = selector.clone();
         app.exit_after_seconds = APP_EXIT;
+        if p.even_spread {
+            let all_apps = BTreeMap::from([(SPREAD_LABEL.to_owned(), TAG.to_owned())]);
+            app.extra_labels.extend(all_apps.clone());
+            app.spread_evenly_with = all_apps;
+        }
         fixtures::apply(
             &Api::namespaced(client.clone(), &namespace),
             &app.deployment(),
@@ -1284,6 +1305,10 @@ async fn run(p: &Params) -> Run {
                 format!("; applications in {} namespaces", p.app_namespaces)
             } else {
                 String::new()
+            } + if p.even_spread {
+                "; the same number of application pods on every node"
+            } else {
+                ""
             } + &p.stop_after.map_or(String::new(), |n| {
                 format!("; stopped once {n} nodes were done (time, bound and ratio are theirs)")
             }),
@@ -1330,6 +1355,10 @@ async fn run(p: &Params) -> Run {
     ] {
         numbers.insert(key.into(), value);
     }
+    assert!(
+        !p.even_spread || p.app_namespaces == 1,
+        "BENCH_EVEN_SPREAD=1 needs BENCH_APP_NAMESPACES=1: a topology spread constraint counts the pods of its own namespace only"
+    );
     if let Some(n) = p.stop_after {
         numbers.insert("nodes_started".into(), started_nodes.into());
         table.push((

@@ -463,6 +463,7 @@ async fn the_image_runs_as_the_agent_with_its_service_account_token_and_complete
         identity: identity.to_owned(),
         log,
         metrics,
+        wrapped: false,
     };
 
     let name = format!("{}-rollout", env.namespace);

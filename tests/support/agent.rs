@@ -165,7 +165,7 @@ pub struct Agent {
     pub metrics: String,
     /// Started under `AGENT_WRAPPER` in a process group of its own: the wrapper's
     /// children (the agent itself) go with it.
-    wrapped: bool,
+    pub wrapped: bool,
 }
 
 impl Drop for Agent {

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, HTTPGetAction, Namespace, Node, NodeStatus, PodSpec, PodTemplateSpec,
-    Probe, Toleration,
+    Probe, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -242,6 +242,13 @@ pub struct AppFixture {
     pub extra_labels: BTreeMap<String, String>,
     pub exit_after_seconds: f64,
     pub termination_grace_period_seconds: i64,
+    /// Spread the pods evenly over the nodes together with every pod these labels
+    /// select in the namespace (a topology spread constraint sees no other namespace),
+    /// other Deployments' included (put the labels in `extra_labels` too): a topology
+    /// spread constraint by hostname, skew at most 1, the scheduler waits rather than
+    /// break it, and cordoned or tainted nodes do not count (so a drained pod's
+    /// replacement is not held for the node it left). Empty: the scheduler's own choice.
+    pub spread_evenly_with: BTreeMap<String, String>,
 }
 
 impl AppFixture {
@@ -254,6 +261,7 @@ impl AppFixture {
             extra_labels: BTreeMap::new(),
             exit_after_seconds: 1.0,
             termination_grace_period_seconds: 30,
+            spread_evenly_with: BTreeMap::new(),
         }
     }
 
@@ -299,6 +307,21 @@ impl AppFixture {
                             .then(|| self.node_selector.clone()),
                         termination_grace_period_seconds: Some(
                             self.termination_grace_period_seconds,
+                        ),
+                        topology_spread_constraints: (!self.spread_evenly_with.is_empty()).then(
+                            || {
+                                vec![TopologySpreadConstraint {
+                                    max_skew: 1,
+                                    topology_key: "kubernetes.io/hostname".to_owned(),
+                                    when_unsatisfiable: "DoNotSchedule".to_owned(),
+                                    node_taints_policy: Some("Honor".to_owned()),
+                                    label_selector: Some(LabelSelector {
+                                        match_labels: Some(self.spread_evenly_with.clone()),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                }]
+                            },
                         ),
                         containers: vec![Container {
                             name: if is_waypoint { "istio-proxy" } else { "app" }.to_owned(),
