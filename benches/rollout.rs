@@ -1355,10 +1355,6 @@ async fn run(p: &Params) -> Run {
     ] {
         numbers.insert(key.into(), value);
     }
-    assert!(
-        !p.even_spread || p.app_namespaces == 1,
-        "BENCH_EVEN_SPREAD=1 needs BENCH_APP_NAMESPACES=1: a topology spread constraint counts the pods of its own namespace only"
-    );
     if let Some(n) = p.stop_after {
         numbers.insert("nodes_started".into(), started_nodes.into());
         table.push((

@@ -27,8 +27,9 @@
 #                      kube-proxy and a log agent (DaemonSets), 20 application pods per node
 #                      (20,000, under PDBs, in 25 namespaces), the health gates on
 #   scale-5000         5,000 nodes (Kubernetes' documented limit), ztunnel and one application
-#                      pod on every node (spread evenly: the agent takes emptier nodes first); stopped once 500 nodes are done (the whole rollout
-#                      outlasts a session on 2 cores): the figures are those 500 nodes'
+#                      pod on every node (spread evenly: the agent takes emptier nodes
+#                      first); stopped once 500 nodes are done (the whole rollout outlasts
+#                      a session on 2 cores): the figures are those 500 nodes'
 #
 # Every rollout run also reads the audit log for the critical path: the chain of nodes
 # that set the run's length, and the tool's part of it (crates/testbed critical_path).
