@@ -31,6 +31,10 @@ use crate::metrics::{EvictionLabels, Metrics};
 /// each other's round trips, few enough not to flood the API server.
 pub const CALLS_AT_ONCE: usize = 32;
 
+/// Eviction requests in flight at once across all the agent's drains: as many as the
+/// node calls; a refused eviction returns at once and waits without its permit.
+pub const EVICTIONS_AT_ONCE: usize = 32;
+
 pub struct EffectRunner {
     client: Client,
     observed: Arc<Observed>,
@@ -69,6 +73,7 @@ impl EffectRunner {
             drainer: Arc::new(
                 Drainer::new(client.clone())
                     .guarded_by(leadership.clone())
+                    .sharing_request_permits(EVICTIONS_AT_ONCE)
                     .sharing_pdbs(SharedPdbs {
                         store: observed.pdbs.clone(),
                         changed: observed.pdbs_changed.clone(),

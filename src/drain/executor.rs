@@ -256,6 +256,8 @@ pub struct Drainer {
     client: Client,
     leadership: Option<Leadership>,
     pdbs: Option<SharedPdbs>,
+    /// Eviction (or delete) requests in flight across all of this drainer's drains.
+    requests: Option<Arc<Semaphore>>,
 }
 
 /// A PodDisruptionBudget cache the caller keeps (status included), with a counter that
@@ -274,7 +276,18 @@ impl Drainer {
             client,
             leadership: None,
             pdbs: None,
+            requests: None,
         }
+    }
+
+    /// At most `n` eviction (or delete) requests in flight across every drain this
+    /// drainer runs at once, besides each drain's own `concurrency`. An agent draining
+    /// 33 nodes of 24 pods otherwise sends ~800 requests at once, and each in-flight
+    /// HTTP/1.1 request holds a connection of its own (TLS state and buffers, then idle
+    /// in the pool): ~25 MB at the realistic 1,000-node bed's peak.
+    pub fn sharing_request_permits(mut self, n: usize) -> Self {
+        self.requests = Some(Arc::new(Semaphore::new(n.max(1))));
+        self
     }
 
     /// Reads PDBs from `pdbs` (synced) instead of a watch per drain: an agent draining
@@ -364,6 +377,7 @@ impl Drainer {
                         leadership: self.leadership.clone(),
                         views: views.clone(),
                         permits: permits.clone(),
+                        shared_permits: self.requests.clone(),
                         opts: opts.clone(),
                         start,
                         deadline,
@@ -413,6 +427,7 @@ struct PodDrain {
     leadership: Option<Leadership>,
     views: Arc<Views>,
     permits: Arc<Semaphore>,
+    shared_permits: Option<Arc<Semaphore>>,
     opts: DrainOptions,
     start: Instant,
     deadline: Instant,
@@ -444,6 +459,10 @@ impl PodDrain {
 
     async fn request(&self, p: &PlannedPod) -> Result<(), kube::Error> {
         let _permit = self.permits.acquire().await;
+        let _shared_permit = match &self.shared_permits {
+            Some(shared) => Some(shared.acquire().await),
+            None => None,
+        };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
         let delete = DeleteParams {
             grace_period_seconds: self
