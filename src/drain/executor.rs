@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::OptionFuture;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -257,7 +258,7 @@ pub struct Drainer {
     leadership: Option<Leadership>,
     pdbs: Option<SharedPdbs>,
     /// Eviction (or delete) requests in flight across all of this drainer's drains.
-    requests: Option<Arc<Semaphore>>,
+    shared_permits: Option<Arc<Semaphore>>,
 }
 
 /// A PodDisruptionBudget cache the caller keeps (status included), with a counter that
@@ -276,7 +277,7 @@ impl Drainer {
             client,
             leadership: None,
             pdbs: None,
-            requests: None,
+            shared_permits: None,
         }
     }
 
@@ -286,7 +287,7 @@ impl Drainer {
     /// HTTP/1.1 request holds a connection of its own (TLS state and buffers, then idle
     /// in the pool): ~25 MB at the realistic 1,000-node bed's peak.
     pub fn sharing_request_permits(mut self, n: usize) -> Self {
-        self.requests = Some(Arc::new(Semaphore::new(n.max(1))));
+        self.shared_permits = Some(Arc::new(Semaphore::new(n.max(1))));
         self
     }
 
@@ -377,7 +378,7 @@ impl Drainer {
                         leadership: self.leadership.clone(),
                         views: views.clone(),
                         permits: permits.clone(),
-                        shared_permits: self.requests.clone(),
+                        shared_permits: self.shared_permits.clone(),
                         opts: opts.clone(),
                         start,
                         deadline,
@@ -459,10 +460,8 @@ impl PodDrain {
 
     async fn request(&self, p: &PlannedPod) -> Result<(), kube::Error> {
         let _permit = self.permits.acquire().await;
-        let _shared_permit = match &self.shared_permits {
-            Some(shared) => Some(shared.acquire().await),
-            None => None,
-        };
+        let _shared_permit =
+            OptionFuture::from(self.shared_permits.as_ref().map(|s| s.acquire())).await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
         let delete = DeleteParams {
             grace_period_seconds: self

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sums heaptrack_print's peak report (-p 1 -s 400) by the first frame of this
 repository's code; with --type FRAME, splits FRAME's share by the first k8s-openapi
-object type (api/...) or kube-runtime frame on its stacks.
+object type on its stacks (the rest: the stores' maps, keys and strings).
 Usage: by_source.py REPO < heaptrack-print-peaks.txt"""
 import collections, os, re, sys
 
@@ -9,6 +9,7 @@ repo = sys.argv[1]
 split = sys.argv[sys.argv.index("--type") + 1] if "--type" in sys.argv else None
 size = re.compile(r"^\s*([0-9.]+)([KMG]?) (?:peak memory )?consumed over")
 frame = re.compile(r"^\s*at (\S+):(\d+)$")
+openapi_type = re.compile(r"k8s-openapi-[^/]+/src/v1_\d+/(.+)$")
 unit = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3}
 
 
@@ -52,8 +53,8 @@ for mb, frames in stacks:
         first = f"{rel} (a dependency's)"
     by_source[first] += mb
     if split and first == split:
-        kind = next((p.split("/src/", 1)[1] for p, _ in frames
-                     if "k8s-openapi" in p and "/src/v1_" in p), None)
+        kind = next((m.group(1) for p, _ in frames
+                     if (m := openapi_type.search(p))), None)
         by_type[kind or "other (maps, strings, kube-runtime)"] += mb
 print(f"heap at its peak, by the first frame of our code; MB (total {sum(by_source.values()):.2f})")
 for k, v in by_source.most_common(40):
