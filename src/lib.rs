@@ -15,3 +15,4 @@ pub mod lease_claim;
 pub mod metrics;
 pub mod preflight;
 pub mod watch_cache;
+pub mod watch_facts;

@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use ztunnel_rollout_core::health::connections::{Verdict, Workload, read_open, verdict};
 use ztunnel_rollout_core::rollout::pass::{ConnectionsEvent, ConnectionsRequest, Outcome};
 
@@ -78,12 +77,7 @@ impl Gates {
 
     /// The pod's IP (`Some(None)` before it has one); `None` once the pod is gone.
     fn pod_ip(&self, uid: &str) -> Option<Option<String>> {
-        self.observed
-            .revisioned_pods
-            .state()
-            .into_iter()
-            .find(|p| p.uid().as_deref() == Some(uid))
-            .map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        self.observed.revisioned_pods.get(uid).map(|p| p.ip.clone())
     }
 
     async fn read(

@@ -17,6 +17,7 @@ pub mod node_actions;
 pub mod observe;
 pub mod orphans;
 pub mod pod_index;
+pub mod revisioned_pods;
 pub mod rollback;
 pub mod rollout_object;
 pub mod rollouts;

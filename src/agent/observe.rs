@@ -1,6 +1,6 @@
 //! What the agent watches: nodes, DaemonSet pods, DaemonSets, their ControllerRevisions
 //! and the rollouts — each a reflector store fed by one watch, trimmed to the fields the
-//! decisions read; every change wakes the reconcile loop; nothing is polled. The health
+//! decisions read (pods: only their facts); every change wakes the reconcile loop; nothing is polled. The health
 //! gates read Deployments (waypoints), PodDisruptionBudgets, namespaces and, where the
 //! Gateway API is installed, Gateways. The sidecar migrations read the migrations,
 //! namespaces, Deployments, StatefulSets, DaemonSets, injector webhooks and the pods'
@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, PodTemplateSpec,
+    Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodTemplateSpec,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
@@ -25,18 +25,21 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::pod_index::PodIndex;
+use super::revisioned_pods::RevisionedPod;
 use crate::api::sidecar_migration::SidecarMigration;
 use crate::api::ztunnel_rollout::ZtunnelRollout;
 use crate::watch_cache::{self, Watched};
+use crate::watch_facts::{self, FactStore};
 use ztunnel_rollout_core::labels::{INJECT_LABEL, RESTARTED_AT_ANNOTATION, REVISION_HASH_LABEL};
 
 pub struct Observed {
     pub nodes: Store<Node>,
     /// Ticks after every node event (the passes rebuild what they derive from nodes).
     pub node_events: watch::Receiver<u64>,
-    /// Pods carrying a `controller-revision-hash` label: DaemonSet (and StatefulSet)
-    /// pods, among them every ztunnel pod, but not the applications' Deployment pods.
-    pub revisioned_pods: Store<Pod>,
+    /// The facts of pods carrying a `controller-revision-hash` label: DaemonSet (and
+    /// StatefulSet) pods, among them every ztunnel pod, but not the applications'
+    /// Deployment pods.
+    pub revisioned_pods: FactStore<Arc<RevisionedPod>>,
     pub revisioned_pod_events: watch::Receiver<u64>,
     /// A few facts of every pod: how many pods each node's drain would evict, which
     /// pods ztunnel proxies. Its events do not wake the loop (the counts only order the
@@ -115,30 +118,6 @@ fn trim_node(n: &mut Node) {
             .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
         ..Default::default()
     });
-}
-
-/// Keeps what the node machine reads: owner, node, revision label, readiness, deletion.
-fn trim_pod(p: &mut Pod) {
-    p.metadata.managed_fields = None;
-    p.metadata.annotations = None;
-    p.spec = p.spec.take().map(|s| PodSpec {
-        node_name: s.node_name,
-        ..Default::default()
-    });
-    p.status = p.status.take().map(|s| PodStatus {
-        conditions: s.conditions,
-        phase: s.phase,
-        ..Default::default()
-    });
-}
-
-/// Keeps what the node machine reads and the pod IP (ztunnel's metrics endpoint).
-fn trim_revisioned_pod(p: &mut Pod) {
-    let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
-    trim_pod(p);
-    if let Some(s) = p.status.as_mut() {
-        s.pod_ip = ip;
-    }
 }
 
 /// A pod template's labels and the two annotations a sidecar migration reads.
@@ -346,11 +325,12 @@ impl Observed {
             trim_node,
             vec![changed.clone()],
         );
-        let (revisioned_pods, revisioned_pod_events, t2) = spawn_counted(
+        let wake = changed.clone();
+        let (revisioned_pods, revisioned_pod_events, t2) = watch_facts::spawn_counted(
             Api::<Pod>::all(client.clone()),
             watch_cache::config().labels(REVISION_HASH_LABEL),
-            trim_revisioned_pod,
-            vec![changed.clone()],
+            RevisionedPod::of,
+            move || wake.notify_one(),
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(
@@ -421,7 +401,7 @@ impl Observed {
     /// Returns once every watch has listed its objects.
     pub async fn synced(&self) {
         let _ = self.nodes.wait_until_ready().await;
-        let _ = self.revisioned_pods.wait_until_ready().await;
+        self.revisioned_pods.synced().await;
         self.all_pods.synced().await;
         let _ = self.daemon_sets.wait_until_ready().await;
         let _ = self.revisions.wait_until_ready().await;

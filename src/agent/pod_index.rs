@@ -5,16 +5,13 @@
 //! generated structs reserve every field), the index ~150 bytes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::watch_cache;
+use crate::watch_facts::{self, FactStore};
 use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, INJECT_LABEL, MIRROR_POD_ANNOTATION};
 use ztunnel_rollout_core::sidecar::revisions::injected_revision;
 
@@ -89,95 +86,54 @@ impl PodFacts {
 /// Pods by uid, kept current by a watch.
 #[derive(Clone)]
 pub struct PodIndex {
-    pods: Arc<RwLock<HashMap<String, PodFacts>>>,
-    ready: watch::Receiver<bool>,
+    pods: FactStore<PodFacts>,
 }
 
 impl PodIndex {
     pub fn start(api: Api<Pod>) -> (Self, JoinHandle<()>) {
-        let pods: Arc<RwLock<HashMap<String, PodFacts>>> = Arc::default();
-        let (tx, ready) = watch::channel(false);
-        let index = pods.clone();
-        let task = tokio::spawn(async move {
-            let mut fresh: HashMap<String, PodFacts> = HashMap::new();
-            let mut events = std::pin::pin!(watcher(api, watch_cache::config()).default_backoff());
-            while let Some(event) = events.next().await {
-                let Ok(event) = event else { continue };
-                match event {
-                    watcher::Event::Apply(p) => {
-                        if let (Some(uid), Ok(mut all)) = (p.uid(), index.write()) {
-                            all.insert(uid, PodFacts::of(&p));
-                        }
-                    }
-                    watcher::Event::Delete(p) => {
-                        if let (Some(uid), Ok(mut all)) = (p.uid(), index.write()) {
-                            all.remove(&uid);
-                        }
-                    }
-                    watcher::Event::Init => fresh.clear(),
-                    watcher::Event::InitApply(p) => {
-                        if let Some(uid) = p.uid() {
-                            fresh.insert(uid, PodFacts::of(&p));
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        if let Ok(mut all) = index.write() {
-                            *all = std::mem::take(&mut fresh);
-                        }
-                        let _ = tx.send(true);
-                    }
-                }
-            }
-        });
-        (Self { pods, ready }, task)
+        let (pods, task) = watch_facts::spawn(api, watch_cache::config(), PodFacts::of, || {});
+        (Self { pods }, task)
     }
 
     /// Returns once the first list is in.
     pub async fn synced(&self) {
-        let mut ready = self.ready.clone();
-        let _ = ready.wait_for(|r| *r).await;
+        self.pods.synced().await;
     }
 
     /// Pods a drain of each node would evict: active, not DaemonSet pods.
     pub fn evictable_per_node(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        if let Ok(all) = self.pods.read() {
+        self.pods.with(|all| {
+            let mut counts = HashMap::new();
             for p in all.values().filter(|p| p.active && !p.daemon) {
                 if let Some(node) = &p.node {
                     *counts.entry(node.clone()).or_default() += 1;
                 }
             }
-        }
-        counts
+            counts
+        })
     }
 
     /// The active pods of `namespace` that a restart of their workload replaces, that
     /// did not opt out of injection and are not on the host network.
     pub fn restartable_in(&self, namespace: &str) -> Vec<PodFacts> {
-        self.pods
-            .read()
-            .map(|all| {
-                all.values()
-                    .filter(|p| p.namespace == namespace && p.active && p.restartable)
-                    .filter(|p| !p.injection_opted_out && !p.host_network)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.pods.with(|all| {
+            all.values()
+                .filter(|p| p.namespace == namespace && p.active && p.restartable)
+                .filter(|p| !p.injection_opted_out && !p.host_network)
+                .cloned()
+                .collect()
+        })
     }
 
     /// The running pods on `node`, excluding those of the controller `except_uid`.
     pub fn running_on(&self, node: &str, except_uid: &str) -> Vec<PodFacts> {
-        self.pods
-            .read()
-            .map(|all| {
-                all.values()
-                    .filter(|p| p.node.as_deref() == Some(node) && p.running && p.active)
-                    .filter(|p| p.controller_uid.as_deref() != Some(except_uid))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.pods.with(|all| {
+            all.values()
+                .filter(|p| p.node.as_deref() == Some(node) && p.running && p.active)
+                .filter(|p| p.controller_uid.as_deref() != Some(except_uid))
+                .cloned()
+                .collect()
+        })
     }
 }
 

@@ -8,19 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 use ztunnel_rollout_core::label_selector::Selector;
-use ztunnel_rollout_core::labels::REVISION_HASH_LABEL;
 use ztunnel_rollout_core::rollout::node_machine::ZtunnelPod;
 use ztunnel_rollout_core::rollout::pass::{
     Lookups, NodeMap, OtherRollout, PodCounts, ZtunnelsByNode,
 };
 
 use super::observe::Observed;
+use super::revisioned_pods::RevisionedPod;
 use crate::api::ZtunnelRollout;
 
 /// Pod counts per node only order the next starts: counted at most this often (counting
@@ -72,7 +71,7 @@ impl Source {
         self.ztunnels
             .entry(ds_uid.to_owned())
             .or_insert_with(|| ZtunnelIndex::new(ds_uid))
-            .update(events, || observed.revisioned_pods.state())
+            .update(events, || observed.revisioned_pods.values())
     }
 
     /// Evictable pods per node, counted at most every `POD_COUNT_MAX_AGE`.
@@ -153,40 +152,20 @@ impl Lookups for CacheLookups<'_> {
     }
 }
 
-fn ztunnel_pod(p: &Pod) -> Option<ZtunnelPod> {
-    Some(ZtunnelPod {
-        name: p.metadata.name.clone()?,
-        uid: p.metadata.uid.clone()?,
-        revision_hash: p.labels().get(REVISION_HASH_LABEL)?.clone(),
-        ready: p
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-        terminating: p.metadata.deletion_timestamp.is_some(),
-        created: p
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(Timestamp::UNIX_EPOCH),
-    })
-}
-
-/// One DaemonSet's ztunnel pods by node, kept up to date pod by pod: the reflector gives
+/// One DaemonSet's ztunnel pods by node, kept up to date pod by pod: the facts cache gives
 /// a changed pod a new `Arc`, so unchanged pods are skipped and deleted ones swept.
 struct ZtunnelIndex {
     events: Option<u64>,
     ds_uid: String,
     by_node: Arc<ZtunnelsByNode>,
-    /// Every pod of the last update by UID: its object, the node it is a ztunnel pod of,
+    /// Every pod of the last update by UID: its facts, the node it is a ztunnel pod of,
     /// and the update that saw it.
     seen: HashMap<String, SeenPod>,
     sweep: u64,
 }
 
 struct SeenPod {
-    pod: Arc<Pod>,
+    pod: Arc<RevisionedPod>,
     ztunnel_of: Option<String>,
     sweep: u64,
 }
@@ -203,17 +182,19 @@ impl ZtunnelIndex {
     }
 
     /// The pod's node, if it is one of the DaemonSet's ztunnel pods.
-    fn ztunnel_of(&self, p: &Pod) -> Option<(String, ZtunnelPod)> {
-        let owned = p
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.uid == self.ds_uid);
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone())?;
-        owned.then(|| ztunnel_pod(p).map(|z| (node, z))).flatten()
+    fn ztunnel_of(&self, p: &RevisionedPod) -> Option<(String, ZtunnelPod)> {
+        if !p.owned_by(&self.ds_uid) {
+            return None;
+        }
+        Some((p.node.clone()?, p.ztunnel_pod()?))
     }
 
     /// The index after `events` pod events (`pods`: the pod cache then).
-    fn update(&mut self, events: u64, pods: impl FnOnce() -> Vec<Arc<Pod>>) -> Arc<ZtunnelsByNode> {
+    fn update(
+        &mut self,
+        events: u64,
+        pods: impl FnOnce() -> Vec<Arc<RevisionedPod>>,
+    ) -> Arc<ZtunnelsByNode> {
         if self.events == Some(events) {
             return self.by_node.clone();
         }
@@ -224,9 +205,7 @@ impl ZtunnelIndex {
         // The previous pass's snapshot may still hold the map: then it is copied.
         let map = Arc::make_mut(&mut by_node);
         for pod in pods() {
-            let Some(uid) = pod.metadata.uid.clone() else {
-                continue;
-            };
+            let uid = pod.uid.clone();
             if let Some(seen) = self.seen.get_mut(&uid)
                 && Arc::ptr_eq(&seen.pod, &pod)
             {
@@ -275,34 +254,19 @@ fn unlist(by_node: &mut ZtunnelsByNode, node: Option<&str>, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use std::collections::BTreeMap;
 
-    fn pod(uid: &str, node: Option<&str>, ds: &str, ready: bool) -> Arc<Pod> {
-        Arc::new(Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("pod-{uid}")),
-                uid: Some(uid.into()),
-                labels: Some([(REVISION_HASH_LABEL.to_string(), "h".to_string())].into()),
-                owner_references: Some(vec![OwnerReference {
-                    controller: Some(true),
-                    uid: ds.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
-                node_name: node.map(Into::into),
-                ..Default::default()
-            }),
-            status: Some(k8s_openapi::api::core::v1::PodStatus {
-                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
+    fn pod(uid: &str, node: Option<&str>, ds: &str, ready: bool) -> Arc<RevisionedPod> {
+        Arc::new(RevisionedPod {
+            name: format!("pod-{uid}"),
+            uid: uid.into(),
+            controller_uid: Some(ds.into()),
+            node: node.map(Into::into),
+            revision_hash: Some("h".into()),
+            ready,
+            terminating: false,
+            created: Timestamp::UNIX_EPOCH,
+            ip: None,
         })
     }
 

@@ -32,7 +32,7 @@ use crate::health::http_client::{Bounds, HttpClient};
 use crate::health::rounds::{Round, next_round, trim_to_window, verdict_at_deadline};
 use crate::health::{credentials, prometheus, ztunnel_metrics};
 use ztunnel_rollout_core::label_selector::Selector;
-use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, REVISION_HASH_LABEL};
+use ztunnel_rollout_core::labels::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL};
 
 /// Shared by every gate task: one HTTP client, so one limit on the requests in flight
 /// across the agent.
@@ -233,22 +233,16 @@ impl Gates {
 
     /// The node's Ready ztunnel pod on the target revision, and its IP.
     fn ztunnel_endpoint(&self, req: &GateRequest) -> Option<(String, String)> {
-        self.observed
-            .revisioned_pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid == req.ds_uid)
-                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&req.node)
-                    && p.labels().get(REVISION_HASH_LABEL) == Some(&req.target_hash)
-                    && p.metadata.deletion_timestamp.is_none()
-            })
-            .find_map(|p| {
-                let ip = p.status.as_ref()?.pod_ip.clone()?;
-                Some((p.name_any(), ip))
-            })
+        self.observed.revisioned_pods.with(|pods| {
+            pods.values()
+                .filter(|p| {
+                    p.owned_by(&req.ds_uid)
+                        && p.node.as_deref() == Some(req.node.as_str())
+                        && p.revision_hash.as_deref() == Some(req.target_hash.as_str())
+                        && !p.terminating
+                })
+                .find_map(|p| Some((p.name.clone(), p.ip.clone()?)))
+        })
     }
 }
 
