@@ -60,10 +60,7 @@ pub fn spawn<K: Watched>(
         );
         while let Some(event) = events.next().await {
             if let Err(e) = event {
-                warn!(
-                    error = %crate::kube_client::describe_watch_error(&e),
-                    "watch error; the watcher retries with backoff"
-                );
+                warn_watch_error(&e);
             }
             on_event();
         }
@@ -80,12 +77,29 @@ pub fn spawn_counted<K: Watched>(
     trim: fn(&mut K),
     on_event: impl Fn() + Send + 'static,
 ) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>) {
+    let (on_event, events) = counting(on_event);
+    let (store, task) = spawn(api, config, trim, on_event);
+    (store, events, task)
+}
+
+/// `on_event`, ticking a count of the events before it runs, and that count.
+pub fn counting(
+    on_event: impl Fn() + Send + 'static,
+) -> (impl Fn() + Send + 'static, watch::Receiver<u64>) {
     let (tx, events) = watch::channel(0u64);
-    let (store, task) = spawn(api, config, trim, move || {
+    let counted = move || {
         tx.send_modify(|n| *n += 1);
         on_event();
-    });
-    (store, events, task)
+    };
+    (counted, events)
+}
+
+/// Logs a watch's error (the watcher retries it with backoff).
+pub fn warn_watch_error(e: &watcher::Error) {
+    warn!(
+        error = %crate::kube_client::describe_watch_error(e),
+        "watch error; the watcher retries with backoff"
+    );
 }
 
 /// For caches that keep whole objects.

@@ -1,10 +1,11 @@
 //! What the agent watches: nodes, DaemonSet pods, DaemonSets, their ControllerRevisions
-//! and the rollouts — each a reflector store fed by one watch, trimmed to the fields the
-//! decisions read (pods: only their facts); every change wakes the reconcile loop; nothing is polled. The health
-//! gates read Deployments (waypoints), PodDisruptionBudgets, namespaces and, where the
-//! Gateway API is installed, Gateways. The sidecar migrations read the migrations,
-//! namespaces, Deployments, StatefulSets, DaemonSets, injector webhooks and the pods'
-//! injected revisions, and have their own wake-up.
+//! and the rollouts — each a cache fed by one watch, holding only what the decisions
+//! read (a reflector store of trimmed objects; of pods, a few facts each); every change
+//! wakes the reconcile loop; nothing is polled. The health gates read Deployments
+//! (waypoints), PodDisruptionBudgets, namespaces and, where the Gateway API is installed,
+//! Gateways. The sidecar migrations read the migrations, namespaces, Deployments,
+//! StatefulSets, DaemonSets, injector webhooks and the pods' injected revisions, and
+//! have their own wake-up.
 
 use std::sync::{Arc, OnceLock};
 
@@ -96,11 +97,16 @@ fn spawn_counted<K: Watched>(
     trim: fn(&mut K),
     wake: Vec<Arc<Notify>>,
 ) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>) {
-    watch_cache::spawn_counted(api, config, trim, move || {
+    watch_cache::spawn_counted(api, config, trim, waking(wake))
+}
+
+/// Wakes each of the loops reading a cache.
+fn waking(wake: Vec<Arc<Notify>>) -> impl Fn() + Send + 'static {
+    move || {
         for w in &wake {
             w.notify_one();
         }
-    })
+    }
 }
 
 /// Keeps what the rollout reads: labels, annotations, versions, unschedulable, taints and
@@ -325,12 +331,11 @@ impl Observed {
             trim_node,
             vec![changed.clone()],
         );
-        let wake = changed.clone();
         let (revisioned_pods, revisioned_pod_events, t2) = watch_facts::spawn_counted(
             Api::<Pod>::all(client.clone()),
             watch_cache::config().labels(REVISION_HASH_LABEL),
             RevisionedPod::of,
-            move || wake.notify_one(),
+            waking(vec![changed.clone()]),
         );
         let (all_pods, t6) = PodIndex::start(Api::<Pod>::all(client.clone()));
         let (daemon_sets, t3) = spawn(

@@ -30,6 +30,8 @@ pub struct RevisionedPod {
 }
 
 impl RevisionedPod {
+    /// The pod's facts (a pod without a uid gets an empty one: the cache skips such
+    /// objects before it asks).
     pub fn of(p: &Pod) -> Arc<Self> {
         Arc::new(Self {
             name: p.name_any(),
@@ -117,8 +119,16 @@ mod tests {
         let f = RevisionedPod::of(&going);
         assert!(f.terminating && !f.ready);
 
-        let mut unlabelled = p;
+        let mut unlabelled = p.clone();
         unlabelled.metadata.labels = None;
         assert!(RevisionedPod::of(&unlabelled).ztunnel_pod().is_none());
+
+        // No controller and no creation time: owned by nobody, created at the epoch.
+        let mut orphan = p;
+        orphan.metadata.owner_references = None;
+        orphan.metadata.creation_timestamp = None;
+        let f = RevisionedPod::of(&orphan);
+        assert!(f.controller_uid.is_none() && !f.owned_by("ds"));
+        assert_eq!(f.created, Timestamp::UNIX_EPOCH);
     }
 }

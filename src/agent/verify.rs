@@ -231,7 +231,8 @@ impl Gates {
         }
     }
 
-    /// The node's Ready ztunnel pod on the target revision, and its IP.
+    /// The node's ztunnel pod on the target revision, not being deleted, and its IP (the
+    /// gates run once the node machine saw it Ready).
     fn ztunnel_endpoint(&self, req: &GateRequest) -> Option<(String, String)> {
         self.observed.revisioned_pods.with(|pods| {
             pods.values()
