@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use ztunnel_rollout_core::labels::REVISION_HASH_LABEL;
+use ztunnel_rollout_core::object::ObjectMetaExt;
 use ztunnel_rollout_core::rollout::node_machine::ZtunnelPod;
 
 /// One revisioned pod, as the rollouts read it (shared: the passes' ztunnel index keeps
@@ -35,12 +35,8 @@ impl RevisionedPod {
     pub fn of(p: &Pod) -> Arc<Self> {
         Arc::new(Self {
             name: p.name_any(),
-            uid: p.uid().unwrap_or_default(),
-            controller_uid: p
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            controller_uid: p.controller().map(|o| o.uid.clone()),
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             revision_hash: p.labels().get(REVISION_HASH_LABEL).cloned(),
             ready: p
