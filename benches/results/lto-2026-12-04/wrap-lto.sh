@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+shift
+exec /tmp/lto-target/release/ztunnel-rollout "$@"
