@@ -18,6 +18,8 @@ pub fn pdb_name(pdb: &PodDisruptionBudget) -> String {
 
 /// The PDBs in the pod's namespace whose selector matches it, sorted by name. A PDB with
 /// a malformed or missing selector covers nothing, as in the disruption controller.
+/// Reads the pod's namespace and labels, which the drain's trimmed pods keep
+/// (`filter::keep_what_the_drain_reads`).
 pub fn covering<'a>(
     pod: &Pod,
     pdbs: impl IntoIterator<Item = &'a PodDisruptionBudget>,
