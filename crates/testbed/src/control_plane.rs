@@ -390,11 +390,7 @@ impl RunningControlPlane {
             format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
             "--node-lease-duration-seconds=40".into(),
             "--node-port=0".into(),
-            // Pod IPs of nodes without a pod CIDR of their own (or whose CIDR KWOK has not
-            // seen yet) are loopback addresses too, so a test or benchmark can serve on
-            // any pod's IP (a realistic 1,000-node bed once gave 21 ztunnel pods 10.0.0.x
-            // addresses, unservable here, when KWOK saw their nodes' CIDRs late).
-            "--cidr=127.16.0.0/12".into(),
+            "--cidr=10.0.0.0/12".into(),
             format!("--config={}", stages_file.display()),
         ];
         kwok_args.extend(
