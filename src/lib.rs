@@ -12,6 +12,7 @@ pub mod health_server;
 pub mod kube_client;
 pub mod leader;
 pub mod lease_claim;
+pub mod malloc_arenas;
 pub mod metrics;
 pub mod preflight;
 pub mod watch_cache;

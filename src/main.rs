@@ -5,8 +5,22 @@ use ztunnel_rollout::cli::{
     Cli, Command, agent, completion, control, drain, errors, plan, preflight, sidecar, status,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist.
+    ztunnel_rollout::malloc_arenas::cap();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run_command()),
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command() -> ExitCode {
     // Progress (pods evicted, waiting, gone) on stderr; results on stdout. RUST_LOG
     // overrides, e.g. RUST_LOG=warn for quiet runs. kube's own error lines repeat what
     // our warnings say with more context, so they are off by default.

@@ -79,7 +79,7 @@ fn write<V>(facts: &RwLock<Facts<V>>) -> RwLockWriteGuard<'_, Facts<V>> {
 fn apply<K: kube::Resource, V>(
     facts: &RwLock<Facts<V>>,
     relisted: &mut Facts<V>,
-    of: fn(&K) -> V,
+    of: &mut impl FnMut(&K) -> V,
     event: watcher::Event<K>,
 ) -> bool {
     match event {
@@ -120,11 +120,12 @@ fn apply<K: kube::Resource, V>(
 }
 
 /// Watches `api` and keeps `of(object)` for each object with a uid; `on_event` runs
-/// after every change (not after watch errors: the watcher retries them).
+/// after every change (not after watch errors: the watcher retries them). `of` may keep
+/// state between objects (strings many objects share, kept once).
 pub fn spawn<K: Watched, V: Send + Sync + 'static>(
     api: Api<K>,
     config: watcher::Config,
-    of: fn(&K) -> V,
+    mut of: impl FnMut(&K) -> V + Send + 'static,
     on_event: impl Fn() + Send + 'static,
 ) -> (FactStore<V>, JoinHandle<()>) {
     let facts: Arc<RwLock<Facts<V>>> = Arc::default();
@@ -138,7 +139,7 @@ pub fn spawn<K: Watched, V: Send + Sync + 'static>(
                 Err(e) => watch_cache::warn_watch_error(&e),
                 Ok(event) => {
                     let listed = matches!(event, watcher::Event::InitDone);
-                    let changed = apply(&store, &mut relisted, of, event);
+                    let changed = apply(&store, &mut relisted, &mut of, event);
                     if listed {
                         let _ = ready_tx.send(true);
                     }
@@ -157,7 +158,7 @@ pub fn spawn<K: Watched, V: Send + Sync + 'static>(
 pub fn spawn_counted<K: Watched, V: Send + Sync + 'static>(
     api: Api<K>,
     config: watcher::Config,
-    of: fn(&K) -> V,
+    of: impl FnMut(&K) -> V + Send + 'static,
     on_event: impl Fn() + Send + 'static,
 ) -> (FactStore<V>, watch::Receiver<u64>, JoinHandle<()>) {
     let (on_event, changes) = watch_cache::counting(on_event);
@@ -206,7 +207,7 @@ mod tests {
     fn changes_apply_by_uid_and_objects_without_one_are_ignored() {
         let facts = RwLock::new(Facts::new());
         let mut relisted = Facts::new();
-        let mut step = |e| apply(&facts, &mut relisted, node_of, e);
+        let mut step = |e| apply(&facts, &mut relisted, &mut node_of, e);
         assert!(step(Event::Apply(pod("a", Some("u1"), "n1"))));
         assert!(step(Event::Apply(pod("b", Some("u2"), "n1"))));
         // The same name under a new uid is another object (a StatefulSet pod recreated).
@@ -226,11 +227,11 @@ mod tests {
         assert!(apply(
             &facts,
             &mut relisted,
-            node_of,
+            &mut node_of,
             Event::Apply(pod("old", Some("u0"), "n0"))
         ));
         // A relist that fails halfway starts over: what it had gathered is dropped.
-        let mut step = |e| apply(&facts, &mut relisted, node_of, e);
+        let mut step = |e| apply(&facts, &mut relisted, &mut node_of, e);
         assert!(!step(Event::Init));
         assert!(!step(Event::InitApply(pod("lost", Some("u9"), "n9"))));
         assert!(!step(Event::Init));

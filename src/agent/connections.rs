@@ -114,12 +114,12 @@ pub fn staying(pods: &[super::pod_index::PodFacts]) -> BTreeSet<Workload> {
     pods.iter()
         .filter_map(|p| {
             let name = match (&p.daemon_set, p.static_pod) {
-                (Some(ds), _) => ds.clone(),
-                (None, true) => p.name.clone(),
+                (Some(ds), _) => ds.to_string(),
+                (None, true) => p.name.to_string(),
                 (None, false) => return None,
             };
             Some(Workload {
-                namespace: p.namespace.clone(),
+                namespace: p.namespace.to_string(),
                 name,
             })
         })

@@ -472,8 +472,8 @@ impl Lookups for CacheLookups<'_> {
             .restartable_in(namespace)
             .into_iter()
             .map(|p| PodRevision {
-                name: p.name,
-                revision: p.injected_revision,
+                name: p.name.into(),
+                revision: p.injected_revision.map(|r| r.to_string()),
             })
             .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));

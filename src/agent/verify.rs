@@ -275,7 +275,7 @@ pub fn enrolled_pods(observed: &Observed, node: &str, ds_uid: &str) -> Vec<PodFa
         .filter(|p| {
             enrolled_in_ambient(
                 p.dataplane_mode.as_deref(),
-                namespaces.get(&p.namespace).copied().unwrap_or(false),
+                namespaces.get(&*p.namespace).copied().unwrap_or(false),
             )
         })
         .collect()

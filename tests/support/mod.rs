@@ -351,9 +351,24 @@ pub fn deployment_available(
 /// `count` nodes in zones a/b/c labelled as node set `set` (named `prefix` + number), and
 /// a namespace named `set`. Returns the node names.
 pub async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) -> Vec<String> {
+    node_set_shaped(client, prefix, count, set, |_, _| {}).await
+}
+
+/// [`node_set`], with `shape(k, node)` applied to the `k`-th node before it is created.
+pub async fn node_set_shaped(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    set: &str,
+    shape: impl Fn(usize, &mut Node),
+) -> Vec<String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut names = Vec::new();
-    for n in fixtures::zoned_nodes(prefix, count, &["a", "b", "c"], set) {
+    for (k, mut n) in fixtures::zoned_nodes(prefix, count, &["a", "b", "c"], set)
+        .into_iter()
+        .enumerate()
+    {
+        shape(k, &mut n);
         names.push(n.name_any());
         fixtures::apply(&nodes, &n).await.expect("node");
     }
