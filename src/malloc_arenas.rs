@@ -16,11 +16,15 @@ fn set_by_environment(arena_max: Option<&str>, tunables: Option<&str>) -> bool {
     arena_max.is_some() || tunables.is_some_and(|t| t.contains("glibc.malloc.arena_max"))
 }
 
-/// Applies the cap; call before any thread starts.
+/// Applies the cap. Call before other threads start: arenas they created before it
+/// stay.
 pub fn cap() {
-    let arena_max = std::env::var("MALLOC_ARENA_MAX").ok();
-    let tunables = std::env::var("GLIBC_TUNABLES").ok();
-    if set_by_environment(arena_max.as_deref(), tunables.as_deref()) {
+    let arena_max = std::env::var_os("MALLOC_ARENA_MAX");
+    let tunables = std::env::var_os("GLIBC_TUNABLES");
+    if set_by_environment(
+        arena_max.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+        tunables.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+    ) {
         return;
     }
     set_arena_max(ARENAS);
@@ -28,8 +32,8 @@ pub fn cap() {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_arena_max(arenas: i32) {
-    // SAFETY: mallopt sets one of the allocator's parameters; it reads and writes no
-    // memory of ours, and no other thread allocates yet.
+    // SAFETY: mallopt sets one of the allocator's parameters under the allocator's own
+    // lock (safe from any thread); it reads and writes no memory of ours.
     let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
 }
 

@@ -3,8 +3,10 @@
 //! few facts of each pod (how many pods a node's drain would evict; which pods ztunnel
 //! proxies); a reflector store of `Pod` objects costs ~3 KiB a pod even trimmed (the
 //! generated structs reserve every field), the index ~150 bytes. The strings many pods
-//! share (namespace, node, controller, DaemonSet, mode, revision) are kept once each: at
-//! 24,000 pods a copy per pod was ~2.7 MB of heap and a third of each entry's size.
+//! share (namespace, node, controller, DaemonSet, mode, revision) are kept once each, as
+//! `Arc<str>`: a map entry (key and facts) went from 200 to 144 bytes, and at 24,000 pods
+//! the index's strings had been ~2 MB of heap, most of them these copies
+//! (benches/results/heap-profile-1000-2026-12-04-f61cbd8/).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -93,16 +95,20 @@ impl PodFacts {
 }
 
 /// Strings many pods' facts share, one copy of each. A string no fact holds any more
-/// (a deleted ReplicaSet's uid, a removed node's name) is dropped once the set has
-/// doubled since it was last pruned, so it stays within twice the strings in use.
+/// (a deleted ReplicaSet's uid, a removed node's name) is dropped by the next prune; a
+/// prune runs when a new string would take the set to twice what the last prune kept
+/// (and at least twice [`PRUNE_FLOOR`]), so the set holds at most about twice the
+/// strings in use at its largest, and each prune is paid for by as many new strings.
 #[derive(Debug, Default)]
 pub struct SharedStrings {
     strings: HashSet<Arc<str>>,
-    /// Strings kept after the last prune (at least a floor, so small sets never prune).
+    /// Strings the last prune kept.
     pruned_at: usize,
+    #[cfg(test)]
+    prunes: usize,
 }
 
-/// Below this many strings the set is never pruned.
+/// A set under twice this many strings is not pruned.
 const PRUNE_FLOOR: usize = 1024;
 
 impl SharedStrings {
@@ -115,6 +121,10 @@ impl SharedStrings {
             // Only the set holds such a string: nothing reads it.
             self.strings.retain(|kept| Arc::strong_count(kept) > 1);
             self.pruned_at = self.strings.len();
+            #[cfg(test)]
+            {
+                self.prunes += 1;
+            }
         }
         let kept: Arc<str> = Arc::from(s);
         self.strings.insert(kept.clone());
@@ -218,11 +228,15 @@ mod tests {
         assert!(!PodFacts::of(&done, &mut strings).active);
     }
 
-    fn pod_on(name: &str, namespace: &str, node: &str, controller_uid: &str) -> Pod {
+    /// A running pod of DaemonSet `ds` (uid `ds_uid`) on `node`, in ambient mode, its
+    /// sidecar injected from revision `canary`.
+    fn pod_on(name: &str, namespace: &str, node: &str, ds_uid: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name, "namespace": namespace, "uid": format!("uid-{name}"),
-                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": controller_uid, "controller": true }]
+                "labels": { "istio.io/dataplane-mode": "ambient" },
+                "annotations": { "sidecar.istio.io/status": "{\"revision\":\"canary\"}" },
+                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": ds_uid, "controller": true }]
             },
             "spec": { "nodeName": node, "containers": [] },
             "status": { "phase": "Running" }
@@ -230,44 +244,44 @@ mod tests {
         .unwrap()
     }
 
+    fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+        Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap())
+    }
+
     #[test]
-    fn pods_share_one_copy_of_their_namespace_node_and_controller() {
+    fn pods_share_one_copy_of_each_string_but_their_names() {
         let mut strings = SharedStrings::default();
-        let a = PodFacts::of(&pod_on("a", "shop", "n1", "rs-1"), &mut strings);
-        let b = PodFacts::of(&pod_on("b", "shop", "n1", "rs-1"), &mut strings);
-        let c = PodFacts::of(&pod_on("c", "bank", "n2", "rs-2"), &mut strings);
+        let a = PodFacts::of(&pod_on("a", "shop", "n1", "ds-1"), &mut strings);
+        let b = PodFacts::of(&pod_on("b", "shop", "n1", "ds-1"), &mut strings);
+        let c = PodFacts::of(&pod_on("c", "bank", "n2", "ds-2"), &mut strings);
         assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
-        assert!(Arc::ptr_eq(
-            a.node.as_ref().unwrap(),
-            b.node.as_ref().unwrap()
-        ));
-        assert!(Arc::ptr_eq(
-            a.controller_uid.as_ref().unwrap(),
-            b.controller_uid.as_ref().unwrap()
-        ));
-        assert!(Arc::ptr_eq(
-            a.daemon_set.as_ref().unwrap(),
-            c.daemon_set.as_ref().unwrap()
-        ));
+        assert!(same(&a.node, &b.node));
+        assert!(same(&a.controller_uid, &b.controller_uid));
+        assert!(same(&a.daemon_set, &c.daemon_set));
+        assert!(same(&a.dataplane_mode, &c.dataplane_mode));
+        assert!(same(&a.injected_revision, &c.injected_revision));
+        assert_eq!(a.injected_revision.as_deref(), Some("canary"));
         assert_eq!(&*c.namespace, "bank");
         assert_eq!(c.node.as_deref(), Some("n2"));
-        // shop, n1, rs-1, ds, bank, n2, rs-2: names are not shared.
-        assert_eq!(strings.len(), 7);
+        assert_eq!(c.controller_uid.as_deref(), Some("ds-2"));
+        // shop, n1, ds-1, ds, ambient, canary, bank, n2, ds-2: no name.
+        assert_eq!(strings.len(), 9);
     }
 
     #[test]
     fn strings_no_pod_holds_are_dropped_and_the_set_stays_bounded() {
         let mut strings = SharedStrings::default();
-        let kept = PodFacts::of(&pod_on("kept", "shop", "n-kept", "rs-kept"), &mut strings);
-        // Pods come and go, each on its own node under its own controller: 20,000
+        let kept = PodFacts::of(&pod_on("kept", "shop", "n-kept", "ds-kept"), &mut strings);
+        // Pods come and go, each on its own node under its own DaemonSet: 20,000 new
         // strings, none held for long.
-        for i in 0..10_000 {
+        let churn = 10_000;
+        for i in 0..churn {
             let gone = PodFacts::of(
                 &pod_on(
                     &format!("p{i}"),
                     "shop",
                     &format!("n{i}"),
-                    &format!("rs{i}"),
+                    &format!("ds{i}"),
                 ),
                 &mut strings,
             );
@@ -278,16 +292,18 @@ mod tests {
                 strings.len()
             );
         }
+        // Each prune is paid for by as many new strings: not one per string.
+        assert!(strings.prunes >= 1);
+        assert!(
+            strings.prunes <= 2 * churn / PRUNE_FLOOR,
+            "{} prunes",
+            strings.prunes
+        );
         // What a live pod holds survived every prune, and is still the one copy.
-        let again = PodFacts::of(&pod_on("again", "shop", "n-kept", "rs-kept"), &mut strings);
-        assert!(Arc::ptr_eq(
-            kept.node.as_ref().unwrap(),
-            again.node.as_ref().unwrap()
-        ));
-        assert!(Arc::ptr_eq(
-            kept.controller_uid.as_ref().unwrap(),
-            again.controller_uid.as_ref().unwrap()
-        ));
+        let again = PodFacts::of(&pod_on("again", "shop", "n-kept", "ds-kept"), &mut strings);
+        assert!(same(&kept.node, &again.node));
+        assert!(same(&kept.controller_uid, &again.controller_uid));
+        assert!(same(&kept.injected_revision, &again.injected_revision));
         assert!(Arc::ptr_eq(&kept.namespace, &again.namespace));
     }
 
@@ -297,13 +313,14 @@ mod tests {
         let held: Vec<PodFacts> = (0..3 * PRUNE_FLOOR)
             .map(|i| {
                 PodFacts::of(
-                    &pod_on(&format!("p{i}"), "shop", &format!("n{i}"), "rs"),
+                    &pod_on(&format!("p{i}"), "shop", &format!("n{i}"), "ds-1"),
                     &mut strings,
                 )
             })
             .collect();
-        // shop, rs, ds and a node per pod: all in use.
-        assert_eq!(strings.len(), 3 * PRUNE_FLOOR + 3);
+        // shop, ds-1, ds, ambient, canary and a node per pod: all in use.
+        assert_eq!(strings.len(), 3 * PRUNE_FLOOR + 5);
+        assert!(strings.prunes >= 1);
         for (i, f) in held.iter().enumerate() {
             let again = strings.get(&format!("n{i}"));
             assert!(Arc::ptr_eq(f.node.as_ref().unwrap(), &again));

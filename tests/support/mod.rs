@@ -347,7 +347,6 @@ pub fn deployment_available(
     }
 }
 
-/// Sets `spec.unschedulable` (cordon / uncordon) as a test step.
 /// `count` nodes in zones a/b/c labelled as node set `set` (named `prefix` + number), and
 /// a namespace named `set`. Returns the node names.
 pub async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) -> Vec<String> {
@@ -355,6 +354,9 @@ pub async fn node_set(client: &Client, prefix: &str, count: usize, set: &str) ->
 }
 
 /// [`node_set`], with `shape(k, node)` applied to the `k`-th node before it is created.
+/// The nodes are applied server-side and forced: a field `shape` sets is this test's to
+/// keep (a node applied again without `spec.podCIDR` would ask to clear a field that
+/// cannot be cleared once set).
 pub async fn node_set_shaped(
     client: &Client,
     prefix: &str,
@@ -382,6 +384,7 @@ pub async fn node_set_shaped(
     names
 }
 
+/// Sets `spec.unschedulable` (cordon / uncordon) as a test step.
 pub async fn set_unschedulable(client: &Client, node: &str, value: bool) {
     Api::<Node>::all(client.clone())
         .patch(
