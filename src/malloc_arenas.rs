@@ -2,10 +2,12 @@
 //! new one, up to eight per core, and a freed chunk goes back to the arena it came from.
 //! The agent's heap is mostly long-lived caches that the watches fill from every tokio
 //! thread, interleaved with short-lived request and pass buffers: spread over many
-//! arenas, the holes those buffers leave stay mapped. On the realistic 1,000-node bed
-//! (BENCHMARKS.md, "The pod index compacted and malloc's arenas capped") two arenas
-//! held 6.5 MiB less anonymous memory than glibc's default. A `MALLOC_ARENA_MAX` or
-//! `GLIBC_TUNABLES` arena setting in the environment is left as the operator set it.
+//! arenas, the holes those buffers leave stay mapped. On the realistic 1,000-node bed,
+//! with the pod index's shared strings, two arenas (set in the environment, one run
+//! each) held 32.9 MiB of anonymous memory against 39.4 with glibc's default
+//! (benches/results/memory-variants-1000-2026-12-04/; BENCHMARKS.md, "The pod index's
+//! shared strings and two malloc arenas"; a trial at 2,000 pods, 2026-11-29, was within
+//! its runs' spread). A `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` arena setting in the environment is left as the operator set it.
 //! Other C libraries (musl) and other systems: nothing to do.
 
 /// Arenas the agent's threads share.
