@@ -10,12 +10,15 @@
 //! its runs' spread). A `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` arena setting in the environment is left as the operator set it.
 //! Other C libraries (musl) and other systems: nothing to do.
 
+use std::ffi::OsStr;
+
 /// Arenas the agent's threads share.
 pub const ARENAS: i32 = 2;
 
 /// Whether the environment already sets the number of arenas.
-fn set_by_environment(arena_max: Option<&str>, tunables: Option<&str>) -> bool {
-    arena_max.is_some() || tunables.is_some_and(|t| t.contains("glibc.malloc.arena_max"))
+fn set_by_environment(arena_max: Option<&OsStr>, tunables: Option<&OsStr>) -> bool {
+    arena_max.is_some()
+        || tunables.is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.arena_max"))
 }
 
 /// Applies the cap. Call before other threads start: arenas they created before it
@@ -23,13 +26,9 @@ fn set_by_environment(arena_max: Option<&str>, tunables: Option<&str>) -> bool {
 pub fn cap() {
     let arena_max = std::env::var_os("MALLOC_ARENA_MAX");
     let tunables = std::env::var_os("GLIBC_TUNABLES");
-    if set_by_environment(
-        arena_max.as_ref().map(|v| v.to_string_lossy()).as_deref(),
-        tunables.as_ref().map(|v| v.to_string_lossy()).as_deref(),
-    ) {
-        return;
+    if !set_by_environment(arena_max.as_deref(), tunables.as_deref()) {
+        set_arena_max(ARENAS);
     }
-    set_arena_max(ARENAS);
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -49,14 +48,16 @@ mod tests {
     #[test]
     fn an_operators_setting_wins() {
         assert!(!set_by_environment(None, None));
-        assert!(set_by_environment(Some("4"), None));
+        assert!(set_by_environment(Some(OsStr::new("4")), None));
         assert!(set_by_environment(
             None,
-            Some("glibc.malloc.trim_threshold=65536:glibc.malloc.arena_max=8")
+            Some(OsStr::new(
+                "glibc.malloc.trim_threshold=65536:glibc.malloc.arena_max=8"
+            ))
         ));
         assert!(!set_by_environment(
             None,
-            Some("glibc.malloc.trim_threshold=65536")
+            Some(OsStr::new("glibc.malloc.trim_threshold=65536"))
         ));
     }
 }

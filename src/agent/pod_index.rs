@@ -165,8 +165,15 @@ impl PodIndex {
         self.pods.with(|all| {
             let mut counts = HashMap::new();
             for p in all.values().filter(|p| p.active && !p.daemon) {
-                if let Some(node) = &p.node {
-                    *counts.entry(node.to_string()).or_default() += 1;
+                let Some(node) = p.node.as_deref() else {
+                    continue;
+                };
+                // A key is allocated once per node, not once per pod.
+                match counts.get_mut(node) {
+                    Some(count) => *count += 1,
+                    None => {
+                        counts.insert(node.to_owned(), 1);
+                    }
                 }
             }
             counts
