@@ -23,7 +23,9 @@ cargo build --locked -p ztunnel-rollout-testbed --bin local-cluster
 audit_dir="${CARGO_TARGET_DIR:-$root/target}/tmp/rbac-audit"
 if [ $# -eq 0 ]; then rm -rf "$audit_dir"; fi
 status=0
-cargo test --locked "$@" || status=$?
+# Every test binary runs even when one fails: a failure does not hide the others, and
+# rbac-audit reads every binary's audit log, not only those that ran before it.
+cargo test --locked --no-fail-fast "$@" || status=$?
 if [ $# -eq 0 ]; then
   cargo run --locked -q -p ztunnel-rollout-testbed --bin rbac-audit -- "$audit_dir" || status=1
 fi

@@ -3,15 +3,18 @@
 //! own flags and data while the rest runs on, and the cluster stops only when a
 //! component exits on its own. Judged from the API server: what was written before etcd
 //! was killed is there after it starts again, a paused API server answers nothing until
-//! resumed, a restarted controller manager still creates pods.
+//! resumed, a restarted controller manager still creates pods, a restarted KWOK plays
+//! pods at once (not when its previous instance's node leases expire).
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -46,7 +49,7 @@ where
 
 #[tokio::test]
 async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_cluster() {
-    let mut sup = support::start_supervisor("control", &[]).expect("local cluster");
+    let mut sup = support::start_supervisor("control", &["--demo"]).expect("local cluster");
     let kubeconfig: PathBuf = sup.ready["kubeconfig"].as_str().expect("kubeconfig").into();
     let socket: PathBuf = sup.ready["control"]
         .as_str()
@@ -101,8 +104,13 @@ async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_c
     send(&socket, "restart", "kube-controller-manager")
         .await
         .expect("restart the controller manager");
-    send(&socket, "stop", "kwok").await.expect("stop kwok");
-    send(&socket, "start", "kwok").await.expect("start kwok");
+    // KWOK restarted, three times (stop + start, then restart): each new instance plays
+    // pods at once, not when the node leases its previous instance held expire. KWOK
+    // draws a new holder identity per process, and whether it then leaves the nodes of
+    // a lease it does not hold alone depends on the order its controllers start in.
+    for action in ["stop+start", "restart", "restart"] {
+        kwok_restarted_plays_pods_at_once(&client, &socket, action).await;
+    }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": { "name": "after-restart" },
@@ -116,11 +124,14 @@ async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_c
         .await
         .expect("create deployment");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    until("a pod from the restarted controller manager", || async {
-        pods.list(&ListParams::default().labels("app=after-restart"))
-            .await
-            .is_ok_and(|l| !l.items.is_empty())
-    })
+    until(
+        "a pod from the restarted controller manager, Ready by the restarted KWOK",
+        || async {
+            pods.list(&ListParams::default().labels("app=after-restart"))
+                .await
+                .is_ok_and(|l| l.items.iter().any(|p| ready_since(p).is_some()))
+        },
+    )
     .await;
 
     // Bad requests are refused with the reason, and change nothing.
@@ -169,4 +180,89 @@ async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_c
     assert!(!status.success(), "a crash is a failure: {status}");
     let log = std::fs::read_to_string(&sup.log).expect("supervisor log");
     assert!(log.contains("kube-scheduler exited"), "{log}");
+}
+
+/// When `pod` became Ready, if it is.
+fn ready_since(pod: &Pod) -> Option<Timestamp> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+}
+
+/// Restarts KWOK (`action`: "stop+start" or "restart"), deletes a `reviews` pod from
+/// before, and checks that the new KWOK ends it and makes its replacement Ready before
+/// the earliest node lease the previous instance renewed would expire. Judged from the
+/// API server: the leases' renew times and the replacement's Ready condition, both
+/// written by KWOK.
+async fn kwok_restarted_plays_pods_at_once(client: &Client, socket: &Path, action: &str) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let held = leases.list(&ListParams::default()).await.expect("leases");
+    let old_leases_expire = held
+        .items
+        .iter()
+        .filter_map(|l| {
+            let spec = l.spec.as_ref()?;
+            let seconds = u64::try_from(spec.lease_duration_seconds?).ok()?;
+            spec.renew_time
+                .as_ref()?
+                .0
+                .checked_add(Duration::from_secs(seconds))
+                .ok()
+        })
+        .min()
+        .expect("KWOK holds the nodes' leases");
+    let demo: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let reviews = ListParams::default().labels("app=reviews");
+    let before: Vec<String> = demo
+        .list(&reviews)
+        .await
+        .expect("reviews pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let gone = before.first().expect("a reviews pod").clone();
+    if action == "restart" {
+        send(socket, "restart", "kwok").await.expect("restart kwok");
+    } else {
+        send(socket, "stop", "kwok").await.expect("stop kwok");
+        send(socket, "start", "kwok").await.expect("start kwok");
+    }
+    demo.delete(&gone, &Default::default())
+        .await
+        .expect("delete a reviews pod");
+    until(&format!("{gone} gone after KWOK's {action}"), || async {
+        demo.get_opt(&gone).await.is_ok_and(|p| p.is_none())
+    })
+    .await;
+    let replacement_ready = || async {
+        demo.list(&reviews).await.ok().and_then(|l| {
+            l.items
+                .iter()
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| !before.contains(n))
+                })
+                .find_map(ready_since)
+        })
+    };
+    until(
+        &format!("{gone}'s replacement Ready after KWOK's {action}"),
+        || async { replacement_ready().await.is_some() },
+    )
+    .await;
+    let ready = replacement_ready().await.expect("Ready");
+    assert!(
+        ready < old_leases_expire,
+        "after KWOK's {action}: {gone}'s replacement Ready at {ready}, not before the \
+         previous instance's node leases would have expired ({old_leases_expire})"
+    );
 }

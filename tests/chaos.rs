@@ -1366,7 +1366,11 @@ impl Trial {
                 // API server writes through etcd again: a KWOK restarted while writes
                 // still fail drops them again (a later CI run of the same seed: KWOK's
                 // final pod deletes answered 504, two ztunnel pods never gone, the
-                // rollout waiting on them until the trial's end).
+                // rollout waiting on them until the trial's end). The restarted KWOK
+                // takes its nodes at once and misses no pod: the bed releases the node
+                // leases its previous instance held and resyncs the pods left with a
+                // stage (`ztunnel_rollout_testbed::kwok_restart`; the same seed,
+                // 2026-12-04: without that, three ztunnel pods stayed Terminating).
                 let storage = until_storage_writes(&self.client).await;
                 let kwok = self.control("restart", "kwok").await;
                 format!("{killed}; {started}; {storage}; {kwok} (the bed's kubelets retry)")

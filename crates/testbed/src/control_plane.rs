@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::binaries::{BinariesError, ControlPlaneBinaries};
 use super::kubeconfig::write_kubeconfig;
+use super::kwok_restart::{self, KwokRestartError};
 use super::kwok_stages::{PodTimings, kwok_configuration, pod_stages, render};
 use super::pki::{self, PkiError, PkiFiles};
 
@@ -505,12 +506,13 @@ impl RunningControlPlane {
         component: &str,
         action: Action,
     ) -> Result<(), ControlPlaneError> {
-        let Some(c) = self.components.iter_mut().find(|c| c.name == component) else {
+        let Some(i) = self.components.iter().position(|c| c.name == component) else {
             return Err(ControlPlaneError::Control(format!(
                 "no component {component:?}: one of {}",
                 COMPONENTS.join(", ")
             )));
         };
+        let c = &mut self.components[i];
         let name = c.name;
         let refuse = |state: &str| Err(ControlPlaneError::Control(format!("{name} is {state}")));
         match (action, c.child.is_some(), c.paused) {
@@ -525,15 +527,20 @@ impl RunningControlPlane {
         match action {
             Action::Pause => signal(c, libc::SIGSTOP),
             Action::Resume => signal(c, libc::SIGCONT),
-            Action::Stop | Action::Kill | Action::Restart => {
-                end(c, action == Action::Kill).await;
-                if action == Action::Restart {
-                    c.child = Some(start_process(&c.program, &c.args, &c.log)?);
-                }
-            }
-            Action::Start => c.child = Some(start_process(&c.program, &c.args, &c.log)?),
+            Action::Stop | Action::Kill | Action::Restart => end(c, action == Action::Kill).await,
+            Action::Start => {}
         }
-        c.paused = action == Action::Pause;
+        if matches!(action, Action::Start | Action::Restart) {
+            if name == "kwok" {
+                self.release_node_leases().await;
+            }
+            let c = &mut self.components[i];
+            c.child = Some(start_process(&c.program, &c.args, &c.log)?);
+            if name == "kwok" {
+                self.resync_kwok().await;
+            }
+        }
+        self.components[i].paused = action == Action::Pause;
         let serving_again = matches!(action, Action::Start | Action::Restart)
             && matches!(name, "etcd" | "kube-apiserver");
         let apiserver_up = self
@@ -545,6 +552,34 @@ impl RunningControlPlane {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Before KWOK starts again: [`kwok_restart::release_node_leases`]; a failure is
+    /// logged, and KWOK starts anyway (it takes the nodes when the leases expire).
+    async fn release_node_leases(&self) {
+        let released = match self.client().await {
+            Ok(client) => kwok_restart::release_node_leases(&client).await,
+            Err(e) => Err(KwokRestartError::Client(e.to_string())),
+        };
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "KWOK starts with its previous instance's node leases");
+        }
+    }
+
+    /// After KWOK started again: [`kwok_restart::resync_after_start`]; a failure is
+    /// logged.
+    async fn resync_kwok(&self) {
+        let resynced = match self.client().await {
+            Ok(client) => kwok_restart::resync_after_start(&client).await,
+            Err(e) => Err(KwokRestartError::Client(e.to_string())),
+        };
+        match resynced {
+            Ok(pods) => tracing::info!(
+                pods,
+                "KWOK holds every node's lease; pods with a stage left resynced"
+            ),
+            Err(e) => tracing::warn!(error = %e, "KWOK restarted without the resync of its pods"),
+        }
     }
 
     /// Waits until a running component exits on its own (a crash), and reports which.

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod invariants;
 pub mod istio;
 pub mod kubeconfig;
+pub mod kwok_restart;
 pub mod kwok_stages;
 pub mod pki;
 pub mod rbac_audit;
