@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::binaries::{BinariesError, ControlPlaneBinaries};
 use super::kubeconfig::write_kubeconfig;
-use super::kwok_restart::{self, KwokRestartError};
+use super::kwok_restart::{self, PreviousHolders};
 use super::kwok_stages::{PodTimings, kwok_configuration, pod_stages, render};
 use super::pki::{self, PkiError, PkiFiles};
 
@@ -527,59 +527,73 @@ impl RunningControlPlane {
         match action {
             Action::Pause => signal(c, libc::SIGSTOP),
             Action::Resume => signal(c, libc::SIGCONT),
-            Action::Stop | Action::Kill | Action::Restart => end(c, action == Action::Kill).await,
+            Action::Stop | Action::Kill | Action::Restart => {
+                end(c, action == Action::Kill).await;
+                c.paused = false;
+            }
             Action::Start => {}
         }
+        let mut kwok_resync = None;
         if matches!(action, Action::Start | Action::Restart) {
-            if name == "kwok" {
-                self.release_node_leases().await;
-            }
+            // KWOK's start is wrapped in `kwok_restart`'s two steps, which need the API
+            // server: without it, KWOK starts alone and takes its nodes when the leases
+            // expire.
+            let kwok_steps = name == "kwok" && self.apiserver_serving();
+            let previous = if kwok_steps {
+                Some(self.release_node_leases().await)
+            } else {
+                None
+            };
             let c = &mut self.components[i];
             c.child = Some(start_process(&c.program, &c.args, &c.log)?);
-            if name == "kwok" {
-                self.resync_kwok().await;
-            }
+            kwok_resync = match previous {
+                Some(Ok(previous)) => Some(self.resync_kwok(&previous).await),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            };
         }
         self.components[i].paused = action == Action::Pause;
         let serving_again = matches!(action, Action::Start | Action::Restart)
             && matches!(name, "etcd" | "kube-apiserver");
-        let apiserver_up = self
-            .components
-            .iter()
-            .any(|c| c.name == "kube-apiserver" && c.child.is_some() && !c.paused);
-        if serving_again && apiserver_up {
+        if serving_again && self.apiserver_serving() {
             self.wait_for_apiserver(Instant::now() + READY_AGAIN)
                 .await?;
         }
+        match kwok_resync {
+            Some(Err(e)) => Err(ControlPlaneError::Control(format!(
+                "kwok started, but {e} (it takes its nodes when their leases expire)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the API server runs and is not paused.
+    fn apiserver_serving(&self) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.name == "kube-apiserver" && c.child.is_some() && !c.paused)
+    }
+
+    /// Before KWOK starts: [`kwok_restart::release_node_leases`].
+    async fn release_node_leases(&self) -> Result<PreviousHolders, String> {
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        kwok_restart::release_node_leases(&client)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// After KWOK started: [`kwok_restart::resync_after_start`]; logs how many pods it
+    /// made KWOK see again.
+    async fn resync_kwok(&self, previous: &PreviousHolders) -> Result<(), String> {
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        let pods = kwok_restart::resync_after_start(&client, previous)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            pods,
+            "KWOK holds and has renewed every node's lease; pods with a stage left resynced"
+        );
         Ok(())
-    }
-
-    /// Before KWOK starts again: [`kwok_restart::release_node_leases`]; a failure is
-    /// logged, and KWOK starts anyway (it takes the nodes when the leases expire).
-    async fn release_node_leases(&self) {
-        let released = match self.client().await {
-            Ok(client) => kwok_restart::release_node_leases(&client).await,
-            Err(e) => Err(KwokRestartError::Client(e.to_string())),
-        };
-        if let Err(e) = released {
-            tracing::warn!(error = %e, "KWOK starts with its previous instance's node leases");
-        }
-    }
-
-    /// After KWOK started again: [`kwok_restart::resync_after_start`]; a failure is
-    /// logged.
-    async fn resync_kwok(&self) {
-        let resynced = match self.client().await {
-            Ok(client) => kwok_restart::resync_after_start(&client).await,
-            Err(e) => Err(KwokRestartError::Client(e.to_string())),
-        };
-        match resynced {
-            Ok(pods) => tracing::info!(
-                pods,
-                "KWOK holds every node's lease; pods with a stage left resynced"
-            ),
-            Err(e) => tracing::warn!(error = %e, "KWOK restarted without the resync of its pods"),
-        }
     }
 
     /// Waits until a running component exits on its own (a crash), and reports which.
