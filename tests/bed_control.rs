@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -130,7 +129,7 @@ async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_c
         || async {
             pods.list(&ListParams::default().labels("app=after-restart"))
                 .await
-                .is_ok_and(|l| l.items.iter().any(|p| ready_since(p).is_some()))
+                .is_ok_and(|l| l.items.iter().any(support::available))
         },
     )
     .await;
@@ -183,19 +182,6 @@ async fn components_stop_pause_and_start_on_request_and_only_a_crash_stops_the_c
     assert!(log.contains("kube-scheduler exited"), "{log}");
 }
 
-/// When `pod` became Ready, if it is.
-fn ready_since(pod: &Pod) -> Option<Timestamp> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?
-        .last_transition_time
-        .as_ref()
-        .map(|t| t.0)
-}
-
 /// Restarts KWOK and deletes a `reviews` pod from before: with `action` "stop, delete,
 /// start" while KWOK is down (the new instance finds it deleted), with "restart" once
 /// the restart is answered. Judged from the API server: every node lease has a holder
@@ -228,26 +214,16 @@ async fn kwok_restarted_plays_pods_at_once(client: &Client, socket: &Path, actio
     until("a Ready reviews pod", || async {
         demo.list(&reviews)
             .await
-            .is_ok_and(|l| l.items.iter().any(|p| ready_since(p).is_some()))
+            .is_ok_and(|l| l.items.iter().any(support::available))
     })
     .await;
-    let before: Vec<String> = demo
-        .list(&reviews)
-        .await
-        .expect("reviews pods")
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    let gone = demo
-        .list(&reviews)
-        .await
-        .expect("reviews pods")
-        .items
-        .into_iter()
-        .find(|p| ready_since(p).is_some())
-        .and_then(|p| p.metadata.name)
+    let pods = demo.list(&reviews).await.expect("reviews pods").items;
+    let gone = pods
+        .iter()
+        .find(|p| support::available(p))
+        .and_then(|p| p.metadata.name.clone())
         .expect("a Ready reviews pod");
+    let before: Vec<String> = pods.into_iter().filter_map(|p| p.metadata.name).collect();
     let delete = || async {
         demo.delete(&gone, &Default::default())
             .await
@@ -290,7 +266,7 @@ async fn kwok_restarted_plays_pods_at_once(client: &Client, socket: &Path, actio
                         .name
                         .as_ref()
                         .is_some_and(|n| !before.contains(n))
-                        && ready_since(p).is_some()
+                        && support::available(p)
                 })
             })
         },

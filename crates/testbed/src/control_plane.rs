@@ -538,16 +538,15 @@ impl RunningControlPlane {
             // KWOK's start is wrapped in `kwok_restart`'s two steps, which need the API
             // server: without it, KWOK starts alone and takes its nodes when the leases
             // expire.
-            let kwok_steps = name == "kwok" && self.apiserver_serving();
-            let previous = if kwok_steps {
+            let released = if name == "kwok" && self.apiserver_serving() {
                 Some(self.release_node_leases().await)
             } else {
                 None
             };
             let c = &mut self.components[i];
             c.child = Some(start_process(&c.program, &c.args, &c.log)?);
-            kwok_resync = match previous {
-                Some(Ok(previous)) => Some(self.resync_kwok(&previous).await),
+            kwok_resync = match released {
+                Some(Ok((client, previous))) => Some(resync_kwok(&client, &previous).await),
                 Some(Err(e)) => Some(Err(e)),
                 None => None,
             };
@@ -574,26 +573,14 @@ impl RunningControlPlane {
             .any(|c| c.name == "kube-apiserver" && c.child.is_some() && !c.paused)
     }
 
-    /// Before KWOK starts: [`kwok_restart::release_node_leases`].
-    async fn release_node_leases(&self) -> Result<PreviousHolders, String> {
+    /// Before KWOK starts: [`kwok_restart::release_node_leases`], with the client the
+    /// resync after the start uses too.
+    async fn release_node_leases(&self) -> Result<(Client, PreviousHolders), String> {
         let client = self.client().await.map_err(|e| e.to_string())?;
-        kwok_restart::release_node_leases(&client)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// After KWOK started: [`kwok_restart::resync_after_start`]; logs how many pods it
-    /// made KWOK see again.
-    async fn resync_kwok(&self, previous: &PreviousHolders) -> Result<(), String> {
-        let client = self.client().await.map_err(|e| e.to_string())?;
-        let pods = kwok_restart::resync_after_start(&client, previous)
+        let previous = kwok_restart::release_node_leases(&client)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(
-            pods,
-            "KWOK holds and has renewed every node's lease; pods with a stage left resynced"
-        );
-        Ok(())
+        Ok((client, previous))
     }
 
     /// Waits until a running component exits on its own (a crash), and reports which.
@@ -647,6 +634,19 @@ impl RunningControlPlane {
 }
 
 /// Sends `sig` to a running component.
+/// After KWOK started: [`kwok_restart::resync_after_start`]; logs how many pods it made
+/// KWOK see again.
+async fn resync_kwok(client: &Client, previous: &PreviousHolders) -> Result<(), String> {
+    let pods = kwok_restart::resync_after_start(client, previous)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        pods,
+        "KWOK holds and has renewed every node's lease; pods with a stage left resynced"
+    );
+    Ok(())
+}
+
 fn signal(c: &Component, sig: libc::c_int) {
     if let Some(pid) = c.child.as_ref().and_then(Child::id) {
         // SAFETY: plain kill(2) on our own child.
