@@ -11,10 +11,10 @@
 //!
 //! The map is a B-tree, not a hash table. Pods come and go by uid: a rollout of 1,000
 //! realistic nodes evicts and recreates ~20,000 of its 24,000 pods. In a hash table each
-//! removal can leave a tombstone that new keys do not reuse, and once tombstones fill the
+//! removal can leave a tombstone that gives no room back, and once tombstones fill the
 //! spare room the table doubles (at 24,000 facts: from 4.7 to 9.4 MB of buckets, with
-//! both held during the copy). The realistic bed's runs took exactly that step late in
-//! each rollout (VmHWM +9.2 MiB, RSS +4.6 MiB). A B-tree grows and shrinks a node
+//! both held during the copy). The realistic bed's whole runs took a step of that size
+//! late in the rollout (VmHWM +9.0 MiB, RSS +4.5 MiB), gone with the B-tree. A B-tree grows and shrinks a node
 //! at a time: ~6 MB for the same facts, before and after the churn
 //! (benches/results/fact-store-churn-2026-12-04/).
 
