@@ -633,7 +633,6 @@ impl RunningControlPlane {
     }
 }
 
-/// Sends `sig` to a running component.
 /// After KWOK started: [`kwok_restart::resync_after_start`]; logs how many pods it made
 /// KWOK see again.
 async fn resync_kwok(client: &Client, previous: &PreviousHolders) -> Result<(), String> {
@@ -647,6 +646,7 @@ async fn resync_kwok(client: &Client, previous: &PreviousHolders) -> Result<(), 
     Ok(())
 }
 
+/// Sends `sig` to a running component.
 fn signal(c: &Component, sig: libc::c_int) {
     if let Some(pid) = c.child.as_ref().and_then(Child::id) {
         // SAFETY: plain kill(2) on our own child.
