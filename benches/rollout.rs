@@ -2,7 +2,9 @@
 //! ztunnel upgrade done by the agent, by the runbook's kubectl script, or by two agents of
 //! which the leader is killed mid-way. Prints a table per run of what was measured: total time
 //! against the critical-path lower bound implied by the simulated (KWOK) delays,
-//! per-phase node durations, reaction latency, evictions per pod, API requests (from the
+//! per-phase node durations, reaction latency (as the benchmark's watches see it, and
+//! from the audit log: the node's new ztunnel made Ready → the uncordon's arrival, which
+//! leaves out how late the API server's watches deliver), evictions per pod, API requests (from the
 //! API server's audit log), the agent's peak memory and CPU, the status size, and the
 //! critical path read from the audit log: the chain of nodes that set the run's length
 //! and the tool's part of it (`ztunnel_rollout_testbed::critical_path`).
@@ -32,7 +34,9 @@
 //! - `BENCH_STOP_AFTER_NODES` (none): the agent's run ends once this many nodes are
 //!   done, for clusters whose whole rollout outlasts a session here (5,000 nodes); the
 //!   figures cover those nodes (the bound is theirs; requests per node divide by the
-//!   nodes started), the rest stay where the stop found them and go with the cluster,
+//!   nodes started; no critical path, but the tool's steps per node from the audit
+//!   log, the slot's wait aside), the rest stay where the stop found them and go with
+//!   the cluster,
 //! - `BENCH_GATES` (0): with 1, the health gates are on: every node's new ztunnel is
 //!   scraped at its pod IP (the nodes get pod CIDRs in 127.0.0.0/8, and the bench serves
 //!   simulated ztunnel metrics on each ztunnel pod's IP as the pod appears) and one
@@ -711,25 +715,56 @@ fn per_node(
     table.push((format!("{row}: {label} (p50 / p95 / max)"), spread(values)));
 }
 
+/// The run's audit log (from `offset`, up to `until`: a stopped run's agent goes on
+/// until it is stopped) read for the tool's steps (`critical_path`).
+fn audit_analysis(
+    (audit_log, offset): (&Path, u64),
+    tool: &str,
+    (started, until): (Timestamp, Timestamp),
+    waves: &[critical_path::Wave],
+) -> critical_path::Analysis {
+    use std::io::{BufReader, Seek, SeekFrom};
+    let mut file = std::fs::File::open(audit_log).expect("audit log");
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut events = ztunnel_rollout_testbed::invariants::audit::read_events(BufReader::new(file))
+        .expect("audit events");
+    events.retain(|e| e.completed <= until);
+    critical_path::analyse(&events, tool, TAG, started, waves)
+}
+
+/// The tool's steps ([`critical_path::STEPS`]) from the `first`, each one's spread over
+/// the nodes that went the whole way, as the API server recorded them. Its "ztunnel
+/// Ready → uncordon" is the reaction latency without the benchmark's watches in it:
+/// from the status write that made the new ztunnel Ready to the uncordon's arrival.
+fn tool_steps_per_node(
+    numbers: &mut serde_json::Map<String, serde_json::Value>,
+    table: &mut Vec<(String, String)>,
+    analysis: &critical_path::Analysis,
+    first: usize,
+) {
+    for (i, step) in critical_path::STEPS.iter().enumerate().skip(first) {
+        let values = analysis.tool_by_node.iter().map(|n| n[i]).collect();
+        per_node(
+            numbers,
+            table,
+            "tool",
+            "the tool's time per node",
+            step,
+            values,
+        );
+    }
+}
+
 /// The tool's share of the run, from the audit log (`critical_path`): the critical
 /// path's length and the tool's seconds along it by step, and each step's spread over
 /// all nodes.
 fn critical_path(
     numbers: &mut serde_json::Map<String, serde_json::Value>,
     table: &mut Vec<(String, String)>,
-    (audit_log, offset): (&Path, u64),
-    tool: &str,
-    started: Timestamp,
+    analysis: critical_path::Analysis,
     waves: &[critical_path::Wave],
     gates_least: f64,
 ) {
-    use std::io::{BufReader, Seek, SeekFrom};
-    let mut file = std::fs::File::open(audit_log).expect("audit log");
-    file.seek(SeekFrom::Start(offset)).expect("seek");
-    let events = ztunnel_rollout_testbed::invariants::audit::read_events(BufReader::new(file))
-        .expect("audit events");
-    let analysis = critical_path::analyse(&events, tool, TAG, started, waves);
-    drop(events);
     let row = "critical path (audit log): nodes, start → last uncordon, the tool's part";
     let nodes: usize = waves.iter().map(|w| w.nodes.len()).sum();
     if analysis.nodes.len() < nodes {
@@ -743,7 +778,7 @@ fn critical_path(
         ));
     }
     numbers.insert("path_analysed_nodes".into(), analysis.nodes.len().into());
-    let Some(path) = analysis.path else {
+    let Some(path) = analysis.path.as_ref() else {
         table.push((
             row.into(),
             "n/a: no node went from cordon to uncordon".into(),
@@ -799,16 +834,8 @@ fn critical_path(
             format!("path_tool_{}_seconds", slug(step)),
             path.tool_by_step[i].into(),
         );
-        let values = analysis.tool_by_node.iter().map(|n| n[i]).collect();
-        per_node(
-            numbers,
-            table,
-            "tool",
-            "the tool's time per node",
-            step,
-            values,
-        );
     }
+    tool_steps_per_node(numbers, table, &analysis, 0);
 }
 
 /// A cpu cgroup holding one process, limited to `cores` (CFS quota over a 100 ms
@@ -1227,6 +1254,16 @@ async fn run(p: &Params) -> Run {
         }
     }
     let total = started.elapsed().as_secs_f64();
+    let ended_at = Timestamp::now();
+    // The agent's peak RSS and CPU so far (read once: the table and the numbers show the
+    // same reading).
+    let usage = |a: &Agent| {
+        let pid = a.child.id();
+        (peak_rss_kib(pid) as f64 / 1024.0, cpu_seconds(pid))
+    };
+    // A stopped run's agent goes on working while the audit log is read: read it now. A
+    // finished run's is read last, so that nothing it does at the end is missed.
+    let stopped_usage = p.stop_after.and(agents.last()).map(usage);
     for t in watchers {
         t.abort();
     }
@@ -1342,28 +1379,30 @@ async fn run(p: &Params) -> Run {
     ] {
         numbers.insert(key.into(), value);
     }
+    let waves: Vec<critical_path::Wave> = wave_nodes(p, &nodes)
+        .into_iter()
+        .map(|nodes| critical_path::Wave {
+            budget: budget.budget(nodes.len()),
+            nodes,
+        })
+        .collect();
+    let analysis = audit_analysis(
+        (&audit_log, offset),
+        user_agent,
+        (started_at, ended_at),
+        &waves,
+    );
     if let Some(n) = p.stop_after {
         numbers.insert("nodes_started".into(), started_nodes.into());
         table.push((
             "critical path".into(),
             format!("not read: the run stopped after {n} nodes, its waves unfinished"),
         ));
+        // Per node all the same, but the slot → cordon step: the nodes still in flight
+        // at the stop held slots the log does not close.
+        tool_steps_per_node(&mut numbers, &mut table, &analysis, 1);
     } else {
-        critical_path(
-            &mut numbers,
-            &mut table,
-            (&audit_log, offset),
-            user_agent,
-            started_at,
-            &wave_nodes(p, &nodes)
-                .into_iter()
-                .map(|nodes| critical_path::Wave {
-                    budget: budget.budget(nodes.len()),
-                    nodes,
-                })
-                .collect::<Vec<_>>(),
-            gates_least(p),
-        );
+        critical_path(&mut numbers, &mut table, analysis, &waves, gates_least(p));
     }
     let median = |v: &[f64]| run_record::Spread::of(v).map_or(f64::NAN, |s| s.median);
     let latency: Vec<f64> = {
@@ -1398,9 +1437,7 @@ async fn run(p: &Params) -> Run {
         }
     }
     if let Some(agent) = agents.last() {
-        let pid = agent.child.id();
-        // Read once: the table and the numbers show the same reading.
-        let (rss_mib, cpu) = (peak_rss_kib(pid) as f64 / 1024.0, cpu_seconds(pid));
+        let (rss_mib, cpu) = stopped_usage.unwrap_or_else(|| usage(agent));
         numbers.insert("agent_peak_rss_mib".into(), rss_mib.into());
         numbers.insert("agent_cpu_seconds".into(), cpu.into());
         table.push(("agent peak RSS".into(), format!("{rss_mib:.1} MiB")));

@@ -13,6 +13,7 @@ pub mod kube_client;
 pub mod leader;
 pub mod lease_claim;
 pub mod malloc_arenas;
+pub mod malloc_trim;
 pub mod metrics;
 pub mod preflight;
 pub mod watch_cache;

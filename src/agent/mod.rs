@@ -87,6 +87,9 @@ pub async fn run(
     .await?;
     info!(%address, "serving /metrics, /livez and /readyz");
     let server = tokio::spawn(serve);
+    let _trims = AbortOnDrop(tokio::spawn(crate::malloc_trim::every(
+        crate::malloc_trim::TRIM_EVERY,
+    )));
 
     let (mut leadership, lease_task) = leader::spawn(client.clone(), config.leader.clone());
     let observed = Arc::new(Observed::start(&client, config.rollout_selector.as_deref()));
@@ -222,7 +225,7 @@ async fn lead(
     }
 }
 
-/// Aborts the task when dropped: the sidecar migrations stop with the agent.
+/// Aborts the task when dropped: the sidecar migrations and the trims stop with the agent.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+shift
+exec /tmp/hp-target/release/ztunnel-rollout "$@"
