@@ -378,14 +378,30 @@ fn pod_cidr(k: usize) -> String {
 
 /// What the gates read: ztunnel metrics served on every ztunnel pod's IP, port 15020,
 /// as the pods appear (a watch), and a Prometheus API answering 0 to every query.
+/// Dropped at the end of a run, it stops its listeners too: the next run's pods get the
+/// same addresses, and a listener left over would answer for them.
 struct GateEndpoints {
     server: Arc<support::prometheus::ZtunnelMetricsServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Pod addresses that could not be served (the run fails: the agent's gates would
+    /// have read something else, or nothing).
+    unserved: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for GateEndpoints {
     fn drop(&mut self) {
         for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Tasks aborted when dropped (a JoinHandle dropped leaves its task running).
+struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for t in &self.0 {
             t.abort();
         }
     }
@@ -400,12 +416,18 @@ impl GateEndpoints {
         );
         let pods: Api<Pod> = Api::namespaced(client.clone(), TAG);
         let s = server.clone();
+        let unserved = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed = unserved.clone();
         let watch = tokio::spawn(async move {
             let mut bound = std::collections::HashSet::new();
-            let mut listeners = Vec::new();
+            // Aborting the watch drops this, which stops every listener.
+            let mut listeners = AbortAll(Vec::new());
             let config = watcher::Config::default().labels("app=ztunnel");
-            let mut stream = std::pin::pin!(watcher(pods, config).applied_objects());
-            while let Some(Ok(p)) = stream.next().await {
+            let mut stream =
+                std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
+            while let Some(event) = stream.next().await {
+                // The watcher goes on after an error (it relists, with backoff).
+                let Ok(p) = event else { continue };
                 let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
                 let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
                 let (Some(ip), Some(node)) = (ip, node) else {
@@ -417,18 +439,37 @@ impl GateEndpoints {
                 if bound.insert(ip) {
                     let address = std::net::SocketAddr::new(ip, 15020);
                     match s.listen(address, &node).await {
-                        Ok(task) => listeners.push(task),
+                        Ok(task) => listeners.0.push(task),
                         Err(e) => {
-                            eprintln!("cannot serve {node}'s ztunnel metrics on {address}: {e}")
+                            let what = format!("{node}'s ztunnel metrics on {address}: {e}");
+                            eprintln!("cannot serve {what}");
+                            failed.lock().expect("lock").push(what);
                         }
                     }
                 }
             }
+            // Never, short of an abort: no pod appearing later would be served.
+            failed
+                .lock()
+                .expect("lock")
+                .push("the ztunnel pod watch ended".to_owned());
         });
         Self {
             server,
             tasks: vec![watch],
+            unserved,
         }
+    }
+
+    /// Fails the run if a ztunnel pod's metrics could not be served.
+    fn assert_all_served(&self) {
+        let unserved = self.unserved.lock().expect("lock").clone();
+        assert!(
+            unserved.is_empty(),
+            "{} ztunnel pods' metrics were not served, e.g. {}",
+            unserved.len(),
+            unserved.first().map(String::as_str).unwrap_or_default()
+        );
     }
 
     fn prometheus_url(&self) -> String {
@@ -523,9 +564,12 @@ fn watch_reactions(
     let s1 = seen.clone();
     let t1 = tokio::spawn(async move {
         let mut stream = std::pin::pin!(
-            watcher(pods, watcher::Config::default().labels("app=ztunnel")).applied_objects()
+            watcher(pods, watcher::Config::default().labels("app=ztunnel"))
+                .default_backoff()
+                .applied_objects()
         );
-        while let Some(Ok(p)) = stream.next().await {
+        while let Some(event) = stream.next().await {
+            let Ok(p) = event else { continue }; // the watcher recovers by itself
             if p.labels().get("controller-revision-hash") == Some(&target) && support::available(&p)
             {
                 let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
@@ -541,9 +585,10 @@ fn watch_reactions(
     let s2 = seen.clone();
     let t2 = tokio::spawn(async move {
         let config = watcher::Config::default().labels(&format!("{NODE_SET_LABEL}={TAG}"));
-        let mut stream = std::pin::pin!(watcher(nodes, config).applied_objects());
+        let mut stream = std::pin::pin!(watcher(nodes, config).default_backoff().applied_objects());
         let mut cordoned = std::collections::HashSet::new();
-        while let Some(Ok(n)) = stream.next().await {
+        while let Some(event) = stream.next().await {
+            let Ok(n) = event else { continue }; // the watcher recovers by itself
             let name = n.name_any();
             if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
                 cordoned.insert(name);
@@ -1266,6 +1311,9 @@ async fn run(p: &Params) -> Run {
     let stopped_usage = p.stop_after.and(agents.last()).map(usage);
     for t in watchers {
         t.abort();
+    }
+    if let Some(g) = &gates {
+        g.assert_all_served();
     }
     let hashes: HashMap<String, String> = Api::<Pod>::namespaced(client.clone(), TAG)
         .list(&ListParams::default().labels("app=ztunnel"))

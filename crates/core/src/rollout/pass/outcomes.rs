@@ -244,6 +244,12 @@ impl Pass<'_, '_> {
                         state.tracked.record.was_unschedulable = Some(*was_unschedulable);
                         state.tracked.started.get_or_insert(now);
                         state.touched = true;
+                        // The cordon's patch, conditional on the version it was decided
+                        // on, dropped this rollout's waiting taint if that version had
+                        // it: none is left for the rollout's end to remove (which would
+                        // read every node afresh to make sure, 1,000 GETs at once at
+                        // 1,000 nodes).
+                        state.may_have_taint = false;
                         state.expect = Some(Expectation {
                             over,
                             wrote: Wrote::Cordon {

@@ -1078,3 +1078,123 @@ fn an_abort_during_the_bake_releases_the_nodes_and_keeps_someone_elses_cordon() 
         assert!(!owned_by_r1(&f, node), "{node} released");
     }
 }
+
+/// What a rollout driven to its end did with waiting taints.
+struct ToTheEnd {
+    finished: bool,
+    taints_added: usize,
+    /// The nodes the passes asked to lose the waiting taint.
+    taints_removed: Vec<String>,
+    /// Each cordon asked for: the node, and the resourceVersion of the copy it was
+    /// decided on.
+    cordons: Vec<(String, Option<String>)>,
+}
+
+/// Drives `f` to the rollout's end, a pass a simulated second, every effect carried out;
+/// `before(f, pass)` runs ahead of each pass.
+fn drive_to_the_end(f: &mut Fixture, mut before: impl FnMut(&mut Fixture, usize)) -> ToTheEnd {
+    let mut end = ToTheEnd {
+        finished: false,
+        taints_added: 0,
+        taints_removed: Vec::new(),
+        cordons: Vec::new(),
+    };
+    for pass in 0..300 {
+        before(f, pass);
+        let plan = f.pass();
+        for e in &plan.effects {
+            if let Effect::Call(c) = e {
+                match c.kind {
+                    CallKind::WaitingTaint { waiting: true } => end.taints_added += 1,
+                    CallKind::WaitingTaint { waiting: false } => {
+                        end.taints_removed.push(c.node.clone())
+                    }
+                    CallKind::Cordon { .. } => end.cordons.push((
+                        c.node.clone(),
+                        c.observed
+                            .as_ref()
+                            .and_then(|n| n.metadata.resource_version.clone()),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        f.carry_out_plan(&plan);
+        f.now += SignedDuration::from_secs(1);
+        f.c.now = f.now;
+        f.c.tick();
+        if plan.finished {
+            end.finished = true;
+            break;
+        }
+    }
+    end
+}
+
+/// No node cordoned, owned or tainted by the rollout.
+fn assert_nothing_left(f: &Fixture) {
+    for (name, n) in &f.c.nodes {
+        assert_eq!(n.waiting_taint(), None, "{name} keeps a waiting taint");
+        assert!(!n.unschedulable, "{name} left cordoned");
+        assert_eq!(n.owner(), None, "{name} still annotated as the rollout's");
+    }
+}
+
+fn twelve_nodes_three_at_a_time() -> Fixture {
+    let names: Vec<String> = (0..12).map(|i| format!("a{i:02}")).collect();
+    let nodes: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "a")).collect();
+    let mut f = Fixture::new(&nodes);
+    f.spec.waves.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(3);
+    f
+}
+
+/// Nodes wait under the rollout's taint until their turn; their cordon's patch drops it.
+/// The rollout's end then has no taint of those nodes to remove: it sends no call for
+/// them (each would read its node afresh, every node of the rollout at once), and no
+/// node is left with the taint.
+#[test]
+fn the_end_of_a_rollout_removes_no_waiting_taint_a_cordon_already_dropped() {
+    let mut f = twelve_nodes_three_at_a_time();
+    let end = drive_to_the_end(&mut f, |_, _| {});
+    assert!(end.finished, "the rollout finished");
+    assert!(
+        end.taints_added >= 9,
+        "the nodes after the first batch waited under the taint"
+    );
+    assert_eq!(
+        end.taints_removed,
+        Vec::<String>::new(),
+        "no removal left for the end"
+    );
+    assert_nothing_left(&f);
+}
+
+/// The watch still shows a node as it was before its waiting taint when its turn comes:
+/// the cordon decided on that copy is refused (Conflict), nothing marks the taint gone,
+/// and the rollout ends with no taint, cordon or annotation left.
+#[test]
+fn a_cordon_decided_on_a_copy_from_before_the_taint_leaves_no_taint_at_the_end() {
+    let mut f = twelve_nodes_three_at_a_time();
+    let untainted = f.node_object("a05");
+    let stale = untainted.metadata.resource_version.clone();
+    let mut lag_from = None;
+    let end = drive_to_the_end(&mut f, |f, pass| {
+        // Once the taint is on, for 20 passes, the watch shows a05's copy from before
+        // it; then it catches up.
+        if lag_from.is_none() && f.c.nodes["a05"].waiting_taint().is_some() {
+            lag_from = Some(pass);
+            f.lagging.insert("a05".into(), untainted.clone());
+        }
+        if lag_from.is_some_and(|from| pass == from + 20) {
+            f.lagging.clear();
+        }
+    });
+    assert!(
+        end.cordons.contains(&("a05".to_owned(), stale)),
+        "a05's cordon was decided on the copy without the taint: {:?}",
+        end.cordons
+    );
+    assert!(end.finished, "the rollout finished");
+    assert_nothing_left(&f);
+}
