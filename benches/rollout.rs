@@ -382,18 +382,11 @@ fn pod_cidr(k: usize) -> String {
 /// same addresses, and a listener left over would answer for them.
 struct GateEndpoints {
     server: Arc<support::prometheus::ZtunnelMetricsServer>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Aborted with the endpoints (and with the watch, its listeners).
+    _tasks: AbortAll,
     /// Pod addresses that could not be served (the run fails: the agent's gates would
     /// have read something else, or nothing).
     unserved: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for GateEndpoints {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
 }
 
 /// Tasks aborted when dropped (a JoinHandle dropped leaves its task running).
@@ -456,7 +449,7 @@ impl GateEndpoints {
         });
         Self {
             server,
-            tasks: vec![watch],
+            _tasks: AbortAll(vec![watch]),
             unserved,
         }
     }
