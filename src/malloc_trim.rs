@@ -27,9 +27,14 @@ pub async fn every(every: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
-        // A trim that panicked would only mean no trim: nothing to report.
-        let _ = tokio::task::spawn_blocking(trim).await;
+        now().await;
     }
+}
+
+/// Trims once, on a blocking thread, and returns when it is done.
+pub async fn now() {
+    // A trim that panicked would only mean no trim: nothing to report.
+    let _ = tokio::task::spawn_blocking(trim).await;
 }
 
 /// Returns the heap's free pages; true if any were returned.

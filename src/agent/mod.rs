@@ -128,6 +128,9 @@ pub async fn run(
     }
     readiness.set(true);
     info!("watches synced");
+    // The first lists leave their pages and JSON buffers free inside malloc's arenas;
+    // hand them back before the first pass adds its own, rather than at the next tick.
+    crate::malloc_trim::now().await;
     // Started only now: a store's readiness wakes one waiter at a time (kube-runtime),
     // so the two loops must not wait for the same stores at once.
     let migrations_task = AbortOnDrop(tokio::spawn(migrations.run(config.resync)));
