@@ -220,6 +220,58 @@ async fn a_stale_read_or_lost_leadership_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_copy_without_a_resource_version_writes_nothing() {
+    let env = TestEnv::new("actions-no-version", 2).await;
+    let (leadership, task) = leading(&env).await;
+    let actions = NodeActions::new(env.client.clone(), leadership);
+    let (free, owned) = (env.nodes[0].clone(), env.nodes[1].clone());
+    record_and_cordon(&actions, &env, &owned, false).await;
+    let unversioned = |mut n: Node| {
+        n.metadata.resource_version = None;
+        n
+    };
+
+    // Without a version a merge patch would carry `"resourceVersion": null`, which
+    // lifts the precondition: every write decided on such a copy is refused.
+    let copy = unversioned(node(&env, &free).await);
+    let cordon = actions.record_and_cordon("r1", &copy, false).await;
+    assert!(
+        matches!(cordon, Err(ActionError::NoVersion(_))),
+        "{cordon:?}"
+    );
+    let taint = actions.set_waiting_taint("r1", &copy, true).await;
+    assert!(matches!(taint, Err(ActionError::NoVersion(_))), "{taint:?}");
+    let copy = unversioned(node(&env, &owned).await);
+    let exact = actions.release_exactly("r1", &copy, true).await;
+    assert!(matches!(exact, Err(ActionError::NoVersion(_))), "{exact:?}");
+
+    let untouched = node(&env, &free).await;
+    assert!(
+        !unschedulable(&untouched),
+        "cordoned from a copy without a version"
+    );
+    assert_eq!(recorded_was_unschedulable(&untouched, "r1"), None);
+    let taints = untouched.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        !taints.iter().any(|t| t.key == WAITING_TAINT),
+        "tainted from a copy without a version: {taints:?}"
+    );
+    let still = node(&env, &owned).await;
+    assert!(
+        unschedulable(&still),
+        "released from a copy without a version"
+    );
+    assert_eq!(recorded_was_unschedulable(&still, "r1"), Some(false));
+
+    // A release from such a watched copy reads the node afresh, as after a Conflict.
+    release(&actions, &owned, Some(&copy)).await;
+    let released = node(&env, &owned).await;
+    assert!(!unschedulable(&released));
+    assert_eq!(recorded_was_unschedulable(&released, "r1"), None);
+    task.abort();
+}
+
+#[tokio::test]
 async fn a_ztunnel_pod_is_deleted_only_on_a_cordoned_node_and_a_replaced_one_is_left_alone() {
     let env = TestEnv::new("actions-pod", 1).await;
     let (leadership, task) = leading(&env).await;

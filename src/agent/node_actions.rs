@@ -36,6 +36,8 @@ pub enum ActionError {
     Schedulable { node: String },
     #[error("node {0} not found")]
     NodeGone(String),
+    #[error(transparent)]
+    NoVersion(#[from] NoVersion),
     #[error("{action}: {source}")]
     Kube {
         action: String,
@@ -50,7 +52,7 @@ impl ActionError {
     pub fn call_error(&self) -> Option<CallError> {
         Some(match self {
             ActionError::NotLeader(_) => return None,
-            ActionError::Conflict { .. } => {
+            ActionError::Conflict { .. } | ActionError::NoVersion(_) => {
                 CallError::Api(ztunnel_rollout_core::api_errors::ApiFailure::Status(
                     ztunnel_rollout_core::api_errors::ApiStatus {
                         code: 409,
@@ -68,6 +70,14 @@ impl ActionError {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "node {node} as read has no resourceVersion: a write from it could not be conditional on it, so none was sent; read it again"
+)]
+pub struct NoVersion {
+    pub node: String,
+}
+
 pub struct NodeActions {
     client: Client,
     leadership: Leadership,
@@ -75,6 +85,18 @@ pub struct NodeActions {
 
 fn version(n: &Node) -> Vec<String> {
     n.metadata.resource_version.clone().into_iter().collect()
+}
+
+/// The resourceVersion a write decided on `read` is conditional on. A copy without one
+/// is refused: in a merge patch a missing version would be `null`, which removes the
+/// precondition instead of setting it.
+fn precondition(read: &Node) -> Result<&str, NoVersion> {
+    read.metadata
+        .resource_version
+        .as_deref()
+        .ok_or_else(|| NoVersion {
+            node: read.metadata.name.clone().unwrap_or_default(),
+        })
 }
 
 impl NodeActions {
@@ -121,11 +143,10 @@ impl NodeActions {
         }
         let mut patch = json!({
             "metadata": {
-                "resourceVersion": observed.metadata.resource_version,
                 "annotations": {
                     OWNER_ANNOTATION: rollout,
                     WAS_UNSCHEDULABLE_ANNOTATION: was_unschedulable.to_string(),
-                    CORDON_ID_ANNOTATION: observed.metadata.resource_version,
+                    CORDON_ID_ANNOTATION: precondition(observed)?,
                 },
             },
             "spec": { "unschedulable": true },
@@ -133,7 +154,7 @@ impl NodeActions {
         if let Some(taints) = without_waiting_taint(taints_of(observed), rollout) {
             patch["spec"]["taints"] = json!(taints);
         }
-        self.patch_node(&name, "cordoning", &patch).await?;
+        self.patch_node(observed, "cordoning", patch).await?;
         Ok(CallDone::Applied {
             over: version(observed),
         })
@@ -143,7 +164,8 @@ impl NodeActions {
     /// node was schedulable before the rollout cordoned it (as its annotation says). A
     /// node without our annotation is left as it is (`NotOwned`). `observed` (the
     /// watch's copy) saves a read when it shows our ownership and is current; otherwise,
-    /// and after a Conflict, the node is read afresh.
+    /// after a Conflict, and when the copy has no resourceVersion, the node is read
+    /// afresh.
     pub async fn release(
         &self,
         rollout: &str,
@@ -156,7 +178,7 @@ impl NodeActions {
         if let Some(observed) = observed.filter(|n| owner(n) == Some(rollout)) {
             over.extend(version(observed));
             match self.release_as_read(rollout, observed, uncordon).await {
-                Err(ActionError::Conflict { .. }) => {}
+                Err(ActionError::Conflict { .. } | ActionError::NoVersion(_)) => {}
                 Ok(CallDone::Applied { .. }) => return Ok(CallDone::Applied { over }),
                 Ok(CallDone::LeftCordoned { by, .. }) => {
                     return Ok(CallDone::LeftCordoned { over, by });
@@ -208,7 +230,6 @@ impl NodeActions {
         let was_unschedulable = recorded_was_unschedulable(read, rollout).unwrap_or(true);
         let mut patch = json!({
             "metadata": {
-                "resourceVersion": read.metadata.resource_version,
                 "annotations": {
                     OWNER_ANNOTATION: null,
                     WAS_UNSCHEDULABLE_ANNOTATION: null,
@@ -221,7 +242,7 @@ impl NodeActions {
             patch["spec"] = json!({ "unschedulable": false });
         }
         self.leadership.check()?;
-        self.patch_node(&node, "releasing", &patch).await?;
+        self.patch_node(read, "releasing", patch).await?;
         let over = version(read);
         Ok(match foreign {
             Some(by) if uncordon && !was_unschedulable => CallDone::LeftCordoned { over, by },
@@ -257,11 +278,8 @@ impl NodeActions {
         let Some(taints) = changed else {
             return Ok(CallDone::Applied { over: Vec::new() });
         };
-        let patch = json!({
-            "metadata": { "resourceVersion": read.metadata.resource_version },
-            "spec": { "taints": taints },
-        });
-        self.patch_node(&name, "tainting", &patch).await?;
+        let patch = json!({ "spec": { "taints": taints } });
+        self.patch_node(read, "tainting", patch).await?;
         Ok(CallDone::Applied {
             over: version(read),
         })
@@ -284,12 +302,9 @@ impl NodeActions {
             return Ok(CallDone::NotOwned);
         }
         let patch = json!({
-            "metadata": {
-                "resourceVersion": n.metadata.resource_version,
-                "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" },
-            },
+            "metadata": { "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" } },
         });
-        self.patch_node(node, "annotating", &patch).await?;
+        self.patch_node(&n, "annotating", patch).await?;
         Ok(CallDone::Applied { over: version(&n) })
     }
 
@@ -317,17 +332,14 @@ impl NodeActions {
             Some(_) => {}
         }
         let mut patch = json!({
-            "metadata": {
-                "resourceVersion": n.metadata.resource_version,
-                "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" },
-            },
+            "metadata": { "annotations": { WAS_UNSCHEDULABLE_ANNOTATION: "true" } },
         });
         let foreign = cordoned_again_by_someone_else(&n).map(str::to_owned);
         if foreign.is_none() {
             patch["spec"] = json!({ "unschedulable": false });
         }
         self.leadership.check()?;
-        self.patch_node(node, "uncordoning", &patch).await?;
+        self.patch_node(&n, "uncordoning", patch).await?;
         let over = version(&n);
         Ok(match foreign {
             Some(by) => CallDone::LeftCordoned { over, by },
@@ -353,17 +365,19 @@ impl NodeActions {
         })
     }
 
-    /// A merge patch carrying a resourceVersion: 409 means the node changed since it was
-    /// read.
+    /// `patch` as a merge patch conditional on `read`'s resourceVersion (every node write
+    /// goes through here): 409 means the node changed since it was read.
     async fn patch_node(
         &self,
-        node: &str,
+        read: &Node,
         verb: &str,
-        patch: &serde_json::Value,
+        mut patch: serde_json::Value,
     ) -> Result<(), ActionError> {
+        patch["metadata"]["resourceVersion"] = json!(precondition(read)?);
+        let node = read.metadata.name.as_deref().unwrap_or_default();
         match self
             .nodes()
-            .patch(node, &field_manager(), &Patch::Merge(patch))
+            .patch(node, &field_manager(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(()),
