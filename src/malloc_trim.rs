@@ -10,7 +10,7 @@
 //! `malloc_trim(0)` took the agent's RSS from 64.3 to 52.0 MiB; trimming every 10 s
 //! kept it at 51.3–57.9 MiB through the rollout instead of a flat 62.3
 //! (`…-2026-12-05-malloc-trim/`). The agent also trims once as its watches sync, before
-//! its first pass: 3.0–4.3 MB of the first lists' buffers went back there, though the
+//! its first pass: 2.9–4.2 MiB of the first lists' buffers went back there, though the
 //! first pass took most of those pages again within a second
 //! (`…-2026-12-05-trim-runs/`, runs 6–8). A trim walks the arenas' free chunks under their
 //! locks, so it runs on a blocking thread, not on the runtime's. Other C libraries

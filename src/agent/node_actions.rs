@@ -52,7 +52,8 @@ impl ActionError {
     pub fn call_error(&self) -> Option<CallError> {
         Some(match self {
             ActionError::NotLeader(_) => return None,
-            ActionError::Conflict { .. } | ActionError::NoVersion(_) => {
+            ActionError::NoVersion(_) => CallError::Unsent(self.to_string()),
+            ActionError::Conflict { .. } => {
                 CallError::Api(ztunnel_rollout_core::api_errors::ApiFailure::Status(
                     ztunnel_rollout_core::api_errors::ApiStatus {
                         code: 409,
@@ -197,7 +198,9 @@ impl NodeActions {
 
     /// Releases `node` only as it was in `read` (a copy taken before the caller's own
     /// checks): a patch conditional on that version, no fresh read. A node changed since
-    /// (another rollout of the same name cordoned it meanwhile) is a Conflict.
+    /// (another rollout of the same name cordoned it meanwhile) is a Conflict; a copy
+    /// without a resourceVersion is refused (`NoVersion`), and the caller's next copy
+    /// decides again.
     pub async fn release_exactly(
         &self,
         rollout: &str,

@@ -469,7 +469,7 @@ impl Rollouts {
         let failed = outcomes
             .iter()
             .filter(|o| {
-                matches!(o, Outcome::Call { call, result: Err(CallError::Api(_)) }
+                matches!(o, Outcome::Call { call, result: Err(CallError::Api(_) | CallError::Unsent(_)) }
                     if matches!(call.kind, CallKind::Release { .. }))
             })
             .count();

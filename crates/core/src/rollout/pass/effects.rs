@@ -300,6 +300,9 @@ pub enum CallError {
     /// Not cordoned: no drain could ever evict some of its pods (checked right before
     /// the cordon: several PDBs, a PDB that never allows a disruption, refused pods).
     Blocked(String),
+    /// Not sent: the copy the call was decided on cannot make it conditional (a node
+    /// without a resourceVersion). Nothing changed; retried with backoff.
+    Unsent(String),
 }
 
 impl std::fmt::Display for CallError {
@@ -310,6 +313,7 @@ impl std::fmt::Display for CallError {
             CallError::Schedulable => write!(f, "the node is schedulable"),
             CallError::NodeGone => write!(f, "the node is gone"),
             CallError::Blocked(why) => write!(f, "no drain could evict its pods: {why}"),
+            CallError::Unsent(why) => write!(f, "not sent: {why}"),
         }
     }
 }

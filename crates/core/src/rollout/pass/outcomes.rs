@@ -432,14 +432,18 @@ impl Pass<'_, '_> {
                 state.retry.failed(now, e.to_string(), None);
                 self.plan.wake(state.retry.at);
             }
-            CallError::Api(failure) => {
-                let fault = failure.fault();
+            CallError::Api(_) | CallError::Unsent(_) => {
+                let fault = match &e {
+                    CallError::Api(failure) => failure.fault(),
+                    // Not the watch's lag (it may never bring a usable copy): a backoff.
+                    _ => Fault::Unavailable(e.to_string()),
+                };
                 if matches!(kind, CallKind::Cordon { .. }) && state.phase() == NodePhase::Pending {
-                    if matches!(failure, ApiFailure::Transport(_)) {
+                    if matches!(e, CallError::Api(ApiFailure::Transport(_))) {
                         // No answer: it may have applied. Read before anything else.
                         state.unconfirmed = Some(Unconfirmed::Unknown);
                     } else {
-                        // The API server answered: not applied.
+                        // The API server answered, or nothing was sent: not applied.
                         state.touched = ours_before;
                     }
                 }

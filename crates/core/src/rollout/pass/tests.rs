@@ -190,6 +190,52 @@ fn a_release_that_keeps_failing_is_retried_with_backoff_never_given_up() {
     );
 }
 
+/// A cordon the shell could not send (the copy it was decided on has no
+/// resourceVersion, so the patch could not be conditional) changes nothing and is
+/// retried with a growing backoff and Events: not at once, as after a Conflict, since the
+/// watch may never bring a usable copy.
+#[test]
+fn a_cordon_that_could_not_be_sent_backs_off_with_events_and_touches_nothing() {
+    let mut f = Fixture::new(&[("a1", "a")]);
+    f.finalizer = true;
+    let cordon_of = |plan: &Plan| {
+        plan.effects.iter().find_map(|e| match e {
+            Effect::Call(c) if matches!(c.kind, CallKind::Cordon { .. }) => Some(c.clone()),
+            _ => None,
+        })
+    };
+    let mut cordon = cordon_of(&f.pass()).expect("a cordon");
+    let (mut delays, mut events) = (Vec::new(), 0);
+    for _ in 0..6 {
+        let plan = f.pass_with(vec![Outcome::Call {
+            call: cordon.clone(),
+            result: Err(CallError::Unsent(
+                "node a1 as read has no resourceVersion".into(),
+            )),
+        }]);
+        events += plan
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Event(n) if n.reason == "RetryingCall"))
+            .count();
+        let at = plan.wake_at.expect("a retry time");
+        delays.push(at.duration_since(f.now));
+        f.now = at;
+        cordon = cordon_of(&f.pass()).expect("the cordon retried");
+    }
+    assert!(
+        delays.windows(2).all(|d| d[1] >= d[0]) && delays[5] > delays[1],
+        "backoff grows: {delays:?}"
+    );
+    assert!(events >= 1, "a RetryingCall Event");
+    assert!(!f.c.nodes["a1"].unschedulable, "nothing was sent");
+    assert_eq!(f.c.nodes["a1"].owner(), None);
+    assert_eq!(
+        f.memory.phase("a1"),
+        crate::rollout::node_machine::NodePhase::Pending
+    );
+}
+
 fn cordon_order(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
