@@ -178,11 +178,16 @@ impl Fixture {
                 }
             }
             log.extend(plan.effects);
-            self.now += SignedDuration::from_secs(1);
-            self.c.now = self.now;
-            self.c.tick();
+            self.next_second();
         }
         log
+    }
+
+    /// A simulated second passes, for the passes and the cluster alike.
+    pub fn next_second(&mut self) {
+        self.now += SignedDuration::from_secs(1);
+        self.c.now = self.now;
+        self.c.tick();
     }
 
     /// Carries out `plan`'s effects as `drive` does (gates pass); their outcomes go to

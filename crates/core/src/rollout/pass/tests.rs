@@ -1166,9 +1166,7 @@ fn drive_to_the_end(f: &mut Fixture, mut before: impl FnMut(&mut Fixture, usize)
             }
         }
         f.carry_out_plan(&plan);
-        f.now += SignedDuration::from_secs(1);
-        f.c.now = f.now;
-        f.c.tick();
+        f.next_second();
         if plan.finished {
             end.finished = true;
             break;
